@@ -1,0 +1,393 @@
+//! An in-process test driver: runs a topology with no broker.
+//!
+//! It keeps every topic as in-memory partitions, runs the very same
+//! [`Task`]s as the Kafka runtime (same operators, same store layers, same
+//! restore code), commits like the runtime does, and can simulate a crash:
+//! tasks are discarded with their uncommitted state, and new tasks restore
+//! from the changelog records the driver captured.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use stream_core::driver::TestDriver;
+//! use stream_core::graph::{TopicRef, TopologyBuilder};
+//! use stream_core::serde::{erase, StringSerde};
+//!
+//! let s = || erase::<String>(Arc::new(StringSerde));
+//! let mut b = TopologyBuilder::new();
+//! let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
+//! b.add_sink("out", TopicRef::External("out".into()), s(), s(), None, &[src]);
+//! let mut driver = TestDriver::new(b.build().unwrap(), "app");
+//! driver.pipe("in", Some(b"k"), Some(b"v"));
+//! assert_eq!(driver.output_utf8("out"), vec![("k".to_string(), "v".to_string())]);
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::error::StoreError;
+use crate::graph::{dead_letter_topic_name, TopicRef, Topology};
+use crate::partitioner::partition_for_key;
+use crate::record::{Headers, OutRecord};
+use crate::store::MemoryBackend;
+use crate::task::{tp_key, ErrorPolicy, InputRecord, Task, TaskConfig, TaskError, TaskId};
+
+/// A record stored in one of the driver's topics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes.
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Headers,
+    /// Timestamp (ms).
+    pub timestamp: i64,
+}
+
+/// Runs a topology in process. See the [module docs](self).
+pub struct TestDriver {
+    topology: Arc<Topology>,
+    config: Arc<TaskConfig>,
+    partitions: HashMap<String, i32>,
+    topics: HashMap<String, Vec<Vec<StoredRecord>>>,
+    tasks: BTreeMap<TaskId, Task>,
+    consumed: HashMap<String, i64>,
+    committed: HashMap<String, i64>,
+    clock: i64,
+    round_robin: i64,
+    auto_commit: bool,
+}
+
+impl TestDriver {
+    /// A driver for `topology` as application `application_id`; every
+    /// external topic has one partition until [`with_partitions`](Self::with_partitions).
+    pub fn new(topology: Topology, application_id: &str) -> Self {
+        let mut d = TestDriver {
+            topology: Arc::new(topology),
+            config: Arc::new(TaskConfig {
+                application_id: application_id.to_string(),
+                partition_counts: Arc::new(HashMap::new()),
+                dead_letter_topic: dead_letter_topic_name(application_id),
+                on_error: ErrorPolicy::DeadLetter,
+                grouped: false,
+            }),
+            partitions: HashMap::new(),
+            topics: HashMap::new(),
+            tasks: BTreeMap::new(),
+            consumed: HashMap::new(),
+            committed: HashMap::new(),
+            clock: 0,
+            round_robin: 0,
+            auto_commit: true,
+        };
+        d.rebuild();
+        d
+    }
+
+    /// Gives an external topic `n` partitions (re-creates the tasks).
+    pub fn with_partitions(mut self, topic: &str, n: i32) -> Self {
+        self.partitions.insert(topic.to_string(), n.max(1));
+        self.rebuild();
+        self
+    }
+
+    /// Chooses what failed records do (default: dead-letter topic).
+    pub fn with_error_policy(mut self, policy: ErrorPolicy) -> Self {
+        Arc::make_mut(&mut self.config).on_error = policy;
+        self.rebuild();
+        self
+    }
+
+    /// Whether every `pipe` ends with a commit (default `true`).
+    pub fn with_auto_commit(mut self, on: bool) -> Self {
+        self.auto_commit = on;
+        self
+    }
+
+    fn app(&self) -> &str {
+        &self.config.application_id
+    }
+
+    fn count_of(&self, topic: &str) -> i32 {
+        self.partitions.get(topic).copied().unwrap_or(1)
+    }
+
+    /// Computes partition counts (repartition topics take their upstream's),
+    /// then creates fresh tasks and restores them.
+    fn rebuild(&mut self) {
+        let app = self.app().to_string();
+        let mut counts: HashMap<String, i32> = HashMap::new();
+        for st in self.topology.subtopologies() {
+            for t in &st.sources {
+                if let TopicRef::External(name) = t {
+                    counts.insert(name.clone(), self.count_of(name));
+                }
+            }
+        }
+        for _ in 0..self.topology.subtopologies().len() + 1 {
+            for st in self.topology.subtopologies() {
+                let upstream = st.sources.iter().filter_map(|t| counts.get(&t.resolve(&app)).copied()).max();
+                for t in &st.sinks {
+                    if let TopicRef::Internal(suffix) = t {
+                        let fixed = self.topology.repartition_topics().get(suffix).copied().flatten();
+                        if let Some(n) = fixed.or(upstream) {
+                            counts.insert(t.resolve(&app), n);
+                        }
+                    }
+                }
+            }
+        }
+        for st in self.topology.subtopologies() {
+            let n = st.sources.iter().filter_map(|t| counts.get(&t.resolve(&app)).copied()).max().unwrap_or(1);
+            for s in &st.stores {
+                if let Some(cl) = self.topology.store(s).and_then(|spec| spec.changelog_topic(&app)) {
+                    counts.entry(cl).or_insert(n);
+                }
+            }
+        }
+        for (t, n) in &counts {
+            self.partitions.insert(t.clone(), *n);
+        }
+        Arc::make_mut(&mut self.config).partition_counts = Arc::new(counts);
+        self.restart();
+    }
+
+    fn restart(&mut self) {
+        self.tasks.clear();
+        let app = self.app().to_string();
+        for st in self.topology.subtopologies() {
+            let n = st.sources.iter().map(|t| self.count_of(&t.resolve(&app))).max().unwrap_or(1);
+            for p in 0..n {
+                let id = TaskId { subtopology: st.id, partition: p };
+                let backend = Box::new(MemoryBackend::new(st.stores.len()));
+                self.tasks.insert(id, Task::new(&self.topology, id, self.config.clone(), backend));
+            }
+        }
+        self.consumed = self.committed.clone();
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            self.restore(id);
+        }
+    }
+
+    /// Restores one task from the captured changelogs, like the runtime does.
+    fn restore(&mut self, id: TaskId) {
+        let committed: BTreeMap<String, i64> = self.committed.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let targets = match task.begin_restore(&committed) {
+            Ok(t) => t,
+            Err(e) => panic!("restore of {id} failed: {e}"),
+        };
+        for t in targets {
+            let records = self.topics.get(&t.topic).and_then(|ps| ps.get(t.partition as usize)).cloned().unwrap_or_default();
+            let end = records.len() as i64;
+            for r in records.iter().skip(t.start as usize) {
+                task.restore_record(t.store, r.key.as_deref(), r.value.as_deref(), &r.headers);
+            }
+            task.restore_progress(&t.topic, t.partition, end);
+        }
+        if let Err(e) = task.flush_restore().and_then(|_| task.init().map_err(to_store_error)) {
+            panic!("restore of {id} failed: {e}");
+        }
+    }
+
+    /// Appends a record to `topic` (partition by murmur2 of the key, or
+    /// round robin for a null key), runs everything it causes, and commits.
+    pub fn pipe(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
+        self.pipe_with_headers(topic, key, value, Vec::new());
+    }
+
+    /// Like [`pipe`](Self::pipe), with headers.
+    pub fn pipe_with_headers(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, headers: Headers) {
+        let n = self.count_of(topic);
+        let partition = match key {
+            Some(k) if !k.is_empty() => partition_for_key(k, n),
+            _ => {
+                self.round_robin += 1;
+                (self.round_robin % n as i64) as i32
+            }
+        };
+        self.clock += 1;
+        let rec = StoredRecord { key: key.map(|k| k.to_vec()), value: value.map(|v| v.to_vec()), headers, timestamp: self.clock };
+        self.append(topic, partition, rec);
+        if let Err(e) = self.run() {
+            panic!("processing failed: {e}");
+        }
+    }
+
+    /// Like [`pipe`](Self::pipe) with UTF-8 key and value.
+    pub fn pipe_str(&mut self, topic: &str, key: &str, value: &str) {
+        self.pipe(topic, Some(key.as_bytes()), Some(value.as_bytes()));
+    }
+
+    /// Like [`pipe`](Self::pipe), returning the task error instead of panicking
+    /// (to test fail-fast policies).
+    pub fn try_pipe(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), TaskError> {
+        let n = self.count_of(topic);
+        let partition = key.filter(|k| !k.is_empty()).map(|k| partition_for_key(k, n)).unwrap_or(0);
+        self.clock += 1;
+        let rec = StoredRecord { key: key.map(|k| k.to_vec()), value: value.map(|v| v.to_vec()), headers: Vec::new(), timestamp: self.clock };
+        self.append(topic, partition, rec);
+        self.run()
+    }
+
+    fn append(&mut self, topic: &str, partition: i32, rec: StoredRecord) {
+        let n = self.partitions.get(topic).copied().unwrap_or(1).max(partition + 1) as usize;
+        let parts = self.topics.entry(topic.to_string()).or_default();
+        if parts.len() < n {
+            parts.resize(n, Vec::new());
+        }
+        parts[partition as usize].push(rec);
+    }
+
+    fn deliver(&mut self, out: Vec<OutRecord>) {
+        for r in out {
+            let partition = match (r.partition, &r.key) {
+                (Some(p), _) => p,
+                (None, Some(k)) => partition_for_key(k, self.count_of(&r.topic)),
+                (None, None) => 0,
+            };
+            let rec = StoredRecord { key: r.key, value: r.value, headers: r.headers, timestamp: r.timestamp };
+            self.append(&r.topic, partition, rec);
+        }
+    }
+
+    /// Processes every pending record of every task until nothing moves.
+    pub fn run(&mut self) -> Result<(), TaskError> {
+        loop {
+            let mut progressed = false;
+            let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+            for id in ids {
+                let topics = self.tasks[&id].input_topics().to_vec();
+                for topic in topics {
+                    let key = tp_key(&topic, id.partition);
+                    let Some(records) = self.topics.get(&topic).and_then(|ps| ps.get(id.partition as usize)).cloned() else {
+                        continue;
+                    };
+                    let start = self.consumed.get(&key).copied().unwrap_or(0);
+                    for (offset, r) in records.iter().enumerate().skip(start as usize) {
+                        let input = InputRecord {
+                            topic: &topic,
+                            partition: id.partition,
+                            offset: offset as i64,
+                            timestamp: r.timestamp,
+                            key: r.key.as_deref(),
+                            value: r.value.as_deref(),
+                            headers: &r.headers,
+                        };
+                        let task = self.tasks.get_mut(&id).ok_or(TaskError::UnknownTopic { task: id, topic: topic.clone() })?;
+                        task.process(&input)?;
+                        let out = task.take_output();
+                        self.deliver(out);
+                        self.consumed.insert(key.clone(), offset as i64 + 1);
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.auto_commit {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Commits every task: state with its changelog positions, then input offsets.
+    pub fn commit(&mut self) -> Result<(), TaskError> {
+        let ends: HashMap<String, i64> = self
+            .topics
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().enumerate().map(move |(p, rs)| (tp_key(t, p as i32), rs.len() as i64)))
+            .collect();
+        for task in self.tasks.values_mut() {
+            task.commit_state(&ends)?;
+            for (k, v) in task.positions() {
+                self.committed.insert(k.clone(), *v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Simulates a crash and restart: every task is dropped with its
+    /// uncommitted work and local state; what was produced stays in the
+    /// topics; new tasks restore from the changelogs and processing resumes
+    /// from the committed offsets.
+    pub fn crash_and_restart(&mut self) {
+        for t in self.tasks.values_mut() {
+            t.close();
+        }
+        self.restart();
+        if let Err(e) = self.run() {
+            panic!("processing after restart failed: {e}");
+        }
+    }
+
+    /// Advances the driver's clock (timestamps of piped records).
+    pub fn advance_time(&mut self, ms: i64) {
+        self.clock += ms;
+    }
+
+    /// Every record in `topic`, partition by partition.
+    pub fn records(&self, topic: &str) -> Vec<StoredRecord> {
+        self.topics.get(topic).map(|ps| ps.iter().flatten().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Key and value of every record in `topic` as UTF-8 (lossy).
+    pub fn output_utf8(&self, topic: &str) -> Vec<(String, String)> {
+        self.records(topic)
+            .into_iter()
+            .map(|r| {
+                (
+                    String::from_utf8_lossy(&r.key.unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(&r.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// The latest value per key of `topic`, as a compacted topic would keep it.
+    pub fn latest_per_key(&self, topic: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        for r in self.records(topic) {
+            match r.value {
+                Some(v) => m.insert(r.key.unwrap_or_default(), v),
+                None => m.remove(&r.key.unwrap_or_default()),
+            };
+        }
+        m
+    }
+
+    /// The records parked in the dead-letter topic.
+    pub fn dead_letters(&self) -> Vec<StoredRecord> {
+        self.records(&dead_letter_topic_name(self.app()))
+    }
+
+    /// All entries of a store across its tasks, committed and buffered.
+    pub fn store_entries(&self, store: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        for t in self.tasks.values() {
+            if let Some(i) = t.stores().index_of(store) {
+                if let Ok(es) = t.stores().entries(i) {
+                    m.extend(es);
+                }
+            }
+        }
+        m
+    }
+
+    /// The resolved name of an internal topic suffix for this application.
+    pub fn internal_topic(&self, suffix: &str) -> String {
+        TopicRef::Internal(suffix.to_string()).resolve(self.app())
+    }
+
+    /// The tasks, for inspection.
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+}
+
+fn to_store_error(e: TaskError) -> StoreError {
+    StoreError::Damaged { store: "init".into(), reason: e.to_string() }
+}

@@ -1,0 +1,539 @@
+//! The processor graph: nodes (sources, processors, sinks), stores, internal
+//! topics, and its split into sub-topologies.
+//!
+//! A [`TopologyBuilder`] collects nodes; [`TopologyBuilder::build`] checks
+//! them and computes sub-topologies: the connected parts of the graph, cut at
+//! topics. Every sub-topology runs as one task per input partition.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::error::{SerdeError, TopologyError};
+use crate::processor::Processor;
+use crate::serde::DynSerde;
+
+/// Creates a fresh processor instance for each task.
+pub type ProcessorFactory = Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>;
+
+/// Picks a partition from key bytes, value bytes and the partition count.
+pub type Partitioner = Arc<dyn Fn(&[u8], &[u8], i32) -> i32 + Send + Sync>;
+
+/// A topic as the topology names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TopicRef {
+    /// A user topic, used by its name.
+    External(String),
+    /// A topic the framework owns; the name is prefixed with the application id.
+    Internal(String),
+}
+
+impl TopicRef {
+    /// The topic's name for an application.
+    pub fn resolve(&self, application_id: &str) -> String {
+        match self {
+            TopicRef::External(t) => t.clone(),
+            TopicRef::Internal(suffix) => internal_topic_name(application_id, suffix),
+        }
+    }
+}
+
+/// The one place internal topic names are made: `<application.id>-<suffix>`.
+pub fn internal_topic_name(application_id: &str, suffix: &str) -> String {
+    format!("{application_id}-{suffix}")
+}
+
+/// The default changelog topic of a store: `<application.id>-<store>-changelog`.
+pub fn changelog_topic_name(application_id: &str, store: &str) -> String {
+    internal_topic_name(application_id, &format!("{store}-changelog"))
+}
+
+/// The repartition topic suffix for a name: `<name>-repartition`.
+pub fn repartition_suffix(name: &str) -> String {
+    format!("{name}-repartition")
+}
+
+/// The dead-letter topic of an application: `<application.id>-dlq`.
+pub fn dead_letter_topic_name(application_id: &str) -> String {
+    internal_topic_name(application_id, "dlq")
+}
+
+/// Maps a store entry to a record of an existing changelog topic and back.
+///
+/// Used when a store is changelogged to a topic with its own schema (the
+/// tutorial's `watchlist`): `decode` returns `None` for records that are not
+/// this application's, which restore skips.
+pub trait ChangelogCodec: Send + Sync {
+    /// Store entry (key, value bytes) → record (key, value bytes).
+    fn encode(&self, key: &[u8], value: &[u8]) -> Result<(Vec<u8>, Vec<u8>), SerdeError>;
+    /// Record → store entry, or `None` when the record is not ours.
+    fn decode(&self, key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)>;
+}
+
+/// Where a store's changes are logged.
+#[derive(Clone)]
+pub enum Changelog {
+    /// `<application.id>-<store>-changelog`, created compacted by the runtime.
+    Internal,
+    /// An existing topic, mapped through a codec.
+    Existing {
+        /// The topic.
+        topic: String,
+        /// The mapping between store entries and records.
+        codec: Arc<dyn ChangelogCodec>,
+    },
+    /// Not logged: the store is lost with its local copy.
+    Disabled,
+}
+
+/// A declared state store.
+#[derive(Clone)]
+pub struct StoreSpec {
+    /// Unique name.
+    pub name: String,
+    /// Where its changes go.
+    pub changelog: Changelog,
+}
+
+impl StoreSpec {
+    /// The changelog topic of this store for an application, if logged.
+    pub fn changelog_topic(&self, application_id: &str) -> Option<String> {
+        match &self.changelog {
+            Changelog::Internal => Some(changelog_topic_name(application_id, &self.name)),
+            Changelog::Existing { topic, .. } => Some(topic.clone()),
+            Changelog::Disabled => None,
+        }
+    }
+}
+
+/// What a node does.
+#[derive(Clone)]
+pub enum NodeKind {
+    /// Reads topics and deserializes records.
+    Source {
+        /// Topics read.
+        topics: Vec<TopicRef>,
+        /// Key serde.
+        key: Arc<dyn DynSerde>,
+        /// Value serde.
+        value: Arc<dyn DynSerde>,
+    },
+    /// Runs a processor.
+    Processor {
+        /// Makes one instance per task.
+        factory: ProcessorFactory,
+        /// Stores it may use.
+        stores: Vec<String>,
+    },
+    /// Serializes records and writes them to a topic.
+    Sink {
+        /// Destination.
+        topic: TopicRef,
+        /// Key serde.
+        key: Arc<dyn DynSerde>,
+        /// Value serde.
+        value: Arc<dyn DynSerde>,
+        /// Optional partitioner (default: murmur2 of the key, like Java).
+        partitioner: Option<Partitioner>,
+    },
+}
+
+/// A node of the graph.
+#[derive(Clone)]
+pub struct Node {
+    /// Unique name.
+    pub name: String,
+    /// What it does.
+    pub kind: NodeKind,
+    /// Indices of parents.
+    pub parents: Vec<usize>,
+    /// Indices of children, in attachment order.
+    pub children: Vec<usize>,
+}
+
+/// A connected part of the graph; runs as one task per input partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubTopology {
+    /// Position in [`Topology::subtopologies`].
+    pub id: usize,
+    /// Node indices, ascending.
+    pub nodes: Vec<usize>,
+    /// Topics its sources read.
+    pub sources: Vec<TopicRef>,
+    /// Topics its sinks write.
+    pub sinks: Vec<TopicRef>,
+    /// Stores it owns.
+    pub stores: Vec<String>,
+}
+
+/// Collects nodes and stores, then builds a [`Topology`].
+#[derive(Default)]
+pub struct TopologyBuilder {
+    nodes: Vec<Node>,
+    names: HashMap<String, usize>,
+    stores: Vec<StoreSpec>,
+    repartitions: BTreeMap<String, Option<i32>>,
+    errors: Vec<TopologyError>,
+}
+
+impl TopologyBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add_node(&mut self, name: String, kind: NodeKind, parents: &[usize]) -> usize {
+        let idx = self.nodes.len();
+        if self.names.insert(name.clone(), idx).is_some() {
+            self.errors.push(TopologyError::DuplicateName(name.clone()));
+        }
+        for &p in parents {
+            match self.nodes.get_mut(p) {
+                Some(parent) => parent.children.push(idx),
+                None => self.errors.push(TopologyError::UnknownParent {
+                    node: name.clone(),
+                    parent: p.to_string(),
+                }),
+            }
+        }
+        self.nodes.push(Node { name, kind, parents: parents.to_vec(), children: Vec::new() });
+        idx
+    }
+
+    /// Adds a source node reading `topics`.
+    pub fn add_source(
+        &mut self,
+        name: impl Into<String>,
+        topics: Vec<TopicRef>,
+        key: Arc<dyn DynSerde>,
+        value: Arc<dyn DynSerde>,
+    ) -> usize {
+        self.add_node(name.into(), NodeKind::Source { topics, key, value }, &[])
+    }
+
+    /// Adds a processor node under `parents`, with access to `stores`.
+    pub fn add_processor(
+        &mut self,
+        name: impl Into<String>,
+        factory: ProcessorFactory,
+        parents: &[usize],
+        stores: Vec<String>,
+    ) -> usize {
+        self.add_node(name.into(), NodeKind::Processor { factory, stores }, parents)
+    }
+
+    /// Adds a sink node under `parents`.
+    pub fn add_sink(
+        &mut self,
+        name: impl Into<String>,
+        topic: TopicRef,
+        key: Arc<dyn DynSerde>,
+        value: Arc<dyn DynSerde>,
+        partitioner: Option<Partitioner>,
+        parents: &[usize],
+    ) -> usize {
+        self.add_node(name.into(), NodeKind::Sink { topic, key, value, partitioner }, parents)
+    }
+
+    /// Declares a store.
+    pub fn add_store(&mut self, spec: StoreSpec) {
+        if self.stores.iter().any(|s| s.name == spec.name) {
+            self.errors.push(TopologyError::DuplicateName(spec.name.clone()));
+        }
+        self.stores.push(spec);
+    }
+
+    /// Whether a store of this name exists already.
+    pub fn has_store(&self, name: &str) -> bool {
+        self.stores.iter().any(|s| s.name == name)
+    }
+
+    /// Whether a node of this name exists already.
+    pub fn has_node(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// Declares a repartition topic (suffix without the application id),
+    /// with a fixed partition count or `None` for the upstream's count.
+    pub fn add_repartition_topic(&mut self, suffix: impl Into<String>, partitions: Option<i32>) {
+        self.repartitions.insert(suffix.into(), partitions);
+    }
+
+    /// Records an error found while building; [`build`](Self::build) returns it.
+    pub fn record_error(&mut self, error: TopologyError) {
+        self.errors.push(error);
+    }
+
+    /// Checks the graph and splits it into sub-topologies.
+    pub fn build(self) -> Result<Topology, TopologyError> {
+        if let Some(e) = self.errors.into_iter().next() {
+            return Err(e);
+        }
+        if !self.nodes.iter().any(|n| matches!(n.kind, NodeKind::Source { .. })) {
+            return Err(TopologyError::Empty);
+        }
+        for n in &self.nodes {
+            if let NodeKind::Processor { stores, .. } = &n.kind {
+                for s in stores {
+                    if !self.stores.iter().any(|spec| &spec.name == s) {
+                        return Err(TopologyError::UnknownStore { node: n.name.clone(), store: s.clone() });
+                    }
+                }
+            }
+        }
+        let subtopologies = split(&self.nodes);
+        Ok(Topology {
+            nodes: self.nodes,
+            stores: self.stores,
+            subtopologies,
+            repartitions: self.repartitions,
+        })
+    }
+}
+
+/// Union-find over parent/child edges and shared stores.
+fn split(nodes: &[Node]) -> Vec<SubTopology> {
+    let mut root: Vec<usize> = (0..nodes.len()).collect();
+    fn find(root: &mut [usize], mut i: usize) -> usize {
+        while root[i] != i {
+            root[i] = root[root[i]];
+            i = root[i];
+        }
+        i
+    }
+    let union = |root: &mut Vec<usize>, a: usize, b: usize| {
+        let (ra, rb) = (find(root, a), find(root, b));
+        if ra != rb {
+            root[ra.max(rb)] = ra.min(rb);
+        }
+    };
+    let mut store_owner: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for &c in &n.children {
+            union(&mut root, i, c);
+        }
+        if let NodeKind::Processor { stores, .. } = &n.kind {
+            for s in stores {
+                match store_owner.get(s.as_str()) {
+                    Some(&o) => union(&mut root, i, o),
+                    None => {
+                        store_owner.insert(s, i);
+                    }
+                }
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..nodes.len() {
+        let r = find(&mut root, i);
+        groups.entry(r).or_default().push(i);
+    }
+    groups
+        .into_values()
+        .enumerate()
+        .map(|(id, members)| {
+            let mut sources = Vec::new();
+            let mut sinks = Vec::new();
+            let mut stores = BTreeSet::new();
+            for &m in &members {
+                match &nodes[m].kind {
+                    NodeKind::Source { topics, .. } => sources.extend(topics.iter().cloned()),
+                    NodeKind::Sink { topic, .. } => sinks.push(topic.clone()),
+                    NodeKind::Processor { stores: s, .. } => stores.extend(s.iter().cloned()),
+                }
+            }
+            SubTopology { id, nodes: members, sources, sinks, stores: stores.into_iter().collect() }
+        })
+        .collect()
+}
+
+/// A checked processor graph, ready to run.
+#[derive(Clone)]
+pub struct Topology {
+    nodes: Vec<Node>,
+    stores: Vec<StoreSpec>,
+    subtopologies: Vec<SubTopology>,
+    repartitions: BTreeMap<String, Option<i32>>,
+}
+
+impl Topology {
+    /// All nodes, by index.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// All stores.
+    pub fn stores(&self) -> &[StoreSpec] {
+        &self.stores
+    }
+
+    /// The store with this name.
+    pub fn store(&self, name: &str) -> Option<&StoreSpec> {
+        self.stores.iter().find(|s| s.name == name)
+    }
+
+    /// The sub-topologies, in a stable order.
+    pub fn subtopologies(&self) -> &[SubTopology] {
+        &self.subtopologies
+    }
+
+    /// Repartition topics (suffixes) with their configured partition counts.
+    pub fn repartition_topics(&self) -> &BTreeMap<String, Option<i32>> {
+        &self.repartitions
+    }
+
+    /// The sub-topology that reads `topic` (resolved name).
+    pub fn subtopology_reading(&self, application_id: &str, topic: &str) -> Option<&SubTopology> {
+        self.subtopologies
+            .iter()
+            .find(|s| s.sources.iter().any(|t| t.resolve(application_id) == topic))
+    }
+
+    /// Every topic read by a source, resolved.
+    pub fn source_topics(&self, application_id: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .subtopologies
+            .iter()
+            .flat_map(|s| s.sources.iter().map(|t| t.resolve(application_id)))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Text description: sub-topologies, sources, processors, stores with
+    /// their changelogs, sinks and internal topics.
+    pub fn describe(&self, application_id: &str) -> String {
+        let mut out = String::from("Topologies:\n");
+        for st in &self.subtopologies {
+            let _ = writeln!(out, "  Sub-topology: {}", st.id);
+            for &i in &st.nodes {
+                let n = &self.nodes[i];
+                let children: Vec<&str> = n.children.iter().map(|&c| self.nodes[c].name.as_str()).collect();
+                let line = match &n.kind {
+                    NodeKind::Source { topics, .. } => {
+                        let t: Vec<String> = topics.iter().map(|t| t.resolve(application_id)).collect();
+                        format!("Source: {} (topics: [{}])", n.name, t.join(", "))
+                    }
+                    NodeKind::Processor { stores, .. } => {
+                        format!("Processor: {} (stores: [{}])", n.name, stores.join(", "))
+                    }
+                    NodeKind::Sink { topic, .. } => {
+                        format!("Sink: {} (topic: {})", n.name, topic.resolve(application_id))
+                    }
+                };
+                let _ = writeln!(out, "    {line}");
+                if !children.is_empty() {
+                    let _ = writeln!(out, "      --> {}", children.join(", "));
+                }
+            }
+        }
+        if !self.stores.is_empty() {
+            out.push_str("Stores:\n");
+            for s in &self.stores {
+                let cl = s.changelog_topic(application_id).unwrap_or_else(|| "none".into());
+                let _ = writeln!(out, "  {} (changelog: {cl})", s.name);
+            }
+        }
+        if !self.repartitions.is_empty() {
+            out.push_str("Internal topics:\n");
+            for (suffix, p) in &self.repartitions {
+                let parts = p.map(|n| n.to_string()).unwrap_or_else(|| "upstream's".into());
+                let _ = writeln!(
+                    out,
+                    "  {} (repartition, partitions: {parts})",
+                    internal_topic_name(application_id, suffix)
+                );
+            }
+        }
+        out
+    }
+
+    /// The graph as a Mermaid flowchart.
+    pub fn to_mermaid(&self, application_id: &str) -> String {
+        let mut out = String::from("flowchart TD\n");
+        let topic_id = |t: &str| format!("t_{}", sanitize(t));
+        let mut topics = BTreeSet::new();
+        for st in &self.subtopologies {
+            let _ = writeln!(out, "  subgraph sub{}[\"Sub-topology {}\"]", st.id, st.id);
+            for &i in &st.nodes {
+                let _ = writeln!(out, "    n{i}[\"{}\"]", self.nodes[i].name);
+            }
+            out.push_str("  end\n");
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            for &c in &n.children {
+                let _ = writeln!(out, "  n{i} --> n{c}");
+            }
+            match &n.kind {
+                NodeKind::Source { topics: ts, .. } => {
+                    for t in ts {
+                        let name = t.resolve(application_id);
+                        topics.insert(name.clone());
+                        let _ = writeln!(out, "  {} --> n{i}", topic_id(&name));
+                    }
+                }
+                NodeKind::Sink { topic, .. } => {
+                    let name = topic.resolve(application_id);
+                    topics.insert(name.clone());
+                    let _ = writeln!(out, "  n{i} --> {}", topic_id(&name));
+                }
+                NodeKind::Processor { stores, .. } => {
+                    for s in stores {
+                        let _ = writeln!(out, "  n{i} -.- s_{}[(\"{s}\")]", sanitize(s));
+                        if let Some(cl) = self.store(s).and_then(|spec| spec.changelog_topic(application_id)) {
+                            topics.insert(cl.clone());
+                            let _ = writeln!(out, "  s_{} -.-> {}", sanitize(s), topic_id(&cl));
+                        }
+                    }
+                }
+            }
+        }
+        for t in topics {
+            let _ = writeln!(out, "  {}[/\"{t}\"/]", topic_id(&t));
+        }
+        out
+    }
+
+    /// The graph in Graphviz DOT.
+    pub fn to_dot(&self, application_id: &str) -> String {
+        let mut out = String::from("digraph topology {\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n");
+        for st in &self.subtopologies {
+            let _ = writeln!(out, "  subgraph cluster_{} {{\n    label=\"Sub-topology {}\";", st.id, st.id);
+            for &i in &st.nodes {
+                let _ = writeln!(out, "    n{i} [label=\"{}\", shape=box];", self.nodes[i].name);
+            }
+            out.push_str("  }\n");
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            for &c in &n.children {
+                let _ = writeln!(out, "  n{i} -> n{c};");
+            }
+            match &n.kind {
+                NodeKind::Source { topics, .. } => {
+                    for t in topics {
+                        let _ = writeln!(out, "  \"{}\" [shape=parallelogram];\n  \"{}\" -> n{i};", t.resolve(application_id), t.resolve(application_id));
+                    }
+                }
+                NodeKind::Sink { topic, .. } => {
+                    let t = topic.resolve(application_id);
+                    let _ = writeln!(out, "  \"{t}\" [shape=parallelogram];\n  n{i} -> \"{t}\";");
+                }
+                NodeKind::Processor { stores, .. } => {
+                    for s in stores {
+                        let _ = writeln!(out, "  \"store:{s}\" [shape=cylinder];\n  n{i} -> \"store:{s}\" [style=dashed, dir=both];");
+                        if let Some(cl) = self.store(s).and_then(|spec| spec.changelog_topic(application_id)) {
+                            let _ = writeln!(out, "  \"{cl}\" [shape=parallelogram];\n  \"store:{s}\" -> \"{cl}\" [style=dotted];");
+                        }
+                    }
+                }
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}

@@ -1,0 +1,208 @@
+//! Serdes: how keys and values become bytes and back.
+//!
+//! [`Serde`] is typed; [`DynSerde`] is its type-erased form used by source
+//! and sink nodes of the processor graph. [`DefaultSerde`] names the serde a
+//! type gets when the user does not choose one.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::data::{Data, DynData};
+use crate::error::SerdeError;
+
+/// Turns values of `T` into bytes and back.
+pub trait Serde<T>: Send + Sync + 'static {
+    /// Serializes a value.
+    fn serialize(&self, value: &T) -> Result<Vec<u8>, SerdeError>;
+    /// Deserializes bytes.
+    fn deserialize(&self, bytes: &[u8]) -> Result<T, SerdeError>;
+}
+
+/// UTF-8 strings. An absent key deserializes as the empty string.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StringSerde;
+
+impl Serde<String> for StringSerde {
+    fn serialize(&self, value: &String) -> Result<Vec<u8>, SerdeError> {
+        Ok(value.as_bytes().to_vec())
+    }
+    fn deserialize(&self, bytes: &[u8]) -> Result<String, SerdeError> {
+        String::from_utf8(bytes.to_vec()).map_err(|e| SerdeError::Utf8(e.to_string()))
+    }
+}
+
+/// Raw bytes, unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesSerde;
+
+impl Serde<Vec<u8>> for BytesSerde {
+    fn serialize(&self, value: &Vec<u8>) -> Result<Vec<u8>, SerdeError> {
+        Ok(value.clone())
+    }
+    fn deserialize(&self, bytes: &[u8]) -> Result<Vec<u8>, SerdeError> {
+        Ok(bytes.to_vec())
+    }
+}
+
+/// 64-bit integers as 8 big-endian bytes (Kafka's `LongSerde` format).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct I64Serde;
+
+impl Serde<i64> for I64Serde {
+    fn serialize(&self, value: &i64) -> Result<Vec<u8>, SerdeError> {
+        Ok(value.to_be_bytes().to_vec())
+    }
+    fn deserialize(&self, bytes: &[u8]) -> Result<i64, SerdeError> {
+        let arr: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| SerdeError::Length { expected: 8, found: bytes.len() })?;
+        Ok(i64::from_be_bytes(arr))
+    }
+}
+
+/// The unit value as zero bytes: for streams whose values do not matter
+/// (a count sends no values through its repartition topic).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnitSerde;
+
+impl Serde<()> for UnitSerde {
+    fn serialize(&self, _value: &()) -> Result<Vec<u8>, SerdeError> {
+        Ok(Vec::new())
+    }
+    fn deserialize(&self, _bytes: &[u8]) -> Result<(), SerdeError> {
+        Ok(())
+    }
+}
+
+/// JSON through `serde_json`.
+pub struct JsonSerde<T>(PhantomData<fn() -> T>);
+
+impl<T> JsonSerde<T> {
+    /// A JSON serde for `T`.
+    pub fn new() -> Self {
+        JsonSerde(PhantomData)
+    }
+}
+
+impl<T> Default for JsonSerde<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Clone for JsonSerde<T> {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + 'static> Serde<T> for JsonSerde<T> {
+    fn serialize(&self, value: &T) -> Result<Vec<u8>, SerdeError> {
+        serde_json::to_vec(value).map_err(|e| SerdeError::Json(e.to_string()))
+    }
+    fn deserialize(&self, bytes: &[u8]) -> Result<T, SerdeError> {
+        serde_json::from_slice(bytes).map_err(|e| SerdeError::Json(e.to_string()))
+    }
+}
+
+/// The serde a type gets when none is chosen.
+pub trait DefaultSerde: Sized + Clone + Send + Sync + 'static {
+    /// A fresh default serde for this type.
+    fn default_serde() -> Arc<dyn Serde<Self>>;
+}
+
+impl DefaultSerde for String {
+    fn default_serde() -> Arc<dyn Serde<Self>> {
+        Arc::new(StringSerde)
+    }
+}
+impl DefaultSerde for Vec<u8> {
+    fn default_serde() -> Arc<dyn Serde<Self>> {
+        Arc::new(BytesSerde)
+    }
+}
+impl DefaultSerde for i64 {
+    fn default_serde() -> Arc<dyn Serde<Self>> {
+        Arc::new(I64Serde)
+    }
+}
+impl DefaultSerde for () {
+    fn default_serde() -> Arc<dyn Serde<Self>> {
+        Arc::new(UnitSerde)
+    }
+}
+impl DefaultSerde for serde_json::Value {
+    fn default_serde() -> Arc<dyn Serde<Self>> {
+        Arc::new(JsonSerde::<serde_json::Value>::new())
+    }
+}
+
+/// A type-erased serde, used by source and sink nodes.
+pub trait DynSerde: Send + Sync {
+    /// Serializes a boxed value (which must be of the serde's type).
+    fn serialize_dyn(&self, value: &DynData) -> Result<Vec<u8>, SerdeError>;
+    /// Deserializes into a boxed value.
+    fn deserialize_dyn(&self, bytes: &[u8]) -> Result<DynData, SerdeError>;
+}
+
+struct Erased<T, S> {
+    inner: S,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T, S> DynSerde for Erased<T, S>
+where
+    T: Data + Clone,
+    S: AsRef<dyn Serde<T>> + Send + Sync,
+{
+    fn serialize_dyn(&self, value: &DynData) -> Result<Vec<u8>, SerdeError> {
+        let typed = value.as_ref().as_any().downcast_ref::<T>().ok_or_else(|| {
+            SerdeError::Other(format!(
+                "serde for {} received a {}",
+                std::any::type_name::<T>(),
+                value.as_ref().type_name()
+            ))
+        })?;
+        self.inner.as_ref().serialize(typed)
+    }
+    fn deserialize_dyn(&self, bytes: &[u8]) -> Result<DynData, SerdeError> {
+        Ok(Box::new(self.inner.as_ref().deserialize(bytes)?))
+    }
+}
+
+/// Erases the type of a serde.
+pub fn erase<T: Data + Clone>(serde: Arc<dyn Serde<T>>) -> Arc<dyn DynSerde> {
+    Arc::new(Erased { inner: serde, _t: PhantomData })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_round_trip_each_builtin_serde() {
+        assert_eq!(StringSerde.deserialize(&StringSerde.serialize(&"é".into()).unwrap()).unwrap(), "é");
+        assert_eq!(I64Serde.deserialize(&I64Serde.serialize(&-3).unwrap()).unwrap(), -3);
+        let j = JsonSerde::<Vec<u32>>::new();
+        assert_eq!(j.deserialize(&j.serialize(&vec![1, 2]).unwrap()).unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn should_reject_bad_bytes_with_a_typed_error() {
+        assert!(matches!(StringSerde.deserialize(&[0xff, 0xfe]), Err(SerdeError::Utf8(_))));
+        assert!(matches!(I64Serde.deserialize(&[1, 2]), Err(SerdeError::Length { expected: 8, found: 2 })));
+        assert!(matches!(JsonSerde::<Vec<u32>>::new().deserialize(b"[1,"), Err(SerdeError::Json(_))));
+    }
+
+    #[test]
+    fn should_erase_and_restore_types() {
+        let d = erase::<i64>(Arc::new(I64Serde));
+        let v = d.deserialize_dyn(&7i64.to_be_bytes()).unwrap();
+        assert_eq!(d.serialize_dyn(&v).unwrap(), 7i64.to_be_bytes());
+        let wrong: DynData = Box::new(String::from("x"));
+        assert!(d.serialize_dyn(&wrong).is_err());
+    }
+}

@@ -1,0 +1,43 @@
+//! The durable side of a task's stores, and the checkpoint written with it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+/// Changes to one store: key and value (`None` deletes).
+pub type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// What a task's durable state corresponds to, written atomically with it.
+///
+/// The state in the backend is exactly the result of processing every input
+/// record before `positions`, and contains every changelog record before
+/// `changelog_offsets`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Next changelog offset to read, per `topic/partition`.
+    pub changelog_offsets: BTreeMap<String, i64>,
+    /// Next input offset to process, per source topic.
+    pub positions: BTreeMap<String, i64>,
+    /// Highest upstream (offset, sequence) applied, per `repartition-topic/upstream-partition`.
+    pub dedup: BTreeMap<String, (i64, u32)>,
+    /// Number of entries per store index after the commit (damage detection).
+    pub entries: Vec<u64>,
+}
+
+/// The durable copy of all stores of one task.
+pub trait StateBackend: Send {
+    /// Reads one key of store `store`.
+    fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Entries of store `store` whose key starts with `prefix`.
+    fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Applies one batch per store and the checkpoint, atomically and durably.
+    fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError>;
+    /// The last committed checkpoint.
+    fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+    /// Removes every entry and the checkpoint.
+    fn wipe(&mut self) -> Result<(), StoreError>;
+    /// Number of entries of store `store`.
+    fn len(&self, store: usize) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,234 @@
+//! The sled backend: one sled database per instance state directory, one
+//! tree per store per task, and one checkpoint entry per task.
+//!
+//! sled 0.34 is beta software, so the local copy is verified rather than
+//! trusted: a database that fails to open is moved aside and every task
+//! restores from its changelog; a task whose trees do not match the entry
+//! counts recorded in its checkpoint is wiped and restored likewise.
+
+use std::path::{Path, PathBuf};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::{Batch, Checkpoint, StateBackend};
+use crate::error::StoreError;
+
+const CHECKPOINTS: &str = "__checkpoints";
+
+/// An opened state directory: `<state.dir>/<application.id>/`.
+#[derive(Clone)]
+pub struct StateDir {
+    path: PathBuf,
+    db: sled::Db,
+}
+
+impl StateDir {
+    /// Opens (or creates) the state directory of an application. A database
+    /// that cannot be opened is moved aside to `sled.damaged-<time>` and a
+    /// fresh one is created; the returned flag says so.
+    pub fn open(state_dir: &Path, application_id: &str) -> Result<(StateDir, bool), StoreError> {
+        let path = state_dir.join(application_id);
+        std::fs::create_dir_all(&path).map_err(|e| StoreError::StateDir {
+            path: path.display().to_string(),
+            reason: format!("cannot create: {e}"),
+        })?;
+        let probe = path.join(".writable");
+        std::fs::write(&probe, b"ok").map_err(|e| StoreError::StateDir {
+            path: path.display().to_string(),
+            reason: format!("cannot write: {e}"),
+        })?;
+        let _ = std::fs::remove_file(&probe);
+        let db_path = path.join("sled");
+        match Self::open_db(&db_path) {
+            Ok(db) => Ok((StateDir { path, db }, false)),
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
+                Err(StoreError::StateDir {
+                    path: path.display().to_string(),
+                    reason: "locked by another instance; give each instance its own state.dir".into(),
+                })
+            }
+            Err(e) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = path.join(format!("sled.damaged-{stamp}"));
+                tracing::warn!(error = %e, moved_to = %aside.display(), "state store cannot be opened; moving it aside and restoring from the changelogs");
+                std::fs::rename(&db_path, &aside).map_err(|io| StoreError::StateDir {
+                    path: db_path.display().to_string(),
+                    reason: format!("damaged ({e}) and cannot be moved aside: {io}"),
+                })?;
+                let db = Self::open_db(&db_path).map_err(|source| StoreError::Sled { store: "*".into(), source })?;
+                Ok((StateDir { path, db }, true))
+            }
+        }
+    }
+
+    fn open_db(path: &Path) -> sled::Result<sled::Db> {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The backend of one task, with trees for `stores`.
+    pub fn backend(&self, task: &str, stores: &[String]) -> Result<SledBackend, StoreError> {
+        let err = |source| StoreError::Sled { store: task.to_string(), source };
+        let trees = stores
+            .iter()
+            .map(|s| self.db.open_tree(format!("store/{s}/{task}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        let meta = self.db.open_tree(CHECKPOINTS).map_err(err)?;
+        let counts = trees.iter().map(|t| t.len() as u64).collect();
+        Ok(SledBackend { db: self.db.clone(), task: task.to_string(), trees, meta, counts })
+    }
+}
+
+/// The durable stores of one task in sled.
+pub struct SledBackend {
+    db: sled::Db,
+    task: String,
+    trees: Vec<sled::Tree>,
+    meta: sled::Tree,
+    counts: Vec<u64>,
+}
+
+impl SledBackend {
+    fn err(&self, source: sled::Error) -> StoreError {
+        StoreError::Sled { store: self.task.clone(), source }
+    }
+
+    /// Checks the trees against the entry counts of the checkpoint.
+    pub fn verify(&self) -> Result<(), StoreError> {
+        let Some(cp) = self.checkpoint()? else { return Ok(()) };
+        if cp.entries.len() != self.trees.len() {
+            return Err(StoreError::Damaged {
+                store: self.task.clone(),
+                reason: format!("checkpoint lists {} stores, found {}", cp.entries.len(), self.trees.len()),
+            });
+        }
+        for (i, want) in cp.entries.iter().enumerate() {
+            let have = self.counts[i];
+            if have != *want {
+                return Err(StoreError::Damaged {
+                    store: self.task.clone(),
+                    reason: format!("store #{i} has {have} entries, checkpoint says {want}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateBackend for SledBackend {
+    fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = &self.trees[store];
+        t.get(key).map(|v| v.map(|iv| iv.to_vec())).map_err(|e| self.err(e))
+    }
+
+    fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.trees[store]
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let mut counts = self.counts.clone();
+        for (i, batch) in batches.iter().enumerate() {
+            for (k, v) in batch {
+                let present = self.trees[i].contains_key(k).map_err(|e| self.err(e))?;
+                match (present, v.is_some()) {
+                    (false, true) => counts[i] += 1,
+                    (true, false) => counts[i] = counts[i].saturating_sub(1),
+                    _ => {}
+                }
+            }
+        }
+        let mut checkpoint = checkpoint.clone();
+        checkpoint.entries = counts.clone();
+        let encoded = serde_json::to_vec(&checkpoint).map_err(|e| StoreError::Damaged {
+            store: self.task.clone(),
+            reason: format!("cannot encode checkpoint: {e}"),
+        })?;
+        let mut all: Vec<&sled::Tree> = self.trees.iter().collect();
+        all.push(&self.meta);
+        let meta_idx = all.len() - 1;
+        let task = self.task.as_bytes();
+        let result: Result<(), TransactionError<()>> = all.as_slice().transaction(|txs| {
+            for (i, batch) in batches.iter().enumerate() {
+                for (k, v) in batch {
+                    match v {
+                        Some(v) => txs[i].insert(k.as_slice(), v.as_slice())?,
+                        None => txs[i].remove(k.as_slice())?,
+                    };
+                }
+            }
+            txs[meta_idx].insert(task, encoded.as_slice())?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        result.map_err(|e| match e {
+            TransactionError::Storage(s) => self.err(s),
+            TransactionError::Abort(()) => self.err(sled::Error::Unsupported("transaction aborted".into())),
+        })?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        self.counts = counts;
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let Some(raw) = self.meta.get(self.task.as_bytes()).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&raw).map(Some).map_err(|e| StoreError::Damaged {
+            store: self.task.clone(),
+            reason: format!("unreadable checkpoint: {e}"),
+        })
+    }
+
+    fn wipe(&mut self) -> Result<(), StoreError> {
+        for t in &self.trees {
+            t.clear().map_err(|e| self.err(e))?;
+        }
+        self.meta.remove(self.task.as_bytes()).map_err(|e| self.err(e))?;
+        self.counts.iter_mut().for_each(|c| *c = 0);
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn len(&self, store: usize) -> Result<u64, StoreError> {
+        Ok(self.counts.get(store).copied().unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_commit_atomically_and_verify_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sd, recovered) = StateDir::open(dir.path(), "app").unwrap();
+        assert!(!recovered);
+        let mut b = sd.backend("0_0", &["a".into(), "b".into()]).unwrap();
+        let cp = Checkpoint::default();
+        b.commit(&[vec![(b"k".to_vec(), Some(b"1".to_vec()))], vec![(b"x".to_vec(), Some(b"2".to_vec()))]], &cp)
+            .unwrap();
+        assert_eq!(b.get(0, b"k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(b.checkpoint().unwrap().unwrap().entries, vec![1, 1]);
+        b.verify().unwrap();
+        b.trees[1].insert(b"stray", b"x").unwrap();
+        drop(b);
+        let b = sd.backend("0_0", &["a".into(), "b".into()]).unwrap();
+        assert!(matches!(b.verify(), Err(StoreError::Damaged { .. })));
+    }
+}

@@ -1,0 +1,254 @@
+//! [`KGroupedStream`]: a stream grouped by key, and the aggregations that
+//! turn it into a [`KTable`].
+
+use std::sync::Arc;
+
+use stream_core::data::{Data, downcast, downcast_ref};
+use stream_core::graph::{Changelog, ChangelogCodec, StoreSpec, repartition_suffix};
+use stream_core::serde::{I64Serde, Serde, UnitSerde};
+use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record, SerdeError, TopologyError};
+
+use crate::kstream::{KStream, builtin_serde};
+use crate::ktable::KTable;
+use crate::options::Materialized;
+
+/// A stream grouped by key, waiting for an aggregation.
+pub struct KGroupedStream<K, V> {
+    stream: KStream<K, V>,
+    key_serde: Option<Arc<dyn Serde<K>>>,
+    name: Option<String>,
+    repartition: bool,
+}
+
+type Adder<K, V, A> = Arc<dyn Fn(&K, V, A) -> A + Send + Sync>;
+
+struct Aggregator<K, V, A> {
+    store: String,
+    key: Arc<dyn Serde<K>>,
+    agg: Arc<dyn Serde<A>>,
+    init: Arc<dyn Fn() -> A + Send + Sync>,
+    adder: Adder<K, V, A>,
+}
+
+impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for Aggregator<K, V, A> {
+    fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
+        let node = ctx.node_name().to_string();
+        let k = downcast_ref::<K>(&r.key, &node)?;
+        let kb = self.key.serialize(k)?;
+        let mut store = ctx.store(&self.store)?;
+        let current = match store.get_counted(&kb)? {
+            Some(bytes) => self.agg.deserialize(&bytes)?,
+            None => (self.init)(),
+        };
+        let v = downcast::<V>(r.value, &node)?;
+        let next = (self.adder)(k, v, current);
+        store.put(&kb, self.agg.serialize(&next)?)?;
+        ctx.forward(Record { key: r.key, value: Box::new(next), timestamp: r.timestamp, headers: r.headers });
+        Ok(())
+    }
+}
+
+struct TypedCodec<K, A> {
+    key: Arc<dyn Serde<K>>,
+    agg: Arc<dyn Serde<A>>,
+    encode: Arc<dyn Fn(&K, &A) -> Vec<u8> + Send + Sync>,
+    decode: Arc<dyn Fn(&K, &[u8]) -> Option<A> + Send + Sync>,
+}
+
+impl<K: 'static, A: 'static> ChangelogCodec for TypedCodec<K, A> {
+    fn encode(&self, key: &[u8], value: &[u8]) -> Result<(Vec<u8>, Vec<u8>), SerdeError> {
+        let k = self.key.deserialize(key)?;
+        let a = self.agg.deserialize(value)?;
+        Ok((key.to_vec(), (self.encode)(&k, &a)))
+    }
+    fn decode(&self, key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        let k = self.key.deserialize(key).ok()?;
+        let a = (self.decode)(&k, value)?;
+        Some((key.to_vec(), self.agg.serialize(&a).ok()?))
+    }
+}
+
+impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
+    pub(crate) fn new(stream: KStream<K, V>, key_serde: Option<Arc<dyn Serde<K>>>, name: Option<String>, repartition: bool) -> Self {
+        KGroupedStream { stream, key_serde, name, repartition }
+    }
+
+    fn missing(&self, what: &str) {
+        self.stream.b.record_error(TopologyError::MissingSerde(format!(
+            "aggregation over {}: no serde known for {what}; pass one with Grouped or Materialized",
+            self.stream.sources.join("+")
+        )));
+    }
+
+    /// Lowers an aggregation: optional repartition, the store, the aggregator.
+    fn lower<VIn: Data + Clone, A: Data + Clone>(
+        &self,
+        op: &str,
+        input: KStream<K, VIn>,
+        value_serde: Option<Arc<dyn Serde<VIn>>>,
+        init: Arc<dyn Fn() -> A + Send + Sync>,
+        adder: Adder<K, VIn, A>,
+        mat: Materialized<K, A>,
+    ) -> KTable<K, A> {
+        let b = self.stream.b.clone();
+        let store = mat.name.clone().unwrap_or_else(|| b.derived_name(&self.stream.sources, op));
+        let key_serde = mat.key.clone().or_else(|| self.key_serde.clone());
+        let agg_serde = mat.value.clone().or_else(builtin_serde::<A>);
+        let (Some(key_serde), Some(agg_serde)) = (key_serde, agg_serde) else {
+            self.missing(if self.key_serde.is_none() { "the key" } else { "the aggregate" });
+            return KTable::new(b, input.node, self.stream.sources.clone(), None, None, store);
+        };
+        let parent = if self.repartition {
+            let Some(vs) = value_serde else {
+                self.missing("the value");
+                return KTable::new(b, input.node, self.stream.sources.clone(), None, None, store);
+            };
+            let suffix = repartition_suffix(self.name.as_deref().unwrap_or(&store));
+            input.through_internal(&suffix, key_serde.clone(), vs).node
+        } else {
+            input.node
+        };
+        let changelog = match (&mat.changelog, mat.logged) {
+            (_, false) => Changelog::Disabled,
+            (None, true) => Changelog::Internal,
+            (Some(ex), true) => Changelog::Existing {
+                topic: ex.topic.clone(),
+                codec: Arc::new(TypedCodec {
+                    key: key_serde.clone(),
+                    agg: agg_serde.clone(),
+                    encode: ex.encode.clone(),
+                    decode: ex.decode.clone(),
+                }),
+            },
+        };
+        b.with_graph(|g| g.add_store(StoreSpec { name: store.clone(), changelog }));
+        let (s, k, a, i, ad) = (store.clone(), key_serde.clone(), agg_serde.clone(), init, adder);
+        let factory: stream_core::graph::ProcessorFactory = Arc::new(move || {
+            Box::new(Aggregator { store: s.clone(), key: k.clone(), agg: a.clone(), init: i.clone(), adder: ad.clone() }) as Box<dyn Processor>
+        });
+        let node = b.add_processor(op_kind(op), factory, &[parent], vec![store.clone()]);
+        KTable::new(b, node, self.stream.sources.clone(), Some(key_serde), Some(agg_serde), store)
+    }
+
+    /// Counts records per key into a store; every change is emitted.
+    ///
+    /// ```
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("in").group_by_key().count(Materialized::as_store("counts")).to_topic("out");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str("in", "k", "x");
+    /// d.pipe_str("in", "k", "y");
+    /// assert_eq!(d.store_entries("counts")[&b"k".to_vec()], 2i64.to_be_bytes().to_vec());
+    /// assert_eq!(d.records("out").len(), 2);
+    /// ```
+    pub fn count(&self, mat: Materialized<K, i64>) -> KTable<K, i64> {
+        let mat = if mat.value.is_none() { mat.with_value_serde(I64Serde) } else { mat };
+        if self.repartition {
+            // A count needs no values: send none through the repartition topic.
+            let units = self.stream.map_values(|_| ());
+            self.lower("count", units, Some(Arc::new(UnitSerde)), Arc::new(|| 0i64), Arc::new(|_, _, n| n + 1), mat)
+        } else {
+            self.lower("count", self.stream.clone(), self.stream.value_serde.clone(), Arc::new(|| 0i64), Arc::new(|_, _, n| n + 1), mat)
+        }
+    }
+
+    /// Combines the values of each key with `f(aggregate, value)`; the first
+    /// value of a key is its initial aggregate.
+    ///
+    /// ```
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("in").group_by_key().reduce(|a, v| format!("{a}{v}"), Materialized::as_store("concat")).to_topic("out");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str("in", "k", "a");
+    /// d.pipe_str("in", "k", "b");
+    /// assert_eq!(d.store_entries("concat")[&b"k".to_vec()], b"ab".to_vec());
+    /// ```
+    pub fn reduce(&self, f: impl Fn(V, V) -> V + Send + Sync + 'static, mat: Materialized<K, V>) -> KTable<K, Option<V>>
+    where
+        V: Data + Clone,
+    {
+        let mat = if mat.value.is_none() {
+            match self.stream.value_serde.clone() {
+                Some(s) => Materialized { value: Some(s), ..mat },
+                None => mat,
+            }
+        } else {
+            mat
+        };
+        let Some(vs) = mat.value.clone() else {
+            self.missing("the value");
+            return KTable::new(self.stream.b.clone(), self.stream.node, self.stream.sources.clone(), None, None, String::new());
+        };
+        let opt_mat = Materialized::<K, Option<V>> {
+            name: mat.name,
+            key: mat.key,
+            value: Some(Arc::new(OptionSerde(vs))),
+            changelog: None,
+            logged: mat.logged,
+        };
+        let f = Arc::new(f);
+        self.lower(
+            "reduce",
+            self.stream.clone(),
+            self.stream.value_serde.clone(),
+            Arc::new(|| None),
+            Arc::new(move |_, v, acc: Option<V>| Some(match acc {
+                None => v,
+                Some(a) => f(a, v),
+            })),
+            opt_mat,
+        )
+    }
+
+    /// Folds the values of each key into an aggregate of another type.
+    ///
+    /// ```
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("in")
+    ///     .group_by_key()
+    ///     .aggregate(|| 0i64, |_k, v, total| total + v.len() as i64, Materialized::as_store("lengths"))
+    ///     .to_topic("out");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str("in", "k", "abc");
+    /// d.pipe_str("in", "k", "de");
+    /// assert_eq!(d.store_entries("lengths")[&b"k".to_vec()], 5i64.to_be_bytes().to_vec());
+    /// ```
+    pub fn aggregate<A: Data + Clone>(
+        &self,
+        init: impl Fn() -> A + Send + Sync + 'static,
+        adder: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
+        mat: Materialized<K, A>,
+    ) -> KTable<K, A> {
+        self.lower("aggregate", self.stream.clone(), self.stream.value_serde.clone(), Arc::new(init), Arc::new(adder), mat)
+    }
+}
+
+fn op_kind(op: &str) -> &'static str {
+    match op {
+        "count" => "count",
+        "reduce" => "reduce",
+        _ => "aggregate",
+    }
+}
+
+/// Stores `Option<V>` as V's bytes (a reduce's aggregate is never `None`
+/// once stored).
+struct OptionSerde<V>(Arc<dyn Serde<V>>);
+
+impl<V: 'static> Serde<Option<V>> for OptionSerde<V> {
+    fn serialize(&self, value: &Option<V>) -> Result<Vec<u8>, SerdeError> {
+        match value {
+            Some(v) => self.0.serialize(v),
+            None => Err(SerdeError::Other("reduce stored an empty aggregate".into())),
+        }
+    }
+    fn deserialize(&self, bytes: &[u8]) -> Result<Option<V>, SerdeError> {
+        self.0.deserialize(bytes).map(Some)
+    }
+}

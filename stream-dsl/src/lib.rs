@@ -1,0 +1,49 @@
+//! The topology DSL: describe a stream application the way the problem
+//! reads, and get a [`stream_core::Topology`] that the Kafka runtime and the
+//! test driver run.
+//!
+//! ```
+//! use stream_dsl::prelude::*;
+//!
+//! let builder = StreamsBuilder::new();
+//! builder
+//!     .source("new_users")
+//!     .filter(|_k, user| user.contains("hotmail"))
+//!     .group_by(|_k, user| user.split('@').nth(1).unwrap_or("").to_string())
+//!     .count(Materialized::as_store("flags"))
+//!     .to_topic("watchlist");
+//! let topology = builder.build().unwrap();
+//! println!("{}", topology.describe("team-1"));
+//! ```
+//!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | [`builder`] | [`StreamsBuilder`]: sources, stores, `build()` |
+//! | [`kstream`] | [`KStream`] and its stateless operators, sinks, grouping |
+//! | [`grouped`] | [`KGroupedStream`]: `count`, `reduce`, `aggregate` |
+//! | [`ktable`] | [`KTable`]: the updates of an aggregation |
+//! | [`options`] | serdes, store naming and changelog choices |
+//!
+//! The DSL never touches Kafka or sled: it only builds the graph.
+#![deny(missing_docs)]
+
+pub mod builder;
+pub mod grouped;
+pub mod kstream;
+pub mod ktable;
+mod ops;
+pub mod options;
+
+pub use builder::StreamsBuilder;
+pub use grouped::KGroupedStream;
+pub use kstream::KStream;
+pub use ktable::KTable;
+pub use options::{Consumed, Grouped, Materialized, Produced};
+
+/// Everything a topology needs, in one import.
+pub mod prelude {
+    pub use crate::{Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, StreamsBuilder};
+    pub use stream_core::driver::TestDriver;
+}

@@ -1,0 +1,144 @@
+//! Options of operators: serdes for sources, sinks and groupings, and how
+//! an aggregation's store is named and changelogged.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use stream_core::graph::Partitioner;
+use stream_core::serde::{DefaultSerde, JsonSerde, Serde};
+
+/// Serdes of a source topic.
+pub struct Consumed<K, V> {
+    pub(crate) key: Arc<dyn Serde<K>>,
+    pub(crate) value: Arc<dyn Serde<V>>,
+}
+
+impl<K, V> Consumed<K, V> {
+    /// Reads keys and values with the given serdes.
+    pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
+        Consumed { key: Arc::new(key), value: Arc::new(value) }
+    }
+}
+
+impl<V: Serialize + DeserializeOwned + 'static> Consumed<String, V> {
+    /// String keys (an absent key reads as `""`) and JSON values.
+    pub fn json() -> Self {
+        Consumed { key: String::default_serde(), value: Arc::new(JsonSerde::<V>::new()) }
+    }
+}
+
+/// Serdes and partitioner of a sink topic.
+pub struct Produced<K, V> {
+    pub(crate) key: Arc<dyn Serde<K>>,
+    pub(crate) value: Arc<dyn Serde<V>>,
+    pub(crate) partitioner: Option<Partitioner>,
+}
+
+impl<K, V> Produced<K, V> {
+    /// Writes keys and values with the given serdes.
+    pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
+        Produced { key: Arc::new(key), value: Arc::new(value), partitioner: None }
+    }
+
+    /// Chooses partitions with `f(key bytes, value bytes, partition count)`
+    /// instead of murmur2 of the key.
+    pub fn with_partitioner(mut self, f: impl Fn(&[u8], &[u8], i32) -> i32 + Send + Sync + 'static) -> Self {
+        self.partitioner = Some(Arc::new(f));
+        self
+    }
+}
+
+impl<V: Serialize + DeserializeOwned + 'static> Produced<String, V> {
+    /// String keys and JSON values.
+    pub fn json() -> Self {
+        Produced { key: String::default_serde(), value: Arc::new(JsonSerde::<V>::new()), partitioner: None }
+    }
+}
+
+/// Serdes of a grouping's repartition topic.
+pub struct Grouped<K, V> {
+    pub(crate) key: Arc<dyn Serde<K>>,
+    pub(crate) value: Option<Arc<dyn Serde<V>>>,
+    pub(crate) name: Option<String>,
+}
+
+impl<K, V> Grouped<K, V> {
+    /// Groups with these serdes for key and value.
+    pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
+        Grouped { key: Arc::new(key), value: Some(Arc::new(value)), name: None }
+    }
+
+    /// Groups with this key serde; the value serde is the stream's.
+    pub fn with_key(key: impl Serde<K>) -> Self {
+        Grouped { key: Arc::new(key), value: None, name: None }
+    }
+
+    /// Names the grouping (its repartition topic is `<app>-<name>-repartition`).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+}
+
+/// Maps store entries to records of an existing topic and back.
+pub(crate) struct ExistingChangelog<K, A> {
+    pub(crate) topic: String,
+    pub(crate) encode: Arc<dyn Fn(&K, &A) -> Vec<u8> + Send + Sync>,
+    pub(crate) decode: Arc<dyn Fn(&K, &[u8]) -> Option<A> + Send + Sync>,
+}
+
+/// How an aggregation's store is named, serialized and changelogged.
+pub struct Materialized<K, A> {
+    pub(crate) name: Option<String>,
+    pub(crate) key: Option<Arc<dyn Serde<K>>>,
+    pub(crate) value: Option<Arc<dyn Serde<A>>>,
+    pub(crate) changelog: Option<ExistingChangelog<K, A>>,
+    pub(crate) logged: bool,
+}
+
+impl<K, A> Default for Materialized<K, A> {
+    fn default() -> Self {
+        Materialized { name: None, key: None, value: None, changelog: None, logged: true }
+    }
+}
+
+impl<K, A> Materialized<K, A> {
+    /// A store named `name`, changelogged to `<app>-<name>-changelog`.
+    pub fn as_store(name: &str) -> Self {
+        Materialized { name: Some(name.to_string()), ..Default::default() }
+    }
+
+    /// Stores keys with this serde (default: the grouping's key serde).
+    pub fn with_key_serde(mut self, serde: impl Serde<K>) -> Self {
+        self.key = Some(Arc::new(serde));
+        self
+    }
+
+    /// Stores values with this serde (default: the type's default serde).
+    pub fn with_value_serde(mut self, serde: impl Serde<A>) -> Self {
+        self.value = Some(Arc::new(serde));
+        self
+    }
+
+    /// Changelogs the store to an existing `topic` instead of an internal
+    /// one. A record's key is the store key's bytes; its value is
+    /// `encode(key, aggregate)`. On restore, `decode(key, value bytes)`
+    /// turns records back into entries and returns `None` for records that
+    /// are not this application's, which are skipped.
+    pub fn changelog_to(
+        mut self,
+        topic: &str,
+        encode: impl Fn(&K, &A) -> Vec<u8> + Send + Sync + 'static,
+        decode: impl Fn(&K, &[u8]) -> Option<A> + Send + Sync + 'static,
+    ) -> Self {
+        self.changelog = Some(ExistingChangelog { topic: topic.to_string(), encode: Arc::new(encode), decode: Arc::new(decode) });
+        self
+    }
+
+    /// Keeps no changelog: the store is lost with its local copy.
+    pub fn without_changelog(mut self) -> Self {
+        self.logged = false;
+        self
+    }
+}
