@@ -1,1 +1,216 @@
+//! Support for integration tests against a real broker.
+//!
+//! The broker address comes from `KAFKA_BOOTSTRAP` (default
+//! `127.0.0.1:9092`, as started by `tests/broker/kafka.sh start`); the SCRAM
+//! listener from `KAFKA_SASL_BOOTSTRAP` (default `127.0.0.1:9094`). Every
+//! test makes its own topics and groups with [`unique`] names. Waiting is
+//! always polling with a deadline, never a fixed sleep.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The PLAINTEXT bootstrap address.
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// The SASL_PLAINTEXT (SCRAM) bootstrap address.
+pub fn sasl_bootstrap() -> String {
+    std::env::var("KAFKA_SASL_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9094".into())
+}
+
+/// `prefix-<random>`: a fresh topic, group or application name.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::thread_rng().gen();
+    format!("{prefix}-{n:016x}")
+}
+
+/// Client settings for the PLAINTEXT listener.
+pub fn client_config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap());
+    c
+}
+
+/// An admin client.
+pub fn admin() -> AdminClient<DefaultClientContext> {
+    client_config().create().expect("admin client")
+}
+
+/// Creates a topic with `partitions` partitions and the given configs.
+pub async fn create_topic_with(name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    let res = admin()
+        .create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await
+        .expect("create_topics");
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+/// Creates a plain topic.
+pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_with(name, partitions, &[]).await
+}
+
+/// Creates a compacted topic.
+pub async fn create_compacted_topic(name: &str, partitions: i32) {
+    create_topic_with(name, partitions, &[("cleanup.policy", "compact")]).await
+}
+
+/// A producer that batches; call [`flush`] before reading what it wrote.
+pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
+    let mut c = client_config();
+    c.set("linger.ms", "5").set("enable.idempotence", "true").set("partitioner", "murmur2_random");
+    c.create().expect("producer")
+}
+
+/// Sends one record (blocking while the queue is full).
+pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: Option<&[u8]>, value: &[u8]) {
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    let mut rec = rec;
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Waits until every record sent is acknowledged.
+pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) {
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rec {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads every record of `topic` up to the high watermarks taken now
+/// (read_committed), within `deadline`.
+pub fn read_all(topic: &str, deadline: Duration) -> Vec<Rec> {
+    read_all_with(client_config(), topic, deadline)
+}
+
+/// [`read_all`] with explicit client settings (e.g. SASL).
+pub fn read_all_with(mut cfg: ClientConfig, topic: &str, deadline: Duration) -> Vec<Rec> {
+    cfg.set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    let c: BaseConsumer = cfg.create().expect("consumer");
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let parts = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..parts {
+        let (lo, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if hi > lo {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+            ends.insert(p, hi);
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).expect("assign");
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(Rec {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| k.to_vec()),
+                value: m.payload().map(|v| v.to_vec()),
+                headers: m
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                    .unwrap_or_default(),
+            });
+        }
+        let pos = c.position().expect("position");
+        let done = ends.iter().all(|(p, hi)| {
+            pos.find_partition(topic, *p).map(|e| matches!(e.offset(), Offset::Offset(o) if o >= *hi)).unwrap_or(false)
+        });
+        if done {
+            break;
+        }
+    }
+    out
+}
+
+/// The latest value per key of `topic`, as compaction would keep it.
+pub fn latest_per_key(topic: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for r in read_all(topic, Duration::from_secs(60)) {
+        match r.value {
+            Some(v) => m.insert(r.key.unwrap_or_default(), v),
+            None => m.remove(&r.key.unwrap_or_default()),
+        };
+    }
+    m
+}
+
+/// Polls `check` until it returns `true` or `deadline` passes.
+pub fn wait_until(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The topic's configuration value for `key`, read through the admin API.
+pub async fn topic_config(topic: &str, key: &str) -> Option<String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let res = admin()
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .ok()?;
+    res.into_iter().flatten().next()?.get(key)?.value.clone()
+}
+
+/// The partition count of `topic`, or `None` if it does not exist.
+pub fn partition_count(topic: &str) -> Option<usize> {
+    let c: BaseConsumer = client_config().create().ok()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
+    let t = md.topics().first()?;
+    if t.error().is_some() {
+        return None;
+    }
+    Some(t.partitions().len())
+}

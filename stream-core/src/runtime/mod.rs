@@ -1,1 +1,23 @@
-//! The Kafka runtime.
+//! The Kafka runtime: runs a [`Topology`](crate::graph::Topology) against a
+//! cluster with per-partition tasks, sled state, changelogs and restore.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | [`StreamsConfig`], named after Kafka Streams' settings |
+//! | [`topics`] | partition planning, internal topic creation and checks |
+//! | [`engine`] | tasks, producing, the commit order, restore |
+//! | [`app`] | [`KafkaStreams`]: start, poll loop, rebalances, shutdown |
+//! | [`status`] | task states and restore progress for callers |
+//! | [`error`] | [`RuntimeError`] |
+
+pub mod app;
+pub mod config;
+pub(crate) mod engine;
+pub mod error;
+pub mod status;
+pub mod topics;
+
+pub use app::{shutdown_signal, KafkaStreams};
+pub use config::{ProcessingGuarantee, Secret, Security, StreamsConfig};
+pub use error::RuntimeError;
+pub use status::{RestoreRecord, RuntimeStatus, TaskState};

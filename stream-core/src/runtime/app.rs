@@ -1,0 +1,303 @@
+//! [`KafkaStreams`]: configure, start, run until shutdown.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::config::{ProcessingGuarantee, StreamsConfig};
+use super::engine::{DeliveryState, DeliveryTracker, Engine};
+use super::error::RuntimeError;
+use super::status::RuntimeStatus;
+use super::topics::{self, ErrorCapture};
+use crate::graph::Topology;
+use crate::store::StateDir;
+use crate::task::TaskConfig;
+
+fn lock(m: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Consumer context: runs the engine's rebalance handling inside the poll.
+struct StreamContext {
+    engine: Arc<Mutex<Engine>>,
+    capture: ErrorCapture,
+}
+
+impl ClientContext for StreamContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.capture.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.capture.error(error, reason)
+    }
+}
+
+impl ConsumerContext for StreamContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let mut engine = lock(&self.engine);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(e) = engine.on_assign(consumer, tpl) {
+                    engine.fatal.get_or_insert(e);
+                }
+                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = r {
+                    engine.fatal.get_or_insert(RuntimeError::kafka("assign partitions", e));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                if let Err(e) = engine.on_revoke(consumer, tpl, lost) {
+                    engine.fatal.get_or_insert(e);
+                }
+                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error; closing tasks without commit");
+                let empty = TopicPartitionList::new();
+                let all = consumer.assignment().unwrap_or(empty);
+                let _ = engine.on_revoke(consumer, &all, true);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// A stream application instance running a [`Topology`] against Kafka.
+///
+/// ```no_run
+/// # async fn demo(topology: stream_core::Topology) -> Result<(), stream_core::runtime::RuntimeError> {
+/// use stream_core::runtime::{KafkaStreams, StreamsConfig};
+/// let config = StreamsConfig::new("word-count", "127.0.0.1:9092");
+/// KafkaStreams::new(topology, config)?.run_until_signal().await
+/// # }
+/// ```
+pub struct KafkaStreams {
+    topology: Arc<Topology>,
+    cfg: Arc<StreamsConfig>,
+    status: Arc<RuntimeStatus>,
+}
+
+impl KafkaStreams {
+    /// Checks the configuration; nothing connects yet.
+    pub fn new(topology: Topology, cfg: StreamsConfig) -> Result<Self, RuntimeError> {
+        if cfg.application_id.is_empty() {
+            return Err(RuntimeError::Config("application.id must not be empty".into()));
+        }
+        if cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            return Err(RuntimeError::Config(
+                "processing.guarantee=exactly_once is not available in this version; use at_least_once".into(),
+            ));
+        }
+        Ok(KafkaStreams { topology: Arc::new(topology), cfg: Arc::new(cfg), status: Arc::new(RuntimeStatus::default()) })
+    }
+
+    /// The live status (tasks, restore progress, counters).
+    pub fn status(&self) -> Arc<RuntimeStatus> {
+        self.status.clone()
+    }
+
+    /// Runs until SIGINT or SIGTERM, then commits, flushes and closes.
+    /// A second signal exits at once.
+    pub async fn run_until_signal(self) -> Result<(), RuntimeError> {
+        self.run(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes or a fatal error occurs.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RuntimeError> {
+        tracing::info!(config = %self.cfg.redacted(), "starting");
+        let plan = Arc::new(topics::prepare(&self.topology, &self.cfg).await?);
+        let (state, recovered) = StateDir::open(&self.cfg.state_dir, &self.cfg.application_id)?;
+        if recovered {
+            tracing::warn!("local state was damaged and moved aside; every task restores from its changelog");
+        }
+        let dead_letter_file = (!plan.dead_letter_topic_ok).then(|| state.path().join("dead-letters.jsonl"));
+        let grouped = self.cfg.single_instance;
+        let task_cfg = Arc::new(TaskConfig {
+            application_id: self.cfg.application_id.clone(),
+            partition_counts: Arc::new(plan.partitions.clone()),
+            dead_letter_topic: self.cfg.dead_letter_topic(),
+            on_error: self.cfg.on_error,
+            grouped,
+        });
+
+        let delivery = Arc::new(DeliveryState::default());
+        let mut pc = self.cfg.client_config();
+        pc.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("partitioner", "murmur2_random");
+        let producer = pc
+            .create_with_context(DeliveryTracker { state: delivery.clone(), capture: ErrorCapture::default() })
+            .map_err(|e| RuntimeError::kafka("create producer", e))?;
+        let mut rc = self.cfg.client_config();
+        rc.set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("group.id", format!("{}-restore", self.cfg.application_id));
+        let restore_consumer: BaseConsumer<ErrorCapture> =
+            rc.create_with_context(ErrorCapture::default()).map_err(|e| RuntimeError::kafka("create restore consumer", e))?;
+
+        let engine = Arc::new(Mutex::new(Engine::new(
+            self.topology.clone(),
+            self.cfg.clone(),
+            task_cfg,
+            plan,
+            state,
+            producer,
+            delivery,
+            restore_consumer,
+            self.status.clone(),
+            dead_letter_file,
+        )));
+
+        let multi_source = self.topology.subtopologies().iter().any(|s| s.sources.len() > 1);
+        let mut cc = self.cfg.client_config();
+        cc.set("group.id", &self.cfg.application_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set(
+                "partition.assignment.strategy",
+                if grouped || multi_source { "range" } else { "cooperative-sticky" },
+            );
+        if let Some(id) = &self.cfg.group_instance_id {
+            cc.set("group.instance.id", id);
+        }
+        for (k, v) in &self.cfg.extra {
+            cc.set(k, v);
+        }
+        let capture = ErrorCapture::default();
+        let consumer: BaseConsumer<StreamContext> = cc
+            .create_with_context(StreamContext { engine: engine.clone(), capture: capture.clone() })
+            .map_err(|e| RuntimeError::kafka("create consumer", e))?;
+        let topics = self.topology.source_topics(&self.cfg.application_id);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let status = self.status.clone();
+        let cfg = self.cfg.clone();
+        let handle = tokio::task::spawn_blocking(move || stream_loop(consumer, engine, &topics, &stop2, &status, &cfg, &capture));
+        tokio::pin!(handle);
+        tokio::select! {
+            r = &mut handle => r.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}")))?,
+            _ = shutdown => {
+                tracing::info!("shutting down: committing and closing");
+                stop.store(true, Ordering::SeqCst);
+                handle.await.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}")))?
+            }
+        }
+    }
+}
+
+fn stream_loop(
+    consumer: BaseConsumer<StreamContext>,
+    engine: Arc<Mutex<Engine>>,
+    topics: &[String],
+    stop: &AtomicBool,
+    status: &RuntimeStatus,
+    cfg: &StreamsConfig,
+    capture: &ErrorCapture,
+) -> Result<(), RuntimeError> {
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).map_err(|e| RuntimeError::kafka("subscribe", e))?;
+    status.set_running(true);
+    let mut last_transport_warning: Option<std::time::Instant> = None;
+    let result = loop {
+        if stop.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let polled = consumer.poll(Duration::from_millis(100));
+        let mut e = lock(&engine);
+        if let Some(err) = e.fatal.take() {
+            break Err(err);
+        }
+        match polled {
+            Some(Ok(msg)) => {
+                if let Err(err) = e.process(&msg) {
+                    break Err(err);
+                }
+            }
+            Some(Err(err)) => match err.rdkafka_error_code() {
+                Some(
+                    RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::UnknownTopicOrPartition,
+                ) => break Err(RuntimeError::kafka("consume", err)),
+                Some(RDKafkaErrorCode::Authentication) => {
+                    break Err(topics::explain_connect_failure(cfg, capture, err));
+                }
+                _ => {
+                    if last_transport_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(error = %err, "waiting for the Kafka cluster; retrying");
+                        last_transport_warning = Some(std::time::Instant::now());
+                    }
+                }
+            },
+            None => {}
+        }
+        if e.commit_due() {
+            if let Err(err) = e.commit(&consumer) {
+                break Err(err);
+            }
+        }
+    };
+    let closed = {
+        let mut e = lock(&engine);
+        e.closing = true;
+        if result.is_ok() { e.shutdown(&consumer) } else { Ok(()) }
+    };
+    consumer.unsubscribe();
+    drop(consumer);
+    status.set_running(false);
+    result.and(closed)
+}
+
+/// Completes on the first SIGINT or SIGTERM; a second one exits at once.
+pub async fn shutdown_signal() {
+    wait_signal().await;
+    tokio::spawn(async {
+        wait_signal().await;
+        tracing::warn!("second signal: exiting without cleanup");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,203 @@
+//! Application configuration, named after Kafka Streams' settings.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+use crate::task::ErrorPolicy;
+
+/// `processing.guarantee`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessingGuarantee {
+    /// Every record is processed at least once; outputs may repeat after a
+    /// crash, state never double counts.
+    #[default]
+    AtLeastOnce,
+    /// Outputs, changelog records and offsets commit in one Kafka transaction.
+    ExactlyOnce,
+}
+
+impl std::str::FromStr for ProcessingGuarantee {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "at_least_once" => Ok(Self::AtLeastOnce),
+            "exactly_once" | "exactly_once_v2" => Ok(Self::ExactlyOnce),
+            other => Err(format!("unknown processing guarantee `{other}` (at_least_once, exactly_once)")),
+        }
+    }
+}
+
+/// A password: printed as `***` by `Debug` and `Display`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; only for handing to the Kafka client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Connection security (`security.protocol`, SASL and TLS settings).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// `security.protocol`: PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL.
+    pub protocol: Option<String>,
+    /// `sasl.mechanism`: e.g. SCRAM-SHA-256.
+    pub sasl_mechanism: Option<String>,
+    /// `sasl.username`.
+    pub username: Option<String>,
+    /// `sasl.password`.
+    pub password: Option<Secret>,
+    /// `ssl.ca.location`.
+    pub ssl_ca_location: Option<String>,
+    /// `ssl.certificate.location`.
+    pub ssl_certificate_location: Option<String>,
+    /// `ssl.key.location`.
+    pub ssl_key_location: Option<String>,
+}
+
+/// The configuration of one application instance.
+#[derive(Debug, Clone)]
+pub struct StreamsConfig {
+    /// `application.id`: consumer group id and prefix of internal topics.
+    pub application_id: String,
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// `client.id` (default: the application id).
+    pub client_id: Option<String>,
+    /// `state.dir`: where sled keeps local state.
+    pub state_dir: PathBuf,
+    /// `commit.interval.ms`.
+    pub commit_interval: Duration,
+    /// `processing.guarantee`.
+    pub processing_guarantee: ProcessingGuarantee,
+    /// Security settings.
+    pub security: Security,
+    /// What failing records do.
+    pub on_error: ErrorPolicy,
+    /// Dead-letter topic (default `<application.id>-dlq`).
+    pub dead_letter_topic: Option<String>,
+    /// Replication factor of internal topics (`None`: the broker's default).
+    pub replication_factor: Option<i32>,
+    /// Single-instance mode: one task per sub-topology reads all partitions,
+    /// and the instance stops if another member joins its group.
+    pub single_instance: bool,
+    /// `group.instance.id` for static membership.
+    pub group_instance_id: Option<String>,
+    /// Extra librdkafka properties passed to every client.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl StreamsConfig {
+    /// A configuration with defaults: at-least-once, 100 ms commits,
+    /// state under the system temp directory.
+    pub fn new(application_id: &str, bootstrap_servers: &str) -> Self {
+        StreamsConfig {
+            application_id: application_id.to_string(),
+            bootstrap_servers: bootstrap_servers.to_string(),
+            client_id: None,
+            state_dir: std::env::temp_dir().join("stream-state"),
+            commit_interval: Duration::from_millis(100),
+            processing_guarantee: ProcessingGuarantee::AtLeastOnce,
+            security: Security::default(),
+            on_error: ErrorPolicy::DeadLetter,
+            dead_letter_topic: None,
+            replication_factor: None,
+            single_instance: false,
+            group_instance_id: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// The dead-letter topic in use.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| crate::graph::dead_letter_topic_name(&self.application_id))
+    }
+
+    /// The client settings every Kafka client of this application shares.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        c.set("client.id", self.client_id.as_deref().unwrap_or(&self.application_id));
+        let s = &self.security;
+        let pairs = [
+            ("security.protocol", s.protocol.as_deref()),
+            ("sasl.mechanism", s.sasl_mechanism.as_deref()),
+            ("sasl.username", s.username.as_deref()),
+            ("sasl.password", s.password.as_ref().map(|p| p.expose())),
+            ("ssl.ca.location", s.ssl_ca_location.as_deref()),
+            ("ssl.certificate.location", s.ssl_certificate_location.as_deref()),
+            ("ssl.key.location", s.ssl_key_location.as_deref()),
+        ];
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                c.set(k, v);
+            }
+        }
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A one-line description for logs, with the password redacted.
+    pub fn redacted(&self) -> String {
+        format!(
+            "application.id={} bootstrap.servers={} client.id={} state.dir={} commit.interval.ms={} processing.guarantee={:?} security.protocol={} sasl.mechanism={} sasl.username={} sasl.password={} single_instance={}",
+            self.application_id,
+            self.bootstrap_servers,
+            self.client_id.as_deref().unwrap_or(&self.application_id),
+            self.state_dir.display(),
+            self.commit_interval.as_millis(),
+            self.processing_guarantee,
+            self.security.protocol.as_deref().unwrap_or("PLAINTEXT"),
+            self.security.sasl_mechanism.as_deref().unwrap_or("-"),
+            self.security.username.as_deref().unwrap_or("-"),
+            if self.security.password.is_some() { "***" } else { "-" },
+            self.single_instance,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_never_print_the_password() {
+        let mut c = StreamsConfig::new("app", "127.0.0.1:9092");
+        c.security.password = Some(Secret::new("hunter2-secret"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.redacted().contains("hunter2"));
+        assert_eq!(c.client_config().get("sasl.password"), Some("hunter2-secret"));
+    }
+
+    #[test]
+    fn should_parse_guarantees() {
+        assert_eq!("exactly-once".parse::<ProcessingGuarantee>(), Ok(ProcessingGuarantee::ExactlyOnce));
+        assert!("twice".parse::<ProcessingGuarantee>().is_err());
+    }
+}

@@ -1,0 +1,524 @@
+//! The engine of one instance: its tasks, the producer, restore and commit.
+//!
+//! # The commit, in order
+//!
+//! 1. Flush the producer: every sink, changelog and dead-letter record
+//!    produced so far is acknowledged by the brokers (or the commit fails
+//!    and nothing below happens).
+//! 2. For each task, write its buffered store changes, the changelog
+//!    offsets reached, its input positions and its repartition dedup marks
+//!    to sled in one atomic transaction, and fsync.
+//! 3. Commit the input positions to the consumer group.
+//!
+//! A crash before 2 leaves sled and the group at the previous commit: the
+//! changelog holds records past sled's checkpoint, but each carries the
+//! input offset that caused it, and restore skips those whose input was not
+//! committed; reprocessing writes them again. A crash between 2 and 3 leaves
+//! sled ahead of the group: restore starts input at the larger of the two
+//! positions, which is exact because everything before it was acknowledged.
+//!
+//! # Restore
+//!
+//! Runs inside the rebalance callback, before the partitions are handed to
+//! the consumer, so processing never starts on a half-restored store and the
+//! assignment carries the exact start offsets. It reads each changelog
+//! partition from the sled checkpoint (or from the beginning when there is
+//! no local state) up to the high watermark taken when it began, and flushes
+//! progress to sled every few thousand records so that an interrupted
+//! restore resumes where it was.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::error::KafkaError;
+
+use super::config::StreamsConfig;
+use super::error::RuntimeError;
+use super::status::{RestoreProgress, RestoreRecord, RuntimeStatus, TaskState, TaskStatus};
+use super::topics::{ErrorCapture, TopicPlan};
+use crate::graph::Topology;
+use crate::record::{OutKind, OutRecord};
+use crate::store::StateDir;
+use crate::task::{tp_key, InputRecord, Task, TaskConfig, TaskId};
+
+const RESTORE_FLUSH_EVERY: u64 = 20_000;
+const RESTORE_STALL: Duration = Duration::from_secs(120);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Offsets acknowledged per changelog partition, and delivery failures.
+#[derive(Default)]
+pub(crate) struct DeliveryState {
+    next: Mutex<HashMap<String, HashMap<i32, i64>>>,
+    errors: Mutex<Vec<String>>,
+}
+
+impl DeliveryState {
+    fn snapshot(&self) -> HashMap<String, i64> {
+        let g = match self.next.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (tp_key(t, *p), *o)))
+            .collect()
+    }
+
+    fn take_errors(&self) -> Vec<String> {
+        match self.errors.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        }
+    }
+}
+
+/// Producer context: tracks acknowledged changelog offsets and failures.
+pub(crate) struct DeliveryTracker {
+    pub(crate) state: Arc<DeliveryState>,
+    pub(crate) capture: ErrorCapture,
+}
+
+impl ClientContext for DeliveryTracker {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.capture.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.capture.error(error, reason)
+    }
+}
+
+impl ProducerContext for DeliveryTracker {
+    /// 1 for changelog records (their offsets are tracked), 0 otherwise.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tracked: usize) {
+        match result {
+            Ok(m) if tracked == 1 => {
+                if let Ok(mut g) = self.state.next.lock() {
+                    let parts = match g.get_mut(m.topic()) {
+                        Some(p) => p,
+                        None => g.entry(m.topic().to_string()).or_default(),
+                    };
+                    let e = parts.entry(m.partition()).or_insert(0);
+                    *e = (*e).max(m.offset() + 1);
+                }
+            }
+            Ok(_) => {}
+            Err((e, m)) => {
+                if let Ok(mut g) = self.state.errors.lock() {
+                    g.push(format!("{}[{}]: {e}", m.topic(), m.partition()));
+                }
+            }
+        }
+    }
+}
+
+struct Entry {
+    task: Task,
+    partitions: Vec<(String, i32)>,
+}
+
+/// Everything one instance runs.
+pub(crate) struct Engine {
+    pub(crate) topology: Arc<Topology>,
+    pub(crate) cfg: Arc<StreamsConfig>,
+    pub(crate) task_cfg: Arc<TaskConfig>,
+    pub(crate) plan: Arc<TopicPlan>,
+    pub(crate) state: StateDir,
+    pub(crate) producer: ThreadedProducer<DeliveryTracker>,
+    pub(crate) delivery: Arc<DeliveryState>,
+    pub(crate) restore_consumer: BaseConsumer<ErrorCapture>,
+    pub(crate) status: Arc<RuntimeStatus>,
+    pub(crate) dead_letter_file: Option<PathBuf>,
+    pub(crate) fatal: Option<RuntimeError>,
+    pub(crate) closing: bool,
+    tasks: BTreeMap<TaskId, Entry>,
+    last_commit: Instant,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        topology: Arc<Topology>,
+        cfg: Arc<StreamsConfig>,
+        task_cfg: Arc<TaskConfig>,
+        plan: Arc<TopicPlan>,
+        state: StateDir,
+        producer: ThreadedProducer<DeliveryTracker>,
+        delivery: Arc<DeliveryState>,
+        restore_consumer: BaseConsumer<ErrorCapture>,
+        status: Arc<RuntimeStatus>,
+        dead_letter_file: Option<PathBuf>,
+    ) -> Self {
+        Engine {
+            topology,
+            cfg,
+            task_cfg,
+            plan,
+            state,
+            producer,
+            delivery,
+            restore_consumer,
+            status,
+            dead_letter_file,
+            fatal: None,
+            closing: false,
+            tasks: BTreeMap::new(),
+            last_commit: Instant::now(),
+        }
+    }
+
+    fn task_for(&self, topic: &str, partition: i32) -> Option<TaskId> {
+        let st = self.topology.subtopology_reading(&self.cfg.application_id, topic)?;
+        let partition = if self.task_cfg.grouped { 0 } else { partition };
+        Some(TaskId { subtopology: st.id, partition })
+    }
+
+    /// Whether the commit interval has passed.
+    pub(crate) fn commit_due(&self) -> bool {
+        self.last_commit.elapsed() >= self.cfg.commit_interval
+    }
+
+    /// Processes one input record and sends what it produced.
+    pub(crate) fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
+        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        let Some(id) = self.task_for(topic, partition) else { return Ok(()) };
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            tracing::debug!(topic, partition, offset, "record for a task this instance does not own; ignored");
+            return Ok(());
+        };
+        if let Some(&pos) = entry.task.positions().get(&tp_key(topic, partition)) {
+            if offset < pos {
+                return Ok(()); // already reflected in the state
+            }
+        }
+        let headers: Vec<(String, Vec<u8>)> = msg
+            .headers()
+            .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec()).unwrap_or_default())).collect())
+            .unwrap_or_default();
+        let input = InputRecord {
+            topic,
+            partition,
+            offset,
+            timestamp: msg.timestamp().to_millis().unwrap_or(0),
+            key: msg.key(),
+            value: msg.payload(),
+            headers: &headers,
+        };
+        entry.task.process(&input)?;
+        let out = entry.task.take_output();
+        for r in out {
+            self.send(r)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, r: OutRecord) -> Result<(), RuntimeError> {
+        if r.kind == OutKind::DeadLetter && !self.plan.dead_letter_topic_ok {
+            return self.write_dead_letter_file(&r);
+        }
+        let tracked = usize::from(matches!(r.kind, OutKind::Changelog(_)));
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&r.topic, tracked).headers(headers).timestamp(r.timestamp);
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(v) = &r.value {
+            rec = rec.payload(v.as_slice());
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => return Err(RuntimeError::Delivery(format!("{}: {e}", r.topic))),
+            }
+        }
+    }
+
+    fn write_dead_letter_file(&self, r: &OutRecord) -> Result<(), RuntimeError> {
+        let Some(path) = &self.dead_letter_file else { return Ok(()) };
+        let header = |name: &str| {
+            r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+        };
+        let line = serde_json::json!({
+            "topic": header("dlq.topic"),
+            "partition": header("dlq.partition"),
+            "offset": header("dlq.offset"),
+            "stage": header("dlq.stage"),
+            "error": header("dlq.error"),
+            "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            "value": r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+        });
+        let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+            RuntimeError::Config(format!("cannot write the dead-letter file {}: {e}", path.display()))
+        })?;
+        writeln!(f, "{line}").map_err(|e| RuntimeError::Config(format!("cannot write the dead-letter file {}: {e}", path.display())))
+    }
+
+    /// The commit: see the module docs for the order and why.
+    pub(crate) fn commit(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
+        self.last_commit = Instant::now();
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
+        // 1. everything produced is acknowledged
+        self.producer
+            .flush(CLIENT_TIMEOUT)
+            .map_err(|e| RuntimeError::Delivery(format!("flush: {e}")))?;
+        let errors = self.delivery.take_errors();
+        if !errors.is_empty() {
+            return Err(RuntimeError::Delivery(errors.join("; ")));
+        }
+        // 2. state + changelog offsets + positions, atomically in sled
+        let acked = self.delivery.snapshot();
+        let mut tpl = TopicPartitionList::new();
+        for (id, e) in &mut self.tasks {
+            e.task.commit_state(&acked)?;
+            for (topic, p) in &e.partitions {
+                if let Some(&pos) = e.task.positions().get(&tp_key(topic, *p)) {
+                    let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(pos));
+                }
+            }
+            self.status.update_metrics(*id, e.task.metrics());
+        }
+        // 3. input offsets to the group
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                // sled is ahead of the group now; a restart starts from sled's position.
+                tracing::warn!(error = %e, "offset commit failed; local state keeps the position");
+            }
+        }
+        Ok(())
+    }
+
+    /// New partitions: create their tasks, restore them, and set the
+    /// positions to start from in `tpl`.
+    pub(crate) fn on_assign(
+        &mut self,
+        consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+        tpl: &mut TopicPartitionList,
+    ) -> Result<(), RuntimeError> {
+        let assigned: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        if self.task_cfg.grouped {
+            let total: i32 = self
+                .topology
+                .source_topics(&self.cfg.application_id)
+                .iter()
+                .map(|t| self.plan.partitions.get(t).copied().unwrap_or(0))
+                .sum();
+            let have = assigned.len() as i32 + self.tasks.values().map(|e| e.partitions.len() as i32).sum::<i32>();
+            if have < total {
+                return Err(RuntimeError::SecondMember { group: self.cfg.application_id.clone() });
+            }
+        }
+        let mut by_task: BTreeMap<TaskId, Vec<(String, i32)>> = BTreeMap::new();
+        for (t, p) in &assigned {
+            if let Some(id) = self.task_for(t, *p) {
+                by_task.entry(id).or_default().push((t.clone(), *p));
+            }
+        }
+        let committed = consumer
+            .committed_offsets(tpl.clone(), CLIENT_TIMEOUT)
+            .map_err(|e| RuntimeError::kafka("read committed offsets", e))?;
+        let committed: BTreeMap<String, i64> = committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((tp_key(e.topic(), e.partition()), o)),
+                _ => None,
+            })
+            .collect();
+        for (id, parts) in by_task {
+            if let Some(e) = self.tasks.get_mut(&id) {
+                e.partitions.extend(parts);
+                continue;
+            }
+            let task = self.open_task(id)?;
+            let mut entry = Entry { task, partitions: parts };
+            self.restore(&mut entry, &committed)?;
+            self.tasks.insert(id, entry);
+        }
+        for (t, p) in &assigned {
+            let Some(id) = self.task_for(t, *p) else { continue };
+            if let Some(e) = self.tasks.get(&id) {
+                if let Some(&pos) = e.task.positions().get(&tp_key(t, *p)) {
+                    let _ = tpl.set_partition_offset(t, *p, Offset::Offset(pos));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn open_task(&mut self, id: TaskId) -> Result<Task, RuntimeError> {
+        let sub = &self.topology.subtopologies()[id.subtopology];
+        let backend = self.state.backend(&id.to_string(), &sub.stores)?;
+        let damaged = backend.verify().err();
+        let mut task = Task::new(&self.topology, id, self.task_cfg.clone(), Box::new(backend));
+        if let Some(why) = damaged {
+            tracing::warn!(task = %id, error = %why, "local state does not match its checkpoint; rebuilding it from the changelog");
+            task.wipe()?;
+        }
+        Ok(task)
+    }
+
+    fn restore(&mut self, entry: &mut Entry, committed: &BTreeMap<String, i64>) -> Result<(), RuntimeError> {
+        let id = entry.task.id();
+        let span = tracing::info_span!("restore", task = %id);
+        let _g = span.enter();
+        let started = Instant::now();
+        let full = entry.task.stores().checkpoint()?.is_none();
+        let targets = entry.task.begin_restore(committed)?;
+        let mut progress = Vec::new();
+        let mut tpl = TopicPartitionList::new();
+        let mut changelog_records = 0u64;
+        for t in &targets {
+            let (low, high) = self
+                .restore_consumer
+                .fetch_watermarks(&t.topic, t.partition, CLIENT_TIMEOUT)
+                .map_err(|e| RuntimeError::kafka(format!("watermarks of changelog {}[{}]", t.topic, t.partition), e))?;
+            changelog_records += (high - low).max(0) as u64;
+            let start = t.start.max(low);
+            let done = start >= high;
+            progress.push(RestoreProgress { topic: t.topic.clone(), partition: t.partition, start, end: high, read: 0, done });
+            if !done {
+                let _ = tpl.add_partition_offset(&t.topic, t.partition, Offset::Offset(start));
+            } else {
+                entry.task.restore_progress(&t.topic, t.partition, start.max(t.start));
+            }
+        }
+        self.status.set_task(id, TaskStatus { state: TaskState::Restoring, restore: progress.clone(), metrics: entry.task.metrics() });
+        let total: i64 = progress.iter().map(|p| (p.end - p.start).max(0)).sum();
+        if tpl.count() > 0 {
+            tracing::info!(records = total, full, "restoring");
+            self.restore_consumer.assign(&tpl).map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
+            let mut since_flush = 0u64;
+            let mut last_progress = Instant::now();
+            let mut last_log = Instant::now();
+            while progress.iter().any(|p| !p.done) {
+                match self.restore_consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        let Some(i) = progress.iter().position(|p| p.topic == m.topic() && p.partition == m.partition()) else { continue };
+                        let p = &mut progress[i];
+                        if p.done || m.offset() >= p.end {
+                            p.done = true;
+                            continue;
+                        }
+                        let headers: Vec<(String, Vec<u8>)> = m
+                            .headers()
+                            .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec()).unwrap_or_default())).collect())
+                            .unwrap_or_default();
+                        let store = targets[i].store;
+                        entry.task.restore_record(store, m.key(), m.payload(), &headers);
+                        p.read += 1;
+                        entry.task.restore_progress(&p.topic, p.partition, m.offset() + 1);
+                        if m.offset() + 1 >= p.end {
+                            p.done = true;
+                        }
+                        since_flush += 1;
+                        last_progress = Instant::now();
+                        if since_flush >= RESTORE_FLUSH_EVERY {
+                            entry.task.flush_restore()?;
+                            since_flush = 0;
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
+                    None => {
+                        // Gaps (compaction, transaction markers): trust the position.
+                        if let Ok(pos) = self.restore_consumer.position() {
+                            for el in pos.elements() {
+                                if let (Some(p), Offset::Offset(o)) = (
+                                    progress.iter_mut().find(|p| p.topic == el.topic() && p.partition == el.partition()),
+                                    el.offset(),
+                                ) {
+                                    if o >= p.end && !p.done {
+                                        p.done = true;
+                                        entry.task.restore_progress(&p.topic, p.partition, p.end);
+                                    }
+                                }
+                            }
+                        }
+                        if last_progress.elapsed() > RESTORE_STALL {
+                            return Err(RuntimeError::Config(format!("restore of task {id} made no progress for {}s", RESTORE_STALL.as_secs())));
+                        }
+                    }
+                }
+                if last_log.elapsed() >= Duration::from_secs(1) {
+                    let read: u64 = progress.iter().map(|p| p.read).sum();
+                    let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    tracing::info!(read, total, rate = format!("{rate:.0}/s"), "restore progress");
+                    self.status.set_task(id, TaskStatus { state: TaskState::Restoring, restore: progress.clone(), metrics: entry.task.metrics() });
+                    last_log = Instant::now();
+                }
+            }
+            let _ = self.restore_consumer.unassign();
+        }
+        entry.task.flush_restore()?;
+        entry.task.init()?;
+        let read: u64 = progress.iter().map(|p| p.read).sum();
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(read, changelog_records, seconds = format!("{seconds:.2}"), full, "restored");
+        self.status.record_restore(RestoreRecord { task: id, full, read, changelog_records, seconds });
+        self.status.set_task(id, TaskStatus { state: TaskState::Running, restore: progress, metrics: entry.task.metrics() });
+        Ok(())
+    }
+
+    /// Partitions taken away: commit everything, then close their tasks.
+    pub(crate) fn on_revoke(
+        &mut self,
+        consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+        tpl: &TopicPartitionList,
+        lost: bool,
+    ) -> Result<(), RuntimeError> {
+        let revoked: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let result = if lost { Ok(()) } else { self.commit(consumer) };
+        let mut affected: Vec<TaskId> = revoked.iter().filter_map(|(t, p)| self.task_for(t, *p)).collect();
+        affected.sort();
+        affected.dedup();
+        for id in affected {
+            if let Some(mut e) = self.tasks.remove(&id) {
+                e.partitions.retain(|tp| !revoked.contains(tp));
+                if e.partitions.is_empty() || !self.task_cfg.grouped {
+                    e.task.close();
+                    self.status.remove_task(id);
+                } else {
+                    self.tasks.insert(id, e);
+                }
+            }
+        }
+        if self.task_cfg.grouped && !self.closing && !revoked.is_empty() && !lost && result.is_ok() && self.fatal.is_none() {
+            // In single-instance mode a revocation means another member arrived
+            // (or we are shutting down, in which case the caller ignores this).
+            return Err(RuntimeError::SecondMember { group: self.cfg.application_id.clone() });
+        }
+        result
+    }
+
+    /// Closes every task after a final commit.
+    pub(crate) fn shutdown(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
+        let r = self.commit(consumer);
+        for (id, mut e) in std::mem::take(&mut self.tasks) {
+            e.task.close();
+            self.status.remove_task(id);
+        }
+        r
+    }
+
+}

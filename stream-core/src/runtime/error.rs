@@ -1,0 +1,106 @@
+//! Errors of the Kafka runtime, each phrased as what to do about it.
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use thiserror::Error;
+
+use crate::error::StoreError;
+use crate::task::TaskError;
+
+/// Why the runtime could not start or had to stop.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The broker rejected the credentials.
+    #[error("authentication failed for user `{user}` ({mechanism}): check the user name and password")]
+    Authentication {
+        /// User name.
+        user: String,
+        /// SASL mechanism.
+        mechanism: String,
+    },
+    /// No broker could be reached.
+    #[error("cannot reach the Kafka cluster at {bootstrap}: {detail}; check --bootstrap-servers and that the brokers run")]
+    Unreachable {
+        /// Bootstrap servers.
+        bootstrap: String,
+        /// What the client reported.
+        detail: String,
+    },
+    /// A topic the topology reads or writes does not exist.
+    #[error("topic `{topic}` does not exist; create it ({hint})")]
+    MissingTopic {
+        /// Topic.
+        topic: String,
+        /// How.
+        hint: String,
+    },
+    /// The principal lacks a permission.
+    #[error("not authorized to {operation} {resource}: grant the ACL ({hint})")]
+    NotAuthorized {
+        /// What was attempted (`Read`, `Write`, `Create`, …).
+        operation: String,
+        /// The resource (`topic X`, `group G`, `transactional id T`).
+        resource: String,
+        /// What would fix it.
+        hint: String,
+    },
+    /// An existing topic does not fit the topology.
+    #[error("topic `{topic}` cannot be used: {reason}")]
+    TopicMismatch {
+        /// Topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
+    /// A Kafka operation failed.
+    #[error("{operation}: {source}")]
+    Kafka {
+        /// The operation.
+        operation: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// Produced records were not acknowledged; nothing was committed.
+    #[error("records could not be delivered: {0}; nothing was committed, a restart reprocesses them")]
+    Delivery(String),
+    /// Local state failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A task failed under the fail-fast policy.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// Another member joined the group in single-instance mode.
+    #[error("another instance joined consumer group `{group}` while running in single-instance mode; counts would be partial, so this instance stops. Run one instance, or allow the repartition topic to be created")]
+    SecondMember {
+        /// The group.
+        group: String,
+    },
+}
+
+impl RuntimeError {
+    /// Wraps a client error, recognising authorization codes.
+    pub fn kafka(operation: impl Into<String>, source: KafkaError) -> Self {
+        let operation = operation.into();
+        match source.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed) => RuntimeError::NotAuthorized {
+                operation: operation.clone(),
+                resource: "a topic".into(),
+                hint: format!("{operation} failed with TOPIC_AUTHORIZATION_FAILED"),
+            },
+            Some(RDKafkaErrorCode::GroupAuthorizationFailed) => RuntimeError::NotAuthorized {
+                operation: "Read".into(),
+                resource: "the consumer group".into(),
+                hint: format!("{operation} failed with GROUP_AUTHORIZATION_FAILED: grant Read on the group"),
+            },
+            Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed) => RuntimeError::NotAuthorized {
+                operation: "Write".into(),
+                resource: "the transactional id".into(),
+                hint: "exactly-once needs Write and Describe on the transactional id; use at-least-once otherwise".into(),
+            },
+            _ => RuntimeError::Kafka { operation, source },
+        }
+    }
+}

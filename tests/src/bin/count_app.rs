@@ -1,0 +1,37 @@
+//! A counting application for runtime tests: counts the values of an input
+//! topic (group by value → repartition → count) into an output topic.
+//!
+//! `count-app APP_ID INPUT OUTPUT STATE_DIR [BOOTSTRAP]`
+
+use stream_core::runtime::{KafkaStreams, StreamsConfig};
+use stream_dsl::prelude::*;
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 5 {
+        eprintln!("usage: count-app APP_ID INPUT OUTPUT STATE_DIR [BOOTSTRAP]");
+        std::process::exit(2);
+    }
+    let bootstrap = args.get(5).cloned().unwrap_or_else(integration_tests::bootstrap);
+    let b = StreamsBuilder::new();
+    b.source(&args[2]).group_by(|_k, v| v.clone()).count(Materialized::as_store("counts")).to_topic(&args[3]);
+    let topology = match b.build() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut cfg = StreamsConfig::new(&args[1], &bootstrap);
+    cfg.state_dir = args[4].clone().into();
+    let result = match KafkaStreams::new(topology, cfg) {
+        Ok(app) => app.run_until_signal().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
