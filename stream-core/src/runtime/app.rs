@@ -220,11 +220,12 @@ fn stream_loop(
     consumer.subscribe(&refs).map_err(|e| RuntimeError::kafka("subscribe", e))?;
     status.set_running(true);
     let mut last_transport_warning: Option<std::time::Instant> = None;
+    let mut last_progress = std::time::Instant::now();
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let polled = consumer.poll(Duration::from_millis(100));
+        let polled = consumer.poll(Duration::from_millis(50));
         let mut e = lock(&engine);
         if let Some(err) = e.fatal.take() {
             break Err(err);
@@ -252,6 +253,11 @@ fn stream_loop(
                 }
             },
             None => {}
+        }
+        if last_progress.elapsed() >= Duration::from_secs(10) {
+            let (processed, tasks) = e.progress();
+            tracing::info!(processed, tasks, "progress");
+            last_progress = std::time::Instant::now();
         }
         if e.commit_due() {
             if let Err(err) = e.commit(&consumer) {

@@ -183,6 +183,11 @@ impl Engine {
         Some(TaskId { subtopology: st.id, partition })
     }
 
+    /// Records processed and tasks owned, for the periodic progress line.
+    pub(crate) fn progress(&self) -> (u64, usize) {
+        (self.tasks.values().map(|e| e.task.metrics().processed).sum(), self.tasks.len())
+    }
+
     /// Whether the commit interval has passed.
     pub(crate) fn commit_due(&self) -> bool {
         self.last_commit.elapsed() >= self.cfg.commit_interval
@@ -275,7 +280,12 @@ impl Engine {
 
     /// The commit: see the module docs for the order and why.
     pub(crate) fn commit(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
+        let r = self.commit_inner(consumer);
         self.last_commit = Instant::now();
+        r
+    }
+
+    fn commit_inner(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
         if self.tasks.is_empty() {
             return Ok(());
         }
@@ -299,6 +309,7 @@ impl Engine {
             }
             self.status.update_metrics(*id, e.task.metrics());
         }
+        self.state.sync()?;
         // 3. input offsets to the group
         if tpl.count() > 0 {
             if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
@@ -436,6 +447,7 @@ impl Engine {
                         last_progress = Instant::now();
                         if since_flush >= RESTORE_FLUSH_EVERY {
                             entry.task.flush_restore()?;
+                            self.state.sync()?;
                             since_flush = 0;
                         }
                     }
@@ -471,6 +483,7 @@ impl Engine {
             let _ = self.restore_consumer.unassign();
         }
         entry.task.flush_restore()?;
+        self.state.sync()?;
         entry.task.init()?;
         let read: u64 = progress.iter().map(|p| p.read).sum();
         let seconds = started.elapsed().as_secs_f64();

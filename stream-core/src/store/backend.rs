@@ -32,7 +32,8 @@ pub trait StateBackend: Send {
     fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries of store `store` whose key starts with `prefix`.
     fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
-    /// Applies one batch per store and the checkpoint, atomically and durably.
+    /// Applies one batch per store and the checkpoint atomically. Durable
+    /// once the owner syncs (for sled: [`StateDir::sync`](super::StateDir::sync)).
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError>;
     /// The last committed checkpoint.
     fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;

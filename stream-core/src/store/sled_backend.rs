@@ -73,6 +73,12 @@ impl StateDir {
             .open()
     }
 
+    /// Makes every committed transaction durable (one fsync for all tasks).
+    /// Backend commits are atomic but become durable only here.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|source| StoreError::Sled { store: "*".into(), source })
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -180,7 +186,6 @@ impl StateBackend for SledBackend {
             TransactionError::Storage(s) => self.err(s),
             TransactionError::Abort(()) => self.err(sled::Error::Unsupported("transaction aborted".into())),
         })?;
-        self.db.flush().map_err(|e| self.err(e))?;
         self.counts = counts;
         Ok(())
     }

@@ -1,0 +1,227 @@
+//! The Kafka runtime on a real broker: exact counts, compacted changelogs,
+//! tail and full restores, SIGKILL crash loops, an instance joining and
+//! leaving.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::*;
+use rand::Rng;
+use stream_core::runtime::{KafkaStreams, RuntimeError, RuntimeStatus, StreamsConfig};
+use stream_dsl::prelude::*;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const WORDS: usize = 300;
+
+fn counting_topology(input: &str, output: &str) -> stream_core::Topology {
+    let b = StreamsBuilder::new();
+    b.source(input).group_by(|_k, v| v.clone()).count(Materialized::as_store("counts")).to_topic(output);
+    b.build().unwrap()
+}
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), RuntimeError>>,
+    status: Arc<RuntimeStatus>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.handle.await.expect("join").expect("the application stopped cleanly");
+    }
+}
+
+fn start(app: &str, input: &str, output: &str, state: &Path) -> Running {
+    let mut cfg = StreamsConfig::new(app, &bootstrap());
+    cfg.state_dir = state.to_path_buf();
+    cfg.extra.insert("session.timeout.ms".into(), "6000".into());
+    let streams = KafkaStreams::new(counting_topology(input, output), cfg).unwrap();
+    let status = streams.status();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(streams.run(async move {
+        let _ = rx.await;
+    }));
+    Running { stop: Some(tx), handle, status }
+}
+
+/// Produces `n` random words; adds them to `expected`.
+fn produce_words(topic: &str, n: usize, expected: &mut BTreeMap<Vec<u8>, i64>) {
+    let p = producer();
+    let mut rng = rand::thread_rng();
+    for _ in 0..n {
+        let w = format!("w{:03}", rng.gen_range(0..WORDS));
+        send(&p, topic, None, w.as_bytes());
+        *expected.entry(w.into_bytes()).or_insert(0) += 1;
+    }
+    flush(&p);
+}
+
+fn counts_of(topic: &str) -> BTreeMap<Vec<u8>, i64> {
+    latest_per_key(topic)
+        .into_iter()
+        .map(|(k, v)| (k, i64::from_be_bytes(v.as_slice().try_into().expect("8-byte count"))))
+        .collect()
+}
+
+async fn wait_for_counts(output: &str, expected: &BTreeMap<Vec<u8>, i64>, secs: u64) -> BTreeMap<Vec<u8>, i64> {
+    let out = output.to_string();
+    let exp = expected.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut last = BTreeMap::new();
+        wait_until(Duration::from_secs(secs), || {
+            last = counts_of(&out);
+            last == exp
+        });
+        last
+    })
+    .await
+    .unwrap()
+}
+
+fn diff(got: &BTreeMap<Vec<u8>, i64>, want: &BTreeMap<Vec<u8>, i64>) -> String {
+    let mut d = Vec::new();
+    for (k, v) in want {
+        let g = got.get(k).copied().unwrap_or(0);
+        if g != *v {
+            d.push(format!("{}: got {g}, want {v}", String::from_utf8_lossy(k)));
+        }
+    }
+    format!("{} of {} keys differ; first: {:?}", d.len(), want.len(), d.iter().take(5).collect::<Vec<_>>())
+}
+
+fn restored_reads(status: &RuntimeStatus) -> (u64, bool) {
+    let r = status.restores();
+    (r.iter().map(|x| x.read).sum(), r.iter().any(|x| x.full))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_count_exactly_and_restore_only_the_tail_or_everything_when_state_is_gone() {
+    let (app, input, output) = (unique("count"), unique("words"), unique("counts"));
+    create_topic(&input, 3).await;
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut expected = BTreeMap::new();
+    produce_words(&input, 12_000, &mut expected);
+
+    let run = start(&app, &input, &output, state.path());
+    let got = wait_for_counts(&output, &expected, 120).await;
+    assert!(got == expected, "first run: {}", diff(&got, &expected));
+    run.stop().await;
+
+    let changelog = format!("{app}-counts-changelog");
+    assert_eq!(partition_count(&changelog), Some(3), "changelog has the input's partition count");
+    let policy = topic_config(&changelog, "cleanup.policy").await.unwrap_or_default();
+    assert!(policy.contains("compact"), "changelog cleanup.policy is {policy}");
+    let changelog_len = read_all(&changelog, Duration::from_secs(60)).len() as u64;
+    assert!(changelog_len >= WORDS as u64, "changelog holds {changelog_len} records");
+
+    // Restart with the state directory intact: only the tail is read.
+    produce_words(&input, 200, &mut expected);
+    let run = start(&app, &input, &output, state.path());
+    let got = wait_for_counts(&output, &expected, 120).await;
+    assert!(got == expected, "tail restart: {}", diff(&got, &expected));
+    let (read, full) = restored_reads(&run.status);
+    assert!(!full, "local state existed, the restore must not be full");
+    assert!(read * 100 < changelog_len, "tail restore read {read} of {changelog_len} changelog records (>= 1%)");
+    run.stop().await;
+
+    // State directory deleted: full restore, still exact.
+    std::fs::remove_dir_all(state.path().join(&app)).unwrap();
+    let changelog_len = read_all(&changelog, Duration::from_secs(60)).len() as u64;
+    produce_words(&input, 200, &mut expected);
+    let run = start(&app, &input, &output, state.path());
+    let got = wait_for_counts(&output, &expected, 120).await;
+    assert!(got == expected, "after full restore: {}", diff(&got, &expected));
+    let (read, full) = restored_reads(&run.status);
+    assert!(full, "with no local state the restore is full");
+    assert!(read >= changelog_len / 2 && read > 0, "full restore read {read} of {changelog_len}");
+    run.stop().await;
+}
+
+fn spawn_count_app(app: &str, input: &str, output: &str, state: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_count-app"))
+        .args([app, input, output, &state.display().to_string(), &bootstrap()])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn count-app")
+}
+
+fn kill9(child: &mut Child) {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+fn log_path(name: &str) -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{name}.log"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_count_exactly_through_repeated_sigkill_crashes() {
+    let (app, input, output) = (unique("crash"), unique("words"), unique("counts"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_path(&app);
+    let mut child = spawn_count_app(&app, &input, &output, state.path(), &log);
+
+    let producer_input = input.clone();
+    let feeder = std::thread::spawn(move || {
+        let mut expected = BTreeMap::new();
+        for _ in 0..20 {
+            produce_words(&producer_input, 1_000, &mut expected);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        expected
+    });
+    let mut rng = rand::thread_rng();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(800..3000)));
+        kill9(&mut child);
+        child = spawn_count_app(&app, &input, &output, state.path(), &log);
+    }
+    let expected = feeder.join().unwrap();
+    let got = wait_for_counts(&output, &expected, 180).await;
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(got == expected, "after 6 SIGKILLs: {} (log: {})", diff(&got, &expected), log.display());
+    assert!(status.success(), "graceful stop after SIGTERM failed: {status} (log: {})", log.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_count_exactly_when_a_second_instance_joins_and_leaves() {
+    let (app, input, output) = (unique("scale"), unique("words"), unique("counts"));
+    create_topic(&input, 4).await;
+    create_topic(&output, 1).await;
+    let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut expected = BTreeMap::new();
+    let a = start(&app, &input, &output, s1.path());
+    produce_words(&input, 4_000, &mut expected);
+    let b = start(&app, &input, &output, s2.path());
+    produce_words(&input, 4_000, &mut expected);
+    let got = wait_for_counts(&output, &expected, 120).await;
+    assert!(got == expected, "with two instances: {}", diff(&got, &expected));
+    assert!(
+        wait_until(Duration::from_secs(30), || !b.status.tasks().is_empty()),
+        "the second instance never got a task"
+    );
+    b.stop().await;
+    produce_words(&input, 4_000, &mut expected);
+    let got = wait_for_counts(&output, &expected, 120).await;
+    assert!(got == expected, "after the second instance left: {}", diff(&got, &expected));
+    a.stop().await;
+}
