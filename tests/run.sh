@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, doctests, and integration tests against a
+# real Kafka broker. Starts the local broker if none answers (and stops it
+# again at the end); uses a running one as it is.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+cd "$repo"
+
+started=0
+if ! "$here/broker/kafka.sh" status >/dev/null 2>&1; then
+  "$here/broker/kafka.sh" start
+  started=1
+fi
+cleanup() { if [[ $started == 1 ]]; then "$here/broker/kafka.sh" stop || true; fi; }
+trap cleanup EXIT
+
+cargo test --workspace --locked "$@"
