@@ -15,4 +15,6 @@ fi
 cleanup() { if [[ $started == 1 ]]; then "$here/broker/kafka.sh" stop || true; fi; }
 trap cleanup EXIT
 
+# Integration tests run the programs as child processes: build them first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

@@ -98,6 +98,14 @@ impl TestDriver {
         self
     }
 
+    /// One task per sub-topology reads every partition, as the runtime's
+    /// single-instance mode does.
+    pub fn with_single_task(mut self) -> Self {
+        Arc::make_mut(&mut self.config).grouped = true;
+        self.rebuild();
+        self
+    }
+
     /// Whether every `pipe` ends with a commit (default `true`).
     pub fn with_auto_commit(mut self, on: bool) -> Self {
         self.auto_commit = on;
@@ -141,7 +149,8 @@ impl TestDriver {
             let n = st.sources.iter().filter_map(|t| counts.get(&t.resolve(&app)).copied()).max().unwrap_or(1);
             for s in &st.stores {
                 if let Some(cl) = self.topology.store(s).and_then(|spec| spec.changelog_topic(&app)) {
-                    counts.entry(cl).or_insert(n);
+                    let fixed = self.partitions.get(&cl).copied().unwrap_or(n);
+                    counts.entry(cl).or_insert(fixed);
                 }
             }
         }
@@ -157,6 +166,7 @@ impl TestDriver {
         let app = self.app().to_string();
         for st in self.topology.subtopologies() {
             let n = st.sources.iter().map(|t| self.count_of(&t.resolve(&app))).max().unwrap_or(1);
+            let n = if self.config.grouped { 1 } else { n };
             for p in 0..n {
                 let id = TaskId { subtopology: st.id, partition: p };
                 let backend = Box::new(MemoryBackend::new(st.stores.len()));
@@ -259,16 +269,25 @@ impl TestDriver {
             let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
             for id in ids {
                 let topics = self.tasks[&id].input_topics().to_vec();
-                for topic in topics {
-                    let key = tp_key(&topic, id.partition);
-                    let Some(records) = self.topics.get(&topic).and_then(|ps| ps.get(id.partition as usize)).cloned() else {
-                        continue;
+                let reads: Vec<(String, i32)> = topics
+                    .iter()
+                    .flat_map(|t| {
+                        let parts: Vec<i32> = if self.config.grouped { (0..self.count_of(t)).collect() } else { vec![id.partition] };
+                        parts.into_iter().map(move |p| (t.clone(), p))
+                    })
+                    .collect();
+                for (topic, partition) in reads {
+                    let key = tp_key(&topic, partition);
+                    let start = self.consumed.get(&key).copied().unwrap_or(0) as usize;
+                    let records: Vec<StoredRecord> = match self.topics.get(&topic).and_then(|ps| ps.get(partition as usize)) {
+                        Some(rs) if rs.len() > start => rs[start..].to_vec(),
+                        _ => continue,
                     };
-                    let start = self.consumed.get(&key).copied().unwrap_or(0);
-                    for (offset, r) in records.iter().enumerate().skip(start as usize) {
+                    for (i, r) in records.iter().enumerate() {
+                        let offset = start + i;
                         let input = InputRecord {
                             topic: &topic,
-                            partition: id.partition,
+                            partition,
                             offset: offset as i64,
                             timestamp: r.timestamp,
                             key: r.key.as_deref(),

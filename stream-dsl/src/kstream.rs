@@ -33,6 +33,19 @@ pub(crate) fn builtin_serde<T: 'static>() -> Option<Arc<dyn Serde<T>>> {
     any.downcast::<Arc<dyn Serde<T>>>().ok().map(|b| *b)
 }
 
+/// Where a record came from, for operators that show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Timestamp (ms).
+    pub timestamp: i64,
+}
+
 /// A typed stream of key-value records.
 ///
 /// Operators return new streams; the graph they describe is built by
@@ -317,6 +330,36 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         );
     }
 
+    /// Calls `f` with each record's origin (topic, partition, offset,
+    /// timestamp) and its key and value; ends the stream.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let lines = Arc::new(Mutex::new(Vec::new()));
+    /// let out = lines.clone();
+    /// let b = StreamsBuilder::new();
+    /// b.source("in").for_each_with_meta(move |m, _k, v| out.lock().unwrap().push(format!("{}:{}:{}: {v}", m.topic, m.partition, m.offset)));
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str("in", "k", "hello");
+    /// assert_eq!(*lines.lock().unwrap(), vec!["in:0:0: hello"]);
+    /// ```
+    pub fn for_each_with_meta(&self, f: impl Fn(&RecordMeta, &K, &V) + Send + Sync + 'static) {
+        self.op(
+            "for-each",
+            Arc::new(move |ctx, r| {
+                let (k, v) = ops::borrow_kv::<K, V>(ctx, &r)?;
+                let meta = match ctx.origin() {
+                    Some(o) => RecordMeta { topic: o.topic.clone(), partition: o.partition, offset: o.offset, timestamp: r.timestamp },
+                    None => RecordMeta { topic: String::new(), partition: -1, offset: -1, timestamp: r.timestamp },
+                };
+                f(&meta, k, v);
+                Ok(())
+            }),
+        );
+    }
+
     /// Splits the stream by predicates: each record goes to the first branch
     /// whose predicate holds; records that match none are dropped (end with
     /// `|_, _| true` for a default branch).
@@ -586,7 +629,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         if let Some(v) = grouped.value.clone() {
             keyed.value_serde = Some(v);
         }
-        KGroupedStream::new(keyed, Some(grouped.key), grouped.name, true)
+        KGroupedStream::new(keyed, Some(grouped.key), grouped.name, grouped.repartition)
     }
 
     /// Groups by the current key. Repartitions only if an upstream operator

@@ -38,12 +38,12 @@ pub mod options;
 
 pub use builder::StreamsBuilder;
 pub use grouped::KGroupedStream;
-pub use kstream::KStream;
+pub use kstream::{KStream, RecordMeta};
 pub use ktable::KTable;
 pub use options::{Consumed, Grouped, Materialized, Produced};
 
 /// Everything a topology needs, in one import.
 pub mod prelude {
-    pub use crate::{Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, StreamsBuilder};
+    pub use crate::{Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, RecordMeta, StreamsBuilder};
     pub use stream_core::driver::TestDriver;
 }

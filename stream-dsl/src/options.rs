@@ -61,17 +61,27 @@ pub struct Grouped<K, V> {
     pub(crate) key: Arc<dyn Serde<K>>,
     pub(crate) value: Option<Arc<dyn Serde<V>>>,
     pub(crate) name: Option<String>,
+    pub(crate) repartition: bool,
 }
 
 impl<K, V> Grouped<K, V> {
     /// Groups with these serdes for key and value.
     pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
-        Grouped { key: Arc::new(key), value: Some(Arc::new(value)), name: None }
+        Grouped { key: Arc::new(key), value: Some(Arc::new(value)), name: None, repartition: true }
     }
 
     /// Groups with this key serde; the value serde is the stream's.
     pub fn with_key(key: impl Serde<K>) -> Self {
-        Grouped { key: Arc::new(key), value: None, name: None }
+        Grouped { key: Arc::new(key), value: None, name: None, repartition: true }
+    }
+
+    /// Aggregates where the records are, without a repartition topic. Only
+    /// correct when one task sees every record of a key: a single instance
+    /// that groups all input partitions into one task (the runtime's
+    /// single-instance mode), or input already partitioned by the new key.
+    pub fn without_repartition(mut self) -> Self {
+        self.repartition = false;
+        self
     }
 
     /// Names the grouping (its repartition topic is `<app>-<name>-repartition`).

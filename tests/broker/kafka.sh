@@ -47,14 +47,17 @@ bootstrap() {
 }
 
 ensure_jars() {
-  if [[ -f "$JARS/.complete" ]]; then return; fi
+  local want
+  want=$(sha256sum "$here/pom.xml" | cut -d' ' -f1)
+  if [[ -f "$JARS/.complete" && "$(cat "$JARS/.complete")" == "$want" ]]; then return; fi
   command -v mvn >/dev/null || die "maven (mvn) is required to fetch Kafka's jars"
   echo "kafka.sh: fetching Kafka jars from Maven Central into $JARS" >&2
+  rm -rf "$JARS"
   mkdir -p "$JARS"
   mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
     -DoutputDirectory="$JARS" -DincludeScope=runtime >&2 \
     || die "mvn could not fetch the Kafka jars"
-  touch "$JARS/.complete"
+  echo "$want" >"$JARS/.complete"
 }
 
 java_cp() { echo "$JARS/*"; }
@@ -236,11 +239,40 @@ cmd_node() {
   esac
 }
 
+admin_properties() {
+  local f="$DATA/admin.properties"
+  cat >"$f" <<EOF
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=SCRAM-SHA-256
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$ADMIN_USER" password="$ADMIN_PASSWORD";
+EOF
+  echo "$f"
+}
+
+# Creates (or updates) a SCRAM-SHA-256/512 user: kafka.sh user NAME PASSWORD
+cmd_user() {
+  [[ $# -eq 2 ]] || die "usage: kafka.sh user NAME PASSWORD"
+  run_java kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
+    --command-config "$(admin_properties)" --alter --entity-type users --entity-name "$1" \
+    --add-config "SCRAM-SHA-256=[password=$2]" >/dev/null
+  run_java kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
+    --command-config "$(admin_properties)" --alter --entity-type users --entity-name "$1" \
+    --add-config "SCRAM-SHA-512=[password=$2]" >/dev/null
+}
+
+# Runs Kafka's ACL tool as the admin: kafka.sh acl --add --allow-principal User:x ...
+cmd_acl() {
+  run_java org.apache.kafka.tools.AclCommand --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
+    --command-config "$(admin_properties)" "$@" >/dev/null
+}
+
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   status) cmd_status ;;
   stop) cmd_stop ;;
   bootstrap) bootstrap ;;
   node) shift; cmd_node "$@" ;;
-  *) echo "usage: $0 start [--brokers N] | status | stop | bootstrap | node kill|start INDEX" >&2; exit 2 ;;
+  user) shift; cmd_user "$@" ;;
+  acl) shift; cmd_acl "$@" ;;
+  *) echo "usage: $0 start [--brokers N] | status | stop | bootstrap | node kill|start INDEX | user NAME PASSWORD | acl ARGS..." >&2; exit 2 ;;
 esac

@@ -214,3 +214,27 @@ pub fn partition_count(topic: &str) -> Option<usize> {
     }
     Some(t.partitions().len())
 }
+
+/// The path of a workspace binary (built by `cargo test --workspace` or
+/// `cargo build --workspace`), next to the running test's own directory.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build it with `cargo build --workspace` (tests/run.sh does)", path.display());
+    path
+}
+
+/// A directory under `target/test-logs` for a test's log files.
+pub fn log_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+/// Runs `tests/broker/kafka.sh` with `args` (SCRAM users, ACLs).
+pub fn kafka_sh(args: &[&str]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("broker/kafka.sh");
+    let out = std::process::Command::new("bash").arg(script).args(args).output().expect("kafka.sh");
+    assert!(out.status.success(), "kafka.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}

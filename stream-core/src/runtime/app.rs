@@ -148,7 +148,9 @@ impl KafkaStreams {
         rc.set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
-            .set("group.id", format!("{}-restore", self.cfg.application_id));
+            // librdkafka needs a group id even to assign(); this consumer never
+            // joins or commits, and the application's own id needs no extra ACL.
+            .set("group.id", &self.cfg.application_id);
         let restore_consumer: BaseConsumer<ErrorCapture> =
             rc.create_with_context(ErrorCapture::default()).map_err(|e| RuntimeError::kafka("create restore consumer", e))?;
 

@@ -103,6 +103,10 @@ pub struct StreamsConfig {
     /// Single-instance mode: one task per sub-topology reads all partitions,
     /// and the instance stops if another member joins its group.
     pub single_instance: bool,
+    /// When a changelog cannot be read (no Read permission) and there is no
+    /// local state: start from empty state (`true`) or refuse (`false`,
+    /// the default), because empty state would publish wrong aggregates.
+    pub allow_empty_state: bool,
     /// `group.instance.id` for static membership.
     pub group_instance_id: Option<String>,
     /// Extra librdkafka properties passed to every client.
@@ -125,6 +129,7 @@ impl StreamsConfig {
             dead_letter_topic: None,
             replication_factor: None,
             single_instance: false,
+            allow_empty_state: false,
             group_instance_id: None,
             extra: BTreeMap::new(),
         }

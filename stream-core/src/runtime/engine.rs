@@ -451,6 +451,27 @@ impl Engine {
                             since_flush = 0;
                         }
                     }
+                    Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                        let topics: Vec<String> = progress.iter().filter(|p| !p.done).map(|p| p.topic.clone()).collect();
+                        let topic = topics.first().cloned().unwrap_or_default();
+                        if !full {
+                            tracing::warn!(topic = %topic, "cannot read the changelog (no Read permission); continuing from the local state of the last commit");
+                        } else if self.cfg.allow_empty_state {
+                            tracing::warn!(topic = %topic, "cannot read the changelog (no Read permission) and no local state exists; starting from EMPTY state as allowed");
+                        } else {
+                            let _ = self.restore_consumer.unassign();
+                            return Err(RuntimeError::NotAuthorized {
+                                operation: "Read".into(),
+                                resource: format!("topic `{topic}`"),
+                                hint: format!(
+                                    "task {id} has no local state and must restore it from `{topic}`; without Read on it the counts would restart from zero and publish wrong numbers. Grant Read on {topic}, restore the state directory, or pass --allow-empty-state to start from zero anyway"
+                                ),
+                            });
+                        }
+                        for p in progress.iter_mut() {
+                            p.done = true;
+                        }
+                    }
                     Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
                     None => {
                         // Gaps (compaction, transaction markers): trust the position.

@@ -1,0 +1,67 @@
+//! Step 5: count flagged users per company; every change goes to the
+//! compacted `watchlist` topic, which is also the count store's changelog.
+
+use clap::Parser;
+use stream_core::runtime::{KafkaStreams, RuntimeError};
+
+use apps::cli::{fail, init_logging, Common};
+use apps::filters::for_team;
+use apps::watchlist::{topology, Mode, Topics};
+
+/// Watch companies with many flagged users (tutorial step 5).
+///
+/// Counts the team's flagged users per company in a local sled store,
+/// publishes every count change to `watchlist` as
+/// {"team","company","flag_count"} keyed by the company, logs an ALERT when
+/// a company reaches the threshold, and after a crash restores the counts
+/// from `watchlist` (only this team's records) before processing new users.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Flagged users at which a company raises an ALERT.
+    #[arg(long, default_value_t = 3)]
+    threshold: i64,
+    /// Count without a repartition topic, all partitions in one task. For
+    /// clusters where the repartition topic cannot be created. Correct only
+    /// while this is the group's only instance: it stops if another joins.
+    #[arg(long)]
+    single_instance: bool,
+    /// Start from empty counts when there is no local state and `watchlist`
+    /// cannot be read (counts then restart at zero).
+    #[arg(long)]
+    allow_empty_state: bool,
+    /// at-least-once (exactly-once is not available in this version).
+    #[arg(long, default_value = "at-least-once")]
+    guarantee: String,
+    /// Commit interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    commit_interval_ms: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    init_logging();
+    let args = Args::parse();
+    let common = args.common.resolve().unwrap_or_else(|e| fail(e));
+    let team = common.team().unwrap_or_else(|e| fail(e));
+    let filter = for_team(&team).unwrap_or_else(|e| fail(e));
+    let mode = if args.single_instance { Mode::SingleInstance } else { Mode::Repartition };
+    let topics = Topics { new_users: common.new_users(), watchlist: common.watchlist() };
+    let topology = topology(&team, filter, args.threshold, mode, &topics).unwrap_or_else(|e| fail(e));
+    let mut cfg = common.streams_config(&team);
+    cfg.processing_guarantee = args.guarantee.parse().unwrap_or_else(|e: String| fail(e));
+    cfg.single_instance = args.single_instance;
+    cfg.allow_empty_state = args.allow_empty_state;
+    cfg.commit_interval = std::time::Duration::from_millis(args.commit_interval_ms);
+    tracing::info!(team = %team, filter = filter.rule, threshold = args.threshold, ?mode, "watchlist");
+    let app = KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e));
+    match app.run_until_signal().await {
+        Ok(()) => {}
+        Err(e @ RuntimeError::NotAuthorized { .. }) if !args.single_instance && e.to_string().contains("repartition") => {
+            fail(format!("{e}. Or run one instance with --single-instance, which needs no repartition topic"))
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,152 @@
+//! Options every program shares, read from the command line, the
+//! environment (`KAFKA_PASSWORD`) and an optional TOML file.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use stream_core::runtime::{Secret, StreamsConfig};
+
+/// Connection, identity and state options. The password is never printed.
+#[derive(clap::Args, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct Common {
+    /// Kafka bootstrap servers, e.g. 127.0.0.1:9092.
+    #[arg(long)]
+    pub bootstrap_servers: Option<String>,
+    /// Team name, team-1 … team-15 (consumer group id and client id).
+    #[arg(long)]
+    pub team: Option<String>,
+    /// PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL.
+    #[arg(long)]
+    pub security_protocol: Option<String>,
+    /// SASL mechanism, e.g. SCRAM-SHA-256.
+    #[arg(long)]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name (the classroom uses the team name).
+    #[arg(long)]
+    pub username: Option<String>,
+    /// SASL password; prefer the KAFKA_PASSWORD environment variable.
+    #[arg(long, env = "KAFKA_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// CA certificate file for TLS.
+    #[arg(long)]
+    pub ssl_ca_location: Option<String>,
+    /// Client certificate file for TLS.
+    #[arg(long)]
+    pub ssl_certificate_location: Option<String>,
+    /// Client key file for TLS.
+    #[arg(long)]
+    pub ssl_key_location: Option<String>,
+    /// Application id (consumer group, internal topic prefix); default: the team.
+    #[arg(long)]
+    pub application_id: Option<String>,
+    /// Topic of user registrations.
+    #[arg(long)]
+    pub new_users_topic: Option<String>,
+    /// Topic of actions (steps 2–4).
+    #[arg(long)]
+    pub actions_topic: Option<String>,
+    /// Topic of the watchlist (step 5).
+    #[arg(long)]
+    pub watchlist_topic: Option<String>,
+    /// Directory for local state (sled).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// TOML file with any of these options (kebab-case keys); flags win.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+impl Common {
+    /// Fills options not given on the command line from `--config`.
+    pub fn resolve(mut self) -> Result<Common, String> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let file: Common = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        macro_rules! fill {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
+        }
+        fill!(bootstrap_servers, team, application_id, new_users_topic, actions_topic, watchlist_topic, security_protocol, sasl_mechanism, username, password, ssl_ca_location, ssl_certificate_location, ssl_key_location, state_dir);
+        Ok(self)
+    }
+
+    /// The team name, required by every program.
+    pub fn team(&self) -> Result<String, String> {
+        let team = self.team.clone().ok_or("--team team-N is required (or `team` in the config file)")?;
+        crate::filters::for_team(&team)?;
+        Ok(if team.starts_with("team-") { team } else { format!("team-{team}") })
+    }
+
+    /// A runtime configuration with these options; the application id is
+    /// `--application-id` or else `default_app_id` (the team).
+    pub fn streams_config(&self, default_app_id: &str) -> StreamsConfig {
+        let bootstrap = self.bootstrap_servers.clone().unwrap_or_else(|| "127.0.0.1:9092".into());
+        let app_id = self.application_id.clone().unwrap_or_else(|| default_app_id.to_string());
+        let mut cfg = StreamsConfig::new(&app_id, &bootstrap);
+        cfg.client_id = Some(default_app_id.to_string());
+        cfg.security.protocol = self.security_protocol.clone();
+        cfg.security.sasl_mechanism = self.sasl_mechanism.clone();
+        cfg.security.username = self.username.clone();
+        cfg.security.password = self.password.clone().map(Secret::new);
+        cfg.security.ssl_ca_location = self.ssl_ca_location.clone();
+        cfg.security.ssl_certificate_location = self.ssl_certificate_location.clone();
+        cfg.security.ssl_key_location = self.ssl_key_location.clone();
+        cfg.state_dir = self.state_dir.clone().unwrap_or_else(|| PathBuf::from("state"));
+        cfg
+    }
+}
+
+impl Common {
+    /// The user-registration topic.
+    pub fn new_users(&self) -> String {
+        self.new_users_topic.clone().unwrap_or_else(|| "new_users".into())
+    }
+    /// The actions topic.
+    pub fn actions(&self) -> String {
+        self.actions_topic.clone().unwrap_or_else(|| "actions".into())
+    }
+    /// The watchlist topic.
+    pub fn watchlist(&self) -> String {
+        self.watchlist_topic.clone().unwrap_or_else(|| "watchlist".into())
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` chooses the level (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
+}
+
+/// Prints one clear line and exits with status 1.
+pub fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_fill_options_from_the_config_file_and_let_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "team = \"team-4\"\nbootstrap-servers = \"file:9092\"\npassword = \"pw\"\n").unwrap();
+        let c = Common { config: Some(path), bootstrap_servers: Some("flag:9092".into()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.team().unwrap(), "team-4");
+        assert_eq!(c.bootstrap_servers.as_deref(), Some("flag:9092"));
+        let cfg = c.streams_config("x");
+        assert!(!format!("{cfg:?}").contains("pw\""), "password leaked in Debug");
+    }
+
+    #[test]
+    fn should_reject_unknown_keys_and_teams() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "tem = \"team-4\"\n").unwrap();
+        assert!(Common { config: Some(path), ..Default::default() }.resolve().is_err());
+        assert!(Common { team: Some("team-99".into()), ..Default::default() }.team().is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! Step 5: the watchlist as a declarative topology.
+//!
+//! Flagged users are counted per company in a sled store whose changelog is
+//! the compacted `watchlist` topic itself: every count change is one
+//! `{"team","company","flag_count"}` record keyed by the company, and a
+//! restart restores the counts from `watchlist`, keeping only this team's
+//! records.
+
+use stream_core::serde::StringSerde;
+use stream_core::{Topology, TopologyError};
+use stream_dsl::prelude::*;
+
+use crate::filters::TeamFilter;
+use crate::user::{User, WatchlistEntry};
+
+/// Name of the count store.
+pub const STORE: &str = "watchlist-counts";
+
+/// How the counting is spread over instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Re-key by company through a repartition topic: any number of instances.
+    Repartition,
+    /// No repartition topic (it cannot be created): one instance, one task.
+    SingleInstance,
+}
+
+/// Topic names (the tutorial's by default).
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Input: user registrations.
+    pub new_users: String,
+    /// Output and changelog: the watchlist.
+    pub watchlist: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics { new_users: "new_users".into(), watchlist: "watchlist".into() }
+    }
+}
+
+/// The watchlist topology of `team`.
+pub fn topology(team: &str, filter: &'static TeamFilter, threshold: i64, mode: Mode, topics: &Topics) -> Result<Topology, TopologyError> {
+    let (mine, ours) = (team.to_string(), team.to_string());
+    let grouping = match mode {
+        Mode::Repartition => Grouped::with_key(StringSerde),
+        Mode::SingleInstance => Grouped::with_key(StringSerde).without_repartition(),
+    };
+    let b = StreamsBuilder::new();
+    b.source_with(&topics.new_users, Consumed::<String, User>::json())
+        .filter(move |_, user| filter.matches(user))
+        .group_by_with(|_, user| user.company_name.clone(), grouping)
+        .count(Materialized::as_store(STORE).changelog_to(
+            &topics.watchlist,
+            move |company: &String, n: &i64| WatchlistEntry { team: mine.clone(), company: company.clone(), flag_count: *n }.to_json(),
+            move |_, bytes| WatchlistEntry::from_json(bytes).filter(|e| e.team == ours).map(|e| e.flag_count),
+        ))
+        .to_stream()
+        .filter(move |_, n| *n >= threshold)
+        .for_each(|company, n| tracing::warn!(company = %company, flag_count = n, "ALERT: {company} has {n} flagged users"));
+    b.build()
+}
+
+impl WatchlistEntry {
+    /// The record's JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a record; `None` if it is not a watchlist entry.
+    pub fn from_json(bytes: &[u8]) -> Option<WatchlistEntry> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::fake::Generator;
+    use crate::filters::for_team;
+
+    fn expected(users: &[User], filter: &TeamFilter) -> BTreeMap<String, i64> {
+        let mut m = BTreeMap::new();
+        for u in users.iter().filter(|u| filter.matches(u)) {
+            *m.entry(u.company_name.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    fn watchlist_of(d: &TestDriver, team: &str) -> BTreeMap<String, i64> {
+        d.records("watchlist")
+            .into_iter()
+            .filter_map(|r| WatchlistEntry::from_json(&r.value?))
+            .filter(|e| e.team == team)
+            .map(|e| (e.company, e.flag_count))
+            .collect()
+    }
+
+    fn run(mode: Mode, crash_at: Option<usize>) {
+        let filter = for_team("team-1").unwrap();
+        let topology = topology("team-1", filter, 3, mode, &Topics::default()).unwrap();
+        let mut d = TestDriver::new(topology, "team-1").with_partitions("new_users", 2).with_partitions("watchlist", 2).with_auto_commit(false);
+        if mode == Mode::SingleInstance {
+            d = d.with_single_task();
+        }
+        let mut g = Generator::new(11);
+        let users: Vec<User> = (0..600).map(|_| g.user()).collect();
+        // Another team's record for a company must neither restore nor count.
+        let other = WatchlistEntry { team: "team-2".into(), company: users[0].company_name.clone(), flag_count: 99 };
+        d.pipe("watchlist", Some(other.company.as_bytes()), Some(&other.to_json()));
+        for (i, u) in users.iter().enumerate() {
+            d.pipe("new_users", None, Some(&serde_json::to_vec(u).unwrap()));
+            if i % 50 == 49 {
+                d.commit().unwrap();
+            }
+            if Some(i) == crash_at {
+                d.crash_and_restart();
+            }
+        }
+        d.commit().unwrap();
+        let want = expected(&users, filter);
+        assert!(want.values().any(|&n| n >= 3), "the data must put companies on the watchlist");
+        assert_eq!(watchlist_of(&d, "team-1"), want, "latest watchlist value per company");
+        let store: BTreeMap<String, i64> = d
+            .store_entries(STORE)
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8(k).unwrap(), i64::from_be_bytes(v.try_into().unwrap())))
+            .collect();
+        assert_eq!(store, want, "store contents");
+        for r in d.records("watchlist") {
+            let e = WatchlistEntry::from_json(&r.value.unwrap()).unwrap();
+            assert_eq!(r.key.unwrap(), e.company.as_bytes(), "keyed by the company");
+        }
+    }
+
+    #[test]
+    fn should_publish_exact_counts_per_company() {
+        run(Mode::Repartition, None);
+    }
+
+    #[test]
+    fn should_publish_exact_counts_across_a_crash_in_the_middle() {
+        run(Mode::Repartition, Some(317));
+    }
+
+    #[test]
+    fn should_publish_exact_counts_in_single_instance_mode_across_a_crash() {
+        run(Mode::SingleInstance, Some(205));
+    }
+
+    #[test]
+    fn should_describe_the_repartition_topic_and_the_changelog() {
+        let t = topology("team-1", for_team("team-1").unwrap(), 3, Mode::Repartition, &Topics::default()).unwrap();
+        let text = t.describe("team-1");
+        assert!(text.contains("team-1-watchlist-counts-repartition"), "{text}");
+        assert!(text.contains("watchlist-counts (changelog: watchlist)"), "{text}");
+    }
+}
