@@ -30,7 +30,7 @@ pub enum Mode {
 pub struct Topics {
     /// Input: user registrations.
     pub new_users: String,
-    /// Output and changelog: the watchlist.
+    /// Output (and, by default, changelog): the watchlist.
     pub watchlist: String,
 }
 
@@ -40,25 +40,74 @@ impl Default for Topics {
     }
 }
 
-/// The watchlist topology of `team`.
-pub fn topology(team: &str, filter: &'static TeamFilter, threshold: i64, mode: Mode, topics: &Topics) -> Result<Topology, TopologyError> {
-    let (mine, ours) = (team.to_string(), team.to_string());
-    let grouping = match mode {
+/// Where the count store's changes are logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changelog {
+    /// The `watchlist` topic itself: no second topic, restores read only
+    /// this team's records. Another team's later record for the same
+    /// company can compact ours away (the topic is keyed by company alone).
+    Watchlist,
+    /// A private compacted `<app>-watchlist-counts-changelog` topic; the
+    /// watchlist is then a plain output. Needs the right to create it.
+    Private,
+}
+
+/// Everything that shapes the watchlist topology.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `team-N`.
+    pub team: String,
+    /// The team's filter.
+    pub filter: &'static TeamFilter,
+    /// Count at which a company raises an ALERT.
+    pub threshold: i64,
+    /// Repartition or single instance.
+    pub mode: Mode,
+    /// Topic names.
+    pub topics: Topics,
+    /// Where the count store is changelogged.
+    pub changelog: Changelog,
+}
+
+impl Options {
+    /// The tutorial's defaults for `team`: threshold 3, repartition, the
+    /// tutorial's topics, changelog to `watchlist`.
+    pub fn new(team: &str, filter: &'static TeamFilter) -> Self {
+        Options { team: team.into(), filter, threshold: 3, mode: Mode::Repartition, topics: Topics::default(), changelog: Changelog::Watchlist }
+    }
+}
+
+/// The watchlist topology.
+pub fn topology(o: &Options) -> Result<Topology, TopologyError> {
+    let (filter, threshold, team) = (o.filter, o.threshold, o.team.clone());
+    let (mine, ours) = (team.clone(), team.clone());
+    let grouping = match o.mode {
         Mode::Repartition => Grouped::with_key(StringSerde),
         Mode::SingleInstance => Grouped::with_key(StringSerde).without_repartition(),
     };
-    let b = StreamsBuilder::new();
-    b.source_with(&topics.new_users, Consumed::<String, User>::json())
-        .filter(move |_, user| filter.matches(user))
-        .group_by_with(|_, user| user.company_name.clone(), grouping)
-        .count(Materialized::as_store(STORE).changelog_to(
-            &topics.watchlist,
+    let store = match o.changelog {
+        Changelog::Watchlist => Materialized::as_store(STORE).changelog_to(
+            &o.topics.watchlist,
             move |company: &String, n: &i64| WatchlistEntry { team: mine.clone(), company: company.clone(), flag_count: *n }.to_json(),
             move |_, bytes| WatchlistEntry::from_json(bytes).filter(|e| e.team == ours).map(|e| e.flag_count),
-        ))
-        .to_stream()
+        ),
+        Changelog::Private => Materialized::as_store(STORE),
+    };
+    let b = StreamsBuilder::new();
+    let counts = b
+        .source_with(&o.topics.new_users, Consumed::<String, User>::json())
+        .filter(move |_, user| filter.matches(user))
+        .group_by_with(|_, user| user.company_name.clone(), grouping)
+        .count(store)
+        .to_stream();
+    counts
         .filter(move |_, n| *n >= threshold)
         .for_each(|company, n| tracing::warn!(company = %company, flag_count = n, "ALERT: {company} has {n} flagged users"));
+    if o.changelog == Changelog::Private {
+        counts
+            .map(move |company, n| (company.clone(), WatchlistEntry { team: team.clone(), company, flag_count: n }))
+            .to_topic_with(&o.topics.watchlist, Produced::<String, WatchlistEntry>::json());
+    }
     b.build()
 }
 
@@ -100,8 +149,12 @@ mod tests {
     }
 
     fn run(mode: Mode, crash_at: Option<usize>) {
+        run_with(mode, Changelog::Watchlist, crash_at)
+    }
+
+    fn run_with(mode: Mode, changelog: Changelog, crash_at: Option<usize>) {
         let filter = for_team("team-1").unwrap();
-        let topology = topology("team-1", filter, 3, mode, &Topics::default()).unwrap();
+        let topology = topology(&Options { mode, changelog, ..Options::new("team-1", filter) }).unwrap();
         let mut d = TestDriver::new(topology, "team-1").with_partitions("new_users", 2).with_partitions("watchlist", 2).with_auto_commit(false);
         if mode == Mode::SingleInstance {
             d = d.with_single_task();
@@ -152,8 +205,13 @@ mod tests {
     }
 
     #[test]
+    fn should_publish_exact_counts_with_a_private_changelog_across_a_crash() {
+        run_with(Mode::Repartition, Changelog::Private, Some(401));
+    }
+
+    #[test]
     fn should_describe_the_repartition_topic_and_the_changelog() {
-        let t = topology("team-1", for_team("team-1").unwrap(), 3, Mode::Repartition, &Topics::default()).unwrap();
+        let t = topology(&Options::new("team-1", for_team("team-1").unwrap())).unwrap();
         let text = t.describe("team-1");
         assert!(text.contains("team-1-watchlist-counts-repartition"), "{text}");
         assert!(text.contains("watchlist-counts (changelog: watchlist)"), "{text}");

@@ -266,6 +266,23 @@ cmd_acl() {
     --command-config "$(admin_properties)" "$@" >/dev/null
 }
 
+# (Re)creates a topic: kafka.sh topic NAME PARTITIONS [KEY=VALUE ...]
+cmd_topic() {
+  [[ $# -ge 2 ]] || die "usage: kafka.sh topic NAME PARTITIONS [KEY=VALUE ...]"
+  local name=$1 parts=$2 bs
+  shift 2
+  bs="127.0.0.1:$(plain_port 0)"
+  local cfg=()
+  for kv in "$@"; do cfg+=(--config "$kv"); done
+  run_java org.apache.kafka.tools.TopicCommand --bootstrap-server "$bs" --delete --if-exists --topic "$name" >/dev/null 2>&1 || true
+  local deadline=$((SECONDS + 60))
+  until run_java org.apache.kafka.tools.TopicCommand --bootstrap-server "$bs" --create --topic "$name" \
+      --partitions "$parts" --replication-factor 1 "${cfg[@]}" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "could not create topic $name"
+    sleep 0.5
+  done
+}
+
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   status) cmd_status ;;
@@ -274,5 +291,6 @@ case "${1:-}" in
   node) shift; cmd_node "$@" ;;
   user) shift; cmd_user "$@" ;;
   acl) shift; cmd_acl "$@" ;;
-  *) echo "usage: $0 start [--brokers N] | status | stop | bootstrap | node kill|start INDEX | user NAME PASSWORD | acl ARGS..." >&2; exit 2 ;;
+  topic) shift; cmd_topic "$@" ;;
+  *) echo "usage: $0 start [--brokers N] | status | stop | bootstrap | node kill|start INDEX | user NAME PASSWORD | acl ARGS... | topic NAME PARTITIONS [KEY=VALUE...]" >&2; exit 2 ;;
 esac

@@ -6,7 +6,7 @@ use stream_core::runtime::{KafkaStreams, RuntimeError};
 
 use apps::cli::{fail, init_logging, Common};
 use apps::filters::for_team;
-use apps::watchlist::{topology, Mode, Topics};
+use apps::watchlist::{topology, Changelog, Mode, Options, Topics};
 
 /// Watch companies with many flagged users (tutorial step 5).
 ///
@@ -32,6 +32,11 @@ struct Args {
     /// cannot be read (counts then restart at zero).
     #[arg(long)]
     allow_empty_state: bool,
+    /// Log the counts to a private compacted changelog topic instead of the
+    /// shared `watchlist` (where another team's later record for a company
+    /// can compact ours away). Needs the right to create that topic.
+    #[arg(long)]
+    private_changelog: bool,
     /// at-least-once (exactly-once is not available in this version).
     #[arg(long, default_value = "at-least-once")]
     guarantee: String,
@@ -48,8 +53,14 @@ async fn main() {
     let team = common.team().unwrap_or_else(|e| fail(e));
     let filter = for_team(&team).unwrap_or_else(|e| fail(e));
     let mode = if args.single_instance { Mode::SingleInstance } else { Mode::Repartition };
-    let topics = Topics { new_users: common.new_users(), watchlist: common.watchlist() };
-    let topology = topology(&team, filter, args.threshold, mode, &topics).unwrap_or_else(|e| fail(e));
+    let options = Options {
+        threshold: args.threshold,
+        mode,
+        topics: Topics { new_users: common.new_users(), watchlist: common.watchlist() },
+        changelog: if args.private_changelog { Changelog::Private } else { Changelog::Watchlist },
+        ..Options::new(&team, filter)
+    };
+    let topology = topology(&options).unwrap_or_else(|e| fail(e));
     let mut cfg = common.streams_config(&team);
     cfg.processing_guarantee = args.guarantee.parse().unwrap_or_else(|e: String| fail(e));
     cfg.single_instance = args.single_instance;
