@@ -35,8 +35,13 @@ pub fn unique(prefix: &str) -> String {
 
 /// Client settings for the PLAINTEXT listener.
 pub fn client_config() -> ClientConfig {
+    client_config_at(&bootstrap())
+}
+
+/// Client settings for another broker.
+pub fn client_config_at(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap());
+    c.set("bootstrap.servers", bootstrap);
     c
 }
 
@@ -47,11 +52,17 @@ pub fn admin() -> AdminClient<DefaultClientContext> {
 
 /// Creates a topic with `partitions` partitions and the given configs.
 pub async fn create_topic_with(name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    create_topic_at(&bootstrap(), name, partitions, configs).await
+}
+
+/// Creates a topic on the broker at `bootstrap`.
+pub async fn create_topic_at(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
     let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (k, v) in configs {
         t = t.set(k, v);
     }
-    let res = admin()
+    let admin: AdminClient<DefaultClientContext> = client_config_at(bootstrap).create().expect("admin client");
+    let res = admin
         .create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
         .await
         .expect("create_topics");
@@ -72,7 +83,12 @@ pub async fn create_compacted_topic(name: &str, partitions: i32) {
 
 /// A producer that batches; call [`flush`] before reading what it wrote.
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
-    let mut c = client_config();
+    producer_at(&bootstrap())
+}
+
+/// A producer for the broker at `bootstrap`.
+pub fn producer_at(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    let mut c = client_config_at(bootstrap);
     c.set("linger.ms", "5").set("enable.idempotence", "true").set("partitioner", "murmur2_random");
     c.create().expect("producer")
 }
@@ -234,7 +250,18 @@ pub fn log_dir() -> std::path::PathBuf {
 
 /// Runs `tests/broker/kafka.sh` with `args` (SCRAM users, ACLs).
 pub fn kafka_sh(args: &[&str]) {
+    kafka_sh_env(args, &[])
+}
+
+/// Runs `tests/broker/kafka.sh` with `args` and extra environment
+/// (`KAFKA_PORT`, `KAFKA_DATA_DIR` for a broker of the test's own).
+pub fn kafka_sh_env(args: &[&str], env: &[(&str, &str)]) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("broker/kafka.sh");
-    let out = std::process::Command::new("bash").arg(script).args(args).output().expect("kafka.sh");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(script).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("kafka.sh");
     assert!(out.status.success(), "kafka.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }

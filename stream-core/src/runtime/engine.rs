@@ -72,6 +72,10 @@ impl DeliveryState {
             .collect()
     }
 
+    fn errors_pending(&self) -> bool {
+        self.errors.lock().map(|g| !g.is_empty()).unwrap_or(true)
+    }
+
     fn take_errors(&self) -> Vec<String> {
         match self.errors.lock() {
             Ok(mut g) => std::mem::take(&mut *g),
@@ -289,10 +293,21 @@ impl Engine {
         if self.tasks.is_empty() {
             return Ok(());
         }
-        // 1. everything produced is acknowledged
-        self.producer
-            .flush(CLIENT_TIMEOUT)
-            .map_err(|e| RuntimeError::Delivery(format!("flush: {e}")))?;
+        // 1. everything produced is acknowledged (waiting out broker outages;
+        //    librdkafka fails a record only after its delivery timeout)
+        let waiting_since = Instant::now();
+        while let Err(e) = self.producer.flush(Duration::from_secs(5)) {
+            if !self.delivery.errors_pending() {
+                tracing::warn!(
+                    in_flight = self.producer.in_flight_count(),
+                    waited_s = waiting_since.elapsed().as_secs(),
+                    error = %e,
+                    "waiting for the brokers to acknowledge produced records before committing"
+                );
+                continue;
+            }
+            break;
+        }
         let errors = self.delivery.take_errors();
         if !errors.is_empty() {
             return Err(RuntimeError::Delivery(errors.join("; ")));

@@ -1,0 +1,158 @@
+//! Faults: damaged local state, an unusable state directory, and the broker
+//! going away for 30 seconds mid-run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::*;
+use rand::Rng;
+
+fn spawn_count_app(app: &str, input: &str, output: &str, state: &Path, bootstrap: &str, log: &Path) -> Child {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_count-app"))
+        .args([app, input, output, &state.display().to_string(), bootstrap])
+        .stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f))
+        .spawn()
+        .expect("spawn count-app")
+}
+
+fn stop(child: &mut Child) -> std::process::ExitStatus {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    child.wait().unwrap()
+}
+
+fn produce(bootstrap: &str, topic: &str, n: usize, expected: &mut BTreeMap<Vec<u8>, i64>) {
+    let p = producer_at(bootstrap);
+    let mut rng = rand::thread_rng();
+    for _ in 0..n {
+        let w = format!("w{:02}", rng.gen_range(0..50));
+        send(&p, topic, None, w.as_bytes());
+        *expected.entry(w.into_bytes()).or_insert(0) += 1;
+    }
+    flush(&p);
+}
+
+fn counts_at(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
+    let mut m = BTreeMap::new();
+    for r in read_all_with(client_config_at(bootstrap), topic, Duration::from_secs(30)) {
+        if let (Some(k), Some(v)) = (r.key, r.value) {
+            m.insert(k, i64::from_be_bytes(v.as_slice().try_into().unwrap()));
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_move_damaged_state_aside_and_rebuild_it_from_the_changelog() {
+    let (app, input, output) = (unique("damaged"), unique("words"), unique("counts"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let mut expected = BTreeMap::new();
+    produce(&bootstrap(), &input, 3_000, &mut expected);
+    let mut child = spawn_count_app(&app, &input, &output, state.path(), &bootstrap(), &log);
+    assert!(wait_until(Duration::from_secs(90), || counts_at(&bootstrap(), &output) == expected), "first run");
+    assert!(stop(&mut child).success());
+
+    // Damage sled's files: garbage over the start of every file.
+    let sled_dir = state.path().join(&app).join("sled");
+    let mut damaged = 0;
+    for entry in walk(&sled_dir) {
+        let len = std::fs::metadata(&entry).unwrap().len() as usize;
+        if len > 0 {
+            let mut bytes = std::fs::read(&entry).unwrap();
+            for b in bytes.iter_mut().take(len.min(4096)) {
+                *b = 0xA5;
+            }
+            std::fs::write(&entry, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "sled wrote files");
+
+    produce(&bootstrap(), &input, 1_000, &mut expected);
+    let mut child = spawn_count_app(&app, &input, &output, state.path(), &bootstrap(), &log);
+    let ok = wait_until(Duration::from_secs(90), || counts_at(&bootstrap(), &output) == expected);
+    assert!(stop(&mut child).success());
+    assert!(ok, "counts after rebuilding damaged state (log {})", log.display());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let aside = std::fs::read_dir(state.path().join(&app)).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("sled.damaged-"));
+    assert!(
+        (aside && logs.contains("moving it aside")) || logs.contains("does not match its checkpoint"),
+        "the damage was detected and reported (log {})",
+        log.display()
+    );
+    assert!(logs.contains("full=true"), "the state was rebuilt from the changelog");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_refuse_a_state_directory_it_cannot_write_with_a_clear_error() {
+    let (app, input, output) = (unique("nostate"), unique("words"), unique("counts"));
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_count-app"))
+        .args([&app, &input, &output, &file.join("state").display().to_string(), &bootstrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("error: state directory") && err.contains("cannot create"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_wait_out_a_broker_outage_and_lose_nothing() {
+    // A broker of this test's own, so that stopping it disturbs no other test.
+    let port: u16 = rand::thread_rng().gen_range(30_000..39_000) / 10 * 10;
+    let data = tempfile::tempdir().unwrap();
+    let env = [("KAFKA_PORT", port.to_string()), ("KAFKA_DATA_DIR", data.path().display().to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    kafka_sh_env(&["start"], &env);
+    let bs = format!("127.0.0.1:{port}");
+    let (app, input, output) = (unique("outage"), unique("words"), unique("counts"));
+    create_topic_at(&bs, &input, 2, &[]).await;
+    create_topic_at(&bs, &output, 1, &[]).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let mut expected = BTreeMap::new();
+    produce(&bs, &input, 2_000, &mut expected);
+    let mut child = spawn_count_app(&app, &input, &output, state.path(), &bs, &log);
+    assert!(wait_until(Duration::from_secs(90), || counts_at(&bs, &output) == expected), "before the outage");
+
+    kafka_sh_env(&["node", "kill", "0"], &env);
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(30) {
+        assert!(child.try_wait().unwrap().is_none(), "the application exited during the outage (log {})", log.display());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kafka_sh_env(&["node", "start", "0"], &env);
+    produce(&bs, &input, 2_000, &mut expected);
+    let ok = wait_until(Duration::from_secs(180), || counts_at(&bs, &output) == expected);
+    let status = stop(&mut child);
+    kafka_sh_env(&["stop"], &env);
+    assert!(ok, "counts after the outage (log {})", log.display());
+    assert!(status.success(), "stopped cleanly after the outage");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("waiting for the Kafka cluster") || logs.contains("waiting for the brokers"), "says what it waits for");
+}
