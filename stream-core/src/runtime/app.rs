@@ -239,11 +239,21 @@ fn stream_loop(
                 }
             }
             Some(Err(err)) => match err.rdkafka_error_code() {
-                Some(
-                    RDKafkaErrorCode::TopicAuthorizationFailed
-                    | RDKafkaErrorCode::GroupAuthorizationFailed
-                    | RDKafkaErrorCode::UnknownTopicOrPartition,
-                ) => break Err(RuntimeError::kafka("consume", err)),
+                Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                    break Err(RuntimeError::NotAuthorized {
+                        operation: "Read".into(),
+                        resource: format!("topic(s) {}", topics.join(", ")),
+                        hint: format!("allow Read and Describe on {} for this user", topics.join(", ")),
+                    })
+                }
+                Some(RDKafkaErrorCode::GroupAuthorizationFailed) => {
+                    break Err(RuntimeError::NotAuthorized {
+                        operation: "Read".into(),
+                        resource: format!("consumer group `{}`", cfg.application_id),
+                        hint: format!("allow Read on group {} for this user (the group id is the application id)", cfg.application_id),
+                    })
+                }
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition) => break Err(RuntimeError::kafka("consume", err)),
                 Some(RDKafkaErrorCode::Authentication) => {
                     break Err(topics::explain_connect_failure(cfg, capture, err));
                 }

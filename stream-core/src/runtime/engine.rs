@@ -58,7 +58,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub(crate) struct DeliveryState {
     next: Mutex<HashMap<String, HashMap<i32, i64>>>,
-    errors: Mutex<Vec<String>>,
+    errors: Mutex<Vec<(String, i32, KafkaError)>>,
 }
 
 impl DeliveryState {
@@ -76,7 +76,7 @@ impl DeliveryState {
         self.errors.lock().map(|g| !g.is_empty()).unwrap_or(true)
     }
 
-    fn take_errors(&self) -> Vec<String> {
+    fn take_errors(&self) -> Vec<(String, i32, KafkaError)> {
         match self.errors.lock() {
             Ok(mut g) => std::mem::take(&mut *g),
             Err(p) => std::mem::take(&mut *p.into_inner()),
@@ -119,7 +119,7 @@ impl ProducerContext for DeliveryTracker {
             Ok(_) => {}
             Err((e, m)) => {
                 if let Ok(mut g) = self.state.errors.lock() {
-                    g.push(format!("{}[{}]: {e}", m.topic(), m.partition()));
+                    g.push((m.topic().to_string(), m.partition(), e.clone()));
                 }
             }
         }
@@ -257,9 +257,29 @@ impl Engine {
                     rec = back;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((e, _)) => return Err(RuntimeError::Delivery(format!("{}: {e}", r.topic))),
+                Err((e, _)) => return Err(self.explain_send_failure(&r.topic, e)),
             }
         }
+    }
+
+    /// A fatal producer error, explained where the client said why.
+    fn explain_send_failure(&self, topic: &str, e: KafkaError) -> RuntimeError {
+        let last = self.producer.context().capture.last();
+        let denied = matches!(
+            last.as_ref().and_then(|(c, _)| *c),
+            Some(RDKafkaErrorCode::ClusterAuthorizationFailed | RDKafkaErrorCode::TopicAuthorizationFailed)
+        );
+        if denied {
+            return RuntimeError::NotAuthorized {
+                operation: "Write".into(),
+                resource: format!("topic `{topic}`"),
+                hint: format!(
+                    "allow Write and Describe on topic {topic}; the broker refused the producer ({})",
+                    last.map(|(_, r)| r).unwrap_or_default()
+                ),
+            };
+        }
+        RuntimeError::Delivery(format!("{topic}: {e}"))
     }
 
     fn write_dead_letter_file(&self, r: &OutRecord) -> Result<(), RuntimeError> {
@@ -309,8 +329,23 @@ impl Engine {
             break;
         }
         let errors = self.delivery.take_errors();
+        if let Some((topic, _, _)) = errors.iter().find(|(_, _, e)| {
+            e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+        }) {
+            return Err(RuntimeError::NotAuthorized {
+                operation: "Write".into(),
+                resource: format!("topic `{topic}`"),
+                hint: format!("allow Write and Describe on topic {topic} for this user"),
+            });
+        }
+        if let Some((topic, _, e)) = errors.first() {
+            if let err @ RuntimeError::NotAuthorized { .. } = self.explain_send_failure(topic, e.clone()) {
+                return Err(err);
+            }
+        }
         if !errors.is_empty() {
-            return Err(RuntimeError::Delivery(errors.join("; ")));
+            let text: Vec<String> = errors.iter().take(5).map(|(t, p, e)| format!("{t}[{p}]: {e}")).collect();
+            return Err(RuntimeError::Delivery(format!("{} record(s) failed, e.g. {}", errors.len(), text.join("; "))));
         }
         // 2. state + changelog offsets + positions, atomically in sled
         let acked = self.delivery.snapshot();
