@@ -49,6 +49,10 @@ pub struct Common {
     /// Topic of the watchlist (step 5).
     #[arg(long)]
     pub watchlist_topic: Option<String>,
+    /// Static group membership id (group.instance.id): a quick restart
+    /// with the same id keeps its partitions without a rebalance.
+    #[arg(long)]
+    pub group_instance_id: Option<String>,
     /// Directory for local state (sled).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -67,7 +71,7 @@ impl Common {
         macro_rules! fill {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
-        fill!(bootstrap_servers, team, application_id, new_users_topic, actions_topic, watchlist_topic, security_protocol, sasl_mechanism, username, password, ssl_ca_location, ssl_certificate_location, ssl_key_location, state_dir);
+        fill!(bootstrap_servers, team, application_id, group_instance_id, new_users_topic, actions_topic, watchlist_topic, security_protocol, sasl_mechanism, username, password, ssl_ca_location, ssl_certificate_location, ssl_key_location, state_dir);
         Ok(self)
     }
 
@@ -93,6 +97,7 @@ impl Common {
         cfg.security.ssl_certificate_location = self.ssl_certificate_location.clone();
         cfg.security.ssl_key_location = self.ssl_key_location.clone();
         cfg.state_dir = self.state_dir.clone().unwrap_or_else(|| PathBuf::from("state"));
+        cfg.group_instance_id = self.group_instance_id.clone();
         cfg
     }
 }

@@ -187,6 +187,8 @@ pub struct Task {
     dedup: BTreeMap<String, (i64, u32)>,
     changelog_offsets: BTreeMap<String, i64>,
     restore_limits: BTreeMap<String, i64>,
+    committed_positions: BTreeMap<String, i64>,
+    committed_dedup: BTreeMap<String, (i64, u32)>,
     metrics: TaskMetrics,
     seq: u32,
 }
@@ -301,6 +303,8 @@ impl Task {
             dedup: BTreeMap::new(),
             changelog_offsets: BTreeMap::new(),
             restore_limits: BTreeMap::new(),
+            committed_positions: BTreeMap::new(),
+            committed_dedup: BTreeMap::new(),
             metrics: TaskMetrics::default(),
             seq: 0,
         }
@@ -664,7 +668,24 @@ impl Task {
     /// interrupted restore resumes here.
     pub fn flush_restore(&mut self) -> Result<(), StoreError> {
         let cp = self.checkpoint_now();
-        self.stores.commit(&cp)
+        self.stores.commit(&cp)?;
+        self.mark_committed();
+        Ok(())
+    }
+
+    fn mark_committed(&mut self) {
+        self.committed_positions = self.positions.clone();
+        self.committed_dedup = self.dedup.clone();
+    }
+
+    /// Forgets everything since the last commit: buffered store changes,
+    /// pending output, input positions and dedup marks go back to what the
+    /// last commit recorded (an aborted transaction is then reprocessed).
+    pub fn rollback(&mut self) {
+        self.stores.discard_uncommitted();
+        self.output.clear();
+        self.positions = self.committed_positions.clone();
+        self.dedup = self.committed_dedup.clone();
     }
 
     fn checkpoint_now(&self) -> Checkpoint {
@@ -688,7 +709,9 @@ impl Task {
             }
         }
         let cp = self.checkpoint_now();
-        self.stores.commit(&cp)
+        self.stores.commit(&cp)?;
+        self.mark_committed();
+        Ok(())
     }
 
     /// Empties local state (before a full restore).

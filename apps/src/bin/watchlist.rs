@@ -37,7 +37,7 @@ struct Args {
     /// can compact ours away). Needs the right to create that topic.
     #[arg(long)]
     private_changelog: bool,
-    /// at-least-once (exactly-once is not available in this version).
+    /// at-least-once or exactly-once (needs transactional-id rights).
     #[arg(long, default_value = "at-least-once")]
     guarantee: String,
     /// Commit interval in milliseconds.

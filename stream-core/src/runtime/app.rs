@@ -98,11 +98,6 @@ impl KafkaStreams {
         if cfg.application_id.is_empty() {
             return Err(RuntimeError::Config("application.id must not be empty".into()));
         }
-        if cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
-            return Err(RuntimeError::Config(
-                "processing.guarantee=exactly_once is not available in this version; use at_least_once".into(),
-            ));
-        }
         Ok(KafkaStreams { topology: Arc::new(topology), cfg: Arc::new(cfg), status: Arc::new(RuntimeStatus::default()) })
     }
 
@@ -135,15 +130,40 @@ impl KafkaStreams {
             grouped,
         });
 
+        let eos = self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
         let delivery = Arc::new(DeliveryState::default());
         let mut pc = self.cfg.client_config();
         pc.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("partitioner", "murmur2_random");
-        let producer = pc
+        let transactional_id = format!("{}-{}", self.cfg.application_id, state.instance_id()?);
+        if eos {
+            pc.set("transactional.id", &transactional_id).set("transaction.timeout.ms", "10000");
+        }
+        let producer: rdkafka::producer::ThreadedProducer<DeliveryTracker> = pc
             .create_with_context(DeliveryTracker { state: delivery.clone(), capture: ErrorCapture::default() })
             .map_err(|e| RuntimeError::kafka("create producer", e))?;
+        if eos {
+            use rdkafka::producer::Producer;
+            // Fences an earlier incarnation of this instance and aborts its open transaction.
+            producer.init_transactions(Duration::from_secs(30)).map_err(|e| {
+                match e.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed) => {
+                        RuntimeError::NotAuthorized {
+                            operation: "Write".into(),
+                            resource: format!("transactional id `{transactional_id}`"),
+                            hint: format!(
+                                "exactly-once needs Write and Describe on transactional id {transactional_id} (prefix {}-); use at-least-once where transactional ids are not allowed",
+                                self.cfg.application_id
+                            ),
+                        }
+                    }
+                    _ => RuntimeError::kafka("initialise transactions", e),
+                }
+            })?;
+            tracing::info!(transactional_id = %transactional_id, "exactly-once: transactions initialised");
+        }
         let mut rc = self.cfg.client_config();
         rc.set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
@@ -154,7 +174,7 @@ impl KafkaStreams {
         let restore_consumer: BaseConsumer<ErrorCapture> =
             rc.create_with_context(ErrorCapture::default()).map_err(|e| RuntimeError::kafka("create restore consumer", e))?;
 
-        let engine = Arc::new(Mutex::new(Engine::new(
+        let mut engine = Engine::new(
             self.topology.clone(),
             self.cfg.clone(),
             task_cfg,
@@ -165,7 +185,9 @@ impl KafkaStreams {
             restore_consumer,
             self.status.clone(),
             dead_letter_file,
-        )));
+        );
+        engine.eos = eos;
+        let engine = Arc::new(Mutex::new(engine));
 
         let multi_source = self.topology.subtopologies().iter().any(|s| s.sources.len() > 1);
         let mut cc = self.cfg.client_config();

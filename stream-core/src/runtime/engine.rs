@@ -145,6 +145,9 @@ pub(crate) struct Engine {
     pub(crate) dead_letter_file: Option<PathBuf>,
     pub(crate) fatal: Option<RuntimeError>,
     pub(crate) closing: bool,
+    /// Exactly-once: outputs, changelogs and offsets commit in one transaction.
+    pub(crate) eos: bool,
+    in_txn: bool,
     tasks: BTreeMap<TaskId, Entry>,
     last_commit: Instant,
 }
@@ -176,6 +179,8 @@ impl Engine {
             dead_letter_file,
             fatal: None,
             closing: false,
+            eos: false,
+            in_txn: false,
             tasks: BTreeMap::new(),
             last_commit: Instant::now(),
         }
@@ -231,10 +236,19 @@ impl Engine {
         Ok(())
     }
 
+    fn begin_transaction(&mut self) -> Result<(), RuntimeError> {
+        if self.eos && !self.in_txn {
+            self.producer.begin_transaction().map_err(|e| RuntimeError::kafka("begin transaction", e))?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
     fn send(&mut self, r: OutRecord) -> Result<(), RuntimeError> {
         if r.kind == OutKind::DeadLetter && !self.plan.dead_letter_topic_ok {
             return self.write_dead_letter_file(&r);
         }
+        self.begin_transaction()?;
         let tracked = usize::from(matches!(r.kind, OutKind::Changelog(_)));
         let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
         for (k, v) in &r.headers {
@@ -313,8 +327,42 @@ impl Engine {
         if self.tasks.is_empty() {
             return Ok(());
         }
-        // 1. everything produced is acknowledged (waiting out broker outages;
-        //    librdkafka fails a record only after its delivery timeout)
+        let mut tpl = TopicPartitionList::new();
+        for e in self.tasks.values() {
+            for (topic, p) in &e.partitions {
+                if let Some(&pos) = e.task.positions().get(&tp_key(topic, *p)) {
+                    let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(pos));
+                }
+            }
+        }
+        if self.eos {
+            // 1+3. records, changelogs and input offsets in one transaction
+            if !self.commit_transaction(consumer, &tpl)? {
+                return Ok(()); // aborted and rolled back: nothing to record
+            }
+        } else {
+            // 1. everything produced is acknowledged (waiting out broker outages;
+            //    librdkafka fails a record only after its delivery timeout)
+            self.flush_producer()?;
+        }
+        // 2. state + changelog offsets + positions, atomically in sled
+        let acked = self.delivery.snapshot();
+        for (id, e) in &mut self.tasks {
+            e.task.commit_state(&acked)?;
+            self.status.update_metrics(*id, e.task.metrics());
+        }
+        self.state.sync()?;
+        // 3. input offsets to the group (at-least-once; exactly-once sent them in the transaction)
+        if !self.eos && tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                // sled is ahead of the group now; a restart starts from sled's position.
+                tracing::warn!(error = %e, "offset commit failed; local state keeps the position");
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_producer(&mut self) -> Result<(), RuntimeError> {
         let waiting_since = Instant::now();
         while let Err(e) = self.producer.flush(Duration::from_secs(5)) {
             if !self.delivery.errors_pending() {
@@ -328,6 +376,10 @@ impl Engine {
             }
             break;
         }
+        self.check_delivery()
+    }
+
+    fn check_delivery(&mut self) -> Result<(), RuntimeError> {
         let errors = self.delivery.take_errors();
         if let Some((topic, _, _)) = errors.iter().find(|(_, _, e)| {
             e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed)
@@ -347,24 +399,59 @@ impl Engine {
             let text: Vec<String> = errors.iter().take(5).map(|(t, p, e)| format!("{t}[{p}]: {e}")).collect();
             return Err(RuntimeError::Delivery(format!("{} record(s) failed, e.g. {}", errors.len(), text.join("; "))));
         }
-        // 2. state + changelog offsets + positions, atomically in sled
-        let acked = self.delivery.snapshot();
-        let mut tpl = TopicPartitionList::new();
-        for (id, e) in &mut self.tasks {
-            e.task.commit_state(&acked)?;
-            for (topic, p) in &e.partitions {
-                if let Some(&pos) = e.task.positions().get(&tp_key(topic, *p)) {
-                    let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(pos));
-                }
-            }
-            self.status.update_metrics(*id, e.task.metrics());
+        Ok(())
+    }
+
+    /// Commits the open transaction with the input offsets. Returns `false`
+    /// when it had to be aborted (every task is then rolled back to its last
+    /// commit and the consumer rewound, so the batch is processed again).
+    fn commit_transaction(
+        &mut self,
+        consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+        tpl: &TopicPartitionList,
+    ) -> Result<bool, RuntimeError> {
+        self.begin_transaction()?;
+        let Some(meta) = consumer.group_metadata() else {
+            return Err(RuntimeError::Config("exactly-once needs the consumer's group metadata".into()));
+        };
+        let r = if tpl.count() > 0 {
+            self.producer.send_offsets_to_transaction(tpl, &meta, CLIENT_TIMEOUT)
+        } else {
+            Ok(())
         }
-        self.state.sync()?;
-        // 3. input offsets to the group
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                // sled is ahead of the group now; a restart starts from sled's position.
-                tracing::warn!(error = %e, "offset commit failed; local state keeps the position");
+        .and_then(|()| self.producer.commit_transaction(CLIENT_TIMEOUT));
+        match r {
+            Ok(()) => {
+                self.in_txn = false;
+                self.check_delivery()?;
+                Ok(true)
+            }
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                tracing::warn!(error = %e, "transaction aborted; reprocessing from the last commit");
+                self.abort_and_rollback(consumer)?;
+                Ok(false)
+            }
+            Err(e) => Err(RuntimeError::kafka("commit transaction (this instance may have been fenced by a newer one)", e)),
+        }
+    }
+
+    /// Aborts the open transaction and rolls every task back to its last commit.
+    fn abort_and_rollback(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
+        if self.in_txn {
+            self.producer.abort_transaction(CLIENT_TIMEOUT).map_err(|e| RuntimeError::kafka("abort transaction", e))?;
+            self.in_txn = false;
+        }
+        let _ = self.delivery.take_errors();
+        for e in self.tasks.values_mut() {
+            e.task.rollback();
+            for (topic, p) in &e.partitions {
+                let offset = match e.task.positions().get(&tp_key(topic, *p)) {
+                    Some(&pos) => Offset::Offset(pos),
+                    None => Offset::Beginning,
+                };
+                if let Err(err) = consumer.seek(topic, *p, offset, CLIENT_TIMEOUT) {
+                    tracing::warn!(topic = %topic, partition = p, error = %err, "rewind after abort failed");
+                }
             }
         }
         Ok(())
@@ -572,7 +659,13 @@ impl Engine {
         lost: bool,
     ) -> Result<(), RuntimeError> {
         let revoked: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-        let result = if lost { Ok(()) } else { self.commit(consumer) };
+        let result = if !lost {
+            self.commit(consumer)
+        } else if self.eos && self.in_txn {
+            self.abort_and_rollback(consumer)
+        } else {
+            Ok(())
+        };
         let mut affected: Vec<TaskId> = revoked.iter().filter_map(|(t, p)| self.task_for(t, *p)).collect();
         affected.sort();
         affected.dedup();

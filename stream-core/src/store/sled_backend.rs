@@ -79,6 +79,26 @@ impl StateDir {
         self.db.flush().map(|_| ()).map_err(|source| StoreError::Sled { store: "*".into(), source })
     }
 
+    /// A random id for this state directory, created on first use and kept
+    /// in `instance.id`: an instance restarted on the same state keeps it
+    /// (its transactional id, so the restart fences the earlier incarnation).
+    pub fn instance_id(&self) -> Result<String, StoreError> {
+        use std::hash::{BuildHasher, Hasher};
+        let file = self.path.join("instance.id");
+        if let Ok(id) = std::fs::read_to_string(&file) {
+            let id = id.trim().to_string();
+            if !id.is_empty() {
+                return Ok(id);
+            }
+        }
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u32(std::process::id());
+        let id = format!("{:016x}", h.finish());
+        std::fs::write(&file, &id).map_err(|e| StoreError::StateDir { path: file.display().to_string(), reason: format!("cannot write: {e}") })?;
+        Ok(id)
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path

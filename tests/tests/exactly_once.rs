@@ -1,0 +1,182 @@
+//! Exactly-once on a real broker: a SIGKILL crash loop in which every
+//! company's committed sequence of counts is exactly 1, 2, 3, …, a restart
+//! that reads only the changelog's tail, and a paused zombie that writes
+//! nothing a read_committed consumer sees.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use apps::filters::for_team;
+use apps::user::{User, WatchlistEntry};
+use integration_tests::*;
+use rand::Rng;
+
+struct Setup {
+    app: String,
+    new_users: String,
+    watchlist: String,
+}
+
+async fn setup(name: &str) -> Setup {
+    let s = Setup { app: unique(name), new_users: unique("new_users"), watchlist: unique("watchlist") };
+    create_topic(&s.new_users, 2).await;
+    create_compacted_topic(&s.watchlist, 2).await;
+    s
+}
+
+fn watchlist(s: &Setup, state: &Path, guarantee: &str, instance: Option<&str>, log: &Path) -> Child {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut cmd = Command::new(workspace_bin("watchlist"));
+    cmd.args(["--team", "team-1", "--application-id", &s.app, "--new-users-topic", &s.new_users])
+        .args(["--watchlist-topic", &s.watchlist, "--bootstrap-servers", &bootstrap()])
+        .args(["--state-dir", &state.display().to_string(), "--guarantee", guarantee]);
+    if let Some(id) = instance {
+        cmd.args(["--group-instance-id", id]);
+    }
+    cmd.stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f)).spawn().expect("spawn watchlist")
+}
+
+fn feed(s: &Setup, count: u64, rate: u64) -> Child {
+    let seed: u64 = rand::thread_rng().gen();
+    Command::new(workspace_bin("fake-users"))
+        .args(["--new-users-topic", &s.new_users, "--bootstrap-servers", &bootstrap()])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string(), "--seed", &seed.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fake-users")
+}
+
+fn signal(child: &Child, sig: i32) {
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+fn recount(new_users: &str) -> BTreeMap<String, i64> {
+    let filter = for_team("team-1").unwrap();
+    let mut m = BTreeMap::new();
+    for r in read_all(new_users, Duration::from_secs(60)) {
+        if let Some(u) = r.value.and_then(|v| serde_json::from_slice::<User>(&v).ok()) {
+            if filter.matches(&u) {
+                *m.entry(u.company_name).or_insert(0) += 1;
+            }
+        }
+    }
+    m
+}
+
+/// Every company's committed `flag_count` values, in log order.
+fn sequences(watchlist: &str) -> BTreeMap<String, Vec<i64>> {
+    let mut m: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut recs = read_all(watchlist, Duration::from_secs(60));
+    recs.sort_by_key(|r| (r.partition, r.offset));
+    for r in recs {
+        if let Some(e) = r.value.and_then(|v| WatchlistEntry::from_json(&v)).filter(|e| e.team == "team-1") {
+            m.entry(e.company).or_default().push(e.flag_count);
+        }
+    }
+    m
+}
+
+fn latest(seqs: &BTreeMap<String, Vec<i64>>) -> BTreeMap<String, i64> {
+    seqs.iter().filter_map(|(k, v)| v.last().map(|n| (k.clone(), *n))).collect()
+}
+
+fn wait_final(s: &Setup, secs: u64) -> (BTreeMap<String, i64>, BTreeMap<String, Vec<i64>>) {
+    let expected = recount(&s.new_users);
+    let mut seqs = BTreeMap::new();
+    wait_until(Duration::from_secs(secs), || {
+        seqs = sequences(&s.watchlist);
+        latest(&seqs) == expected
+    });
+    (expected, seqs)
+}
+
+fn restore_reads(log: &Path) -> Vec<(u64, u64)> {
+    // "restored read=N changelog_records=M" lines, in order
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let read = l.split("restored read=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            let total = l.split("changelog_records=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            Some((read, total))
+        })
+        .collect()
+}
+
+fn crash_loop(guarantee: &str, kills: usize) -> (Setup, BTreeMap<String, i64>, BTreeMap<String, Vec<i64>>, PathBuf) {
+    let rt = tokio::runtime::Handle::current();
+    let s = tokio::task::block_in_place(|| rt.block_on(setup("eos")));
+    let state = tempfile::tempdir().unwrap().keep();
+    let log = log_dir().join(format!("{}.log", s.app));
+    let instance = unique("instance");
+    let mut feeder = feed(&s, 20_000, 1_500);
+    let mut app = watchlist(&s, &state, guarantee, Some(&instance), &log);
+    let mut rng = rand::thread_rng();
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(600..1600)));
+        signal(&app, libc::SIGKILL);
+        let _ = app.wait();
+        app = watchlist(&s, &state, guarantee, Some(&instance), &log);
+    }
+    assert!(feeder.wait().unwrap().success());
+    let (expected, seqs) = wait_final(&s, 240);
+    signal(&app, libc::SIGTERM);
+    let _ = app.wait();
+    (s, expected, seqs, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_commit_each_count_exactly_once_through_a_sigkill_loop() {
+    let (_s, expected, seqs, log) = crash_loop("exactly-once", 10);
+    assert!(expected.values().any(|&n| n >= 3));
+    assert_eq!(latest(&seqs), expected, "final counts (log {})", log.display());
+    for (company, seq) in &seqs {
+        let want: Vec<i64> = (1..=seq.len() as i64).collect();
+        assert_eq!(seq, &want, "{company}: committed counts must be 1, 2, 3, … with no repeat and no gap (log {})", log.display());
+    }
+    // With the state directory intact, restarts read only the changelog's tail.
+    let reads = restore_reads(&log);
+    let (read, total): (u64, u64) = reads.iter().skip(4).fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
+    assert!(reads.len() > 4 && total > 0, "restores were logged: {reads:?}");
+    assert!(read * 20 < total, "restarts read {read} of {total} changelog records (summed over {} restores): 5% or more", reads.len() - 4);
+    eprintln!("tail restores read {read} of {total} changelog records ({:.2}%)", read as f64 * 100.0 / total as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_end_with_the_same_exact_counts_under_at_least_once() {
+    let (_s, expected, seqs, log) = crash_loop("at-least-once", 10);
+    assert_eq!(latest(&seqs), expected, "final counts (log {})", log.display());
+    let repeated = seqs.values().filter(|seq| seq.windows(2).any(|w| w[1] <= w[0])).count();
+    eprintln!("at-least-once: {repeated} of {} companies saw a repeated count", seqs.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_let_a_paused_zombie_write_nothing_visible() {
+    let s = setup("zombie").await;
+    let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (log_a, log_b) = (log_dir().join(format!("{}-a.log", s.app)), log_dir().join(format!("{}-b.log", s.app)));
+    let mut feeder = feed(&s, 12_000, 1_000);
+    let mut a = watchlist(&s, sa.path(), "exactly-once", None, &log_a);
+    assert!(wait_until(Duration::from_secs(60), || restore_reads(&log_a).len() >= 4), "A started");
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&a, libc::SIGSTOP);
+    let mut b = watchlist(&s, sb.path(), "exactly-once", None, &log_b);
+    // A's session expires and B takes every partition over.
+    assert!(wait_until(Duration::from_secs(90), || restore_reads(&log_b).len() >= 4), "B took the partitions over (log {})", log_b.display());
+    signal(&a, libc::SIGCONT);
+    assert!(feeder.wait().unwrap().success());
+    let (expected, seqs) = wait_final(&s, 180);
+    signal(&a, libc::SIGTERM);
+    signal(&b, libc::SIGTERM);
+    let _ = (a.wait(), b.wait());
+    assert_eq!(latest(&seqs), expected, "final counts (logs {} {})", log_a.display(), log_b.display());
+    for (company, seq) in &seqs {
+        let want: Vec<i64> = (1..=seq.len() as i64).collect();
+        assert_eq!(seq, &want, "{company}: the zombie's writes are visible (logs {} {})", log_a.display(), log_b.display());
+    }
+}
