@@ -223,6 +223,14 @@ async fn should_work_in_the_classroom_and_refuse_to_restart_counts_from_zero() {
     kill(&mut app, libc::SIGTERM);
     assert!(got == expected, "classroom run: {} (log: {})", diff(&got, &expected), log.display());
 
+    // Exactly-once needs a transactional id the classroom does not grant.
+    let mut eos = args.clone();
+    eos.extend(["--guarantee".to_string(), "exactly-once".to_string()]);
+    let out = Command::new(workspace_bin("watchlist")).args(&eos).env("KAFKA_PASSWORD", &password).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not authorized to Write transactional id"), "{err}");
+
     // Local state deleted and no Read on the watchlist: refuse to start from zero.
     std::fs::remove_dir_all(state.path()).unwrap();
     let out = Command::new(workspace_bin("watchlist")).args(&args).env("KAFKA_PASSWORD", &password).output().unwrap();
