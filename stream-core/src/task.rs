@@ -668,7 +668,7 @@ impl Task {
     /// interrupted restore resumes here.
     pub fn flush_restore(&mut self) -> Result<(), StoreError> {
         let cp = self.checkpoint_now();
-        self.stores.commit(&cp)?;
+        self.stores.commit_restored(&cp)?;
         self.mark_committed();
         Ok(())
     }

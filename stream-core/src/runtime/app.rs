@@ -168,6 +168,10 @@ impl KafkaStreams {
         rc.set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
+            // Restores read whole partitions: big fetches, no long-poll at the end.
+            .set("fetch.wait.max.ms", "10")
+            .set("max.partition.fetch.bytes", "8388608")
+            .set("fetch.max.bytes", "67108864")
             // librdkafka needs a group id even to assign(); this consumer never
             // joins or commits, and the application's own id needs no extra ACL.
             .set("group.id", &self.cfg.application_id);

@@ -17,15 +17,7 @@
 //! sled ahead of the group: restore starts input at the larger of the two
 //! positions, which is exact because everything before it was acknowledged.
 //!
-//! # Restore
-//!
-//! Runs inside the rebalance callback, before the partitions are handed to
-//! the consumer, so processing never starts on a half-restored store and the
-//! assignment carries the exact start offsets. It reads each changelog
-//! partition from the sled checkpoint (or from the beginning when there is
-//! no local state) up to the high watermark taken when it began, and flushes
-//! progress to sled every few thousand records so that an interrupted
-//! restore resumes where it was.
+//! Restore lives in [`super::restore`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
@@ -43,16 +35,14 @@ use rdkafka::error::KafkaError;
 
 use super::config::StreamsConfig;
 use super::error::RuntimeError;
-use super::status::{RestoreProgress, RestoreRecord, RuntimeStatus, TaskState, TaskStatus};
+use super::status::RuntimeStatus;
 use super::topics::{ErrorCapture, TopicPlan};
 use crate::graph::Topology;
 use crate::record::{OutKind, OutRecord};
 use crate::store::StateDir;
 use crate::task::{tp_key, InputRecord, Task, TaskConfig, TaskId};
 
-const RESTORE_FLUSH_EVERY: u64 = 20_000;
-const RESTORE_STALL: Duration = Duration::from_secs(120);
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Offsets acknowledged per changelog partition, and delivery failures.
 #[derive(Default)]
@@ -126,9 +116,9 @@ impl ProducerContext for DeliveryTracker {
     }
 }
 
-struct Entry {
-    task: Task,
-    partitions: Vec<(String, i32)>,
+pub(crate) struct Entry {
+    pub(crate) task: Task,
+    pub(crate) partitions: Vec<(String, i32)>,
 }
 
 /// Everything one instance runs.
@@ -351,7 +341,9 @@ impl Engine {
             e.task.commit_state(&acked)?;
             self.status.update_metrics(*id, e.task.metrics());
         }
-        self.state.sync()?;
+        // No fsync here: sled writes the batch atomically with its checkpoint,
+        // so a write lost in a crash only leaves an older, consistent
+        // checkpoint, and restore reads a longer changelog tail.
         // 3. input offsets to the group (at-least-once; exactly-once sent them in the transaction)
         if !self.eos && tpl.count() > 0 {
             if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
@@ -494,15 +486,18 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        let mut fresh = Vec::new();
         for (id, parts) in by_task {
             if let Some(e) = self.tasks.get_mut(&id) {
                 e.partitions.extend(parts);
                 continue;
             }
             let task = self.open_task(id)?;
-            let mut entry = Entry { task, partitions: parts };
-            self.restore(&mut entry, &committed)?;
-            self.tasks.insert(id, entry);
+            fresh.push(Entry { task, partitions: parts });
+        }
+        self.restore_tasks(&mut fresh, &committed)?;
+        for e in fresh {
+            self.tasks.insert(e.task.id(), e);
         }
         for (t, p) in &assigned {
             let Some(id) = self.task_for(t, *p) else { continue };
@@ -525,130 +520,6 @@ impl Engine {
             task.wipe()?;
         }
         Ok(task)
-    }
-
-    fn restore(&mut self, entry: &mut Entry, committed: &BTreeMap<String, i64>) -> Result<(), RuntimeError> {
-        let id = entry.task.id();
-        let span = tracing::info_span!("restore", task = %id);
-        let _g = span.enter();
-        let started = Instant::now();
-        let full = entry.task.stores().checkpoint()?.is_none();
-        let targets = entry.task.begin_restore(committed)?;
-        let mut progress = Vec::new();
-        let mut tpl = TopicPartitionList::new();
-        let mut changelog_records = 0u64;
-        for t in &targets {
-            let (low, high) = self
-                .restore_consumer
-                .fetch_watermarks(&t.topic, t.partition, CLIENT_TIMEOUT)
-                .map_err(|e| RuntimeError::kafka(format!("watermarks of changelog {}[{}]", t.topic, t.partition), e))?;
-            changelog_records += (high - low).max(0) as u64;
-            let start = t.start.max(low);
-            let done = start >= high;
-            progress.push(RestoreProgress { topic: t.topic.clone(), partition: t.partition, start, end: high, read: 0, done });
-            if !done {
-                let _ = tpl.add_partition_offset(&t.topic, t.partition, Offset::Offset(start));
-            } else {
-                entry.task.restore_progress(&t.topic, t.partition, start.max(t.start));
-            }
-        }
-        self.status.set_task(id, TaskStatus { state: TaskState::Restoring, restore: progress.clone(), metrics: entry.task.metrics() });
-        let total: i64 = progress.iter().map(|p| (p.end - p.start).max(0)).sum();
-        if tpl.count() > 0 {
-            tracing::info!(records = total, full, "restoring");
-            self.restore_consumer.assign(&tpl).map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
-            let mut since_flush = 0u64;
-            let mut last_progress = Instant::now();
-            let mut last_log = Instant::now();
-            while progress.iter().any(|p| !p.done) {
-                match self.restore_consumer.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => {
-                        let Some(i) = progress.iter().position(|p| p.topic == m.topic() && p.partition == m.partition()) else { continue };
-                        let p = &mut progress[i];
-                        if p.done || m.offset() >= p.end {
-                            p.done = true;
-                            continue;
-                        }
-                        let headers: Vec<(String, Vec<u8>)> = m
-                            .headers()
-                            .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec()).unwrap_or_default())).collect())
-                            .unwrap_or_default();
-                        let store = targets[i].store;
-                        entry.task.restore_record(store, m.key(), m.payload(), &headers);
-                        p.read += 1;
-                        entry.task.restore_progress(&p.topic, p.partition, m.offset() + 1);
-                        if m.offset() + 1 >= p.end {
-                            p.done = true;
-                        }
-                        since_flush += 1;
-                        last_progress = Instant::now();
-                        if since_flush >= RESTORE_FLUSH_EVERY {
-                            entry.task.flush_restore()?;
-                            self.state.sync()?;
-                            since_flush = 0;
-                        }
-                    }
-                    Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
-                        let topics: Vec<String> = progress.iter().filter(|p| !p.done).map(|p| p.topic.clone()).collect();
-                        let topic = topics.first().cloned().unwrap_or_default();
-                        if !full {
-                            tracing::warn!(topic = %topic, "cannot read the changelog (no Read permission); continuing from the local state of the last commit");
-                        } else if self.cfg.allow_empty_state {
-                            tracing::warn!(topic = %topic, "cannot read the changelog (no Read permission) and no local state exists; starting from EMPTY state as allowed");
-                        } else {
-                            let _ = self.restore_consumer.unassign();
-                            return Err(RuntimeError::NotAuthorized {
-                                operation: "Read".into(),
-                                resource: format!("topic `{topic}`"),
-                                hint: format!(
-                                    "task {id} has no local state and must restore it from `{topic}`; without Read on it the counts would restart from zero and publish wrong numbers. Grant Read on {topic}, restore the state directory, or pass --allow-empty-state to start from zero anyway"
-                                ),
-                            });
-                        }
-                        for p in progress.iter_mut() {
-                            p.done = true;
-                        }
-                    }
-                    Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
-                    None => {
-                        // Gaps (compaction, transaction markers): trust the position.
-                        if let Ok(pos) = self.restore_consumer.position() {
-                            for el in pos.elements() {
-                                if let (Some(p), Offset::Offset(o)) = (
-                                    progress.iter_mut().find(|p| p.topic == el.topic() && p.partition == el.partition()),
-                                    el.offset(),
-                                ) {
-                                    if o >= p.end && !p.done {
-                                        p.done = true;
-                                        entry.task.restore_progress(&p.topic, p.partition, p.end);
-                                    }
-                                }
-                            }
-                        }
-                        if last_progress.elapsed() > RESTORE_STALL {
-                            return Err(RuntimeError::Config(format!("restore of task {id} made no progress for {}s", RESTORE_STALL.as_secs())));
-                        }
-                    }
-                }
-                if last_log.elapsed() >= Duration::from_secs(1) {
-                    let read: u64 = progress.iter().map(|p| p.read).sum();
-                    let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    tracing::info!(read, total, rate = format!("{rate:.0}/s"), "restore progress");
-                    self.status.set_task(id, TaskStatus { state: TaskState::Restoring, restore: progress.clone(), metrics: entry.task.metrics() });
-                    last_log = Instant::now();
-                }
-            }
-            let _ = self.restore_consumer.unassign();
-        }
-        entry.task.flush_restore()?;
-        self.state.sync()?;
-        entry.task.init()?;
-        let read: u64 = progress.iter().map(|p| p.read).sum();
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(read, changelog_records, seconds = format!("{seconds:.2}"), full, "restored");
-        self.status.record_restore(RestoreRecord { task: id, full, read, changelog_records, seconds });
-        self.status.set_task(id, TaskStatus { state: TaskState::Running, restore: progress, metrics: entry.task.metrics() });
-        Ok(())
     }
 
     /// Partitions taken away: commit everything, then close their tasks.
@@ -690,7 +561,7 @@ impl Engine {
 
     /// Closes every task after a final commit.
     pub(crate) fn shutdown(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
-        let r = self.commit(consumer);
+        let r = self.commit(consumer).and_then(|()| self.state.sync().map_err(RuntimeError::from));
         for (id, mut e) in std::mem::take(&mut self.tasks) {
             e.task.close();
             self.status.remove_task(id);

@@ -13,6 +13,7 @@
 pub mod app;
 pub mod config;
 pub(crate) mod engine;
+pub(crate) mod restore;
 pub mod error;
 pub mod status;
 pub mod topics;

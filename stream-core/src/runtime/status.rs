@@ -27,6 +27,8 @@ pub struct RestoreProgress {
     pub start: i64,
     /// High watermark taken when the restore began.
     pub end: i64,
+    /// Next offset to read.
+    pub position: i64,
     /// Records read so far.
     pub read: u64,
     /// Whether the partition is fully read.

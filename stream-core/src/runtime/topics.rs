@@ -170,11 +170,15 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
     plan.tasks = task_counts.iter().map(|c| c.unwrap_or(1)).collect();
 
     let rf = cfg.replication_factor.unwrap_or(-1);
+    // With three or more replicas, an acknowledged write survives one broker loss.
+    let isr: Vec<(&str, String)> = if rf >= 3 { vec![("min.insync.replicas", "2".into())] } else { Vec::new() };
     let mut to_create: Vec<(String, i32, Vec<(&str, String)>, &str)> = Vec::new();
     for (suffix, _) in topology.repartition_topics() {
         let name = crate::graph::internal_topic_name(app, suffix);
         let n = plan.partitions.get(&name).copied().unwrap_or(1);
-        to_create.push((name, n, vec![("cleanup.policy", "delete".into())], "repartition"));
+        let mut configs = vec![("cleanup.policy", "delete".into())];
+        configs.extend(isr.iter().cloned());
+        to_create.push((name, n, configs, "repartition"));
     }
     for st in subs {
         let n = plan.tasks[st.id];
@@ -184,12 +188,9 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
                 Changelog::Internal => {
                     let name = crate::graph::changelog_topic_name(app, s);
                     plan.partitions.insert(name.clone(), n);
-                    to_create.push((
-                        name,
-                        n,
-                        vec![("cleanup.policy", "compact".into()), ("min.compaction.lag.ms", "3600000".into())],
-                        "changelog",
-                    ));
+                    let mut configs = vec![("cleanup.policy", "compact".into()), ("min.compaction.lag.ms", "3600000".into())];
+                    configs.extend(isr.iter().cloned());
+                    to_create.push((name, n, configs, "changelog"));
                 }
                 Changelog::Existing { topic, .. } => {
                     let m = partitions_of(&admin, topic, "Write").await?;
@@ -221,7 +222,7 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
         }
     }
     let dlq = cfg.dead_letter_topic();
-    plan.dead_letter_topic_ok = match ensure_topic(&admin, &dlq, 1, rf, &[], "dead-letter").await {
+    plan.dead_letter_topic_ok = match ensure_topic(&admin, &dlq, 1, rf, &isr, "dead-letter").await {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "dead-letter topic unavailable; failed records go to the local dead-letter file in the state directory");

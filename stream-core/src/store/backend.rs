@@ -35,6 +35,14 @@ pub trait StateBackend: Send {
     /// Applies one batch per store and the checkpoint atomically. Durable
     /// once the owner syncs (for sled: [`StateDir::sync`](super::StateDir::sync)).
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError>;
+    /// Writes restored entries, then the checkpoint. Not atomic across the
+    /// two: restored entries are changelog values, so a crash between them
+    /// only makes the next restore re-apply the same values. Defaults to
+    /// [`commit`](Self::commit).
+    fn commit_restored(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        self.commit(batches, checkpoint)
+    }
+
     /// The last committed checkpoint.
     fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
     /// Removes every entry and the checkpoint.

@@ -125,6 +125,13 @@ impl StoreSet {
         Ok(())
     }
 
+    /// Like [`commit`](Self::commit) for restored entries (see
+    /// [`StateBackend::commit_restored`]).
+    pub fn commit_restored(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let batches: Vec<Batch> = self.layers.iter_mut().map(|l| std::mem::take(&mut l.buffer).into_iter().collect()).collect();
+        self.backend.commit_restored(&batches, checkpoint)
+    }
+
     /// Forgets buffered changes (the task is closed without committing).
     pub fn discard_uncommitted(&mut self) {
         for l in &mut self.layers {

@@ -210,6 +210,40 @@ impl StateBackend for SledBackend {
         Ok(())
     }
 
+    fn commit_restored(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let mut counts = self.counts.clone();
+        for (i, batch) in batches.iter().enumerate() {
+            let mut b = sled::Batch::default();
+            for (k, v) in batch {
+                let present = self.trees[i].contains_key(k).map_err(|e| self.err(e))?;
+                match v {
+                    Some(v) => {
+                        if !present {
+                            counts[i] += 1;
+                        }
+                        b.insert(k.as_slice(), v.as_slice());
+                    }
+                    None => {
+                        if present {
+                            counts[i] = counts[i].saturating_sub(1);
+                        }
+                        b.remove(k.as_slice());
+                    }
+                }
+            }
+            self.trees[i].apply_batch(b).map_err(|e| self.err(e))?;
+        }
+        let mut checkpoint = checkpoint.clone();
+        checkpoint.entries = counts.clone();
+        let encoded = serde_json::to_vec(&checkpoint).map_err(|e| StoreError::Damaged {
+            store: self.task.clone(),
+            reason: format!("cannot encode checkpoint: {e}"),
+        })?;
+        self.meta.insert(self.task.as_bytes(), encoded).map_err(|e| self.err(e))?;
+        self.counts = counts;
+        Ok(())
+    }
+
     fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         let Some(raw) = self.meta.get(self.task.as_bytes()).map_err(|e| self.err(e))? else {
             return Ok(None);

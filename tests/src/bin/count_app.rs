@@ -1,7 +1,7 @@
 //! A counting application for runtime tests: counts the values of an input
 //! topic (group by value → repartition → count) into an output topic.
 //!
-//! `count-app APP_ID INPUT OUTPUT STATE_DIR [BOOTSTRAP]`
+//! `count-app APP_ID INPUT OUTPUT STATE_DIR [BOOTSTRAP [REPLICATION_FACTOR]]`
 
 use stream_core::runtime::{KafkaStreams, StreamsConfig};
 use stream_dsl::prelude::*;
@@ -26,6 +26,7 @@ async fn main() {
     };
     let mut cfg = StreamsConfig::new(&args[1], &bootstrap);
     cfg.state_dir = args[4].clone().into();
+    cfg.replication_factor = args.get(6).and_then(|r| r.parse().ok());
     let result = match KafkaStreams::new(topology, cfg) {
         Ok(app) => app.run_until_signal().await,
         Err(e) => Err(e),

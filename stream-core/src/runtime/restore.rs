@@ -1,0 +1,208 @@
+//! Restoring newly assigned tasks from their changelogs.
+//!
+//! Runs inside the rebalance callback, before the partitions are handed to
+//! the consumer, so processing never starts on a half-restored store and the
+//! assignment carries the exact start offsets. All tasks assigned in one
+//! rebalance restore together, in one pass of the restore consumer over
+//! their changelog partitions: each partition from the task's sled
+//! checkpoint (or from the beginning when there is no local state) up to the
+//! high watermark taken when the restore began (the last stable offset, as
+//! the restore consumer reads committed data only). Progress is written to
+//! sled every [`RESTORE_FLUSH_EVERY`] records per task, so an interrupted
+//! restore resumes where it was.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::engine::{Engine, Entry, CLIENT_TIMEOUT};
+use super::error::RuntimeError;
+use super::status::{RestoreProgress, RestoreRecord, TaskState, TaskStatus};
+use crate::task::RestoreTarget;
+
+/// Records restored between two writes of restore progress to sled.
+pub(crate) const RESTORE_FLUSH_EVERY: u64 = 20_000;
+const RESTORE_STALL: Duration = Duration::from_secs(120);
+
+struct Job {
+    full: bool,
+    started: Instant,
+    targets: Vec<RestoreTarget>,
+    progress: Vec<RestoreProgress>,
+    changelog_records: u64,
+    since_flush: u64,
+}
+
+impl Engine {
+    /// Restores `entries` (new tasks) before they process anything.
+    pub(crate) fn restore_tasks(&mut self, entries: &mut [Entry], committed: &BTreeMap<String, i64>) -> Result<(), RuntimeError> {
+        let mut jobs = Vec::with_capacity(entries.len());
+        let mut tpl = TopicPartitionList::new();
+        // topic → [(partition, job, target)]
+        let mut index: HashMap<String, Vec<(i32, usize, usize)>> = HashMap::new();
+        for (j, e) in entries.iter_mut().enumerate() {
+            let full = e.task.stores().checkpoint()?.is_none();
+            let targets = e.task.begin_restore(committed)?;
+            let mut progress = Vec::with_capacity(targets.len());
+            let mut changelog_records = 0;
+            for (i, t) in targets.iter().enumerate() {
+                let (low, high) = self
+                    .restore_consumer
+                    .fetch_watermarks(&t.topic, t.partition, CLIENT_TIMEOUT)
+                    .map_err(|err| RuntimeError::kafka(format!("watermarks of changelog {}[{}]", t.topic, t.partition), err))?;
+                changelog_records += (high - low).max(0) as u64;
+                let start = t.start.max(low);
+                let done = start >= high;
+                if done {
+                    e.task.restore_progress(&t.topic, t.partition, start.max(t.start));
+                } else {
+                    let _ = tpl.add_partition_offset(&t.topic, t.partition, Offset::Offset(start));
+                    index.entry(t.topic.clone()).or_default().push((t.partition, j, i));
+                }
+                progress.push(RestoreProgress { topic: t.topic.clone(), partition: t.partition, start, end: high, position: start, read: 0, done });
+            }
+            let id = e.task.id();
+            self.status.set_task(id, TaskStatus { state: TaskState::Restoring, restore: progress.clone(), metrics: e.task.metrics() });
+            let total: i64 = progress.iter().map(|p| (p.end - p.start).max(0)).sum();
+            if total > 0 {
+                tracing::info!(task = %id, records = total, full, "restoring");
+            }
+            jobs.push(Job { full, started: Instant::now(), targets, progress, changelog_records, since_flush: 0 });
+        }
+        if tpl.count() > 0 {
+            self.read_changelogs(entries, &mut jobs, &tpl, &index)?;
+        }
+        for (e, job) in entries.iter_mut().zip(jobs) {
+            for p in &job.progress {
+                e.task.restore_progress(&p.topic, p.partition, p.position);
+            }
+            e.task.flush_restore()?;
+            e.task.init()?;
+            let id = e.task.id();
+            let read: u64 = job.progress.iter().map(|p| p.read).sum();
+            let seconds = job.started.elapsed().as_secs_f64();
+            tracing::info!(read, changelog_records = job.changelog_records, seconds = format!("{seconds:.2}"), full = job.full, task = %id, "restored");
+            self.status.record_restore(RestoreRecord { task: id, full: job.full, read, changelog_records: job.changelog_records, seconds });
+            self.status.set_task(id, TaskStatus { state: TaskState::Running, restore: job.progress, metrics: e.task.metrics() });
+        }
+        self.state.sync()?;
+        Ok(())
+    }
+
+    fn read_changelogs(
+        &mut self,
+        entries: &mut [Entry],
+        jobs: &mut [Job],
+        tpl: &TopicPartitionList,
+        index: &HashMap<String, Vec<(i32, usize, usize)>>,
+    ) -> Result<(), RuntimeError> {
+        self.restore_consumer.assign(tpl).map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
+        let started = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut last_log = Instant::now();
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+        let pending = |jobs: &[Job]| jobs.iter().any(|j| j.progress.iter().any(|p| !p.done));
+        while pending(jobs) {
+            match self.restore_consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let Some(&(_, j, i)) = index.get(m.topic()).and_then(|v| v.iter().find(|(p, _, _)| *p == m.partition())) else {
+                        continue;
+                    };
+                    let job = &mut jobs[j];
+                    let p = &mut job.progress[i];
+                    if p.done || m.offset() >= p.end {
+                        p.done = true;
+                        continue;
+                    }
+                    headers.clear();
+                    if let Some(hs) = m.headers() {
+                        headers.extend(hs.iter().map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec()).unwrap_or_default())));
+                    }
+                    let task = &mut entries[j].task;
+                    task.restore_record(job.targets[i].store, m.key(), m.payload(), &headers);
+                    p.read += 1;
+                    p.position = m.offset() + 1;
+                    if p.position >= p.end {
+                        p.done = true;
+                    }
+                    job.since_flush += 1;
+                    last_progress = Instant::now();
+                    if job.since_flush >= RESTORE_FLUSH_EVERY {
+                        for p in &job.progress {
+                            task.restore_progress(&p.topic, p.partition, p.position);
+                        }
+                        task.flush_restore()?;
+                        job.since_flush = 0;
+                    }
+                }
+                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                    self.unreadable_changelog(entries, jobs)?;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
+                None => {
+                    // Gaps (compaction, transaction markers): trust the position.
+                    if let Ok(pos) = self.restore_consumer.position() {
+                        for el in pos.elements() {
+                            let Offset::Offset(o) = el.offset() else { continue };
+                            let Some(&(_, j, i)) = index.get(el.topic()).and_then(|v| v.iter().find(|(p, _, _)| *p == el.partition())) else {
+                                continue;
+                            };
+                            let p = &mut jobs[j].progress[i];
+                            if o >= p.end && !p.done {
+                                p.done = true;
+                                p.position = p.end;
+                            }
+                        }
+                    }
+                    if last_progress.elapsed() > RESTORE_STALL {
+                        let _ = self.restore_consumer.unassign();
+                        return Err(RuntimeError::Config(format!("restore made no progress for {}s", RESTORE_STALL.as_secs())));
+                    }
+                }
+            }
+            if last_log.elapsed() >= Duration::from_secs(1) {
+                let read: u64 = jobs.iter().flat_map(|j| j.progress.iter()).map(|p| p.read).sum();
+                let total: i64 = jobs.iter().flat_map(|j| j.progress.iter()).map(|p| (p.end - p.start).max(0)).sum();
+                let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(read, total, rate = format!("{rate:.0}/s"), "restore progress");
+                for (e, job) in entries.iter().zip(jobs.iter()) {
+                    self.status.set_task(e.task.id(), TaskStatus { state: TaskState::Restoring, restore: job.progress.clone(), metrics: e.task.metrics() });
+                }
+                last_log = Instant::now();
+            }
+        }
+        let _ = self.restore_consumer.unassign();
+        Ok(())
+    }
+
+    /// The changelog may not be read: keep local state where it exists,
+    /// refuse to start from empty state unless the user allowed it.
+    fn unreadable_changelog(&mut self, entries: &mut [Entry], jobs: &mut [Job]) -> Result<(), RuntimeError> {
+        for (e, job) in entries.iter().zip(jobs.iter_mut()) {
+            let Some(topic) = job.progress.iter().find(|p| !p.done).map(|p| p.topic.clone()) else { continue };
+            let id = e.task.id();
+            if !job.full {
+                tracing::warn!(task = %id, topic = %topic, "cannot read the changelog (no Read permission); continuing from the local state of the last commit");
+            } else if self.cfg.allow_empty_state {
+                tracing::warn!(task = %id, topic = %topic, "cannot read the changelog (no Read permission) and no local state exists; starting from EMPTY state as allowed");
+            } else {
+                let _ = self.restore_consumer.unassign();
+                return Err(RuntimeError::NotAuthorized {
+                    operation: "Read".into(),
+                    resource: format!("topic `{topic}`"),
+                    hint: format!(
+                        "task {id} has no local state and must restore it from `{topic}`; without Read on it the counts would restart from zero and publish wrong numbers. Grant Read on {topic}, restore the state directory, or pass --allow-empty-state to start from zero anyway"
+                    ),
+                });
+            }
+            for p in job.progress.iter_mut() {
+                p.done = true;
+            }
+        }
+        Ok(())
+    }
+}
