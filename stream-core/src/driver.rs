@@ -343,9 +343,22 @@ impl TestDriver {
         }
     }
 
-    /// Advances the driver's clock (timestamps of piped records).
+    /// Advances the driver's clock (timestamps of piped records) and
+    /// punctuates every task with the new time.
     pub fn advance_time(&mut self, ms: i64) {
         self.clock += ms;
+        let now = self.clock;
+        let mut out = Vec::new();
+        for t in self.tasks.values_mut() {
+            if let Err(e) = t.punctuate(now) {
+                panic!("punctuation failed: {e}");
+            }
+            out.extend(t.take_output());
+        }
+        self.deliver(out);
+        if let Err(e) = self.run() {
+            panic!("processing after punctuation failed: {e}");
+        }
     }
 
     /// Every record in `topic`, partition by partition.
@@ -404,6 +417,50 @@ impl TestDriver {
     /// The tasks, for inspection.
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::data::downcast_ref;
+    use crate::graph::TopologyBuilder;
+    use crate::processor::{Context, Processor};
+    use crate::record::Record;
+    use crate::serde::{erase, StringSerde};
+    use crate::{KeyValueStore, ProcessError};
+
+    /// Remembers keys; on punctuation forwards how many it has seen.
+    struct Tally;
+    impl Processor for Tally {
+        fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
+            let k = downcast_ref::<String>(&r.key, "tally")?.clone();
+            ctx.store("seen")?.put(k.as_bytes(), vec![1])?;
+            Ok(())
+        }
+        fn punctuate(&mut self, ctx: &mut Context<'_>, now_ms: i64) -> Result<(), ProcessError> {
+            let n = ctx.store("seen")?.scan_prefix(b"")?.len();
+            ctx.forward(Record::new(Box::new(format!("t{now_ms}")), Box::new(n.to_string()), now_ms));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn should_punctuate_processors_when_time_advances() {
+        let s = || erase::<String>(Arc::new(StringSerde));
+        let mut b = TopologyBuilder::new();
+        let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
+        b.add_store(crate::graph::StoreSpec { name: "seen".into(), changelog: crate::graph::Changelog::Internal });
+        let p = b.add_processor("tally", Arc::new(|| Box::new(Tally) as Box<dyn Processor>), &[src], vec!["seen".into()]);
+        b.add_sink("out", TopicRef::External("out".into()), s(), s(), None, &[p]);
+        let mut d = TestDriver::new(b.build().unwrap(), "app");
+        d.pipe_str("in", "a", "x");
+        d.pipe_str("in", "b", "x");
+        assert!(d.output_utf8("out").is_empty(), "nothing before punctuation");
+        d.advance_time(1000);
+        assert_eq!(d.output_utf8("out"), vec![("t1002".to_string(), "2".to_string())]);
     }
 }
 

@@ -6,7 +6,7 @@
 //! | module | responsibility |
 //! |---|---|
 //! | [`graph`] | the processor graph: nodes, stores, internal topics, sub-topologies, `describe()` |
-//! | [`processor`] | the [`Processor`](processor::Processor) trait and its [`Context`](processor::Context) |
+//! | [`processor`] | the [`Processor`] trait and its [`Context`] |
 //! | [`record`] | records inside the graph and on their way out |
 //! | [`data`] | type-erased keys and values |
 //! | [`serde`] | serdes, typed and erased |

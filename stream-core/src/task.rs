@@ -373,6 +373,46 @@ impl Task {
         Ok(())
     }
 
+    /// Calls `punctuate(now_ms)` on every processor; what they forward runs
+    /// through the graph like any record.
+    pub fn punctuate(&mut self, now_ms: i64) -> Result<(), TaskError> {
+        let partition = self.id.partition;
+        let origin = Origin { topic: String::new(), partition, offset: -1 };
+        for idx in 0..self.slots.len() {
+            let mut fwd = Vec::new();
+            let children = self.slots[idx].children.clone();
+            let slot = &mut self.slots[idx];
+            if let TaskNode::Proc { processor, stores } = &mut slot.node {
+                let mut ctx = Context {
+                    node: &slot.name,
+                    allowed_stores: stores,
+                    stores: &mut self.stores,
+                    forwarded: &mut fwd,
+                    origin: None,
+                    partition,
+                };
+                processor.punctuate(&mut ctx, now_ms).map_err(|e| TaskError::Record {
+                    origin: origin.clone(),
+                    reason: format!("punctuate of {}: {e}", slot.name),
+                })?;
+            }
+            for f in fwd {
+                let targets: Vec<usize> = match f.child {
+                    Some(i) => children.get(i).copied().into_iter().collect(),
+                    None => children.clone(),
+                };
+                for c in targets {
+                    self.seq = 0;
+                    self.dispatch(c, f.record.duplicate(), &origin).map_err(|e| TaskError::Record {
+                        origin: origin.clone(),
+                        reason: format!("punctuate: {e}"),
+                    })?;
+                }
+            }
+        }
+        self.log_changes(&origin, None)
+    }
+
     /// Runs `close` on every processor and drops uncommitted state.
     pub fn close(&mut self) {
         for slot in &mut self.slots {

@@ -57,7 +57,12 @@ pub async fn create_topic_with(name: &str, partitions: i32, configs: &[(&str, &s
 
 /// Creates a topic on the broker at `bootstrap`.
 pub async fn create_topic_at(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    create_topic_rf(bootstrap, name, partitions, 1, configs).await
+}
+
+/// Creates a topic with `rf` replicas on the cluster at `bootstrap`.
+pub async fn create_topic_rf(bootstrap: &str, name: &str, partitions: i32, rf: i32, configs: &[(&str, &str)]) {
+    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(rf));
     for (k, v) in configs {
         t = t.set(k, v);
     }

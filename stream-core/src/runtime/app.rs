@@ -298,7 +298,7 @@ fn stream_loop(
             last_progress = std::time::Instant::now();
         }
         if e.commit_due() {
-            if let Err(err) = e.commit(&consumer) {
+            if let Err(err) = e.punctuate().and_then(|()| e.commit(&consumer)) {
                 break Err(err);
             }
         }

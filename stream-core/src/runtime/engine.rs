@@ -187,6 +187,20 @@ impl Engine {
         (self.tasks.values().map(|e| e.task.metrics().processed).sum(), self.tasks.len())
     }
 
+    /// Punctuates every task with the wall clock and sends what it produced.
+    pub(crate) fn punctuate(&mut self) -> Result<(), RuntimeError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let mut out = Vec::new();
+        for e in self.tasks.values_mut() {
+            e.task.punctuate(now)?;
+            out.extend(e.task.take_output());
+        }
+        for r in out {
+            self.send(r)?;
+        }
+        Ok(())
+    }
+
     /// Whether the commit interval has passed.
     pub(crate) fn commit_due(&self) -> bool {
         self.last_commit.elapsed() >= self.cfg.commit_interval

@@ -5,7 +5,8 @@
 //! |---|---|
 //! | [`config`] | [`StreamsConfig`], named after Kafka Streams' settings |
 //! | [`topics`] | partition planning, internal topic creation and checks |
-//! | [`engine`] | tasks, producing, the commit order, restore |
+//! | `engine` | tasks, producing, the commit order |
+//! | `restore` | restoring newly assigned tasks from their changelogs |
 //! | [`app`] | [`KafkaStreams`]: start, poll loop, rebalances, shutdown |
 //! | [`status`] | task states and restore progress for callers |
 //! | [`error`] | [`RuntimeError`] |
