@@ -188,7 +188,7 @@ class Bench:
     def report(self):
         a = self.args
         lines = []
-        lines.append("| run | median s | min–max s | users/s | peak RSS MiB | CPU s | ours ÷ ceiling | ours ÷ Kafka Streams |")
+        lines.append("| run | median s | min–max s | users/s | peak RSS MiB | CPU s | throughput ÷ ceiling | throughput ÷ Kafka Streams |")
         lines.append("|---|---|---|---|---|---|---|---|")
         ceil = self.median("ceiling")
         ratios = []
@@ -204,18 +204,20 @@ class Bench:
                 vs_ceiling = f"{ceil / med:.2f}"
                 ks = self.median(name.replace("ours", "kstreams"))
                 if ks == ks:
-                    vs_ks = f"{ks / med:.2f}× faster"
+                    vs_ks = f"{ks / med:.2f}×"
                     ratios.append((name.replace("ours ", ""), ks / med, ceil / med))
-            lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {a.users / med:,.0f} | {rss:,.0f} | {cpu:.1f} | {vs_ceiling} | {vs_ks} |")
+            rss_s = f"{rss:,.0f}" if rss == rss else "–"
+            cpu_s = f"{cpu:.1f}" if cpu == cpu else "–"
+            lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {a.users / med:,.0f} | {rss_s} | {cpu_s} | {vs_ceiling} | {vs_ks} |")
         lines.append("")
-        lines.append("| restore | median s | min–max s | records/s | ours ÷ plain consumer | ours ÷ Kafka Streams |")
+        lines.append("| restore | median s | min–max s | records/s | speed ÷ plain consumer | speed ÷ Kafka Streams |")
         lines.append("|---|---|---|---|---|---|")
         plain, ks_r, ours_r = self.median("restore: plain consumer"), self.median("restore: kstreams"), self.median("restore: ours")
         for name in [n for n in ("restore: plain consumer", "restore: ours", "restore: kstreams") if n in self.results]:
             med = self.median(name)
             lo, hi = self.span(name)
             rate = self.median(name, "rate")
-            extra = f"| {plain / ours_r:.2f} | {ks_r / ours_r:.2f}× faster |" if name == "restore: ours" else "| | |"
+            extra = f"| {plain / ours_r:.2f} | {ks_r / ours_r:.2f}× |" if name == "restore: ours" else "| | |"
             lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {rate:,.0f} {extra}")
         eos_ratio = []
         for c in a.commits:

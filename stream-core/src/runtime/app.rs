@@ -133,10 +133,15 @@ impl KafkaStreams {
         let eos = self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
         let delivery = Arc::new(DeliveryState::default());
         let mut pc = self.cfg.client_config();
+        // Batches as Kafka Streams' producer does (linger 100 ms); a commit's
+        // flush sends at once, so latency is bounded by the commit interval.
         pc.set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            .set("linger.ms", "100")
             .set("partitioner", "murmur2_random");
+        for (k, v) in &self.cfg.extra {
+            pc.set(k, v);
+        }
         let transactional_id = format!("{}-{}", self.cfg.application_id, state.instance_id()?);
         if eos {
             pc.set("transactional.id", &transactional_id).set("transaction.timeout.ms", "10000");
@@ -170,8 +175,9 @@ impl KafkaStreams {
             .set("auto.offset.reset", "earliest")
             // Restores read whole partitions: big fetches, no long-poll at the end.
             .set("fetch.wait.max.ms", "10")
-            .set("max.partition.fetch.bytes", "8388608")
-            .set("fetch.max.bytes", "67108864")
+            .set("max.partition.fetch.bytes", "4194304")
+            .set("fetch.max.bytes", "16777216")
+            .set("queued.max.messages.kbytes", "32768")
             // librdkafka needs a group id even to assign(); this consumer never
             // joins or commits, and the application's own id needs no extra ACL.
             .set("group.id", &self.cfg.application_id);

@@ -8,8 +8,8 @@
 //! checkpoint (or from the beginning when there is no local state) up to the
 //! high watermark taken when the restore began (the last stable offset, as
 //! the restore consumer reads committed data only). Progress is written to
-//! sled every [`RESTORE_FLUSH_EVERY`] records per task, so an interrupted
-//! restore resumes where it was.
+//! sled every [`RESTORE_FLUSH_KEYS`] buffered keys or every five seconds per
+//! task, so an interrupted restore resumes close to where it was.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -24,8 +24,12 @@ use super::error::RuntimeError;
 use super::status::{RestoreProgress, RestoreRecord, TaskState, TaskStatus};
 use crate::task::RestoreTarget;
 
-/// Records restored between two writes of restore progress to sled.
-pub(crate) const RESTORE_FLUSH_EVERY: u64 = 20_000;
+/// Distinct keys buffered in memory before restored state and progress are
+/// written to sled (a changelog updates the same keys many times; the buffer
+/// keeps only the latest value, so sled writes scale with keys, not records).
+pub(crate) const RESTORE_FLUSH_KEYS: usize = 200_000;
+/// Longest time between two writes of restore progress to sled.
+const RESTORE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 const RESTORE_STALL: Duration = Duration::from_secs(120);
 
 struct Job {
@@ -34,7 +38,7 @@ struct Job {
     targets: Vec<RestoreTarget>,
     progress: Vec<RestoreProgress>,
     changelog_records: u64,
-    since_flush: u64,
+    last_flush: Instant,
 }
 
 impl Engine {
@@ -71,7 +75,7 @@ impl Engine {
             if total > 0 {
                 tracing::info!(task = %id, records = total, full, "restoring");
             }
-            jobs.push(Job { full, started: Instant::now(), targets, progress, changelog_records, since_flush: 0 });
+            jobs.push(Job { full, started: Instant::now(), targets, progress, changelog_records, last_flush: Instant::now() });
         }
         if tpl.count() > 0 {
             self.read_changelogs(entries, &mut jobs, &tpl, &index)?;
@@ -129,14 +133,15 @@ impl Engine {
                     if p.position >= p.end {
                         p.done = true;
                     }
-                    job.since_flush += 1;
                     last_progress = Instant::now();
-                    if job.since_flush >= RESTORE_FLUSH_EVERY {
+                    if p.read % 1024 == 0
+                        && (task.stores().buffered() >= RESTORE_FLUSH_KEYS || job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL)
+                    {
                         for p in &job.progress {
                             task.restore_progress(&p.topic, p.partition, p.position);
                         }
                         task.flush_restore()?;
-                        job.since_flush = 0;
+                        job.last_flush = Instant::now();
                     }
                 }
                 Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
