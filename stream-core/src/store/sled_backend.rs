@@ -132,6 +132,16 @@ impl SledBackend {
         StoreError::Sled { store: self.task.clone(), source }
     }
 
+    /// The checkpoint as stored, with the entry counts it vouches for.
+    fn encode_checkpoint(&self, checkpoint: &Checkpoint, counts: &[u64]) -> Result<Vec<u8>, StoreError> {
+        let mut checkpoint = checkpoint.clone();
+        checkpoint.entries = counts.to_vec();
+        serde_json::to_vec(&checkpoint).map_err(|e| StoreError::Damaged {
+            store: self.task.clone(),
+            reason: format!("cannot encode checkpoint: {e}"),
+        })
+    }
+
     /// Checks the trees against the entry counts of the checkpoint.
     pub fn verify(&self) -> Result<(), StoreError> {
         let Some(cp) = self.checkpoint()? else { return Ok(()) };
@@ -180,12 +190,7 @@ impl StateBackend for SledBackend {
                 }
             }
         }
-        let mut checkpoint = checkpoint.clone();
-        checkpoint.entries = counts.clone();
-        let encoded = serde_json::to_vec(&checkpoint).map_err(|e| StoreError::Damaged {
-            store: self.task.clone(),
-            reason: format!("cannot encode checkpoint: {e}"),
-        })?;
+        let encoded = self.encode_checkpoint(checkpoint, &counts)?;
         let mut all: Vec<&sled::Tree> = self.trees.iter().collect();
         all.push(&self.meta);
         let meta_idx = all.len() - 1;
@@ -233,12 +238,7 @@ impl StateBackend for SledBackend {
             }
             self.trees[i].apply_batch(b).map_err(|e| self.err(e))?;
         }
-        let mut checkpoint = checkpoint.clone();
-        checkpoint.entries = counts.clone();
-        let encoded = serde_json::to_vec(&checkpoint).map_err(|e| StoreError::Damaged {
-            store: self.task.clone(),
-            reason: format!("cannot encode checkpoint: {e}"),
-        })?;
+        let encoded = self.encode_checkpoint(checkpoint, &counts)?;
         self.meta.insert(self.task.as_bytes(), encoded).map_err(|e| self.err(e))?;
         self.counts = counts;
         Ok(())
