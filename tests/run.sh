@@ -17,4 +17,4 @@ trap cleanup EXIT
 
 # Integration tests run the programs as child processes: build them first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

@@ -65,28 +65,61 @@ pub struct Common {
 impl Common {
     /// Fills options not given on the command line from `--config`.
     pub fn resolve(mut self) -> Result<Common, String> {
-        let Some(path) = self.config.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        let file: Common = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let file: Common =
+            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
         macro_rules! fill {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
-        fill!(bootstrap_servers, team, application_id, group_instance_id, new_users_topic, actions_topic, watchlist_topic, security_protocol, sasl_mechanism, username, password, ssl_ca_location, ssl_certificate_location, ssl_key_location, state_dir);
+        fill!(
+            bootstrap_servers,
+            team,
+            application_id,
+            group_instance_id,
+            new_users_topic,
+            actions_topic,
+            watchlist_topic,
+            security_protocol,
+            sasl_mechanism,
+            username,
+            password,
+            ssl_ca_location,
+            ssl_certificate_location,
+            ssl_key_location,
+            state_dir
+        );
         Ok(self)
     }
 
     /// The team name, required by every program.
     pub fn team(&self) -> Result<String, String> {
-        let team = self.team.clone().ok_or("--team team-N is required (or `team` in the config file)")?;
+        let team = self
+            .team
+            .clone()
+            .ok_or("--team team-N is required (or `team` in the config file)")?;
         crate::filters::for_team(&team)?;
-        Ok(if team.starts_with("team-") { team } else { format!("team-{team}") })
+        Ok(if team.starts_with("team-") {
+            team
+        } else {
+            format!("team-{team}")
+        })
     }
 
     /// A runtime configuration with these options; the application id is
     /// `--application-id` or else `default_app_id` (the team).
     pub fn streams_config(&self, default_app_id: &str) -> StreamsConfig {
-        let bootstrap = self.bootstrap_servers.clone().unwrap_or_else(|| "127.0.0.1:9092".into());
-        let app_id = self.application_id.clone().unwrap_or_else(|| default_app_id.to_string());
+        let bootstrap = self
+            .bootstrap_servers
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:9092".into());
+        let app_id = self
+            .application_id
+            .clone()
+            .unwrap_or_else(|| default_app_id.to_string());
         let mut cfg = StreamsConfig::new(&app_id, &bootstrap);
         cfg.client_id = Some(default_app_id.to_string());
         cfg.security.protocol = self.security_protocol.clone();
@@ -96,7 +129,10 @@ impl Common {
         cfg.security.ssl_ca_location = self.ssl_ca_location.clone();
         cfg.security.ssl_certificate_location = self.ssl_certificate_location.clone();
         cfg.security.ssl_key_location = self.ssl_key_location.clone();
-        cfg.state_dir = self.state_dir.clone().unwrap_or_else(|| PathBuf::from("state"));
+        cfg.state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("state"));
         cfg.group_instance_id = self.group_instance_id.clone();
         cfg
     }
@@ -105,15 +141,21 @@ impl Common {
 impl Common {
     /// The user-registration topic.
     pub fn new_users(&self) -> String {
-        self.new_users_topic.clone().unwrap_or_else(|| "new_users".into())
+        self.new_users_topic
+            .clone()
+            .unwrap_or_else(|| "new_users".into())
     }
     /// The actions topic.
     pub fn actions(&self) -> String {
-        self.actions_topic.clone().unwrap_or_else(|| "actions".into())
+        self.actions_topic
+            .clone()
+            .unwrap_or_else(|| "actions".into())
     }
     /// The watchlist topic.
     pub fn watchlist(&self) -> String {
-        self.watchlist_topic.clone().unwrap_or_else(|| "watchlist".into())
+        self.watchlist_topic
+            .clone()
+            .unwrap_or_else(|| "watchlist".into())
     }
 }
 
@@ -121,7 +163,11 @@ impl Common {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 /// Prints one clear line and exits with status 1.
@@ -138,12 +184,25 @@ mod tests {
     fn should_fill_options_from_the_config_file_and_let_flags_win() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "team = \"team-4\"\nbootstrap-servers = \"file:9092\"\npassword = \"pw\"\n").unwrap();
-        let c = Common { config: Some(path), bootstrap_servers: Some("flag:9092".into()), ..Default::default() }.resolve().unwrap();
+        std::fs::write(
+            &path,
+            "team = \"team-4\"\nbootstrap-servers = \"file:9092\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        let c = Common {
+            config: Some(path),
+            bootstrap_servers: Some("flag:9092".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(c.team().unwrap(), "team-4");
         assert_eq!(c.bootstrap_servers.as_deref(), Some("flag:9092"));
         let cfg = c.streams_config("x");
-        assert!(!format!("{cfg:?}").contains("pw\""), "password leaked in Debug");
+        assert!(
+            !format!("{cfg:?}").contains("pw\""),
+            "password leaked in Debug"
+        );
     }
 
     #[test]
@@ -151,7 +210,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "tem = \"team-4\"\n").unwrap();
-        assert!(Common { config: Some(path), ..Default::default() }.resolve().is_err());
-        assert!(Common { team: Some("team-99".into()), ..Default::default() }.team().is_err());
+        assert!(Common {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        assert!(Common {
+            team: Some("team-99".into()),
+            ..Default::default()
+        }
+        .team()
+        .is_err());
     }
 }

@@ -8,26 +8,115 @@ use rand::{Rng, SeedableRng};
 use crate::user::User;
 
 const FIRST: &[&str] = &[
-    "Roslyn", "Hugh", "Ilene", "Marcus", "Ada", "Bea", "Carl", "Dana", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea",
-    "Milo", "Nia", "Otto", "Pia", "Quin", "Rosa", "Sami", "Tara", "Uli", "Vera", "Wes", "Xia", "Yara", "Zed",
+    "Roslyn", "Hugh", "Ilene", "Marcus", "Ada", "Bea", "Carl", "Dana", "Eli", "Fay", "Gus", "Hana",
+    "Ivo", "Jun", "Kai", "Lea", "Milo", "Nia", "Otto", "Pia", "Quin", "Rosa", "Sami", "Tara",
+    "Uli", "Vera", "Wes", "Xia", "Yara", "Zed",
 ];
 const LAST: &[&str] = &[
-    "Breitenberg", "Dicki", "Kuhn", "Schmitt", "Larkin", "Okuneva", "Hessel", "Bogan", "Mraz", "Wolff", "Kertzmann", "Rohan",
-    "Feest", "Zulauf", "Stark", "Hayes", "Jaskolski", "Lind", "Torp", "Ullrich", "Veum", "Walsh", "Yost", "Ziemann", "Abbott",
-    "Barton", "Crona", "Dooley", "Ebert", "Fisher", "Gleason", "Haag", "Ignatowski", "Jacobs", "Koepp", "Lowe", "Metz", "Nader",
-    "Orn", "Pouros",
+    "Breitenberg",
+    "Dicki",
+    "Kuhn",
+    "Schmitt",
+    "Larkin",
+    "Okuneva",
+    "Hessel",
+    "Bogan",
+    "Mraz",
+    "Wolff",
+    "Kertzmann",
+    "Rohan",
+    "Feest",
+    "Zulauf",
+    "Stark",
+    "Hayes",
+    "Jaskolski",
+    "Lind",
+    "Torp",
+    "Ullrich",
+    "Veum",
+    "Walsh",
+    "Yost",
+    "Ziemann",
+    "Abbott",
+    "Barton",
+    "Crona",
+    "Dooley",
+    "Ebert",
+    "Fisher",
+    "Gleason",
+    "Haag",
+    "Ignatowski",
+    "Jacobs",
+    "Koepp",
+    "Lowe",
+    "Metz",
+    "Nader",
+    "Orn",
+    "Pouros",
 ];
 const INDUSTRIES: &[&str] = &[
-    "Market Research", "Banking", "Financial Services", "Insurance", "Investment Management", "Accounting", "Venture Capital",
-    "Computer Software", "Internet", "Semiconductors", "Telecommunications", "Wireless", "Hospital & Health Care",
-    "Medical Devices", "Pharmaceuticals", "Biotechnology", "Veterinary", "Mining & Metals", "Retail", "Construction",
-    "Food & Beverages", "Logistics", "Education Management", "Publishing",
+    "Market Research",
+    "Banking",
+    "Financial Services",
+    "Insurance",
+    "Investment Management",
+    "Accounting",
+    "Venture Capital",
+    "Computer Software",
+    "Internet",
+    "Semiconductors",
+    "Telecommunications",
+    "Wireless",
+    "Hospital & Health Care",
+    "Medical Devices",
+    "Pharmaceuticals",
+    "Biotechnology",
+    "Veterinary",
+    "Mining & Metals",
+    "Retail",
+    "Construction",
+    "Food & Beverages",
+    "Logistics",
+    "Education Management",
+    "Publishing",
 ];
-const PROFESSIONS: &[&str] = &["advocate", "engineer", "teacher", "designer", "nurse", "accountant", "chef", "pilot", "analyst", "farmer"];
-const FIELDS: &[&str] = &["Mining", "IT", "Technology", "Finance", "Health", "Education", "Law", "Arts", "Sales", "Logistics"];
+const PROFESSIONS: &[&str] = &[
+    "advocate",
+    "engineer",
+    "teacher",
+    "designer",
+    "nurse",
+    "accountant",
+    "chef",
+    "pilot",
+    "analyst",
+    "farmer",
+];
+const FIELDS: &[&str] = &[
+    "Mining",
+    "IT",
+    "Technology",
+    "Finance",
+    "Health",
+    "Education",
+    "Law",
+    "Arts",
+    "Sales",
+    "Logistics",
+];
 const ZONES: &[&str] = &[
-    "Pacific/Pago_Pago", "Asia/Tokyo", "Asia/Kolkata", "Europe/Paris", "Europe/Berlin", "America/New_York", "America/Lima",
-    "Africa/Nairobi", "Australia/Sydney", "Europe/Lisbon", "Asia/Singapore", "America/Chicago",
+    "Pacific/Pago_Pago",
+    "Asia/Tokyo",
+    "Asia/Kolkata",
+    "Europe/Paris",
+    "Europe/Berlin",
+    "America/New_York",
+    "America/Lima",
+    "Africa/Nairobi",
+    "Australia/Sydney",
+    "Europe/Lisbon",
+    "Asia/Singapore",
+    "America/Chicago",
 ];
 const AGENTS: &[&str] = &[
     "Mozilla/5.0 (Windows; U; MSIE 9.0; WIndows NT 9.0; en-US))",
@@ -36,7 +125,12 @@ const AGENTS: &[&str] = &[
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15 Safari/605.1.15",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/119.0 Safari/537.36",
 ];
-const SLOGANS: &[&str] = &["Open-architected directional adapter", "Synergized mobile paradigm", "Robust holistic toolset", "Adaptive didactic framework"];
+const SLOGANS: &[&str] = &[
+    "Open-architected directional adapter",
+    "Synergized mobile paradigm",
+    "Robust holistic toolset",
+    "Adaptive didactic framework",
+];
 const MAIL: &[&str] = &["gmail.com", "yahoo.com", "hotmail.com"];
 
 /// Generates users; the same seed gives the same sequence.
@@ -47,7 +141,9 @@ pub struct Generator {
 impl Generator {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Generator { rng: StdRng::seed_from_u64(seed) }
+        Generator {
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 
     fn pick(&mut self, xs: &[&'static str]) -> &'static str {
@@ -68,7 +164,12 @@ impl Generator {
     pub fn user(&mut self) -> User {
         let first = self.pick(FIRST);
         let last = self.pick(LAST);
-        let handle = format!("{}_{}{}", first.to_lowercase(), last.to_lowercase(), self.rng.gen_range(0..1000));
+        let handle = format!(
+            "{}_{}{}",
+            first.to_lowercase(),
+            last.to_lowercase(),
+            self.rng.gen_range(0..1000)
+        );
         let card = match self.rng.gen_range(0..4) {
             0 => format!("37{:013}", self.rng.gen_range(0..10_000_000_000_000u64)),
             1 => format!("34{:013}", self.rng.gen_range(0..10_000_000_000_000u64)),
@@ -82,15 +183,27 @@ impl Generator {
             company_slogan: self.pick(SLOGANS).into(),
             industry: self.pick(INDUSTRIES).into(),
             user_name: handle.clone(),
-            avatar: if self.rng.gen_bool(0.1) { "example.org".into() } else { format!("https://robohash.org/{handle}.png?size=50x50") },
-            name: if self.rng.gen_bool(0.1) { "John Doe".into() } else { format!("{first} {last}") },
+            avatar: if self.rng.gen_bool(0.1) {
+                "example.org".into()
+            } else {
+                format!("https://robohash.org/{handle}.png?size=50x50")
+            },
+            name: if self.rng.gen_bool(0.1) {
+                "John Doe".into()
+            } else {
+                format!("{first} {last}")
+            },
             profession: self.pick(PROFESSIONS).into(),
             field: self.pick(FIELDS).into(),
             premium: self.rng.gen_bool(0.5),
             credit: self.rng.gen_range(-20..=19),
             time_zone: self.pick(ZONES).into(),
             user_agent: self.pick(AGENTS).into(),
-            pack: if self.rng.gen_bool(0.1) { "free".into() } else { "small".into() },
+            pack: if self.rng.gen_bool(0.1) {
+                "free".into()
+            } else {
+                "small".into()
+            },
         }
     }
 
@@ -132,24 +245,31 @@ mod tests {
 
     #[test]
     fn should_repeat_with_a_seed_and_follow_the_distributions() {
-        let a: Vec<User> = (0..50).map({
-            let mut g = Generator::new(7);
-            move |_| g.user()
-        }).collect();
-        let b: Vec<User> = (0..50).map({
-            let mut g = Generator::new(7);
-            move |_| g.user()
-        }).collect();
+        let a: Vec<User> = (0..50)
+            .map({
+                let mut g = Generator::new(7);
+                move |_| g.user()
+            })
+            .collect();
+        let b: Vec<User> = (0..50)
+            .map({
+                let mut g = Generator::new(7);
+                move |_| g.user()
+            })
+            .collect();
         assert_eq!(a, b);
         let mut g = Generator::new(1);
         let users: Vec<User> = (0..10_000).map(|_| g.user()).collect();
-        let share = |f: &dyn Fn(&User) -> bool| users.iter().filter(|u| f(u)).count() as f64 / users.len() as f64;
+        let share = |f: &dyn Fn(&User) -> bool| {
+            users.iter().filter(|u| f(u)).count() as f64 / users.len() as f64
+        };
         assert!((share(&|u| u.name == "John Doe") - 0.1).abs() < 0.02);
         assert!((share(&|u| u.premium) - 0.5).abs() < 0.03);
         assert!((share(&|u| u.pack == "free") - 0.1).abs() < 0.02);
         assert!((share(&|u| u.avatar == "example.org") - 0.1).abs() < 0.02);
         assert!(users.iter().all(|u| (-20..=19).contains(&u.credit)));
-        let companies: std::collections::HashSet<_> = users.iter().map(|u| &u.company_name).collect();
+        let companies: std::collections::HashSet<_> =
+            users.iter().map(|u| &u.company_name).collect();
         assert!(companies.len() < users.len() / 2, "companies repeat");
     }
 
@@ -158,7 +278,11 @@ mod tests {
         let mut g = Generator::new(3);
         for _ in 0..50 {
             let bad = g.bad_record();
-            assert!(serde_json::from_slice::<User>(&bad).is_err(), "{:?}", String::from_utf8_lossy(&bad));
+            assert!(
+                serde_json::from_slice::<User>(&bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(&bad)
+            );
         }
     }
 }

@@ -35,21 +35,139 @@ fn contains_any(s: &str, words: &[&str]) -> bool {
 
 /// All fifteen filters, by team.
 pub static FILTERS: [TeamFilter; 15] = [
-    TeamFilter { team: 1, action_type: "CONTACT_CUSTOMER", reason: "LEGACY_EMAIL_PROVIDER", rule: "email contains hotmail", predicate: |u| u.email.to_lowercase().contains("hotmail") },
-    TeamFilter { team: 2, action_type: "CREDIT_CARD_VERIFICATION", reason: "AMEX_CARD", rule: "card starts with 37", predicate: |u| u.credit_card_number.starts_with("37") },
-    TeamFilter { team: 3, action_type: "SALES_LEAD", reason: "FINANCIAL_SECTOR", rule: "financial industry", predicate: |u| contains_any(&u.industry, &["bank", "financ", "insur", "invest", "account", "capital"]) },
-    TeamFilter { team: 4, action_type: "ACQUISITION_TARGET", reason: "TECH_COMPANY", rule: "tech industry", predicate: |u| contains_any(&u.industry, &["computer", "internet", "semiconductor", "telecom", "wireless"]) },
-    TeamFilter { team: 5, action_type: "CONTACT_CUSTOMER", reason: "HEALTHCARE_COMPLIANCE", rule: "healthcare industry", predicate: |u| contains_any(&u.industry, &["health", "hospital", "medical", "pharma", "biotech", "veterinary"]) },
-    TeamFilter { team: 6, action_type: "HIRE_CUSTOMER", reason: "IS_ENGINEER", rule: "profession is engineer", predicate: |u| u.profession.to_lowercase() == "engineer" },
-    TeamFilter { team: 7, action_type: "CONTACT_CUSTOMER", reason: "VIP_USER", rule: "premium and credit > 10", predicate: |u| u.premium && u.credit > 10 },
-    TeamFilter { team: 8, action_type: "CONTACT_CUSTOMER", reason: "CRITICAL_DEBT", rule: "credit < -15", predicate: |u| u.credit < -15 },
-    TeamFilter { team: 9, action_type: "CONTACT_CUSTOMER", reason: "APAC_EXPANSION", rule: "time zone in Asia", predicate: |u| u.time_zone.starts_with("Asia/") },
-    TeamFilter { team: 10, action_type: "CONTACT_CUSTOMER", reason: "LEGACY_BROWSER", rule: "MSIE or Trident browser", predicate: |u| u.user_agent.contains("MSIE") || u.user_agent.contains("Trident") },
-    TeamFilter { team: 11, action_type: "TRIGGER_GDPR_COMPLIANCE", reason: "IN_EUROPE", rule: "time zone in Europe", predicate: |u| u.time_zone.starts_with("Europe/") },
-    TeamFilter { team: 12, action_type: "HIRE_CUSTOMER", reason: "TECH_PROFESSIONAL", rule: "field is IT or technology", predicate: |u| matches!(u.field.to_lowercase().as_str(), "it" | "technology") },
-    TeamFilter { team: 13, action_type: "CONTACT_CUSTOMER", reason: "INVALID_AVATAR", rule: "avatar is example.org or not https", predicate: |u| u.avatar.contains("example.org") || !u.avatar.starts_with("https://") },
-    TeamFilter { team: 14, action_type: "BAN_CUSTOMER", reason: "SUSPICIOUS_NAME", rule: "name is John Doe", predicate: |u| u.name == "John Doe" },
-    TeamFilter { team: 15, action_type: "CONTACT_CUSTOMER", reason: "UPGRADE_FREE", rule: "pack is free", predicate: |u| u.pack == "free" },
+    TeamFilter {
+        team: 1,
+        action_type: "CONTACT_CUSTOMER",
+        reason: "LEGACY_EMAIL_PROVIDER",
+        rule: "email contains hotmail",
+        predicate: |u| u.email.to_lowercase().contains("hotmail"),
+    },
+    TeamFilter {
+        team: 2,
+        action_type: "CREDIT_CARD_VERIFICATION",
+        reason: "AMEX_CARD",
+        rule: "card starts with 37",
+        predicate: |u| u.credit_card_number.starts_with("37"),
+    },
+    TeamFilter {
+        team: 3,
+        action_type: "SALES_LEAD",
+        reason: "FINANCIAL_SECTOR",
+        rule: "financial industry",
+        predicate: |u| {
+            contains_any(
+                &u.industry,
+                &["bank", "financ", "insur", "invest", "account", "capital"],
+            )
+        },
+    },
+    TeamFilter {
+        team: 4,
+        action_type: "ACQUISITION_TARGET",
+        reason: "TECH_COMPANY",
+        rule: "tech industry",
+        predicate: |u| {
+            contains_any(
+                &u.industry,
+                &[
+                    "computer",
+                    "internet",
+                    "semiconductor",
+                    "telecom",
+                    "wireless",
+                ],
+            )
+        },
+    },
+    TeamFilter {
+        team: 5,
+        action_type: "CONTACT_CUSTOMER",
+        reason: "HEALTHCARE_COMPLIANCE",
+        rule: "healthcare industry",
+        predicate: |u| {
+            contains_any(
+                &u.industry,
+                &[
+                    "health",
+                    "hospital",
+                    "medical",
+                    "pharma",
+                    "biotech",
+                    "veterinary",
+                ],
+            )
+        },
+    },
+    TeamFilter {
+        team: 6,
+        action_type: "HIRE_CUSTOMER",
+        reason: "IS_ENGINEER",
+        rule: "profession is engineer",
+        predicate: |u| u.profession.to_lowercase() == "engineer",
+    },
+    TeamFilter {
+        team: 7,
+        action_type: "CONTACT_CUSTOMER",
+        reason: "VIP_USER",
+        rule: "premium and credit > 10",
+        predicate: |u| u.premium && u.credit > 10,
+    },
+    TeamFilter {
+        team: 8,
+        action_type: "CONTACT_CUSTOMER",
+        reason: "CRITICAL_DEBT",
+        rule: "credit < -15",
+        predicate: |u| u.credit < -15,
+    },
+    TeamFilter {
+        team: 9,
+        action_type: "CONTACT_CUSTOMER",
+        reason: "APAC_EXPANSION",
+        rule: "time zone in Asia",
+        predicate: |u| u.time_zone.starts_with("Asia/"),
+    },
+    TeamFilter {
+        team: 10,
+        action_type: "CONTACT_CUSTOMER",
+        reason: "LEGACY_BROWSER",
+        rule: "MSIE or Trident browser",
+        predicate: |u| u.user_agent.contains("MSIE") || u.user_agent.contains("Trident"),
+    },
+    TeamFilter {
+        team: 11,
+        action_type: "TRIGGER_GDPR_COMPLIANCE",
+        reason: "IN_EUROPE",
+        rule: "time zone in Europe",
+        predicate: |u| u.time_zone.starts_with("Europe/"),
+    },
+    TeamFilter {
+        team: 12,
+        action_type: "HIRE_CUSTOMER",
+        reason: "TECH_PROFESSIONAL",
+        rule: "field is IT or technology",
+        predicate: |u| matches!(u.field.to_lowercase().as_str(), "it" | "technology"),
+    },
+    TeamFilter {
+        team: 13,
+        action_type: "CONTACT_CUSTOMER",
+        reason: "INVALID_AVATAR",
+        rule: "avatar is example.org or not https",
+        predicate: |u| u.avatar.contains("example.org") || !u.avatar.starts_with("https://"),
+    },
+    TeamFilter {
+        team: 14,
+        action_type: "BAN_CUSTOMER",
+        reason: "SUSPICIOUS_NAME",
+        rule: "name is John Doe",
+        predicate: |u| u.name == "John Doe",
+    },
+    TeamFilter {
+        team: 15,
+        action_type: "CONTACT_CUSTOMER",
+        reason: "UPGRADE_FREE",
+        rule: "pack is free",
+        predicate: |u| u.pack == "free",
+    },
 ];
 
 /// The filter of `team-N` (or `N`).
@@ -105,7 +223,10 @@ mod tests {
             }
             8 => u.credit = -16,
             9 => u.time_zone = "Asia/Tokyo".into(),
-            10 => u.user_agent = "Mozilla/5.0 (compatible; MSIE 9.0; Windows NT 6.1; Trident/5.0)".into(),
+            10 => {
+                u.user_agent =
+                    "Mozilla/5.0 (compatible; MSIE 9.0; Windows NT 6.1; Trident/5.0)".into()
+            }
             11 => u.time_zone = "Europe/Paris".into(),
             12 => u.field = "IT".into(),
             13 => u.avatar = "example.org".into(),
@@ -119,7 +240,11 @@ mod tests {
     #[test]
     fn should_flag_exactly_the_users_each_team_targets() {
         for f in &FILTERS {
-            assert!(f.matches(&flagged(f.team)), "team {} misses its user", f.team);
+            assert!(
+                f.matches(&flagged(f.team)),
+                "team {} misses its user",
+                f.team
+            );
             assert!(!f.matches(&base()), "team {} flags the plain user", f.team);
         }
     }
@@ -145,7 +270,9 @@ mod tests {
     fn should_name_teams_and_reject_unknown_ones() {
         assert_eq!(for_team("team-3").unwrap().reason, "FINANCIAL_SECTOR");
         assert_eq!(for_team("15").unwrap().team_name(), "team-15");
-        assert!(for_team("team-16").unwrap_err().contains("team-1 to team-15"));
+        assert!(for_team("team-16")
+            .unwrap_err()
+            .contains("team-1 to team-15"));
         assert!(for_team("blue").is_err());
     }
 }

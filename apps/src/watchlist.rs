@@ -36,7 +36,10 @@ pub struct Topics {
 
 impl Default for Topics {
     fn default() -> Self {
-        Topics { new_users: "new_users".into(), watchlist: "watchlist".into() }
+        Topics {
+            new_users: "new_users".into(),
+            watchlist: "watchlist".into(),
+        }
     }
 }
 
@@ -73,7 +76,14 @@ impl Options {
     /// The tutorial's defaults for `team`: threshold 3, repartition, the
     /// tutorial's topics, changelog to `watchlist`.
     pub fn new(team: &str, filter: &'static TeamFilter) -> Self {
-        Options { team: team.into(), filter, threshold: 3, mode: Mode::Repartition, topics: Topics::default(), changelog: Changelog::Watchlist }
+        Options {
+            team: team.into(),
+            filter,
+            threshold: 3,
+            mode: Mode::Repartition,
+            topics: Topics::default(),
+            changelog: Changelog::Watchlist,
+        }
     }
 }
 
@@ -88,8 +98,19 @@ pub fn topology(o: &Options) -> Result<Topology, TopologyError> {
     let store = match o.changelog {
         Changelog::Watchlist => Materialized::as_store(STORE).changelog_to(
             &o.topics.watchlist,
-            move |company: &String, n: &i64| WatchlistEntry { team: mine.clone(), company: company.clone(), flag_count: *n }.to_json(),
-            move |_, bytes| WatchlistEntry::from_json(bytes).filter(|e| e.team == ours).map(|e| e.flag_count),
+            move |company: &String, n: &i64| {
+                WatchlistEntry {
+                    team: mine.clone(),
+                    company: company.clone(),
+                    flag_count: *n,
+                }
+                .to_json()
+            },
+            move |_, bytes| {
+                WatchlistEntry::from_json(bytes)
+                    .filter(|e| e.team == ours)
+                    .map(|e| e.flag_count)
+            },
         ),
         Changelog::Private => Materialized::as_store(STORE),
     };
@@ -105,8 +126,20 @@ pub fn topology(o: &Options) -> Result<Topology, TopologyError> {
         .for_each(|company, n| tracing::warn!(company = %company, flag_count = n, "ALERT: {company} has {n} flagged users"));
     if o.changelog == Changelog::Private {
         counts
-            .map(move |company, n| (company.clone(), WatchlistEntry { team: team.clone(), company, flag_count: n }))
-            .to_topic_with(&o.topics.watchlist, Produced::<String, WatchlistEntry>::json());
+            .map(move |company, n| {
+                (
+                    company.clone(),
+                    WatchlistEntry {
+                        team: team.clone(),
+                        company,
+                        flag_count: n,
+                    },
+                )
+            })
+            .to_topic_with(
+                &o.topics.watchlist,
+                Produced::<String, WatchlistEntry>::json(),
+            );
     }
     b.build()
 }
@@ -154,16 +187,32 @@ mod tests {
 
     fn run_with(mode: Mode, changelog: Changelog, crash_at: Option<usize>) {
         let filter = for_team("team-1").unwrap();
-        let topology = topology(&Options { mode, changelog, ..Options::new("team-1", filter) }).unwrap();
-        let mut d = TestDriver::new(topology, "team-1").with_partitions("new_users", 2).with_partitions("watchlist", 2).with_auto_commit(false);
+        let topology = topology(&Options {
+            mode,
+            changelog,
+            ..Options::new("team-1", filter)
+        })
+        .unwrap();
+        let mut d = TestDriver::new(topology, "team-1")
+            .with_partitions("new_users", 2)
+            .with_partitions("watchlist", 2)
+            .with_auto_commit(false);
         if mode == Mode::SingleInstance {
             d = d.with_single_task();
         }
         let mut g = Generator::new(11);
         let users: Vec<User> = (0..600).map(|_| g.user()).collect();
         // Another team's record for a company must neither restore nor count.
-        let other = WatchlistEntry { team: "team-2".into(), company: users[0].company_name.clone(), flag_count: 99 };
-        d.pipe("watchlist", Some(other.company.as_bytes()), Some(&other.to_json()));
+        let other = WatchlistEntry {
+            team: "team-2".into(),
+            company: users[0].company_name.clone(),
+            flag_count: 99,
+        };
+        d.pipe(
+            "watchlist",
+            Some(other.company.as_bytes()),
+            Some(&other.to_json()),
+        );
         for (i, u) in users.iter().enumerate() {
             d.pipe("new_users", None, Some(&serde_json::to_vec(u).unwrap()));
             if i % 50 == 49 {
@@ -175,12 +224,24 @@ mod tests {
         }
         d.commit().unwrap();
         let want = expected(&users, filter);
-        assert!(want.values().any(|&n| n >= 3), "the data must put companies on the watchlist");
-        assert_eq!(watchlist_of(&d, "team-1"), want, "latest watchlist value per company");
+        assert!(
+            want.values().any(|&n| n >= 3),
+            "the data must put companies on the watchlist"
+        );
+        assert_eq!(
+            watchlist_of(&d, "team-1"),
+            want,
+            "latest watchlist value per company"
+        );
         let store: BTreeMap<String, i64> = d
             .store_entries(STORE)
             .into_iter()
-            .map(|(k, v)| (String::from_utf8(k).unwrap(), i64::from_be_bytes(v.try_into().unwrap())))
+            .map(|(k, v)| {
+                (
+                    String::from_utf8(k).unwrap(),
+                    i64::from_be_bytes(v.try_into().unwrap()),
+                )
+            })
             .collect();
         assert_eq!(store, want, "store contents");
         for r in d.records("watchlist") {
@@ -213,7 +274,13 @@ mod tests {
     fn should_describe_the_repartition_topic_and_the_changelog() {
         let t = topology(&Options::new("team-1", for_team("team-1").unwrap())).unwrap();
         let text = t.describe("team-1");
-        assert!(text.contains("team-1-watchlist-counts-repartition"), "{text}");
-        assert!(text.contains("watchlist-counts (changelog: watchlist)"), "{text}");
+        assert!(
+            text.contains("team-1-watchlist-counts-repartition"),
+            "{text}"
+        );
+        assert!(
+            text.contains("watchlist-counts (changelog: watchlist)"),
+            "{text}"
+        );
     }
 }

@@ -80,6 +80,9 @@ mod tests {
         let c = clone_dyn(&d);
         assert_eq!(downcast::<i64>(c, "n").unwrap(), 41);
         let err = downcast::<String>(d, "n").unwrap_err();
-        assert!(err.to_string().contains("expected alloc::string::String"), "{err}");
+        assert!(
+            err.to_string().contains("expected alloc::string::String"),
+            "{err}"
+        );
     }
 }

@@ -134,10 +134,19 @@ impl TestDriver {
         }
         for _ in 0..self.topology.subtopologies().len() + 1 {
             for st in self.topology.subtopologies() {
-                let upstream = st.sources.iter().filter_map(|t| counts.get(&t.resolve(&app)).copied()).max();
+                let upstream = st
+                    .sources
+                    .iter()
+                    .filter_map(|t| counts.get(&t.resolve(&app)).copied())
+                    .max();
                 for t in &st.sinks {
                     if let TopicRef::Internal(suffix) = t {
-                        let fixed = self.topology.repartition_topics().get(suffix).copied().flatten();
+                        let fixed = self
+                            .topology
+                            .repartition_topics()
+                            .get(suffix)
+                            .copied()
+                            .flatten();
                         if let Some(n) = fixed.or(upstream) {
                             counts.insert(t.resolve(&app), n);
                         }
@@ -146,9 +155,18 @@ impl TestDriver {
             }
         }
         for st in self.topology.subtopologies() {
-            let n = st.sources.iter().filter_map(|t| counts.get(&t.resolve(&app)).copied()).max().unwrap_or(1);
+            let n = st
+                .sources
+                .iter()
+                .filter_map(|t| counts.get(&t.resolve(&app)).copied())
+                .max()
+                .unwrap_or(1);
             for s in &st.stores {
-                if let Some(cl) = self.topology.store(s).and_then(|spec| spec.changelog_topic(&app)) {
+                if let Some(cl) = self
+                    .topology
+                    .store(s)
+                    .and_then(|spec| spec.changelog_topic(&app))
+                {
                     let fixed = self.partitions.get(&cl).copied().unwrap_or(n);
                     counts.entry(cl).or_insert(fixed);
                 }
@@ -165,12 +183,23 @@ impl TestDriver {
         self.tasks.clear();
         let app = self.app().to_string();
         for st in self.topology.subtopologies() {
-            let n = st.sources.iter().map(|t| self.count_of(&t.resolve(&app))).max().unwrap_or(1);
+            let n = st
+                .sources
+                .iter()
+                .map(|t| self.count_of(&t.resolve(&app)))
+                .max()
+                .unwrap_or(1);
             let n = if self.config.grouped { 1 } else { n };
             for p in 0..n {
-                let id = TaskId { subtopology: st.id, partition: p };
+                let id = TaskId {
+                    subtopology: st.id,
+                    partition: p,
+                };
                 let backend = Box::new(MemoryBackend::new(st.stores.len()));
-                self.tasks.insert(id, Task::new(&self.topology, id, self.config.clone(), backend));
+                self.tasks.insert(
+                    id,
+                    Task::new(&self.topology, id, self.config.clone(), backend),
+                );
             }
         }
         self.consumed = self.committed.clone();
@@ -182,21 +211,35 @@ impl TestDriver {
 
     /// Restores one task from the captured changelogs, like the runtime does.
     fn restore(&mut self, id: TaskId) {
-        let committed: BTreeMap<String, i64> = self.committed.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let committed: BTreeMap<String, i64> = self
+            .committed
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
         let targets = match task.begin_restore(&committed) {
             Ok(t) => t,
             Err(e) => panic!("restore of {id} failed: {e}"),
         };
         for t in targets {
-            let records = self.topics.get(&t.topic).and_then(|ps| ps.get(t.partition as usize)).cloned().unwrap_or_default();
+            let records = self
+                .topics
+                .get(&t.topic)
+                .and_then(|ps| ps.get(t.partition as usize))
+                .cloned()
+                .unwrap_or_default();
             let end = records.len() as i64;
             for r in records.iter().skip(t.start as usize) {
                 task.restore_record(t.store, r.key.as_deref(), r.value.as_deref(), &r.headers);
             }
             task.restore_progress(&t.topic, t.partition, end);
         }
-        if let Err(e) = task.flush_restore().and_then(|_| task.init().map_err(to_store_error)) {
+        if let Err(e) = task
+            .flush_restore()
+            .and_then(|_| task.init().map_err(to_store_error))
+        {
             panic!("restore of {id} failed: {e}");
         }
     }
@@ -208,7 +251,13 @@ impl TestDriver {
     }
 
     /// Like [`pipe`](Self::pipe), with headers.
-    pub fn pipe_with_headers(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, headers: Headers) {
+    pub fn pipe_with_headers(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Headers,
+    ) {
         let n = self.count_of(topic);
         let partition = match key {
             Some(k) if !k.is_empty() => partition_for_key(k, n),
@@ -218,7 +267,12 @@ impl TestDriver {
             }
         };
         self.clock += 1;
-        let rec = StoredRecord { key: key.map(|k| k.to_vec()), value: value.map(|v| v.to_vec()), headers, timestamp: self.clock };
+        let rec = StoredRecord {
+            key: key.map(|k| k.to_vec()),
+            value: value.map(|v| v.to_vec()),
+            headers,
+            timestamp: self.clock,
+        };
         self.append(topic, partition, rec);
         if let Err(e) = self.run() {
             panic!("processing failed: {e}");
@@ -232,17 +286,35 @@ impl TestDriver {
 
     /// Like [`pipe`](Self::pipe), returning the task error instead of panicking
     /// (to test fail-fast policies).
-    pub fn try_pipe(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), TaskError> {
+    pub fn try_pipe(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<(), TaskError> {
         let n = self.count_of(topic);
-        let partition = key.filter(|k| !k.is_empty()).map(|k| partition_for_key(k, n)).unwrap_or(0);
+        let partition = key
+            .filter(|k| !k.is_empty())
+            .map(|k| partition_for_key(k, n))
+            .unwrap_or(0);
         self.clock += 1;
-        let rec = StoredRecord { key: key.map(|k| k.to_vec()), value: value.map(|v| v.to_vec()), headers: Vec::new(), timestamp: self.clock };
+        let rec = StoredRecord {
+            key: key.map(|k| k.to_vec()),
+            value: value.map(|v| v.to_vec()),
+            headers: Vec::new(),
+            timestamp: self.clock,
+        };
         self.append(topic, partition, rec);
         self.run()
     }
 
     fn append(&mut self, topic: &str, partition: i32, rec: StoredRecord) {
-        let n = self.partitions.get(topic).copied().unwrap_or(1).max(partition + 1) as usize;
+        let n = self
+            .partitions
+            .get(topic)
+            .copied()
+            .unwrap_or(1)
+            .max(partition + 1) as usize;
         let parts = self.topics.entry(topic.to_string()).or_default();
         if parts.len() < n {
             parts.resize(n, Vec::new());
@@ -257,7 +329,12 @@ impl TestDriver {
                 (None, Some(k)) => partition_for_key(k, self.count_of(&r.topic)),
                 (None, None) => 0,
             };
-            let rec = StoredRecord { key: r.key, value: r.value, headers: r.headers, timestamp: r.timestamp };
+            let rec = StoredRecord {
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+                timestamp: r.timestamp,
+            };
             self.append(&r.topic, partition, rec);
         }
     }
@@ -272,14 +349,22 @@ impl TestDriver {
                 let reads: Vec<(String, i32)> = topics
                     .iter()
                     .flat_map(|t| {
-                        let parts: Vec<i32> = if self.config.grouped { (0..self.count_of(t)).collect() } else { vec![id.partition] };
+                        let parts: Vec<i32> = if self.config.grouped {
+                            (0..self.count_of(t)).collect()
+                        } else {
+                            vec![id.partition]
+                        };
                         parts.into_iter().map(move |p| (t.clone(), p))
                     })
                     .collect();
                 for (topic, partition) in reads {
                     let key = tp_key(&topic, partition);
                     let start = self.consumed.get(&key).copied().unwrap_or(0) as usize;
-                    let records: Vec<StoredRecord> = match self.topics.get(&topic).and_then(|ps| ps.get(partition as usize)) {
+                    let records: Vec<StoredRecord> = match self
+                        .topics
+                        .get(&topic)
+                        .and_then(|ps| ps.get(partition as usize))
+                    {
                         Some(rs) if rs.len() > start => rs[start..].to_vec(),
                         _ => continue,
                     };
@@ -294,7 +379,10 @@ impl TestDriver {
                             value: r.value.as_deref(),
                             headers: &r.headers,
                         };
-                        let task = self.tasks.get_mut(&id).ok_or(TaskError::UnknownTopic { task: id, topic: topic.clone() })?;
+                        let task = self.tasks.get_mut(&id).ok_or(TaskError::UnknownTopic {
+                            task: id,
+                            topic: topic.clone(),
+                        })?;
                         task.process(&input)?;
                         let out = task.take_output();
                         self.deliver(out);
@@ -318,7 +406,11 @@ impl TestDriver {
         let ends: HashMap<String, i64> = self
             .topics
             .iter()
-            .flat_map(|(t, ps)| ps.iter().enumerate().map(move |(p, rs)| (tp_key(t, p as i32), rs.len() as i64)))
+            .flat_map(|(t, ps)| {
+                ps.iter()
+                    .enumerate()
+                    .map(move |(p, rs)| (tp_key(t, p as i32), rs.len() as i64))
+            })
             .collect();
         for task in self.tasks.values_mut() {
             task.commit_state(&ends)?;
@@ -363,7 +455,10 @@ impl TestDriver {
 
     /// Every record in `topic`, partition by partition.
     pub fn records(&self, topic: &str) -> Vec<StoredRecord> {
-        self.topics.get(topic).map(|ps| ps.iter().flatten().cloned().collect()).unwrap_or_default()
+        self.topics
+            .get(topic)
+            .map(|ps| ps.iter().flatten().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Key and value of every record in `topic` as UTF-8 (lossy).
@@ -442,7 +537,11 @@ mod tests {
         }
         fn punctuate(&mut self, ctx: &mut Context<'_>, now_ms: i64) -> Result<(), ProcessError> {
             let n = ctx.store("seen")?.scan_prefix(b"")?.len();
-            ctx.forward(Record::new(Box::new(format!("t{now_ms}")), Box::new(n.to_string()), now_ms));
+            ctx.forward(Record::new(
+                Box::new(format!("t{now_ms}")),
+                Box::new(n.to_string()),
+                now_ms,
+            ));
             Ok(())
         }
     }
@@ -452,18 +551,42 @@ mod tests {
         let s = || erase::<String>(Arc::new(StringSerde));
         let mut b = TopologyBuilder::new();
         let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
-        b.add_store(crate::graph::StoreSpec { name: "seen".into(), changelog: crate::graph::Changelog::Internal });
-        let p = b.add_processor("tally", Arc::new(|| Box::new(Tally) as Box<dyn Processor>), &[src], vec!["seen".into()]);
-        b.add_sink("out", TopicRef::External("out".into()), s(), s(), None, &[p]);
+        b.add_store(crate::graph::StoreSpec {
+            name: "seen".into(),
+            changelog: crate::graph::Changelog::Internal,
+        });
+        let p = b.add_processor(
+            "tally",
+            Arc::new(|| Box::new(Tally) as Box<dyn Processor>),
+            &[src],
+            vec!["seen".into()],
+        );
+        b.add_sink(
+            "out",
+            TopicRef::External("out".into()),
+            s(),
+            s(),
+            None,
+            &[p],
+        );
         let mut d = TestDriver::new(b.build().unwrap(), "app");
         d.pipe_str("in", "a", "x");
         d.pipe_str("in", "b", "x");
-        assert!(d.output_utf8("out").is_empty(), "nothing before punctuation");
+        assert!(
+            d.output_utf8("out").is_empty(),
+            "nothing before punctuation"
+        );
         d.advance_time(1000);
-        assert_eq!(d.output_utf8("out"), vec![("t1002".to_string(), "2".to_string())]);
+        assert_eq!(
+            d.output_utf8("out"),
+            vec![("t1002".to_string(), "2".to_string())]
+        );
     }
 }
 
 fn to_store_error(e: TaskError) -> StoreError {
-    StoreError::Damaged { store: "init".into(), reason: e.to_string() }
+    StoreError::Damaged {
+        store: "init".into(),
+        reason: e.to_string(),
+    }
 }

@@ -196,7 +196,12 @@ impl TopologyBuilder {
                 }),
             }
         }
-        self.nodes.push(Node { name, kind, parents: parents.to_vec(), children: Vec::new() });
+        self.nodes.push(Node {
+            name,
+            kind,
+            parents: parents.to_vec(),
+            children: Vec::new(),
+        });
         idx
     }
 
@@ -219,7 +224,11 @@ impl TopologyBuilder {
         parents: &[usize],
         stores: Vec<String>,
     ) -> usize {
-        self.add_node(name.into(), NodeKind::Processor { factory, stores }, parents)
+        self.add_node(
+            name.into(),
+            NodeKind::Processor { factory, stores },
+            parents,
+        )
     }
 
     /// Adds a sink node under `parents`.
@@ -232,13 +241,23 @@ impl TopologyBuilder {
         partitioner: Option<Partitioner>,
         parents: &[usize],
     ) -> usize {
-        self.add_node(name.into(), NodeKind::Sink { topic, key, value, partitioner }, parents)
+        self.add_node(
+            name.into(),
+            NodeKind::Sink {
+                topic,
+                key,
+                value,
+                partitioner,
+            },
+            parents,
+        )
     }
 
     /// Declares a store.
     pub fn add_store(&mut self, spec: StoreSpec) {
         if self.stores.iter().any(|s| s.name == spec.name) {
-            self.errors.push(TopologyError::DuplicateName(spec.name.clone()));
+            self.errors
+                .push(TopologyError::DuplicateName(spec.name.clone()));
         }
         self.stores.push(spec);
     }
@@ -269,14 +288,21 @@ impl TopologyBuilder {
         if let Some(e) = self.errors.into_iter().next() {
             return Err(e);
         }
-        if !self.nodes.iter().any(|n| matches!(n.kind, NodeKind::Source { .. })) {
+        if !self
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, NodeKind::Source { .. }))
+        {
             return Err(TopologyError::Empty);
         }
         for n in &self.nodes {
             if let NodeKind::Processor { stores, .. } = &n.kind {
                 for s in stores {
                     if !self.stores.iter().any(|spec| &spec.name == s) {
-                        return Err(TopologyError::UnknownStore { node: n.name.clone(), store: s.clone() });
+                        return Err(TopologyError::UnknownStore {
+                            node: n.name.clone(),
+                            store: s.clone(),
+                        });
                     }
                 }
             }
@@ -342,7 +368,13 @@ fn split(nodes: &[Node]) -> Vec<SubTopology> {
                     NodeKind::Processor { stores: s, .. } => stores.extend(s.iter().cloned()),
                 }
             }
-            SubTopology { id, nodes: members, sources, sinks, stores: stores.into_iter().collect() }
+            SubTopology {
+                id,
+                nodes: members,
+                sources,
+                sinks,
+                stores: stores.into_iter().collect(),
+            }
         })
         .collect()
 }
@@ -409,17 +441,26 @@ impl Topology {
             let _ = writeln!(out, "  Sub-topology: {}", st.id);
             for &i in &st.nodes {
                 let n = &self.nodes[i];
-                let children: Vec<&str> = n.children.iter().map(|&c| self.nodes[c].name.as_str()).collect();
+                let children: Vec<&str> = n
+                    .children
+                    .iter()
+                    .map(|&c| self.nodes[c].name.as_str())
+                    .collect();
                 let line = match &n.kind {
                     NodeKind::Source { topics, .. } => {
-                        let t: Vec<String> = topics.iter().map(|t| t.resolve(application_id)).collect();
+                        let t: Vec<String> =
+                            topics.iter().map(|t| t.resolve(application_id)).collect();
                         format!("Source: {} (topics: [{}])", n.name, t.join(", "))
                     }
                     NodeKind::Processor { stores, .. } => {
                         format!("Processor: {} (stores: [{}])", n.name, stores.join(", "))
                     }
                     NodeKind::Sink { topic, .. } => {
-                        format!("Sink: {} (topic: {})", n.name, topic.resolve(application_id))
+                        format!(
+                            "Sink: {} (topic: {})",
+                            n.name,
+                            topic.resolve(application_id)
+                        )
                     }
                 };
                 let _ = writeln!(out, "    {line}");
@@ -431,14 +472,18 @@ impl Topology {
         if !self.stores.is_empty() {
             out.push_str("Stores:\n");
             for s in &self.stores {
-                let cl = s.changelog_topic(application_id).unwrap_or_else(|| "none".into());
+                let cl = s
+                    .changelog_topic(application_id)
+                    .unwrap_or_else(|| "none".into());
                 let _ = writeln!(out, "  {} (changelog: {cl})", s.name);
             }
         }
         if !self.repartitions.is_empty() {
             out.push_str("Internal topics:\n");
             for (suffix, p) in &self.repartitions {
-                let parts = p.map(|n| n.to_string()).unwrap_or_else(|| "upstream's".into());
+                let parts = p
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "upstream's".into());
                 let _ = writeln!(
                     out,
                     "  {} (repartition, partitions: {parts})",
@@ -481,7 +526,10 @@ impl Topology {
                 NodeKind::Processor { stores, .. } => {
                     for s in stores {
                         let _ = writeln!(out, "  n{i} -.- s_{}[(\"{s}\")]", sanitize(s));
-                        if let Some(cl) = self.store(s).and_then(|spec| spec.changelog_topic(application_id)) {
+                        if let Some(cl) = self
+                            .store(s)
+                            .and_then(|spec| spec.changelog_topic(application_id))
+                        {
                             topics.insert(cl.clone());
                             let _ = writeln!(out, "  s_{} -.-> {}", sanitize(s), topic_id(&cl));
                         }
@@ -497,11 +545,20 @@ impl Topology {
 
     /// The graph in Graphviz DOT.
     pub fn to_dot(&self, application_id: &str) -> String {
-        let mut out = String::from("digraph topology {\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n");
+        let mut out =
+            String::from("digraph topology {\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n");
         for st in &self.subtopologies {
-            let _ = writeln!(out, "  subgraph cluster_{} {{\n    label=\"Sub-topology {}\";", st.id, st.id);
+            let _ = writeln!(
+                out,
+                "  subgraph cluster_{} {{\n    label=\"Sub-topology {}\";",
+                st.id, st.id
+            );
             for &i in &st.nodes {
-                let _ = writeln!(out, "    n{i} [label=\"{}\", shape=box];", self.nodes[i].name);
+                let _ = writeln!(
+                    out,
+                    "    n{i} [label=\"{}\", shape=box];",
+                    self.nodes[i].name
+                );
             }
             out.push_str("  }\n");
         }
@@ -512,7 +569,12 @@ impl Topology {
             match &n.kind {
                 NodeKind::Source { topics, .. } => {
                     for t in topics {
-                        let _ = writeln!(out, "  \"{}\" [shape=parallelogram];\n  \"{}\" -> n{i};", t.resolve(application_id), t.resolve(application_id));
+                        let _ = writeln!(
+                            out,
+                            "  \"{}\" [shape=parallelogram];\n  \"{}\" -> n{i};",
+                            t.resolve(application_id),
+                            t.resolve(application_id)
+                        );
                     }
                 }
                 NodeKind::Sink { topic, .. } => {
@@ -522,7 +584,10 @@ impl Topology {
                 NodeKind::Processor { stores, .. } => {
                     for s in stores {
                         let _ = writeln!(out, "  \"store:{s}\" [shape=cylinder];\n  n{i} -> \"store:{s}\" [style=dashed, dir=both];");
-                        if let Some(cl) = self.store(s).and_then(|spec| spec.changelog_topic(application_id)) {
+                        if let Some(cl) = self
+                            .store(s)
+                            .and_then(|spec| spec.changelog_topic(application_id))
+                        {
                             let _ = writeln!(out, "  \"{cl}\" [shape=parallelogram];\n  \"store:{s}\" -> \"{cl}\" [style=dotted];");
                         }
                     }
@@ -535,5 +600,7 @@ impl Topology {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }

@@ -47,13 +47,19 @@ pub struct Context<'a> {
 impl<'a> Context<'a> {
     /// Forwards a record to every child of this node.
     pub fn forward(&mut self, record: Record) {
-        self.forwarded.push(Forward { child: None, record });
+        self.forwarded.push(Forward {
+            child: None,
+            record,
+        });
     }
 
     /// Forwards a record to one child, by its position among the children
     /// (the order in which they were attached).
     pub fn forward_to(&mut self, child: usize, record: Record) {
-        self.forwarded.push(Forward { child: Some(child), record });
+        self.forwarded.push(Forward {
+            child: Some(child),
+            record,
+        });
     }
 
     /// The store with this name, if it is connected to this processor.

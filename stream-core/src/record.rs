@@ -22,7 +22,12 @@ pub struct Record {
 impl Record {
     /// A record with the given key, value and timestamp and no headers.
     pub fn new(key: DynData, value: DynData, timestamp: i64) -> Self {
-        Record { key, value, timestamp, headers: Vec::new() }
+        Record {
+            key,
+            value,
+            timestamp,
+            headers: Vec::new(),
+        }
     }
 
     /// A deep copy (the key and value are cloned through their own type).

@@ -56,9 +56,10 @@ impl Serde<i64> for I64Serde {
         Ok(value.to_be_bytes().to_vec())
     }
     fn deserialize(&self, bytes: &[u8]) -> Result<i64, SerdeError> {
-        let arr: [u8; 8] = bytes
-            .try_into()
-            .map_err(|_| SerdeError::Length { expected: 8, found: bytes.len() })?;
+        let arr: [u8; 8] = bytes.try_into().map_err(|_| SerdeError::Length {
+            expected: 8,
+            found: bytes.len(),
+        })?;
         Ok(i64::from_be_bytes(arr))
     }
 }
@@ -175,7 +176,10 @@ where
 
 /// Erases the type of a serde.
 pub fn erase<T: Data + Clone>(serde: Arc<dyn Serde<T>>) -> Arc<dyn DynSerde> {
-    Arc::new(Erased { inner: serde, _t: PhantomData })
+    Arc::new(Erased {
+        inner: serde,
+        _t: PhantomData,
+    })
 }
 
 #[cfg(test)]
@@ -184,17 +188,42 @@ mod tests {
 
     #[test]
     fn should_round_trip_each_builtin_serde() {
-        assert_eq!(StringSerde.deserialize(&StringSerde.serialize(&"é".into()).unwrap()).unwrap(), "é");
-        assert_eq!(I64Serde.deserialize(&I64Serde.serialize(&-3).unwrap()).unwrap(), -3);
+        assert_eq!(
+            StringSerde
+                .deserialize(&StringSerde.serialize(&"é".into()).unwrap())
+                .unwrap(),
+            "é"
+        );
+        assert_eq!(
+            I64Serde
+                .deserialize(&I64Serde.serialize(&-3).unwrap())
+                .unwrap(),
+            -3
+        );
         let j = JsonSerde::<Vec<u32>>::new();
-        assert_eq!(j.deserialize(&j.serialize(&vec![1, 2]).unwrap()).unwrap(), vec![1, 2]);
+        assert_eq!(
+            j.deserialize(&j.serialize(&vec![1, 2]).unwrap()).unwrap(),
+            vec![1, 2]
+        );
     }
 
     #[test]
     fn should_reject_bad_bytes_with_a_typed_error() {
-        assert!(matches!(StringSerde.deserialize(&[0xff, 0xfe]), Err(SerdeError::Utf8(_))));
-        assert!(matches!(I64Serde.deserialize(&[1, 2]), Err(SerdeError::Length { expected: 8, found: 2 })));
-        assert!(matches!(JsonSerde::<Vec<u32>>::new().deserialize(b"[1,"), Err(SerdeError::Json(_))));
+        assert!(matches!(
+            StringSerde.deserialize(&[0xff, 0xfe]),
+            Err(SerdeError::Utf8(_))
+        ));
+        assert!(matches!(
+            I64Serde.deserialize(&[1, 2]),
+            Err(SerdeError::Length {
+                expected: 8,
+                found: 2
+            })
+        ));
+        assert!(matches!(
+            JsonSerde::<Vec<u32>>::new().deserialize(b"[1,"),
+            Err(SerdeError::Json(_))
+        ));
     }
 
     #[test]

@@ -152,9 +152,21 @@ pub struct RestoreTarget {
 
 enum TaskNode {
     Absent,
-    Source { key: Arc<dyn DynSerde>, value: Arc<dyn DynSerde> },
-    Proc { processor: Box<dyn Processor>, stores: Vec<usize> },
-    Sink { topic: String, key: Arc<dyn DynSerde>, value: Arc<dyn DynSerde>, partitioner: Option<Partitioner>, internal: bool },
+    Source {
+        key: Arc<dyn DynSerde>,
+        value: Arc<dyn DynSerde>,
+    },
+    Proc {
+        processor: Box<dyn Processor>,
+        stores: Vec<usize>,
+    },
+    Sink {
+        topic: String,
+        key: Arc<dyn DynSerde>,
+        value: Arc<dyn DynSerde>,
+        partitioner: Option<Partitioner>,
+        internal: bool,
+    },
 }
 
 struct Slot {
@@ -194,7 +206,10 @@ pub struct Task {
 }
 
 fn header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
 }
 
 /// Encodes `(offset, partition, topic)` for [`SOURCE_HEADER`].
@@ -241,7 +256,12 @@ fn dedup_key(topic: &str, up_topic: &str, up_partition: i32) -> String {
 
 impl Task {
     /// Creates the task `id` of `topology` over `backend`.
-    pub fn new(topology: &Topology, id: TaskId, config: Arc<TaskConfig>, backend: Box<dyn StateBackend>) -> Task {
+    pub fn new(
+        topology: &Topology,
+        id: TaskId,
+        config: Arc<TaskConfig>,
+        backend: Box<dyn StateBackend>,
+    ) -> Task {
         let app = config.application_id.clone();
         let sub = &topology.subtopologies()[id.subtopology];
         let mut slots: Vec<Slot> = Vec::with_capacity(topology.nodes().len());
@@ -253,9 +273,13 @@ impl Task {
                 match &n.kind {
                     NodeKind::Source { topics, key, value } => {
                         for t in topics {
-                            sources.insert(t.resolve(&app), (i, matches!(t, TopicRef::Internal(_))));
+                            sources
+                                .insert(t.resolve(&app), (i, matches!(t, TopicRef::Internal(_))));
                         }
-                        TaskNode::Source { key: key.clone(), value: value.clone() }
+                        TaskNode::Source {
+                            key: key.clone(),
+                            value: value.clone(),
+                        }
                     }
                     NodeKind::Processor { factory, stores } => TaskNode::Proc {
                         processor: factory(),
@@ -264,7 +288,12 @@ impl Task {
                             .filter_map(|s| sub.stores.iter().position(|x| x == s))
                             .collect(),
                     },
-                    NodeKind::Sink { topic, key, value, partitioner } => TaskNode::Sink {
+                    NodeKind::Sink {
+                        topic,
+                        key,
+                        value,
+                        partitioner,
+                    } => TaskNode::Sink {
                         topic: topic.resolve(&app),
                         key: key.clone(),
                         value: value.clone(),
@@ -273,14 +302,27 @@ impl Task {
                     },
                 }
             };
-            slots.push(Slot { name: n.name.clone(), children: n.children.clone(), node });
+            slots.push(Slot {
+                name: n.name.clone(),
+                children: n.children.clone(),
+                node,
+            });
         }
-        let specs: Vec<_> = sub.stores.iter().filter_map(|s| topology.store(s)).collect();
+        let specs: Vec<_> = sub
+            .stores
+            .iter()
+            .filter_map(|s| topology.store(s))
+            .collect();
         let logs = specs
             .iter()
             .map(|s| match &s.changelog {
-                Changelog::Internal => s.changelog_topic(&app).map(|topic| StoreLog { topic, codec: None }),
-                Changelog::Existing { topic, codec } => Some(StoreLog { topic: topic.clone(), codec: Some(codec.clone()) }),
+                Changelog::Internal => s
+                    .changelog_topic(&app)
+                    .map(|topic| StoreLog { topic, codec: None }),
+                Changelog::Existing { topic, codec } => Some(StoreLog {
+                    topic: topic.clone(),
+                    codec: Some(codec.clone()),
+                }),
                 Changelog::Disabled => None,
             })
             .collect();
@@ -365,7 +407,11 @@ impl Task {
                     partition,
                 };
                 processor.init(&mut ctx).map_err(|e| TaskError::Record {
-                    origin: Origin { topic: String::new(), partition, offset: -1 },
+                    origin: Origin {
+                        topic: String::new(),
+                        partition,
+                        offset: -1,
+                    },
                     reason: format!("init of {}: {e}", slot.name),
                 })?;
             }
@@ -377,7 +423,11 @@ impl Task {
     /// through the graph like any record.
     pub fn punctuate(&mut self, now_ms: i64) -> Result<(), TaskError> {
         let partition = self.id.partition;
-        let origin = Origin { topic: String::new(), partition, offset: -1 };
+        let origin = Origin {
+            topic: String::new(),
+            partition,
+            offset: -1,
+        };
         for idx in 0..self.slots.len() {
             let mut fwd = Vec::new();
             let children = self.slots[idx].children.clone();
@@ -391,10 +441,12 @@ impl Task {
                     origin: None,
                     partition,
                 };
-                processor.punctuate(&mut ctx, now_ms).map_err(|e| TaskError::Record {
-                    origin: origin.clone(),
-                    reason: format!("punctuate of {}: {e}", slot.name),
-                })?;
+                processor
+                    .punctuate(&mut ctx, now_ms)
+                    .map_err(|e| TaskError::Record {
+                        origin: origin.clone(),
+                        reason: format!("punctuate of {}: {e}", slot.name),
+                    })?;
             }
             for f in fwd {
                 let targets: Vec<usize> = match f.child {
@@ -403,10 +455,11 @@ impl Task {
                 };
                 for c in targets {
                     self.seq = 0;
-                    self.dispatch(c, f.record.duplicate(), &origin).map_err(|e| TaskError::Record {
-                        origin: origin.clone(),
-                        reason: format!("punctuate: {e}"),
-                    })?;
+                    self.dispatch(c, f.record.duplicate(), &origin)
+                        .map_err(|e| TaskError::Record {
+                            origin: origin.clone(),
+                            reason: format!("punctuate: {e}"),
+                        })?;
                 }
             }
         }
@@ -427,10 +480,17 @@ impl Task {
     /// Processes one input record.
     pub fn process(&mut self, input: &InputRecord<'_>) -> Result<(), TaskError> {
         let Some(&(source, internal)) = self.sources.get(input.topic) else {
-            return Err(TaskError::UnknownTopic { task: self.id, topic: input.topic.to_string() });
+            return Err(TaskError::UnknownTopic {
+                task: self.id,
+                topic: input.topic.to_string(),
+            });
         };
         self.metrics.processed += 1;
-        let origin = Origin { topic: input.topic.to_string(), partition: input.partition, offset: input.offset };
+        let origin = Origin {
+            topic: input.topic.to_string(),
+            partition: input.partition,
+            offset: input.offset,
+        };
         let pos_key = tp_key(input.topic, input.partition);
         let mut upstream: Option<(String, (i64, u32), Vec<u8>)> = None;
         if internal {
@@ -448,20 +508,54 @@ impl Task {
                 }
             }
         }
-        let TaskNode::Source { key: kser, value: vser } = &self.slots[source].node else {
-            return Err(TaskError::UnknownTopic { task: self.id, topic: input.topic.to_string() });
+        let TaskNode::Source {
+            key: kser,
+            value: vser,
+        } = &self.slots[source].node
+        else {
+            return Err(TaskError::UnknownTopic {
+                task: self.id,
+                topic: input.topic.to_string(),
+            });
         };
         let key = kser.deserialize_dyn(input.key.unwrap_or(&[]));
         let value = vser.deserialize_dyn(input.value.unwrap_or(&[]));
         let result = match (key, value) {
             (Ok(key), Ok(value)) => {
-                let headers: Headers = input.headers.iter().filter(|(k, _)| !k.starts_with("sx.")).cloned().collect();
-                let record = Record { key, value, timestamp: input.timestamp, headers };
+                let headers: Headers = input
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("sx."))
+                    .cloned()
+                    .collect();
+                let record = Record {
+                    key,
+                    value,
+                    timestamp: input.timestamp,
+                    headers,
+                };
                 self.seq = 0;
-                self.dispatch(source, record, &origin).map_err(|e| ("processing", e.to_string()))
+                self.dispatch(source, record, &origin)
+                    .map_err(|e| ("processing", e.to_string()))
             }
-            (Err(e), _) => Err(("deserialization", DeserializationError { origin: origin.clone(), part: "key", source: e }.to_string())),
-            (_, Err(e)) => Err(("deserialization", DeserializationError { origin: origin.clone(), part: "value", source: e }.to_string())),
+            (Err(e), _) => Err((
+                "deserialization",
+                DeserializationError {
+                    origin: origin.clone(),
+                    part: "key",
+                    source: e,
+                }
+                .to_string(),
+            )),
+            (_, Err(e)) => Err((
+                "deserialization",
+                DeserializationError {
+                    origin: origin.clone(),
+                    part: "value",
+                    source: e,
+                }
+                .to_string(),
+            )),
         };
         self.log_changes(&origin, upstream.as_ref().map(|u| u.2.as_slice()))?;
         if let Err((stage, reason)) = result {
@@ -474,15 +568,27 @@ impl Task {
         Ok(())
     }
 
-    fn fail(&mut self, input: &InputRecord<'_>, origin: &Origin, stage: &str, reason: String) -> Result<(), TaskError> {
+    fn fail(
+        &mut self,
+        input: &InputRecord<'_>,
+        origin: &Origin,
+        stage: &str,
+        reason: String,
+    ) -> Result<(), TaskError> {
         if self.config.on_error == ErrorPolicy::FailFast {
-            return Err(TaskError::Record { origin: origin.clone(), reason: format!("{stage}: {reason}") });
+            return Err(TaskError::Record {
+                origin: origin.clone(),
+                reason: format!("{stage}: {reason}"),
+            });
         }
         self.metrics.dead_lettered += 1;
         tracing::warn!(task = %self.id, record = %origin, stage, error = %reason, dead_letter_topic = %self.config.dead_letter_topic, "record failed; sent to the dead-letter topic");
         let mut headers: Headers = input.headers.to_vec();
         headers.push(("dlq.topic".into(), origin.topic.as_bytes().to_vec()));
-        headers.push(("dlq.partition".into(), origin.partition.to_string().into_bytes()));
+        headers.push((
+            "dlq.partition".into(),
+            origin.partition.to_string().into_bytes(),
+        ));
         headers.push(("dlq.offset".into(), origin.offset.to_string().into_bytes()));
         headers.push(("dlq.stage".into(), stage.as_bytes().to_vec()));
         headers.push(("dlq.error".into(), reason.into_bytes()));
@@ -498,7 +604,12 @@ impl Task {
         Ok(())
     }
 
-    fn dispatch(&mut self, start: usize, record: Record, origin: &Origin) -> Result<(), ProcessError> {
+    fn dispatch(
+        &mut self,
+        start: usize,
+        record: Record,
+        origin: &Origin,
+    ) -> Result<(), ProcessError> {
         let partition = self.id.partition;
         let mut stack = vec![(start, record)];
         let mut fwd: Vec<Forward> = Vec::new();
@@ -506,7 +617,10 @@ impl Task {
             let slot = &mut self.slots[idx];
             match &mut slot.node {
                 TaskNode::Absent => continue,
-                TaskNode::Source { .. } => fwd.push(Forward { child: None, record: rec }),
+                TaskNode::Source { .. } => fwd.push(Forward {
+                    child: None,
+                    record: rec,
+                }),
                 TaskNode::Proc { processor, stores } => {
                     let mut ctx = Context {
                         node: &slot.name,
@@ -518,7 +632,13 @@ impl Task {
                     };
                     processor.process(&mut ctx, rec)?;
                 }
-                TaskNode::Sink { topic, key, value, partitioner, internal } => {
+                TaskNode::Sink {
+                    topic,
+                    key,
+                    value,
+                    partitioner,
+                    internal,
+                } => {
                     let k = key.serialize_dyn(&rec.key)?;
                     let v = value.serialize_dyn(&rec.value)?;
                     let count = self.config.partition_counts.get(topic.as_str()).copied();
@@ -536,7 +656,11 @@ impl Task {
                     self.output.push(OutRecord {
                         topic: topic.clone(),
                         partition: part,
-                        key: if k.is_empty() && !*internal { None } else { Some(k) },
+                        key: if k.is_empty() && !*internal {
+                            None
+                        } else {
+                            Some(k)
+                        },
                         value: Some(v),
                         headers,
                         timestamp: rec.timestamp,
@@ -569,7 +693,12 @@ impl Task {
 
     fn changelog_partition(&self, topic: &str, key: &[u8]) -> i32 {
         if self.config.grouped {
-            let n = self.config.partition_counts.get(topic).copied().unwrap_or(1);
+            let n = self
+                .config
+                .partition_counts
+                .get(topic)
+                .copied()
+                .unwrap_or(1);
             partition_for_key(key, n)
         } else {
             self.id.partition
@@ -587,7 +716,10 @@ impl Task {
                         Err(e) => {
                             return Err(TaskError::Record {
                                 origin: origin.clone(),
-                                reason: format!("cannot encode changelog record for {}: {e}", log.topic),
+                                reason: format!(
+                                    "cannot encode changelog record for {}: {e}",
+                                    log.topic
+                                ),
                             })
                         }
                     },
@@ -608,7 +740,9 @@ impl Task {
                     value,
                     headers,
                     timestamp: now_ms(),
-                    kind: OutKind::Changelog(self.stores.names().nth(idx).unwrap_or_default().to_string()),
+                    kind: OutKind::Changelog(
+                        self.stores.names().nth(idx).unwrap_or_default().to_string(),
+                    ),
                 });
             }
         }
@@ -621,7 +755,12 @@ impl Task {
         for (idx, log) in self.logs.iter().enumerate() {
             let Some(log) = log else { continue };
             if self.config.grouped {
-                let n = self.config.partition_counts.get(&log.topic).copied().unwrap_or(1);
+                let n = self
+                    .config
+                    .partition_counts
+                    .get(&log.topic)
+                    .copied()
+                    .unwrap_or(1);
                 out.extend((0..n).map(|p| (idx, log.topic.clone(), p)));
             } else {
                 out.push((idx, log.topic.clone(), self.id.partition));
@@ -634,7 +773,10 @@ impl Task {
     /// committed (`topic/partition` → next offset). Returns the changelog
     /// partitions to read and their start offsets: the checkpoint's offsets
     /// when local state exists, the beginning otherwise.
-    pub fn begin_restore(&mut self, committed: &BTreeMap<String, i64>) -> Result<Vec<RestoreTarget>, StoreError> {
+    pub fn begin_restore(
+        &mut self,
+        committed: &BTreeMap<String, i64>,
+    ) -> Result<Vec<RestoreTarget>, StoreError> {
         let checkpoint = self.stores.checkpoint()?;
         let mut limits = committed.clone();
         if let Some(cp) = &checkpoint {
@@ -654,8 +796,17 @@ impl Task {
             .changelog_partitions()
             .into_iter()
             .map(|(store, topic, partition)| {
-                let start = self.changelog_offsets.get(&tp_key(&topic, partition)).copied().unwrap_or(0);
-                RestoreTarget { store, topic, partition, start }
+                let start = self
+                    .changelog_offsets
+                    .get(&tp_key(&topic, partition))
+                    .copied()
+                    .unwrap_or(0);
+                RestoreTarget {
+                    store,
+                    topic,
+                    partition,
+                    start,
+                }
             })
             .collect())
     }
@@ -670,16 +821,27 @@ impl Task {
         headers: &[(String, Vec<u8>)],
     ) -> bool {
         if let Some((off, p, topic)) = header(headers, SOURCE_HEADER).and_then(decode_src) {
-            let limit = self.restore_limits.get(&tp_key(topic, p)).copied().unwrap_or(0);
+            let limit = self
+                .restore_limits
+                .get(&tp_key(topic, p))
+                .copied()
+                .unwrap_or(0);
             if off >= limit {
                 self.metrics.restore_skipped += 1;
                 return false;
             }
         }
         let key = key.unwrap_or(&[]);
-        let entry = match self.logs.get(store).and_then(|l| l.as_ref()).and_then(|l| l.codec.clone()) {
+        let entry = match self
+            .logs
+            .get(store)
+            .and_then(|l| l.as_ref())
+            .and_then(|l| l.codec.clone())
+        {
             None => Some((key.to_vec(), value.map(|v| v.to_vec()))),
-            Some(codec) => value.and_then(|v| codec.decode(key, v)).map(|(k, v)| (k, Some(v))),
+            Some(codec) => value
+                .and_then(|v| codec.decode(key, v))
+                .map(|(k, v)| (k, Some(v))),
         };
         let Some((k, v)) = entry else {
             self.metrics.restore_skipped += 1;
@@ -701,7 +863,8 @@ impl Task {
 
     /// Records how far restore has read a changelog partition.
     pub fn restore_progress(&mut self, topic: &str, partition: i32, next_offset: i64) {
-        self.changelog_offsets.insert(tp_key(topic, partition), next_offset);
+        self.changelog_offsets
+            .insert(tp_key(topic, partition), next_offset);
     }
 
     /// Writes restored state and the restore position durably, so that an
@@ -740,7 +903,10 @@ impl Task {
     /// Commits state after every produced record was acknowledged.
     /// `next_changelog_offsets` maps `topic/partition` to the offset after
     /// the last acknowledged changelog record.
-    pub fn commit_state(&mut self, next_changelog_offsets: &HashMap<String, i64>) -> Result<(), StoreError> {
+    pub fn commit_state(
+        &mut self,
+        next_changelog_offsets: &HashMap<String, i64>,
+    ) -> Result<(), StoreError> {
         for (_, topic, p) in self.changelog_partitions() {
             let k = tp_key(&topic, p);
             if let Some(&o) = next_changelog_offsets.get(&k) {
@@ -773,7 +939,11 @@ mod tests {
 
     #[test]
     fn should_round_trip_framework_headers() {
-        let o = Origin { topic: "in".into(), partition: 3, offset: 42 };
+        let o = Origin {
+            topic: "in".into(),
+            partition: 3,
+            offset: 42,
+        };
         assert_eq!(decode_src(&encode_src(&o)), Some((42, 3, "in")));
         assert_eq!(decode_up(&encode_up(&o, 7)), Some((42, 7, 3, "in")));
         assert_eq!(decode_src(b"short"), None);

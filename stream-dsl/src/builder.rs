@@ -85,7 +85,11 @@ impl StreamsBuilder {
     /// assert_eq!(d.output_utf8("emails"), vec![(String::new(), "a@b.c".to_string())]);
     /// assert_eq!(d.dead_letters().len(), 1);
     /// ```
-    pub fn source_with<K: Data + Clone, V: Data + Clone>(&self, topic: &str, consumed: Consumed<K, V>) -> KStream<K, V> {
+    pub fn source_with<K: Data + Clone, V: Data + Clone>(
+        &self,
+        topic: &str,
+        consumed: Consumed<K, V>,
+    ) -> KStream<K, V> {
         let name = format!("source-{topic}");
         let node = self.inner.borrow_mut().graph.add_source(
             name,
@@ -93,13 +97,23 @@ impl StreamsBuilder {
             erase(consumed.key.clone()),
             erase(consumed.value.clone()),
         );
-        KStream::new(self.clone(), node, vec![topic.to_string()], Some(consumed.key), Some(consumed.value), false)
+        KStream::new(
+            self.clone(),
+            node,
+            vec![topic.to_string()],
+            Some(consumed.key),
+            Some(consumed.value),
+            false,
+        )
     }
 
     /// Declares a store for custom processors ([`KStream::process`]); it is
     /// changelogged to `<app>-<name>-changelog`.
     pub fn add_store(&self, name: &str) {
-        self.inner.borrow_mut().graph.add_store(StoreSpec { name: name.to_string(), changelog: Changelog::Internal });
+        self.inner.borrow_mut().graph.add_store(StoreSpec {
+            name: name.to_string(),
+            changelog: Changelog::Internal,
+        });
     }
 
     /// Checks the graph and returns the topology.
@@ -137,9 +151,18 @@ impl StreamsBuilder {
         if *n == 1 { base } else { format!("{base}-{n}") }
     }
 
-    pub(crate) fn add_processor(&self, kind: &'static str, factory: ProcessorFactory, parents: &[usize], stores: Vec<String>) -> usize {
+    pub(crate) fn add_processor(
+        &self,
+        kind: &'static str,
+        factory: ProcessorFactory,
+        parents: &[usize],
+        stores: Vec<String>,
+    ) -> usize {
         let name = self.node_name(kind);
-        self.inner.borrow_mut().graph.add_processor(name, factory, parents, stores)
+        self.inner
+            .borrow_mut()
+            .graph
+            .add_processor(name, factory, parents, stores)
     }
 
     pub(crate) fn record_error(&self, e: TopologyError) {
@@ -150,4 +173,3 @@ impl StreamsBuilder {
         f(&mut self.inner.borrow_mut().graph)
     }
 }
-

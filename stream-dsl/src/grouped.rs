@@ -6,7 +6,9 @@ use std::sync::Arc;
 use stream_core::data::{Data, downcast, downcast_ref};
 use stream_core::graph::{Changelog, ChangelogCodec, StoreSpec, repartition_suffix};
 use stream_core::serde::{I64Serde, Serde, UnitSerde};
-use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record, SerdeError, TopologyError};
+use stream_core::{
+    Context, KeyValueStore, ProcessError, Processor, Record, SerdeError, TopologyError,
+};
 
 use crate::kstream::{KStream, builtin_serde};
 use crate::ktable::KTable;
@@ -43,7 +45,12 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for Aggregator
         let v = downcast::<V>(r.value, &node)?;
         let next = (self.adder)(k, v, current);
         store.put(&kb, self.agg.serialize(&next)?)?;
-        ctx.forward(Record { key: r.key, value: Box::new(next), timestamp: r.timestamp, headers: r.headers });
+        ctx.forward(Record {
+            key: r.key,
+            value: Box::new(next),
+            timestamp: r.timestamp,
+            headers: r.headers,
+        });
         Ok(())
     }
 }
@@ -69,8 +76,18 @@ impl<K: 'static, A: 'static> ChangelogCodec for TypedCodec<K, A> {
 }
 
 impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
-    pub(crate) fn new(stream: KStream<K, V>, key_serde: Option<Arc<dyn Serde<K>>>, name: Option<String>, repartition: bool) -> Self {
-        KGroupedStream { stream, key_serde, name, repartition }
+    pub(crate) fn new(
+        stream: KStream<K, V>,
+        key_serde: Option<Arc<dyn Serde<K>>>,
+        name: Option<String>,
+        repartition: bool,
+    ) -> Self {
+        KGroupedStream {
+            stream,
+            key_serde,
+            name,
+            repartition,
+        }
     }
 
     fn missing(&self, what: &str) {
@@ -91,17 +108,38 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
         mat: Materialized<K, A>,
     ) -> KTable<K, A> {
         let b = self.stream.b.clone();
-        let store = mat.name.clone().unwrap_or_else(|| b.derived_name(&self.stream.sources, op));
+        let store = mat
+            .name
+            .clone()
+            .unwrap_or_else(|| b.derived_name(&self.stream.sources, op));
         let key_serde = mat.key.clone().or_else(|| self.key_serde.clone());
         let agg_serde = mat.value.clone().or_else(builtin_serde::<A>);
         let (Some(key_serde), Some(agg_serde)) = (key_serde, agg_serde) else {
-            self.missing(if self.key_serde.is_none() { "the key" } else { "the aggregate" });
-            return KTable::new(b, input.node, self.stream.sources.clone(), None, None, store);
+            self.missing(if self.key_serde.is_none() {
+                "the key"
+            } else {
+                "the aggregate"
+            });
+            return KTable::new(
+                b,
+                input.node,
+                self.stream.sources.clone(),
+                None,
+                None,
+                store,
+            );
         };
         let parent = if self.repartition {
             let Some(vs) = value_serde else {
                 self.missing("the value");
-                return KTable::new(b, input.node, self.stream.sources.clone(), None, None, store);
+                return KTable::new(
+                    b,
+                    input.node,
+                    self.stream.sources.clone(),
+                    None,
+                    None,
+                    store,
+                );
             };
             let suffix = repartition_suffix(self.name.as_deref().unwrap_or(&store));
             input.through_internal(&suffix, key_serde.clone(), vs).node
@@ -121,13 +159,37 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
                 }),
             },
         };
-        b.with_graph(|g| g.add_store(StoreSpec { name: store.clone(), changelog }));
-        let (s, k, a, i, ad) = (store.clone(), key_serde.clone(), agg_serde.clone(), init, adder);
+        b.with_graph(|g| {
+            g.add_store(StoreSpec {
+                name: store.clone(),
+                changelog,
+            })
+        });
+        let (s, k, a, i, ad) = (
+            store.clone(),
+            key_serde.clone(),
+            agg_serde.clone(),
+            init,
+            adder,
+        );
         let factory: stream_core::graph::ProcessorFactory = Arc::new(move || {
-            Box::new(Aggregator { store: s.clone(), key: k.clone(), agg: a.clone(), init: i.clone(), adder: ad.clone() }) as Box<dyn Processor>
+            Box::new(Aggregator {
+                store: s.clone(),
+                key: k.clone(),
+                agg: a.clone(),
+                init: i.clone(),
+                adder: ad.clone(),
+            }) as Box<dyn Processor>
         });
         let node = b.add_processor(op_kind(op), factory, &[parent], vec![store.clone()]);
-        KTable::new(b, node, self.stream.sources.clone(), Some(key_serde), Some(agg_serde), store)
+        KTable::new(
+            b,
+            node,
+            self.stream.sources.clone(),
+            Some(key_serde),
+            Some(agg_serde),
+            store,
+        )
     }
 
     /// Counts records per key into a store; every change is emitted.
@@ -144,13 +206,31 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
     /// assert_eq!(d.records("out").len(), 2);
     /// ```
     pub fn count(&self, mat: Materialized<K, i64>) -> KTable<K, i64> {
-        let mat = if mat.value.is_none() { mat.with_value_serde(I64Serde) } else { mat };
+        let mat = if mat.value.is_none() {
+            mat.with_value_serde(I64Serde)
+        } else {
+            mat
+        };
         if self.repartition {
             // A count needs no values: send none through the repartition topic.
             let units = self.stream.map_values(|_| ());
-            self.lower("count", units, Some(Arc::new(UnitSerde)), Arc::new(|| 0i64), Arc::new(|_, _, n| n + 1), mat)
+            self.lower(
+                "count",
+                units,
+                Some(Arc::new(UnitSerde)),
+                Arc::new(|| 0i64),
+                Arc::new(|_, _, n| n + 1),
+                mat,
+            )
         } else {
-            self.lower("count", self.stream.clone(), self.stream.value_serde.clone(), Arc::new(|| 0i64), Arc::new(|_, _, n| n + 1), mat)
+            self.lower(
+                "count",
+                self.stream.clone(),
+                self.stream.value_serde.clone(),
+                Arc::new(|| 0i64),
+                Arc::new(|_, _, n| n + 1),
+                mat,
+            )
         }
     }
 
@@ -167,13 +247,20 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
     /// d.pipe_str("in", "k", "b");
     /// assert_eq!(d.store_entries("concat")[&b"k".to_vec()], b"ab".to_vec());
     /// ```
-    pub fn reduce(&self, f: impl Fn(V, V) -> V + Send + Sync + 'static, mat: Materialized<K, V>) -> KTable<K, Option<V>>
+    pub fn reduce(
+        &self,
+        f: impl Fn(V, V) -> V + Send + Sync + 'static,
+        mat: Materialized<K, V>,
+    ) -> KTable<K, Option<V>>
     where
         V: Data + Clone,
     {
         let mat = if mat.value.is_none() {
             match self.stream.value_serde.clone() {
-                Some(s) => Materialized { value: Some(s), ..mat },
+                Some(s) => Materialized {
+                    value: Some(s),
+                    ..mat
+                },
                 None => mat,
             }
         } else {
@@ -181,7 +268,14 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
         };
         let Some(vs) = mat.value.clone() else {
             self.missing("the value");
-            return KTable::new(self.stream.b.clone(), self.stream.node, self.stream.sources.clone(), None, None, String::new());
+            return KTable::new(
+                self.stream.b.clone(),
+                self.stream.node,
+                self.stream.sources.clone(),
+                None,
+                None,
+                String::new(),
+            );
         };
         let opt_mat = Materialized::<K, Option<V>> {
             name: mat.name,
@@ -196,10 +290,12 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
             self.stream.clone(),
             self.stream.value_serde.clone(),
             Arc::new(|| None),
-            Arc::new(move |_, v, acc: Option<V>| Some(match acc {
-                None => v,
-                Some(a) => f(a, v),
-            })),
+            Arc::new(move |_, v, acc: Option<V>| {
+                Some(match acc {
+                    None => v,
+                    Some(a) => f(a, v),
+                })
+            }),
             opt_mat,
         )
     }
@@ -225,7 +321,14 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
         adder: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
         mat: Materialized<K, A>,
     ) -> KTable<K, A> {
-        self.lower("aggregate", self.stream.clone(), self.stream.value_serde.clone(), Arc::new(init), Arc::new(adder), mat)
+        self.lower(
+            "aggregate",
+            self.stream.clone(),
+            self.stream.value_serde.clone(),
+            Arc::new(init),
+            Arc::new(adder),
+            mat,
+        )
     }
 }
 

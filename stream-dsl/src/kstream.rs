@@ -81,7 +81,14 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         value_serde: Option<Arc<dyn Serde<V>>>,
         key_changed: bool,
     ) -> Self {
-        KStream { b, node, sources, key_serde, value_serde, key_changed }
+        KStream {
+            b,
+            node,
+            sources,
+            key_serde,
+            value_serde,
+            key_changed,
+        }
     }
 
     fn derive<K2: Data + Clone, V2: Data + Clone>(
@@ -91,11 +98,19 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         value_serde: Option<Arc<dyn Serde<V2>>>,
         key_changed: bool,
     ) -> KStream<K2, V2> {
-        KStream::new(self.b.clone(), node, self.sources.clone(), key_serde, value_serde, key_changed)
+        KStream::new(
+            self.b.clone(),
+            node,
+            self.sources.clone(),
+            key_serde,
+            value_serde,
+            key_changed,
+        )
     }
 
     fn op(&self, kind: &'static str, body: OpFn) -> usize {
-        self.b.add_processor(kind, ops::factory(body), &[self.node], Vec::new())
+        self.b
+            .add_processor(kind, ops::factory(body), &[self.node], Vec::new())
     }
 
     /// Keeps the records for which `predicate` holds.
@@ -110,7 +125,10 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
     /// d.pipe_str("in", "b", "hello");
     /// assert_eq!(d.output_utf8("out"), vec![("b".to_string(), "hello".to_string())]);
     /// ```
-    pub fn filter(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> KStream<K, V> {
+    pub fn filter(
+        &self,
+        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+    ) -> KStream<K, V> {
         let node = self.op(
             "filter",
             Arc::new(move |ctx, r| {
@@ -121,7 +139,12 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
                 Ok(())
             }),
         );
-        self.derive(node, self.key_serde.clone(), self.value_serde.clone(), self.key_changed)
+        self.derive(
+            node,
+            self.key_serde.clone(),
+            self.value_serde.clone(),
+            self.key_changed,
+        )
     }
 
     /// Drops the records for which `predicate` holds.
@@ -136,7 +159,10 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
     /// d.pipe_str("in", "b", "x");
     /// assert_eq!(d.output_utf8("out"), vec![("b".to_string(), "x".to_string())]);
     /// ```
-    pub fn filter_not(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> KStream<K, V> {
+    pub fn filter_not(
+        &self,
+        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+    ) -> KStream<K, V> {
         self.filter(move |k, v| !predicate(k, v))
     }
 
@@ -179,17 +205,30 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
     /// d.pipe_str("in", "k", "abc");
     /// assert_eq!(d.output_utf8("out"), vec![("k".to_string(), "ABC".to_string())]);
     /// ```
-    pub fn map_values<V2: Data + Clone>(&self, f: impl Fn(V) -> V2 + Send + Sync + 'static) -> KStream<K, V2> {
+    pub fn map_values<V2: Data + Clone>(
+        &self,
+        f: impl Fn(V) -> V2 + Send + Sync + 'static,
+    ) -> KStream<K, V2> {
         let node = self.op(
             "map-values",
             Arc::new(move |ctx, r| {
                 let node = ctx.node_name().to_string();
                 let v = stream_core::data::downcast::<V>(r.value, &node)?;
-                ctx.forward(stream_core::Record { key: r.key, value: Box::new(f(v)), timestamp: r.timestamp, headers: r.headers });
+                ctx.forward(stream_core::Record {
+                    key: r.key,
+                    value: Box::new(f(v)),
+                    timestamp: r.timestamp,
+                    headers: r.headers,
+                });
                 Ok(())
             }),
         );
-        self.derive(node, self.key_serde.clone(), builtin_serde::<V2>(), self.key_changed)
+        self.derive(
+            node,
+            self.key_serde.clone(),
+            builtin_serde::<V2>(),
+            self.key_changed,
+        )
     }
 
     /// Turns each record into zero or more records.
@@ -250,7 +289,12 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
                 Ok(())
             }),
         );
-        self.derive(node, self.key_serde.clone(), builtin_serde::<V2>(), self.key_changed)
+        self.derive(
+            node,
+            self.key_serde.clone(),
+            builtin_serde::<V2>(),
+            self.key_changed,
+        )
     }
 
     /// Replaces each record's key with `f(key, value)`.
@@ -264,13 +308,21 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
     /// d.pipe_str("in", "k", "four");
     /// assert_eq!(d.records("out")[0].key.as_deref(), Some(&4i64.to_be_bytes()[..]));
     /// ```
-    pub fn select_key<K2: Data + Clone>(&self, f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static) -> KStream<K2, V> {
+    pub fn select_key<K2: Data + Clone>(
+        &self,
+        f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+    ) -> KStream<K2, V> {
         let node = self.op(
             "select-key",
             Arc::new(move |ctx, r| {
                 let (k, v) = ops::borrow_kv::<K, V>(ctx, &r)?;
                 let k2 = f(k, v);
-                ctx.forward(stream_core::Record { key: Box::new(k2), value: r.value, timestamp: r.timestamp, headers: r.headers });
+                ctx.forward(stream_core::Record {
+                    key: Box::new(k2),
+                    value: r.value,
+                    timestamp: r.timestamp,
+                    headers: r.headers,
+                });
                 Ok(())
             }),
         );
@@ -302,7 +354,12 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
                 Ok(())
             }),
         );
-        self.derive(node, self.key_serde.clone(), self.value_serde.clone(), self.key_changed)
+        self.derive(
+            node,
+            self.key_serde.clone(),
+            self.value_serde.clone(),
+            self.key_changed,
+        )
     }
 
     /// Calls `f` on each record; ends the stream.
@@ -351,8 +408,18 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
             Arc::new(move |ctx, r| {
                 let (k, v) = ops::borrow_kv::<K, V>(ctx, &r)?;
                 let meta = match ctx.origin() {
-                    Some(o) => RecordMeta { topic: o.topic.clone(), partition: o.partition, offset: o.offset, timestamp: r.timestamp },
-                    None => RecordMeta { topic: String::new(), partition: -1, offset: -1, timestamp: r.timestamp },
+                    Some(o) => RecordMeta {
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        offset: o.offset,
+                        timestamp: r.timestamp,
+                    },
+                    None => RecordMeta {
+                        topic: String::new(),
+                        partition: -1,
+                        offset: -1,
+                        timestamp: r.timestamp,
+                    },
                 };
                 f(&meta, k, v);
                 Ok(())
@@ -380,7 +447,10 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
     /// assert_eq!(d.output_utf8("a"), vec![("1".to_string(), "apple".to_string())]);
     /// assert_eq!(d.output_utf8("rest"), vec![("2".to_string(), "pear".to_string())]);
     /// ```
-    pub fn split(&self, predicates: Vec<Box<dyn Fn(&K, &V) -> bool + Send + Sync>>) -> Vec<KStream<K, V>> {
+    pub fn split(
+        &self,
+        predicates: Vec<Box<dyn Fn(&K, &V) -> bool + Send + Sync>>,
+    ) -> Vec<KStream<K, V>> {
         let n = predicates.len();
         let predicates = Arc::new(predicates);
         let split = self.op(
@@ -395,11 +465,21 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         );
         (0..n)
             .map(|_| {
-                let node = self.b.add_processor("branch", ops::factory(Arc::new(|ctx, r| {
-                    ctx.forward(r);
-                    Ok(())
-                })), &[split], Vec::new());
-                self.derive(node, self.key_serde.clone(), self.value_serde.clone(), self.key_changed)
+                let node = self.b.add_processor(
+                    "branch",
+                    ops::factory(Arc::new(|ctx, r| {
+                        ctx.forward(r);
+                        Ok(())
+                    })),
+                    &[split],
+                    Vec::new(),
+                );
+                self.derive(
+                    node,
+                    self.key_serde.clone(),
+                    self.value_serde.clone(),
+                    self.key_changed,
+                )
             })
             .collect()
     }
@@ -471,15 +551,39 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         }
     }
 
-    pub(crate) fn through_internal(&self, suffix: &str, k: Arc<dyn Serde<K>>, v: Arc<dyn Serde<V>>) -> KStream<K, V> {
+    pub(crate) fn through_internal(
+        &self,
+        suffix: &str,
+        k: Arc<dyn Serde<K>>,
+        v: Arc<dyn Serde<V>>,
+    ) -> KStream<K, V> {
         let sink_name = self.b.node_name("repartition-sink");
         let source_name = self.b.node_name("repartition-source");
         let node = self.b.with_graph(|g| {
             g.add_repartition_topic(suffix, None);
-            g.add_sink(sink_name, TopicRef::Internal(suffix.to_string()), erase(k.clone()), erase(v.clone()), None, &[self.node]);
-            g.add_source(source_name, vec![TopicRef::Internal(suffix.to_string())], erase(k.clone()), erase(v.clone()))
+            g.add_sink(
+                sink_name,
+                TopicRef::Internal(suffix.to_string()),
+                erase(k.clone()),
+                erase(v.clone()),
+                None,
+                &[self.node],
+            );
+            g.add_source(
+                source_name,
+                vec![TopicRef::Internal(suffix.to_string())],
+                erase(k.clone()),
+                erase(v.clone()),
+            )
         });
-        KStream::new(self.b.clone(), node, self.sources.clone(), Some(k), Some(v), false)
+        KStream::new(
+            self.b.clone(),
+            node,
+            self.sources.clone(),
+            Some(k),
+            Some(v),
+            false,
+        )
     }
 
     /// Sets the serdes used where this stream is written (sinks, repartition topics).
@@ -526,8 +630,14 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         make: impl Fn() -> P + Send + Sync + 'static,
         stores: &[&str],
     ) -> KStream<K2, V2> {
-        let factory: stream_core::graph::ProcessorFactory = Arc::new(move || Box::new(make()) as Box<dyn Processor>);
-        let node = self.b.add_processor("process", factory, &[self.node], stores.iter().map(|s| s.to_string()).collect());
+        let factory: stream_core::graph::ProcessorFactory =
+            Arc::new(move || Box::new(make()) as Box<dyn Processor>);
+        let node = self.b.add_processor(
+            "process",
+            factory,
+            &[self.node],
+            stores.iter().map(|s| s.to_string()).collect(),
+        );
         self.derive(node, builtin_serde::<K2>(), builtin_serde::<V2>(), true)
     }
 
@@ -602,7 +712,10 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
     /// let latest = d.latest_per_key("counts");
     /// assert_eq!(latest[&b"a".to_vec()], 2i64.to_be_bytes().to_vec());
     /// ```
-    pub fn group_by<K2: Data + Clone>(&self, f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static) -> KGroupedStream<K2, V> {
+    pub fn group_by<K2: Data + Clone>(
+        &self,
+        f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+    ) -> KGroupedStream<K2, V> {
         let keyed = self.select_key(f);
         KGroupedStream::new(keyed, builtin_serde::<K2>(), None, true)
     }

@@ -24,7 +24,10 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
         value_serde: Option<Arc<dyn Serde<V>>>,
         store: String,
     ) -> Self {
-        KTable { stream: KStream::new(b, node, sources, key_serde, value_serde, false), store }
+        KTable {
+            stream: KStream::new(b, node, sources, key_serde, value_serde, false),
+            store,
+        }
     }
 
     /// The name of the store holding this table.
@@ -69,8 +72,14 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
     /// d.pipe_str("in", "k", "y");
     /// assert_eq!(d.records("out").len(), 1);
     /// ```
-    pub fn filter(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> KTable<K, V> {
-        KTable { stream: self.stream.filter(predicate), store: self.store.clone() }
+    pub fn filter(
+        &self,
+        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+    ) -> KTable<K, V> {
+        KTable {
+            stream: self.stream.filter(predicate),
+            store: self.store.clone(),
+        }
     }
 
     /// Maps the updates' values.
@@ -85,8 +94,14 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
     /// d.pipe_str("in", "k", "x");
     /// assert_eq!(d.output_utf8("out")[0].1, "seen 1");
     /// ```
-    pub fn map_values<V2: Data + Clone>(&self, f: impl Fn(V) -> V2 + Send + Sync + 'static) -> KTable<K, V2> {
-        KTable { stream: self.stream.map_values(f), store: self.store.clone() }
+    pub fn map_values<V2: Data + Clone>(
+        &self,
+        f: impl Fn(V) -> V2 + Send + Sync + 'static,
+    ) -> KTable<K, V2> {
+        KTable {
+            stream: self.stream.map_values(f),
+            store: self.store.clone(),
+        }
     }
 
     /// Writes the updates to `topic`.

@@ -44,6 +44,9 @@ pub use options::{Consumed, Grouped, Materialized, Produced};
 
 /// Everything a topology needs, in one import.
 pub mod prelude {
-    pub use crate::{Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, RecordMeta, StreamsBuilder};
+    pub use crate::{
+        Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, RecordMeta,
+        StreamsBuilder,
+    };
     pub use stream_core::driver::TestDriver;
 }

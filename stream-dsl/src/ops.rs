@@ -8,7 +8,8 @@ use stream_core::graph::ProcessorFactory;
 use stream_core::{Context, ProcessError, Processor, Record};
 
 /// The body of a stateless operator.
-pub(crate) type OpFn = Arc<dyn Fn(&mut Context<'_>, Record) -> Result<(), ProcessError> + Send + Sync>;
+pub(crate) type OpFn =
+    Arc<dyn Fn(&mut Context<'_>, Record) -> Result<(), ProcessError> + Send + Sync>;
 
 struct FnProcessor {
     body: OpFn,
@@ -26,8 +27,14 @@ pub(crate) fn factory(body: OpFn) -> ProcessorFactory {
 }
 
 /// Borrows a record's key and value as their types.
-pub(crate) fn borrow_kv<'r, K: 'static, V: 'static>(ctx: &Context<'_>, r: &'r Record) -> Result<(&'r K, &'r V), ProcessError> {
-    Ok((downcast_ref::<K>(&r.key, ctx.node_name())?, downcast_ref::<V>(&r.value, ctx.node_name())?))
+pub(crate) fn borrow_kv<'r, K: 'static, V: 'static>(
+    ctx: &Context<'_>,
+    r: &'r Record,
+) -> Result<(&'r K, &'r V), ProcessError> {
+    Ok((
+        downcast_ref::<K>(&r.key, ctx.node_name())?,
+        downcast_ref::<V>(&r.value, ctx.node_name())?,
+    ))
 }
 
 /// Takes a record's key and value as their types, with timestamp and headers.
@@ -36,7 +43,12 @@ pub(crate) fn take_kv<K: 'static, V: 'static>(
     r: Record,
 ) -> Result<(K, V, i64, stream_core::record::Headers), ProcessError> {
     let node = ctx.node_name().to_string();
-    Ok((downcast::<K>(r.key, &node)?, downcast::<V>(r.value, &node)?, r.timestamp, r.headers))
+    Ok((
+        downcast::<K>(r.key, &node)?,
+        downcast::<V>(r.value, &node)?,
+        r.timestamp,
+        r.headers,
+    ))
 }
 
 /// Builds a record from typed key and value.
@@ -46,5 +58,10 @@ pub(crate) fn record<K: stream_core::data::Data, V: stream_core::data::Data>(
     timestamp: i64,
     headers: stream_core::record::Headers,
 ) -> Record {
-    Record { key: Box::new(k), value: Box::new(v), timestamp, headers }
+    Record {
+        key: Box::new(k),
+        value: Box::new(v),
+        timestamp,
+        headers,
+    }
 }

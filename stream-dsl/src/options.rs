@@ -17,14 +17,20 @@ pub struct Consumed<K, V> {
 impl<K, V> Consumed<K, V> {
     /// Reads keys and values with the given serdes.
     pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
-        Consumed { key: Arc::new(key), value: Arc::new(value) }
+        Consumed {
+            key: Arc::new(key),
+            value: Arc::new(value),
+        }
     }
 }
 
 impl<V: Serialize + DeserializeOwned + 'static> Consumed<String, V> {
     /// String keys (an absent key reads as `""`) and JSON values.
     pub fn json() -> Self {
-        Consumed { key: String::default_serde(), value: Arc::new(JsonSerde::<V>::new()) }
+        Consumed {
+            key: String::default_serde(),
+            value: Arc::new(JsonSerde::<V>::new()),
+        }
     }
 }
 
@@ -38,12 +44,19 @@ pub struct Produced<K, V> {
 impl<K, V> Produced<K, V> {
     /// Writes keys and values with the given serdes.
     pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
-        Produced { key: Arc::new(key), value: Arc::new(value), partitioner: None }
+        Produced {
+            key: Arc::new(key),
+            value: Arc::new(value),
+            partitioner: None,
+        }
     }
 
     /// Chooses partitions with `f(key bytes, value bytes, partition count)`
     /// instead of murmur2 of the key.
-    pub fn with_partitioner(mut self, f: impl Fn(&[u8], &[u8], i32) -> i32 + Send + Sync + 'static) -> Self {
+    pub fn with_partitioner(
+        mut self,
+        f: impl Fn(&[u8], &[u8], i32) -> i32 + Send + Sync + 'static,
+    ) -> Self {
         self.partitioner = Some(Arc::new(f));
         self
     }
@@ -52,7 +65,11 @@ impl<K, V> Produced<K, V> {
 impl<V: Serialize + DeserializeOwned + 'static> Produced<String, V> {
     /// String keys and JSON values.
     pub fn json() -> Self {
-        Produced { key: String::default_serde(), value: Arc::new(JsonSerde::<V>::new()), partitioner: None }
+        Produced {
+            key: String::default_serde(),
+            value: Arc::new(JsonSerde::<V>::new()),
+            partitioner: None,
+        }
     }
 }
 
@@ -67,12 +84,22 @@ pub struct Grouped<K, V> {
 impl<K, V> Grouped<K, V> {
     /// Groups with these serdes for key and value.
     pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
-        Grouped { key: Arc::new(key), value: Some(Arc::new(value)), name: None, repartition: true }
+        Grouped {
+            key: Arc::new(key),
+            value: Some(Arc::new(value)),
+            name: None,
+            repartition: true,
+        }
     }
 
     /// Groups with this key serde; the value serde is the stream's.
     pub fn with_key(key: impl Serde<K>) -> Self {
-        Grouped { key: Arc::new(key), value: None, name: None, repartition: true }
+        Grouped {
+            key: Arc::new(key),
+            value: None,
+            name: None,
+            repartition: true,
+        }
     }
 
     /// Aggregates where the records are, without a repartition topic. Only
@@ -109,14 +136,23 @@ pub struct Materialized<K, A> {
 
 impl<K, A> Default for Materialized<K, A> {
     fn default() -> Self {
-        Materialized { name: None, key: None, value: None, changelog: None, logged: true }
+        Materialized {
+            name: None,
+            key: None,
+            value: None,
+            changelog: None,
+            logged: true,
+        }
     }
 }
 
 impl<K, A> Materialized<K, A> {
     /// A store named `name`, changelogged to `<app>-<name>-changelog`.
     pub fn as_store(name: &str) -> Self {
-        Materialized { name: Some(name.to_string()), ..Default::default() }
+        Materialized {
+            name: Some(name.to_string()),
+            ..Default::default()
+        }
     }
 
     /// Stores keys with this serde (default: the grouping's key serde).
@@ -142,7 +178,11 @@ impl<K, A> Materialized<K, A> {
         encode: impl Fn(&K, &A) -> Vec<u8> + Send + Sync + 'static,
         decode: impl Fn(&K, &[u8]) -> Option<A> + Send + Sync + 'static,
     ) -> Self {
-        self.changelog = Some(ExistingChangelog { topic: topic.to_string(), encode: Arc::new(encode), decode: Arc::new(decode) });
+        self.changelog = Some(ExistingChangelog {
+            topic: topic.to_string(),
+            encode: Arc::new(encode),
+            decode: Arc::new(decode),
+        });
         self
     }
 

@@ -270,6 +270,8 @@ machine, in one run; and restoring a count store from its changelog.
 {chr(10).join('- ' + r for r in eos_ratio)}
 
 ![ratios](benchmarks.svg)
+
+Goals, profile and the effect of each change: [performance.md](performance.md).
 """
         (REPO / "docs" / "benchmarks.md").write_text(doc)
         (REPO / "docs" / "benchmarks.svg").write_text(svg(ratios))

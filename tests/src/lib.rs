@@ -56,19 +56,34 @@ pub async fn create_topic_with(name: &str, partitions: i32, configs: &[(&str, &s
 }
 
 /// Creates a topic on the broker at `bootstrap`.
-pub async fn create_topic_at(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+pub async fn create_topic_at(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
     create_topic_rf(bootstrap, name, partitions, 1, configs).await
 }
 
 /// Creates a topic with `rf` replicas on the cluster at `bootstrap`.
-pub async fn create_topic_rf(bootstrap: &str, name: &str, partitions: i32, rf: i32, configs: &[(&str, &str)]) {
+pub async fn create_topic_rf(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    rf: i32,
+    configs: &[(&str, &str)],
+) {
     let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(rf));
     for (k, v) in configs {
         t = t.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> = client_config_at(bootstrap).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        client_config_at(bootstrap).create().expect("admin client");
     let res = admin
-        .create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .create_topics(
+            [&t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
         .await
         .expect("create_topics");
     for r in res {
@@ -94,12 +109,19 @@ pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
 /// A producer for the broker at `bootstrap`.
 pub fn producer_at(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
     let mut c = client_config_at(bootstrap);
-    c.set("linger.ms", "5").set("enable.idempotence", "true").set("partitioner", "murmur2_random");
+    c.set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random");
     c.create().expect("producer")
 }
 
 /// Sends one record (blocking while the queue is full).
-pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: Option<&[u8]>, value: &[u8]) {
+pub fn send(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+) {
     let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
     if let Some(k) = key {
         rec = rec.key(k);
@@ -148,14 +170,19 @@ pub fn read_all_with(mut cfg: ClientConfig, topic: &str, deadline: Duration) -> 
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed");
     let c: BaseConsumer = cfg.create().expect("consumer");
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
     let parts = md.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for p in 0..parts {
-        let (lo, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        let (lo, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
         if hi > lo {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("tpl");
             ends.insert(p, hi);
         }
     }
@@ -174,13 +201,19 @@ pub fn read_all_with(mut cfg: ClientConfig, topic: &str, deadline: Duration) -> 
                 value: m.payload().map(|v| v.to_vec()),
                 headers: m
                     .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             });
         }
         let pos = c.position().expect("position");
         let done = ends.iter().all(|(p, hi)| {
-            pos.find_partition(topic, *p).map(|e| matches!(e.offset(), Offset::Offset(o) if o >= *hi)).unwrap_or(false)
+            pos.find_partition(topic, *p)
+                .map(|e| matches!(e.offset(), Offset::Offset(o) if o >= *hi))
+                .unwrap_or(false)
         });
         if done {
             break;
@@ -228,7 +261,9 @@ pub async fn topic_config(topic: &str, key: &str) -> Option<String> {
 /// The partition count of `topic`, or `None` if it does not exist.
 pub fn partition_count(topic: &str) -> Option<usize> {
     let c: BaseConsumer = client_config().create().ok()?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .ok()?;
     let t = md.topics().first()?;
     if t.error().is_some() {
         return None;
@@ -242,7 +277,11 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build it with `cargo build --workspace` (tests/run.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --workspace` (tests/run.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -268,5 +307,9 @@ pub fn kafka_sh_env(args: &[&str], env: &[(&str, &str)]) {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("kafka.sh");
-    assert!(out.status.success(), "kafka.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kafka.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -58,7 +58,8 @@ async fn should_dead_letter_exactly_the_bad_records_and_count_the_rest() {
     let p = {
         let mut c = client_config();
         c.set("message.max.bytes", "2000000").set("linger.ms", "5");
-        let p: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> = c.create().unwrap();
+        let p: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+            c.create().unwrap();
         p
     };
     let (mut bad, mut expected) = (Vec::new(), BTreeMap::<String, i64>::new());
@@ -69,7 +70,11 @@ async fn should_dead_letter_exactly_the_bad_records_and_count_the_rest() {
             bad.push(v.clone());
             (None, v)
         } else {
-            let (k, u) = if i % 97 == 0 { edge_user(i / 97, &mut g) } else { (None, g.user()) };
+            let (k, u) = if i % 97 == 0 {
+                edge_user(i / 97, &mut g)
+            } else {
+                (None, g.user())
+            };
             if filter.matches(&u) {
                 *expected.entry(u.company_name.clone()).or_insert(0) += 1;
             }
@@ -79,14 +84,31 @@ async fn should_dead_letter_exactly_the_bad_records_and_count_the_rest() {
     }
     flush(&p);
     assert!(bad.len() >= 150, "about 5% bad records");
-    assert!(expected.contains_key("") && expected.keys().any(|k| k.len() >= 10_000), "edge companies are flagged");
+    assert!(
+        expected.contains_key("") && expected.keys().any(|k| k.len() >= 10_000),
+        "edge companies are flagged"
+    );
 
     let state = tempfile::tempdir().unwrap();
     let log = log_dir().join(format!("{app}.log"));
     let f = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(workspace_bin("watchlist"))
-        .args(["--team", "team-1", "--application-id", &app, "--new-users-topic", &new_users, "--watchlist-topic", &watchlist])
-        .args(["--bootstrap-servers", &bootstrap(), "--state-dir", &state.path().display().to_string()])
+        .args([
+            "--team",
+            "team-1",
+            "--application-id",
+            &app,
+            "--new-users-topic",
+            &new_users,
+            "--watchlist-topic",
+            &watchlist,
+        ])
+        .args([
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--state-dir",
+            &state.path().display().to_string(),
+        ])
         .stdout(Stdio::from(f.try_clone().unwrap()))
         .stderr(Stdio::from(f))
         .spawn()
@@ -100,29 +122,68 @@ async fn should_dead_letter_exactly_the_bad_records_and_count_the_rest() {
                 got.insert(e.company, e.flag_count);
             }
         }
-        got == expected && partition_count(&dlq).is_some() && read_all(&dlq, Duration::from_secs(30)).len() >= bad.len()
+        got == expected
+            && partition_count(&dlq).is_some()
+            && read_all(&dlq, Duration::from_secs(30)).len() >= bad.len()
     });
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let status = child.wait().unwrap();
-    assert!(done, "counts or dead letters incomplete: {} of {} companies right (log {})", got.iter().filter(|(k, v)| expected.get(*k) == Some(v)).count(), expected.len(), log.display());
-    assert!(status.success(), "the application kept running and stopped cleanly");
+    assert!(
+        done,
+        "counts or dead letters incomplete: {} of {} companies right (log {})",
+        got.iter()
+            .filter(|(k, v)| expected.get(*k) == Some(v))
+            .count(),
+        expected.len(),
+        log.display()
+    );
+    assert!(
+        status.success(),
+        "the application kept running and stopped cleanly"
+    );
 
     let letters = read_all(&dlq, Duration::from_secs(30));
-    let mut dead: Vec<Vec<u8>> = letters.iter().map(|r| r.value.clone().unwrap_or_default()).collect();
+    let mut dead: Vec<Vec<u8>> = letters
+        .iter()
+        .map(|r| r.value.clone().unwrap_or_default())
+        .collect();
     let mut want = bad.clone();
     dead.sort();
     want.sort();
-    assert_eq!(dead.len(), want.len(), "the dead-letter topic holds exactly the bad records");
+    assert_eq!(
+        dead.len(),
+        want.len(),
+        "the dead-letter topic holds exactly the bad records"
+    );
     assert!(dead == want, "dead letters keep the original bytes");
     for r in &letters {
-        let h: BTreeMap<&str, String> = r.headers.iter().map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned())).collect();
+        let h: BTreeMap<&str, String> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
         assert_eq!(h.get("dlq.topic"), Some(&new_users));
-        assert!(h.get("dlq.offset").is_some_and(|o| o.parse::<i64>().is_ok()), "offset header");
-        assert!(h.get("dlq.partition").is_some_and(|o| o.parse::<i32>().is_ok()), "partition header");
-        assert!(h.get("dlq.error").is_some_and(|e| e.contains("cannot deserialize")), "error header: {h:?}");
+        assert!(
+            h.get("dlq.offset")
+                .is_some_and(|o| o.parse::<i64>().is_ok()),
+            "offset header"
+        );
+        assert!(
+            h.get("dlq.partition")
+                .is_some_and(|o| o.parse::<i32>().is_ok()),
+            "partition header"
+        );
+        assert!(
+            h.get("dlq.error")
+                .is_some_and(|e| e.contains("cannot deserialize")),
+            "error header: {h:?}"
+        );
     }
     let logs = std::fs::read_to_string(&log).unwrap();
-    assert!(logs.contains("sent to the dead-letter topic"), "each bad record is logged");
+    assert!(
+        logs.contains("sent to the dead-letter topic"),
+        "each bad record is logged"
+    );
 }

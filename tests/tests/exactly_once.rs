@@ -20,29 +20,75 @@ struct Setup {
 }
 
 async fn setup(name: &str) -> Setup {
-    let s = Setup { app: unique(name), new_users: unique("new_users"), watchlist: unique("watchlist") };
+    let s = Setup {
+        app: unique(name),
+        new_users: unique("new_users"),
+        watchlist: unique("watchlist"),
+    };
     create_topic(&s.new_users, 2).await;
     create_compacted_topic(&s.watchlist, 2).await;
     s
 }
 
-fn watchlist(s: &Setup, state: &Path, guarantee: &str, instance: Option<&str>, log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+fn watchlist(
+    s: &Setup,
+    state: &Path,
+    guarantee: &str,
+    instance: Option<&str>,
+    log: &Path,
+) -> Child {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     let mut cmd = Command::new(workspace_bin("watchlist"));
-    cmd.args(["--team", "team-1", "--application-id", &s.app, "--new-users-topic", &s.new_users])
-        .args(["--watchlist-topic", &s.watchlist, "--bootstrap-servers", &bootstrap()])
-        .args(["--state-dir", &state.display().to_string(), "--guarantee", guarantee]);
+    cmd.args([
+        "--team",
+        "team-1",
+        "--application-id",
+        &s.app,
+        "--new-users-topic",
+        &s.new_users,
+    ])
+    .args([
+        "--watchlist-topic",
+        &s.watchlist,
+        "--bootstrap-servers",
+        &bootstrap(),
+    ])
+    .args([
+        "--state-dir",
+        &state.display().to_string(),
+        "--guarantee",
+        guarantee,
+    ]);
     if let Some(id) = instance {
         cmd.args(["--group-instance-id", id]);
     }
-    cmd.stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f)).spawn().expect("spawn watchlist")
+    cmd.stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f))
+        .spawn()
+        .expect("spawn watchlist")
 }
 
 fn feed(s: &Setup, count: u64, rate: u64) -> Child {
     let seed: u64 = rand::thread_rng().gen();
     Command::new(workspace_bin("fake-users"))
-        .args(["--new-users-topic", &s.new_users, "--bootstrap-servers", &bootstrap()])
-        .args(["--count", &count.to_string(), "--rate", &rate.to_string(), "--seed", &seed.to_string()])
+        .args([
+            "--new-users-topic",
+            &s.new_users,
+            "--bootstrap-servers",
+            &bootstrap(),
+        ])
+        .args([
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -59,7 +105,10 @@ fn recount(new_users: &str) -> BTreeMap<String, i64> {
     let filter = for_team("team-1").unwrap();
     let mut m = BTreeMap::new();
     for r in read_all(new_users, Duration::from_secs(60)) {
-        if let Some(u) = r.value.and_then(|v| serde_json::from_slice::<User>(&v).ok()) {
+        if let Some(u) = r
+            .value
+            .and_then(|v| serde_json::from_slice::<User>(&v).ok())
+        {
             if filter.matches(&u) {
                 *m.entry(u.company_name).or_insert(0) += 1;
             }
@@ -74,7 +123,11 @@ fn sequences(watchlist: &str) -> BTreeMap<String, Vec<i64>> {
     let mut recs = read_all(watchlist, Duration::from_secs(60));
     recs.sort_by_key(|r| (r.partition, r.offset));
     for r in recs {
-        if let Some(e) = r.value.and_then(|v| WatchlistEntry::from_json(&v)).filter(|e| e.team == "team-1") {
+        if let Some(e) = r
+            .value
+            .and_then(|v| WatchlistEntry::from_json(&v))
+            .filter(|e| e.team == "team-1")
+        {
             m.entry(e.company).or_default().push(e.flag_count);
         }
     }
@@ -82,7 +135,9 @@ fn sequences(watchlist: &str) -> BTreeMap<String, Vec<i64>> {
 }
 
 fn latest(seqs: &BTreeMap<String, Vec<i64>>) -> BTreeMap<String, i64> {
-    seqs.iter().filter_map(|(k, v)| v.last().map(|n| (k.clone(), *n))).collect()
+    seqs.iter()
+        .filter_map(|(k, v)| v.last().map(|n| (k.clone(), *n)))
+        .collect()
 }
 
 fn wait_final(s: &Setup, secs: u64) -> (BTreeMap<String, i64>, BTreeMap<String, Vec<i64>>) {
@@ -101,14 +156,34 @@ fn restore_reads(log: &Path) -> Vec<(u64, u64)> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let read = l.split("restored read=").nth(1)?.split_whitespace().next()?.parse().ok()?;
-            let total = l.split("changelog_records=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            let read = l
+                .split("restored read=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            let total = l
+                .split("changelog_records=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
             Some((read, total))
         })
         .collect()
 }
 
-fn crash_loop(guarantee: &str, kills: usize) -> (Setup, BTreeMap<String, i64>, BTreeMap<String, Vec<i64>>, PathBuf) {
+fn crash_loop(
+    guarantee: &str,
+    kills: usize,
+) -> (
+    Setup,
+    BTreeMap<String, i64>,
+    BTreeMap<String, Vec<i64>>,
+    PathBuf,
+) {
     let rt = tokio::runtime::Handle::current();
     let s = tokio::task::block_in_place(|| rt.block_on(setup("eos")));
     let state = tempfile::tempdir().unwrap().keep();
@@ -134,49 +209,105 @@ fn crash_loop(guarantee: &str, kills: usize) -> (Setup, BTreeMap<String, i64>, B
 async fn should_commit_each_count_exactly_once_through_a_sigkill_loop() {
     let (_s, expected, seqs, log) = crash_loop("exactly-once", 10);
     assert!(expected.values().any(|&n| n >= 3));
-    assert_eq!(latest(&seqs), expected, "final counts (log {})", log.display());
+    assert_eq!(
+        latest(&seqs),
+        expected,
+        "final counts (log {})",
+        log.display()
+    );
     for (company, seq) in &seqs {
         let want: Vec<i64> = (1..=seq.len() as i64).collect();
-        assert_eq!(seq, &want, "{company}: committed counts must be 1, 2, 3, … with no repeat and no gap (log {})", log.display());
+        assert_eq!(
+            seq,
+            &want,
+            "{company}: committed counts must be 1, 2, 3, … with no repeat and no gap (log {})",
+            log.display()
+        );
     }
     // With the state directory intact, restarts read only the changelog's tail.
     let reads = restore_reads(&log);
-    let (read, total): (u64, u64) = reads.iter().skip(4).fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
-    assert!(reads.len() > 4 && total > 0, "restores were logged: {reads:?}");
-    assert!(read * 20 < total, "restarts read {read} of {total} changelog records (summed over {} restores): 5% or more", reads.len() - 4);
-    eprintln!("tail restores read {read} of {total} changelog records ({:.2}%)", read as f64 * 100.0 / total as f64);
+    let (read, total): (u64, u64) = reads
+        .iter()
+        .skip(4)
+        .fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
+    assert!(
+        reads.len() > 4 && total > 0,
+        "restores were logged: {reads:?}"
+    );
+    assert!(
+        read * 20 < total,
+        "restarts read {read} of {total} changelog records (summed over {} restores): 5% or more",
+        reads.len() - 4
+    );
+    eprintln!(
+        "tail restores read {read} of {total} changelog records ({:.2}%)",
+        read as f64 * 100.0 / total as f64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_end_with_the_same_exact_counts_under_at_least_once() {
     let (_s, expected, seqs, log) = crash_loop("at-least-once", 10);
-    assert_eq!(latest(&seqs), expected, "final counts (log {})", log.display());
-    let repeated = seqs.values().filter(|seq| seq.windows(2).any(|w| w[1] <= w[0])).count();
-    eprintln!("at-least-once: {repeated} of {} companies saw a repeated count", seqs.len());
+    assert_eq!(
+        latest(&seqs),
+        expected,
+        "final counts (log {})",
+        log.display()
+    );
+    let repeated = seqs
+        .values()
+        .filter(|seq| seq.windows(2).any(|w| w[1] <= w[0]))
+        .count();
+    eprintln!(
+        "at-least-once: {repeated} of {} companies saw a repeated count",
+        seqs.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_let_a_paused_zombie_write_nothing_visible() {
     let s = setup("zombie").await;
     let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (log_a, log_b) = (log_dir().join(format!("{}-a.log", s.app)), log_dir().join(format!("{}-b.log", s.app)));
+    let (log_a, log_b) = (
+        log_dir().join(format!("{}-a.log", s.app)),
+        log_dir().join(format!("{}-b.log", s.app)),
+    );
     let mut feeder = feed(&s, 12_000, 1_000);
     let mut a = watchlist(&s, sa.path(), "exactly-once", None, &log_a);
-    assert!(wait_until(Duration::from_secs(60), || restore_reads(&log_a).len() >= 4), "A started");
+    assert!(
+        wait_until(Duration::from_secs(60), || restore_reads(&log_a).len() >= 4),
+        "A started"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     signal(&a, libc::SIGSTOP);
     let mut b = watchlist(&s, sb.path(), "exactly-once", None, &log_b);
     // A's session expires and B takes every partition over.
-    assert!(wait_until(Duration::from_secs(90), || restore_reads(&log_b).len() >= 4), "B took the partitions over (log {})", log_b.display());
+    assert!(
+        wait_until(Duration::from_secs(90), || restore_reads(&log_b).len() >= 4),
+        "B took the partitions over (log {})",
+        log_b.display()
+    );
     signal(&a, libc::SIGCONT);
     assert!(feeder.wait().unwrap().success());
     let (expected, seqs) = wait_final(&s, 180);
     signal(&a, libc::SIGTERM);
     signal(&b, libc::SIGTERM);
     let _ = (a.wait(), b.wait());
-    assert_eq!(latest(&seqs), expected, "final counts (logs {} {})", log_a.display(), log_b.display());
+    assert_eq!(
+        latest(&seqs),
+        expected,
+        "final counts (logs {} {})",
+        log_a.display(),
+        log_b.display()
+    );
     for (company, seq) in &seqs {
         let want: Vec<i64> = (1..=seq.len() as i64).collect();
-        assert_eq!(seq, &want, "{company}: the zombie's writes are visible (logs {} {})", log_a.display(), log_b.display());
+        assert_eq!(
+            seq,
+            &want,
+            "{company}: the zombie's writes are visible (logs {} {})",
+            log_a.display(),
+            log_b.display()
+        );
     }
 }

@@ -9,8 +9,19 @@ use std::time::{Duration, Instant};
 use integration_tests::*;
 use rand::Rng;
 
-fn spawn_count_app(app: &str, input: &str, output: &str, state: &Path, bootstrap: &str, log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+fn spawn_count_app(
+    app: &str,
+    input: &str,
+    output: &str,
+    state: &Path,
+    bootstrap: &str,
+    log: &Path,
+) -> Child {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_count-app"))
         .args([app, input, output, &state.display().to_string(), bootstrap])
         .stdout(Stdio::from(f.try_clone().unwrap()))
@@ -57,7 +68,11 @@ async fn should_move_damaged_state_aside_and_rebuild_it_from_the_changelog() {
     let mut expected = BTreeMap::new();
     produce(&bootstrap(), &input, 3_000, &mut expected);
     let mut child = spawn_count_app(&app, &input, &output, state.path(), &bootstrap(), &log);
-    assert!(wait_until(Duration::from_secs(90), || counts_at(&bootstrap(), &output) == expected), "first run");
+    assert!(
+        wait_until(Duration::from_secs(90), || counts_at(&bootstrap(), &output)
+            == expected),
+        "first run"
+    );
     assert!(stop(&mut child).success());
 
     // Damage sled's files: garbage over the start of every file.
@@ -78,17 +93,30 @@ async fn should_move_damaged_state_aside_and_rebuild_it_from_the_changelog() {
 
     produce(&bootstrap(), &input, 1_000, &mut expected);
     let mut child = spawn_count_app(&app, &input, &output, state.path(), &bootstrap(), &log);
-    let ok = wait_until(Duration::from_secs(90), || counts_at(&bootstrap(), &output) == expected);
+    let ok = wait_until(Duration::from_secs(90), || {
+        counts_at(&bootstrap(), &output) == expected
+    });
     assert!(stop(&mut child).success());
-    assert!(ok, "counts after rebuilding damaged state (log {})", log.display());
-    let logs = std::fs::read_to_string(&log).unwrap();
-    let aside = std::fs::read_dir(state.path().join(&app)).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("sled.damaged-"));
     assert!(
-        (aside && logs.contains("moving it aside")) || logs.contains("does not match its checkpoint"),
+        ok,
+        "counts after rebuilding damaged state (log {})",
+        log.display()
+    );
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let aside = std::fs::read_dir(state.path().join(&app))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("sled.damaged-"));
+    assert!(
+        (aside && logs.contains("moving it aside"))
+            || logs.contains("does not match its checkpoint"),
         "the damage was detected and reported (log {})",
         log.display()
     );
-    assert!(logs.contains("full=true"), "the state was rebuilt from the changelog");
+    assert!(
+        logs.contains("full=true"),
+        "the state was rebuilt from the changelog"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -113,12 +141,21 @@ async fn should_refuse_a_state_directory_it_cannot_write_with_a_clear_error() {
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, b"x").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_count-app"))
-        .args([&app, &input, &output, &file.join("state").display().to_string(), &bootstrap()])
+        .args([
+            &app,
+            &input,
+            &output,
+            &file.join("state").display().to_string(),
+            &bootstrap(),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("error: state directory") && err.contains("cannot create"), "{err}");
+    assert!(
+        err.contains("error: state directory") && err.contains("cannot create"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -126,7 +163,10 @@ async fn should_wait_out_a_broker_outage_and_lose_nothing() {
     // A broker of this test's own, so that stopping it disturbs no other test.
     let port: u16 = rand::thread_rng().gen_range(30_000..39_000) / 10 * 10;
     let data = tempfile::tempdir().unwrap();
-    let env = [("KAFKA_PORT", port.to_string()), ("KAFKA_DATA_DIR", data.path().display().to_string())];
+    let env = [
+        ("KAFKA_PORT", port.to_string()),
+        ("KAFKA_DATA_DIR", data.path().display().to_string()),
+    ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     kafka_sh_env(&["start"], &env);
     let bs = format!("127.0.0.1:{port}");
@@ -138,21 +178,34 @@ async fn should_wait_out_a_broker_outage_and_lose_nothing() {
     let mut expected = BTreeMap::new();
     produce(&bs, &input, 2_000, &mut expected);
     let mut child = spawn_count_app(&app, &input, &output, state.path(), &bs, &log);
-    assert!(wait_until(Duration::from_secs(90), || counts_at(&bs, &output) == expected), "before the outage");
+    assert!(
+        wait_until(Duration::from_secs(90), || counts_at(&bs, &output)
+            == expected),
+        "before the outage"
+    );
 
     kafka_sh_env(&["node", "kill", "0"], &env);
     let down = Instant::now();
     while down.elapsed() < Duration::from_secs(30) {
-        assert!(child.try_wait().unwrap().is_none(), "the application exited during the outage (log {})", log.display());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the application exited during the outage (log {})",
+            log.display()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     kafka_sh_env(&["node", "start", "0"], &env);
     produce(&bs, &input, 2_000, &mut expected);
-    let ok = wait_until(Duration::from_secs(180), || counts_at(&bs, &output) == expected);
+    let ok = wait_until(Duration::from_secs(180), || {
+        counts_at(&bs, &output) == expected
+    });
     let status = stop(&mut child);
     kafka_sh_env(&["stop"], &env);
     assert!(ok, "counts after the outage (log {})", log.display());
     assert!(status.success(), "stopped cleanly after the outage");
     let logs = std::fs::read_to_string(&log).unwrap();
-    assert!(logs.contains("waiting for the Kafka cluster") || logs.contains("waiting for the brokers"), "says what it waits for");
+    assert!(
+        logs.contains("waiting for the Kafka cluster") || logs.contains("waiting for the brokers"),
+        "says what it waits for"
+    );
 }

@@ -19,7 +19,10 @@ const WORDS: usize = 300;
 
 fn counting_topology(input: &str, output: &str) -> stream_core::Topology {
     let b = StreamsBuilder::new();
-    b.source(input).group_by(|_k, v| v.clone()).count(Materialized::as_store("counts")).to_topic(output);
+    b.source(input)
+        .group_by(|_k, v| v.clone())
+        .count(Materialized::as_store("counts"))
+        .to_topic(output);
     b.build().unwrap()
 }
 
@@ -34,7 +37,10 @@ impl Running {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        self.handle.await.expect("join").expect("the application stopped cleanly");
+        self.handle
+            .await
+            .expect("join")
+            .expect("the application stopped cleanly");
     }
 }
 
@@ -48,7 +54,11 @@ fn start(app: &str, input: &str, output: &str, state: &Path) -> Running {
     let handle = tokio::spawn(streams.run(async move {
         let _ = rx.await;
     }));
-    Running { stop: Some(tx), handle, status }
+    Running {
+        stop: Some(tx),
+        handle,
+        status,
+    }
 }
 
 /// Produces `n` random words; adds them to `expected`.
@@ -66,11 +76,20 @@ fn produce_words(topic: &str, n: usize, expected: &mut BTreeMap<Vec<u8>, i64>) {
 fn counts_of(topic: &str) -> BTreeMap<Vec<u8>, i64> {
     latest_per_key(topic)
         .into_iter()
-        .map(|(k, v)| (k, i64::from_be_bytes(v.as_slice().try_into().expect("8-byte count"))))
+        .map(|(k, v)| {
+            (
+                k,
+                i64::from_be_bytes(v.as_slice().try_into().expect("8-byte count")),
+            )
+        })
         .collect()
 }
 
-async fn wait_for_counts(output: &str, expected: &BTreeMap<Vec<u8>, i64>, secs: u64) -> BTreeMap<Vec<u8>, i64> {
+async fn wait_for_counts(
+    output: &str,
+    expected: &BTreeMap<Vec<u8>, i64>,
+    secs: u64,
+) -> BTreeMap<Vec<u8>, i64> {
     let out = output.to_string();
     let exp = expected.clone();
     tokio::task::spawn_blocking(move || {
@@ -93,7 +112,12 @@ fn diff(got: &BTreeMap<Vec<u8>, i64>, want: &BTreeMap<Vec<u8>, i64>) -> String {
             d.push(format!("{}: got {g}, want {v}", String::from_utf8_lossy(k)));
         }
     }
-    format!("{} of {} keys differ; first: {:?}", d.len(), want.len(), d.iter().take(5).collect::<Vec<_>>())
+    format!(
+        "{} of {} keys differ; first: {:?}",
+        d.len(),
+        want.len(),
+        d.iter().take(5).collect::<Vec<_>>()
+    )
 }
 
 fn restored_reads(status: &RuntimeStatus) -> (u64, bool) {
@@ -116,11 +140,23 @@ async fn should_count_exactly_and_restore_only_the_tail_or_everything_when_state
     run.stop().await;
 
     let changelog = format!("{app}-counts-changelog");
-    assert_eq!(partition_count(&changelog), Some(3), "changelog has the input's partition count");
-    let policy = topic_config(&changelog, "cleanup.policy").await.unwrap_or_default();
-    assert!(policy.contains("compact"), "changelog cleanup.policy is {policy}");
+    assert_eq!(
+        partition_count(&changelog),
+        Some(3),
+        "changelog has the input's partition count"
+    );
+    let policy = topic_config(&changelog, "cleanup.policy")
+        .await
+        .unwrap_or_default();
+    assert!(
+        policy.contains("compact"),
+        "changelog cleanup.policy is {policy}"
+    );
     let changelog_len = read_all(&changelog, Duration::from_secs(60)).len() as u64;
-    assert!(changelog_len >= WORDS as u64, "changelog holds {changelog_len} records");
+    assert!(
+        changelog_len >= WORDS as u64,
+        "changelog holds {changelog_len} records"
+    );
 
     // Restart with the state directory intact: only the tail is read.
     produce_words(&input, 200, &mut expected);
@@ -129,7 +165,10 @@ async fn should_count_exactly_and_restore_only_the_tail_or_everything_when_state
     assert!(got == expected, "tail restart: {}", diff(&got, &expected));
     let (read, full) = restored_reads(&run.status);
     assert!(!full, "local state existed, the restore must not be full");
-    assert!(read * 100 < changelog_len, "tail restore read {read} of {changelog_len} changelog records (>= 1%)");
+    assert!(
+        read * 100 < changelog_len,
+        "tail restore read {read} of {changelog_len} changelog records (>= 1%)"
+    );
     run.stop().await;
 
     // State directory deleted: full restore, still exact.
@@ -138,17 +177,34 @@ async fn should_count_exactly_and_restore_only_the_tail_or_everything_when_state
     produce_words(&input, 200, &mut expected);
     let run = start(&app, &input, &output, state.path());
     let got = wait_for_counts(&output, &expected, 120).await;
-    assert!(got == expected, "after full restore: {}", diff(&got, &expected));
+    assert!(
+        got == expected,
+        "after full restore: {}",
+        diff(&got, &expected)
+    );
     let (read, full) = restored_reads(&run.status);
     assert!(full, "with no local state the restore is full");
-    assert!(read >= changelog_len / 2 && read > 0, "full restore read {read} of {changelog_len}");
+    assert!(
+        read >= changelog_len / 2 && read > 0,
+        "full restore read {read} of {changelog_len}"
+    );
     run.stop().await;
 }
 
 fn spawn_count_app(app: &str, input: &str, output: &str, state: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_count-app"))
-        .args([app, input, output, &state.display().to_string(), &bootstrap()])
+        .args([
+            app,
+            input,
+            output,
+            &state.display().to_string(),
+            &bootstrap(),
+        ])
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
@@ -198,8 +254,17 @@ async fn should_count_exactly_through_repeated_sigkill_crashes() {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let status = child.wait().unwrap();
-    assert!(got == expected, "after 6 SIGKILLs: {} (log: {})", diff(&got, &expected), log.display());
-    assert!(status.success(), "graceful stop after SIGTERM failed: {status} (log: {})", log.display());
+    assert!(
+        got == expected,
+        "after 6 SIGKILLs: {} (log: {})",
+        diff(&got, &expected),
+        log.display()
+    );
+    assert!(
+        status.success(),
+        "graceful stop after SIGTERM failed: {status} (log: {})",
+        log.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -214,7 +279,11 @@ async fn should_count_exactly_when_a_second_instance_joins_and_leaves() {
     let b = start(&app, &input, &output, s2.path());
     produce_words(&input, 4_000, &mut expected);
     let got = wait_for_counts(&output, &expected, 120).await;
-    assert!(got == expected, "with two instances: {}", diff(&got, &expected));
+    assert!(
+        got == expected,
+        "with two instances: {}",
+        diff(&got, &expected)
+    );
     assert!(
         wait_until(Duration::from_secs(30), || !b.status.tasks().is_empty()),
         "the second instance never got a task"
@@ -222,6 +291,10 @@ async fn should_count_exactly_when_a_second_instance_joins_and_leaves() {
     b.stop().await;
     produce_words(&input, 4_000, &mut expected);
     let got = wait_for_counts(&output, &expected, 120).await;
-    assert!(got == expected, "after the second instance left: {}", diff(&got, &expected));
+    assert!(
+        got == expected,
+        "after the second instance left: {}",
+        diff(&got, &expected)
+    );
     a.stop().await;
 }

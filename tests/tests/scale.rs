@@ -9,9 +9,27 @@ use std::time::{Duration, Instant};
 use integration_tests::*;
 use rand::Rng;
 
-fn spawn(app: &str, input: &str, output: &str, state: &Path, bootstrap: &str, rf: Option<i32>, log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let mut args = vec![app.to_string(), input.to_string(), output.to_string(), state.display().to_string(), bootstrap.to_string()];
+fn spawn(
+    app: &str,
+    input: &str,
+    output: &str,
+    state: &Path,
+    bootstrap: &str,
+    rf: Option<i32>,
+    log: &Path,
+) -> Child {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut args = vec![
+        app.to_string(),
+        input.to_string(),
+        output.to_string(),
+        state.display().to_string(),
+        bootstrap.to_string(),
+    ];
     if let Some(rf) = rf {
         args.push(rf.to_string());
     }
@@ -57,8 +75,19 @@ fn restores(log: &Path) -> Vec<(String, u64)> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let read = l.split("restored read=").nth(1)?.split_whitespace().next()?.parse().ok()?;
-            let task = l.split(" task=").nth(1)?.split_whitespace().next()?.to_string();
+            let read = l
+                .split("restored read=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            let task = l
+                .split(" task=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_string();
             Some((task, read))
         })
         .collect()
@@ -69,10 +98,20 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
     let (app, input, output) = (unique("scale3"), unique("words"), unique("counts"));
     create_topic(&input, 6).await;
     create_topic(&output, 1).await;
-    let states: Vec<PathBuf> = (0..3).map(|_| tempfile::tempdir().unwrap().keep()).collect();
-    let logs: Vec<PathBuf> = (0..3).map(|i| log_dir().join(format!("{app}-{i}.log"))).collect();
+    let states: Vec<PathBuf> = (0..3)
+        .map(|_| tempfile::tempdir().unwrap().keep())
+        .collect();
+    let logs: Vec<PathBuf> = (0..3)
+        .map(|i| log_dir().join(format!("{app}-{i}.log")))
+        .collect();
     let bs = bootstrap();
-    let mut running: Vec<Option<Child>> = (0..3).map(|i| Some(spawn(&app, &input, &output, &states[i], &bs, None, &logs[i]))).collect();
+    let mut running: Vec<Option<Child>> = (0..3)
+        .map(|i| {
+            Some(spawn(
+                &app, &input, &output, &states[i], &bs, None, &logs[i],
+            ))
+        })
+        .collect();
     let feeder_input = input.clone();
     let feeder = std::thread::spawn(move || {
         let mut expected = BTreeMap::new();
@@ -89,19 +128,34 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
         let i = rng.gen_range(0..3);
         match running[i].take() {
             Some(mut c) => {
-                let sig = if rng.gen_bool(0.5) { libc::SIGKILL } else { libc::SIGTERM };
+                let sig = if rng.gen_bool(0.5) {
+                    libc::SIGKILL
+                } else {
+                    libc::SIGTERM
+                };
                 signal(&mut c, sig);
-                events.push(format!("instance {i} {}", if sig == libc::SIGKILL { "killed" } else { "stopped" }));
+                events.push(format!(
+                    "instance {i} {}",
+                    if sig == libc::SIGKILL {
+                        "killed"
+                    } else {
+                        "stopped"
+                    }
+                ));
             }
             None => {
-                running[i] = Some(spawn(&app, &input, &output, &states[i], &bs, None, &logs[i]));
+                running[i] = Some(spawn(
+                    &app, &input, &output, &states[i], &bs, None, &logs[i],
+                ));
                 events.push(format!("instance {i} started"));
             }
         }
     }
     for i in 0..3 {
         if running[i].is_none() {
-            running[i] = Some(spawn(&app, &input, &output, &states[i], &bs, None, &logs[i]));
+            running[i] = Some(spawn(
+                &app, &input, &output, &states[i], &bs, None, &logs[i],
+            ));
             events.push(format!("instance {i} started"));
         }
     }
@@ -116,22 +170,47 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
     }
     println!("events: {}", events.join(", "));
     for (i, log) in logs.iter().enumerate() {
-        let r: Vec<String> = restores(log).iter().filter(|(t, _)| t.starts_with("1_")).map(|(t, n)| format!("{t}:{n}")).collect();
-        println!("instance {i} restores (task:changelog records read): {}", r.join(" "));
+        let r: Vec<String> = restores(log)
+            .iter()
+            .filter(|(t, _)| t.starts_with("1_"))
+            .map(|(t, n)| format!("{t}:{n}"))
+            .collect();
+        println!(
+            "instance {i} restores (task:changelog records read): {}",
+            r.join(" ")
+        );
     }
     assert!(events.len() >= 5, "at least 5 kill/start events");
     assert_eq!(expected.values().sum::<i64>(), 50_000);
-    assert!(ok, "{} of {} words wrong after {:?} (logs in {})", expected.iter().filter(|(k, v)| got.get(*k) != Some(v)).count(), expected.len(), events, log_dir().display());
+    assert!(
+        ok,
+        "{} of {} words wrong after {:?} (logs in {})",
+        expected
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(v))
+            .count(),
+        expected.len(),
+        events,
+        log_dir().display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
     let port: u16 = rand::thread_rng().gen_range(40_000..48_000) / 10 * 10;
     let data = tempfile::tempdir().unwrap();
-    let env_owned = [("KAFKA_PORT", port.to_string()), ("KAFKA_DATA_DIR", data.path().display().to_string()), ("KAFKA_HEAP", "512m".to_string())];
+    let env_owned = [
+        ("KAFKA_PORT", port.to_string()),
+        ("KAFKA_DATA_DIR", data.path().display().to_string()),
+        ("KAFKA_HEAP", "512m".to_string()),
+    ];
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     kafka_sh_env(&["start", "--brokers", "3"], &env);
-    let bs = format!("127.0.0.1:{port},127.0.0.1:{},127.0.0.1:{}", port + 10, port + 20);
+    let bs = format!(
+        "127.0.0.1:{port},127.0.0.1:{},127.0.0.1:{}",
+        port + 10,
+        port + 20
+    );
     let (app, input, output) = (unique("brokers3"), unique("words"), unique("counts"));
     create_topic_rf(&bs, &input, 3, 3, &[("min.insync.replicas", "2")]).await;
     create_topic_rf(&bs, &output, 1, 3, &[("min.insync.replicas", "2")]).await;
@@ -140,24 +219,48 @@ async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
     let mut expected = BTreeMap::new();
     produce(&bs, &input, 5_000, &mut expected);
     let mut child = spawn(&app, &input, &output, state.path(), &bs, Some(3), &log);
-    assert!(wait_until(Duration::from_secs(120), || counts_at(&bs, &output) == expected), "before the broker dies (log {})", log.display());
+    assert!(
+        wait_until(Duration::from_secs(120), || counts_at(&bs, &output)
+            == expected),
+        "before the broker dies (log {})",
+        log.display()
+    );
 
     kafka_sh_env(&["node", "kill", "1"], &env);
     produce(&bs, &input, 5_000, &mut expected);
-    let during = wait_until(Duration::from_secs(120), || counts_at(&bs, &output) == expected);
+    let during = wait_until(Duration::from_secs(120), || {
+        counts_at(&bs, &output) == expected
+    });
     let alive = child.try_wait().unwrap().is_none();
     kafka_sh_env(&["node", "start", "1"], &env);
     let started = Instant::now();
     produce(&bs, &input, 5_000, &mut expected);
-    let after = wait_until(Duration::from_secs(120), || counts_at(&bs, &output) == expected);
+    let after = wait_until(Duration::from_secs(120), || {
+        counts_at(&bs, &output) == expected
+    });
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let status = child.wait().unwrap();
     kafka_sh_env(&["stop"], &env);
-    println!("caught up {:.1}s after the broker came back", started.elapsed().as_secs_f64());
-    assert!(alive, "the application kept running with a broker down (log {})", log.display());
-    assert!(during, "exact counts with one broker of three down (log {})", log.display());
-    assert!(after, "exact counts after the broker came back (log {})", log.display());
+    println!(
+        "caught up {:.1}s after the broker came back",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        alive,
+        "the application kept running with a broker down (log {})",
+        log.display()
+    );
+    assert!(
+        during,
+        "exact counts with one broker of three down (log {})",
+        log.display()
+    );
+    assert!(
+        after,
+        "exact counts after the broker came back (log {})",
+        log.display()
+    );
     assert!(status.success());
 }

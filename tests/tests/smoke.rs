@@ -13,14 +13,25 @@ async fn should_round_trip_records_through_the_broker() {
     create_topic(&topic, 2).await;
     let p = producer();
     for i in 0..100 {
-        send(&p, &topic, Some(format!("k{}", i % 7).as_bytes()), format!("v{i}").as_bytes());
+        send(
+            &p,
+            &topic,
+            Some(format!("k{}", i % 7).as_bytes()),
+            format!("v{i}").as_bytes(),
+        );
     }
     flush(&p);
     let got = read_all(&topic, Duration::from_secs(30));
     assert_eq!(got.len(), 100);
-    let mut values: Vec<String> = got.iter().map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap()).collect();
+    let mut values: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+        .collect();
     values.sort_by_key(|v| v[1..].parse::<u32>().unwrap());
-    assert_eq!(values, (0..100).map(|i| format!("v{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        values,
+        (0..100).map(|i| format!("v{i}")).collect::<Vec<_>>()
+    );
     assert!(got.iter().any(|r| r.partition == 1) && got.iter().any(|r| r.partition == 0));
 }
 
@@ -40,7 +51,12 @@ async fn compaction_reduces_keys(compacted: bool) -> bool {
     let p = producer();
     for round in 0..20 {
         for k in 0..10 {
-            send(&p, &topic, Some(format!("k{k}").as_bytes()), format!("{round}").as_bytes());
+            send(
+                &p,
+                &topic,
+                Some(format!("k{k}").as_bytes()),
+                format!("{round}").as_bytes(),
+            );
         }
     }
     flush(&p);
@@ -49,15 +65,22 @@ async fn compaction_reduces_keys(compacted: bool) -> bool {
         send(&p, &topic, Some(b"sentinel"), b"x");
         flush(&p);
         let recs = read_all(&topic, Duration::from_secs(20));
-        let data: Vec<_> = recs.iter().filter(|r| r.key.as_deref() != Some(b"sentinel")).collect();
-        let latest_only = data.len() == 10 && data.iter().all(|r| r.value.as_deref() == Some(b"19"));
+        let data: Vec<_> = recs
+            .iter()
+            .filter(|r| r.key.as_deref() != Some(b"sentinel"))
+            .collect();
+        let latest_only =
+            data.len() == 10 && data.iter().all(|r| r.value.as_deref() == Some(b"19"));
         latest_only
     })
 }
 
 #[tokio::test]
 async fn should_compact_a_compacted_topic_to_the_latest_value_per_key() {
-    assert!(compaction_reduces_keys(true).await, "the cleaner did not reduce the keys within the deadline");
+    assert!(
+        compaction_reduces_keys(true).await,
+        "the cleaner did not reduce the keys within the deadline"
+    );
 }
 
 fn scram_config(user: &str, password: &str) -> StreamsConfig {
@@ -74,13 +97,21 @@ async fn should_log_in_with_scram_and_reject_a_wrong_password_clearly() {
     let good = scram_config("admin", "admin-secret");
     let capture = ErrorCapture::default();
     let c: BaseConsumer<ErrorCapture> = good.client_config().create_with_context(capture).unwrap();
-    let md = c.fetch_metadata(None, Duration::from_secs(20)).expect("SCRAM login as admin works");
+    let md = c
+        .fetch_metadata(None, Duration::from_secs(20))
+        .expect("SCRAM login as admin works");
     assert!(!md.brokers().is_empty());
 
     let bad = scram_config("admin", "not-the-password");
     let explained = check_connection(&bad).expect_err("a wrong password must fail");
-    assert!(matches!(explained, RuntimeError::Authentication { .. }), "got: {explained}");
+    assert!(
+        matches!(explained, RuntimeError::Authentication { .. }),
+        "got: {explained}"
+    );
     let msg = explained.to_string();
-    assert!(msg.contains("authentication failed for user `admin`"), "{msg}");
+    assert!(
+        msg.contains("authentication failed for user `admin`"),
+        "{msg}"
+    );
     assert!(!msg.contains("not-the-password"), "{msg}");
 }

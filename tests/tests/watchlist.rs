@@ -49,7 +49,11 @@ fn common_args(s: &Setup, state: &Path) -> Vec<String> {
 }
 
 fn spawn(bin: &str, args: &[String], log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(workspace_bin(bin))
         .args(args)
         .stdout(Stdio::from(f.try_clone().unwrap()))
@@ -87,9 +91,15 @@ fn expected_counts(new_users: &str) -> BTreeMap<String, i64> {
     let mut m = BTreeMap::new();
     for r in read_all(new_users, Duration::from_secs(60)) {
         let Some(v) = r.value else { continue };
-        let Ok(u) = serde_json::from_slice::<Value>(&v) else { continue };
-        let Some(email) = u.get("email").and_then(Value::as_str) else { continue };
-        let Some(company) = u.get("company_name").and_then(Value::as_str) else { continue };
+        let Ok(u) = serde_json::from_slice::<Value>(&v) else {
+            continue;
+        };
+        let Some(email) = u.get("email").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(company) = u.get("company_name").and_then(Value::as_str) else {
+            continue;
+        };
         if email.to_lowercase().contains("hotmail") {
             *m.entry(company.to_string()).or_insert(0) += 1;
         }
@@ -101,12 +111,17 @@ fn expected_counts(new_users: &str) -> BTreeMap<String, i64> {
 fn watchlist_counts(watchlist: &str) -> BTreeMap<String, i64> {
     let mut m = BTreeMap::new();
     for r in read_all(watchlist, Duration::from_secs(60)) {
-        let v: Value = serde_json::from_slice(&r.value.unwrap_or_default()).expect("watchlist value is JSON");
+        let v: Value =
+            serde_json::from_slice(&r.value.unwrap_or_default()).expect("watchlist value is JSON");
         if v["team"] != TEAM {
             continue;
         }
         let company = v["company"].as_str().expect("company").to_string();
-        assert_eq!(r.key.as_deref(), Some(company.as_bytes()), "watchlist records are keyed by the company");
+        assert_eq!(
+            r.key.as_deref(),
+            Some(company.as_bytes()),
+            "watchlist records are keyed by the company"
+        );
         m.insert(company, v["flag_count"].as_i64().expect("flag_count"));
     }
     m
@@ -129,7 +144,11 @@ fn diff(got: &BTreeMap<String, i64>, want: &BTreeMap<String, i64>) -> String {
         .take(5)
         .map(|(k, v)| format!("{k}: got {:?}, want {v}", got.get(k)))
         .collect();
-    format!("{} companies, {} wrong, e.g. {bad:?}", want.len(), want.iter().filter(|(k, v)| got.get(*k) != Some(v)).count())
+    format!(
+        "{} companies, {} wrong, e.g. {bad:?}",
+        want.len(),
+        want.iter().filter(|(k, v)| got.get(*k) != Some(v)).count()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -137,7 +156,12 @@ async fn should_publish_exact_counts_through_sigkill_crashes_with_alerts() {
     let s = setup("wl-crash").await;
     let state = tempfile::tempdir().unwrap();
     let log = s.logs.join(format!("{}.log", s.app));
-    let mut feeder = fake_users(&s, 20_000, 2_500, &s.logs.join(format!("{}-fake.log", s.app)));
+    let mut feeder = fake_users(
+        &s,
+        20_000,
+        2_500,
+        &s.logs.join(format!("{}-fake.log", s.app)),
+    );
     let args = common_args(&s, state.path());
     let mut app = spawn("watchlist", &args, &log);
     let mut rng = rand::thread_rng();
@@ -149,11 +173,22 @@ async fn should_publish_exact_counts_through_sigkill_crashes_with_alerts() {
     assert!(feeder.wait().unwrap().success(), "fake-users failed");
     let (expected, got) = wait_exact(&s, 180);
     kill(&mut app, libc::SIGTERM);
-    assert!(expected.len() > 100 && expected.values().any(|&n| n >= 3), "the data puts companies on the watchlist");
-    assert!(got == expected, "after 4 SIGKILLs: {} (log: {})", diff(&got, &expected), log.display());
+    assert!(
+        expected.len() > 100 && expected.values().any(|&n| n >= 3),
+        "the data puts companies on the watchlist"
+    );
+    assert!(
+        got == expected,
+        "after 4 SIGKILLs: {} (log: {})",
+        diff(&got, &expected),
+        log.display()
+    );
     let logs = std::fs::read_to_string(&log).unwrap();
     for (company, n) in expected.iter().filter(|(_, n)| **n >= 3) {
-        assert!(logs.contains(&format!("ALERT: {company} has")), "no ALERT line for {company} ({n})");
+        assert!(
+            logs.contains(&format!("ALERT: {company} has")),
+            "no ALERT line for {company} ({n})"
+        );
     }
 }
 
@@ -164,14 +199,27 @@ async fn should_publish_exact_counts_with_two_instances_in_one_group() {
     let log = s.logs.join(format!("{}.log", s.app));
     let mut a = spawn("watchlist", &common_args(&s, s1.path()), &log);
     let mut b = spawn("watchlist", &common_args(&s, s2.path()), &log);
-    let mut feeder = fake_users(&s, 10_000, 5_000, &s.logs.join(format!("{}-fake.log", s.app)));
+    let mut feeder = fake_users(
+        &s,
+        10_000,
+        5_000,
+        &s.logs.join(format!("{}-fake.log", s.app)),
+    );
     assert!(feeder.wait().unwrap().success(), "fake-users failed");
     let (expected, got) = wait_exact(&s, 120);
     kill(&mut a, libc::SIGTERM);
     kill(&mut b, libc::SIGTERM);
-    assert!(got == expected, "two instances: {} (log: {})", diff(&got, &expected), log.display());
+    assert!(
+        got == expected,
+        "two instances: {} (log: {})",
+        diff(&got, &expected),
+        log.display()
+    );
     let logs = std::fs::read_to_string(&log).unwrap();
-    assert!(logs.matches("restored read=").count() >= 4, "both instances ran tasks");
+    assert!(
+        logs.matches("restored read=").count() >= 4,
+        "both instances ran tasks"
+    );
 }
 
 /// The classroom: SCRAM user team-N with only the tutorial's ACLs.
@@ -182,11 +230,47 @@ async fn should_work_in_the_classroom_and_refuse_to_restart_counts_from_zero() {
     let password = format!("pw-{}", unique("secret"));
     kafka_sh(&["user", &user, &password]);
     let principal = format!("User:{user}");
-    kafka_sh(&["acl", "--add", "--allow-principal", &principal, "--operation", "Read", "--operation", "Describe", "--topic", &s.new_users]);
-    kafka_sh(&["acl", "--add", "--allow-principal", &principal, "--operation", "Write", "--operation", "Describe", "--topic", &s.watchlist]);
-    kafka_sh(&["acl", "--add", "--allow-principal", &principal, "--operation", "Read", "--group", &s.app]);
+    kafka_sh(&[
+        "acl",
+        "--add",
+        "--allow-principal",
+        &principal,
+        "--operation",
+        "Read",
+        "--operation",
+        "Describe",
+        "--topic",
+        &s.new_users,
+    ]);
+    kafka_sh(&[
+        "acl",
+        "--add",
+        "--allow-principal",
+        &principal,
+        "--operation",
+        "Write",
+        "--operation",
+        "Describe",
+        "--topic",
+        &s.watchlist,
+    ]);
+    kafka_sh(&[
+        "acl",
+        "--add",
+        "--allow-principal",
+        &principal,
+        "--operation",
+        "Read",
+        "--group",
+        &s.app,
+    ]);
 
-    let mut feeder = fake_users(&s, 3_000, 10_000, &s.logs.join(format!("{}-fake.log", s.app)));
+    let mut feeder = fake_users(
+        &s,
+        3_000,
+        10_000,
+        &s.logs.join(format!("{}-fake.log", s.app)),
+    );
     assert!(feeder.wait().unwrap().success());
     let state = tempfile::tempdir().unwrap();
     let log = s.logs.join(format!("{}.log", s.app));
@@ -205,13 +289,26 @@ async fn should_work_in_the_classroom_and_refuse_to_restart_counts_from_zero() {
     args.extend(sasl);
 
     // Without --single-instance the repartition topic cannot be created: one clear line.
-    let out = Command::new(workspace_bin("watchlist")).args(&args).env("KAFKA_PASSWORD", &password).output().unwrap();
+    let out = Command::new(workspace_bin("watchlist"))
+        .args(&args)
+        .env("KAFKA_PASSWORD", &password)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("not authorized to Create") && err.contains("repartition") && err.contains("--single-instance"), "{err}");
+    assert!(
+        err.contains("not authorized to Create")
+            && err.contains("repartition")
+            && err.contains("--single-instance"),
+        "{err}"
+    );
 
     args.push("--single-instance".into());
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
     let mut app = Command::new(workspace_bin("watchlist"))
         .args(&args)
         .env("KAFKA_PASSWORD", &password)
@@ -221,23 +318,47 @@ async fn should_work_in_the_classroom_and_refuse_to_restart_counts_from_zero() {
         .unwrap();
     let (expected, got) = wait_exact(&s, 120);
     kill(&mut app, libc::SIGTERM);
-    assert!(got == expected, "classroom run: {} (log: {})", diff(&got, &expected), log.display());
+    assert!(
+        got == expected,
+        "classroom run: {} (log: {})",
+        diff(&got, &expected),
+        log.display()
+    );
 
     // Exactly-once needs a transactional id the classroom does not grant.
     let mut eos = args.clone();
     eos.extend(["--guarantee".to_string(), "exactly-once".to_string()]);
-    let out = Command::new(workspace_bin("watchlist")).args(&eos).env("KAFKA_PASSWORD", &password).output().unwrap();
+    let out = Command::new(workspace_bin("watchlist"))
+        .args(&eos)
+        .env("KAFKA_PASSWORD", &password)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("not authorized to Write transactional id"), "{err}");
+    assert!(
+        err.contains("not authorized to Write transactional id"),
+        "{err}"
+    );
 
     // Local state deleted and no Read on the watchlist: refuse to start from zero.
     std::fs::remove_dir_all(state.path()).unwrap();
-    let out = Command::new(workspace_bin("watchlist")).args(&args).env("KAFKA_PASSWORD", &password).output().unwrap();
+    let out = Command::new(workspace_bin("watchlist"))
+        .args(&args)
+        .env("KAFKA_PASSWORD", &password)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "must not start from zero");
-    assert!(err.contains("not authorized to Read") && err.contains(&s.watchlist) && err.contains("--allow-empty-state"), "{err}");
+    assert!(
+        err.contains("not authorized to Read")
+            && err.contains(&s.watchlist)
+            && err.contains("--allow-empty-state"),
+        "{err}"
+    );
 
     let logs = std::fs::read_to_string(&log).unwrap() + &err;
-    assert!(!logs.contains(&password), "the password appears in the logs");
+    assert!(
+        !logs.contains(&password),
+        "the password appears in the logs"
+    );
 }

@@ -23,13 +23,20 @@ async fn main() {
     let common = args.common.resolve().unwrap_or_else(|e| fail(e));
     let team = common.team().unwrap_or_else(|e| fail(e));
     let b = StreamsBuilder::new();
-    b.source_with(&common.new_users(), Consumed::with(BytesSerde, BytesSerde)).for_each_with_meta(|m, _k, v| {
-        println!("{}:{}:{}: {}", m.topic, m.partition, m.offset, String::from_utf8_lossy(v));
-        match serde_json::from_slice::<User>(v) {
-            Ok(u) => println!("  email: {}", u.email),
-            Err(e) => println!("  not a valid user: {e}"),
-        }
-    });
+    b.source_with(&common.new_users(), Consumed::with(BytesSerde, BytesSerde))
+        .for_each_with_meta(|m, _k, v| {
+            println!(
+                "{}:{}:{}: {}",
+                m.topic,
+                m.partition,
+                m.offset,
+                String::from_utf8_lossy(v)
+            );
+            match serde_json::from_slice::<User>(v) {
+                Ok(u) => println!("  email: {}", u.email),
+                Err(e) => println!("  not a valid user: {e}"),
+            }
+        });
     let topology = b.build().unwrap_or_else(|e| fail(e));
     let app = KafkaStreams::new(topology, common.streams_config(&team)).unwrap_or_else(|e| fail(e));
     if let Err(e) = app.run_until_signal().await {

@@ -35,18 +35,29 @@ struct Args {
     seed: u64,
 }
 
-async fn ensure_topic(cfg: &rdkafka::ClientConfig, topic: &str, partitions: i32) -> Result<(), String> {
+async fn ensure_topic(
+    cfg: &rdkafka::ClientConfig,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(|e| e.to_string())?;
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let res = admin
-        .create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))))
+        .create_topics(
+            [&t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
         .await
         .map_err(|e| format!("cannot create topic {topic}: {e}"))?;
     for r in res {
         match r {
             Ok(_) => tracing::info!(topic, partitions, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed)) => {
+            Err((
+                _,
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed,
+            )) => {
                 tracing::warn!(topic, "not allowed to create the topic; assuming it exists")
             }
             Err((_, e)) => return Err(format!("cannot create topic {topic}: {e}")),
@@ -65,11 +76,19 @@ async fn main() {
     let topic = common.new_users();
     check_connection(&cfg).unwrap_or_else(|e| fail(e));
     let client = cfg.client_config();
-    ensure_topic(&client, &topic, args.partitions).await.unwrap_or_else(|e| fail(e));
+    ensure_topic(&client, &topic, args.partitions)
+        .await
+        .unwrap_or_else(|e| fail(e));
     let mut pc = client.clone();
     pc.set("linger.ms", "10").set("enable.idempotence", "true");
-    let producer: ThreadedProducer<DefaultProducerContext> = pc.create().unwrap_or_else(|e| fail(format!("cannot create producer: {e}")));
-    let total = args.count.unwrap_or(if args.rate.is_some() { u64::MAX } else { 10_000 });
+    let producer: ThreadedProducer<DefaultProducerContext> = pc
+        .create()
+        .unwrap_or_else(|e| fail(format!("cannot create producer: {e}")));
+    let total = args.count.unwrap_or(if args.rate.is_some() {
+        u64::MAX
+    } else {
+        10_000
+    });
     let mut g = Generator::new(args.seed);
     let started = Instant::now();
     let (mut good, mut bad) = (0u64, 0u64);
@@ -99,6 +118,12 @@ async fn main() {
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).unwrap_or_else(|e| fail(format!("records not acknowledged: {e}")));
-    println!("produced {good} users and {bad} malformed records to {} in {:.1}s", topic, started.elapsed().as_secs_f64());
+    producer
+        .flush(Duration::from_secs(60))
+        .unwrap_or_else(|e| fail(format!("records not acknowledged: {e}")));
+    println!(
+        "produced {good} users and {bad} malformed records to {} in {:.1}s",
+        topic,
+        started.elapsed().as_secs_f64()
+    );
 }

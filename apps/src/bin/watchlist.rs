@@ -52,12 +52,23 @@ async fn main() {
     let common = args.common.resolve().unwrap_or_else(|e| fail(e));
     let team = common.team().unwrap_or_else(|e| fail(e));
     let filter = for_team(&team).unwrap_or_else(|e| fail(e));
-    let mode = if args.single_instance { Mode::SingleInstance } else { Mode::Repartition };
+    let mode = if args.single_instance {
+        Mode::SingleInstance
+    } else {
+        Mode::Repartition
+    };
     let options = Options {
         threshold: args.threshold,
         mode,
-        topics: Topics { new_users: common.new_users(), watchlist: common.watchlist() },
-        changelog: if args.private_changelog { Changelog::Private } else { Changelog::Watchlist },
+        topics: Topics {
+            new_users: common.new_users(),
+            watchlist: common.watchlist(),
+        },
+        changelog: if args.private_changelog {
+            Changelog::Private
+        } else {
+            Changelog::Watchlist
+        },
         ..Options::new(&team, filter)
     };
     let topology = topology(&options).unwrap_or_else(|e| fail(e));
@@ -70,8 +81,12 @@ async fn main() {
     let app = KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e));
     match app.run_until_signal().await {
         Ok(()) => {}
-        Err(e @ RuntimeError::NotAuthorized { .. }) if !args.single_instance && e.to_string().contains("repartition") => {
-            fail(format!("{e}. Or run one instance with --single-instance, which needs no repartition topic"))
+        Err(e @ RuntimeError::NotAuthorized { .. })
+            if !args.single_instance && e.to_string().contains("repartition") =>
+        {
+            fail(format!(
+                "{e}. Or run one instance with --single-instance, which needs no repartition topic"
+            ))
         }
         Err(e) => fail(e),
     }

@@ -32,21 +32,34 @@ struct Args {
 }
 
 /// Every record of `topic` up to the current end.
-fn read_topic(common: &Common, topic: &str) -> Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>, String> {
+fn read_topic(
+    common: &Common,
+    topic: &str,
+) -> Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>, String> {
     let mut cfg = common.streams_config("watchlist-report").client_config();
-    cfg.set("group.id", "watchlist-report").set("enable.auto.commit", "false");
+    cfg.set("group.id", "watchlist-report")
+        .set("enable.auto.commit", "false");
     let c: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| format!("metadata of {topic}: {e}"))?;
-    let parts = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let parts = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0) as i32;
     if parts == 0 {
         return Err(format!("topic {topic} does not exist"));
     }
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for p in 0..parts {
-        let (lo, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        let (lo, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
         if hi > lo {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| e.to_string())?;
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| e.to_string())?;
             ends.insert(p, hi);
         }
     }
@@ -89,15 +102,25 @@ fn main() {
         }
         let mut published: BTreeMap<String, i64> = BTreeMap::new();
         for (_, v) in read_topic(&common, &common.watchlist()).unwrap_or_else(|e| fail(e)) {
-            if let Some(e) = v.and_then(|v| WatchlistEntry::from_json(&v)).filter(|e| e.team == team) {
+            if let Some(e) = v
+                .and_then(|v| WatchlistEntry::from_json(&v))
+                .filter(|e| e.team == team)
+            {
                 published.insert(e.company, e.flag_count);
             }
         }
         let matches = recount == published;
         if matches || started.elapsed() >= Duration::from_secs(args.wait_secs) {
-            let mut top: Vec<(&String, &i64)> = published.iter().filter(|(_, n)| **n >= args.threshold).collect();
+            let mut top: Vec<(&String, &i64)> = published
+                .iter()
+                .filter(|(_, n)| **n >= args.threshold)
+                .collect();
             top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            println!("Watchlist of {team}: {} companies at or over {} flagged users", top.len(), args.threshold);
+            println!(
+                "Watchlist of {team}: {} companies at or over {} flagged users",
+                top.len(),
+                args.threshold
+            );
             println!("{:>6}  company", "count");
             for (company, n) in top.iter().take(args.top) {
                 println!("{n:>6}  {company}");
@@ -109,7 +132,11 @@ fn main() {
                 "{} companies published; recount of {}: {}",
                 published.len(),
                 common.new_users(),
-                if matches { "every count matches" } else { "MISMATCH" }
+                if matches {
+                    "every count matches"
+                } else {
+                    "MISMATCH"
+                }
             );
             if !matches {
                 std::process::exit(1);

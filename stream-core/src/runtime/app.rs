@@ -43,17 +43,31 @@ impl ClientContext for StreamContext {
 }
 
 impl ConsumerContext for StreamContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let mut engine = lock(&self.engine);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(e) = engine.on_assign(consumer, tpl) {
                     engine.fatal.get_or_insert(e);
                 }
-                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
                 if let Err(e) = r {
-                    engine.fatal.get_or_insert(RuntimeError::kafka("assign partitions", e));
+                    engine
+                        .fatal
+                        .get_or_insert(RuntimeError::kafka("assign partitions", e));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -61,7 +75,11 @@ impl ConsumerContext for StreamContext {
                 if let Err(e) = engine.on_revoke(consumer, tpl, lost) {
                     engine.fatal.get_or_insert(e);
                 }
-                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "unassign failed");
                 }
@@ -96,9 +114,15 @@ impl KafkaStreams {
     /// Checks the configuration; nothing connects yet.
     pub fn new(topology: Topology, cfg: StreamsConfig) -> Result<Self, RuntimeError> {
         if cfg.application_id.is_empty() {
-            return Err(RuntimeError::Config("application.id must not be empty".into()));
+            return Err(RuntimeError::Config(
+                "application.id must not be empty".into(),
+            ));
         }
-        Ok(KafkaStreams { topology: Arc::new(topology), cfg: Arc::new(cfg), status: Arc::new(RuntimeStatus::default()) })
+        Ok(KafkaStreams {
+            topology: Arc::new(topology),
+            cfg: Arc::new(cfg),
+            status: Arc::new(RuntimeStatus::default()),
+        })
     }
 
     /// The live status (tasks, restore progress, counters).
@@ -118,9 +142,12 @@ impl KafkaStreams {
         let plan = Arc::new(topics::prepare(&self.topology, &self.cfg).await?);
         let (state, recovered) = StateDir::open(&self.cfg.state_dir, &self.cfg.application_id)?;
         if recovered {
-            tracing::warn!("local state was damaged and moved aside; every task restores from its changelog");
+            tracing::warn!(
+                "local state was damaged and moved aside; every task restores from its changelog"
+            );
         }
-        let dead_letter_file = (!plan.dead_letter_topic_ok).then(|| state.path().join("dead-letters.jsonl"));
+        let dead_letter_file =
+            (!plan.dead_letter_topic_ok).then(|| state.path().join("dead-letters.jsonl"));
         let grouped = self.cfg.single_instance;
         let task_cfg = Arc::new(TaskConfig {
             application_id: self.cfg.application_id.clone(),
@@ -144,10 +171,14 @@ impl KafkaStreams {
         }
         let transactional_id = format!("{}-{}", self.cfg.application_id, state.instance_id()?);
         if eos {
-            pc.set("transactional.id", &transactional_id).set("transaction.timeout.ms", "10000");
+            pc.set("transactional.id", &transactional_id)
+                .set("transaction.timeout.ms", "10000");
         }
         let producer: rdkafka::producer::ThreadedProducer<DeliveryTracker> = pc
-            .create_with_context(DeliveryTracker { state: delivery.clone(), capture: ErrorCapture::default() })
+            .create_with_context(DeliveryTracker {
+                state: delivery.clone(),
+                capture: ErrorCapture::default(),
+            })
             .map_err(|e| RuntimeError::kafka("create producer", e))?;
         if eos {
             use rdkafka::producer::Producer;
@@ -181,8 +212,9 @@ impl KafkaStreams {
             // librdkafka needs a group id even to assign(); this consumer never
             // joins or commits, and the application's own id needs no extra ACL.
             .set("group.id", &self.cfg.application_id);
-        let restore_consumer: BaseConsumer<ErrorCapture> =
-            rc.create_with_context(ErrorCapture::default()).map_err(|e| RuntimeError::kafka("create restore consumer", e))?;
+        let restore_consumer: BaseConsumer<ErrorCapture> = rc
+            .create_with_context(ErrorCapture::default())
+            .map_err(|e| RuntimeError::kafka("create restore consumer", e))?;
 
         let mut engine = Engine::new(
             self.topology.clone(),
@@ -199,7 +231,11 @@ impl KafkaStreams {
         engine.eos = eos;
         let engine = Arc::new(Mutex::new(engine));
 
-        let multi_source = self.topology.subtopologies().iter().any(|s| s.sources.len() > 1);
+        let multi_source = self
+            .topology
+            .subtopologies()
+            .iter()
+            .any(|s| s.sources.len() > 1);
         let mut cc = self.cfg.client_config();
         cc.set("group.id", &self.cfg.application_id)
             .set("enable.auto.commit", "false")
@@ -210,7 +246,11 @@ impl KafkaStreams {
             .set("heartbeat.interval.ms", "1000")
             .set(
                 "partition.assignment.strategy",
-                if grouped || multi_source { "range" } else { "cooperative-sticky" },
+                if grouped || multi_source {
+                    "range"
+                } else {
+                    "cooperative-sticky"
+                },
             );
         if let Some(id) = &self.cfg.group_instance_id {
             cc.set("group.instance.id", id);
@@ -220,7 +260,10 @@ impl KafkaStreams {
         }
         let capture = ErrorCapture::default();
         let consumer: BaseConsumer<StreamContext> = cc
-            .create_with_context(StreamContext { engine: engine.clone(), capture: capture.clone() })
+            .create_with_context(StreamContext {
+                engine: engine.clone(),
+                capture: capture.clone(),
+            })
             .map_err(|e| RuntimeError::kafka("create consumer", e))?;
         let topics = self.topology.source_topics(&self.cfg.application_id);
 
@@ -228,7 +271,9 @@ impl KafkaStreams {
         let stop2 = stop.clone();
         let status = self.status.clone();
         let cfg = self.cfg.clone();
-        let handle = tokio::task::spawn_blocking(move || stream_loop(consumer, engine, &topics, &stop2, &status, &cfg, &capture));
+        let handle = tokio::task::spawn_blocking(move || {
+            stream_loop(consumer, engine, &topics, &stop2, &status, &cfg, &capture)
+        });
         tokio::pin!(handle);
         tokio::select! {
             r = &mut handle => r.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}")))?,
@@ -251,7 +296,9 @@ fn stream_loop(
     capture: &ErrorCapture,
 ) -> Result<(), RuntimeError> {
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs).map_err(|e| RuntimeError::kafka("subscribe", e))?;
+    consumer
+        .subscribe(&refs)
+        .map_err(|e| RuntimeError::kafka("subscribe", e))?;
     status.set_running(true);
     let mut last_transport_warning: Option<std::time::Instant> = None;
     let mut last_progress = std::time::Instant::now();
@@ -312,7 +359,11 @@ fn stream_loop(
     let closed = {
         let mut e = lock(&engine);
         e.closing = true;
-        if result.is_ok() { e.shutdown(&consumer) } else { Ok(()) }
+        if result.is_ok() {
+            e.shutdown(&consumer)
+        } else {
+            Ok(())
+        }
     };
     consumer.unsubscribe();
     drop(consumer);

@@ -26,7 +26,9 @@ impl std::str::FromStr for ProcessingGuarantee {
         match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "at_least_once" => Ok(Self::AtLeastOnce),
             "exactly_once" | "exactly_once_v2" => Ok(Self::ExactlyOnce),
-            other => Err(format!("unknown processing guarantee `{other}` (at_least_once, exactly_once)")),
+            other => Err(format!(
+                "unknown processing guarantee `{other}` (at_least_once, exactly_once)"
+            )),
         }
     }
 }
@@ -146,7 +148,10 @@ impl StreamsConfig {
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);
-        c.set("client.id", self.client_id.as_deref().unwrap_or(&self.application_id));
+        c.set(
+            "client.id",
+            self.client_id.as_deref().unwrap_or(&self.application_id),
+        );
         let s = &self.security;
         let pairs = [
             ("security.protocol", s.protocol.as_deref()),
@@ -154,7 +159,10 @@ impl StreamsConfig {
             ("sasl.username", s.username.as_deref()),
             ("sasl.password", s.password.as_ref().map(|p| p.expose())),
             ("ssl.ca.location", s.ssl_ca_location.as_deref()),
-            ("ssl.certificate.location", s.ssl_certificate_location.as_deref()),
+            (
+                "ssl.certificate.location",
+                s.ssl_certificate_location.as_deref(),
+            ),
             ("ssl.key.location", s.ssl_key_location.as_deref()),
         ];
         for (k, v) in pairs {
@@ -197,12 +205,18 @@ mod tests {
         c.security.password = Some(Secret::new("hunter2-secret"));
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.redacted().contains("hunter2"));
-        assert_eq!(c.client_config().get("sasl.password"), Some("hunter2-secret"));
+        assert_eq!(
+            c.client_config().get("sasl.password"),
+            Some("hunter2-secret")
+        );
     }
 
     #[test]
     fn should_parse_guarantees() {
-        assert_eq!("exactly-once".parse::<ProcessingGuarantee>(), Ok(ProcessingGuarantee::ExactlyOnce));
+        assert_eq!(
+            "exactly-once".parse::<ProcessingGuarantee>(),
+            Ok(ProcessingGuarantee::ExactlyOnce)
+        );
         assert!("twice".parse::<ProcessingGuarantee>().is_err());
     }
 }

@@ -27,11 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use rdkafka::error::KafkaError;
 
 use super::config::StreamsConfig;
 use super::error::RuntimeError;
@@ -177,19 +177,33 @@ impl Engine {
     }
 
     fn task_for(&self, topic: &str, partition: i32) -> Option<TaskId> {
-        let st = self.topology.subtopology_reading(&self.cfg.application_id, topic)?;
+        let st = self
+            .topology
+            .subtopology_reading(&self.cfg.application_id, topic)?;
         let partition = if self.task_cfg.grouped { 0 } else { partition };
-        Some(TaskId { subtopology: st.id, partition })
+        Some(TaskId {
+            subtopology: st.id,
+            partition,
+        })
     }
 
     /// Records processed and tasks owned, for the periodic progress line.
     pub(crate) fn progress(&self) -> (u64, usize) {
-        (self.tasks.values().map(|e| e.task.metrics().processed).sum(), self.tasks.len())
+        (
+            self.tasks
+                .values()
+                .map(|e| e.task.metrics().processed)
+                .sum(),
+            self.tasks.len(),
+        )
     }
 
     /// Punctuates every task with the wall clock and sends what it produced.
     pub(crate) fn punctuate(&mut self) -> Result<(), RuntimeError> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         let mut out = Vec::new();
         for e in self.tasks.values_mut() {
             e.task.punctuate(now)?;
@@ -209,9 +223,16 @@ impl Engine {
     /// Processes one input record and sends what it produced.
     pub(crate) fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-        let Some(id) = self.task_for(topic, partition) else { return Ok(()) };
+        let Some(id) = self.task_for(topic, partition) else {
+            return Ok(());
+        };
         let Some(entry) = self.tasks.get_mut(&id) else {
-            tracing::debug!(topic, partition, offset, "record for a task this instance does not own; ignored");
+            tracing::debug!(
+                topic,
+                partition,
+                offset,
+                "record for a task this instance does not own; ignored"
+            );
             return Ok(());
         };
         if let Some(&pos) = entry.task.positions().get(&tp_key(topic, partition)) {
@@ -221,7 +242,16 @@ impl Engine {
         }
         let headers: Vec<(String, Vec<u8>)> = msg
             .headers()
-            .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec()).unwrap_or_default())).collect())
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(|v| v.to_vec()).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let input = InputRecord {
             topic,
@@ -242,7 +272,9 @@ impl Engine {
 
     fn begin_transaction(&mut self) -> Result<(), RuntimeError> {
         if self.eos && !self.in_txn {
-            self.producer.begin_transaction().map_err(|e| RuntimeError::kafka("begin transaction", e))?;
+            self.producer
+                .begin_transaction()
+                .map_err(|e| RuntimeError::kafka("begin transaction", e))?;
             self.in_txn = true;
         }
         Ok(())
@@ -256,9 +288,15 @@ impl Engine {
         let tracked = usize::from(matches!(r.kind, OutKind::Changelog(_)));
         let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
         for (k, v) in &r.headers {
-            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
         }
-        let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&r.topic, tracked).headers(headers).timestamp(r.timestamp);
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&r.topic, tracked)
+                .headers(headers)
+                .timestamp(r.timestamp);
         if let Some(k) = &r.key {
             rec = rec.key(k.as_slice());
         }
@@ -285,7 +323,10 @@ impl Engine {
         let last = self.producer.context().capture.last();
         let denied = matches!(
             last.as_ref().and_then(|(c, _)| *c),
-            Some(RDKafkaErrorCode::ClusterAuthorizationFailed | RDKafkaErrorCode::TopicAuthorizationFailed)
+            Some(
+                RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+            )
         );
         if denied {
             return RuntimeError::NotAuthorized {
@@ -301,9 +342,15 @@ impl Engine {
     }
 
     fn write_dead_letter_file(&self, r: &OutRecord) -> Result<(), RuntimeError> {
-        let Some(path) = &self.dead_letter_file else { return Ok(()) };
+        let Some(path) = &self.dead_letter_file else {
+            return Ok(());
+        };
         let header = |name: &str| {
-            r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
         };
         let line = serde_json::json!({
             "topic": header("dlq.topic"),
@@ -314,20 +361,38 @@ impl Engine {
             "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
             "value": r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
         });
-        let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-            RuntimeError::Config(format!("cannot write the dead-letter file {}: {e}", path.display()))
-        })?;
-        writeln!(f, "{line}").map_err(|e| RuntimeError::Config(format!("cannot write the dead-letter file {}: {e}", path.display())))
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                RuntimeError::Config(format!(
+                    "cannot write the dead-letter file {}: {e}",
+                    path.display()
+                ))
+            })?;
+        writeln!(f, "{line}").map_err(|e| {
+            RuntimeError::Config(format!(
+                "cannot write the dead-letter file {}: {e}",
+                path.display()
+            ))
+        })
     }
 
     /// The commit: see the module docs for the order and why.
-    pub(crate) fn commit(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
+    pub(crate) fn commit(
+        &mut self,
+        consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    ) -> Result<(), RuntimeError> {
         let r = self.commit_inner(consumer);
         self.last_commit = Instant::now();
         r
     }
 
-    fn commit_inner(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
+    fn commit_inner(
+        &mut self,
+        consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    ) -> Result<(), RuntimeError> {
         if self.tasks.is_empty() {
             return Ok(());
         }
@@ -355,9 +420,10 @@ impl Engine {
             e.task.commit_state(&acked)?;
             self.status.update_metrics(*id, e.task.metrics());
         }
-        // No fsync here: sled writes the batch atomically with its checkpoint,
-        // so a write lost in a crash only leaves an older, consistent
-        // checkpoint, and restore reads a longer changelog tail.
+        // No fsync on this thread: sled writes the batch atomically with its
+        // checkpoint and the syncer thread flushes it right after, so a crash
+        // loses at most the last commit, and restore reads it from the tail.
+        self.state.sync_soon();
         // 3. input offsets to the group (at-least-once; exactly-once sent them in the transaction)
         if !self.eos && tpl.count() > 0 {
             if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
@@ -397,13 +463,23 @@ impl Engine {
             });
         }
         if let Some((topic, _, e)) = errors.first() {
-            if let err @ RuntimeError::NotAuthorized { .. } = self.explain_send_failure(topic, e.clone()) {
+            if let err @ RuntimeError::NotAuthorized { .. } =
+                self.explain_send_failure(topic, e.clone())
+            {
                 return Err(err);
             }
         }
         if !errors.is_empty() {
-            let text: Vec<String> = errors.iter().take(5).map(|(t, p, e)| format!("{t}[{p}]: {e}")).collect();
-            return Err(RuntimeError::Delivery(format!("{} record(s) failed, e.g. {}", errors.len(), text.join("; "))));
+            let text: Vec<String> = errors
+                .iter()
+                .take(5)
+                .map(|(t, p, e)| format!("{t}[{p}]: {e}"))
+                .collect();
+            return Err(RuntimeError::Delivery(format!(
+                "{} record(s) failed, e.g. {}",
+                errors.len(),
+                text.join("; ")
+            )));
         }
         Ok(())
     }
@@ -418,10 +494,13 @@ impl Engine {
     ) -> Result<bool, RuntimeError> {
         self.begin_transaction()?;
         let Some(meta) = consumer.group_metadata() else {
-            return Err(RuntimeError::Config("exactly-once needs the consumer's group metadata".into()));
+            return Err(RuntimeError::Config(
+                "exactly-once needs the consumer's group metadata".into(),
+            ));
         };
         let r = if tpl.count() > 0 {
-            self.producer.send_offsets_to_transaction(tpl, &meta, CLIENT_TIMEOUT)
+            self.producer
+                .send_offsets_to_transaction(tpl, &meta, CLIENT_TIMEOUT)
         } else {
             Ok(())
         }
@@ -429,6 +508,10 @@ impl Engine {
         match r {
             Ok(()) => {
                 self.in_txn = false;
+                // Everything is delivered; this waits until the delivery
+                // reports are served, so the checkpoint records the latest
+                // changelog offsets.
+                let _ = self.producer.flush(CLIENT_TIMEOUT);
                 self.check_delivery()?;
                 Ok(true)
             }
@@ -437,14 +520,22 @@ impl Engine {
                 self.abort_and_rollback(consumer)?;
                 Ok(false)
             }
-            Err(e) => Err(RuntimeError::kafka("commit transaction (this instance may have been fenced by a newer one)", e)),
+            Err(e) => Err(RuntimeError::kafka(
+                "commit transaction (this instance may have been fenced by a newer one)",
+                e,
+            )),
         }
     }
 
     /// Aborts the open transaction and rolls every task back to its last commit.
-    fn abort_and_rollback(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
+    fn abort_and_rollback(
+        &mut self,
+        consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    ) -> Result<(), RuntimeError> {
         if self.in_txn {
-            self.producer.abort_transaction(CLIENT_TIMEOUT).map_err(|e| RuntimeError::kafka("abort transaction", e))?;
+            self.producer
+                .abort_transaction(CLIENT_TIMEOUT)
+                .map_err(|e| RuntimeError::kafka("abort transaction", e))?;
             self.in_txn = false;
         }
         let _ = self.delivery.take_errors();
@@ -470,7 +561,11 @@ impl Engine {
         consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
         tpl: &mut TopicPartitionList,
     ) -> Result<(), RuntimeError> {
-        let assigned: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let assigned: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
         if self.task_cfg.grouped {
             let total: i32 = self
                 .topology
@@ -478,9 +573,16 @@ impl Engine {
                 .iter()
                 .map(|t| self.plan.partitions.get(t).copied().unwrap_or(0))
                 .sum();
-            let have = assigned.len() as i32 + self.tasks.values().map(|e| e.partitions.len() as i32).sum::<i32>();
+            let have = assigned.len() as i32
+                + self
+                    .tasks
+                    .values()
+                    .map(|e| e.partitions.len() as i32)
+                    .sum::<i32>();
             if have < total {
-                return Err(RuntimeError::SecondMember { group: self.cfg.application_id.clone() });
+                return Err(RuntimeError::SecondMember {
+                    group: self.cfg.application_id.clone(),
+                });
             }
         }
         let mut by_task: BTreeMap<TaskId, Vec<(String, i32)>> = BTreeMap::new();
@@ -507,14 +609,19 @@ impl Engine {
                 continue;
             }
             let task = self.open_task(id)?;
-            fresh.push(Entry { task, partitions: parts });
+            fresh.push(Entry {
+                task,
+                partitions: parts,
+            });
         }
         self.restore_tasks(&mut fresh, &committed)?;
         for e in fresh {
             self.tasks.insert(e.task.id(), e);
         }
         for (t, p) in &assigned {
-            let Some(id) = self.task_for(t, *p) else { continue };
+            let Some(id) = self.task_for(t, *p) else {
+                continue;
+            };
             if let Some(e) = self.tasks.get(&id) {
                 if let Some(&pos) = e.task.positions().get(&tp_key(t, *p)) {
                     let _ = tpl.set_partition_offset(t, *p, Offset::Offset(pos));
@@ -543,7 +650,11 @@ impl Engine {
         tpl: &TopicPartitionList,
         lost: bool,
     ) -> Result<(), RuntimeError> {
-        let revoked: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
         let result = if !lost {
             self.commit(consumer)
         } else if self.eos && self.in_txn {
@@ -551,7 +662,10 @@ impl Engine {
         } else {
             Ok(())
         };
-        let mut affected: Vec<TaskId> = revoked.iter().filter_map(|(t, p)| self.task_for(t, *p)).collect();
+        let mut affected: Vec<TaskId> = revoked
+            .iter()
+            .filter_map(|(t, p)| self.task_for(t, *p))
+            .collect();
         affected.sort();
         affected.dedup();
         for id in affected {
@@ -565,22 +679,34 @@ impl Engine {
                 }
             }
         }
-        if self.task_cfg.grouped && !self.closing && !revoked.is_empty() && !lost && result.is_ok() && self.fatal.is_none() {
+        if self.task_cfg.grouped
+            && !self.closing
+            && !revoked.is_empty()
+            && !lost
+            && result.is_ok()
+            && self.fatal.is_none()
+        {
             // In single-instance mode a revocation means another member arrived
             // (or we are shutting down, in which case the caller ignores this).
-            return Err(RuntimeError::SecondMember { group: self.cfg.application_id.clone() });
+            return Err(RuntimeError::SecondMember {
+                group: self.cfg.application_id.clone(),
+            });
         }
         result
     }
 
     /// Closes every task after a final commit.
-    pub(crate) fn shutdown(&mut self, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>) -> Result<(), RuntimeError> {
-        let r = self.commit(consumer).and_then(|()| self.state.sync().map_err(RuntimeError::from));
+    pub(crate) fn shutdown(
+        &mut self,
+        consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    ) -> Result<(), RuntimeError> {
+        let r = self
+            .commit(consumer)
+            .and_then(|()| self.state.sync().map_err(RuntimeError::from));
         for (id, mut e) in std::mem::take(&mut self.tasks) {
             e.task.close();
             self.status.remove_task(id);
         }
         r
     }
-
 }

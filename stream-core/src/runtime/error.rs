@@ -14,7 +14,9 @@ pub enum RuntimeError {
     #[error("configuration: {0}")]
     Config(String),
     /// The broker rejected the credentials.
-    #[error("authentication failed for user `{user}` ({mechanism}): check the user name and password")]
+    #[error(
+        "authentication failed for user `{user}` ({mechanism}): check the user name and password"
+    )]
     Authentication {
         /// User name.
         user: String,
@@ -64,7 +66,9 @@ pub enum RuntimeError {
         source: KafkaError,
     },
     /// Produced records were not acknowledged; nothing was committed.
-    #[error("records could not be delivered: {0}; nothing was committed, a restart reprocesses them")]
+    #[error(
+        "records could not be delivered: {0}; nothing was committed, a restart reprocesses them"
+    )]
     Delivery(String),
     /// Local state failed.
     #[error(transparent)]

@@ -14,8 +14,8 @@
 pub mod app;
 pub mod config;
 pub(crate) mod engine;
-pub(crate) mod restore;
 pub mod error;
+pub(crate) mod restore;
 pub mod status;
 pub mod topics;
 

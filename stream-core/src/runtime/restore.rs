@@ -43,7 +43,11 @@ struct Job {
 
 impl Engine {
     /// Restores `entries` (new tasks) before they process anything.
-    pub(crate) fn restore_tasks(&mut self, entries: &mut [Entry], committed: &BTreeMap<String, i64>) -> Result<(), RuntimeError> {
+    pub(crate) fn restore_tasks(
+        &mut self,
+        entries: &mut [Entry],
+        committed: &BTreeMap<String, i64>,
+    ) -> Result<(), RuntimeError> {
         let mut jobs = Vec::with_capacity(entries.len());
         let mut tpl = TopicPartitionList::new();
         // topic → [(partition, job, target)]
@@ -57,25 +61,56 @@ impl Engine {
                 let (low, high) = self
                     .restore_consumer
                     .fetch_watermarks(&t.topic, t.partition, CLIENT_TIMEOUT)
-                    .map_err(|err| RuntimeError::kafka(format!("watermarks of changelog {}[{}]", t.topic, t.partition), err))?;
+                    .map_err(|err| {
+                        RuntimeError::kafka(
+                            format!("watermarks of changelog {}[{}]", t.topic, t.partition),
+                            err,
+                        )
+                    })?;
                 changelog_records += (high - low).max(0) as u64;
                 let start = t.start.max(low);
                 let done = start >= high;
                 if done {
-                    e.task.restore_progress(&t.topic, t.partition, start.max(t.start));
+                    e.task
+                        .restore_progress(&t.topic, t.partition, start.max(t.start));
                 } else {
                     let _ = tpl.add_partition_offset(&t.topic, t.partition, Offset::Offset(start));
-                    index.entry(t.topic.clone()).or_default().push((t.partition, j, i));
+                    index
+                        .entry(t.topic.clone())
+                        .or_default()
+                        .push((t.partition, j, i));
                 }
-                progress.push(RestoreProgress { topic: t.topic.clone(), partition: t.partition, start, end: high, position: start, read: 0, done });
+                progress.push(RestoreProgress {
+                    topic: t.topic.clone(),
+                    partition: t.partition,
+                    start,
+                    end: high,
+                    position: start,
+                    read: 0,
+                    done,
+                });
             }
             let id = e.task.id();
-            self.status.set_task(id, TaskStatus { state: TaskState::Restoring, restore: progress.clone(), metrics: e.task.metrics() });
+            self.status.set_task(
+                id,
+                TaskStatus {
+                    state: TaskState::Restoring,
+                    restore: progress.clone(),
+                    metrics: e.task.metrics(),
+                },
+            );
             let total: i64 = progress.iter().map(|p| (p.end - p.start).max(0)).sum();
             if total > 0 {
                 tracing::info!(task = %id, records = total, full, "restoring");
             }
-            jobs.push(Job { full, started: Instant::now(), targets, progress, changelog_records, last_flush: Instant::now() });
+            jobs.push(Job {
+                full,
+                started: Instant::now(),
+                targets,
+                progress,
+                changelog_records,
+                last_flush: Instant::now(),
+            });
         }
         if tpl.count() > 0 {
             self.read_changelogs(entries, &mut jobs, &tpl, &index)?;
@@ -90,8 +125,21 @@ impl Engine {
             let read: u64 = job.progress.iter().map(|p| p.read).sum();
             let seconds = job.started.elapsed().as_secs_f64();
             tracing::info!(read, changelog_records = job.changelog_records, seconds = format!("{seconds:.2}"), full = job.full, task = %id, "restored");
-            self.status.record_restore(RestoreRecord { task: id, full: job.full, read, changelog_records: job.changelog_records, seconds });
-            self.status.set_task(id, TaskStatus { state: TaskState::Running, restore: job.progress, metrics: e.task.metrics() });
+            self.status.record_restore(RestoreRecord {
+                task: id,
+                full: job.full,
+                read,
+                changelog_records: job.changelog_records,
+                seconds,
+            });
+            self.status.set_task(
+                id,
+                TaskStatus {
+                    state: TaskState::Running,
+                    restore: job.progress,
+                    metrics: e.task.metrics(),
+                },
+            );
         }
         self.state.sync()?;
         Ok(())
@@ -104,7 +152,9 @@ impl Engine {
         tpl: &TopicPartitionList,
         index: &HashMap<String, Vec<(i32, usize, usize)>>,
     ) -> Result<(), RuntimeError> {
-        self.restore_consumer.assign(tpl).map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
+        self.restore_consumer
+            .assign(tpl)
+            .map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
         let started = Instant::now();
         let mut last_progress = Instant::now();
         let mut last_log = Instant::now();
@@ -113,7 +163,10 @@ impl Engine {
         while pending(jobs) {
             match self.restore_consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    let Some(&(_, j, i)) = index.get(m.topic()).and_then(|v| v.iter().find(|(p, _, _)| *p == m.partition())) else {
+                    let Some(&(_, j, i)) = index
+                        .get(m.topic())
+                        .and_then(|v| v.iter().find(|(p, _, _)| *p == m.partition()))
+                    else {
                         continue;
                     };
                     let job = &mut jobs[j];
@@ -124,7 +177,12 @@ impl Engine {
                     }
                     headers.clear();
                     if let Some(hs) = m.headers() {
-                        headers.extend(hs.iter().map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec()).unwrap_or_default())));
+                        headers.extend(hs.iter().map(|h| {
+                            (
+                                h.key.to_string(),
+                                h.value.map(|v| v.to_vec()).unwrap_or_default(),
+                            )
+                        }));
                     }
                     let task = &mut entries[j].task;
                     task.restore_record(job.targets[i].store, m.key(), m.payload(), &headers);
@@ -135,7 +193,8 @@ impl Engine {
                     }
                     last_progress = Instant::now();
                     if p.read % 1024 == 0
-                        && (task.stores().buffered() >= RESTORE_FLUSH_KEYS || job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL)
+                        && (task.stores().buffered() >= RESTORE_FLUSH_KEYS
+                            || job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL)
                     {
                         for p in &job.progress {
                             task.restore_progress(&p.topic, p.partition, p.position);
@@ -144,7 +203,10 @@ impl Engine {
                         job.last_flush = Instant::now();
                     }
                 }
-                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                Some(Err(e))
+                    if e.rdkafka_error_code()
+                        == Some(RDKafkaErrorCode::TopicAuthorizationFailed) =>
+                {
                     self.unreadable_changelog(entries, jobs)?;
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
@@ -152,8 +214,13 @@ impl Engine {
                     // Gaps (compaction, transaction markers): trust the position.
                     if let Ok(pos) = self.restore_consumer.position() {
                         for el in pos.elements() {
-                            let Offset::Offset(o) = el.offset() else { continue };
-                            let Some(&(_, j, i)) = index.get(el.topic()).and_then(|v| v.iter().find(|(p, _, _)| *p == el.partition())) else {
+                            let Offset::Offset(o) = el.offset() else {
+                                continue;
+                            };
+                            let Some(&(_, j, i)) = index
+                                .get(el.topic())
+                                .and_then(|v| v.iter().find(|(p, _, _)| *p == el.partition()))
+                            else {
                                 continue;
                             };
                             let p = &mut jobs[j].progress[i];
@@ -165,17 +232,40 @@ impl Engine {
                     }
                     if last_progress.elapsed() > RESTORE_STALL {
                         let _ = self.restore_consumer.unassign();
-                        return Err(RuntimeError::Config(format!("restore made no progress for {}s", RESTORE_STALL.as_secs())));
+                        return Err(RuntimeError::Config(format!(
+                            "restore made no progress for {}s",
+                            RESTORE_STALL.as_secs()
+                        )));
                     }
                 }
             }
             if last_log.elapsed() >= Duration::from_secs(1) {
-                let read: u64 = jobs.iter().flat_map(|j| j.progress.iter()).map(|p| p.read).sum();
-                let total: i64 = jobs.iter().flat_map(|j| j.progress.iter()).map(|p| (p.end - p.start).max(0)).sum();
+                let read: u64 = jobs
+                    .iter()
+                    .flat_map(|j| j.progress.iter())
+                    .map(|p| p.read)
+                    .sum();
+                let total: i64 = jobs
+                    .iter()
+                    .flat_map(|j| j.progress.iter())
+                    .map(|p| (p.end - p.start).max(0))
+                    .sum();
                 let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                tracing::info!(read, total, rate = format!("{rate:.0}/s"), "restore progress");
+                tracing::info!(
+                    read,
+                    total,
+                    rate = format!("{rate:.0}/s"),
+                    "restore progress"
+                );
                 for (e, job) in entries.iter().zip(jobs.iter()) {
-                    self.status.set_task(e.task.id(), TaskStatus { state: TaskState::Restoring, restore: job.progress.clone(), metrics: e.task.metrics() });
+                    self.status.set_task(
+                        e.task.id(),
+                        TaskStatus {
+                            state: TaskState::Restoring,
+                            restore: job.progress.clone(),
+                            metrics: e.task.metrics(),
+                        },
+                    );
                 }
                 last_log = Instant::now();
             }
@@ -186,9 +276,20 @@ impl Engine {
 
     /// The changelog may not be read: keep local state where it exists,
     /// refuse to start from empty state unless the user allowed it.
-    fn unreadable_changelog(&mut self, entries: &mut [Entry], jobs: &mut [Job]) -> Result<(), RuntimeError> {
+    fn unreadable_changelog(
+        &mut self,
+        entries: &mut [Entry],
+        jobs: &mut [Job],
+    ) -> Result<(), RuntimeError> {
         for (e, job) in entries.iter().zip(jobs.iter_mut()) {
-            let Some(topic) = job.progress.iter().find(|p| !p.done).map(|p| p.topic.clone()) else { continue };
+            let Some(topic) = job
+                .progress
+                .iter()
+                .find(|p| !p.done)
+                .map(|p| p.topic.clone())
+            else {
+                continue;
+            };
             let id = e.task.id();
             if !job.full {
                 tracing::warn!(task = %id, topic = %topic, "cannot read the changelog (no Read permission); continuing from the local state of the last commit");

@@ -33,13 +33,17 @@ impl ErrorCapture {
 impl ClientContext for ErrorCapture {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
-        if message.contains("Authentication failed") || message.contains("SASL authentication error") {
+        if message.contains("Authentication failed")
+            || message.contains("SASL authentication error")
+        {
             if let Ok(mut g) = self.last.lock() {
                 *g = Some((Some(RDKafkaErrorCode::Authentication), message.to_string()));
             }
         }
         match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", "{fac}: {message}"),
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", "{fac}: {message}")
+            }
             L::Warning => tracing::warn!(target: "librdkafka", "{fac}: {message}"),
             L::Notice | L::Info => tracing::info!(target: "librdkafka", "{fac}: {message}"),
             L::Debug => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
@@ -60,19 +64,31 @@ impl ClientContext for ErrorCapture {
 impl rdkafka::consumer::ConsumerContext for ErrorCapture {}
 
 /// Turns a failed metadata call into the clearest error available.
-pub fn explain_connect_failure(cfg: &StreamsConfig, capture: &ErrorCapture, err: KafkaError) -> RuntimeError {
+pub fn explain_connect_failure(
+    cfg: &StreamsConfig,
+    capture: &ErrorCapture,
+    err: KafkaError,
+) -> RuntimeError {
     let last = capture.last();
     let reason = last.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
     let code = last.as_ref().and_then(|(c, _)| *c);
     if code == Some(RDKafkaErrorCode::Authentication) || reason.contains("uthentication") {
         return RuntimeError::Authentication {
             user: cfg.security.username.clone().unwrap_or_default(),
-            mechanism: cfg.security.sasl_mechanism.clone().unwrap_or_else(|| "SASL".into()),
+            mechanism: cfg
+                .security
+                .sasl_mechanism
+                .clone()
+                .unwrap_or_else(|| "SASL".into()),
         };
     }
     RuntimeError::Unreachable {
         bootstrap: cfg.bootstrap_servers.clone(),
-        detail: if reason.is_empty() { err.to_string() } else { reason },
+        detail: if reason.is_empty() {
+            err.to_string()
+        } else {
+            reason
+        },
     }
 }
 
@@ -92,7 +108,10 @@ pub fn check_connection(cfg: &StreamsConfig) -> Result<(), RuntimeError> {
             Err(e) => {
                 // Errors and logs arrive as events; serve them before deciding.
                 let _ = probe.poll(Duration::from_millis(100));
-                let auth_failed = matches!(capture.last(), Some((Some(RDKafkaErrorCode::Authentication), _)));
+                let auth_failed = matches!(
+                    capture.last(),
+                    Some((Some(RDKafkaErrorCode::Authentication), _))
+                );
                 if auth_failed || std::time::Instant::now() >= until {
                     return Err(explain_connect_failure(cfg, &capture, e));
                 }
@@ -163,7 +182,11 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
         }
         for st in subs {
             if task_counts[st.id].is_none() {
-                task_counts[st.id] = st.sources.iter().filter_map(|t| plan.partitions.get(&t.resolve(app)).copied()).max();
+                task_counts[st.id] = st
+                    .sources
+                    .iter()
+                    .filter_map(|t| plan.partitions.get(&t.resolve(app)).copied())
+                    .max();
             }
         }
     }
@@ -171,7 +194,11 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
 
     let rf = cfg.replication_factor.unwrap_or(-1);
     // With three or more replicas, an acknowledged write survives one broker loss.
-    let isr: Vec<(&str, String)> = if rf >= 3 { vec![("min.insync.replicas", "2".into())] } else { Vec::new() };
+    let isr: Vec<(&str, String)> = if rf >= 3 {
+        vec![("min.insync.replicas", "2".into())]
+    } else {
+        Vec::new()
+    };
     let mut to_create: Vec<(String, i32, Vec<(&str, String)>, &str)> = Vec::new();
     for (suffix, _) in topology.repartition_topics() {
         let name = crate::graph::internal_topic_name(app, suffix);
@@ -183,12 +210,17 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
     for st in subs {
         let n = plan.tasks[st.id];
         for s in &st.stores {
-            let Some(spec) = topology.store(s) else { continue };
+            let Some(spec) = topology.store(s) else {
+                continue;
+            };
             match &spec.changelog {
                 Changelog::Internal => {
                     let name = crate::graph::changelog_topic_name(app, s);
                     plan.partitions.insert(name.clone(), n);
-                    let mut configs = vec![("cleanup.policy", "compact".into()), ("min.compaction.lag.ms", "3600000".into())];
+                    let mut configs = vec![
+                        ("cleanup.policy", "compact".into()),
+                        ("min.compaction.lag.ms", "3600000".into()),
+                    ];
                     configs.extend(isr.iter().cloned());
                     to_create.push((name, n, configs, "changelog"));
                 }
@@ -234,13 +266,20 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
 
 /// The partition count of an existing topic, with a clear error if it is
 /// missing or hidden by ACLs.
-async fn partitions_of(admin: &AdminClient<ErrorCapture>, topic: &str, need: &str) -> Result<i32, RuntimeError> {
+async fn partitions_of(
+    admin: &AdminClient<ErrorCapture>,
+    topic: &str,
+    need: &str,
+) -> Result<i32, RuntimeError> {
     let md = admin
         .inner()
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|e| RuntimeError::kafka(format!("metadata of topic {topic}"), e))?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return Err(RuntimeError::MissingTopic { topic: topic.into(), hint: "no metadata returned".into() });
+        return Err(RuntimeError::MissingTopic {
+            topic: topic.into(),
+            hint: "no metadata returned".into(),
+        });
     };
     match t.error().map(RDKafkaErrorCode::from) {
         None if !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
@@ -288,7 +327,11 @@ async fn ensure_topic(
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed)) => {
+            Err((
+                _,
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed,
+            )) => {
                 let cfg: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 return Err(RuntimeError::NotAuthorized {
                     operation: "Create".into(),
@@ -315,11 +358,17 @@ async fn ensure_topic(
 /// Warns when a changelog topic is not compacted (where configs are readable).
 async fn check_compacted(admin: &AdminClient<ErrorCapture>, topic: &str) {
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-    let Ok(results) = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts).await else {
+    let Ok(results) = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+        .await
+    else {
         return;
     };
     for r in results.into_iter().flatten() {
-        let policy = r.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
+        let policy = r
+            .get("cleanup.policy")
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default();
         if !policy.contains("compact") {
             tracing::warn!(topic, cleanup_policy = %policy, "changelog topic is not compacted; it will grow without bound and restores will read all of it");
         }

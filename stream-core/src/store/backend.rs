@@ -31,7 +31,11 @@ pub trait StateBackend: Send {
     /// Reads one key of store `store`.
     fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries of store `store` whose key starts with `prefix`.
-    fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(
+        &self,
+        store: usize,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
     /// Applies one batch per store and the checkpoint atomically. Durable
     /// once the owner syncs (for sled: [`StateDir::sync`](super::StateDir::sync)).
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError>;
@@ -39,7 +43,11 @@ pub trait StateBackend: Send {
     /// two: restored entries are changelog values, so a crash between them
     /// only makes the next restore re-apply the same values. Defaults to
     /// [`commit`](Self::commit).
-    fn commit_restored(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    fn commit_restored(
+        &mut self,
+        batches: &[Batch],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
         self.commit(batches, checkpoint)
     }
 

@@ -15,7 +15,10 @@ pub struct MemoryBackend {
 impl MemoryBackend {
     /// A backend for `stores` stores.
     pub fn new(stores: usize) -> Self {
-        MemoryBackend { stores: vec![BTreeMap::new(); stores], checkpoint: None }
+        MemoryBackend {
+            stores: vec![BTreeMap::new(); stores],
+            checkpoint: None,
+        }
     }
 }
 
@@ -24,7 +27,11 @@ impl StateBackend for MemoryBackend {
         Ok(self.stores.get(store).and_then(|s| s.get(key).cloned()))
     }
 
-    fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(
+        &self,
+        store: usize,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         Ok(self
             .stores
             .get(store)

@@ -71,7 +71,11 @@ impl StoreSet {
     pub fn new(names: Vec<(String, bool)>, backend: Box<dyn StateBackend>) -> Self {
         let layers = names
             .into_iter()
-            .map(|(name, logged)| Layers { name, logged, ..Default::default() })
+            .map(|(name, logged)| Layers {
+                name,
+                logged,
+                ..Default::default()
+            })
             .collect();
         StoreSet { layers, backend }
     }
@@ -117,7 +121,16 @@ impl StoreSet {
     /// Writes every buffered change and `checkpoint` to the backend in one
     /// atomic batch, then empties the buffers.
     pub fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        let batches: Vec<Batch> = self.layers.iter().map(|l| l.buffer.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).collect();
+        let batches: Vec<Batch> = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.buffer
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .collect();
         self.backend.commit(&batches, checkpoint)?;
         for l in &mut self.layers {
             l.buffer.clear();
@@ -128,7 +141,11 @@ impl StoreSet {
     /// Like [`commit`](Self::commit) for restored entries (see
     /// [`StateBackend::commit_restored`]).
     pub fn commit_restored(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        let batches: Vec<Batch> = self.layers.iter_mut().map(|l| std::mem::take(&mut l.buffer).into_iter().collect()).collect();
+        let batches: Vec<Batch> = self
+            .layers
+            .iter_mut()
+            .map(|l| std::mem::take(&mut l.buffer).into_iter().collect())
+            .collect();
         self.backend.commit_restored(&batches, checkpoint)
     }
 
@@ -158,7 +175,8 @@ impl StoreSet {
 
     /// Committed entries of a store plus its buffered changes, in key order.
     pub fn entries(&self, idx: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let mut view: BTreeMap<Vec<u8>, Vec<u8>> = self.backend.scan_prefix(idx, &[])?.into_iter().collect();
+        let mut view: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.backend.scan_prefix(idx, &[])?.into_iter().collect();
         if let Some(l) = self.layers.get(idx) {
             for (k, v) in &l.buffer {
                 match v {
@@ -207,7 +225,12 @@ impl KeyValueStore for StoreView<'_> {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self.set.backend.scan_prefix(self.idx, prefix)?.into_iter().collect();
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .set
+            .backend
+            .scan_prefix(self.idx, prefix)?
+            .into_iter()
+            .collect();
         for (k, v) in self.set.layers[self.idx].buffer.range(prefix.to_vec()..) {
             if !k.starts_with(prefix) {
                 break;

@@ -21,6 +21,25 @@ const CHECKPOINTS: &str = "__checkpoints";
 pub struct StateDir {
     path: PathBuf,
     db: sled::Db,
+    syncer: std::sync::mpsc::SyncSender<()>,
+}
+
+/// Starts the thread that flushes sled after commits without blocking them:
+/// requests that arrive while a flush runs are coalesced into the next one.
+fn start_syncer(db: &sled::Db) -> std::sync::mpsc::SyncSender<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let db = db.clone();
+    let spawned = std::thread::Builder::new().name("sled-syncer".into()).spawn(move || {
+        while rx.recv().is_ok() {
+            if let Err(e) = db.flush() {
+                tracing::warn!(error = %e, "background flush of local state failed; restore will read a longer changelog tail");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the state syncer thread; relying on sled's periodic flush");
+    }
+    tx
 }
 
 impl StateDir {
@@ -41,11 +60,21 @@ impl StateDir {
         let _ = std::fs::remove_file(&probe);
         let db_path = path.join("sled");
         match Self::open_db(&db_path) {
-            Ok(db) => Ok((StateDir { path, db }, false)),
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
+            Ok(db) => Ok((
+                StateDir {
+                    syncer: start_syncer(&db),
+                    path,
+                    db,
+                },
+                false,
+            )),
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
+            {
                 Err(StoreError::StateDir {
                     path: path.display().to_string(),
-                    reason: "locked by another instance; give each instance its own state.dir".into(),
+                    reason: "locked by another instance; give each instance its own state.dir"
+                        .into(),
                 })
             }
             Err(e) => {
@@ -59,8 +88,18 @@ impl StateDir {
                     path: db_path.display().to_string(),
                     reason: format!("damaged ({e}) and cannot be moved aside: {io}"),
                 })?;
-                let db = Self::open_db(&db_path).map_err(|source| StoreError::Sled { store: "*".into(), source })?;
-                Ok((StateDir { path, db }, true))
+                let db = Self::open_db(&db_path).map_err(|source| StoreError::Sled {
+                    store: "*".into(),
+                    source,
+                })?;
+                Ok((
+                    StateDir {
+                        syncer: start_syncer(&db),
+                        path,
+                        db,
+                    },
+                    true,
+                ))
             }
         }
     }
@@ -69,14 +108,27 @@ impl StateDir {
         sled::Config::new()
             .path(path)
             .cache_capacity(64 * 1024 * 1024)
-            .flush_every_ms(None)
+            // A safety net: commits are flushed by the syncer thread right away.
+            .flush_every_ms(Some(1000))
             .open()
+    }
+
+    /// Asks the syncer thread to make the commits so far durable, without
+    /// waiting for it.
+    pub fn sync_soon(&self) {
+        let _ = self.syncer.try_send(());
     }
 
     /// Makes every committed transaction durable (one fsync for all tasks).
     /// Backend commits are atomic but become durable only here.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|source| StoreError::Sled { store: "*".into(), source })
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| StoreError::Sled {
+                store: "*".into(),
+                source,
+            })
     }
 
     /// A random id for this state directory, created on first use and kept
@@ -92,10 +144,18 @@ impl StateDir {
             }
         }
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
         h.write_u32(std::process::id());
         let id = format!("{:016x}", h.finish());
-        std::fs::write(&file, &id).map_err(|e| StoreError::StateDir { path: file.display().to_string(), reason: format!("cannot write: {e}") })?;
+        std::fs::write(&file, &id).map_err(|e| StoreError::StateDir {
+            path: file.display().to_string(),
+            reason: format!("cannot write: {e}"),
+        })?;
         Ok(id)
     }
 
@@ -106,7 +166,10 @@ impl StateDir {
 
     /// The backend of one task, with trees for `stores`.
     pub fn backend(&self, task: &str, stores: &[String]) -> Result<SledBackend, StoreError> {
-        let err = |source| StoreError::Sled { store: task.to_string(), source };
+        let err = |source| StoreError::Sled {
+            store: task.to_string(),
+            source,
+        };
         let trees = stores
             .iter()
             .map(|s| self.db.open_tree(format!("store/{s}/{task}")))
@@ -114,7 +177,13 @@ impl StateDir {
             .map_err(err)?;
         let meta = self.db.open_tree(CHECKPOINTS).map_err(err)?;
         let counts = trees.iter().map(|t| t.len() as u64).collect();
-        Ok(SledBackend { db: self.db.clone(), task: task.to_string(), trees, meta, counts })
+        Ok(SledBackend {
+            db: self.db.clone(),
+            task: task.to_string(),
+            trees,
+            meta,
+            counts,
+        })
     }
 }
 
@@ -129,11 +198,18 @@ pub struct SledBackend {
 
 impl SledBackend {
     fn err(&self, source: sled::Error) -> StoreError {
-        StoreError::Sled { store: self.task.clone(), source }
+        StoreError::Sled {
+            store: self.task.clone(),
+            source,
+        }
     }
 
     /// The checkpoint as stored, with the entry counts it vouches for.
-    fn encode_checkpoint(&self, checkpoint: &Checkpoint, counts: &[u64]) -> Result<Vec<u8>, StoreError> {
+    fn encode_checkpoint(
+        &self,
+        checkpoint: &Checkpoint,
+        counts: &[u64],
+    ) -> Result<Vec<u8>, StoreError> {
         let mut checkpoint = checkpoint.clone();
         checkpoint.entries = counts.to_vec();
         serde_json::to_vec(&checkpoint).map_err(|e| StoreError::Damaged {
@@ -144,11 +220,17 @@ impl SledBackend {
 
     /// Checks the trees against the entry counts of the checkpoint.
     pub fn verify(&self) -> Result<(), StoreError> {
-        let Some(cp) = self.checkpoint()? else { return Ok(()) };
+        let Some(cp) = self.checkpoint()? else {
+            return Ok(());
+        };
         if cp.entries.len() != self.trees.len() {
             return Err(StoreError::Damaged {
                 store: self.task.clone(),
-                reason: format!("checkpoint lists {} stores, found {}", cp.entries.len(), self.trees.len()),
+                reason: format!(
+                    "checkpoint lists {} stores, found {}",
+                    cp.entries.len(),
+                    self.trees.len()
+                ),
             });
         }
         for (i, want) in cp.entries.iter().enumerate() {
@@ -167,10 +249,16 @@ impl SledBackend {
 impl StateBackend for SledBackend {
     fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let t = &self.trees[store];
-        t.get(key).map(|v| v.map(|iv| iv.to_vec())).map_err(|e| self.err(e))
+        t.get(key)
+            .map(|v| v.map(|iv| iv.to_vec()))
+            .map_err(|e| self.err(e))
     }
 
-    fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(
+        &self,
+        store: usize,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.trees[store]
             .scan_prefix(prefix)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
@@ -209,13 +297,19 @@ impl StateBackend for SledBackend {
         });
         result.map_err(|e| match e {
             TransactionError::Storage(s) => self.err(s),
-            TransactionError::Abort(()) => self.err(sled::Error::Unsupported("transaction aborted".into())),
+            TransactionError::Abort(()) => {
+                self.err(sled::Error::Unsupported("transaction aborted".into()))
+            }
         })?;
         self.counts = counts;
         Ok(())
     }
 
-    fn commit_restored(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    fn commit_restored(
+        &mut self,
+        batches: &[Batch],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
         let mut counts = self.counts.clone();
         for (i, batch) in batches.iter().enumerate() {
             let mut b = sled::Batch::default();
@@ -239,26 +333,36 @@ impl StateBackend for SledBackend {
             self.trees[i].apply_batch(b).map_err(|e| self.err(e))?;
         }
         let encoded = self.encode_checkpoint(checkpoint, &counts)?;
-        self.meta.insert(self.task.as_bytes(), encoded).map_err(|e| self.err(e))?;
+        self.meta
+            .insert(self.task.as_bytes(), encoded)
+            .map_err(|e| self.err(e))?;
         self.counts = counts;
         Ok(())
     }
 
     fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
-        let Some(raw) = self.meta.get(self.task.as_bytes()).map_err(|e| self.err(e))? else {
+        let Some(raw) = self
+            .meta
+            .get(self.task.as_bytes())
+            .map_err(|e| self.err(e))?
+        else {
             return Ok(None);
         };
-        serde_json::from_slice(&raw).map(Some).map_err(|e| StoreError::Damaged {
-            store: self.task.clone(),
-            reason: format!("unreadable checkpoint: {e}"),
-        })
+        serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| StoreError::Damaged {
+                store: self.task.clone(),
+                reason: format!("unreadable checkpoint: {e}"),
+            })
     }
 
     fn wipe(&mut self) -> Result<(), StoreError> {
         for t in &self.trees {
             t.clear().map_err(|e| self.err(e))?;
         }
-        self.meta.remove(self.task.as_bytes()).map_err(|e| self.err(e))?;
+        self.meta
+            .remove(self.task.as_bytes())
+            .map_err(|e| self.err(e))?;
         self.counts.iter_mut().for_each(|c| *c = 0);
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
@@ -280,8 +384,14 @@ mod tests {
         assert!(!recovered);
         let mut b = sd.backend("0_0", &["a".into(), "b".into()]).unwrap();
         let cp = Checkpoint::default();
-        b.commit(&[vec![(b"k".to_vec(), Some(b"1".to_vec()))], vec![(b"x".to_vec(), Some(b"2".to_vec()))]], &cp)
-            .unwrap();
+        b.commit(
+            &[
+                vec![(b"k".to_vec(), Some(b"1".to_vec()))],
+                vec![(b"x".to_vec(), Some(b"2".to_vec()))],
+            ],
+            &cp,
+        )
+        .unwrap();
         assert_eq!(b.get(0, b"k").unwrap(), Some(b"1".to_vec()));
         assert_eq!(b.checkpoint().unwrap().unwrap().entries, vec![1, 1]);
         b.verify().unwrap();

@@ -25,34 +25,55 @@ fn main() {
     let (bootstrap, input, output) = (&args[1], &args[2], &args[3]);
     let started = Instant::now();
     let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", bootstrap).set("group.id", format!("ceiling-{}", std::process::id())).set("enable.auto.commit", "false");
+    cc.set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("ceiling-{}", std::process::id()))
+        .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = cc.create().unwrap_or_else(|e| fail(&e.to_string()));
     let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", bootstrap).set("linger.ms", "5").set("enable.idempotence", "true").set("partitioner", "murmur2_random");
-    let producer: ThreadedProducer<DefaultProducerContext> = pc.create().unwrap_or_else(|e| fail(&e.to_string()));
-    let md = consumer.fetch_metadata(Some(input), Duration::from_secs(10)).unwrap_or_else(|e| fail(&e.to_string()));
+    pc.set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random");
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        pc.create().unwrap_or_else(|e| fail(&e.to_string()));
+    let md = consumer
+        .fetch_metadata(Some(input), Duration::from_secs(10))
+        .unwrap_or_else(|e| fail(&e.to_string()));
     let parts = md.topics()[0].partitions().len() as i32;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
-        let (lo, hi) = consumer.fetch_watermarks(input, p, Duration::from_secs(10)).unwrap_or_else(|e| fail(&e.to_string()));
+        let (lo, hi) = consumer
+            .fetch_watermarks(input, p, Duration::from_secs(10))
+            .unwrap_or_else(|e| fail(&e.to_string()));
         if hi > lo {
             ends.insert(p, hi);
             let _ = tpl.add_partition_offset(input, p, Offset::Beginning);
         }
     }
-    consumer.assign(&tpl).unwrap_or_else(|e| fail(&e.to_string()));
+    consumer
+        .assign(&tpl)
+        .unwrap_or_else(|e| fail(&e.to_string()));
     let filter = for_team("team-1").unwrap_or_else(|e| fail(&e));
     let mut flagged = 0u64;
     while !ends.is_empty() {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
         if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(i64::MAX) {
             ends.remove(&m.partition());
         }
-        let Some(user) = m.payload().and_then(|v| serde_json::from_slice::<User>(v).ok()) else { continue };
+        let Some(user) = m
+            .payload()
+            .and_then(|v| serde_json::from_slice::<User>(v).ok())
+        else {
+            continue;
+        };
         if filter.matches(&user) {
             flagged += 1;
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output).key(user.company_name.as_bytes()).payload(b"1");
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output)
+                .key(user.company_name.as_bytes())
+                .payload(b"1");
             loop {
                 match producer.send(rec) {
                     Ok(()) => break,
@@ -65,8 +86,13 @@ fn main() {
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).unwrap_or_else(|e| fail(&e.to_string()));
-    println!("flagged={flagged} seconds={:.3}", started.elapsed().as_secs_f64());
+    producer
+        .flush(Duration::from_secs(60))
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    println!(
+        "flagged={flagged} seconds={:.3}",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn fail(msg: &str) -> ! {

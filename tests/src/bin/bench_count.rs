@@ -45,7 +45,10 @@ fn main() {
     let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
     while seen < expected {
         if began.elapsed() > timeout {
-            eprintln!("error: saw {seen} of {expected} records within {}s", timeout.as_secs());
+            eprintln!(
+                "error: saw {seen} of {expected} records within {}s",
+                timeout.as_secs()
+            );
             std::process::exit(1);
         }
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
@@ -59,7 +62,10 @@ fn main() {
             }
         }
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     // Order-independent digest of the latest count per key (0 when values are not counts).
     let digest = latest.iter().fold(0u64, |acc, (k, n)| {
         let mut h = DefaultHasher::new();

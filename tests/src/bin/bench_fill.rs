@@ -19,7 +19,10 @@ fn main() {
     let n: u64 = args[3].parse().unwrap_or(0);
     let keys: u64 = args[4].parse().unwrap_or(1).max(1);
     let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", &args[1]).set("linger.ms", "20").set("partitioner", "murmur2_random").set("compression.type", "none");
+    pc.set("bootstrap.servers", &args[1])
+        .set("linger.ms", "20")
+        .set("partitioner", "murmur2_random")
+        .set("compression.type", "none");
     let p: ThreadedProducer<DefaultProducerContext> = match pc.create() {
         Ok(p) => p,
         Err(e) => {
@@ -31,7 +34,8 @@ fn main() {
     for i in 0..n {
         let key = format!("key-{}", i % keys);
         let value = (i / keys + 1).to_be_bytes();
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&args[2]).key(key.as_bytes()).payload(&value);
+        let mut rec: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&args[2]).key(key.as_bytes()).payload(&value);
         loop {
             match p.send(rec) {
                 Ok(()) => break,

@@ -26,12 +26,16 @@ fn main() {
         .set("max.partition.fetch.bytes", "8388608")
         .set("fetch.max.bytes", "67108864");
     let c: BaseConsumer = cc.create().unwrap_or_else(|e| fail(&e.to_string()));
-    let md = c.fetch_metadata(Some(&args[2]), Duration::from_secs(10)).unwrap_or_else(|e| fail(&e.to_string()));
+    let md = c
+        .fetch_metadata(Some(&args[2]), Duration::from_secs(10))
+        .unwrap_or_else(|e| fail(&e.to_string()));
     let parts = md.topics()[0].partitions().len() as i32;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
-        let (lo, hi) = c.fetch_watermarks(&args[2], p, Duration::from_secs(10)).unwrap_or_else(|e| fail(&e.to_string()));
+        let (lo, hi) = c
+            .fetch_watermarks(&args[2], p, Duration::from_secs(10))
+            .unwrap_or_else(|e| fail(&e.to_string()));
         if hi > lo {
             ends.insert(p, hi);
             let _ = tpl.add_partition_offset(&args[2], p, Offset::Beginning);

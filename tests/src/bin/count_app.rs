@@ -8,15 +8,26 @@ use stream_dsl::prelude::*;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt().with_ansi(false).with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
         eprintln!("usage: count-app APP_ID INPUT OUTPUT STATE_DIR [BOOTSTRAP]");
         std::process::exit(2);
     }
-    let bootstrap = args.get(5).cloned().unwrap_or_else(integration_tests::bootstrap);
+    let bootstrap = args
+        .get(5)
+        .cloned()
+        .unwrap_or_else(integration_tests::bootstrap);
     let b = StreamsBuilder::new();
-    b.source(&args[2]).group_by(|_k, v| v.clone()).count(Materialized::as_store("counts")).to_topic(&args[3]);
+    b.source(&args[2])
+        .group_by(|_k, v| v.clone())
+        .count(Materialized::as_store("counts"))
+        .to_topic(&args[3]);
     let topology = match b.build() {
         Ok(t) => t,
         Err(e) => {
