@@ -126,6 +126,64 @@ class Bench:
                "--state-dir", self.work / app, "--guarantee", guarantee, "--commit-interval-ms", commit_ms]
         self.app_run(f"ours {guarantee} {commit_ms}ms", cmd, out_topic)
 
+    def instances(self, k):
+        """`k` watchlist instances (one application, separate state dirs), at-least-once, 100 ms commits."""
+        app = f"bench-scale-{uuid.uuid4().hex[:8]}"
+        out_topic = f"{app}-out"
+        topic(out_topic, 4)
+        start_ms = int(time.time() * 1000)
+        procs = []
+        for i in range(k):
+            cmd = [BIN / "watchlist", "--team", "team-1", "--application-id", app, "--new-users-topic", self.input,
+                   "--watchlist-topic", out_topic, "--private-changelog", "--bootstrap-servers", self.bootstrap,
+                   "--state-dir", self.work / f"{app}-{i}", "--commit-interval-ms", 100]
+            procs.append(subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=open(self.work / f"{app}-{i}.log", "a")))
+        counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(self.flagged), str(start_ms), "1800"],
+                                 capture_output=True, text=True)
+        cpu = 0.0
+        for p in procs:
+            try:
+                cpu += proc_usage(p.pid)[1]
+            except OSError:
+                pass
+            stop(p)
+        if counter.returncode != 0:
+            raise RuntimeError(f"{k} instances: {counter.stderr.strip()}")
+        secs = float(kv(counter.stdout, "seconds"))
+        self.digests.setdefault(kv(counter.stdout, "digest"), []).append(f"{k} instances")
+        self.record(f"{k} instance{'s' if k > 1 else ''}", seconds=secs, rate=self.args.users / secs, cpu_s=cpu)
+
+    def write_scale(self):
+        rows = ["| instances | median s | min–max s | users/s | CPU s (all instances) | speed-up over 1 |", "|---|---|---|---|---|---|"]
+        one = self.median("1 instance")
+        for k in (1, 2, 3):
+            name = f"{k} instance{'s' if k > 1 else ''}"
+            if name not in self.results:
+                continue
+            med, (lo, hi) = self.median(name), self.span(name)
+            rows.append(f"| {k} | {med:.2f} | {lo:.2f}–{hi:.2f} | {self.args.users / med:,.0f} | {self.median(name, 'cpu_s'):.1f} | {one / med:.2f}× |")
+        table = "\n".join(rows)
+        print(table)
+        cmd = "tests/bench/run.sh " + " ".join(sys.argv[1:])
+        doc = f"""# Scale-out benchmark
+
+The watchlist (at-least-once, 100 ms commits, `--private-changelog`) with 1, 2
+and 3 instances of one application on this machine ({os.cpu_count()} cores),
+{self.args.users:,} users in 4 partitions, timed like [benchmarks.md](benchmarks.md);
+command `{cmd}`, {self.args.runs} runs each.
+
+{table}
+
+An honest word on this machine: it has two cores, shared by the broker, every
+instance and the benchmark's reader. More instances here add rebalancing,
+more clients and more context switches, not more cores; the table shows what
+that costs, not what the framework does on machines with a core per
+instance. Scale-out correctness (exact counts while instances come and go,
+a broker dying) is tested in `tests/tests/scale.rs`.
+"""
+        (REPO / "docs" / "benchmarks-scale.md").write_text(doc)
+        log("wrote docs/benchmarks-scale.md")
+
     def kstreams(self, guarantee, commit_ms):
         app = f"bench-ks-{uuid.uuid4().hex[:8]}"
         out_topic = f"{app}-out"
@@ -314,7 +372,7 @@ def main():
     ap.add_argument("--restore-records", type=int, default=1_000_000)
     ap.add_argument("--restore-keys", type=int, default=100_000)
     ap.add_argument("--skip-kstreams", action="store_true")
-    ap.add_argument("--sections", nargs="+", default=["throughput", "restore"], choices=["throughput", "restore"])
+    ap.add_argument("--sections", nargs="+", default=["throughput", "restore"], choices=["throughput", "restore", "scale"])
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     args = ap.parse_args()
     b = Bench(args)
@@ -330,6 +388,16 @@ def main():
                         b.kstreams(g, c)
         if "restore" in args.sections:
             b.restore()
+        if "scale" in args.sections:
+            for k in (1, 2, 3):
+                b.instances(k)
+    if args.sections == ["scale"]:
+        b.write_scale()
+        shutil.rmtree(b.work, ignore_errors=True)
+        if len(b.digests) != 1:
+            print(f"COUNTS DIFFER: {b.digests}")
+            sys.exit(1)
+        return
     table, ratios, eos_ratio, equal = b.report()
     print(table)
     for r in eos_ratio:

@@ -591,9 +591,17 @@ impl Engine {
                 by_task.entry(id).or_default().push((t.clone(), *p));
             }
         }
-        let committed = consumer
-            .committed_offsets(tpl.clone(), CLIENT_TIMEOUT)
-            .map_err(|e| RuntimeError::kafka("read committed offsets", e))?;
+        let deadline = Instant::now() + super::restore::RETRY_FOR;
+        let committed = loop {
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline && !super::restore::is_authorization(&e) => {
+                    tracing::warn!(error = %e, "committed offsets not available yet; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(RuntimeError::kafka("read committed offsets", e)),
+            }
+        };
         let committed: BTreeMap<String, i64> = committed
             .elements()
             .iter()

@@ -19,7 +19,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::engine::{Engine, Entry, CLIENT_TIMEOUT};
+use super::engine::{Engine, Entry};
 use super::error::RuntimeError;
 use super::status::{RestoreProgress, RestoreRecord, TaskState, TaskStatus};
 use crate::task::RestoreTarget;
@@ -31,6 +31,21 @@ pub(crate) const RESTORE_FLUSH_KEYS: usize = 200_000;
 /// Longest time between two writes of restore progress to sled.
 const RESTORE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 const RESTORE_STALL: Duration = Duration::from_secs(120);
+/// How long transient metadata errors are retried during a rebalance.
+pub(crate) const RETRY_FOR: Duration = Duration::from_secs(90);
+
+/// Whether a client error is a missing permission (never worth retrying).
+pub(crate) fn is_authorization(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+        )
+    )
+}
 
 struct Job {
     full: bool,
@@ -58,15 +73,7 @@ impl Engine {
             let mut progress = Vec::with_capacity(targets.len());
             let mut changelog_records = 0;
             for (i, t) in targets.iter().enumerate() {
-                let (low, high) = self
-                    .restore_consumer
-                    .fetch_watermarks(&t.topic, t.partition, CLIENT_TIMEOUT)
-                    .map_err(|err| {
-                        RuntimeError::kafka(
-                            format!("watermarks of changelog {}[{}]", t.topic, t.partition),
-                            err,
-                        )
-                    })?;
+                let (low, high) = self.watermarks(&t.topic, t.partition)?;
                 changelog_records += (high - low).max(0) as u64;
                 let start = t.start.max(low);
                 let done = start >= high;
@@ -143,6 +150,22 @@ impl Engine {
         }
         self.state.sync()?;
         Ok(())
+    }
+
+    /// The changelog partition's watermarks, retried while the cluster moves
+    /// leadership (a broker just died): transient errors are not fatal.
+    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), RuntimeError> {
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            match self.restore_consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+                Ok(w) => return Ok(w),
+                Err(e) if Instant::now() < deadline && !is_authorization(&e) => {
+                    tracing::warn!(topic, partition, error = %e, "changelog partition not available yet; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(RuntimeError::kafka(format!("watermarks of changelog {topic}[{partition}]"), e)),
+            }
+        }
     }
 
     fn read_changelogs(
