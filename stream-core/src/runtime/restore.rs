@@ -157,13 +157,21 @@ impl Engine {
     fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), RuntimeError> {
         let deadline = Instant::now() + RETRY_FOR;
         loop {
-            match self.restore_consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            match self
+                .restore_consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            {
                 Ok(w) => return Ok(w),
                 Err(e) if Instant::now() < deadline && !is_authorization(&e) => {
                     tracing::warn!(topic, partition, error = %e, "changelog partition not available yet; retrying");
                     std::thread::sleep(Duration::from_millis(500));
                 }
-                Err(e) => return Err(RuntimeError::kafka(format!("watermarks of changelog {topic}[{partition}]"), e)),
+                Err(e) => {
+                    return Err(RuntimeError::kafka(
+                        format!("watermarks of changelog {topic}[{partition}]"),
+                        e,
+                    ))
+                }
             }
         }
     }
