@@ -170,6 +170,16 @@ pub fn init_logging() {
         .init();
 }
 
+/// Builds the topology, runs it with `config` until SIGINT/SIGTERM, and
+/// turns any failure into one clear line and exit status 1.
+pub async fn run_topology(builder: stream_dsl::StreamsBuilder, config: StreamsConfig) {
+    let topology = builder.build().unwrap_or_else(|e| fail(e));
+    let app = stream_core::runtime::KafkaStreams::new(topology, config).unwrap_or_else(|e| fail(e));
+    if let Err(e) = app.run_until_signal().await {
+        fail(e);
+    }
+}
+
 /// Prints one clear line and exits with status 1.
 pub fn fail(message: impl std::fmt::Display) -> ! {
     eprintln!("error: {message}");

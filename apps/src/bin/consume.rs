@@ -1,11 +1,10 @@
 //! Step 1: print every record of `new_users` and its parsed email.
 
 use clap::Parser;
-use stream_core::runtime::KafkaStreams;
 use stream_core::serde::BytesSerde;
 use stream_dsl::prelude::*;
 
-use apps::cli::{fail, init_logging, Common};
+use apps::cli::{fail, init_logging, run_topology, Common};
 use apps::user::User;
 
 /// Print each record as topic:partition:offset: value, then its email (tutorial step 1).
@@ -37,9 +36,5 @@ async fn main() {
                 Err(e) => println!("  not a valid user: {e}"),
             }
         });
-    let topology = b.build().unwrap_or_else(|e| fail(e));
-    let app = KafkaStreams::new(topology, common.streams_config(&team)).unwrap_or_else(|e| fail(e));
-    if let Err(e) = app.run_until_signal().await {
-        fail(e);
-    }
+    run_topology(b, common.streams_config(&team)).await;
 }

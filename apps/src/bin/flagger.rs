@@ -1,10 +1,9 @@
 //! Steps 2–4: apply the team's filter and produce an action per flagged user.
 
 use clap::Parser;
-use stream_core::runtime::KafkaStreams;
 use stream_dsl::prelude::*;
 
-use apps::cli::{fail, init_logging, Common};
+use apps::cli::{fail, init_logging, run_topology, Common};
 use apps::filters::for_team;
 use apps::user::{Action, User};
 
@@ -38,9 +37,5 @@ async fn main() {
         })
         .peek(|_, a| tracing::info!(customer = %a.customer, reason = %a.reason, "flagged"))
         .to_topic_with(&common.actions(), Produced::<String, Action>::json());
-    let topology = b.build().unwrap_or_else(|e| fail(e));
-    let app = KafkaStreams::new(topology, common.streams_config(&team)).unwrap_or_else(|e| fail(e));
-    if let Err(e) = app.run_until_signal().await {
-        fail(e);
-    }
+    run_topology(b, common.streams_config(&team)).await;
 }
