@@ -62,6 +62,29 @@ pub struct Common {
     pub config: Option<PathBuf>,
 }
 
+/// Options of the programs that run a topology (flagger, watchlist, consume).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunOpts {
+    /// Serve metrics, health, the topology, store queries and a live status
+    /// page on this address, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// What a record that cannot be read or processed does: `dead-letter`
+    /// (log it, count it, send it to <application-id>-dlq, go on) or
+    /// `fail-fast` (stop with its topic, partition, offset and the error).
+    #[arg(long, default_value = "dead-letter", value_name = "POLICY")]
+    pub on_error: String,
+}
+
+impl RunOpts {
+    /// Applies these options to a runtime configuration.
+    pub fn apply(&self, cfg: &mut StreamsConfig) -> Result<(), String> {
+        cfg.http = self.http;
+        cfg.on_error = self.on_error.parse()?;
+        Ok(())
+    }
+}
+
 impl Common {
     /// Fills options not given on the command line from `--config`.
     pub fn resolve(mut self) -> Result<Common, String> {
@@ -170,9 +193,14 @@ pub fn init_logging() {
         .init();
 }
 
-/// Builds the topology, runs it with `config` until SIGINT/SIGTERM, and
-/// turns any failure into one clear line and exit status 1.
-pub async fn run_topology(builder: stream_dsl::StreamsBuilder, config: StreamsConfig) {
+/// Builds the topology, runs it with `config` and `run` until
+/// SIGINT/SIGTERM, and turns any failure into one clear line and exit status 1.
+pub async fn run_topology(
+    builder: stream_dsl::StreamsBuilder,
+    mut config: StreamsConfig,
+    run: &RunOpts,
+) {
+    run.apply(&mut config).unwrap_or_else(|e| fail(e));
     let topology = builder.build().unwrap_or_else(|e| fail(e));
     let app = stream_core::runtime::KafkaStreams::new(topology, config).unwrap_or_else(|e| fail(e));
     if let Err(e) = app.run_until_signal().await {

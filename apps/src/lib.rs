@@ -14,3 +14,21 @@ pub mod fake;
 pub mod filters;
 pub mod user;
 pub mod watchlist;
+
+/// The book's pages (`docs/`), compiled and run as doctests so that every
+/// Rust snippet in them stays true.
+#[cfg(doctest)]
+pub mod book {
+    #[doc = include_str!("../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../docs/dsl.md")]
+    pub struct Dsl;
+    #[doc = include_str!("../../docs/tutorial.md")]
+    pub struct Tutorial;
+    #[doc = include_str!("../../docs/runtime.md")]
+    pub struct Runtime;
+    #[doc = include_str!("../../docs/operations.md")]
+    pub struct Operations;
+    #[doc = include_str!("../../docs/testing.md")]
+    pub struct Testing;
+}

@@ -554,6 +554,7 @@ mod tests {
         b.add_store(crate::graph::StoreSpec {
             name: "seen".into(),
             changelog: crate::graph::Changelog::Internal,
+            format: None,
         });
         let p = b.add_processor(
             "tally",

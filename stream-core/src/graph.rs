@@ -86,6 +86,16 @@ pub enum Changelog {
     Disabled,
 }
 
+/// The serdes of a store's keys and values, for reading it from outside
+/// the graph (interactive queries, the status page).
+#[derive(Clone)]
+pub struct StoreFormat {
+    /// Key serde.
+    pub key: Arc<dyn DynSerde>,
+    /// Value serde.
+    pub value: Arc<dyn DynSerde>,
+}
+
 /// A declared state store.
 #[derive(Clone)]
 pub struct StoreSpec {
@@ -93,6 +103,8 @@ pub struct StoreSpec {
     pub name: String,
     /// Where its changes go.
     pub changelog: Changelog,
+    /// Key and value serdes, when known (`None`: entries are shown as bytes).
+    pub format: Option<StoreFormat>,
 }
 
 impl StoreSpec {

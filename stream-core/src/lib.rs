@@ -25,6 +25,7 @@ pub mod data;
 pub mod driver;
 pub mod error;
 pub mod graph;
+pub mod http;
 pub mod partitioner;
 pub mod processor;
 pub mod record;

@@ -60,6 +60,19 @@ pub enum ErrorPolicy {
     FailFast,
 }
 
+impl std::str::FromStr for ErrorPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "dead-letter" | "continue" => Ok(ErrorPolicy::DeadLetter),
+            "fail-fast" | "fail" => Ok(ErrorPolicy::FailFast),
+            other => Err(format!(
+                "unknown error policy `{other}` (dead-letter, fail-fast)"
+            )),
+        }
+    }
+}
+
 /// Settings shared by all tasks of an application.
 #[derive(Clone)]
 pub struct TaskConfig {

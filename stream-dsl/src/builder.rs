@@ -113,6 +113,7 @@ impl StreamsBuilder {
         self.inner.borrow_mut().graph.add_store(StoreSpec {
             name: name.to_string(),
             changelog: Changelog::Internal,
+            format: None,
         });
     }
 

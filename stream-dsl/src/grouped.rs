@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use stream_core::data::{Data, downcast, downcast_ref};
-use stream_core::graph::{Changelog, ChangelogCodec, StoreSpec, repartition_suffix};
-use stream_core::serde::{I64Serde, Serde, UnitSerde};
+use stream_core::graph::{Changelog, ChangelogCodec, StoreFormat, StoreSpec, repartition_suffix};
+use stream_core::serde::{I64Serde, Serde, UnitSerde, erase};
 use stream_core::{
     Context, KeyValueStore, ProcessError, Processor, Record, SerdeError, TopologyError,
 };
@@ -163,6 +163,10 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
             g.add_store(StoreSpec {
                 name: store.clone(),
                 changelog,
+                format: Some(StoreFormat {
+                    key: erase(key_serde.clone()),
+                    value: erase(agg_serde.clone()),
+                }),
             })
         });
         let (s, k, a, i, ad) = (

@@ -313,3 +313,92 @@ pub fn kafka_sh_env(args: &[&str], env: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Starts workspace binary `bin` with `args`, appending its output to `log`.
+pub fn spawn_logged(bin: &str, args: &[String], log: &std::path::Path) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    Command::new(workspace_bin(bin))
+        .args(args)
+        .stdout(Stdio::from(f.try_clone().expect("log handle")))
+        .stderr(Stdio::from(f))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+}
+
+/// Sends `signal` to `child` and waits for it to exit.
+pub fn signal_and_wait(child: &mut std::process::Child, signal: i32) {
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    let _ = child.wait();
+}
+
+/// Team 1's watchlist counts (hotmail users per company), recounted by
+/// the test from every record of `new_users`.
+pub fn team1_counts(new_users: &str) -> BTreeMap<String, i64> {
+    use serde_json::Value;
+    let mut m = BTreeMap::new();
+    for r in read_all(new_users, Duration::from_secs(60)) {
+        let Some(v) = r.value else { continue };
+        let Ok(u) = serde_json::from_slice::<Value>(&v) else {
+            continue;
+        };
+        let Some(email) = u.get("email").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(company) = u.get("company_name").and_then(Value::as_str) else {
+            continue;
+        };
+        if email.to_lowercase().contains("hotmail") {
+            *m.entry(company.to_string()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The value of Prometheus metric `name` whose labels include every pair
+/// of `labels`, from exposition text `text`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// Every value of metric `name` (any labels) in `text`.
+pub fn metric_values(text: &str, name: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let n = series.split_once('{').map_or(series, |(n, _)| n);
+            (n == name).then(|| value.parse().ok()).flatten()
+        })
+        .collect()
+}

@@ -49,17 +49,7 @@ fn common_args(s: &Setup, state: &Path) -> Vec<String> {
 }
 
 fn spawn(bin: &str, args: &[String], log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(workspace_bin(bin))
-        .args(args)
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+    spawn_logged(bin, args, log)
 }
 
 fn fake_users(s: &Setup, count: u64, rate: u64, log: &Path) -> Child {
@@ -80,31 +70,12 @@ fn fake_users(s: &Setup, count: u64, rate: u64, log: &Path) -> Child {
 }
 
 fn kill(child: &mut Child, signal: i32) {
-    unsafe {
-        libc::kill(child.id() as i32, signal);
-    }
-    let _ = child.wait();
+    signal_and_wait(child, signal)
 }
 
 /// The counts the test computes itself from `new_users` with team-1's filter.
 fn expected_counts(new_users: &str) -> BTreeMap<String, i64> {
-    let mut m = BTreeMap::new();
-    for r in read_all(new_users, Duration::from_secs(60)) {
-        let Some(v) = r.value else { continue };
-        let Ok(u) = serde_json::from_slice::<Value>(&v) else {
-            continue;
-        };
-        let Some(email) = u.get("email").and_then(Value::as_str) else {
-            continue;
-        };
-        let Some(company) = u.get("company_name").and_then(Value::as_str) else {
-            continue;
-        };
-        if email.to_lowercase().contains("hotmail") {
-            *m.entry(company.to_string()).or_insert(0) += 1;
-        }
-    }
-    m
+    team1_counts(new_users)
 }
 
 /// The latest `flag_count` per company among team-1's watchlist records.

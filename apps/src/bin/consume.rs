@@ -4,7 +4,7 @@ use clap::Parser;
 use stream_core::serde::BytesSerde;
 use stream_dsl::prelude::*;
 
-use apps::cli::{fail, init_logging, run_topology, Common};
+use apps::cli::{fail, init_logging, run_topology, Common, RunOpts};
 use apps::user::User;
 
 /// Print each record as topic:partition:offset: value, then its email (tutorial step 1).
@@ -13,12 +13,15 @@ use apps::user::User;
 struct Args {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    run: RunOpts,
 }
 
 #[tokio::main]
 async fn main() {
     init_logging();
     let args = Args::parse();
+    let run = args.run;
     let common = args.common.resolve().unwrap_or_else(|e| fail(e));
     let team = common.team().unwrap_or_else(|e| fail(e));
     let b = StreamsBuilder::new();
@@ -36,5 +39,5 @@ async fn main() {
                 Err(e) => println!("  not a valid user: {e}"),
             }
         });
-    run_topology(b, common.streams_config(&team)).await;
+    run_topology(b, common.streams_config(&team), &run).await;
 }

@@ -3,7 +3,7 @@
 use clap::Parser;
 use stream_dsl::prelude::*;
 
-use apps::cli::{fail, init_logging, run_topology, Common};
+use apps::cli::{fail, init_logging, run_topology, Common, RunOpts};
 use apps::filters::for_team;
 use apps::user::{Action, User};
 
@@ -17,12 +17,15 @@ use apps::user::{Action, User};
 struct Args {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    run: RunOpts,
 }
 
 #[tokio::main]
 async fn main() {
     init_logging();
-    let common = Args::parse().common.resolve().unwrap_or_else(|e| fail(e));
+    let Args { common, run } = Args::parse();
+    let common = common.resolve().unwrap_or_else(|e| fail(e));
     let team = common.team().unwrap_or_else(|e| fail(e));
     let filter = for_team(&team).unwrap_or_else(|e| fail(e));
     let b = StreamsBuilder::new();
@@ -37,5 +40,5 @@ async fn main() {
         })
         .peek(|_, a| tracing::info!(customer = %a.customer, reason = %a.reason, "flagged"))
         .to_topic_with(&common.actions(), Produced::<String, Action>::json());
-    run_topology(b, common.streams_config(&team)).await;
+    run_topology(b, common.streams_config(&team), &run).await;
 }

@@ -4,9 +4,10 @@
 use clap::Parser;
 use stream_core::runtime::{KafkaStreams, RuntimeError};
 
-use apps::cli::{fail, init_logging, Common};
+use apps::cli::{fail, init_logging, Common, RunOpts};
 use apps::filters::for_team;
-use apps::watchlist::{topology, Changelog, Mode, Options, Topics};
+use apps::watchlist::{topology, Changelog, Mode, Options, Topics, STORE};
+use stream_core::http::TableView;
 
 /// Watch companies with many flagged users (tutorial step 5).
 ///
@@ -20,6 +21,8 @@ use apps::watchlist::{topology, Changelog, Mode, Options, Topics};
 struct Args {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    run: RunOpts,
     /// Flagged users at which a company raises an ALERT.
     #[arg(long, default_value_t = 3)]
     threshold: i64,
@@ -77,8 +80,14 @@ async fn main() {
     cfg.single_instance = args.single_instance;
     cfg.allow_empty_state = args.allow_empty_state;
     cfg.commit_interval = std::time::Duration::from_millis(args.commit_interval_ms);
+    args.run.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     tracing::info!(team = %team, filter = filter.rule, threshold = args.threshold, ?mode, "watchlist");
-    let app = KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e));
+    let view = TableView::new(&format!("Watchlist of {team}: flagged users per company"), STORE)
+        .highlight_at(args.threshold as f64)
+        .limit(200);
+    let app = KafkaStreams::new(topology, cfg)
+        .unwrap_or_else(|e| fail(e))
+        .with_view(view);
     match app.run_until_signal().await {
         Ok(()) => {}
         Err(e @ RuntimeError::NotAuthorized { .. })

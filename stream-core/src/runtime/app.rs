@@ -16,6 +16,7 @@ use super::error::RuntimeError;
 use super::status::RuntimeStatus;
 use super::topics::{self, ErrorCapture};
 use crate::graph::Topology;
+use crate::http::{Server, TableView};
 use crate::store::StateDir;
 use crate::task::TaskConfig;
 
@@ -59,6 +60,7 @@ impl ConsumerContext for StreamContext {
                 if let Err(e) = engine.on_assign(consumer, tpl) {
                     engine.fatal.get_or_insert(e);
                 }
+                engine.status.set_assigned();
                 let r = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -108,6 +110,7 @@ pub struct KafkaStreams {
     topology: Arc<Topology>,
     cfg: Arc<StreamsConfig>,
     status: Arc<RuntimeStatus>,
+    views: Vec<TableView>,
 }
 
 impl KafkaStreams {
@@ -122,7 +125,15 @@ impl KafkaStreams {
             topology: Arc::new(topology),
             cfg: Arc::new(cfg),
             status: Arc::new(RuntimeStatus::default()),
+            views: Vec::new(),
         })
+    }
+
+    /// Shows `view` (a store as a live table) on the HTTP status page; needs
+    /// [`StreamsConfig::http`].
+    pub fn with_view(mut self, view: TableView) -> Self {
+        self.views.push(view);
+        self
     }
 
     /// The live status (tasks, restore progress, counters).
@@ -146,6 +157,23 @@ impl KafkaStreams {
                 "local state was damaged and moved aside; every task restores from its changelog"
             );
         }
+        let server = match self.cfg.http {
+            Some(addr) => {
+                let server = Server::bind(
+                    addr,
+                    self.cfg.clone(),
+                    self.topology.clone(),
+                    self.status.clone(),
+                    plan.partitions.clone(),
+                    self.views.clone(),
+                )
+                .await?;
+                let bound = server.local_addr().unwrap_or(addr);
+                tracing::info!(addr = %bound, "HTTP server: status page at http://{bound}/");
+                Some(server)
+            }
+            None => None,
+        };
         let dead_letter_file =
             (!plan.dead_letter_topic_ok).then(|| state.path().join("dead-letters.jsonl"));
         let grouped = self.cfg.single_instance;
@@ -230,6 +258,10 @@ impl KafkaStreams {
         );
         engine.eos = eos;
         let engine = Arc::new(Mutex::new(engine));
+        let http = server.map(|server| {
+            server.attach(engine.clone());
+            server.spawn()
+        });
 
         let multi_source = self
             .topology
@@ -255,6 +287,11 @@ impl KafkaStreams {
         if let Some(id) = &self.cfg.group_instance_id {
             cc.set("group.instance.id", id);
         }
+        if let Some(server) = self.cfg.advertised_server() {
+            // Other instances find this one's HTTP server through the group.
+            let base = self.cfg.client_id.as_deref().unwrap_or(&self.cfg.application_id);
+            cc.set("client.id", format!("{base}@{server}"));
+        }
         for (k, v) in &self.cfg.extra {
             cc.set(k, v);
         }
@@ -275,14 +312,18 @@ impl KafkaStreams {
             stream_loop(consumer, engine, &topics, &stop2, &status, &cfg, &capture)
         });
         tokio::pin!(handle);
-        tokio::select! {
-            r = &mut handle => r.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}")))?,
+        let result = tokio::select! {
+            r = &mut handle => r.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}"))),
             _ = shutdown => {
                 tracing::info!("shutting down: committing and closing");
                 stop.store(true, Ordering::SeqCst);
-                handle.await.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}")))?
+                handle.await.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}")))
             }
+        };
+        if let Some(h) = http {
+            h.abort();
         }
+        result?
     }
 }
 
@@ -302,6 +343,7 @@ fn stream_loop(
     status.set_running(true);
     let mut last_transport_warning: Option<std::time::Instant> = None;
     let mut last_progress = std::time::Instant::now();
+    let mut last_metrics = std::time::Instant::now();
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
@@ -344,6 +386,10 @@ fn stream_loop(
                 }
             },
             None => {}
+        }
+        if last_metrics.elapsed() >= Duration::from_secs(1) {
+            e.publish_metrics();
+            last_metrics = std::time::Instant::now();
         }
         if last_progress.elapsed() >= Duration::from_secs(10) {
             let (processed, tasks) = e.progress();

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -113,6 +114,12 @@ pub struct StreamsConfig {
     pub group_instance_id: Option<String>,
     /// Extra librdkafka properties passed to every client.
     pub extra: BTreeMap<String, String>,
+    /// Address of the optional HTTP server (metrics, health, topology,
+    /// store queries, status page); `None`: no server.
+    pub http: Option<SocketAddr>,
+    /// `application.server`: the `host:port` other instances and clients
+    /// use to reach this instance's HTTP server (default: [`Self::http`]).
+    pub application_server: Option<String>,
 }
 
 impl StreamsConfig {
@@ -134,7 +141,16 @@ impl StreamsConfig {
             allow_empty_state: false,
             group_instance_id: None,
             extra: BTreeMap::new(),
+            http: None,
+            application_server: None,
         }
+    }
+
+    /// The `host:port` this instance advertises to the group, if any.
+    pub fn advertised_server(&self) -> Option<String> {
+        self.application_server
+            .clone()
+            .or_else(|| self.http.map(|a| a.to_string()))
     }
 
     /// The dead-letter topic in use.

@@ -384,9 +384,43 @@ impl Engine {
         &mut self,
         consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
     ) -> Result<(), RuntimeError> {
+        let started = Instant::now();
         let r = self.commit_inner(consumer);
+        if !self.tasks.is_empty() {
+            self.status.record_commit(started.elapsed());
+        }
         self.last_commit = Instant::now();
         r
+    }
+
+    /// Reads a store of an owned task with `f(stores, store index)`;
+    /// `None` if the task is not owned here or has no such store.
+    pub(crate) fn read_store<R>(
+        &self,
+        id: TaskId,
+        store: &str,
+        f: impl FnOnce(&crate::store::StoreSet, usize) -> R,
+    ) -> Option<R> {
+        let e = self.tasks.get(&id)?;
+        let idx = e.task.stores().index_of(store)?;
+        Some(f(e.task.stores(), idx))
+    }
+
+    /// The owned tasks that have `store`.
+    pub(crate) fn tasks_with_store(&self, store: &str) -> Vec<TaskId> {
+        self.tasks
+            .iter()
+            .filter(|(_, e)| e.task.stores().index_of(store).is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Publishes every task's counters and the processing rate to the status.
+    pub(crate) fn publish_metrics(&self) {
+        for (id, e) in &self.tasks {
+            self.status.update_metrics(*id, e.task.metrics());
+        }
+        self.status.sample_rate();
     }
 
     fn commit_inner(

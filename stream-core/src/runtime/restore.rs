@@ -21,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::engine::{Engine, Entry};
 use super::error::RuntimeError;
+use super::progress::RestoreReporter;
 use super::status::{RestoreProgress, RestoreRecord, TaskState, TaskStatus};
 use crate::task::RestoreTarget;
 
@@ -186,7 +187,12 @@ impl Engine {
         self.restore_consumer
             .assign(tpl)
             .map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
-        let started = Instant::now();
+        let total: u64 = jobs
+            .iter()
+            .flat_map(|j| j.progress.iter())
+            .map(|p| (p.end - p.start).max(0) as u64)
+            .sum();
+        let mut reporter = RestoreReporter::new(total);
         let mut last_progress = Instant::now();
         let mut last_log = Instant::now();
         let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
@@ -270,24 +276,14 @@ impl Engine {
                     }
                 }
             }
+            let (read, done) = jobs
+                .iter()
+                .flat_map(|j| j.progress.iter())
+                .fold((0u64, 0u64), |(r, d), p| {
+                    (r + p.read, d + (p.position - p.start).max(0) as u64)
+                });
+            reporter.update(done, read, total);
             if last_log.elapsed() >= Duration::from_secs(1) {
-                let read: u64 = jobs
-                    .iter()
-                    .flat_map(|j| j.progress.iter())
-                    .map(|p| p.read)
-                    .sum();
-                let total: i64 = jobs
-                    .iter()
-                    .flat_map(|j| j.progress.iter())
-                    .map(|p| (p.end - p.start).max(0))
-                    .sum();
-                let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                tracing::info!(
-                    read,
-                    total,
-                    rate = format!("{rate:.0}/s"),
-                    "restore progress"
-                );
                 for (e, job) in entries.iter().zip(jobs.iter()) {
                     self.status.set_task(
                         e.task.id(),
@@ -301,6 +297,7 @@ impl Engine {
                 last_log = Instant::now();
             }
         }
+        reporter.finish();
         let _ = self.restore_consumer.unassign();
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::task::{TaskId, TaskMetrics};
 
@@ -61,6 +61,19 @@ pub struct RestoreRecord {
     pub seconds: f64,
 }
 
+/// Commit latency so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CommitStats {
+    /// Commits done.
+    pub count: u64,
+    /// Seconds spent committing, in all.
+    pub total_seconds: f64,
+    /// Seconds the latest commit took.
+    pub last_seconds: f64,
+    /// Seconds the slowest commit took.
+    pub max_seconds: f64,
+}
+
 /// Shared status of one application instance.
 #[derive(Debug, Default)]
 pub struct RuntimeStatus {
@@ -72,7 +85,12 @@ struct Inner {
     tasks: BTreeMap<TaskId, TaskStatus>,
     restores: Vec<RestoreRecord>,
     running: bool,
+    assigned: bool,
     started: Option<Instant>,
+    commits: CommitStats,
+    rate: f64,
+    rate_sample: Option<(Instant, u64)>,
+    processed_closed: u64,
 }
 
 impl RuntimeStatus {
@@ -98,9 +116,63 @@ impl RuntimeStatus {
         self.with(|i| i.running)
     }
 
-    /// Ready: running, with every assigned task done restoring.
+    /// Ready: running, the group has given this instance its (possibly
+    /// empty) assignment, and every assigned task is done restoring.
     pub fn is_ready(&self) -> bool {
-        self.with(|i| i.running && i.tasks.values().all(|t| t.state == TaskState::Running))
+        self.with(|i| {
+            i.running && i.assigned && i.tasks.values().all(|t| t.state == TaskState::Running)
+        })
+    }
+
+    pub(crate) fn set_assigned(&self) {
+        self.with(|i| i.assigned = true)
+    }
+
+    /// Commit latency so far.
+    pub fn commits(&self) -> CommitStats {
+        self.with(|i| i.commits)
+    }
+
+    /// Input records per second over the last sampling interval (about a second).
+    pub fn processing_rate(&self) -> f64 {
+        self.with(|i| i.rate)
+    }
+
+    /// Input records processed since start, by every task this instance
+    /// has owned (tasks that moved away included).
+    pub fn processed_total(&self) -> u64 {
+        self.with(|i| i.processed_closed + i.tasks.values().map(|t| t.metrics.processed).sum::<u64>())
+    }
+
+    /// Seconds since the instance started running (0 before).
+    pub fn uptime_seconds(&self) -> f64 {
+        self.with(|i| i.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0))
+    }
+
+    pub(crate) fn record_commit(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        self.with(|i| {
+            let c = &mut i.commits;
+            c.count += 1;
+            c.total_seconds += secs;
+            c.last_seconds = secs;
+            c.max_seconds = c.max_seconds.max(secs);
+        })
+    }
+
+    /// Samples the processed total to update [`Self::processing_rate`].
+    pub(crate) fn sample_rate(&self) {
+        let total = self.processed_total();
+        self.with(|i| {
+            let now = Instant::now();
+            if let Some((t, n)) = i.rate_sample {
+                let dt = now.duration_since(t).as_secs_f64();
+                if dt > 0.0 {
+                    i.rate = total.saturating_sub(n) as f64 / dt;
+                }
+            }
+            i.rate_sample = Some((now, total));
+        })
     }
 
     pub(crate) fn set_running(&self, running: bool) {
@@ -128,7 +200,9 @@ impl RuntimeStatus {
 
     pub(crate) fn remove_task(&self, id: TaskId) {
         self.with(|i| {
-            i.tasks.remove(&id);
+            if let Some(t) = i.tasks.remove(&id) {
+                i.processed_closed += t.metrics.processed;
+            }
         })
     }
 

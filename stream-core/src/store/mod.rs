@@ -173,19 +173,40 @@ impl StoreSet {
         self.layers.get(idx).map(|l| l.metrics).unwrap_or_default()
     }
 
-    /// Committed entries of a store plus its buffered changes, in key order.
-    pub fn entries(&self, idx: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let mut view: BTreeMap<Vec<u8>, Vec<u8>> =
-            self.backend.scan_prefix(idx, &[])?.into_iter().collect();
+    /// The value under `key` as the task sees it (its buffered changes
+    /// over the durable copy), without counting a read.
+    pub fn get(&self, idx: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.layers.get(idx).and_then(|l| l.buffer.get(key)) {
+            return Ok(v.clone());
+        }
+        self.backend.get(idx, key)
+    }
+
+    /// Entries whose key starts with `prefix`, buffered changes merged in, in key order.
+    pub fn scan_prefix(
+        &self,
+        idx: usize,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.backend.scan_prefix(idx, prefix)?.into_iter().collect();
         if let Some(l) = self.layers.get(idx) {
-            for (k, v) in &l.buffer {
+            for (k, v) in l.buffer.range(prefix.to_vec()..) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
                 match v {
-                    Some(v) => view.insert(k.clone(), v.clone()),
-                    None => view.remove(k),
+                    Some(v) => merged.insert(k.clone(), v.clone()),
+                    None => merged.remove(k),
                 };
             }
         }
-        Ok(view.into_iter().collect())
+        Ok(merged.into_iter().collect())
+    }
+
+    /// Committed entries of a store plus its buffered changes, in key order.
+    pub fn entries(&self, idx: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.scan_prefix(idx, &[])
     }
 }
 
@@ -197,11 +218,7 @@ pub struct StoreView<'a> {
 
 impl KeyValueStore for StoreView<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let l = &self.set.layers[self.idx];
-        if let Some(v) = l.buffer.get(key) {
-            return Ok(v.clone());
-        }
-        self.set.backend.get(self.idx, key)
+        self.set.get(self.idx, key)
     }
 
     fn put(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
@@ -225,22 +242,7 @@ impl KeyValueStore for StoreView<'_> {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
-            .set
-            .backend
-            .scan_prefix(self.idx, prefix)?
-            .into_iter()
-            .collect();
-        for (k, v) in self.set.layers[self.idx].buffer.range(prefix.to_vec()..) {
-            if !k.starts_with(prefix) {
-                break;
-            }
-            match v {
-                Some(v) => merged.insert(k.clone(), v.clone()),
-                None => merged.remove(k),
-            };
-        }
-        Ok(merged.into_iter().collect())
+        self.set.scan_prefix(self.idx, prefix)
     }
 }
 

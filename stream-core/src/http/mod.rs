@@ -1,0 +1,163 @@
+//! The optional HTTP server of a running instance (`StreamsConfig::http`).
+//!
+//! | path | what |
+//! |---|---|
+//! | `/` | status page: topology diagram, tasks, restore progress, lag, table views |
+//! | `/health` | `200 ready` once every assigned task has restored, else `503` |
+//! | `/metrics` | Prometheus text ([`metrics`]) |
+//! | `/topology` | `describe()` text; `/topology.mmd` Mermaid; `/topology.svg` SVG; `/topology.dot` DOT |
+//! | `/stores` | the stores, and which of their tasks run here |
+//! | `/stores/{store}/{key}` | one key: its value if this instance owns it, else the owner |
+//! | `/stores/{store}?prefix=P&limit=N` | the local entries whose key starts with `P` |
+//! | `/api/status` | what the status page shows, as JSON |
+//!
+//! The server never blocks the stream thread: lag and group membership come
+//! from a side Kafka client ([`probe`]), store reads wait at most a moment
+//! for the stream thread and answer `503` while a restore holds the state.
+
+pub mod metrics;
+pub mod probe;
+pub mod query;
+pub mod svg;
+mod routes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::graph::Topology;
+use crate::runtime::engine::Engine;
+use crate::runtime::{RuntimeError, RuntimeStatus, StreamsConfig};
+
+pub use probe::{Lag, Member};
+pub use svg::topology_svg;
+
+/// A store shown as a live table on the status page, sorted by value,
+/// largest first (the watchlist: companies and their counts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableView {
+    /// Heading.
+    pub title: String,
+    /// Store name.
+    pub store: String,
+    /// Rows whose numeric value is at or over this are highlighted.
+    pub highlight_at: Option<f64>,
+    /// Rows shown at most.
+    pub limit: usize,
+}
+
+impl TableView {
+    /// A view of `store` titled `title`, 100 rows, no highlight.
+    pub fn new(title: &str, store: &str) -> Self {
+        TableView {
+            title: title.to_string(),
+            store: store.to_string(),
+            highlight_at: None,
+            limit: 100,
+        }
+    }
+
+    /// Highlights rows whose value is at least `threshold`.
+    pub fn highlight_at(mut self, threshold: f64) -> Self {
+        self.highlight_at = Some(threshold);
+        self
+    }
+
+    /// Shows at most `limit` rows.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+}
+
+/// What the handlers share.
+pub(crate) struct Shared {
+    pub(crate) cfg: Arc<StreamsConfig>,
+    pub(crate) topology: Arc<Topology>,
+    pub(crate) status: Arc<RuntimeStatus>,
+    pub(crate) partitions: HashMap<String, i32>,
+    pub(crate) engine: OnceLock<Arc<Mutex<Engine>>>,
+    pub(crate) probe: Result<Arc<probe::Probe>, String>,
+    pub(crate) views: Vec<TableView>,
+    pub(crate) svg: Option<String>,
+}
+
+impl Shared {
+    /// The input partitions this instance reads now (from its tasks).
+    pub(crate) fn owned_partitions(&self) -> Vec<(String, i32)> {
+        let app = &self.cfg.application_id;
+        let mut out = Vec::new();
+        for id in self.status.tasks().keys() {
+            let Some(st) = self.topology.subtopologies().get(id.subtopology) else {
+                continue;
+            };
+            for t in &st.sources {
+                let topic = t.resolve(app);
+                if self.cfg.single_instance {
+                    let n = self.partitions.get(&topic).copied().unwrap_or(1);
+                    out.extend((0..n).map(|p| (topic.clone(), p)));
+                } else {
+                    out.push((topic, id.partition));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// A bound, not yet serving, HTTP server.
+pub(crate) struct Server {
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Binds `addr`: a clear error if the port is taken.
+    pub(crate) async fn bind(
+        addr: SocketAddr,
+        cfg: Arc<StreamsConfig>,
+        topology: Arc<Topology>,
+        status: Arc<RuntimeStatus>,
+        partitions: HashMap<String, i32>,
+        views: Vec<TableView>,
+    ) -> Result<Server, RuntimeError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| RuntimeError::Config(format!("cannot serve HTTP on {addr}: {e}")))?;
+        let svg = topology_svg(&topology, &cfg.application_id);
+        let probe = probe::Probe::new(&cfg).map(Arc::new);
+        let shared = Arc::new(Shared {
+            cfg,
+            topology,
+            status,
+            partitions,
+            engine: OnceLock::new(),
+            probe,
+            views,
+            svg,
+        });
+        Ok(Server { listener, shared })
+    }
+
+    /// The address actually bound (port 0 picks one).
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Hands the engine to the store handlers once it exists.
+    pub(crate) fn attach(&self, engine: Arc<Mutex<Engine>>) {
+        let _ = self.shared.engine.set(engine);
+    }
+
+    /// Serves until the runtime stops.
+    pub(crate) fn spawn(self) -> tokio::task::JoinHandle<()> {
+        let app = routes::router(self.shared);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(self.listener, app).await {
+                tracing::warn!(error = %e, "HTTP server stopped");
+            }
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! The HTTP handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::query::{self, QueryError};
+use super::{metrics, Shared};
+use crate::runtime::status::TaskState;
+
+/// How long a store read waits for the stream thread.
+const STORE_WAIT: Duration = Duration::from_millis(1500);
+
+type S = State<Arc<Shared>>;
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .route("/topology", get(topology_text))
+        .route("/topology.mmd", get(topology_mermaid))
+        .route("/topology.dot", get(topology_dot))
+        .route("/topology.svg", get(topology_svg))
+        .route("/stores", get(stores))
+        .route("/stores/{store}", get(store_scan))
+        .route("/stores/{store}/{key}", get(store_key))
+        .route("/api/status", get(api_status))
+        .with_state(shared)
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn query_error(e: QueryError) -> Response {
+    match e {
+        QueryError::UnknownStore(s) => error(StatusCode::NOT_FOUND, format!("no store named `{s}`")),
+        QueryError::BadKey(m) => error(StatusCode::BAD_REQUEST, m),
+        QueryError::Busy => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the state is busy (a restore is running); retry shortly",
+        ),
+    }
+}
+
+/// Runs blocking work (Kafka calls, store reads) off the async workers.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("status.html"))
+}
+
+fn health_json(s: &Shared) -> (bool, Value) {
+    let tasks = s.status.tasks();
+    let restoring: Vec<String> = tasks
+        .iter()
+        .filter(|(_, t)| t.state == TaskState::Restoring)
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let ready = s.status.is_ready();
+    let state = if !s.status.is_running() {
+        "not running"
+    } else if !restoring.is_empty() {
+        "restoring"
+    } else if ready {
+        "ready"
+    } else {
+        "waiting for an assignment"
+    };
+    (
+        ready,
+        json!({ "status": state, "ready": ready, "tasks": tasks.len(), "restoring": restoring }),
+    )
+}
+
+async fn health(State(s): S) -> Response {
+    let (ready, body) = health_json(&s);
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+async fn lags(s: &Arc<Shared>) -> Result<Vec<super::Lag>, String> {
+    let probe = s.probe.clone()?;
+    let parts = s.owned_partitions();
+    blocking(move || probe.lags(&parts))
+        .await
+        .unwrap_or_else(|| Err("lag lookup panicked".into()))
+}
+
+async fn prometheus(State(s): S) -> Response {
+    let lags = lags(&s).await;
+    let body = metrics::render(&s.cfg.application_id, &s.status, &lags);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn topology_text(State(s): S) -> Response {
+    text(s.topology.describe(&s.cfg.application_id))
+}
+
+async fn topology_mermaid(State(s): S) -> Response {
+    text(s.topology.to_mermaid(&s.cfg.application_id))
+}
+
+async fn topology_dot(State(s): S) -> Response {
+    text(s.topology.to_dot(&s.cfg.application_id))
+}
+
+async fn topology_svg(State(s): S) -> Response {
+    match &s.svg {
+        Some(svg) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg.clone()).into_response(),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "the diagram could not be laid out; see /topology"),
+    }
+}
+
+async fn stores(State(s): S) -> Response {
+    let app = s.cfg.application_id.clone();
+    let s2 = s.clone();
+    let local: HashMap<String, Vec<String>> = blocking(move || {
+        let Some(engine) = s2.engine.get() else {
+            return HashMap::new();
+        };
+        query::with_engine(engine, STORE_WAIT, |e| {
+            s2.topology
+                .stores()
+                .iter()
+                .map(|st| {
+                    let ids = e.tasks_with_store(&st.name).iter().map(|t| t.to_string()).collect();
+                    (st.name.clone(), ids)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    let list: Vec<Value> = s
+        .topology
+        .stores()
+        .iter()
+        .map(|st| {
+            json!({
+                "name": st.name,
+                "changelog": st.changelog_topic(&app),
+                "local_tasks": local.get(&st.name).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    Json(json!({ "stores": list })).into_response()
+}
+
+async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> Response {
+    let Some(spec) = s.topology.store(&store).cloned() else {
+        return query_error(QueryError::UnknownStore(store));
+    };
+    let bytes = match query::encode_key(spec.format.as_ref(), &key) {
+        Ok(b) => b,
+        Err(e) => return query_error(e),
+    };
+    let loc = match query::locate(
+        &s.topology,
+        &s.cfg.application_id,
+        &s.partitions,
+        s.cfg.single_instance,
+        &store,
+        &bytes,
+    ) {
+        Ok(l) => l,
+        Err(e) => return query_error(e),
+    };
+    let s2 = s.clone();
+    let (store2, bytes2, task) = (store.clone(), bytes.clone(), loc.task);
+    let local = blocking(move || {
+        let engine = s2.engine.get()?;
+        Some(query::with_engine(engine, STORE_WAIT, |e| {
+            e.read_store(task, &store2, |set, idx| set.get(idx, &bytes2))
+        }))
+    })
+    .await
+    .flatten();
+    let value_serde = spec.format.as_ref().map(|f| &f.value);
+    match local {
+        Some(Err(e)) => query_error(e),
+        Some(Ok(Some(Ok(v)))) => Json(json!({
+            "store": store, "key": key, "task": loc.task.to_string(), "partition": loc.task.partition,
+            "local": true, "found": v.is_some(),
+            "value": v.as_deref().map(|v| query::render(value_serde, v)),
+        }))
+        .into_response(),
+        Some(Ok(Some(Err(e)))) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("store read failed: {e}")),
+        Some(Ok(None)) | None => {
+            // Not here: ask the group who owns the task's partition.
+            let owner = match s.probe.clone() {
+                Ok(p) => blocking(move || p.members()).await.unwrap_or_else(|| Err("panicked".into())),
+                Err(e) => Err(e),
+            };
+            let (topic, partition) = (loc.topic.clone(), loc.task.partition);
+            let owner = owner.map(|ms| {
+                ms.into_iter()
+                    .find(|m| m.partitions.iter().any(|(t, p)| *t == topic && *p == partition))
+            });
+            let me = s.cfg.advertised_server();
+            let body = match owner {
+                Ok(Some(m)) if m.server.is_some() && m.server == me => {
+                    let body = json!({
+                        "store": store, "key": key, "task": loc.task.to_string(), "partition": partition,
+                        "local": false, "owner": null,
+                        "note": "this instance is taking the partition over (rebalance in progress); retry shortly",
+                    });
+                    return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                }
+                Ok(Some(m)) => json!({
+                    "store": store, "key": key, "task": loc.task.to_string(), "partition": partition,
+                    "local": false,
+                    "owner": { "client_id": m.client_id, "host": m.host, "server": m.server,
+                               "url": m.server.as_ref().map(|srv| format!("http://{srv}/stores/{}/{}", encode_path(&store), encode_path(&key))) },
+                }),
+                Ok(None) => json!({
+                    "store": store, "key": key, "task": loc.task.to_string(), "partition": partition,
+                    "local": false, "owner": null,
+                    "note": "no member owns this partition right now (rebalancing?)",
+                }),
+                Err(e) => json!({
+                    "store": store, "key": key, "task": loc.task.to_string(), "partition": partition,
+                    "local": false, "owner": null, "note": format!("group lookup failed: {e}"),
+                }),
+            };
+            (StatusCode::NOT_FOUND, Json(body)).into_response()
+        }
+    }
+}
+
+/// Percent-encodes a path segment (RFC 3986 unreserved characters stay).
+fn encode_path(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct ScanParams {
+    prefix: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Decoded entries of `store` from every local task, in key order.
+fn local_entries(s: &Shared, store: &str, prefix: &[u8]) -> Result<Vec<(Value, Value)>, QueryError> {
+    let spec = s
+        .topology
+        .store(store)
+        .ok_or_else(|| QueryError::UnknownStore(store.to_string()))?;
+    let Some(engine) = s.engine.get() else {
+        return Ok(Vec::new());
+    };
+    let raw = query::with_engine(engine, STORE_WAIT, |e| {
+        let mut all = Vec::new();
+        for id in e.tasks_with_store(store) {
+            if let Some(Ok(mut entries)) = e.read_store(id, store, |set, idx| set.scan_prefix(idx, prefix)) {
+                all.append(&mut entries);
+            }
+        }
+        all
+    })?;
+    let (k, v) = match &spec.format {
+        Some(f) => (Some(&f.key), Some(&f.value)),
+        None => (None, None),
+    };
+    let mut out: Vec<(Vec<u8>, Value, Value)> = raw
+        .into_iter()
+        .map(|(kb, vb)| {
+            let key = query::render(k, &kb);
+            (kb, key, query::render(v, &vb))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out.into_iter().map(|(_, k, v)| (k, v)).collect())
+}
+
+async fn store_scan(State(s): S, Path(store): Path<String>, Query(q): Query<ScanParams>) -> Response {
+    let limit = q.limit.unwrap_or(1000);
+    let prefix = q.prefix.unwrap_or_default();
+    let s2 = s.clone();
+    let store2 = store.clone();
+    let r = blocking(move || local_entries(&s2, &store2, prefix.as_bytes())).await;
+    match r {
+        Some(Ok(entries)) => {
+            let total = entries.len();
+            let rows: Vec<Value> = entries
+                .into_iter()
+                .take(limit)
+                .map(|(k, v)| json!({ "key": k, "value": v }))
+                .collect();
+            Json(json!({ "store": store, "local_entries": total, "entries": rows })).into_response()
+        }
+        Some(Err(e)) => query_error(e),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "store scan panicked"),
+    }
+}
+
+fn view_json(s: &Shared, v: &super::TableView) -> Value {
+    match local_entries(s, &v.store, &[]) {
+        Ok(mut entries) => {
+            let num = |x: &Value| x.as_f64().unwrap_or(f64::NEG_INFINITY);
+            entries.sort_by(|a, b| num(&b.1).total_cmp(&num(&a.1)).then_with(|| a.0.to_string().cmp(&b.0.to_string())));
+            let hot = |x: &Value| v.highlight_at.is_some_and(|t| num(x) >= t);
+            let at_or_over = entries.iter().filter(|e| hot(&e.1)).count();
+            let rows: Vec<Value> = entries
+                .iter()
+                .take(v.limit)
+                .map(|(k, val)| json!({ "key": k, "value": val, "hot": hot(val) }))
+                .collect();
+            json!({ "title": v.title, "store": v.store, "threshold": v.highlight_at,
+                    "entries": entries.len(), "at_or_over": at_or_over, "rows": rows })
+        }
+        Err(QueryError::Busy) => json!({ "title": v.title, "store": v.store, "threshold": v.highlight_at,
+                                         "busy": true, "rows": [] }),
+        Err(e) => json!({ "title": v.title, "store": v.store, "error": format!("{e:?}"), "rows": [] }),
+    }
+}
+
+async fn api_status(State(s): S) -> Response {
+    let lags = lags(&s).await;
+    let (ready, health) = health_json(&s);
+    let tasks: Vec<Value> = s
+        .status
+        .tasks()
+        .iter()
+        .map(|(id, t)| {
+            let restore: Vec<Value> = t
+                .restore
+                .iter()
+                .map(|p| {
+                    let total = (p.end - p.start).max(0);
+                    let done = (p.position - p.start).clamp(0, total.max(0));
+                    json!({ "topic": p.topic, "partition": p.partition, "start": p.start, "end": p.end,
+                            "position": p.position, "read": p.read, "done": p.done,
+                            "percent": if total == 0 { 100.0 } else { 100.0 * done as f64 / total as f64 } })
+                })
+                .collect();
+            json!({ "id": id.to_string(),
+                    "state": if t.state == TaskState::Restoring { "restoring" } else { "running" },
+                    "processed": t.metrics.processed, "produced": t.metrics.produced,
+                    "dead_lettered": t.metrics.dead_lettered, "restore": restore })
+        })
+        .collect();
+    let s2 = s.clone();
+    let views: Vec<Value> = blocking(move || s2.views.iter().map(|v| view_json(&s2, v)).collect())
+        .await
+        .unwrap_or_default();
+    let c = s.status.commits();
+    Json(json!({
+        "application_id": s.cfg.application_id,
+        "server": s.cfg.advertised_server(),
+        "ready": ready,
+        "health": health,
+        "processed_total": s.status.processed_total(),
+        "rate": s.status.processing_rate(),
+        "commits": { "count": c.count, "last_seconds": c.last_seconds, "max_seconds": c.max_seconds,
+                     "mean_seconds": if c.count == 0 { 0.0 } else { c.total_seconds / c.count as f64 } },
+        "tasks": tasks,
+        "lag": lags.as_ref().ok(),
+        "lag_error": lags.as_ref().err(),
+        "views": views,
+        "describe": s.topology.describe(&s.cfg.application_id),
+    }))
+    .into_response()
+}
