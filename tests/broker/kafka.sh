@@ -9,7 +9,8 @@
 #   PLAINTEXT       $KAFKA_PORT        (default 9092)  principal ANONYMOUS (super user)
 #   CONTROLLER      $KAFKA_PORT + 1    (default 9093)
 #   SASL_PLAINTEXT  $KAFKA_PORT + 2    (default 9094)  SCRAM-SHA-256/512, super user admin/admin-secret
-# Node i (0-based) shifts all three ports by 10*i.
+#   SASL_SSL        $KAFKA_PORT + 3    only with KAFKA_SSL_KEYSTORE: SCRAM over TLS
+# Node i (0-based) shifts all ports by 10*i.
 #
 # Environment overrides:
 #   KAFKA_PORT       first node's PLAINTEXT port (default 9092)
@@ -17,6 +18,9 @@
 #   KAFKA_JARS_DIR   jar cache (default <repo>/target/kafka-jars)
 #   KAFKA_HEAP       JVM heap (default 1g)
 #   KAFKA_START_TIMEOUT  seconds to wait for readiness (default 120)
+#   KAFKA_SSL_KEYSTORE   PKCS12 keystore with the broker's key and certificate:
+#                        adds the SASL_SSL listener (tests generate their own CA)
+#   KAFKA_SSL_KEYSTORE_PASSWORD  its password
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,6 +38,8 @@ die() { echo "kafka.sh: $*" >&2; exit 1; }
 plain_port() { echo $((PORT + 10 * $1)); }
 controller_port() { echo $((PORT + 10 * $1 + 1)); }
 sasl_port() { echo $((PORT + 10 * $1 + 2)); }
+ssl_port() { echo $((PORT + 10 * $1 + 3)); }
+SSL_KEYSTORE="${KAFKA_SSL_KEYSTORE:-}"
 
 node_count() {
   if [[ -f "$DATA/nodes" ]]; then cat "$DATA/nodes"; else echo 1; fi
@@ -89,13 +95,19 @@ write_node_config() {
   for ((j = 0; j < n; j++)); do voters+="${voters:+,}$((j + 1))@127.0.0.1:$(controller_port "$j")"; done
   local rf=$((n < 3 ? n : 3)) isr=$((n < 3 ? 1 : 2))
   mkdir -p "$DATA/node$i/logs"
+  local listeners="PLAINTEXT://127.0.0.1:$(plain_port "$i"),SASL_PLAINTEXT://127.0.0.1:$(sasl_port "$i")"
+  local map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+  if [[ -n "$SSL_KEYSTORE" ]]; then
+    listeners+=",SASL_SSL://127.0.0.1:$(ssl_port "$i")"
+    map+=",SASL_SSL:SASL_SSL"
+  fi
   cat >"$DATA/node$i/server.properties" <<EOF
 process.roles=broker,controller
 node.id=$((i + 1))
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$(plain_port "$i"),CONTROLLER://127.0.0.1:$(controller_port "$i"),SASL_PLAINTEXT://127.0.0.1:$(sasl_port "$i")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(plain_port "$i"),SASL_PLAINTEXT://127.0.0.1:$(sasl_port "$i")
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listeners=$listeners,CONTROLLER://127.0.0.1:$(controller_port "$i")
+advertised.listeners=$listeners
+listener.security.protocol.map=$map
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
@@ -122,6 +134,16 @@ log.cleaner.dedupe.buffer.size=33554432
 log.retention.check.interval.ms=5000
 log.segment.delete.delay.ms=1000
 EOF
+  if [[ -n "$SSL_KEYSTORE" ]]; then
+    cat >>"$DATA/node$i/server.properties" <<EOF
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$SSL_KEYSTORE
+ssl.keystore.password=${KAFKA_SSL_KEYSTORE_PASSWORD:-}
+ssl.key.password=${KAFKA_SSL_KEYSTORE_PASSWORD:-}
+EOF
+  fi
 }
 
 pid_of() { local f="$DATA/node$1/pid"; [[ -f "$f" ]] && cat "$f" || true; }

@@ -31,6 +31,14 @@ pub enum RuntimeError {
         /// What the client reported.
         detail: String,
     },
+    /// The TLS handshake with the brokers failed.
+    #[error("TLS handshake with {bootstrap} failed: {detail}; check --ssl-ca-location (the CA that signed the brokers' certificates) and the security protocol")]
+    Tls {
+        /// Bootstrap servers.
+        bootstrap: String,
+        /// What failed.
+        detail: String,
+    },
     /// A topic the topology reads or writes does not exist.
     #[error("topic `{topic}` does not exist; create it ({hint})")]
     MissingTopic {

@@ -53,8 +53,13 @@ impl ClientContext for ErrorCapture {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(%error, reason, "kafka client error");
         if let Ok(mut g) = self.last.lock() {
-            // An authentication failure explains everything after it; keep it.
-            if g.as_ref().map(|(c, _)| *c) != Some(Some(RDKafkaErrorCode::Authentication)) {
+            // An authentication or TLS failure explains everything after it
+            // ("all brokers down"); keep it.
+            let sticky = matches!(
+                g.as_ref().map(|(c, _)| *c),
+                Some(Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL))
+            );
+            if !sticky {
                 *g = Some((error.rdkafka_error_code(), reason.to_string()));
             }
         }
@@ -80,6 +85,17 @@ pub fn explain_connect_failure(
                 .sasl_mechanism
                 .clone()
                 .unwrap_or_else(|| "SASL".into()),
+        };
+    }
+    if code == Some(RDKafkaErrorCode::SSL) || reason.contains("SSL handshake failed") {
+        let detail = if reason.contains("certificate verify failed") {
+            "the broker's certificate is not signed by a CA this client trusts (certificate verify failed)".to_string()
+        } else {
+            reason
+        };
+        return RuntimeError::Tls {
+            bootstrap: cfg.bootstrap_servers.clone(),
+            detail,
         };
     }
     RuntimeError::Unreachable {
