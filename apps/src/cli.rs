@@ -86,6 +86,12 @@ impl RunOpts {
 }
 
 impl Common {
+    /// Parses a config file's text (TOML, kebab-case keys; unknown keys are
+    /// an error).
+    pub fn from_toml(text: &str) -> Result<Common, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
     /// Fills options not given on the command line from `--config`.
     pub fn resolve(mut self) -> Result<Common, String> {
         let Some(path) = self.config.clone() else {
@@ -93,8 +99,7 @@ impl Common {
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        let file: Common =
-            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let file = Common::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
         macro_rules! fill {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
