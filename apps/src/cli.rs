@@ -99,7 +99,8 @@ impl Common {
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        let file = Common::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let file =
+            Common::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
         macro_rules! fill {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }

@@ -187,3 +187,198 @@ async fn should_dead_letter_exactly_the_bad_records_and_count_the_rest() {
         "each bad record is logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_stop_at_the_first_bad_record_with_fail_fast_and_name_it() {
+    let (app, new_users, watchlist) =
+        (unique("failfast"), unique("new_users"), unique("watchlist"));
+    create_topic(&new_users, 1).await;
+    create_compacted_topic(&watchlist, 1).await;
+    let p = producer();
+    let mut g = Generator::new(5);
+    for _ in 0..50 {
+        send(
+            &p,
+            &new_users,
+            None,
+            &serde_json::to_vec(&g.user()).unwrap(),
+        );
+    }
+    send(&p, &new_users, Some(b"bad-key"), br#"{"email": "trunc"#);
+    for _ in 0..50 {
+        send(
+            &p,
+            &new_users,
+            None,
+            &serde_json::to_vec(&g.user()).unwrap(),
+        );
+    }
+    flush(&p);
+    let state = tempfile::tempdir().unwrap();
+    let fail_fast = |policy: &str, secs: u64| {
+        Command::new("timeout")
+            .args(["-s", "TERM", &secs.to_string()])
+            .arg(workspace_bin("watchlist"))
+            .args([
+                "--team",
+                "team-1",
+                "--application-id",
+                &app,
+                "--new-users-topic",
+                &new_users,
+            ])
+            .args([
+                "--watchlist-topic",
+                &watchlist,
+                "--bootstrap-servers",
+                &bootstrap(),
+            ])
+            .args([
+                "--state-dir",
+                &state.path().display().to_string(),
+                "--on-error",
+                policy,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    // fail-fast: stops by itself (well before the timeout) naming the record
+    let out = fail_fast("fail-fast", 90);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exits with an error: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("{new_users}:0:50")) && line.contains("deserialize"),
+        "names topic:partition:offset and the error: {line}"
+    );
+    assert!(
+        read_all(&format!("{app}-dlq"), Duration::from_secs(10)).is_empty(),
+        "fail-fast dead-letters nothing"
+    );
+    // the same application with the default policy goes past it: one dead letter
+    let args: Vec<String> = [
+        "--team",
+        "team-1",
+        "--application-id",
+        &app,
+        "--new-users-topic",
+        &new_users,
+        "--watchlist-topic",
+        &watchlist,
+        "--bootstrap-servers",
+        &bootstrap(),
+        "--state-dir",
+        &state.path().display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = spawn_logged("watchlist", &args, &log_dir().join(format!("{app}.log")));
+    let mut dlq = Vec::new();
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dlq = read_all(&format!("{app}-dlq"), Duration::from_secs(10));
+        !dlq.is_empty()
+    });
+    signal_and_wait(&mut child, libc::SIGTERM);
+    assert!(arrived, "the bad record reached the dead-letter topic");
+    assert_eq!(dlq.len(), 1, "the one bad record, once");
+    assert_eq!(dlq[0].value.as_deref(), Some(&br#"{"email": "trunc"#[..]));
+    let offset = dlq[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "dlq.offset")
+        .map(|(_, v)| v.clone());
+    assert_eq!(offset.as_deref(), Some(&b"50"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_keep_records_the_brokers_refuse_and_go_on() {
+    use stream_core::runtime::{KafkaStreams, StreamsConfig};
+    use stream_dsl::prelude::*;
+
+    let (app, input, output) = (unique("refused"), unique("in"), unique("out"));
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    let b = StreamsBuilder::new();
+    // "big…" values become 1.2 MB: more than the producer's message.max.bytes
+    b.source(&input)
+        .map_values(|v: String| {
+            if v.starts_with("big") {
+                "x".repeat(1_200_000)
+            } else {
+                v
+            }
+        })
+        .to_topic(&output);
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = StreamsConfig::new(&app, &bootstrap());
+    cfg.state_dir = state.path().to_path_buf();
+    let streams = KafkaStreams::new(b.build().unwrap(), cfg).unwrap();
+    let status = streams.status();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(streams.run(async move {
+        let _ = rx.await;
+    }));
+    let p = producer();
+    let mut small = Vec::new();
+    for i in 0..30 {
+        let v = if i % 10 == 3 {
+            format!("big{i}")
+        } else {
+            format!("w{i}")
+        };
+        if !v.starts_with("big") {
+            small.push(v.clone().into_bytes());
+        }
+        send(&p, &input, Some(format!("k{i}").as_bytes()), v.as_bytes());
+    }
+    flush(&p);
+    let mut got = Vec::new();
+    let complete = wait_until(Duration::from_secs(60), || {
+        got = read_all(&output, Duration::from_secs(10))
+            .into_iter()
+            .filter_map(|r| r.value)
+            .collect();
+        got.len() >= small.len() && status.production_errors() >= 3
+    });
+    let running = !handle.is_finished();
+    let _ = tx.send(());
+    let stopped = handle.await.expect("join");
+    assert!(
+        complete,
+        "{} of {} small records, {} refused",
+        got.len(),
+        small.len(),
+        status.production_errors()
+    );
+    assert!(running, "the application kept going");
+    stopped.expect("stopped cleanly");
+    assert_eq!(got, small, "every other record arrived, in order");
+    assert_eq!(status.production_errors(), 3);
+    let file = state.path().join(&app).join("production-errors.jsonl");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        assert_eq!(l["topic"], serde_json::json!(output));
+        assert_eq!(l["value_bytes"], 1_200_000);
+        assert!(
+            l["error"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("too large"),
+            "{l}"
+        );
+    }
+    let keys: Vec<&str> = lines.iter().map(|l| l["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["k3", "k13", "k23"]);
+}

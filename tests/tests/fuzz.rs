@@ -9,7 +9,9 @@ use std::process::Command;
 fn fuzz(target: &str, seconds: u32) {
     let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let work = tempfile::tempdir().unwrap();
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-artifacts").join(target);
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/fuzz-artifacts")
+        .join(target);
     std::fs::create_dir_all(&artifacts).unwrap();
     let out = Command::new("cargo")
         .current_dir(&fuzz_dir)
@@ -33,9 +35,18 @@ fn fuzz(target: &str, seconds: u32) {
     );
     let runs: u64 = log
         .lines()
-        .find_map(|l| l.strip_prefix("Done ")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("Done ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0);
-    assert!(runs > 1_000, "{target}: only {runs} runs in {seconds}s:\n{log}");
+    assert!(
+        runs > 1_000,
+        "{target}: only {runs} runs in {seconds}s:\n{log}"
+    );
     eprintln!("{target}: {runs} runs in {seconds}s, no failure");
 }
 

@@ -43,9 +43,20 @@ impl App {
 
     fn start(&self, state: &Path, log: &Path) -> Child {
         let args: Vec<String> = [
-            "--team", TEAM, "--application-id", &self.name, "--new-users-topic", &self.new_users,
-            "--watchlist-topic", &self.watchlist, "--state-dir", &state.display().to_string(),
-            "--bootstrap-servers", &bootstrap(), "--http", &format!("127.0.0.1:{}", self.port),
+            "--team",
+            TEAM,
+            "--application-id",
+            &self.name,
+            "--new-users-topic",
+            &self.new_users,
+            "--watchlist-topic",
+            &self.watchlist,
+            "--state-dir",
+            &state.display().to_string(),
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--http",
+            &format!("127.0.0.1:{}", self.port),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -55,20 +66,31 @@ impl App {
 
     fn feed(&self, count: u64, log: &Path) {
         let args: Vec<String> = [
-            "--new-users-topic", &self.new_users, "--bootstrap-servers", &bootstrap(),
-            "--count", &count.to_string(), "--seed", "7",
+            "--new-users-topic",
+            &self.new_users,
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--count",
+            &count.to_string(),
+            "--seed",
+            "7",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let ok = spawn_logged("fake-users", &args, log).wait().expect("fake-users").success();
+        let ok = spawn_logged("fake-users", &args, log)
+            .wait()
+            .expect("fake-users")
+            .success();
         assert!(ok, "fake-users failed (log: {})", log.display());
     }
 }
 
 /// GET `url`: status code and body (`None` if nothing answered).
 fn get(url: &str) -> Option<(u16, String)> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
     match agent.get(url).call() {
         Ok(r) => Some((r.status(), r.into_string().unwrap_or_default())),
         Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap_or_default())),
@@ -86,7 +108,11 @@ fn get_json(url: &str) -> (u16, Value) {
 fn ends(topic: &str, partitions: i32) -> Vec<i64> {
     let c: BaseConsumer = client_config().create().expect("consumer");
     (0..partitions)
-        .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
         .collect()
 }
 
@@ -130,8 +156,18 @@ async fn should_show_restore_progress_lag_and_counts_in_metrics_and_queries() {
         if let Some((200, text)) = get(&a.url("/metrics")) {
             let all_known = (0..2).all(|p| {
                 let part = p.to_string();
-                metric(&text, "streams_restore_end_offset", &[("topic", &a.watchlist), ("partition", &part)]).is_some()
-                    && metric(&text, "streams_consumer_lag", &[("topic", &a.new_users), ("partition", &part)]).is_some()
+                metric(
+                    &text,
+                    "streams_restore_end_offset",
+                    &[("topic", &a.watchlist), ("partition", &part)],
+                )
+                .is_some()
+                    && metric(
+                        &text,
+                        "streams_consumer_lag",
+                        &[("topic", &a.new_users), ("partition", &part)],
+                    )
+                    .is_some()
             });
             if all_known && metric_values(&text, "streams_task_restoring").contains(&1.0) {
                 health_while_restoring = get(&a.url("/health"));
@@ -149,17 +185,31 @@ async fn should_show_restore_progress_lag_and_counts_in_metrics_and_queries() {
         panic!("no scrape saw the restore (log: {})", log.display())
     });
     for (p, end) in changelog_ends.iter().enumerate() {
-        let labels = [("topic", a.watchlist.as_str()), ("partition", &p.to_string())];
+        let labels = [
+            ("topic", a.watchlist.as_str()),
+            ("partition", &p.to_string()),
+        ];
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-        assert_eq!(metric(&during, "streams_restore_end_offset", &labels), Some(*end as f64), "end of changelog partition {p}");
+        assert_eq!(
+            metric(&during, "streams_restore_end_offset", &labels),
+            Some(*end as f64),
+            "end of changelog partition {p}"
+        );
         let pos = metric(&during, "streams_restore_position", &labels).expect("restore position");
-        assert!((0.0..=*end as f64).contains(&pos), "position {pos} within 0..={end}");
+        assert!(
+            (0.0..=*end as f64).contains(&pos),
+            "position {pos} within 0..={end}"
+        );
     }
     for (p, end) in input_ends.iter().enumerate() {
         let part = p.to_string();
         // nothing committed yet: the lag is every record waiting
         assert_eq!(
-            metric(&during, "streams_consumer_lag", &[("topic", &a.new_users), ("partition", &part)]),
+            metric(
+                &during,
+                "streams_consumer_lag",
+                &[("topic", &a.new_users), ("partition", &part)]
+            ),
             Some(*end as f64),
             "lag of input partition {p} during the restore:\n{during}"
         );
@@ -172,41 +222,75 @@ async fn should_show_restore_progress_lag_and_counts_in_metrics_and_queries() {
 
     // Ready once restored; then every input record processed and committed.
     assert!(
-        wait_until(Duration::from_secs(180), || matches!(get(&a.url("/health")), Some((200, _)))),
+        wait_until(Duration::from_secs(180), || matches!(
+            get(&a.url("/health")),
+            Some((200, _))
+        )),
         "never became ready (log: {})",
         log.display()
     );
     let mut text = String::new();
     let done = wait_until(Duration::from_secs(120), || {
         text = get(&a.url("/metrics")).map(|(_, t)| t).unwrap_or_default();
-        metric(&text, "streams_processed_records_total", &[]) == Some((input_ends.iter().sum::<i64>() + flagged) as f64)
-            && metric_values(&text, "streams_consumer_lag").iter().all(|&l| l == 0.0)
+        metric(&text, "streams_processed_records_total", &[])
+            == Some((input_ends.iter().sum::<i64>() + flagged) as f64)
+            && metric_values(&text, "streams_consumer_lag")
+                .iter()
+                .all(|&l| l == 0.0)
     });
     signal_and_wait_if(!done, &mut app);
     assert!(done, "processing did not finish as the test expects: {} input + {flagged} repartition records\n{text}", input_ends.iter().sum::<i64>());
     for (p, end) in input_ends.iter().enumerate() {
         let part = p.to_string();
-        assert_eq!(metric(&text, "streams_consumer_end_offset", &[("topic", &a.new_users), ("partition", &part)]), Some(*end as f64));
+        assert_eq!(
+            metric(
+                &text,
+                "streams_consumer_end_offset",
+                &[("topic", &a.new_users), ("partition", &part)]
+            ),
+            Some(*end as f64)
+        );
     }
     let read: f64 = (0..2)
-        .filter_map(|p| metric(&text, "streams_restore_records_read", &[("topic", &a.watchlist), ("partition", &p.to_string())]))
+        .filter_map(|p| {
+            metric(
+                &text,
+                "streams_restore_records_read",
+                &[("topic", &a.watchlist), ("partition", &p.to_string())],
+            )
+        })
         .sum();
     assert_eq!(read, RECORDS as f64, "the restore read the whole changelog");
-    assert_eq!(metric(&text, "streams_dead_letter_records_total", &[]), Some(0.0));
+    assert_eq!(
+        metric(&text, "streams_dead_letter_records_total", &[]),
+        Some(0.0)
+    );
 
     // Interactive queries: restored keys and counted keys.
     for company in ["Co 0", "Co 17", "Co 49999"] {
-        let (code, v) = get_json(&a.url(&format!("/stores/{STORE}/{}", company.replace(' ', "%20"))));
+        let (code, v) =
+            get_json(&a.url(&format!("/stores/{STORE}/{}", company.replace(' ', "%20"))));
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["value"], json!(restored[company]), "{company}: {v}");
     }
-    let (company, n) = expected.iter().max_by_key(|(_, n)| **n).expect("some company counted");
+    let (company, n) = expected
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .expect("some company counted");
     let (_, v) = get_json(&a.url(&format!("/stores/{STORE}/{}", urlencode(company))));
     assert_eq!(v["value"], json!(n), "{company}: {v}");
     let (code, v) = get_json(&a.url(&format!("/stores/{STORE}?prefix=Co%20123&limit=5")));
     assert_eq!(code, 200);
-    assert_eq!(v["local_entries"], json!(111), "Co 123, Co 1230..1239 and Co 12300..12399: {v}");
-    assert_eq!(v["entries"].as_array().map(Vec::len), Some(5), "limit 5: {v}");
+    assert_eq!(
+        v["local_entries"],
+        json!(111),
+        "Co 123, Co 1230..1239 and Co 12300..12399: {v}"
+    );
+    assert_eq!(
+        v["entries"].as_array().map(Vec::len),
+        Some(5),
+        "limit 5: {v}"
+    );
     let (code, _) = get_json(&a.url("/stores/no-such-store/x"));
     assert_eq!(code, 404);
     signal_and_wait(&mut app, libc::SIGTERM);
@@ -221,7 +305,9 @@ fn signal_and_wait_if(cond: bool, app: &mut Child) {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -246,7 +332,8 @@ impl Browser {
             .expect("chromedriver (Debian package chromium-driver) must be installed; .ci/run installs it");
         let base = format!("http://127.0.0.1:{port}");
         assert!(
-            wait_until(Duration::from_secs(30), || get(&format!("{base}/status")).is_some()),
+            wait_until(Duration::from_secs(30), || get(&format!("{base}/status"))
+                .is_some()),
             "chromedriver did not start"
         );
         let caps = json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome",
@@ -257,13 +344,24 @@ impl Browser {
             .expect("new WebDriver session")
             .into_json()
             .expect("session JSON");
-        let session = r["value"]["sessionId"].as_str().expect("session id").to_string();
-        Browser { driver, base, session }
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_string();
+        Browser {
+            driver,
+            base,
+            session,
+        }
     }
 
     fn post(&self, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
-        let r: Value = ureq::post(&url).send_json(body).unwrap_or_else(|e| panic!("{path}: {e}")).into_json().expect("JSON");
+        let r: Value = ureq::post(&url)
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .into_json()
+            .expect("JSON");
         r["value"].clone()
     }
 
@@ -273,7 +371,11 @@ impl Browser {
 
     fn screenshot(&self, to: &Path) {
         let url = format!("{}/session/{}/screenshot", self.base, self.session);
-        let r: Value = ureq::get(&url).call().expect("screenshot").into_json().expect("JSON");
+        let r: Value = ureq::get(&url)
+            .call()
+            .expect("screenshot")
+            .into_json()
+            .expect("JSON");
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["value"].as_str().expect("base64 PNG"))
             .expect("PNG bytes");
@@ -307,7 +409,10 @@ async fn should_show_the_topology_and_the_live_watchlist_in_a_browser() {
     });
     if !processed {
         signal_and_wait(&mut app, libc::SIGTERM);
-        panic!("the watchlist did not process {total} records (log: {})", log.display());
+        panic!(
+            "the watchlist did not process {total} records (log: {})",
+            log.display()
+        );
     }
 
     let browser = Browser::start(&logs.join(format!("{}-chromedriver.log", a.name)));
@@ -322,26 +427,54 @@ async fn should_show_the_topology_and_the_live_watchlist_in_a_browser() {
                       rows: rows.map(r => ({ key: r.dataset.key, hot: r.classList.contains('hot'),
                                              value: r.querySelector('td.value').textContent })) };",
         );
-        page["loaded"] == json!(true) && page["rows"].as_array().is_some_and(|r| !r.is_empty())
+        page["loaded"] == json!(true)
+            && page["rows"].as_array().is_some_and(|r| !r.is_empty())
             && !page["svgText"].as_str().unwrap_or("").is_empty()
     });
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
     browser.screenshot(&shot);
     signal_and_wait_if(!rendered, &mut app);
-    assert!(rendered, "the page never showed the topology and rows: {page}");
+    assert!(
+        rendered,
+        "the page never showed the topology and rows: {page}"
+    );
 
     let svg = page["svgText"].as_str().unwrap();
-    assert!(svg.contains("count-1") && svg.contains(&a.new_users) && svg.contains(STORE), "diagram: {svg}");
+    assert!(
+        svg.contains("count-1") && svg.contains(&a.new_users) && svg.contains(STORE),
+        "diagram: {svg}"
+    );
     assert_eq!(page["state"], json!("ready"));
     let top = &page["rows"][0];
     let company = top["key"].as_str().expect("row key");
-    let shown: i64 = top["value"].as_str().and_then(|v| v.parse().ok()).expect("numeric count");
+    let shown: i64 = top["value"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("numeric count");
     let (code, stored) = get_json(&a.url(&format!("/stores/{STORE}/{}", urlencode(company))));
     assert_eq!(code, 200);
-    assert_eq!(stored["value"], json!(shown), "page row {company}={shown} vs store {stored}");
-    assert_eq!(expected.get(company), Some(&shown), "the test's own recount of {company}");
-    assert_eq!(top["hot"], json!(shown >= 3), "rows at or over the threshold are highlighted");
-    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "screenshot saved at {}", shot.display());
+    assert_eq!(
+        stored["value"],
+        json!(shown),
+        "page row {company}={shown} vs store {stored}"
+    );
+    assert_eq!(
+        expected.get(company),
+        Some(&shown),
+        "the test's own recount of {company}"
+    );
+    assert_eq!(
+        top["hot"],
+        json!(shown >= 3),
+        "rows at or over the threshold are highlighted"
+    );
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 10_000)
+            .unwrap_or(false),
+        "screenshot saved at {}",
+        shot.display()
+    );
     drop(browser);
     signal_and_wait(&mut app, libc::SIGTERM);
 }
@@ -384,14 +517,22 @@ async fn should_name_the_instance_that_owns_a_key_it_does_not_hold() {
         panic!("the two instances did not finish {total} records");
     }
     // Ask the instance holding fewer store partitions (possibly none).
-    let (asker, other) = if tasks(&a) <= tasks(&b) { (&a, &b) } else { (&b, &a) };
-    assert!(tasks(asker) < 2, "the store's 2 partitions are split or held by one instance");
+    let (asker, other) = if tasks(&a) <= tasks(&b) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(
+        tasks(asker) < 2,
+        "the store's 2 partitions are split or held by one instance"
+    );
     let mut remote_seen = 0;
     for (company, n) in expected.iter().take(40) {
         // A rebalance may still be finishing: retry until the answer settles.
         let mut last = Value::Null;
         let answered = wait_until(Duration::from_secs(30), || {
-            let (code, v) = get_json(&asker.url(&format!("/stores/{STORE}/{}", urlencode(company))));
+            let (code, v) =
+                get_json(&asker.url(&format!("/stores/{STORE}/{}", urlencode(company))));
             last = v.clone();
             if code == 200 && v["local"] == json!(true) {
                 return v["value"] == json!(n);
@@ -412,5 +553,8 @@ async fn should_name_the_instance_that_owns_a_key_it_does_not_hold() {
     }
     signal_and_wait(&mut first, libc::SIGTERM);
     signal_and_wait(&mut second, libc::SIGTERM);
-    assert!(remote_seen > 0, "some of 40 companies live on the other instance");
+    assert!(
+        remote_seen > 0,
+        "some of 40 companies live on the other instance"
+    );
 }

@@ -13,26 +13,101 @@ use rand::Rng;
 const KEYSTORE_PASSWORD: &str = "keystore-pw";
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA (`<name>.key`, `<name>.crt`) in `dir`.
 fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-subj", &format!("/CN={name}")]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
     dir.join(format!("{name}.crt"))
 }
 
 /// The broker's key and certificate for 127.0.0.1 and localhost, signed by
 /// CA `ca`, as a PKCS12 keystore.
 fn make_broker_keystore(dir: &Path, ca: &str) -> PathBuf {
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr", "-subj", "/CN=localhost"]);
-    openssl(dir, &["x509", "-req", "-in", "broker.csr", "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"),
-        "-CAcreateserial", "-out", "broker.crt", "-days", "2", "-extfile", "san.ext"]);
-    openssl(dir, &["pkcs12", "-export", "-in", "broker.crt", "-inkey", "broker.key", "-certfile", &format!("{ca}.crt"),
-        "-out", "broker.p12", "-passout", &format!("pass:{KEYSTORE_PASSWORD}")]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "broker.key",
+            "-out",
+            "broker.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "broker.csr",
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            "broker.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-in",
+            "broker.crt",
+            "-inkey",
+            "broker.key",
+            "-certfile",
+            &format!("{ca}.crt"),
+            "-out",
+            "broker.p12",
+            "-passout",
+            &format!("pass:{KEYSTORE_PASSWORD}"),
+        ],
+    );
     dir.join("broker.p12")
 }
 
@@ -91,9 +166,30 @@ async fn should_run_over_sasl_ssl_with_a_test_ca_and_refuse_another_ca() {
         let state = tempfile::tempdir().unwrap();
         let f = std::fs::File::create(log).unwrap();
         let child = Command::new(workspace_bin("flagger"))
-            .args(["--team", "team-2", "--application-id", &app, "--new-users-topic", &new_users, "--actions-topic", &actions])
-            .args(["--bootstrap-servers", &tls, "--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-256"])
-            .args(["--username", &user, "--ssl-ca-location", &ca.display().to_string()])
+            .args([
+                "--team",
+                "team-2",
+                "--application-id",
+                &app,
+                "--new-users-topic",
+                &new_users,
+                "--actions-topic",
+                &actions,
+            ])
+            .args([
+                "--bootstrap-servers",
+                &tls,
+                "--security-protocol",
+                "SASL_SSL",
+                "--sasl-mechanism",
+                "SCRAM-SHA-256",
+            ])
+            .args([
+                "--username",
+                &user,
+                "--ssl-ca-location",
+                &ca.display().to_string(),
+            ])
             .args(["--state-dir", &state.path().display().to_string()])
             .env("KAFKA_PASSWORD", &password)
             .env("RUST_LOG", "debug")
@@ -117,20 +213,36 @@ async fn should_run_over_sasl_ssl_with_a_test_ca_and_refuse_another_ca() {
     // Another CA: refused, in one line, without the password.
     let bad_log = log_dir().join(format!("{app}-other-ca.log"));
     let (mut bad, _bad_state) = flagger(&other_ca, &bad_log);
-    let exited = wait_until(Duration::from_secs(90), || bad.try_wait().ok().flatten().is_some());
+    let exited = wait_until(Duration::from_secs(90), || {
+        bad.try_wait().ok().flatten().is_some()
+    });
     if !exited {
         signal_and_wait(&mut bad, libc::SIGKILL);
     }
     kafka_sh_env(&["stop"], &env);
 
-    assert!(done, "{count} of {flagged} actions over SASL_SSL (log {})", log.display());
+    assert!(
+        done,
+        "{count} of {flagged} actions over SASL_SSL (log {})",
+        log.display()
+    );
     assert_eq!(count, flagged, "exactly one action per flagged user");
     assert!(!log_text.contains(&password), "password in the debug log");
-    assert!(exited, "the flagger kept running against an untrusted certificate (log {})", bad_log.display());
+    assert!(
+        exited,
+        "the flagger kept running against an untrusted certificate (log {})",
+        bad_log.display()
+    );
     let bad_text = std::fs::read_to_string(&bad_log).unwrap();
-    let error_lines: Vec<&str> = bad_text.lines().filter(|l| l.starts_with("error:")).collect();
+    let error_lines: Vec<&str> = bad_text
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
     assert_eq!(error_lines.len(), 1, "one error line: {bad_text}");
     let line = error_lines[0].to_lowercase();
-    assert!(line.contains("certificate") || line.contains("ssl"), "names the TLS problem: {line}");
+    assert!(
+        line.contains("certificate") || line.contains("ssl"),
+        "names the TLS problem: {line}"
+    );
     assert!(!bad_text.contains(&password), "password in the output");
 }

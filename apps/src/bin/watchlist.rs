@@ -82,9 +82,12 @@ async fn main() {
     cfg.commit_interval = std::time::Duration::from_millis(args.commit_interval_ms);
     args.run.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     tracing::info!(team = %team, filter = filter.rule, threshold = args.threshold, ?mode, "watchlist");
-    let view = TableView::new(&format!("Watchlist of {team}: flagged users per company"), STORE)
-        .highlight_at(args.threshold as f64)
-        .limit(200);
+    let view = TableView::new(
+        &format!("Watchlist of {team}: flagged users per company"),
+        STORE,
+    )
+    .highlight_at(args.threshold as f64)
+    .limit(200);
     let app = KafkaStreams::new(topology, cfg)
         .unwrap_or_else(|e| fail(e))
         .with_view(view);

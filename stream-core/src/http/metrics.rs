@@ -38,37 +38,117 @@ impl Out {
 
 /// Renders the metrics of `status`, plus the consumer lag when it could be
 /// read (`Err`: the reason, exported as `streams_lag_error 1`).
-pub fn render(application_id: &str, status: &RuntimeStatus, lags: &Result<Vec<Lag>, String>) -> String {
+pub fn render(
+    application_id: &str,
+    status: &RuntimeStatus,
+    lags: &Result<Vec<Lag>, String>,
+) -> String {
     let mut o = Out(String::with_capacity(4096));
     let tasks = status.tasks();
-    o.head("streams_info", "gauge", "Constant 1, labelled with the application id.");
+    o.head(
+        "streams_info",
+        "gauge",
+        "Constant 1, labelled with the application id.",
+    );
     o.val("streams_info", &[("application_id", application_id)], 1);
     o.head("streams_running", "gauge", "1 while the instance runs.");
     o.val("streams_running", &[], u8::from(status.is_running()));
-    o.head("streams_ready", "gauge", "1 once every assigned task has finished restoring (what /health reports).");
+    o.head(
+        "streams_ready",
+        "gauge",
+        "1 once every assigned task has finished restoring (what /health reports).",
+    );
     o.val("streams_ready", &[], u8::from(status.is_ready()));
-    o.head("streams_uptime_seconds", "gauge", "Seconds since the instance started running.");
-    o.val("streams_uptime_seconds", &[], format!("{:.3}", status.uptime_seconds()));
-    o.head("streams_processed_records_total", "counter", "Input records processed by this instance, all tasks.");
-    o.val("streams_processed_records_total", &[], status.processed_total());
-    o.head("streams_processing_rate", "gauge", "Input records per second over the last second.");
-    o.val("streams_processing_rate", &[], format!("{:.1}", status.processing_rate()));
+    o.head(
+        "streams_uptime_seconds",
+        "gauge",
+        "Seconds since the instance started running.",
+    );
+    o.val(
+        "streams_uptime_seconds",
+        &[],
+        format!("{:.3}", status.uptime_seconds()),
+    );
+    o.head(
+        "streams_processed_records_total",
+        "counter",
+        "Input records processed by this instance, all tasks.",
+    );
+    o.val(
+        "streams_processed_records_total",
+        &[],
+        status.processed_total(),
+    );
+    o.head(
+        "streams_processing_rate",
+        "gauge",
+        "Input records per second over the last second.",
+    );
+    o.val(
+        "streams_processing_rate",
+        &[],
+        format!("{:.1}", status.processing_rate()),
+    );
 
     let c = status.commits();
-    o.head("streams_commit_latency_seconds", "summary", "Time each commit took (flush, state, offsets).");
-    o.val("streams_commit_latency_seconds_sum", &[], format!("{:.6}", c.total_seconds));
+    o.head(
+        "streams_commit_latency_seconds",
+        "summary",
+        "Time each commit took (flush, state, offsets).",
+    );
+    o.val(
+        "streams_commit_latency_seconds_sum",
+        &[],
+        format!("{:.6}", c.total_seconds),
+    );
     o.val("streams_commit_latency_seconds_count", &[], c.count);
-    o.head("streams_commit_latency_seconds_max", "gauge", "The slowest commit so far.");
-    o.val("streams_commit_latency_seconds_max", &[], format!("{:.6}", c.max_seconds));
-    o.head("streams_commit_latency_seconds_last", "gauge", "The latest commit.");
-    o.val("streams_commit_latency_seconds_last", &[], format!("{:.6}", c.last_seconds));
+    o.head(
+        "streams_commit_latency_seconds_max",
+        "gauge",
+        "The slowest commit so far.",
+    );
+    o.val(
+        "streams_commit_latency_seconds_max",
+        &[],
+        format!("{:.6}", c.max_seconds),
+    );
+    o.head(
+        "streams_commit_latency_seconds_last",
+        "gauge",
+        "The latest commit.",
+    );
+    o.val(
+        "streams_commit_latency_seconds_last",
+        &[],
+        format!("{:.6}", c.last_seconds),
+    );
 
     let task_counters: [(&str, &str, fn(&crate::task::TaskMetrics) -> u64); 5] = [
-        ("streams_task_records_in_total", "Input records processed by the task (failed ones included).", |m| m.processed),
-        ("streams_task_records_out_total", "Records the task produced (sinks and changelogs).", |m| m.produced),
-        ("streams_task_dead_letter_records_total", "Records the task sent to the dead-letter topic.", |m| m.dead_lettered),
-        ("streams_task_duplicates_skipped_total", "Repartition records dropped as already applied.", |m| m.duplicates_skipped),
-        ("streams_task_restored_records_total", "Changelog records applied by the task's restores.", |m| m.restored),
+        (
+            "streams_task_records_in_total",
+            "Input records processed by the task (failed ones included).",
+            |m| m.processed,
+        ),
+        (
+            "streams_task_records_out_total",
+            "Records the task produced (sinks and changelogs).",
+            |m| m.produced,
+        ),
+        (
+            "streams_task_dead_letter_records_total",
+            "Records the task sent to the dead-letter topic.",
+            |m| m.dead_lettered,
+        ),
+        (
+            "streams_task_duplicates_skipped_total",
+            "Repartition records dropped as already applied.",
+            |m| m.duplicates_skipped,
+        ),
+        (
+            "streams_task_restored_records_total",
+            "Changelog records applied by the task's restores.",
+            |m| m.restored,
+        ),
     ];
     for (name, help, get) in task_counters {
         o.head(name, "counter", help);
@@ -76,37 +156,96 @@ pub fn render(application_id: &str, status: &RuntimeStatus, lags: &Result<Vec<La
             o.val(name, &[("task", &id.to_string())], get(&t.metrics));
         }
     }
-    o.head("streams_dead_letter_records_total", "counter", "Records sent to the dead-letter topic by the tasks owned now.");
+    o.head(
+        "streams_dead_letter_records_total",
+        "counter",
+        "Records sent to the dead-letter topic by the tasks owned now.",
+    );
     o.val(
         "streams_dead_letter_records_total",
         &[],
         tasks.values().map(|t| t.metrics.dead_lettered).sum::<u64>(),
     );
-    o.head("streams_task_restoring", "gauge", "1 while the task restores, 0 once it runs.");
+    o.head(
+        "streams_production_errors_total",
+        "counter",
+        "Sink records the brokers refused (too large, invalid), kept in production-errors.jsonl.",
+    );
+    o.val(
+        "streams_production_errors_total",
+        &[],
+        status.production_errors(),
+    );
+    o.head(
+        "streams_task_restoring",
+        "gauge",
+        "1 while the task restores, 0 once it runs.",
+    );
     for (id, t) in &tasks {
-        o.val("streams_task_restoring", &[("task", &id.to_string())], u8::from(t.state == TaskState::Restoring));
+        o.val(
+            "streams_task_restoring",
+            &[("task", &id.to_string())],
+            u8::from(t.state == TaskState::Restoring),
+        );
     }
 
-    let restore: [(&str, &str, fn(&crate::runtime::status::RestoreProgress) -> i64); 5] = [
-        ("streams_restore_start_offset", "First changelog offset the latest restore read.", |p| p.start),
-        ("streams_restore_end_offset", "Changelog high watermark the latest restore reads up to.", |p| p.end),
-        ("streams_restore_position", "Next changelog offset the restore reads.", |p| p.position),
-        ("streams_restore_records_read", "Changelog records read by the latest restore.", |p| p.read as i64),
-        ("streams_restore_remaining_offsets", "Offsets left to read (end - position).", |p| (p.end - p.position).max(0)),
+    let restore: [(
+        &str,
+        &str,
+        fn(&crate::runtime::status::RestoreProgress) -> i64,
+    ); 5] = [
+        (
+            "streams_restore_start_offset",
+            "First changelog offset the latest restore read.",
+            |p| p.start,
+        ),
+        (
+            "streams_restore_end_offset",
+            "Changelog high watermark the latest restore reads up to.",
+            |p| p.end,
+        ),
+        (
+            "streams_restore_position",
+            "Next changelog offset the restore reads.",
+            |p| p.position,
+        ),
+        (
+            "streams_restore_records_read",
+            "Changelog records read by the latest restore.",
+            |p| p.read as i64,
+        ),
+        (
+            "streams_restore_remaining_offsets",
+            "Offsets left to read (end - position).",
+            |p| (p.end - p.position).max(0),
+        ),
     ];
     for (name, help, get) in restore {
         o.head(name, "gauge", help);
         for (id, t) in &tasks {
             for p in &t.restore {
                 let part = p.partition.to_string();
-                let labels = [("task", id.to_string()), ("topic", p.topic.clone()), ("partition", part)];
-                let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let labels = [
+                    ("task", id.to_string()),
+                    ("topic", p.topic.clone()),
+                    ("partition", part),
+                ];
+                let labels: Vec<(&str, &str)> =
+                    labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 o.val(name, &labels, get(p));
             }
         }
     }
-    o.head("streams_restores_completed_total", "counter", "Task restores completed since start.");
-    o.val("streams_restores_completed_total", &[], status.restores().len());
+    o.head(
+        "streams_restores_completed_total",
+        "counter",
+        "Task restores completed since start.",
+    );
+    o.val(
+        "streams_restores_completed_total",
+        &[],
+        status.restores().len(),
+    );
 
     let lag_metrics: [(&str, &str, fn(&Lag) -> i64); 2] = [
         ("streams_consumer_lag", "Records between the group's committed offset and the end of each input partition this instance owns.", |l| l.lag),
@@ -116,10 +255,18 @@ pub fn render(application_id: &str, status: &RuntimeStatus, lags: &Result<Vec<La
         o.head(name, "gauge", help);
         for l in lags.iter().flatten() {
             let part = l.partition.to_string();
-            o.val(name, &[("topic", l.topic.as_str()), ("partition", part.as_str())], get(l));
+            o.val(
+                name,
+                &[("topic", l.topic.as_str()), ("partition", part.as_str())],
+                get(l),
+            );
         }
     }
-    o.head("streams_lag_error", "gauge", "1 when the lag could not be read from the cluster.");
+    o.head(
+        "streams_lag_error",
+        "gauge",
+        "1 when the lag could not be read from the cluster.",
+    );
     match lags {
         Ok(_) => o.val("streams_lag_error", &[], 0),
         Err(e) => o.val("streams_lag_error", &[("reason", e)], 1),
@@ -142,7 +289,10 @@ mod tests {
             lag: 6,
         }]);
         let text = render("app", &s, &lags);
-        assert!(text.contains("streams_consumer_lag{topic=\"in\\\"x\",partition=\"2\"} 6"), "{text}");
+        assert!(
+            text.contains("streams_consumer_lag{topic=\"in\\\"x\",partition=\"2\"} 6"),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name and value");
             assert!(value.parse::<f64>().is_ok(), "bad value in `{line}`");

@@ -18,8 +18,8 @@
 pub mod metrics;
 pub mod probe;
 pub mod query;
-pub mod svg;
 mod routes;
+pub mod svg;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -55,7 +55,10 @@ impl Probe {
             .set("enable.auto.commit", "false")
             .set(
                 "client.id",
-                format!("{}-http", cfg.client_id.as_deref().unwrap_or(&cfg.application_id)),
+                format!(
+                    "{}-http",
+                    cfg.client_id.as_deref().unwrap_or(&cfg.application_id)
+                ),
             );
         let consumer = c
             .create_with_context(ErrorCapture::default())
@@ -205,7 +208,10 @@ mod tests {
 
     #[test]
     fn should_read_the_advertised_server_from_a_client_id() {
-        assert_eq!(advertised("app@127.0.0.1:8080").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(
+            advertised("app@127.0.0.1:8080").as_deref(),
+            Some("127.0.0.1:8080")
+        );
         assert_eq!(advertised("app"), None);
     }
 }

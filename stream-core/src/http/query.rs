@@ -50,7 +50,9 @@ pub fn encode_key(format: Option<&StoreFormat>, text: &str) -> Result<Vec<u8>, Q
         .into_iter()
         .find(|bytes| round_trips(f.key.as_ref(), bytes))
         .ok_or_else(|| {
-            QueryError::BadKey(format!("`{text}` is not a valid key for this store's key serde"))
+            QueryError::BadKey(format!(
+                "`{text}` is not a valid key for this store's key serde"
+            ))
         })
 }
 
@@ -184,7 +186,10 @@ mod tests {
             value: f.value.clone(),
         };
         assert_eq!(encode_key(Some(&longs), "42").unwrap(), 42i64.to_be_bytes());
-        assert!(matches!(encode_key(Some(&longs), "x"), Err(QueryError::BadKey(_))));
+        assert!(matches!(
+            encode_key(Some(&longs), "x"),
+            Err(QueryError::BadKey(_))
+        ));
     }
 
     #[test]

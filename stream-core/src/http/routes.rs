@@ -46,7 +46,9 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 
 fn query_error(e: QueryError) -> Response {
     match e {
-        QueryError::UnknownStore(s) => error(StatusCode::NOT_FOUND, format!("no store named `{s}`")),
+        QueryError::UnknownStore(s) => {
+            error(StatusCode::NOT_FOUND, format!("no store named `{s}`"))
+        }
         QueryError::BadKey(m) => error(StatusCode::BAD_REQUEST, m),
         QueryError::Busy => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -89,7 +91,11 @@ fn health_json(s: &Shared) -> (bool, Value) {
 
 async fn health(State(s): S) -> Response {
     let (ready, body) = health_json(&s);
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -104,7 +110,14 @@ async fn lags(s: &Arc<Shared>) -> Result<Vec<super::Lag>, String> {
 async fn prometheus(State(s): S) -> Response {
     let lags = lags(&s).await;
     let body = metrics::render(&s.cfg.application_id, &s.status, &lags);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn topology_text(State(s): S) -> Response {
@@ -122,7 +135,10 @@ async fn topology_dot(State(s): S) -> Response {
 async fn topology_svg(State(s): S) -> Response {
     match &s.svg {
         Some(svg) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg.clone()).into_response(),
-        None => error(StatusCode::INTERNAL_SERVER_ERROR, "the diagram could not be laid out; see /topology"),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the diagram could not be laid out; see /topology",
+        ),
     }
 }
 
@@ -138,7 +154,11 @@ async fn stores(State(s): S) -> Response {
                 .stores()
                 .iter()
                 .map(|st| {
-                    let ids = e.tasks_with_store(&st.name).iter().map(|t| t.to_string()).collect();
+                    let ids = e
+                        .tasks_with_store(&st.name)
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect();
                     (st.name.clone(), ids)
                 })
                 .collect()
@@ -247,7 +267,9 @@ async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> R
 fn encode_path(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -260,7 +282,11 @@ struct ScanParams {
 }
 
 /// Decoded entries of `store` from every local task, in key order.
-fn local_entries(s: &Shared, store: &str, prefix: &[u8]) -> Result<Vec<(Value, Value)>, QueryError> {
+fn local_entries(
+    s: &Shared,
+    store: &str,
+    prefix: &[u8],
+) -> Result<Vec<(Value, Value)>, QueryError> {
     let spec = s
         .topology
         .store(store)
@@ -271,7 +297,9 @@ fn local_entries(s: &Shared, store: &str, prefix: &[u8]) -> Result<Vec<(Value, V
     let raw = query::with_engine(engine, STORE_WAIT, |e| {
         let mut all = Vec::new();
         for id in e.tasks_with_store(store) {
-            if let Some(Ok(mut entries)) = e.read_store(id, store, |set, idx| set.scan_prefix(idx, prefix)) {
+            if let Some(Ok(mut entries)) =
+                e.read_store(id, store, |set, idx| set.scan_prefix(idx, prefix))
+            {
                 all.append(&mut entries);
             }
         }
@@ -292,7 +320,11 @@ fn local_entries(s: &Shared, store: &str, prefix: &[u8]) -> Result<Vec<(Value, V
     Ok(out.into_iter().map(|(_, k, v)| (k, v)).collect())
 }
 
-async fn store_scan(State(s): S, Path(store): Path<String>, Query(q): Query<ScanParams>) -> Response {
+async fn store_scan(
+    State(s): S,
+    Path(store): Path<String>,
+    Query(q): Query<ScanParams>,
+) -> Response {
     let limit = q.limit.unwrap_or(1000);
     let prefix = q.prefix.unwrap_or_default();
     let s2 = s.clone();
@@ -317,7 +349,11 @@ fn view_json(s: &Shared, v: &super::TableView) -> Value {
     match local_entries(s, &v.store, &[]) {
         Ok(mut entries) => {
             let num = |x: &Value| x.as_f64().unwrap_or(f64::NEG_INFINITY);
-            entries.sort_by(|a, b| num(&b.1).total_cmp(&num(&a.1)).then_with(|| a.0.to_string().cmp(&b.0.to_string())));
+            entries.sort_by(|a, b| {
+                num(&b.1)
+                    .total_cmp(&num(&a.1))
+                    .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
+            });
             let hot = |x: &Value| v.highlight_at.is_some_and(|t| num(x) >= t);
             let at_or_over = entries.iter().filter(|e| hot(&e.1)).count();
             let rows: Vec<Value> = entries
@@ -328,9 +364,13 @@ fn view_json(s: &Shared, v: &super::TableView) -> Value {
             json!({ "title": v.title, "store": v.store, "threshold": v.highlight_at,
                     "entries": entries.len(), "at_or_over": at_or_over, "rows": rows })
         }
-        Err(QueryError::Busy) => json!({ "title": v.title, "store": v.store, "threshold": v.highlight_at,
-                                         "busy": true, "rows": [] }),
-        Err(e) => json!({ "title": v.title, "store": v.store, "error": format!("{e:?}"), "rows": [] }),
+        Err(QueryError::Busy) => {
+            json!({ "title": v.title, "store": v.store, "threshold": v.highlight_at,
+                                         "busy": true, "rows": [] })
+        }
+        Err(e) => {
+            json!({ "title": v.title, "store": v.store, "error": format!("{e:?}"), "rows": [] })
+        }
     }
 }
 

@@ -36,8 +36,10 @@ fn look(kind: Kind) -> StyleAttr {
 pub fn topology_svg(topology: &Topology, application_id: &str) -> Option<String> {
     // The layout library asserts on shapes it cannot place; a diagram is
     // not worth a crashed server.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| render(topology, application_id)))
-        .ok()
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        render(topology, application_id)
+    }))
+    .ok()
 }
 
 fn render(topology: &Topology, app: &str) -> String {
@@ -72,17 +74,18 @@ fn render(topology: &Topology, app: &str) -> String {
                 }
             }
             NodeKind::Sink { topic, .. } => {
-                let h = add(&mut vg, &format!("topic {}", topic.resolve(app)), Kind::Topic);
+                let h = add(
+                    &mut vg,
+                    &format!("topic {}", topic.resolve(app)),
+                    Kind::Topic,
+                );
                 vg.add_edge(Arrow::simple(""), ids[i], h);
             }
             NodeKind::Processor { stores, .. } => {
                 for s in stores {
                     let h = add(&mut vg, &format!("store {s}"), Kind::Store);
                     vg.add_edge(Arrow::simple(""), ids[i], h);
-                    if let Some(cl) = topology
-                        .store(s)
-                        .and_then(|spec| spec.changelog_topic(app))
-                    {
+                    if let Some(cl) = topology.store(s).and_then(|spec| spec.changelog_topic(app)) {
                         let c = add(&mut vg, &format!("changelog {cl}"), Kind::Topic);
                         vg.add_edge(Arrow::simple(""), h, c);
                     }

@@ -289,7 +289,11 @@ impl KafkaStreams {
         }
         if let Some(server) = self.cfg.advertised_server() {
             // Other instances find this one's HTTP server through the group.
-            let base = self.cfg.client_id.as_deref().unwrap_or(&self.cfg.application_id);
+            let base = self
+                .cfg
+                .client_id
+                .as_deref()
+                .unwrap_or(&self.cfg.application_id);
             cc.set("client.id", format!("{base}@{server}"));
         }
         for (k, v) in &self.cfg.extra {

@@ -35,20 +35,29 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::config::StreamsConfig;
 use super::error::RuntimeError;
+use super::production::{is_record_error, Rejected};
 use super::status::RuntimeStatus;
 use super::topics::{ErrorCapture, TopicPlan};
 use crate::graph::Topology;
 use crate::record::{OutKind, OutRecord};
 use crate::store::StateDir;
-use crate::task::{tp_key, InputRecord, Task, TaskConfig, TaskId};
+use crate::task::{tp_key, ErrorPolicy, InputRecord, Task, TaskConfig, TaskId};
 
 pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Delivery opaque of a sink record (user or repartition topic).
+const SINK: usize = 0;
+/// Delivery opaque of a changelog record: its offset is tracked.
+const CHANGELOG: usize = 1;
+/// Delivery opaque of a dead-letter record.
+const DEAD_LETTER: usize = 2;
 
 /// Offsets acknowledged per changelog partition, and delivery failures.
 #[derive(Default)]
 pub(crate) struct DeliveryState {
     next: Mutex<HashMap<String, HashMap<i32, i64>>>,
     errors: Mutex<Vec<(String, i32, KafkaError)>>,
+    rejected: Mutex<Vec<Rejected>>,
 }
 
 impl DeliveryState {
@@ -64,6 +73,13 @@ impl DeliveryState {
 
     fn errors_pending(&self) -> bool {
         self.errors.lock().map(|g| !g.is_empty()).unwrap_or(true)
+    }
+
+    fn take_rejected(&self) -> Vec<Rejected> {
+        match self.rejected.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        }
     }
 
     fn take_errors(&self) -> Vec<(String, i32, KafkaError)> {
@@ -91,12 +107,12 @@ impl ClientContext for DeliveryTracker {
 }
 
 impl ProducerContext for DeliveryTracker {
-    /// 1 for changelog records (their offsets are tracked), 0 otherwise.
+    /// [`SINK`], [`CHANGELOG`] (offsets tracked) or [`DEAD_LETTER`].
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tracked: usize) {
         match result {
-            Ok(m) if tracked == 1 => {
+            Ok(m) if tracked == CHANGELOG => {
                 if let Ok(mut g) = self.state.next.lock() {
                     let parts = match g.get_mut(m.topic()) {
                         Some(p) => p,
@@ -107,6 +123,17 @@ impl ProducerContext for DeliveryTracker {
                 }
             }
             Ok(_) => {}
+            Err((e, m)) if tracked == SINK && is_record_error(e.rdkafka_error_code()) => {
+                if let Ok(mut g) = self.state.rejected.lock() {
+                    g.push(Rejected {
+                        topic: m.topic().to_string(),
+                        partition: Some(m.partition()),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        error: e.to_string(),
+                    });
+                }
+            }
             Err((e, m)) => {
                 if let Ok(mut g) = self.state.errors.lock() {
                     g.push((m.topic().to_string(), m.partition(), e.clone()));
@@ -285,7 +312,11 @@ impl Engine {
             return self.write_dead_letter_file(&r);
         }
         self.begin_transaction()?;
-        let tracked = usize::from(matches!(r.kind, OutKind::Changelog(_)));
+        let tracked = match r.kind {
+            OutKind::Sink => SINK,
+            OutKind::Changelog(_) => CHANGELOG,
+            OutKind::DeadLetter => DEAD_LETTER,
+        };
         let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
         for (k, v) in &r.headers {
             headers = headers.insert(Header {
@@ -312,6 +343,15 @@ impl Engine {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     rec = back;
                     std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) if tracked == SINK && is_record_error(e.rdkafka_error_code()) => {
+                    return self.refused(Rejected {
+                        topic: r.topic.clone(),
+                        partition: r.partition,
+                        key: r.key.clone(),
+                        value: r.value.clone(),
+                        error: e.to_string(),
+                    });
                 }
                 Err((e, _)) => return Err(self.explain_send_failure(&r.topic, e)),
             }
@@ -485,7 +525,27 @@ impl Engine {
         self.check_delivery()
     }
 
+    /// The production error handler (see [`super::production`]).
+    fn refused(&mut self, r: Rejected) -> Result<(), RuntimeError> {
+        if self.task_cfg.on_error == ErrorPolicy::FailFast || self.eos {
+            let why = if self.eos {
+                " (under exactly-once the transaction cannot commit without it)"
+            } else {
+                ""
+            };
+            return Err(RuntimeError::Delivery(format!("{}{why}", r.describe())));
+        }
+        let path = self.state.path().join("production-errors.jsonl");
+        tracing::warn!(file = %path.display(), "{}; kept in the production-error file, going on", r.describe());
+        r.park(&path)?;
+        self.status.record_production_error();
+        Ok(())
+    }
+
     fn check_delivery(&mut self) -> Result<(), RuntimeError> {
+        for r in self.delivery.take_rejected() {
+            self.refused(r)?;
+        }
         let errors = self.delivery.take_errors();
         if let Some((topic, _, _)) = errors.iter().find(|(_, _, e)| {
             e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed)

@@ -7,6 +7,7 @@
 //! | [`topics`] | partition planning, internal topic creation and checks |
 //! | `engine` | tasks, producing, the commit order |
 //! | `restore` | restoring newly assigned tasks from their changelogs |
+//! | `production` | the production error handler: records the brokers refuse |
 //! | `progress` | restore progress: a terminal progress bar or log lines |
 //! | [`app`] | [`KafkaStreams`]: start, poll loop, rebalances, shutdown |
 //! | [`status`] | task states and restore progress for callers |
@@ -16,6 +17,7 @@ pub mod app;
 pub mod config;
 pub(crate) mod engine;
 pub mod error;
+pub(crate) mod production;
 pub(crate) mod progress;
 pub(crate) mod restore;
 pub mod status;

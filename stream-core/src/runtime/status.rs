@@ -91,6 +91,7 @@ struct Inner {
     rate: f64,
     rate_sample: Option<(Instant, u64)>,
     processed_closed: u64,
+    production_errors: u64,
 }
 
 impl RuntimeStatus {
@@ -141,12 +142,24 @@ impl RuntimeStatus {
     /// Input records processed since start, by every task this instance
     /// has owned (tasks that moved away included).
     pub fn processed_total(&self) -> u64 {
-        self.with(|i| i.processed_closed + i.tasks.values().map(|t| t.metrics.processed).sum::<u64>())
+        self.with(|i| {
+            i.processed_closed + i.tasks.values().map(|t| t.metrics.processed).sum::<u64>()
+        })
     }
 
     /// Seconds since the instance started running (0 before).
     pub fn uptime_seconds(&self) -> f64 {
         self.with(|i| i.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0))
+    }
+
+    /// Sink records the brokers refused and the production error handler
+    /// kept in the production-error file.
+    pub fn production_errors(&self) -> u64 {
+        self.with(|i| i.production_errors)
+    }
+
+    pub(crate) fn record_production_error(&self) {
+        self.with(|i| i.production_errors += 1)
     }
 
     pub(crate) fn record_commit(&self, took: Duration) {

@@ -57,7 +57,9 @@ impl ClientContext for ErrorCapture {
             // ("all brokers down"); keep it.
             let sticky = matches!(
                 g.as_ref().map(|(c, _)| *c),
-                Some(Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL))
+                Some(Some(
+                    RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL
+                ))
             );
             if !sticky {
                 *g = Some((error.rdkafka_error_code(), reason.to_string()));
