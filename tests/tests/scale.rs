@@ -196,7 +196,6 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known failure: when a rebalance happens while a broker of three is down, the restore's watermark query on the changelog keeps failing with UnknownPartition past the 90 s retry window and the instance stops; run with --ignored"]
 async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
     let port: u16 = rand::thread_rng().gen_range(40_000..48_000) / 10 * 10;
     let data = tempfile::tempdir().unwrap();

@@ -165,6 +165,10 @@ impl Engine {
                 Ok(w) => return Ok(w),
                 Err(e) if Instant::now() < deadline && !is_authorization(&e) => {
                     tracing::warn!(topic, partition, error = %e, "changelog partition not available yet; retrying");
+                    // A fresh metadata request: the cached leader may be a dead broker.
+                    let _ = self
+                        .restore_consumer
+                        .fetch_metadata(Some(topic), Duration::from_secs(5));
                     std::thread::sleep(Duration::from_millis(500));
                 }
                 Err(e) => {
