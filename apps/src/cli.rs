@@ -74,6 +74,10 @@ pub struct RunOpts {
     /// `fail-fast` (stop with its topic, partition, offset and the error).
     #[arg(long, default_value = "dead-letter", value_name = "POLICY")]
     pub on_error: String,
+    /// Stream threads (num.stream.threads): each has its own consumer,
+    /// producer and tasks; more threads use more cores.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
 }
 
 impl RunOpts {
@@ -81,6 +85,10 @@ impl RunOpts {
     pub fn apply(&self, cfg: &mut StreamsConfig) -> Result<(), String> {
         cfg.http = self.http;
         cfg.on_error = self.on_error.parse()?;
+        if self.threads == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        cfg.num_stream_threads = self.threads;
         Ok(())
     }
 }

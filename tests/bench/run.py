@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "target" / "release"
 KAFKA = REPO / "tests" / "broker" / "kafka.sh"
 KS_DIR = REPO / "tests" / "bench" / "kstreams"
+# (instances, stream threads each) of the scale section
+SCALE_RUNS = [(1, 1), (2, 1), (3, 1), (1, 2)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -117,16 +119,21 @@ class Bench:
         self.digests.setdefault(kv(counter.stdout, "digest"), []).append(name)
         self.record(name, seconds=secs, rate=self.args.users / secs, rss_mib=rss, cpu_s=cpu)
 
-    def ours(self, guarantee, commit_ms):
+    @staticmethod
+    def run_name(framework, guarantee, commit_ms, threads):
+        return f"{framework} {guarantee} {commit_ms}ms" + (f" {threads} threads" if threads > 1 else "")
+
+    def ours(self, guarantee, commit_ms, threads=1):
         app = f"bench-ours-{uuid.uuid4().hex[:8]}"
         out_topic = f"{app}-out"
         topic(out_topic, 4)
         cmd = [BIN / "watchlist", "--team", "team-1", "--application-id", app, "--new-users-topic", self.input,
                "--watchlist-topic", out_topic, "--private-changelog", "--bootstrap-servers", self.bootstrap,
-               "--state-dir", self.work / app, "--guarantee", guarantee, "--commit-interval-ms", commit_ms]
-        self.app_run(f"ours {guarantee} {commit_ms}ms", cmd, out_topic)
+               "--state-dir", self.work / app, "--guarantee", guarantee, "--commit-interval-ms", commit_ms,
+               "--threads", threads]
+        self.app_run(self.run_name("ours", guarantee, commit_ms, threads), cmd, out_topic)
 
-    def instances(self, k):
+    def instances(self, k, threads=1):
         """`k` watchlist instances (one application, separate state dirs), at-least-once, 100 ms commits."""
         app = f"bench-scale-{uuid.uuid4().hex[:8]}"
         out_topic = f"{app}-out"
@@ -136,7 +143,7 @@ class Bench:
         for i in range(k):
             cmd = [BIN / "watchlist", "--team", "team-1", "--application-id", app, "--new-users-topic", self.input,
                    "--watchlist-topic", out_topic, "--private-changelog", "--bootstrap-servers", self.bootstrap,
-                   "--state-dir", self.work / f"{app}-{i}", "--commit-interval-ms", 100]
+                   "--state-dir", self.work / f"{app}-{i}", "--commit-interval-ms", 100, "--threads", threads]
             procs.append(subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=open(self.work / f"{app}-{i}.log", "a")))
         counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(self.flagged), str(start_ms), "1800"],
                                  capture_output=True, text=True)
@@ -151,24 +158,29 @@ class Bench:
             raise RuntimeError(f"{k} instances: {counter.stderr.strip()}")
         secs = float(kv(counter.stdout, "seconds"))
         self.digests.setdefault(kv(counter.stdout, "digest"), []).append(f"{k} instances")
-        self.record(f"{k} instance{'s' if k > 1 else ''}", seconds=secs, rate=self.args.users / secs, cpu_s=cpu)
+        self.record(self.scale_name(k, threads), seconds=secs, rate=self.args.users / secs, cpu_s=cpu)
+
+    @staticmethod
+    def scale_name(k, threads):
+        return f"{k} instance{'s' if k > 1 else ''}" + (f" × {threads} threads" if threads > 1 else "")
 
     def write_scale(self):
         rows = ["| instances | median s | min–max s | users/s | CPU s (all instances) | speed-up over 1 |", "|---|---|---|---|---|---|"]
         one = self.median("1 instance")
-        for k in (1, 2, 3):
-            name = f"{k} instance{'s' if k > 1 else ''}"
+        for k, t in SCALE_RUNS:
+            name = self.scale_name(k, t)
             if name not in self.results:
                 continue
             med, (lo, hi) = self.median(name), self.span(name)
-            rows.append(f"| {k} | {med:.2f} | {lo:.2f}–{hi:.2f} | {self.args.users / med:,.0f} | {self.median(name, 'cpu_s'):.1f} | {one / med:.2f}× |")
+            rows.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {self.args.users / med:,.0f} | {self.median(name, 'cpu_s'):.1f} | {one / med:.2f}× |")
         table = "\n".join(rows)
         print(table)
         cmd = "tests/bench/run.sh " + " ".join(sys.argv[1:])
         doc = f"""# Scale-out benchmark
 
 The watchlist (at-least-once, 100 ms commits, `--private-changelog`) with 1, 2
-and 3 instances of one application on this machine ({os.cpu_count()} cores),
+and 3 instances of one application, and one instance with 2 stream threads
+(`--threads 2`), on this machine ({os.cpu_count()} cores),
 {self.args.users:,} users in 4 partitions, timed like [benchmarks.md](benchmarks.md);
 command `{cmd}`, {self.args.runs} runs each.
 
@@ -184,14 +196,14 @@ a broker dying) is tested in `tests/tests/scale.rs`.
         (REPO / "docs" / "benchmarks-scale.md").write_text(doc)
         log("wrote docs/benchmarks-scale.md")
 
-    def kstreams(self, guarantee, commit_ms):
+    def kstreams(self, guarantee, commit_ms, threads=1):
         app = f"bench-ks-{uuid.uuid4().hex[:8]}"
         out_topic = f"{app}-out"
         topic(out_topic, 4)
         cp = f"{KS_DIR / 'target' / 'kstreams-bench-1.jar'}:{KS_DIR / 'target' / 'lib'}/*"
         cmd = ["java", "-cp", cp, "bench.Main", "watchlist", self.bootstrap, app, self.input, out_topic, guarantee,
-               commit_ms, self.work / app]
-        self.app_run(f"kstreams {guarantee} {commit_ms}ms", cmd, out_topic)
+               commit_ms, self.work / app, threads]
+        self.app_run(self.run_name("kstreams", guarantee, commit_ms, threads), cmd, out_topic)
 
     def restore(self):
         n, keys = self.args.restore_records, self.args.restore_keys
@@ -278,10 +290,12 @@ a broker dying) is tested in `tests/tests/scale.rs`.
             extra = f"| {plain / ours_r:.2f} | {ks_r / ours_r:.2f}× |" if name == "restore: ours" else "| | |"
             lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {rate:,.0f} {extra}")
         eos_ratio = []
-        for c in a.commits:
-            alo, eo = self.median(f"ours at-least-once {c}ms"), self.median(f"ours exactly-once {c}ms")
-            if alo == alo and eo == eo:
-                eos_ratio.append(f"exactly-once throughput is {alo / eo:.0%} of at-least-once at {c} ms commits")
+        for t in a.threads:
+            for c in a.commits:
+                alo = self.median(self.run_name("ours", "at-least-once", c, t))
+                eo = self.median(self.run_name("ours", "exactly-once", c, t))
+                if alo == alo and eo == eo:
+                    eos_ratio.append(f"exactly-once throughput is {alo / eo:.0%} of at-least-once at {c} ms commits, {t} thread{'s' if t > 1 else ''}")
         equal = len(self.digests) == 1
         return "\n".join(lines), ratios, eos_ratio, equal
 
@@ -329,6 +343,7 @@ machine, in one run; and restoring a count store from its changelog.
 
 ![ratios](benchmarks.svg)
 
+Scale-out (1, 2 and 3 instances; one instance with 2 stream threads): [benchmarks-scale.md](benchmarks-scale.md).
 Goals, profile and the effect of each change: [performance.md](performance.md).
 """
         (REPO / "docs" / "benchmarks.md").write_text(doc)
@@ -371,6 +386,8 @@ def main():
     ap.add_argument("--guarantees", nargs="+", default=["at-least-once", "exactly-once"])
     ap.add_argument("--restore-records", type=int, default=1_000_000)
     ap.add_argument("--restore-keys", type=int, default=100_000)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="stream threads per instance, for both frameworks (num.stream.threads)")
     ap.add_argument("--skip-kstreams", action="store_true")
     ap.add_argument("--sections", nargs="+", default=["throughput", "restore"], choices=["throughput", "restore", "scale"])
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
@@ -381,16 +398,17 @@ def main():
         log(f"round {i + 1} of {args.runs}")
         b.ceiling()
         if "throughput" in args.sections:
-            for g in args.guarantees:
-                for c in args.commits:
-                    b.ours(g, c)
-                    if not args.skip_kstreams:
-                        b.kstreams(g, c)
+            for t in args.threads:
+                for g in args.guarantees:
+                    for c in args.commits:
+                        b.ours(g, c, t)
+                        if not args.skip_kstreams:
+                            b.kstreams(g, c, t)
         if "restore" in args.sections:
             b.restore()
         if "scale" in args.sections:
-            for k in (1, 2, 3):
-                b.instances(k)
+            for k, t in SCALE_RUNS:
+                b.instances(k, t)
     if args.sections == ["scale"]:
         b.write_scale()
         shutil.rmtree(b.work, ignore_errors=True)

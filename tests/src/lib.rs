@@ -402,3 +402,29 @@ pub fn metric_values(text: &str, name: &str) -> Vec<f64> {
         })
         .collect()
 }
+
+/// A child process that is killed when dropped, so that a failing test
+/// (a panic before its clean stop) leaves no program running.
+pub struct Guard(pub std::process::Child);
+
+impl std::ops::Deref for Guard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

@@ -41,7 +41,7 @@ impl App {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn start(&self, state: &Path, log: &Path) -> Child {
+    fn start(&self, state: &Path, log: &Path) -> Guard {
         let args: Vec<String> = [
             "--team",
             TEAM,
@@ -61,7 +61,7 @@ impl App {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        spawn_logged("watchlist", &args, log)
+        Guard(spawn_logged("watchlist", &args, log))
     }
 
     fn feed(&self, count: u64, log: &Path) {
@@ -296,7 +296,7 @@ async fn should_show_restore_progress_lag_and_counts_in_metrics_and_queries() {
     signal_and_wait(&mut app, libc::SIGTERM);
 }
 
-fn signal_and_wait_if(cond: bool, app: &mut Child) {
+fn signal_and_wait_if(cond: bool, app: &mut Guard) {
     if cond {
         signal_and_wait(app, libc::SIGTERM);
     }

@@ -45,8 +45,13 @@ impl Running {
 }
 
 fn start(app: &str, input: &str, output: &str, state: &Path) -> Running {
+    start_threads(app, input, output, state, 1)
+}
+
+fn start_threads(app: &str, input: &str, output: &str, state: &Path, threads: usize) -> Running {
     let mut cfg = StreamsConfig::new(app, &bootstrap());
     cfg.state_dir = state.to_path_buf();
+    cfg.num_stream_threads = threads;
     cfg.extra.insert("session.timeout.ms".into(), "6000".into());
     let streams = KafkaStreams::new(counting_topology(input, output), cfg).unwrap();
     let status = streams.status();
@@ -188,6 +193,30 @@ async fn should_count_exactly_and_restore_only_the_tail_or_everything_when_state
         read >= changelog_len / 2 && read > 0,
         "full restore read {read} of {changelog_len}"
     );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_count_exactly_with_two_stream_threads_sharing_the_tasks() {
+    let (app, input, output) = (unique("threads"), unique("words"), unique("counts"));
+    create_topic(&input, 4).await;
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut expected = BTreeMap::new();
+    produce_words(&input, 10_000, &mut expected);
+    let run = start_threads(&app, &input, &output, state.path(), 2);
+    let got = wait_for_counts(&output, &expected, 120).await;
+    assert!(got == expected, "two threads: {}", diff(&got, &expected));
+    // both threads' tasks report into one status: 4 + 4 tasks
+    assert_eq!(run.status.tasks().len(), 8, "{:?}", run.status.tasks().keys());
+    run.stop().await;
+    // a restart with one thread keeps the state both threads wrote
+    produce_words(&input, 500, &mut expected);
+    let run = start_threads(&app, &input, &output, state.path(), 1);
+    let got = wait_for_counts(&output, &expected, 120).await;
+    assert!(got == expected, "one thread after two: {}", diff(&got, &expected));
+    let (_, full) = restored_reads(&run.status);
+    assert!(!full, "the local state of both threads was kept");
     run.stop().await;
 }
 

@@ -197,7 +197,7 @@ async fn should_run_over_sasl_ssl_with_a_test_ca_and_refuse_another_ca() {
             .stderr(Stdio::from(f))
             .spawn()
             .expect("flagger");
-        (child, state)
+        (Guard(child), state)
     };
 
     // The right CA: every flagged user becomes an action.

@@ -76,7 +76,8 @@ pub(crate) struct Shared {
     pub(crate) topology: Arc<Topology>,
     pub(crate) status: Arc<RuntimeStatus>,
     pub(crate) partitions: HashMap<String, i32>,
-    pub(crate) engine: OnceLock<Arc<Mutex<Engine>>>,
+    /// One engine per stream thread, once they exist.
+    pub(crate) engines: OnceLock<Vec<Arc<Mutex<Engine>>>>,
     pub(crate) probe: Result<Arc<probe::Probe>, String>,
     pub(crate) views: Vec<TableView>,
     pub(crate) svg: Option<String>,
@@ -133,7 +134,7 @@ impl Server {
             topology,
             status,
             partitions,
-            engine: OnceLock::new(),
+            engines: OnceLock::new(),
             probe,
             views,
             svg,
@@ -146,9 +147,9 @@ impl Server {
         self.listener.local_addr().ok()
     }
 
-    /// Hands the engine to the store handlers once it exists.
-    pub(crate) fn attach(&self, engine: Arc<Mutex<Engine>>) {
-        let _ = self.shared.engine.set(engine);
+    /// Hands the stream threads' engines to the store handlers.
+    pub(crate) fn attach(&self, engines: Vec<Arc<Mutex<Engine>>>) {
+        let _ = self.shared.engines.set(engines);
     }
 
     /// Serves until the runtime stops.

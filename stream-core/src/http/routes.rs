@@ -146,24 +146,18 @@ async fn stores(State(s): S) -> Response {
     let app = s.cfg.application_id.clone();
     let s2 = s.clone();
     let local: HashMap<String, Vec<String>> = blocking(move || {
-        let Some(engine) = s2.engine.get() else {
-            return HashMap::new();
-        };
-        query::with_engine(engine, STORE_WAIT, |e| {
-            s2.topology
-                .stores()
-                .iter()
-                .map(|st| {
-                    let ids = e
-                        .tasks_with_store(&st.name)
-                        .iter()
-                        .map(|t| t.to_string())
-                        .collect();
-                    (st.name.clone(), ids)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+        let mut local: HashMap<String, Vec<String>> = HashMap::new();
+        for engine in s2.engines.get().into_iter().flatten() {
+            let _ = query::with_engine(engine, STORE_WAIT, |e| {
+                for st in s2.topology.stores() {
+                    local
+                        .entry(st.name.clone())
+                        .or_default()
+                        .extend(e.tasks_with_store(&st.name).iter().map(|t| t.to_string()));
+                }
+            });
+        }
+        local
     })
     .await
     .unwrap_or_default();
@@ -203,11 +197,17 @@ async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> R
     };
     let s2 = s.clone();
     let (store2, bytes2, task) = (store.clone(), bytes.clone(), loc.task);
+    // The answer of the stream thread that owns the task, if one does here.
     let local = blocking(move || {
-        let engine = s2.engine.get()?;
-        Some(query::with_engine(engine, STORE_WAIT, |e| {
-            e.read_store(task, &store2, |set, idx| set.get(idx, &bytes2))
-        }))
+        for engine in s2.engines.get().into_iter().flatten() {
+            match query::with_engine(engine, STORE_WAIT, |e| {
+                e.read_store(task, &store2, |set, idx| set.get(idx, &bytes2))
+            }) {
+                Ok(None) => continue,
+                found => return Some(found),
+            }
+        }
+        None
     })
     .await
     .flatten();
@@ -291,20 +291,18 @@ fn local_entries(
         .topology
         .store(store)
         .ok_or_else(|| QueryError::UnknownStore(store.to_string()))?;
-    let Some(engine) = s.engine.get() else {
-        return Ok(Vec::new());
-    };
-    let raw = query::with_engine(engine, STORE_WAIT, |e| {
-        let mut all = Vec::new();
-        for id in e.tasks_with_store(store) {
-            if let Some(Ok(mut entries)) =
-                e.read_store(id, store, |set, idx| set.scan_prefix(idx, prefix))
-            {
-                all.append(&mut entries);
+    let mut raw = Vec::new();
+    for engine in s.engines.get().into_iter().flatten() {
+        query::with_engine(engine, STORE_WAIT, |e| {
+            for id in e.tasks_with_store(store) {
+                if let Some(Ok(mut entries)) =
+                    e.read_store(id, store, |set, idx| set.scan_prefix(idx, prefix))
+                {
+                    raw.append(&mut entries);
+                }
             }
-        }
-        all
-    })?;
+        })?;
+    }
     let (k, v) = match &spec.format {
         Some(f) => (Some(&f.key), Some(&f.value)),
         None => (None, None),

@@ -14,7 +14,7 @@ use super::config::{ProcessingGuarantee, StreamsConfig};
 use super::engine::{DeliveryState, DeliveryTracker, Engine};
 use super::error::RuntimeError;
 use super::status::RuntimeStatus;
-use super::topics::{self, ErrorCapture};
+use super::topics::{self, ErrorCapture, TopicPlan};
 use crate::graph::Topology;
 use crate::http::{Server, TableView};
 use crate::store::StateDir;
@@ -184,7 +184,89 @@ impl KafkaStreams {
             on_error: self.cfg.on_error,
             grouped,
         });
+        // Single-instance mode needs one consumer for the whole group.
+        let threads = if grouped {
+            1
+        } else {
+            self.cfg.num_stream_threads.max(1)
+        };
+        let instance_id = state.instance_id()?;
+        let mut engines = Vec::with_capacity(threads);
+        let mut consumers = Vec::with_capacity(threads);
+        for thread in 0..threads {
+            let shared = ThreadShared {
+                plan: plan.clone(),
+                state: state.clone(),
+                task_cfg: task_cfg.clone(),
+                dead_letter_file: dead_letter_file.clone(),
+            };
+            let (engine, consumer, capture) = self.stream_thread(thread, threads, &instance_id, shared)?;
+            engines.push(engine);
+            consumers.push((consumer, capture));
+        }
+        let http = server.map(|server| {
+            server.attach(engines.clone());
+            server.spawn()
+        });
 
+        let topics = self.topology.source_topics(&self.cfg.application_id);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::with_capacity(threads);
+        for (engine, (consumer, capture)) in engines.into_iter().zip(consumers) {
+            let (stop, status, cfg, topics) = (
+                stop.clone(),
+                self.status.clone(),
+                self.cfg.clone(),
+                topics.clone(),
+            );
+            handles.push(tokio::task::spawn_blocking(move || {
+                let r = stream_loop(consumer, engine, &topics, &stop, &status, &cfg, &capture);
+                // One thread failing stops the others: the instance stops as a whole.
+                stop.store(true, Ordering::SeqCst);
+                r
+            }));
+        }
+        let all = futures::future::join_all(handles);
+        tokio::pin!(all);
+        let results = tokio::select! {
+            r = &mut all => r,
+            _ = shutdown => {
+                tracing::info!("shutting down: committing and closing");
+                stop.store(true, Ordering::SeqCst);
+                all.await
+            }
+        };
+        if let Some(h) = http {
+            h.abort();
+        }
+        self.status.set_running(false);
+        let mut first_error = None;
+        for r in results {
+            let r = r.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}")));
+            if let Err(e) = r.and_then(|inner| inner) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Creates stream thread `thread` of `threads`: its producer, restore
+    /// consumer, engine and group consumer. Threads share the state
+    /// directory and the status; each owns the tasks of the partitions the
+    /// group assigns to its consumer.
+    fn stream_thread(
+        &self,
+        thread: usize,
+        threads: usize,
+        instance_id: &str,
+        shared: ThreadShared,
+    ) -> Result<(Arc<Mutex<Engine>>, BaseConsumer<StreamContext>, ErrorCapture), RuntimeError> {
+        let base_client_id = self.cfg.client_id.as_deref().unwrap_or(&self.cfg.application_id);
+        let client_id = if threads > 1 {
+            format!("{base_client_id}-{thread}")
+        } else {
+            base_client_id.to_string()
+        };
         let eos = self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
         let delivery = Arc::new(DeliveryState::default());
         let mut pc = self.cfg.client_config();
@@ -193,11 +275,16 @@ impl KafkaStreams {
         pc.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "100")
-            .set("partitioner", "murmur2_random");
+            .set("partitioner", "murmur2_random")
+            .set("client.id", &client_id);
         for (k, v) in &self.cfg.extra {
             pc.set(k, v);
         }
-        let transactional_id = format!("{}-{}", self.cfg.application_id, state.instance_id()?);
+        let transactional_id = if thread == 0 {
+            format!("{}-{instance_id}", self.cfg.application_id)
+        } else {
+            format!("{}-{instance_id}-{thread}", self.cfg.application_id)
+        };
         if eos {
             pc.set("transactional.id", &transactional_id)
                 .set("transaction.timeout.ms", "10000");
@@ -237,6 +324,7 @@ impl KafkaStreams {
             .set("max.partition.fetch.bytes", "4194304")
             .set("fetch.max.bytes", "16777216")
             .set("queued.max.messages.kbytes", "32768")
+            .set("client.id", format!("{client_id}-restore"))
             // librdkafka needs a group id even to assign(); this consumer never
             // joins or commits, and the application's own id needs no extra ACL.
             .set("group.id", &self.cfg.application_id);
@@ -247,21 +335,17 @@ impl KafkaStreams {
         let mut engine = Engine::new(
             self.topology.clone(),
             self.cfg.clone(),
-            task_cfg,
-            plan,
-            state,
+            shared.task_cfg,
+            shared.plan,
+            shared.state,
             producer,
             delivery,
             restore_consumer,
             self.status.clone(),
-            dead_letter_file,
+            shared.dead_letter_file,
         );
         engine.eos = eos;
         let engine = Arc::new(Mutex::new(engine));
-        let http = server.map(|server| {
-            server.attach(engine.clone());
-            server.spawn()
-        });
 
         let multi_source = self
             .topology
@@ -270,6 +354,7 @@ impl KafkaStreams {
             .any(|s| s.sources.len() > 1);
         let mut cc = self.cfg.client_config();
         cc.set("group.id", &self.cfg.application_id)
+            .set("client.id", &client_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -278,23 +363,23 @@ impl KafkaStreams {
             .set("heartbeat.interval.ms", "1000")
             .set(
                 "partition.assignment.strategy",
-                if grouped || multi_source {
+                if self.cfg.single_instance || multi_source {
                     "range"
                 } else {
                     "cooperative-sticky"
                 },
             );
         if let Some(id) = &self.cfg.group_instance_id {
+            let id = if threads > 1 {
+                format!("{id}-{thread}")
+            } else {
+                id.clone()
+            };
             cc.set("group.instance.id", id);
         }
         if let Some(server) = self.cfg.advertised_server() {
             // Other instances find this one's HTTP server through the group.
-            let base = self
-                .cfg
-                .client_id
-                .as_deref()
-                .unwrap_or(&self.cfg.application_id);
-            cc.set("client.id", format!("{base}@{server}"));
+            cc.set("client.id", format!("{client_id}@{server}"));
         }
         for (k, v) in &self.cfg.extra {
             cc.set(k, v);
@@ -306,29 +391,16 @@ impl KafkaStreams {
                 capture: capture.clone(),
             })
             .map_err(|e| RuntimeError::kafka("create consumer", e))?;
-        let topics = self.topology.source_topics(&self.cfg.application_id);
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let status = self.status.clone();
-        let cfg = self.cfg.clone();
-        let handle = tokio::task::spawn_blocking(move || {
-            stream_loop(consumer, engine, &topics, &stop2, &status, &cfg, &capture)
-        });
-        tokio::pin!(handle);
-        let result = tokio::select! {
-            r = &mut handle => r.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}"))),
-            _ = shutdown => {
-                tracing::info!("shutting down: committing and closing");
-                stop.store(true, Ordering::SeqCst);
-                handle.await.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}")))
-            }
-        };
-        if let Some(h) = http {
-            h.abort();
-        }
-        result?
+        Ok((engine, consumer, capture))
     }
+}
+
+/// What the stream threads of an instance share.
+struct ThreadShared {
+    plan: Arc<TopicPlan>,
+    state: StateDir,
+    task_cfg: Arc<TaskConfig>,
+    dead_letter_file: Option<std::path::PathBuf>,
 }
 
 fn stream_loop(
@@ -417,7 +489,6 @@ fn stream_loop(
     };
     consumer.unsubscribe();
     drop(consumer);
-    status.set_running(false);
     result.and(closed)
 }
 

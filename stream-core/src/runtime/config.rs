@@ -110,6 +110,10 @@ pub struct StreamsConfig {
     /// local state: start from empty state (`true`) or refuse (`false`,
     /// the default), because empty state would publish wrong aggregates.
     pub allow_empty_state: bool,
+    /// `num.stream.threads`: stream threads of this instance, each with its
+    /// own consumer, producer and tasks (default 1; single-instance mode
+    /// always uses 1).
+    pub num_stream_threads: usize,
     /// `group.instance.id` for static membership.
     pub group_instance_id: Option<String>,
     /// Extra librdkafka properties passed to every client.
@@ -140,6 +144,7 @@ impl StreamsConfig {
             single_instance: false,
             allow_empty_state: false,
             group_instance_id: None,
+            num_stream_threads: 1,
             extra: BTreeMap::new(),
             http: None,
             application_server: None,
@@ -195,13 +200,14 @@ impl StreamsConfig {
     /// A one-line description for logs, with the password redacted.
     pub fn redacted(&self) -> String {
         format!(
-            "application.id={} bootstrap.servers={} client.id={} state.dir={} commit.interval.ms={} processing.guarantee={:?} security.protocol={} sasl.mechanism={} sasl.username={} sasl.password={} single_instance={}",
+            "application.id={} bootstrap.servers={} client.id={} state.dir={} commit.interval.ms={} processing.guarantee={:?} num.stream.threads={} security.protocol={} sasl.mechanism={} sasl.username={} sasl.password={} single_instance={}",
             self.application_id,
             self.bootstrap_servers,
             self.client_id.as_deref().unwrap_or(&self.application_id),
             self.state_dir.display(),
             self.commit_interval.as_millis(),
             self.processing_guarantee,
+            self.num_stream_threads,
             self.security.protocol.as_deref().unwrap_or("PLAINTEXT"),
             self.security.sasl_mechanism.as_deref().unwrap_or("-"),
             self.security.username.as_deref().unwrap_or("-"),

@@ -85,6 +85,9 @@ public final class Main {
       p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG,
           guarantee.equals("exactly-once") ? StreamsConfig.EXACTLY_ONCE_V2 : StreamsConfig.AT_LEAST_ONCE);
       p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, Long.parseLong(a[6]));
+      if (a.length > 8) {
+        p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, Integer.parseInt(a[8]));
+      }
       b.stream(input, Consumed.with(Serdes.String(), userSerde()))
           .filter((k, u) -> u != null && u.email.toLowerCase().contains("hotmail"))
           .map((k, u) -> KeyValue.pair(u.company_name, ""))
