@@ -278,7 +278,11 @@ async fn should_stop_at_the_first_bad_record_with_fail_fast_and_name_it() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut child = Guard(spawn_logged("watchlist", &args, &log_dir().join(format!("{app}.log"))));
+    let mut child = Guard(spawn_logged(
+        "watchlist",
+        &args,
+        &log_dir().join(format!("{app}.log")),
+    ));
     let mut dlq = Vec::new();
     let arrived = wait_until(Duration::from_secs(60), || {
         dlq = read_all(&format!("{app}-dlq"), Duration::from_secs(10));

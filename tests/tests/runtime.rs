@@ -208,13 +208,22 @@ async fn should_count_exactly_with_two_stream_threads_sharing_the_tasks() {
     let got = wait_for_counts(&output, &expected, 120).await;
     assert!(got == expected, "two threads: {}", diff(&got, &expected));
     // both threads' tasks report into one status: 4 + 4 tasks
-    assert_eq!(run.status.tasks().len(), 8, "{:?}", run.status.tasks().keys());
+    assert_eq!(
+        run.status.tasks().len(),
+        8,
+        "{:?}",
+        run.status.tasks().keys()
+    );
     run.stop().await;
     // a restart with one thread keeps the state both threads wrote
     produce_words(&input, 500, &mut expected);
     let run = start_threads(&app, &input, &output, state.path(), 1);
     let got = wait_for_counts(&output, &expected, 120).await;
-    assert!(got == expected, "one thread after two: {}", diff(&got, &expected));
+    assert!(
+        got == expected,
+        "one thread after two: {}",
+        diff(&got, &expected)
+    );
     let (_, full) = restored_reads(&run.status);
     assert!(!full, "the local state of both threads was kept");
     run.stop().await;

@@ -200,7 +200,8 @@ impl KafkaStreams {
                 task_cfg: task_cfg.clone(),
                 dead_letter_file: dead_letter_file.clone(),
             };
-            let (engine, consumer, capture) = self.stream_thread(thread, threads, &instance_id, shared)?;
+            let (engine, consumer, capture) =
+                self.stream_thread(thread, threads, &instance_id, shared)?;
             engines.push(engine);
             consumers.push((consumer, capture));
         }
@@ -260,8 +261,19 @@ impl KafkaStreams {
         threads: usize,
         instance_id: &str,
         shared: ThreadShared,
-    ) -> Result<(Arc<Mutex<Engine>>, BaseConsumer<StreamContext>, ErrorCapture), RuntimeError> {
-        let base_client_id = self.cfg.client_id.as_deref().unwrap_or(&self.cfg.application_id);
+    ) -> Result<
+        (
+            Arc<Mutex<Engine>>,
+            BaseConsumer<StreamContext>,
+            ErrorCapture,
+        ),
+        RuntimeError,
+    > {
+        let base_client_id = self
+            .cfg
+            .client_id
+            .as_deref()
+            .unwrap_or(&self.cfg.application_id);
         let client_id = if threads > 1 {
             format!("{base_client_id}-{thread}")
         } else {
