@@ -204,7 +204,9 @@ cmd_start() {
   for ((i = 0; i < n; i++)); do
     until port_open "$(plain_port "$i")" && answers "$i"; do
       if ! alive "$i"; then
-        tail -n 40 "$DATA/node$i/server.log" >&2
+        # the cause first (a port in use, a bad keystore), then the log's end
+        grep -m 10 -E "ERROR|FATAL|Exception" "$DATA/node$i/server.log" >&2 || true
+        tail -n 20 "$DATA/node$i/server.log" >&2
         die "node $i exited during start (log above: $DATA/node$i/server.log)"
       fi
       if ((SECONDS > deadline)); then

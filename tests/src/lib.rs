@@ -428,3 +428,21 @@ impl Drop for Guard {
         }
     }
 }
+
+/// A base port for a broker of a test's own with `nodes` nodes: a multiple
+/// of 10 in `lo..hi` whose ports `base + 10·i + {0,1,2,3}` all bind now.
+/// Keep ranges below 32768, where Linux hands out ephemeral ports, so that no
+/// client connection can be holding one when the broker starts.
+pub fn broker_base_port(lo: u16, hi: u16, nodes: u16) -> u16 {
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let base = rng.gen_range(lo..hi) / 10 * 10;
+        let free = (0..nodes).all(|i| {
+            (0..4).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + 10 * i + k)).is_ok())
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no free block of ports in {lo}..{hi}");
+}

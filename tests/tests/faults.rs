@@ -161,7 +161,7 @@ async fn should_refuse_a_state_directory_it_cannot_write_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_wait_out_a_broker_outage_and_lose_nothing() {
     // A broker of this test's own, so that stopping it disturbs no other test.
-    let port: u16 = rand::thread_rng().gen_range(30_000..39_000) / 10 * 10;
+    let port = broker_base_port(21_000, 24_000, 1);
     let data = tempfile::tempdir().unwrap();
     let env = [
         ("KAFKA_PORT", port.to_string()),

@@ -207,11 +207,12 @@ async fn should_count_exactly_with_two_stream_threads_sharing_the_tasks() {
     let run = start_threads(&app, &input, &output, state.path(), 2);
     let got = wait_for_counts(&output, &expected, 120).await;
     assert!(got == expected, "two threads: {}", diff(&got, &expected));
-    // both threads' tasks report into one status: 4 + 4 tasks
-    assert_eq!(
-        run.status.tasks().len(),
-        8,
-        "{:?}",
+    // both threads' tasks report into one status: 4 + 4 tasks, once the
+    // cooperative rebalance between the two consumers has settled
+    let all_tasks = wait_until(Duration::from_secs(60), || run.status.tasks().len() == 8);
+    assert!(
+        all_tasks,
+        "tasks in the status: {:?}",
         run.status.tasks().keys()
     );
     run.stop().await;

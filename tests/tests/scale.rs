@@ -197,7 +197,7 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
-    let port: u16 = rand::thread_rng().gen_range(40_000..48_000) / 10 * 10;
+    let port = broker_base_port(24_000, 27_000, 3);
     let data = tempfile::tempdir().unwrap();
     let env_owned = [
         ("KAFKA_PORT", port.to_string()),

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use apps::fake::Generator;
 use integration_tests::*;
-use rand::Rng;
 
 const KEYSTORE_PASSWORD: &str = "keystore-pw";
 
@@ -118,7 +117,7 @@ async fn should_run_over_sasl_ssl_with_a_test_ca_and_refuse_another_ca() {
     let other_ca = make_ca(pki.path(), "other-ca");
     let keystore = make_broker_keystore(pki.path(), "test-ca");
 
-    let port: u16 = rand::thread_rng().gen_range(40_000..49_000) / 10 * 10;
+    let port = broker_base_port(27_000, 30_000, 1);
     let data = tempfile::tempdir().unwrap();
     let env = [
         ("KAFKA_PORT", port.to_string()),
