@@ -184,6 +184,16 @@ cmd_start() {
     return
   fi
   command -v java >/dev/null || die "java (17+) is required"
+  # A port already answering belongs to someone else (another data dir's
+  # broker, another program): starting would only seem to work.
+  local j port
+  for ((j = 0; j < n; j++)); do
+    for port in "$(plain_port "$j")" "$(controller_port "$j")" "$(sasl_port "$j")" "$(ssl_port "$j")"; do
+      if port_open "$port"; then
+        die "port $port is already in use (another broker? stop it, or set KAFKA_PORT)"
+      fi
+    done
+  done
   ensure_jars
   rm -rf "$DATA"
   mkdir -p "$DATA"
