@@ -11,6 +11,7 @@ use base64::Engine as _;
 use integration_tests::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{json, Value};
+use stream_core::http::encode_path;
 
 const TEAM: &str = "team-1";
 const STORE: &str = "watchlist-counts";
@@ -277,7 +278,7 @@ async fn should_show_restore_progress_lag_and_counts_in_metrics_and_queries() {
         .iter()
         .max_by_key(|(_, n)| **n)
         .expect("some company counted");
-    let (_, v) = get_json(&a.url(&format!("/stores/{STORE}/{}", urlencode(company))));
+    let (_, v) = get_json(&a.url(&format!("/stores/{STORE}/{}", encode_path(company))));
     assert_eq!(v["value"], json!(n), "{company}: {v}");
     let (code, v) = get_json(&a.url(&format!("/stores/{STORE}?prefix=Co%20123&limit=5")));
     assert_eq!(code, 200);
@@ -300,17 +301,6 @@ fn signal_and_wait_if(cond: bool, app: &mut Guard) {
     if cond {
         signal_and_wait(app, libc::SIGTERM);
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A chromedriver process and one headless Chromium session.
@@ -451,7 +441,7 @@ async fn should_show_the_topology_and_the_live_watchlist_in_a_browser() {
         .as_str()
         .and_then(|v| v.parse().ok())
         .expect("numeric count");
-    let (code, stored) = get_json(&a.url(&format!("/stores/{STORE}/{}", urlencode(company))));
+    let (code, stored) = get_json(&a.url(&format!("/stores/{STORE}/{}", encode_path(company))));
     assert_eq!(code, 200);
     assert_eq!(
         stored["value"],
@@ -516,7 +506,7 @@ async fn should_name_the_instance_that_owns_a_key_it_does_not_hold() {
     for (company, n) in expected.iter().take(40) {
         let mut last = Value::Null;
         let answered = wait_until(Duration::from_secs(30), || {
-            let path = format!("/stores/{STORE}/{}", urlencode(company));
+            let path = format!("/stores/{STORE}/{}", encode_path(company));
             let (ca, va) = get_json(&a.url(&path));
             let (cb, vb) = get_json(&b.url(&path));
             last = json!({ "a": va, "b": vb });

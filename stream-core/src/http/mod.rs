@@ -70,6 +70,23 @@ impl TableView {
     }
 }
 
+/// Percent-encodes a URL path segment (RFC 3986 unreserved characters
+/// stay): how a store key goes into `/stores/{store}/{key}`.
+///
+/// ```
+/// assert_eq!(stream_core::http::encode_path("Acme & Sons"), "Acme%20%26%20Sons");
+/// ```
+pub fn encode_path(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// What the handlers share.
 pub(crate) struct Shared {
     pub(crate) cfg: Arc<StreamsConfig>,

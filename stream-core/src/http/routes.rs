@@ -246,7 +246,7 @@ async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> R
                     "store": store, "key": key, "task": loc.task.to_string(), "partition": partition,
                     "local": false,
                     "owner": { "client_id": m.client_id, "host": m.host, "server": m.server,
-                               "url": m.server.as_ref().map(|srv| format!("http://{srv}/stores/{}/{}", encode_path(&store), encode_path(&key))) },
+                               "url": m.server.as_ref().map(|srv| format!("http://{srv}/stores/{}/{}", super::encode_path(&store), super::encode_path(&key))) },
                 }),
                 Ok(None) => json!({
                     "store": store, "key": key, "task": loc.task.to_string(), "partition": partition,
@@ -261,18 +261,6 @@ async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> R
             (StatusCode::NOT_FOUND, Json(body)).into_response()
         }
     }
-}
-
-/// Percent-encodes a path segment (RFC 3986 unreserved characters stay).
-fn encode_path(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[derive(serde::Deserialize)]

@@ -212,16 +212,12 @@ impl KafkaStreams {
 
         let topics = self.topology.source_topics(&self.cfg.application_id);
         let stop = Arc::new(AtomicBool::new(false));
+        self.status.set_running(true);
         let mut handles = Vec::with_capacity(threads);
         for (engine, (consumer, capture)) in engines.into_iter().zip(consumers) {
-            let (stop, status, cfg, topics) = (
-                stop.clone(),
-                self.status.clone(),
-                self.cfg.clone(),
-                topics.clone(),
-            );
+            let (stop, cfg, topics) = (stop.clone(), self.cfg.clone(), topics.clone());
             handles.push(tokio::task::spawn_blocking(move || {
-                let r = stream_loop(consumer, engine, &topics, &stop, &status, &cfg, &capture);
+                let r = stream_loop(consumer, engine, &topics, &stop, &cfg, &capture);
                 // One thread failing stops the others: the instance stops as a whole.
                 stop.store(true, Ordering::SeqCst);
                 r
@@ -420,7 +416,6 @@ fn stream_loop(
     engine: Arc<Mutex<Engine>>,
     topics: &[String],
     stop: &AtomicBool,
-    status: &RuntimeStatus,
     cfg: &StreamsConfig,
     capture: &ErrorCapture,
 ) -> Result<(), RuntimeError> {
@@ -428,7 +423,6 @@ fn stream_loop(
     consumer
         .subscribe(&refs)
         .map_err(|e| RuntimeError::kafka("subscribe", e))?;
-    status.set_running(true);
     let mut last_transport_warning: Option<std::time::Instant> = None;
     let mut last_progress = std::time::Instant::now();
     let mut last_metrics = std::time::Instant::now();

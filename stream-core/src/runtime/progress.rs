@@ -38,34 +38,44 @@ impl RestoreReporter {
         }
     }
 
-    /// `done`: offsets read so far; `read`: records read so far.
+    /// Whether a report is due (every 100 ms for the bar, every second for logs).
+    pub(crate) fn due(&self) -> bool {
+        let every = if self.bar.is_some() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        self.last.elapsed() >= every
+    }
+
+    /// Reports progress if due. `done`: offsets read so far; `read`:
+    /// records read so far.
     pub(crate) fn update(&mut self, done: u64, read: u64, total: u64) {
+        if !self.due() {
+            return;
+        }
         match &self.bar {
             Some(bar) => {
-                if self.last.elapsed() >= Duration::from_millis(100) {
-                    bar.set_position(done);
-                    self.last = Instant::now();
-                }
+                bar.set_position(done);
+                self.last = Instant::now();
             }
             None => {
-                if self.last.elapsed() >= Duration::from_secs(1) {
-                    let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-                    let rate = done as f64 / secs;
-                    let eta = if rate > 0.0 {
-                        format!("{:.0}s", total.saturating_sub(done) as f64 / rate)
-                    } else {
-                        "-".into()
-                    };
-                    tracing::info!(
-                        read,
-                        done,
-                        total,
-                        rate = format!("{rate:.0}/s"),
-                        eta,
-                        "restore progress"
-                    );
-                    self.last = Instant::now();
-                }
+                let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+                let rate = done as f64 / secs;
+                let eta = if rate > 0.0 {
+                    format!("{:.0}s", total.saturating_sub(done) as f64 / rate)
+                } else {
+                    "-".into()
+                };
+                tracing::info!(
+                    read,
+                    done,
+                    total,
+                    rate = format!("{rate:.0}/s"),
+                    eta,
+                    "restore progress"
+                );
+                self.last = Instant::now();
             }
         }
     }

@@ -280,13 +280,15 @@ impl Engine {
                     }
                 }
             }
-            let (read, done) = jobs
-                .iter()
-                .flat_map(|j| j.progress.iter())
-                .fold((0u64, 0u64), |(r, d), p| {
-                    (r + p.read, d + (p.position - p.start).max(0) as u64)
-                });
-            reporter.update(done, read, total);
+            if reporter.due() {
+                let (read, done) = jobs
+                    .iter()
+                    .flat_map(|j| j.progress.iter())
+                    .fold((0u64, 0u64), |(r, d), p| {
+                        (r + p.read, d + (p.position - p.start).max(0) as u64)
+                    });
+                reporter.update(done, read, total);
+            }
             if last_log.elapsed() >= Duration::from_secs(1) {
                 for (e, job) in entries.iter().zip(jobs.iter()) {
                     self.status.set_task(
