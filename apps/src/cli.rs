@@ -161,6 +161,17 @@ impl Common {
         cfg.client_id = Some(default_app_id.to_string());
         cfg.security.protocol = self.security_protocol.clone();
         cfg.security.sasl_mechanism = self.sasl_mechanism.clone();
+        if self.username.is_some() && self.security_protocol.is_none() {
+            // A user name means SASL: the classroom's settings unless told.
+            cfg.security.protocol = Some("SASL_PLAINTEXT".into());
+            tracing::info!("--username given without --security-protocol: using SASL_PLAINTEXT (the classroom's); pass --security-protocol SASL_SSL for TLS");
+        }
+        if self.username.is_some() && self.sasl_mechanism.is_none() {
+            cfg.security.sasl_mechanism = Some("SCRAM-SHA-256".into());
+            tracing::info!(
+                "--username given without --sasl-mechanism: using SCRAM-SHA-256 (the classroom's)"
+            );
+        }
         cfg.security.username = self.username.clone();
         cfg.security.password = self.password.clone().map(Secret::new);
         cfg.security.ssl_ca_location = self.ssl_ca_location.clone();

@@ -5,10 +5,12 @@
 //! | [`user`] | the records: users, actions, watchlist entries |
 //! | [`filters`] | the fifteen team filters |
 //! | [`fake`] | fake users with the tutorial's distributions |
+//! | [`actions`] | steps 2–4: the filter and the actions |
 //! | [`watchlist`] | step 5's topology |
 //! | [`cli`] | options shared by the programs |
 #![deny(missing_docs)]
 
+pub mod actions;
 pub mod cli;
 pub mod fake;
 pub mod filters;

@@ -182,10 +182,10 @@ mod tests {
     }
 
     fn run(mode: Mode, crash_at: Option<usize>) {
-        run_with(mode, Changelog::Watchlist, crash_at)
+        run_with(mode, Changelog::Watchlist, crash_at, false)
     }
 
-    fn run_with(mode: Mode, changelog: Changelog, crash_at: Option<usize>) {
+    fn run_with(mode: Mode, changelog: Changelog, crash_at: Option<usize>, foreign: bool) {
         let filter = for_team("team-1").unwrap();
         let topology = topology(&Options {
             mode,
@@ -219,6 +219,14 @@ mod tests {
                 d.commit().unwrap();
             }
             if Some(i) == crash_at {
+                if foreign {
+                    // Another program of the team commits in the team's
+                    // group, far ahead of what this one processed.
+                    d.commit().unwrap();
+                    for p in 0..2 {
+                        d.commit_as_another_program("new_users", p, 10_000);
+                    }
+                }
                 d.crash_and_restart();
             }
         }
@@ -267,7 +275,13 @@ mod tests {
 
     #[test]
     fn should_publish_exact_counts_with_a_private_changelog_across_a_crash() {
-        run_with(Mode::Repartition, Changelog::Private, Some(401));
+        run_with(Mode::Repartition, Changelog::Private, Some(401), false);
+    }
+
+    #[test]
+    fn should_not_trust_an_offset_another_program_committed_in_its_group() {
+        run_with(Mode::SingleInstance, Changelog::Watchlist, Some(290), true);
+        run_with(Mode::Repartition, Changelog::Watchlist, Some(310), true);
     }
 
     #[test]

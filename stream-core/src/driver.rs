@@ -29,7 +29,9 @@ use crate::graph::{dead_letter_topic_name, TopicRef, Topology};
 use crate::partitioner::partition_for_key;
 use crate::record::{Headers, OutRecord};
 use crate::store::MemoryBackend;
-use crate::task::{tp_key, ErrorPolicy, InputRecord, Task, TaskConfig, TaskError, TaskId};
+use crate::task::{
+    tp_key, CommittedOffset, ErrorPolicy, InputRecord, Task, TaskConfig, TaskError, TaskId,
+};
 
 /// A record stored in one of the driver's topics.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +54,7 @@ pub struct TestDriver {
     topics: HashMap<String, Vec<Vec<StoredRecord>>>,
     tasks: BTreeMap<TaskId, Task>,
     consumed: HashMap<String, i64>,
-    committed: HashMap<String, i64>,
+    committed: HashMap<String, CommittedOffset>,
     clock: i64,
     round_robin: i64,
     auto_commit: bool,
@@ -70,6 +72,7 @@ impl TestDriver {
                 dead_letter_topic: dead_letter_topic_name(application_id),
                 on_error: ErrorPolicy::DeadLetter,
                 grouped: false,
+                commit_tag: String::new(),
             }),
             partitions: HashMap::new(),
             topics: HashMap::new(),
@@ -202,19 +205,25 @@ impl TestDriver {
                 );
             }
         }
-        self.consumed = self.committed.clone();
         let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         for id in ids {
             self.restore(id);
         }
+        // Input resumes where each task's restore decided (a foreign
+        // commit is not trusted), the beginning where it decided nothing.
+        self.consumed = self
+            .tasks
+            .values()
+            .flat_map(|t| t.positions().iter().map(|(k, v)| (k.clone(), *v)))
+            .collect();
     }
 
     /// Restores one task from the captured changelogs, like the runtime does.
     fn restore(&mut self, id: TaskId) {
-        let committed: BTreeMap<String, i64> = self
+        let committed: BTreeMap<String, CommittedOffset> = self
             .committed
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
@@ -415,10 +424,49 @@ impl TestDriver {
         for task in self.tasks.values_mut() {
             task.commit_state(&ends)?;
             for (k, v) in task.positions() {
-                self.committed.insert(k.clone(), *v);
+                self.committed.insert(
+                    k.clone(),
+                    CommittedOffset {
+                        offset: *v,
+                        ours: true,
+                        metadata: String::new(),
+                    },
+                );
             }
         }
         Ok(())
+    }
+
+    /// Another program in the same consumer group commits `offset` for
+    /// `topic`'s `partition` (as a second program of a classroom team,
+    /// which shares the team's one group, does). The application does not
+    /// trust it: the next restart resumes from what its state proves.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use stream_core::driver::TestDriver;
+    /// # use stream_core::graph::{TopicRef, TopologyBuilder};
+    /// # use stream_core::serde::{erase, StringSerde};
+    /// # let s = || erase::<String>(Arc::new(StringSerde));
+    /// # let mut b = TopologyBuilder::new();
+    /// # let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
+    /// # b.add_sink("out", TopicRef::External("out".into()), s(), s(), None, &[src]);
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe("in", Some(b"k"), Some(b"v"));
+    /// d.commit_as_another_program("in", 0, 1_000);
+    /// d.crash_and_restart();
+    /// // Nothing keeps state here, so the foreign offset is taken: no replay.
+    /// assert_eq!(d.records("out").len(), 1);
+    /// ```
+    pub fn commit_as_another_program(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.committed.insert(
+            tp_key(topic, partition),
+            CommittedOffset {
+                offset,
+                ours: false,
+                metadata: "another-program".into(),
+            },
+        );
     }
 
     /// Simulates a crash and restart: every task is dropped with its

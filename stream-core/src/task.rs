@@ -87,6 +87,9 @@ pub struct TaskConfig {
     /// One task per sub-topology reads every partition (single-instance
     /// mode); changelog records are then partitioned by key.
     pub grouped: bool,
+    /// The metadata of every offset commit (see
+    /// [`crate::runtime::ownership`]).
+    pub commit_tag: String,
 }
 
 /// A task failed in a way its error policy does not absorb.
@@ -148,6 +151,39 @@ pub struct TaskMetrics {
     pub restored: u64,
     /// Changelog records read but skipped by restore (not ours, or not committed).
     pub restore_skipped: u64,
+}
+
+/// An offset committed to the consumer group for one input partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The next offset to read, as committed.
+    pub offset: i64,
+    /// Whether this application (same id, same topology) committed it.
+    pub ours: bool,
+    /// The commit's metadata as stored (shown when it is not ours).
+    pub metadata: String,
+}
+
+impl CommittedOffset {
+    /// Classifies an offset committed with `metadata` against `tag`.
+    pub fn classify(offset: i64, metadata: &str, tag: &str) -> Self {
+        CommittedOffset {
+            offset,
+            ours: metadata == tag,
+            metadata: metadata.to_string(),
+        }
+    }
+
+    /// Who committed it, for a log line.
+    pub fn committer(&self) -> String {
+        if self.metadata.is_empty() {
+            "another program (no commit metadata)".to_string()
+        } else if self.metadata.starts_with("stream-rs/") {
+            format!("another stream-rs program or topology ({})", self.metadata)
+        } else {
+            format!("another program (metadata {:?})", self.metadata)
+        }
+    }
 }
 
 /// One changelog partition a task restores from, and where to start.
@@ -216,6 +252,8 @@ pub struct Task {
     committed_dedup: BTreeMap<String, (i64, u32)>,
     metrics: TaskMetrics,
     seq: u32,
+    /// Whether any sub-topology of the topology has a store.
+    topology_keeps_state: bool,
 }
 
 fn header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
@@ -362,6 +400,7 @@ impl Task {
             committed_dedup: BTreeMap::new(),
             metrics: TaskMetrics::default(),
             seq: 0,
+            topology_keeps_state: !topology.stores().is_empty(),
         }
     }
 
@@ -782,16 +821,66 @@ impl Task {
         out
     }
 
-    /// Prepares a restore. `committed` holds the input offsets Kafka has
-    /// committed (`topic/partition` → next offset). Returns the changelog
-    /// partitions to read and their start offsets: the checkpoint's offsets
-    /// when local state exists, the beginning otherwise.
+    /// Prepares a restore. `committed` holds the input offsets the consumer
+    /// group holds (`topic/partition` → offset, and whether this
+    /// application committed it). Returns the changelog partitions to read
+    /// and their start offsets: the checkpoint's offsets when local state
+    /// exists, the beginning otherwise.
+    ///
+    /// Where input resumes, per partition:
+    /// - an offset this application committed: the larger of it and the
+    ///   local checkpoint's position (everything before either was
+    ///   acknowledged, and the changelog's tail fills the gap);
+    /// - an offset another program committed in the same group is not
+    ///   trusted: the local checkpoint's position when local state exists,
+    ///   else the beginning of the partition for a task with stores (only a
+    ///   recount is exact: the changelog cannot tell which of its records
+    ///   were committed); in a topology without stores there is nothing to
+    ///   recount and the task continues at the foreign offset (a stateless
+    ///   task that feeds a stateful one through a repartition topic
+    ///   recounts too: the downstream task drops what it already applied).
+    ///   Each case logs one warning line naming the partition and both
+    ///   offsets;
+    /// - no committed offset: the checkpoint's position, or the beginning.
     pub fn begin_restore(
         &mut self,
-        committed: &BTreeMap<String, i64>,
+        committed: &BTreeMap<String, CommittedOffset>,
     ) -> Result<Vec<RestoreTarget>, StoreError> {
         let checkpoint = self.stores.checkpoint()?;
-        let mut limits = committed.clone();
+        let stateless = !self.topology_keeps_state;
+        let local = checkpoint.as_ref().map(|c| &c.positions);
+        let mut limits: BTreeMap<String, i64> = BTreeMap::new();
+        for (tp, c) in committed {
+            if c.ours {
+                limits.insert(tp.clone(), c.offset);
+                continue;
+            }
+            match local.and_then(|l| l.get(tp)) {
+                Some(&at) if at != c.offset => tracing::warn!(
+                    task = %self.id,
+                    "input {tp}: the group's committed offset {} was committed by {}; resuming at offset {at}, the position of this application's local state (records in between are processed, not skipped)",
+                    c.offset,
+                    c.committer()
+                ),
+                Some(_) => {}
+                None if stateless => {
+                    tracing::warn!(
+                        task = %self.id,
+                        "input {tp}: the group's committed offset {} was committed by {}; this task keeps no state, so it continues at offset {}",
+                        c.offset,
+                        c.committer(),
+                        c.offset
+                    );
+                    limits.insert(tp.clone(), c.offset);
+                }
+                None => tracing::warn!(
+                    task = %self.id,
+                    "input {tp}: the group's committed offset {} was committed by {} and no local state proves what this application processed; counting from offset 0, the beginning of the partition",
+                    c.offset,
+                    c.committer()
+                ),
+            }
+        }
         if let Some(cp) = &checkpoint {
             for (k, &v) in &cp.positions {
                 let e = limits.entry(k.clone()).or_insert(v);
@@ -822,6 +911,35 @@ impl Task {
                 }
             })
             .collect())
+    }
+
+    /// The changelog cannot be read, so nothing past the local checkpoint
+    /// can be restored: input positions ahead of the checkpoint's (an
+    /// offset this application committed after a sled write that a crash
+    /// lost) go back to it, and restore skips nothing. Returns the moved
+    /// partitions as `(topic/partition, from, to)`.
+    pub fn fall_back_to_checkpoint(&mut self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let local = self
+            .stores
+            .checkpoint()?
+            .map(|c| c.positions)
+            .unwrap_or_default();
+        let mut moved = Vec::new();
+        for (tp, pos) in self.positions.iter_mut() {
+            let at = local.get(tp).copied().unwrap_or(0);
+            if *pos > at {
+                moved.push((tp.clone(), *pos, at));
+                *pos = at;
+            }
+        }
+        self.restore_limits = self.positions.clone();
+        Ok(moved)
+    }
+
+    /// Whether input resumes anywhere but the beginning (a position is
+    /// known for some input partition).
+    pub fn has_positions(&self) -> bool {
+        !self.positions.is_empty()
     }
 
     /// Applies one changelog record read during restore. Returns whether it

@@ -115,11 +115,19 @@ pub struct KafkaStreams {
 
 impl KafkaStreams {
     /// Checks the configuration; nothing connects yet.
-    pub fn new(topology: Topology, cfg: StreamsConfig) -> Result<Self, RuntimeError> {
+    pub fn new(topology: Topology, mut cfg: StreamsConfig) -> Result<Self, RuntimeError> {
         if cfg.application_id.is_empty() {
             return Err(RuntimeError::Config(
                 "application.id must not be empty".into(),
             ));
+        }
+        if cfg.outside_group {
+            if cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+                return Err(RuntimeError::Config(
+                    "exactly-once commits input offsets through the consumer group; an instance outside the group runs at-least-once".into(),
+                ));
+            }
+            cfg.single_instance = true;
         }
         Ok(KafkaStreams {
             topology: Arc::new(topology),
@@ -183,6 +191,7 @@ impl KafkaStreams {
             dead_letter_topic: self.cfg.dead_letter_topic(),
             on_error: self.cfg.on_error,
             grouped,
+            commit_tag: super::ownership::commit_tag(&self.topology, &self.cfg.application_id),
         });
         // Single-instance mode needs one consumer for the whole group.
         let threads = if grouped {
@@ -355,11 +364,6 @@ impl KafkaStreams {
         engine.eos = eos;
         let engine = Arc::new(Mutex::new(engine));
 
-        let multi_source = self
-            .topology
-            .subtopologies()
-            .iter()
-            .any(|s| s.sources.len() > 1);
         let mut cc = self.cfg.client_config();
         cc.set("group.id", &self.cfg.application_id)
             .set("client.id", &client_id)
@@ -369,15 +373,20 @@ impl KafkaStreams {
             .set("isolation.level", "read_committed")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            // One strategy for every program, so that programs sharing a
+            // group (a classroom team's) never disagree on the protocol.
             .set(
                 "partition.assignment.strategy",
-                if self.cfg.single_instance || multi_source {
-                    "range"
-                } else {
-                    "cooperative-sticky"
-                },
+                &self.cfg.assignment_strategy,
             );
-        if let Some(id) = &self.cfg.group_instance_id {
+        // Single-instance mode: static membership by default, derived from
+        // the state directory, so a restart (even after kill -9) replaces
+        // the old member instead of looking like a second instance.
+        let static_id = self.cfg.group_instance_id.clone().or_else(|| {
+            (self.cfg.single_instance && !self.cfg.outside_group)
+                .then(|| format!("{}-{instance_id}", self.cfg.application_id))
+        });
+        if let Some(id) = &static_id {
             let id = if threads > 1 {
                 format!("{id}-{thread}")
             } else {
@@ -419,10 +428,20 @@ fn stream_loop(
     cfg: &StreamsConfig,
     capture: &ErrorCapture,
 ) -> Result<(), RuntimeError> {
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&refs)
-        .map_err(|e| RuntimeError::kafka("subscribe", e))?;
+    if cfg.outside_group {
+        // Every partition, assigned by this instance itself: no group.
+        let mut tpl = lock(&engine).all_source_partitions();
+        lock(&engine).on_assign(&consumer, &mut tpl)?;
+        lock(&engine).status.set_assigned();
+        consumer
+            .assign(&tpl)
+            .map_err(|e| RuntimeError::kafka("assign every source partition", e))?;
+    } else {
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&refs)
+            .map_err(|e| RuntimeError::kafka("subscribe", e))?;
+    }
     let mut last_transport_warning: Option<std::time::Instant> = None;
     let mut last_progress = std::time::Instant::now();
     let mut last_metrics = std::time::Instant::now();
@@ -493,7 +512,9 @@ fn stream_loop(
             Ok(())
         }
     };
-    consumer.unsubscribe();
+    if !cfg.outside_group {
+        consumer.unsubscribe();
+    }
     drop(consumer);
     result.and(closed)
 }

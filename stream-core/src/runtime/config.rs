@@ -106,6 +106,16 @@ pub struct StreamsConfig {
     /// Single-instance mode: one task per sub-topology reads all partitions,
     /// and the instance stops if another member joins its group.
     pub single_instance: bool,
+    /// Reads every partition of the source topics without joining the
+    /// consumer group: no group membership, no offset commits; input
+    /// positions live in the local state only (every task restarts from
+    /// its checkpoint, or from the beginning). Implies single-instance
+    /// task layout, but any number of such instances may run: each
+    /// computes the same state from all of the input (the classroom's
+    /// watchlist, where no topic can re-key records between instances).
+    /// At-least-once only: exactly-once commits input offsets through the
+    /// group.
+    pub outside_group: bool,
     /// When a changelog cannot be read (no Read permission) and there is no
     /// local state: start from empty state (`true`) or refuse (`false`,
     /// the default), because empty state would publish wrong aggregates.
@@ -114,8 +124,16 @@ pub struct StreamsConfig {
     /// own consumer, producer and tasks (default 1; single-instance mode
     /// always uses 1).
     pub num_stream_threads: usize,
-    /// `group.instance.id` for static membership.
+    /// `group.instance.id` for static membership. In single-instance mode
+    /// it defaults to `<application.id>-<id of the state directory>`, so a
+    /// restart of the same instance is never taken for a second one.
     pub group_instance_id: Option<String>,
+    /// `partition.assignment.strategy` of the group consumer (default
+    /// `range`: every Kafka client supports it, so programs that share a
+    /// group agree; librdkafka refuses to mix eager and cooperative
+    /// strategies, and a group whose members have no strategy in common
+    /// rejects the newcomer with `InconsistentGroupProtocol`).
+    pub assignment_strategy: String,
     /// Extra librdkafka properties passed to every client.
     pub extra: BTreeMap<String, String>,
     /// Address of the optional HTTP server (metrics, health, topology,
@@ -142,8 +160,10 @@ impl StreamsConfig {
             dead_letter_topic: None,
             replication_factor: None,
             single_instance: false,
+            outside_group: false,
             allow_empty_state: false,
             group_instance_id: None,
+            assignment_strategy: "range".into(),
             num_stream_threads: 1,
             extra: BTreeMap::new(),
             http: None,

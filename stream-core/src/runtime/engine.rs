@@ -478,6 +478,8 @@ impl Engine {
                 }
             }
         }
+        // Every commit names this application and topology (see ownership).
+        super::ownership::stamp(&mut tpl, &self.task_cfg.commit_tag);
         if self.eos {
             // 1+3. records, changelogs and input offsets in one transaction
             if !self.commit_transaction(consumer, &tpl)? {
@@ -498,8 +500,9 @@ impl Engine {
         // checkpoint and the syncer thread flushes it right after, so a crash
         // loses at most the last commit, and restore reads it from the tail.
         self.state.sync_soon();
-        // 3. input offsets to the group (at-least-once; exactly-once sent them in the transaction)
-        if !self.eos && tpl.count() > 0 {
+        // 3. input offsets to the group (at-least-once; exactly-once sent them
+        //    in the transaction; outside the group sled holds them alone)
+        if !self.eos && !self.cfg.outside_group && tpl.count() > 0 {
             if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
                 // sled is ahead of the group now; a restart starts from sled's position.
                 tracing::warn!(error = %e, "offset commit failed; local state keeps the position");
@@ -686,24 +689,12 @@ impl Engine {
             }
         }
         let deadline = Instant::now() + super::restore::RETRY_FOR;
-        let committed = loop {
-            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
-                Ok(c) => break c,
-                Err(e) if Instant::now() < deadline && !super::restore::is_authorization(&e) => {
-                    tracing::warn!(error = %e, "committed offsets not available yet; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => return Err(RuntimeError::kafka("read committed offsets", e)),
-            }
+        let committed = if self.cfg.outside_group {
+            // Not a member: the group's offsets are other programs'.
+            BTreeMap::new()
+        } else {
+            self.group_offsets(consumer, tpl, deadline)?
         };
-        let committed: BTreeMap<String, i64> = committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((tp_key(e.topic(), e.partition()), o)),
-                _ => None,
-            })
-            .collect();
         let mut fresh = Vec::new();
         for (id, parts) in by_task {
             if let Some(e) = self.tasks.get_mut(&id) {
@@ -717,20 +708,55 @@ impl Engine {
             });
         }
         self.restore_tasks(&mut fresh, &committed)?;
+        // A new task resumes where its restore decided, or at the beginning:
+        // never at an offset the group holds that restore did not trust.
+        for e in &fresh {
+            for (t, p) in &e.partitions {
+                let offset = match e.task.positions().get(&tp_key(t, *p)) {
+                    Some(&pos) => Offset::Offset(pos),
+                    None => Offset::Beginning,
+                };
+                let _ = tpl.set_partition_offset(t, *p, offset);
+            }
+        }
         for e in fresh {
             self.tasks.insert(e.task.id(), e);
         }
-        for (t, p) in &assigned {
-            let Some(id) = self.task_for(t, *p) else {
-                continue;
-            };
-            if let Some(e) = self.tasks.get(&id) {
-                if let Some(&pos) = e.task.positions().get(&tp_key(t, *p)) {
-                    let _ = tpl.set_partition_offset(t, *p, Offset::Offset(pos));
-                }
+        Ok(())
+    }
+
+    /// Every partition of every source topic (for an instance outside the group).
+    pub(crate) fn all_source_partitions(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for t in self.topology.source_topics(&self.cfg.application_id) {
+            for p in 0..self.plan.partitions.get(&t).copied().unwrap_or(0) {
+                tpl.add_partition(&t, p);
             }
         }
-        Ok(())
+        tpl
+    }
+
+    /// The offsets the group holds for `tpl`, classified by who committed them.
+    fn group_offsets(
+        &self,
+        consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+        tpl: &TopicPartitionList,
+        deadline: Instant,
+    ) -> Result<BTreeMap<String, crate::task::CommittedOffset>, RuntimeError> {
+        let committed = loop {
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline && !super::restore::is_authorization(&e) => {
+                    tracing::warn!(error = %e, "committed offsets not available yet; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(RuntimeError::kafka("read committed offsets", e)),
+            }
+        };
+        Ok(super::ownership::committed_from(
+            &committed,
+            &self.task_cfg.commit_tag,
+        ))
     }
 
     fn open_task(&mut self, id: TaskId) -> Result<Task, RuntimeError> {

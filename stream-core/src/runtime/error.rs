@@ -23,6 +23,29 @@ pub enum RuntimeError {
         /// SASL mechanism.
         mechanism: String,
     },
+    /// The brokers do not offer the configured SASL mechanism.
+    #[error("the brokers do not support SASL mechanism {mechanism}; they offer {supported}: use --sasl-mechanism {suggest}")]
+    UnsupportedMechanism {
+        /// The mechanism asked for.
+        mechanism: String,
+        /// What the brokers offer, as they list it.
+        supported: String,
+        /// The one to try.
+        suggest: String,
+    },
+    /// The listener accepted the connection and closed it at the first
+    /// request: it speaks another security protocol.
+    #[error("the broker at {bootstrap} closed the connection at the first request: the listener expects {expected}, not {used}; {hint}")]
+    WrongProtocol {
+        /// Bootstrap servers.
+        bootstrap: String,
+        /// The protocol this client used.
+        used: String,
+        /// What the listener likely expects.
+        expected: String,
+        /// The flags to add.
+        hint: String,
+    },
     /// No broker could be reached.
     #[error("cannot reach the Kafka cluster at {bootstrap}: {detail}; check --bootstrap-servers and that the brokers run")]
     Unreachable {

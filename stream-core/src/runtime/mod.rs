@@ -6,6 +6,7 @@
 //! | [`config`] | [`StreamsConfig`], named after Kafka Streams' settings |
 //! | [`topics`] | partition planning, internal topic creation and checks |
 //! | `engine` | tasks, producing, the commit order |
+//! | [`ownership`] | commit metadata: which committed offsets this application may trust |
 //! | `restore` | restoring newly assigned tasks from their changelogs |
 //! | `production` | the production error handler: records the brokers refuse |
 //! | `progress` | restore progress: a terminal progress bar or log lines |
@@ -17,6 +18,7 @@ pub mod app;
 pub mod config;
 pub(crate) mod engine;
 pub mod error;
+pub mod ownership;
 pub(crate) mod production;
 pub(crate) mod progress;
 pub(crate) mod restore;

@@ -62,7 +62,7 @@ impl Engine {
     pub(crate) fn restore_tasks(
         &mut self,
         entries: &mut [Entry],
-        committed: &BTreeMap<String, i64>,
+        committed: &BTreeMap<String, crate::task::CommittedOffset>,
     ) -> Result<(), RuntimeError> {
         let mut jobs = Vec::with_capacity(entries.len());
         let mut tpl = TopicPartitionList::new();
@@ -71,12 +71,15 @@ impl Engine {
         for (j, e) in entries.iter_mut().enumerate() {
             let full = e.task.stores().checkpoint()?.is_none();
             let targets = e.task.begin_restore(committed)?;
+            // No input position to resume from: the task counts its input
+            // from the beginning, and restore would skip every record.
+            let recount = !e.task.has_positions();
             let mut progress = Vec::with_capacity(targets.len());
             let mut changelog_records = 0;
             for (i, t) in targets.iter().enumerate() {
                 let (low, high) = self.watermarks(&t.topic, t.partition)?;
                 changelog_records += (high - low).max(0) as u64;
-                let start = t.start.max(low);
+                let start = if recount { high } else { t.start.max(low) };
                 let done = start >= high;
                 if done {
                     e.task
@@ -315,7 +318,7 @@ impl Engine {
         entries: &mut [Entry],
         jobs: &mut [Job],
     ) -> Result<(), RuntimeError> {
-        for (e, job) in entries.iter().zip(jobs.iter_mut()) {
+        for (e, job) in entries.iter_mut().zip(jobs.iter_mut()) {
             let Some(topic) = job
                 .progress
                 .iter()
@@ -327,6 +330,11 @@ impl Engine {
             let id = e.task.id();
             if !job.full {
                 tracing::warn!(task = %id, topic = %topic, "cannot read the changelog (no Read permission); continuing from the local state of the last commit");
+                for (tp, from, to) in e.task.fall_back_to_checkpoint()? {
+                    tracing::warn!(task = %id, "input {tp}: the committed offset {from} is ahead of the local state, which covers up to offset {to}, and the changelog `{topic}` cannot be read to fill the gap; resuming at {to} (records in between are processed again)");
+                }
+            } else if !e.task.has_positions() {
+                tracing::warn!(task = %id, topic = %topic, "first run: no local state and no offsets committed by this application; counting from the beginning of the input (the changelog cannot be read and is not needed)");
             } else if self.cfg.allow_empty_state {
                 tracing::warn!(task = %id, topic = %topic, "cannot read the changelog (no Read permission) and no local state exists; starting from EMPTY state as allowed");
             } else {

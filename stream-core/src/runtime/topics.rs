@@ -21,6 +21,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Clone, Default)]
 pub struct ErrorCapture {
     last: Arc<Mutex<Option<(Option<RDKafkaErrorCode>, String)>>>,
+    peer_closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ErrorCapture {
@@ -28,11 +29,23 @@ impl ErrorCapture {
     pub fn last(&self) -> Option<(Option<RDKafkaErrorCode>, String)> {
         self.last.lock().ok().and_then(|g| g.clone())
     }
+
+    /// Whether a broker accepted a connection and then closed it at the
+    /// first request (a listener of another security protocol does that).
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl ClientContext for ErrorCapture {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
+        if message.contains("connection closed by peer")
+            || message.contains("incorrect security.protocol")
+        {
+            self.peer_closed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if message.contains("Authentication failed")
             || message.contains("SASL authentication error")
         {
@@ -79,6 +92,18 @@ pub fn explain_connect_failure(
     let last = capture.last();
     let reason = last.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
     let code = last.as_ref().and_then(|(c, _)| *c);
+    if let Some(e) = unsupported_mechanism(cfg, &reason) {
+        return e;
+    }
+    let protocol = cfg
+        .security
+        .protocol
+        .clone()
+        .unwrap_or_else(|| "PLAINTEXT".into())
+        .to_ascii_uppercase();
+    if capture.peer_closed() && code != Some(RDKafkaErrorCode::Authentication) {
+        return wrong_protocol(cfg, &protocol);
+    }
     if code == Some(RDKafkaErrorCode::Authentication) || reason.contains("uthentication") {
         return RuntimeError::Authentication {
             user: cfg.security.username.clone().unwrap_or_default(),
@@ -92,6 +117,10 @@ pub fn explain_connect_failure(
     if code == Some(RDKafkaErrorCode::SSL) || reason.contains("SSL handshake failed") {
         let detail = if reason.contains("certificate verify failed") {
             "the broker's certificate is not signed by a CA this client trusts (certificate verify failed)".to_string()
+        } else if reason.contains("wrong version number")
+            || reason.contains("packet length too long")
+        {
+            "the listener does not speak TLS (wrong version number): use --security-protocol SASL_PLAINTEXT or PLAINTEXT for it".to_string()
         } else {
             reason
         };
@@ -107,6 +136,63 @@ pub fn explain_connect_failure(
         } else {
             reason
         },
+    }
+}
+
+/// The brokers refused the SASL mechanism: name what they offer.
+fn unsupported_mechanism(cfg: &StreamsConfig, reason: &str) -> Option<RuntimeError> {
+    if !reason.contains("Unsupported SASL mechanism") {
+        return None;
+    }
+    let supported = reason
+        .split("supported mechanisms: ")
+        .nth(1)
+        .map(|s| s.split(" (").next().unwrap_or(s).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "other mechanisms".into());
+    let suggest = if supported.contains("SCRAM-SHA-256") {
+        "SCRAM-SHA-256".to_string()
+    } else {
+        supported
+            .split(',')
+            .next()
+            .unwrap_or("SCRAM-SHA-256")
+            .trim()
+            .to_string()
+    };
+    Some(RuntimeError::UnsupportedMechanism {
+        mechanism: cfg
+            .security
+            .sasl_mechanism
+            .clone()
+            .unwrap_or_else(|| "GSSAPI (librdkafka's default)".into()),
+        supported,
+        suggest,
+    })
+}
+
+/// A listener that closed the connection at the first request: say which
+/// protocol it likely speaks and which flags to add.
+fn wrong_protocol(cfg: &StreamsConfig, used: &str) -> RuntimeError {
+    let (expected, hint) = match used {
+        "PLAINTEXT" => (
+            "SASL or TLS",
+            "for a SASL listener such as the classroom's add --security-protocol SASL_PLAINTEXT --sasl-mechanism SCRAM-SHA-256 --username team-N (password in KAFKA_PASSWORD); for TLS use SSL or SASL_SSL".to_string(),
+        ),
+        "SASL_PLAINTEXT" => (
+            "TLS or no SASL",
+            "try --security-protocol SASL_SSL (with --ssl-ca-location) or PLAINTEXT, whichever this listener is".to_string(),
+        ),
+        _ => (
+            "another protocol",
+            "check --security-protocol against the listener at this port".to_string(),
+        ),
+    };
+    RuntimeError::WrongProtocol {
+        bootstrap: cfg.bootstrap_servers.clone(),
+        used: used.to_string(),
+        expected: expected.to_string(),
+        hint,
     }
 }
 
@@ -130,7 +216,9 @@ pub fn check_connection(cfg: &StreamsConfig) -> Result<(), RuntimeError> {
                     capture.last(),
                     Some((Some(RDKafkaErrorCode::Authentication), _))
                 );
-                if auth_failed || std::time::Instant::now() >= until {
+                let wrong_protocol = capture.peer_closed()
+                    && until - std::time::Instant::now() < METADATA_TIMEOUT / 2;
+                if auth_failed || wrong_protocol || std::time::Instant::now() >= until {
                     return Err(explain_connect_failure(cfg, &capture, e));
                 }
             }
@@ -373,22 +461,84 @@ async fn ensure_topic(
     Ok(())
 }
 
-/// Warns when a changelog topic is not compacted (where configs are readable).
+/// What the changelog's `cleanup.policy` check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compaction {
+    /// `cleanup.policy` contains `compact`.
+    Compacted,
+    /// It does not: the topic grows without bound.
+    NotCompacted(String),
+    /// The configs cannot be read (no DescribeConfigs permission: brokers
+    /// then answer with an error or with no entries at all).
+    Unknown(String),
+}
+
+/// Reads `cleanup.policy` from one `describe_configs` answer.
+pub fn compaction_of(answer: Option<Result<Option<String>, String>>) -> Compaction {
+    match answer {
+        Some(Ok(Some(policy))) if policy.contains("compact") => Compaction::Compacted,
+        Some(Ok(Some(policy))) => Compaction::NotCompacted(policy),
+        Some(Ok(None)) => Compaction::Unknown("no configs returned".into()),
+        Some(Err(e)) => Compaction::Unknown(e),
+        None => Compaction::Unknown("no answer".into()),
+    }
+}
+
+/// Warns when a changelog topic is not compacted; says so, without a
+/// warning, when its configs cannot be read.
 async fn check_compacted(admin: &AdminClient<ErrorCapture>, topic: &str) {
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-    let Ok(results) = admin
+    let answer = match admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
         .await
-    else {
-        return;
+    {
+        Err(e) => Some(Err(e.to_string())),
+        Ok(results) => results.into_iter().next().map(|r| match r {
+            Ok(r) => Ok(r
+                .get("cleanup.policy")
+                .and_then(|e| e.value.clone())
+                .filter(|v| !v.is_empty())),
+            Err(code) => Err(code.to_string()),
+        }),
     };
-    for r in results.into_iter().flatten() {
-        let policy = r
-            .get("cleanup.policy")
-            .and_then(|e| e.value.clone())
-            .unwrap_or_default();
-        if !policy.contains("compact") {
-            tracing::warn!(topic, cleanup_policy = %policy, "changelog topic is not compacted; it will grow without bound and restores will read all of it");
+    match compaction_of(answer) {
+        Compaction::Compacted => {}
+        Compaction::NotCompacted(policy) => {
+            tracing::warn!(topic, cleanup_policy = %policy, "changelog topic is not compacted; it will grow without bound and restores will read all of it")
         }
+        Compaction::Unknown(why) => tracing::info!(
+            topic,
+            "cannot check whether the changelog topic is compacted (no Describe on topic configs: {why})"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_not_take_unreadable_configs_for_a_missing_compaction() {
+        assert_eq!(
+            compaction_of(Some(Ok(Some("compact".into())))),
+            Compaction::Compacted
+        );
+        assert_eq!(
+            compaction_of(Some(Ok(Some("compact,delete".into())))),
+            Compaction::Compacted
+        );
+        assert_eq!(
+            compaction_of(Some(Ok(Some("delete".into())))),
+            Compaction::NotCompacted("delete".into())
+        );
+        assert!(matches!(
+            compaction_of(Some(Ok(None))),
+            Compaction::Unknown(_)
+        ));
+        assert!(matches!(
+            compaction_of(Some(Err("Broker: Topic authorization failed".into()))),
+            Compaction::Unknown(_)
+        ));
+        assert!(matches!(compaction_of(None), Compaction::Unknown(_)));
     }
 }
