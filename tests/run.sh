@@ -8,6 +8,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 cd "$repo"
 
+# Install what a fresh machine lacks (mdbook, chromium, cargo-fuzz, …).
+[[ ${SETUP_DONE:-} == 1 ]] || bash "$here/setup.sh"
+
 started=0
 if ! "$here/broker/kafka.sh" status >/dev/null 2>&1; then
   "$here/broker/kafka.sh" start

@@ -201,7 +201,7 @@ mod tests {
             d = d.with_single_task();
         }
         let mut g = Generator::new(11);
-        let users: Vec<User> = (0..600).map(|_| g.user()).collect();
+        let users: Vec<User> = (0..3_000).map(|_| g.user()).collect();
         // Another team's record for a company must neither restore nor count.
         let other = WatchlistEntry {
             team: "team-2".into(),

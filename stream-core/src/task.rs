@@ -850,7 +850,7 @@ impl Task {
         let stateless = !self.topology_keeps_state;
         let local = checkpoint.as_ref().map(|c| &c.positions);
         let mut limits: BTreeMap<String, i64> = BTreeMap::new();
-        for (tp, c) in committed {
+        for (tp, c) in committed.iter().filter(|(tp, _)| self.reads(tp)) {
             if c.ours {
                 limits.insert(tp.clone(), c.offset);
                 continue;
@@ -934,6 +934,15 @@ impl Task {
         }
         self.restore_limits = self.positions.clone();
         Ok(moved)
+    }
+
+    /// Whether `tp` (a [`tp_key`]) is one of this task's input partitions.
+    fn reads(&self, tp: &str) -> bool {
+        let Some((topic, partition)) = tp.rsplit_once('/') else {
+            return false;
+        };
+        self.sources.contains_key(topic)
+            && (self.config.grouped || partition.parse() == Ok(self.id.partition))
     }
 
     /// Whether input resumes anywhere but the beginning (a position is
