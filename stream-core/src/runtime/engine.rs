@@ -7,7 +7,7 @@
 //!    and nothing below happens).
 //! 2. For each task, write its buffered store changes, the changelog
 //!    offsets reached, its input positions and its repartition dedup marks
-//!    to sled in one atomic transaction, and fsync.
+//!    to sled in one atomic batch (a syncer thread flushes it to disk right after).
 //! 3. Commit the input positions to the consumer group.
 //!
 //! A crash before 2 leaves sled and the group at the previous commit: the
@@ -16,6 +16,9 @@
 //! committed; reprocessing writes them again. A crash between 2 and 3 leaves
 //! sled ahead of the group: restore starts input at the larger of the two
 //! positions, which is exact because everything before it was acknowledged.
+//! Only offsets this application committed count (their metadata says so,
+//! see [`super::ownership`]): another program's commit in the same group is
+//! never trusted.
 //!
 //! Restore lives in [`super::restore`].
 
