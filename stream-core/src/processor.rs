@@ -45,6 +45,27 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
+    /// The context of processor `node`, which may use the stores at
+    /// `allowed_stores`, while it handles a record from `origin` (`None`
+    /// during init and punctuation) in the task of `partition`.
+    pub(crate) fn new(
+        node: &'a str,
+        allowed_stores: &'a [usize],
+        stores: &'a mut StoreSet,
+        forwarded: &'a mut Vec<Forward>,
+        origin: Option<&'a Origin>,
+        partition: i32,
+    ) -> Self {
+        Context {
+            node,
+            allowed_stores,
+            stores,
+            forwarded,
+            origin,
+            partition,
+        }
+    }
+
     /// Forwards a record to every child of this node.
     pub fn forward(&mut self, record: Record) {
         self.forwarded.push(Forward {

@@ -10,9 +10,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use super::clients::{self, ThreadIds};
 use super::config::{ProcessingGuarantee, StreamsConfig};
-use super::engine::{DeliveryState, DeliveryTracker, Engine};
+use super::engine::Engine;
 use super::error::RuntimeError;
+use super::producer::{DeliveryState, OutputProducer};
+use super::restore::ChangelogReader;
 use super::status::RuntimeStatus;
 use super::topics::{self, ErrorCapture, TopicPlan};
 use crate::graph::Topology;
@@ -274,133 +277,35 @@ impl KafkaStreams {
         ),
         RuntimeError,
     > {
-        let base_client_id = self
-            .cfg
-            .client_id
-            .as_deref()
-            .unwrap_or(&self.cfg.application_id);
-        let client_id = if threads > 1 {
-            format!("{base_client_id}-{thread}")
-        } else {
-            base_client_id.to_string()
-        };
+        let ids = ThreadIds::new(&self.cfg, thread, threads, instance_id);
         let eos = self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
         let delivery = Arc::new(DeliveryState::default());
-        let mut pc = self.cfg.client_config();
-        // Batches as Kafka Streams' producer does (linger 100 ms); a commit's
-        // flush sends at once, so latency is bounded by the commit interval.
-        pc.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "100")
-            .set("partitioner", "murmur2_random")
-            .set("client.id", &client_id);
-        for (k, v) in &self.cfg.extra {
-            pc.set(k, v);
-        }
-        let transactional_id = if thread == 0 {
-            format!("{}-{instance_id}", self.cfg.application_id)
-        } else {
-            format!("{}-{instance_id}-{thread}", self.cfg.application_id)
-        };
-        if eos {
-            pc.set("transactional.id", &transactional_id)
-                .set("transaction.timeout.ms", "10000");
-        }
-        let producer: rdkafka::producer::ThreadedProducer<DeliveryTracker> = pc
-            .create_with_context(DeliveryTracker {
-                state: delivery.clone(),
-                capture: ErrorCapture::default(),
-            })
-            .map_err(|e| RuntimeError::kafka("create producer", e))?;
-        if eos {
-            use rdkafka::producer::Producer;
-            // Fences an earlier incarnation of this instance and aborts its open transaction.
-            producer.init_transactions(Duration::from_secs(30)).map_err(|e| {
-                match e.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed) => {
-                        RuntimeError::NotAuthorized {
-                            operation: "Write".into(),
-                            resource: format!("transactional id `{transactional_id}`"),
-                            hint: format!(
-                                "exactly-once needs Write and Describe on transactional id {transactional_id} (prefix {}-); use at-least-once where transactional ids are not allowed",
-                                self.cfg.application_id
-                            ),
-                        }
-                    }
-                    _ => RuntimeError::kafka("initialise transactions", e),
-                }
-            })?;
-            tracing::info!(transactional_id = %transactional_id, "exactly-once: transactions initialised");
-        }
-        let mut rc = self.cfg.client_config();
-        rc.set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            // Restores read whole partitions: big fetches, no long-poll at the end.
-            .set("fetch.wait.max.ms", "10")
-            .set("max.partition.fetch.bytes", "4194304")
-            .set("fetch.max.bytes", "16777216")
-            .set("queued.max.messages.kbytes", "32768")
-            .set("client.id", format!("{client_id}-restore"))
-            // librdkafka needs a group id even to assign(); this consumer never
-            // joins or commits, and the application's own id needs no extra ACL.
-            .set("group.id", &self.cfg.application_id);
-        let restore_consumer: BaseConsumer<ErrorCapture> = rc
-            .create_with_context(ErrorCapture::default())
-            .map_err(|e| RuntimeError::kafka("create restore consumer", e))?;
-
-        let mut engine = Engine::new(
+        let producer = clients::producer(&self.cfg, &ids, eos, delivery.clone())?;
+        let out = OutputProducer::new(
+            producer,
+            delivery,
+            shared.dead_letter_file,
+            shared.state.path().join("production-errors.jsonl"),
+            self.cfg.on_error,
+            self.status.clone(),
+            eos,
+        );
+        let reader = ChangelogReader::new(
+            clients::restore_consumer(&self.cfg, &ids)?,
+            self.status.clone(),
+            self.cfg.allow_empty_state,
+        );
+        let engine = Arc::new(Mutex::new(Engine::new(
             self.topology.clone(),
             self.cfg.clone(),
             shared.task_cfg,
             shared.plan,
             shared.state,
-            producer,
-            delivery,
-            restore_consumer,
+            out,
+            reader,
             self.status.clone(),
-            shared.dead_letter_file,
-        );
-        engine.eos = eos;
-        let engine = Arc::new(Mutex::new(engine));
-
-        let mut cc = self.cfg.client_config();
-        cc.set("group.id", &self.cfg.application_id)
-            .set("client.id", &client_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // One strategy for every program, so that programs sharing a
-            // group (a classroom team's) never disagree on the protocol.
-            .set(
-                "partition.assignment.strategy",
-                &self.cfg.assignment_strategy,
-            );
-        // Single-instance mode: static membership by default, derived from
-        // the state directory, so a restart (even after kill -9) replaces
-        // the old member instead of looking like a second instance.
-        let static_id = self.cfg.group_instance_id.clone().or_else(|| {
-            (self.cfg.single_instance && !self.cfg.outside_group)
-                .then(|| format!("{}-{instance_id}", self.cfg.application_id))
-        });
-        if let Some(id) = &static_id {
-            let id = if threads > 1 {
-                format!("{id}-{thread}")
-            } else {
-                id.clone()
-            };
-            cc.set("group.instance.id", id);
-        }
-        if let Some(server) = self.cfg.advertised_server() {
-            // Other instances find this one's HTTP server through the group.
-            cc.set("client.id", format!("{client_id}@{server}"));
-        }
-        for (k, v) in &self.cfg.extra {
-            cc.set(k, v);
-        }
+        )));
+        let cc = clients::group_consumer_config(&self.cfg, &ids);
         let capture = ErrorCapture::default();
         let consumer: BaseConsumer<StreamContext> = cc
             .create_with_context(StreamContext {

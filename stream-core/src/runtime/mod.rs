@@ -5,24 +5,32 @@
 //! |---|---|
 //! | [`config`] | [`StreamsConfig`], named after Kafka Streams' settings |
 //! | [`topics`] | partition planning, internal topic creation and checks |
-//! | `engine` | tasks, producing, the commit order |
+//! | `engine` | one stream thread: records through its tasks, assignment and revocation |
+//! | `tasks` | task ownership: the tasks a thread runs, the task for a record, opening tasks |
+//! | `producer` | sending, delivery tracking, refused records, the dead-letter file, transactions |
+//! | `commit` | the commit protocol, in order |
 //! | [`ownership`] | commit metadata: which committed offsets this application may trust |
 //! | `restore` | restoring newly assigned tasks from their changelogs |
 //! | `production` | the production error handler: records the brokers refuse |
 //! | `progress` | restore progress: a terminal progress bar or log lines |
+//! | `clients` | the Kafka clients of a stream thread and their settings |
 //! | [`app`] | [`KafkaStreams`]: start, poll loop, rebalances, shutdown |
 //! | [`status`] | task states and restore progress for callers |
 //! | [`error`] | [`RuntimeError`] |
 
 pub mod app;
+pub(crate) mod clients;
+pub(crate) mod commit;
 pub mod config;
 pub(crate) mod engine;
 pub mod error;
 pub mod ownership;
+pub(crate) mod producer;
 pub(crate) mod production;
 pub(crate) mod progress;
 pub(crate) mod restore;
 pub mod status;
+pub(crate) mod tasks;
 pub mod topics;
 
 pub use app::{shutdown_signal, KafkaStreams};

@@ -1,4 +1,5 @@
-//! Restoring newly assigned tasks from their changelogs.
+//! Restoring newly assigned tasks from their changelogs: the
+//! [`ChangelogReader`] owns the restore consumer and is handed the tasks.
 //!
 //! Runs inside the rebalance callback, before the partitions are handed to
 //! the consumer, so processing never starts on a half-restored store and the
@@ -19,10 +20,15 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::engine::{Engine, Entry};
+use std::sync::Arc;
+
+use rdkafka::consumer::BaseConsumer;
+
 use super::error::RuntimeError;
 use super::progress::RestoreReporter;
-use super::status::{RestoreProgress, RestoreRecord, TaskState, TaskStatus};
+use super::status::{RestoreProgress, RestoreRecord, RuntimeStatus, TaskState, TaskStatus};
+use super::tasks::Entry;
+use super::topics::ErrorCapture;
 use crate::task::RestoreTarget;
 
 /// Distinct keys buffered in memory before restored state and progress are
@@ -57,7 +63,30 @@ struct Job {
     last_flush: Instant,
 }
 
-impl Engine {
+/// Reads changelogs into tasks' stores, with its own consumer (never in a
+/// group, never committing).
+pub(crate) struct ChangelogReader {
+    consumer: BaseConsumer<ErrorCapture>,
+    status: Arc<RuntimeStatus>,
+    /// Whether a task without local state may start empty when its
+    /// changelog cannot be read (after this application committed offsets).
+    allow_empty_state: bool,
+}
+
+impl ChangelogReader {
+    /// A reader over `consumer` that reports to `status`.
+    pub(crate) fn new(
+        consumer: BaseConsumer<ErrorCapture>,
+        status: Arc<RuntimeStatus>,
+        allow_empty_state: bool,
+    ) -> Self {
+        ChangelogReader {
+            consumer,
+            status,
+            allow_empty_state,
+        }
+    }
+
     /// Restores `entries` (new tasks) before they process anything.
     pub(crate) fn restore_tasks(
         &mut self,
@@ -71,15 +100,12 @@ impl Engine {
         for (j, e) in entries.iter_mut().enumerate() {
             let full = e.task.stores().checkpoint()?.is_none();
             let targets = e.task.begin_restore(committed)?;
-            // No input position to resume from: the task counts its input
-            // from the beginning, and restore would skip every record.
-            let recount = !e.task.has_positions();
             let mut progress = Vec::with_capacity(targets.len());
             let mut changelog_records = 0;
             for (i, t) in targets.iter().enumerate() {
                 let (low, high) = self.watermarks(&t.topic, t.partition)?;
                 changelog_records += (high - low).max(0) as u64;
-                let start = if recount { high } else { t.start.max(low) };
+                let start = t.start.max(low);
                 let done = start >= high;
                 if done {
                     e.task
@@ -152,7 +178,6 @@ impl Engine {
                 },
             );
         }
-        self.state.sync()?;
         Ok(())
     }
 
@@ -162,7 +187,7 @@ impl Engine {
         let deadline = Instant::now() + RETRY_FOR;
         loop {
             match self
-                .restore_consumer
+                .consumer
                 .fetch_watermarks(topic, partition, Duration::from_secs(5))
             {
                 Ok(w) => return Ok(w),
@@ -170,7 +195,7 @@ impl Engine {
                     tracing::warn!(topic, partition, error = %e, "changelog partition not available yet; retrying");
                     // A fresh metadata request: the cached leader may be a dead broker.
                     let _ = self
-                        .restore_consumer
+                        .consumer
                         .fetch_metadata(Some(topic), Duration::from_secs(5));
                     std::thread::sleep(Duration::from_millis(500));
                 }
@@ -191,7 +216,7 @@ impl Engine {
         tpl: &TopicPartitionList,
         index: &HashMap<String, Vec<(i32, usize, usize)>>,
     ) -> Result<(), RuntimeError> {
-        self.restore_consumer
+        self.consumer
             .assign(tpl)
             .map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
         let total: u64 = jobs
@@ -205,7 +230,7 @@ impl Engine {
         let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
         let pending = |jobs: &[Job]| jobs.iter().any(|j| j.progress.iter().any(|p| !p.done));
         while pending(jobs) {
-            match self.restore_consumer.poll(Duration::from_millis(100)) {
+            match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     let Some(&(_, j, i)) = index
                         .get(m.topic())
@@ -256,7 +281,7 @@ impl Engine {
                 Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
                 None => {
                     // Gaps (compaction, transaction markers): trust the position.
-                    if let Ok(pos) = self.restore_consumer.position() {
+                    if let Ok(pos) = self.consumer.position() {
                         for el in pos.elements() {
                             let Offset::Offset(o) = el.offset() else {
                                 continue;
@@ -275,7 +300,7 @@ impl Engine {
                         }
                     }
                     if last_progress.elapsed() > RESTORE_STALL {
-                        let _ = self.restore_consumer.unassign();
+                        let _ = self.consumer.unassign();
                         return Err(RuntimeError::Config(format!(
                             "restore made no progress for {}s",
                             RESTORE_STALL.as_secs()
@@ -307,7 +332,7 @@ impl Engine {
             }
         }
         reporter.finish();
-        let _ = self.restore_consumer.unassign();
+        let _ = self.consumer.unassign();
         Ok(())
     }
 
@@ -335,10 +360,10 @@ impl Engine {
                 }
             } else if !e.task.has_positions() {
                 tracing::warn!(task = %id, topic = %topic, "first run: no local state and no offsets committed by this application; counting from the beginning of the input (the changelog cannot be read and is not needed)");
-            } else if self.cfg.allow_empty_state {
+            } else if self.allow_empty_state {
                 tracing::warn!(task = %id, topic = %topic, "cannot read the changelog (no Read permission) and no local state exists; starting from EMPTY state as allowed");
             } else {
-                let _ = self.restore_consumer.unassign();
+                let _ = self.consumer.unassign();
                 return Err(RuntimeError::NotAuthorized {
                     operation: "Read".into(),
                     resource: format!("topic `{topic}`"),

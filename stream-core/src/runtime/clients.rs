@@ -1,0 +1,167 @@
+//! The Kafka clients of one stream thread and their settings: the
+//! producer (idempotent; transactional under exactly-once), the restore
+//! consumer, and the group consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+use super::config::StreamsConfig;
+use super::error::RuntimeError;
+use super::producer::{DeliveryState, DeliveryTracker};
+use super::topics::ErrorCapture;
+
+/// Names of one stream thread's clients.
+pub(crate) struct ThreadIds {
+    /// `client.id` of its producer and group consumer.
+    pub(crate) client_id: String,
+    /// `transactional.id` (used under exactly-once).
+    pub(crate) transactional_id: String,
+    /// `group.instance.id` (static membership), if any.
+    pub(crate) static_id: Option<String>,
+}
+
+impl ThreadIds {
+    /// The ids of thread `thread` of `threads` of the instance whose state
+    /// directory has id `instance_id`.
+    pub(crate) fn new(
+        cfg: &StreamsConfig,
+        thread: usize,
+        threads: usize,
+        instance_id: &str,
+    ) -> Self {
+        let base = cfg.client_id.as_deref().unwrap_or(&cfg.application_id);
+        let suffix = |s: &str| {
+            if threads > 1 {
+                format!("{s}-{thread}")
+            } else {
+                s.to_string()
+            }
+        };
+        let transactional_id = if thread == 0 {
+            format!("{}-{instance_id}", cfg.application_id)
+        } else {
+            format!("{}-{instance_id}-{thread}", cfg.application_id)
+        };
+        // Single-instance mode: static membership by default, derived from
+        // the state directory, so a restart (even after kill -9) replaces
+        // the old member instead of looking like a second instance.
+        let static_id = cfg.group_instance_id.clone().or_else(|| {
+            (cfg.single_instance && !cfg.outside_group)
+                .then(|| format!("{}-{instance_id}", cfg.application_id))
+        });
+        ThreadIds {
+            client_id: suffix(base),
+            transactional_id,
+            static_id: static_id.as_deref().map(suffix),
+        }
+    }
+}
+
+/// The thread's producer, reporting deliveries to `delivery`; under
+/// exactly-once with its transactions initialised (which fences an earlier
+/// incarnation and aborts its open transaction).
+pub(crate) fn producer(
+    cfg: &StreamsConfig,
+    ids: &ThreadIds,
+    eos: bool,
+    delivery: Arc<DeliveryState>,
+) -> Result<ThreadedProducer<DeliveryTracker>, RuntimeError> {
+    let mut pc = cfg.client_config();
+    // Batches as Kafka Streams' producer does (linger 100 ms); a commit's
+    // flush sends at once, so latency is bounded by the commit interval.
+    pc.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "100")
+        .set("partitioner", "murmur2_random")
+        .set("client.id", &ids.client_id);
+    for (k, v) in &cfg.extra {
+        pc.set(k, v);
+    }
+    if eos {
+        pc.set("transactional.id", &ids.transactional_id)
+            .set("transaction.timeout.ms", "10000");
+    }
+    let producer: ThreadedProducer<DeliveryTracker> = pc
+        .create_with_context(DeliveryTracker {
+            state: delivery,
+            capture: ErrorCapture::default(),
+        })
+        .map_err(|e| RuntimeError::kafka("create producer", e))?;
+    if eos {
+        let tid = &ids.transactional_id;
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .map_err(|e| match e.rdkafka_error_code() {
+                Some(
+                    RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed,
+                ) => RuntimeError::NotAuthorized {
+                    operation: "Write".into(),
+                    resource: format!("transactional id `{tid}`"),
+                    hint: format!(
+                        "exactly-once needs Write and Describe on transactional id {tid} (prefix {}-); use at-least-once where transactional ids are not allowed",
+                        cfg.application_id
+                    ),
+                },
+                _ => RuntimeError::kafka("initialise transactions", e),
+            })?;
+        tracing::info!(transactional_id = %tid, "exactly-once: transactions initialised");
+    }
+    Ok(producer)
+}
+
+/// The thread's restore consumer: reads changelogs by assignment, committed
+/// data only, in big fetches.
+pub(crate) fn restore_consumer(
+    cfg: &StreamsConfig,
+    ids: &ThreadIds,
+) -> Result<BaseConsumer<ErrorCapture>, RuntimeError> {
+    let mut rc = cfg.client_config();
+    rc.set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        // Restores read whole partitions: big fetches, no long-poll at the end.
+        .set("fetch.wait.max.ms", "10")
+        .set("max.partition.fetch.bytes", "4194304")
+        .set("fetch.max.bytes", "16777216")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("client.id", format!("{}-restore", ids.client_id))
+        // librdkafka needs a group id even to assign(); this consumer never
+        // joins or commits, and the application's own id needs no extra ACL.
+        .set("group.id", &cfg.application_id);
+    rc.create_with_context(ErrorCapture::default())
+        .map_err(|e| RuntimeError::kafka("create restore consumer", e))
+}
+
+/// Settings of the thread's group consumer (created by the caller with its
+/// own context, which runs rebalances).
+pub(crate) fn group_consumer_config(cfg: &StreamsConfig, ids: &ThreadIds) -> ClientConfig {
+    let mut cc = cfg.client_config();
+    cc.set("group.id", &cfg.application_id)
+        .set("client.id", &ids.client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        // One strategy for every program, so that programs sharing a
+        // group (a classroom team's) never disagree on the protocol.
+        .set("partition.assignment.strategy", &cfg.assignment_strategy);
+    if let Some(id) = &ids.static_id {
+        cc.set("group.instance.id", id);
+    }
+    if let Some(server) = cfg.advertised_server() {
+        // Other instances find this one's HTTP server through the group.
+        cc.set("client.id", format!("{}@{server}", ids.client_id));
+    }
+    for (k, v) in &cfg.extra {
+        cc.set(k, v);
+    }
+    cc
+}

@@ -1,0 +1,132 @@
+//! Task ownership: which tasks this stream thread runs, which input
+//! partitions each one reads, finding the task for a record, and opening a
+//! task over its local state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::error::RuntimeError;
+use crate::graph::Topology;
+use crate::store::StateDir;
+use crate::task::{tp_key, Task, TaskConfig, TaskId};
+
+/// A task and the input partitions it reads here.
+pub(crate) struct Entry {
+    pub(crate) task: Task,
+    pub(crate) partitions: Vec<(String, i32)>,
+}
+
+/// The tasks of one stream thread.
+pub(crate) struct OwnedTasks {
+    topology: Arc<Topology>,
+    task_cfg: Arc<TaskConfig>,
+    tasks: BTreeMap<TaskId, Entry>,
+}
+
+impl OwnedTasks {
+    pub(crate) fn new(topology: Arc<Topology>, task_cfg: Arc<TaskConfig>) -> Self {
+        OwnedTasks {
+            topology,
+            task_cfg,
+            tasks: BTreeMap::new(),
+        }
+    }
+
+    /// The task that reads `partition` of `topic` (owned here or not).
+    pub(crate) fn task_for(&self, topic: &str, partition: i32) -> Option<TaskId> {
+        let st = self
+            .topology
+            .subtopology_reading(&self.task_cfg.application_id, topic)?;
+        let partition = if self.task_cfg.grouped { 0 } else { partition };
+        Some(TaskId {
+            subtopology: st.id,
+            partition,
+        })
+    }
+
+    /// `assigned` partitions grouped by the task that reads them.
+    pub(crate) fn by_task(
+        &self,
+        assigned: &[(String, i32)],
+    ) -> BTreeMap<TaskId, Vec<(String, i32)>> {
+        let mut by_task: BTreeMap<TaskId, Vec<(String, i32)>> = BTreeMap::new();
+        for (t, p) in assigned {
+            if let Some(id) = self.task_for(t, *p) {
+                by_task.entry(id).or_default().push((t.clone(), *p));
+            }
+        }
+        by_task
+    }
+
+    /// Opens task `id` over its local state in `state`; local state that
+    /// does not match its checkpoint is wiped, to be rebuilt from the
+    /// changelog.
+    pub(crate) fn open(&self, state: &StateDir, id: TaskId) -> Result<Task, RuntimeError> {
+        let sub = &self.topology.subtopologies()[id.subtopology];
+        let backend = state.backend(&id.to_string(), &sub.stores)?;
+        let damaged = backend.verify().err();
+        let mut task = Task::new(&self.topology, id, self.task_cfg.clone(), Box::new(backend));
+        if let Some(why) = damaged {
+            tracing::warn!(task = %id, error = %why, "local state does not match its checkpoint; rebuilding it from the changelog");
+            task.wipe()?;
+        }
+        Ok(task)
+    }
+
+    /// Input partitions read here, over all tasks.
+    pub(crate) fn partition_count(&self) -> usize {
+        self.tasks.values().map(|e| e.partitions.len()).sum()
+    }
+
+    /// The input positions of every task, as offsets to commit.
+    pub(crate) fn positions(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for e in self.tasks.values() {
+            for (topic, p) in &e.partitions {
+                if let Some(&pos) = e.task.positions().get(&tp_key(topic, *p)) {
+                    let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(pos));
+                }
+            }
+        }
+        tpl
+    }
+
+    pub(crate) fn get(&self, id: &TaskId) -> Option<&Entry> {
+        self.tasks.get(id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &TaskId) -> Option<&mut Entry> {
+        self.tasks.get_mut(id)
+    }
+
+    pub(crate) fn insert(&mut self, e: Entry) {
+        self.tasks.insert(e.task.id(), e);
+    }
+
+    pub(crate) fn remove(&mut self, id: &TaskId) -> Option<Entry> {
+        self.tasks.remove(id)
+    }
+
+    /// Every task, removed.
+    pub(crate) fn take_all(&mut self) -> BTreeMap<TaskId, Entry> {
+        std::mem::take(&mut self.tasks)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&TaskId, &Entry)> {
+        self.tasks.iter()
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&TaskId, &mut Entry)> {
+        self.tasks.iter_mut()
+    }
+}

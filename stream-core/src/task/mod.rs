@@ -1,0 +1,600 @@
+//! A task: one sub-topology running for one input partition, with its own
+//! processor instances and store partitions.
+//!
+//! The task is pure computation: it takes input records, runs them through
+//! the graph, and collects what must be produced ([`OutRecord`]s for sinks,
+//! changelogs and the dead-letter topic). Sending, committing and restoring
+//! are driven from outside: by the Kafka runtime or by the test driver, which
+//! therefore run exactly the same operators and stores.
+//!
+//! | module | what |
+//! |---|---|
+//! | `graph` | the compiled sub-topology: dispatch, the processors' context |
+//! | `collector` | every output record: sinks, changelogs, dead letters |
+//! | `progress` | positions, dedup marks, changelog offsets, rollback, the restore filter |
+//! | [`headers`] | the framework's headers `sx.src` and `sx.up` |
+//! | [`policy`] | what a failing record does |
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::error::{DeserializationError, Origin, ProcessError, StoreError};
+use crate::graph::{Changelog, Topology};
+use crate::record::{Headers, OutRecord, Record};
+use crate::store::{StateBackend, StoreSet};
+
+mod collector;
+mod graph;
+pub mod headers;
+pub mod policy;
+mod progress;
+
+use collector::{RecordCollector, StoreLog};
+use graph::TaskGraph;
+use headers::UpstreamMark;
+pub use headers::{SOURCE_HEADER, UPSTREAM_HEADER};
+pub use policy::{ErrorPolicy, FailureStage};
+use progress::Progress;
+
+/// Identifies a task: sub-topology and partition, shown as `1_0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    /// Sub-topology.
+    pub subtopology: usize,
+    /// Input partition.
+    pub partition: i32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}", self.subtopology, self.partition)
+    }
+}
+
+/// Settings shared by all tasks of an application.
+#[derive(Clone)]
+pub struct TaskConfig {
+    /// `application.id`.
+    pub application_id: String,
+    /// Partition counts of every topic the tasks write to or read from.
+    pub partition_counts: Arc<HashMap<String, i32>>,
+    /// Where failed records go.
+    pub dead_letter_topic: String,
+    /// What failures do.
+    pub on_error: ErrorPolicy,
+    /// One task per sub-topology reads every partition (single-instance
+    /// mode); changelog records are then partitioned by key.
+    pub grouped: bool,
+    /// The metadata of every offset commit (see
+    /// [`crate::runtime::ownership`]).
+    pub commit_tag: String,
+}
+
+/// A task failed in a way its error policy does not absorb.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// A record failed and the policy is fail-fast.
+    #[error("record {origin} failed: {reason}")]
+    Record {
+        /// The record.
+        origin: Origin,
+        /// Why.
+        reason: String,
+    },
+    /// The topology itself is wrong (e.g. an operator declared with other
+    /// types than it receives): no record can pass, whatever the policy.
+    #[error("the topology is built wrong: {0} (a bug in its construction, not in the data)")]
+    Construction(String),
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The task got a record from a topic it does not read.
+    #[error("task {task} does not read topic {topic}")]
+    UnknownTopic {
+        /// The task.
+        task: TaskId,
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// An input record as it arrives from Kafka (or the test driver).
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Timestamp (ms).
+    pub timestamp: i64,
+    /// Key bytes.
+    pub key: Option<&'a [u8]>,
+    /// Value bytes.
+    pub value: Option<&'a [u8]>,
+    /// Headers.
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+/// Counters of one task.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TaskMetrics {
+    /// Input records processed (including failed ones).
+    pub processed: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Repartition records dropped as already applied.
+    pub duplicates_skipped: u64,
+    /// Records produced (sinks and changelogs).
+    pub produced: u64,
+    /// Changelog records applied by restore.
+    pub restored: u64,
+    /// Changelog records read but skipped by restore (not ours, or not committed).
+    pub restore_skipped: u64,
+}
+
+/// An offset committed to the consumer group for one input partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The next offset to read, as committed.
+    pub offset: i64,
+    /// Whether this application (same id, same topology) committed it.
+    pub ours: bool,
+    /// The commit's metadata as stored (shown when it is not ours).
+    pub metadata: String,
+}
+
+impl CommittedOffset {
+    /// Classifies an offset committed with `metadata` against `tag`.
+    pub fn classify(offset: i64, metadata: &str, tag: &str) -> Self {
+        CommittedOffset {
+            offset,
+            ours: metadata == tag,
+            metadata: metadata.to_string(),
+        }
+    }
+
+    /// Who committed it, for a log line.
+    pub fn committer(&self) -> String {
+        if self.metadata.is_empty() {
+            "another program (no commit metadata)".to_string()
+        } else if self.metadata.starts_with("stream-rs/") {
+            format!("another stream-rs program or topology ({})", self.metadata)
+        } else {
+            format!("another program (metadata {:?})", self.metadata)
+        }
+    }
+}
+
+/// One changelog partition a task restores from, and where to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreTarget {
+    /// Store index in the task.
+    pub store: usize,
+    /// Changelog topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset to read.
+    pub start: i64,
+}
+
+/// The position key `topic/partition` used in checkpoints.
+pub fn tp_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// The origin of punctuation output: no input record (changes it causes
+/// are always restored).
+fn punctuation_origin(partition: i32) -> Origin {
+    Origin {
+        topic: String::new(),
+        partition,
+        offset: -1,
+    }
+}
+
+/// A running sub-topology for one partition.
+pub struct Task {
+    id: TaskId,
+    config: Arc<TaskConfig>,
+    graph: TaskGraph,
+    stores: StoreSet,
+    out: RecordCollector,
+    progress: Progress,
+    processed: u64,
+    duplicates_skipped: u64,
+    restored: u64,
+    restore_skipped: u64,
+    /// Whether any sub-topology of the topology has a store.
+    topology_keeps_state: bool,
+}
+
+impl Task {
+    /// Creates the task `id` of `topology` over `backend`.
+    pub fn new(
+        topology: &Topology,
+        id: TaskId,
+        config: Arc<TaskConfig>,
+        backend: Box<dyn StateBackend>,
+    ) -> Task {
+        let app = config.application_id.clone();
+        let sub = &topology.subtopologies()[id.subtopology];
+        let specs: Vec<_> = sub
+            .stores
+            .iter()
+            .filter_map(|s| topology.store(s))
+            .collect();
+        let logs = specs
+            .iter()
+            .map(|s| match &s.changelog {
+                Changelog::Internal => s.changelog_topic(&app).map(|topic| StoreLog {
+                    store: s.name.clone(),
+                    topic,
+                    codec: None,
+                }),
+                Changelog::Existing { topic, codec } => Some(StoreLog {
+                    store: s.name.clone(),
+                    topic: topic.clone(),
+                    codec: Some(codec.clone()),
+                }),
+                Changelog::Disabled => None,
+            })
+            .collect();
+        let names = specs
+            .iter()
+            .map(|s| (s.name.clone(), !matches!(s.changelog, Changelog::Disabled)))
+            .collect();
+        Task {
+            id,
+            graph: TaskGraph::build(topology, sub, &app),
+            stores: StoreSet::new(names, backend),
+            out: RecordCollector::new(config.clone(), id.partition, logs),
+            config,
+            progress: Progress::default(),
+            processed: 0,
+            duplicates_skipped: 0,
+            restored: 0,
+            restore_skipped: 0,
+            topology_keeps_state: !topology.stores().is_empty(),
+        }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// Topics (resolved) this task reads.
+    pub fn input_topics(&self) -> &[String] {
+        self.graph.input_topics()
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> TaskMetrics {
+        TaskMetrics {
+            processed: self.processed,
+            dead_lettered: self.out.dead_lettered,
+            duplicates_skipped: self.duplicates_skipped,
+            produced: self.out.produced,
+            restored: self.restored,
+            restore_skipped: self.restore_skipped,
+        }
+    }
+
+    /// Next offset to process per `topic/partition`.
+    pub fn positions(&self) -> &BTreeMap<String, i64> {
+        self.progress.positions()
+    }
+
+    /// The stores of this task.
+    pub fn stores(&self) -> &StoreSet {
+        &self.stores
+    }
+
+    /// Mutable access to the stores (tests and interactive queries).
+    pub fn stores_mut(&mut self) -> &mut StoreSet {
+        &mut self.stores
+    }
+
+    /// Takes the records produced since the last call.
+    pub fn take_output(&mut self) -> Vec<OutRecord> {
+        self.out.take()
+    }
+
+    /// Whether records wait to be sent.
+    pub fn has_output(&self) -> bool {
+        self.out.has_output()
+    }
+
+    /// Runs `init` on every processor (after restore).
+    pub fn init(&mut self) -> Result<(), TaskError> {
+        let partition = self.id.partition;
+        self.graph
+            .init(&mut self.stores, partition)
+            .map_err(|e| TaskError::Record {
+                origin: punctuation_origin(partition),
+                reason: format!("init of {}: {}", e.node, e.error),
+            })
+    }
+
+    /// Calls `punctuate(now_ms)` on every processor; what they forward runs
+    /// through the graph like any record.
+    pub fn punctuate(&mut self, now_ms: i64) -> Result<(), TaskError> {
+        let partition = self.id.partition;
+        let origin = punctuation_origin(partition);
+        self.out.begin_punctuation(now_ms);
+        self.graph
+            .punctuate(&mut self.stores, partition, now_ms, &origin, &mut self.out)
+            .map_err(|e| match e.error {
+                ProcessError::TypeMismatch { .. } => TaskError::Construction(e.error.to_string()),
+                other => TaskError::Record {
+                    origin: origin.clone(),
+                    reason: format!("punctuate of {}: {other}", e.node),
+                },
+            })?;
+        self.out
+            .changelog(self.stores.take_changes(), &origin, None)
+    }
+
+    /// Runs `close` on every processor and drops uncommitted state.
+    pub fn close(&mut self) {
+        self.graph.close();
+        self.stores.discard_uncommitted();
+        self.out.clear();
+    }
+
+    /// Processes one input record.
+    pub fn process(&mut self, input: &InputRecord<'_>) -> Result<(), TaskError> {
+        let Some(source) = self.graph.source(input.topic) else {
+            return Err(TaskError::UnknownTopic {
+                task: self.id,
+                topic: input.topic.to_string(),
+            });
+        };
+        let (node, internal) = (source.node, source.internal);
+        self.processed += 1;
+        let origin = Origin {
+            topic: input.topic.to_string(),
+            partition: input.partition,
+            offset: input.offset,
+        };
+        let pos_key = tp_key(input.topic, input.partition);
+        let mut arrival = None;
+        let mut upstream_raw = None;
+        if internal {
+            if let Some(raw) = headers::find(input.headers, UPSTREAM_HEADER) {
+                if let Some(up) = UpstreamMark::decode(raw) {
+                    match self.progress.arrive(input.topic, &up) {
+                        Err(()) => {
+                            self.duplicates_skipped += 1;
+                            self.progress.advance(pos_key, input.offset + 1);
+                            return Ok(());
+                        }
+                        Ok(a) => {
+                            arrival = Some(a);
+                            upstream_raw = Some(raw);
+                        }
+                    }
+                }
+            }
+        }
+        let key = source.key.deserialize_dyn(input.key.unwrap_or(&[]));
+        let value = source.value.deserialize_dyn(input.value.unwrap_or(&[]));
+        let result = match (key, value) {
+            (Ok(key), Ok(value)) => {
+                let headers: Headers = input
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("sx."))
+                    .cloned()
+                    .collect();
+                let record = Record {
+                    key,
+                    value,
+                    timestamp: input.timestamp,
+                    headers,
+                };
+                self.out.begin_input(&origin);
+                match self.graph.dispatch(
+                    node,
+                    record,
+                    &origin,
+                    &mut self.stores,
+                    self.id.partition,
+                    &mut self.out,
+                ) {
+                    Ok(()) => Ok(()),
+                    // Every record would fail the same way: stop, never dead-letter.
+                    Err(e @ ProcessError::TypeMismatch { .. }) => {
+                        return Err(TaskError::Construction(e.to_string()))
+                    }
+                    Err(e) => Err((FailureStage::Processing, e.to_string())),
+                }
+            }
+            (Err(e), _) => Err((FailureStage::Deserialization, deser(&origin, "key", e))),
+            (_, Err(e)) => Err((FailureStage::Deserialization, deser(&origin, "value", e))),
+        };
+        self.out
+            .changelog(self.stores.take_changes(), &origin, upstream_raw)?;
+        if let Err((stage, reason)) = result {
+            if self.config.on_error == ErrorPolicy::FailFast {
+                return Err(TaskError::Record {
+                    origin,
+                    reason: format!("{stage}: {reason}"),
+                });
+            }
+            self.out.dead_letter(self.id, input, &origin, stage, reason);
+        }
+        self.progress.advance(pos_key, input.offset + 1);
+        if let Some(a) = arrival {
+            self.progress.applied(a);
+        }
+        Ok(())
+    }
+
+    /// Changelog partitions of this task: `(store index, topic, partition)`.
+    pub fn changelog_partitions(&self) -> Vec<(usize, String, i32)> {
+        self.out.changelog_partitions()
+    }
+
+    /// Prepares a restore. `committed` holds the input offsets the consumer
+    /// group holds (`topic/partition` → offset, and whether this
+    /// application committed it). Returns the changelog partitions to read
+    /// and their start offsets: the checkpoint's offsets when local state
+    /// exists, the beginning otherwise.
+    ///
+    /// Where input resumes, per partition:
+    /// - an offset this application committed: the larger of it and the
+    ///   local checkpoint's position (everything before either was
+    ///   acknowledged, and the changelog's tail fills the gap);
+    /// - an offset another program committed in the same group is not
+    ///   trusted: the local checkpoint's position when local state exists,
+    ///   else the beginning of the partition for a task with stores (only a
+    ///   recount is exact: the changelog cannot tell which of its records
+    ///   were committed); in a topology without stores there is nothing to
+    ///   recount and the task continues at the foreign offset (a stateless
+    ///   task that feeds a stateful one through a repartition topic
+    ///   recounts too: the downstream task drops what it already applied).
+    ///   Each case logs one warning line naming the partition and both
+    ///   offsets;
+    /// - no committed offset: the checkpoint's position, or the beginning.
+    pub fn begin_restore(
+        &mut self,
+        committed: &BTreeMap<String, CommittedOffset>,
+    ) -> Result<Vec<RestoreTarget>, StoreError> {
+        let checkpoint = self.stores.checkpoint()?;
+        let (graph, grouped, partition) = (&self.graph, self.config.grouped, self.id.partition);
+        let reads = |tp: &str| {
+            tp.rsplit_once('/').is_some_and(|(topic, p)| {
+                graph.reads(topic) && (grouped || p.parse() == Ok(partition))
+            })
+        };
+        self.progress.plan(
+            self.id,
+            self.topology_keeps_state,
+            reads,
+            committed,
+            checkpoint.as_ref(),
+        );
+        Ok(self
+            .changelog_partitions()
+            .into_iter()
+            .map(|(store, topic, partition)| RestoreTarget {
+                start: self
+                    .progress
+                    .changelog_offset(&tp_key(&topic, partition))
+                    .unwrap_or(0),
+                store,
+                topic,
+                partition,
+            })
+            .collect())
+    }
+
+    /// The changelog cannot be read, so nothing past the local checkpoint
+    /// can be restored: input positions ahead of the checkpoint's (an
+    /// offset this application committed after a sled write that a crash
+    /// lost) go back to it, and restore skips nothing. Returns the moved
+    /// partitions as `(topic/partition, from, to)`.
+    pub fn fall_back_to_checkpoint(&mut self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let local = self
+            .stores
+            .checkpoint()?
+            .map(|c| c.positions)
+            .unwrap_or_default();
+        Ok(self.progress.fall_back(&local))
+    }
+
+    /// Whether input resumes anywhere but the beginning (a position is
+    /// known for some input partition).
+    pub fn has_positions(&self) -> bool {
+        !self.progress.positions().is_empty()
+    }
+
+    /// Applies one changelog record read during restore. Returns whether it
+    /// changed the store (records of others and uncommitted ones are skipped).
+    pub fn restore_record(
+        &mut self,
+        store: usize,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+    ) -> bool {
+        if !self.progress.admits(headers) {
+            self.restore_skipped += 1;
+            return false;
+        }
+        let key = key.unwrap_or(&[]);
+        let entry = match self.out.codec(store) {
+            None => Some((key.to_vec(), value.map(|v| v.to_vec()))),
+            Some(codec) => value
+                .and_then(|v| codec.decode(key, v))
+                .map(|(k, v)| (k, Some(v))),
+        };
+        let Some((k, v)) = entry else {
+            self.restore_skipped += 1;
+            return false;
+        };
+        self.stores.apply_restored(store, k, v);
+        self.progress.restored_mark(headers);
+        self.restored += 1;
+        true
+    }
+
+    /// Records how far restore has read a changelog partition.
+    pub fn restore_progress(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        self.progress
+            .set_changelog_offset(tp_key(topic, partition), next_offset);
+    }
+
+    /// Writes restored state and the restore position durably, so that an
+    /// interrupted restore resumes here.
+    pub fn flush_restore(&mut self) -> Result<(), StoreError> {
+        self.stores.commit_restored(&self.progress.checkpoint())?;
+        self.progress.committed();
+        Ok(())
+    }
+
+    /// Forgets everything since the last commit: buffered store changes,
+    /// pending output, input positions and dedup marks go back to what the
+    /// last commit recorded (an aborted transaction is then reprocessed).
+    pub fn rollback(&mut self) {
+        self.stores.discard_uncommitted();
+        self.out.clear();
+        self.progress.rollback();
+    }
+
+    /// Commits state after every produced record was acknowledged.
+    /// `next_changelog_offsets` maps `topic/partition` to the offset after
+    /// the last acknowledged changelog record.
+    pub fn commit_state(
+        &mut self,
+        next_changelog_offsets: &HashMap<String, i64>,
+    ) -> Result<(), StoreError> {
+        self.progress
+            .acknowledged(self.out.changelog_keys(), next_changelog_offsets);
+        self.stores.commit(&self.progress.checkpoint())?;
+        self.progress.committed();
+        Ok(())
+    }
+
+    /// Empties local state (before a full restore).
+    pub fn wipe(&mut self) -> Result<(), StoreError> {
+        self.stores.wipe()
+    }
+}
+
+fn deser(origin: &Origin, part: &'static str, source: crate::error::SerdeError) -> String {
+    DeserializationError {
+        origin: origin.clone(),
+        part,
+        source,
+    }
+    .to_string()
+}

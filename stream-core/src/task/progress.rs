@@ -1,0 +1,336 @@
+//! A task's progress: where its input stands, which repartition records it
+//! already applied, how far its changelogs reach, what the last commit
+//! recorded, and the restore filter. The exactly-once and exact-restore
+//! logic, in one place.
+//!
+//! Keys are [`tp_key`]s (`topic/partition`), as in the sled checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::headers::{SourceMark, UpstreamMark};
+use super::{tp_key, CommittedOffset, TaskId};
+use crate::store::Checkpoint;
+
+/// The dedup key of upstream partition `up_partition` of `up_topic` as
+/// seen through repartition topic `topic`.
+fn dedup_key(topic: &str, up_topic: &str, up_partition: i32) -> String {
+    format!("{topic}/{up_topic}/{up_partition}")
+}
+
+/// Positions, dedup marks and changelog offsets, and their committed copies.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Next input offset to process, per input partition.
+    positions: BTreeMap<String, i64>,
+    /// Per repartition topic and upstream partition: the last applied
+    /// upstream `(offset, seq)`.
+    dedup: BTreeMap<String, (i64, u32)>,
+    /// Per changelog partition: the offset after the last acknowledged
+    /// record (restore starts there).
+    changelog_offsets: BTreeMap<String, i64>,
+    /// During restore: changes whose input offset is at or past this are
+    /// skipped (their input was never committed).
+    restore_limits: BTreeMap<String, i64>,
+    committed_positions: BTreeMap<String, i64>,
+    committed_dedup: BTreeMap<String, (i64, u32)>,
+}
+
+/// An upstream record arriving through a repartition topic.
+pub(crate) struct Arrival {
+    key: String,
+    mark: (i64, u32),
+}
+
+impl Progress {
+    /// Next offset to process per input partition.
+    pub(crate) fn positions(&self) -> &BTreeMap<String, i64> {
+        &self.positions
+    }
+
+    /// Records that `tp` was processed up to `next` (exclusive).
+    pub(crate) fn advance(&mut self, tp: String, next: i64) {
+        self.positions.insert(tp, next);
+    }
+
+    /// Checks a repartition record's upstream mark: `Err(())` if it was
+    /// already applied (an upstream replay), else what to record once it
+    /// is processed.
+    pub(crate) fn arrive(&self, topic: &str, up: &UpstreamMark<'_>) -> Result<Arrival, ()> {
+        let key = dedup_key(topic, up.topic, up.partition);
+        match self.dedup.get(&key) {
+            Some(&mark) if up.position() <= mark => Err(()),
+            _ => Ok(Arrival {
+                key,
+                mark: up.position(),
+            }),
+        }
+    }
+
+    /// Records a processed repartition record.
+    pub(crate) fn applied(&mut self, arrival: Arrival) {
+        self.dedup.insert(arrival.key, arrival.mark);
+    }
+
+    /// Prepares a restore: decides where input resumes (see
+    /// [`super::Task::begin_restore`] for the rules) from the group's
+    /// committed offsets, this task's `checkpoint`, and whether the
+    /// topology `keeps_state`. `reads` says which partitions are the task's.
+    pub(crate) fn plan(
+        &mut self,
+        task: TaskId,
+        keeps_state: bool,
+        reads: impl Fn(&str) -> bool,
+        committed: &BTreeMap<String, CommittedOffset>,
+        checkpoint: Option<&Checkpoint>,
+    ) {
+        let local = checkpoint.map(|c| &c.positions);
+        let mut limits: BTreeMap<String, i64> = BTreeMap::new();
+        for (tp, c) in committed.iter().filter(|(tp, _)| reads(tp)) {
+            if c.ours {
+                limits.insert(tp.clone(), c.offset);
+                continue;
+            }
+            match local.and_then(|l| l.get(tp)) {
+                Some(&at) if at != c.offset => tracing::warn!(
+                    task = %task,
+                    "input {tp}: the group's committed offset {} was committed by {}; resuming at offset {at}, the position of this application's local state (records in between are processed, not skipped)",
+                    c.offset,
+                    c.committer()
+                ),
+                Some(_) => {}
+                None if !keeps_state => {
+                    tracing::warn!(
+                        task = %task,
+                        "input {tp}: the group's committed offset {} was committed by {}; this task keeps no state, so it continues at offset {}",
+                        c.offset,
+                        c.committer(),
+                        c.offset
+                    );
+                    limits.insert(tp.clone(), c.offset);
+                }
+                None => tracing::warn!(
+                    task = %task,
+                    "input {tp}: the group's committed offset {} was committed by {} and no local state proves what this application processed; counting from offset 0, the beginning of the partition",
+                    c.offset,
+                    c.committer()
+                ),
+            }
+        }
+        match checkpoint {
+            Some(cp) => {
+                for (k, &v) in &cp.positions {
+                    let e = limits.entry(k.clone()).or_insert(v);
+                    *e = (*e).max(v);
+                }
+                self.dedup = cp.dedup.clone();
+                self.changelog_offsets = cp.changelog_offsets.clone();
+            }
+            None => {
+                self.dedup.clear();
+                self.changelog_offsets.clear();
+            }
+        }
+        self.positions = limits.clone();
+        self.restore_limits = limits;
+    }
+
+    /// Moves positions ahead of `local` (the checkpoint's) back to it;
+    /// returns `(topic/partition, from, to)` for each one moved.
+    pub(crate) fn fall_back(&mut self, local: &BTreeMap<String, i64>) -> Vec<(String, i64, i64)> {
+        let mut moved = Vec::new();
+        for (tp, pos) in self.positions.iter_mut() {
+            let at = local.get(tp).copied().unwrap_or(0);
+            if *pos > at {
+                moved.push((tp.clone(), *pos, at));
+                *pos = at;
+            }
+        }
+        self.restore_limits = self.positions.clone();
+        moved
+    }
+
+    /// The restore filter: whether a changelog record with these headers
+    /// is applied (its input was committed, or it names no input).
+    pub(crate) fn admits(&self, headers: &[(String, Vec<u8>)]) -> bool {
+        match SourceMark::find(headers) {
+            Some(src) => {
+                let limit = self
+                    .restore_limits
+                    .get(&tp_key(src.topic, src.partition))
+                    .copied()
+                    .unwrap_or(0);
+                src.offset < limit
+            }
+            None => true,
+        }
+    }
+
+    /// A restored change carried an upstream mark: the repartition record
+    /// behind it was applied.
+    pub(crate) fn restored_mark(&mut self, headers: &[(String, Vec<u8>)]) {
+        let (Some(up), Some(src)) = (UpstreamMark::find(headers), SourceMark::find(headers)) else {
+            return;
+        };
+        let e = self
+            .dedup
+            .entry(dedup_key(src.topic, up.topic, up.partition))
+            .or_insert(up.position());
+        if up.position() > *e {
+            *e = up.position();
+        }
+    }
+
+    /// The changelog offset restore starts from for `tp`.
+    pub(crate) fn changelog_offset(&self, tp: &str) -> Option<i64> {
+        self.changelog_offsets.get(tp).copied()
+    }
+
+    /// Restore has read changelog partition `tp` up to `next`.
+    pub(crate) fn set_changelog_offset(&mut self, tp: String, next: i64) {
+        self.changelog_offsets.insert(tp, next);
+    }
+
+    /// Takes the acknowledged changelog offsets of `partitions` from `acked`.
+    pub(crate) fn acknowledged(
+        &mut self,
+        partitions: impl Iterator<Item = String>,
+        acked: &HashMap<String, i64>,
+    ) {
+        for k in partitions {
+            if let Some(&o) = acked.get(&k) {
+                let e = self.changelog_offsets.entry(k).or_insert(o);
+                *e = (*e).max(o);
+            }
+        }
+    }
+
+    /// What the next sled write records beside the state.
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            changelog_offsets: self.changelog_offsets.clone(),
+            positions: self.positions.clone(),
+            dedup: self.dedup.clone(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// The state was committed: keep copies to roll back to.
+    pub(crate) fn committed(&mut self) {
+        self.committed_positions = self.positions.clone();
+        self.committed_dedup = self.dedup.clone();
+    }
+
+    /// Back to the last commit (an aborted transaction is reprocessed).
+    pub(crate) fn rollback(&mut self) {
+        self.positions = self.committed_positions.clone();
+        self.dedup = self.committed_dedup.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ours(offset: i64) -> CommittedOffset {
+        CommittedOffset {
+            offset,
+            ours: true,
+            metadata: String::new(),
+        }
+    }
+
+    fn foreign(offset: i64) -> CommittedOffset {
+        CommittedOffset {
+            offset,
+            ours: false,
+            metadata: "other".into(),
+        }
+    }
+
+    fn checkpoint(positions: &[(&str, i64)]) -> Checkpoint {
+        Checkpoint {
+            positions: positions.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Checkpoint::default()
+        }
+    }
+
+    const T: TaskId = TaskId {
+        subtopology: 0,
+        partition: 0,
+    };
+
+    #[test]
+    fn should_trust_only_its_own_offsets_and_else_the_checkpoint() {
+        let committed: BTreeMap<_, _> = [
+            ("in/0".to_string(), ours(50)),
+            ("in/1".to_string(), foreign(900)),
+            ("in/2".to_string(), foreign(900)),
+        ]
+        .into();
+        let cp = checkpoint(&[("in/0", 40), ("in/1", 70)]);
+        let mut p = Progress::default();
+        p.plan(T, true, |_| true, &committed, Some(&cp));
+        assert_eq!(p.positions().get("in/0"), Some(&50), "ours, ahead of sled");
+        assert_eq!(p.positions().get("in/1"), Some(&70), "foreign: sled's");
+        assert_eq!(p.positions().get("in/2"), None, "foreign, no state: from 0");
+        let mut p = Progress::default();
+        p.plan(T, false, |_| true, &committed, None);
+        assert_eq!(p.positions().get("in/2"), Some(&900), "stateless: foreign");
+        let mut p = Progress::default();
+        p.plan(T, true, |tp| tp == "in/0", &committed, None);
+        assert_eq!(p.positions().len(), 1, "only the task's partitions");
+    }
+
+    #[test]
+    fn should_admit_only_committed_changes_and_fall_back_when_asked() {
+        let committed: BTreeMap<_, _> = [("in/0".to_string(), ours(10))].into();
+        let mut p = Progress::default();
+        p.plan(
+            T,
+            true,
+            |_| true,
+            &committed,
+            Some(&checkpoint(&[("in/0", 4)])),
+        );
+        let h = |off| {
+            vec![(
+                super::super::headers::SOURCE_HEADER.to_string(),
+                SourceMark {
+                    offset: off,
+                    partition: 0,
+                    topic: "in",
+                }
+                .encode(),
+            )]
+        };
+        assert!(p.admits(&h(9)));
+        assert!(!p.admits(&h(10)));
+        assert!(p.admits(&[]), "no mark: applied");
+        let moved = p.fall_back(&checkpoint(&[("in/0", 4)]).positions);
+        assert_eq!(moved, vec![("in/0".to_string(), 10, 4)]);
+        assert!(!p.admits(&h(4)));
+    }
+
+    #[test]
+    fn should_roll_back_positions_and_marks_to_the_last_commit() {
+        let mut p = Progress::default();
+        p.advance("in/0".into(), 5);
+        let up = UpstreamMark {
+            offset: 3,
+            seq: 0,
+            partition: 1,
+            topic: "up",
+        };
+        let a = p.arrive("rep", &up).ok().unwrap();
+        p.applied(a);
+        p.committed();
+        assert!(p.arrive("rep", &up).is_err(), "already applied");
+        p.advance("in/0".into(), 9);
+        let later = UpstreamMark { offset: 4, ..up };
+        let a = p.arrive("rep", &later).ok().unwrap();
+        p.applied(a);
+        p.rollback();
+        assert_eq!(p.positions().get("in/0"), Some(&5));
+        assert!(p.arrive("rep", &later).is_ok(), "rolled back mark");
+    }
+}
