@@ -11,9 +11,10 @@
 //! | [`data`] | type-erased keys and values |
 //! | [`serde`] | serdes, typed and erased |
 //! | [`store`] | the store trait, its layers, memory and sled backends, checkpoints |
-//! | [`task`] | one sub-topology for one partition: process, log changes, restore, commit |
+//! | [`task`] | one sub-topology for one partition: its graph, output records, progress and restore filter |
 //! | [`driver`] | the in-process test driver |
 //! | [`runtime`] | the Kafka runtime: config, topics, consumer/producer loop, restore, commit |
+//! | [`http`] | the optional HTTP server: metrics, health, topology, store queries, status page |
 //! | [`partitioner`] | Java-compatible murmur2 partitioning |
 //! | [`error`] | typed errors |
 //!

@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | [`StreamsConfig`], named after Kafka Streams' settings |
+//! | `connect` | the first connection, and errors that name its likely cause |
 //! | [`topics`] | partition planning, internal topic creation and checks |
 //! | `engine` | one stream thread: records through its tasks, assignment and revocation |
 //! | `tasks` | task ownership: the tasks a thread runs, the task for a record, opening tasks |
@@ -22,6 +23,7 @@ pub mod app;
 pub(crate) mod clients;
 pub(crate) mod commit;
 pub mod config;
+pub(crate) mod connect;
 pub(crate) mod engine;
 pub mod error;
 pub mod ownership;

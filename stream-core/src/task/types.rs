@@ -1,0 +1,161 @@
+//! The task's id, configuration, input record, counters, errors, and the
+//! committed offsets and changelog partitions its restore works with.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::policy::ErrorPolicy;
+use crate::error::{Origin, StoreError};
+
+/// Identifies a task: sub-topology and partition, shown as `1_0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    /// Sub-topology.
+    pub subtopology: usize,
+    /// Input partition.
+    pub partition: i32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}", self.subtopology, self.partition)
+    }
+}
+
+/// Settings shared by all tasks of an application.
+#[derive(Clone)]
+pub struct TaskConfig {
+    /// `application.id`.
+    pub application_id: String,
+    /// Partition counts of every topic the tasks write to or read from.
+    pub partition_counts: Arc<HashMap<String, i32>>,
+    /// Where failed records go.
+    pub dead_letter_topic: String,
+    /// What failures do.
+    pub on_error: ErrorPolicy,
+    /// One task per sub-topology reads every partition (single-instance
+    /// mode); changelog records are then partitioned by key.
+    pub grouped: bool,
+    /// The metadata of every offset commit (see
+    /// [`crate::runtime::ownership`]).
+    pub commit_tag: String,
+}
+
+/// A task failed in a way its error policy does not absorb.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// A record failed and the policy is fail-fast.
+    #[error("record {origin} failed: {reason}")]
+    Record {
+        /// The record.
+        origin: Origin,
+        /// Why.
+        reason: String,
+    },
+    /// The topology itself is wrong (e.g. an operator declared with other
+    /// types than it receives): no record can pass, whatever the policy.
+    #[error("the topology is built wrong: {0} (a bug in its construction, not in the data)")]
+    Construction(String),
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The task got a record from a topic it does not read.
+    #[error("task {task} does not read topic {topic}")]
+    UnknownTopic {
+        /// The task.
+        task: TaskId,
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// An input record as it arrives from Kafka (or the test driver).
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Timestamp (ms).
+    pub timestamp: i64,
+    /// Key bytes.
+    pub key: Option<&'a [u8]>,
+    /// Value bytes.
+    pub value: Option<&'a [u8]>,
+    /// Headers.
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+/// Counters of one task.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TaskMetrics {
+    /// Input records processed (including failed ones).
+    pub processed: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Repartition records dropped as already applied.
+    pub duplicates_skipped: u64,
+    /// Records produced (sinks and changelogs).
+    pub produced: u64,
+    /// Changelog records applied by restore.
+    pub restored: u64,
+    /// Changelog records read but skipped by restore (not ours, or not committed).
+    pub restore_skipped: u64,
+}
+
+/// An offset committed to the consumer group for one input partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The next offset to read, as committed.
+    pub offset: i64,
+    /// Whether this application (same id, same topology) committed it.
+    pub ours: bool,
+    /// The commit's metadata as stored (shown when it is not ours).
+    pub metadata: String,
+}
+
+impl CommittedOffset {
+    /// Classifies an offset committed with `metadata` against `tag`.
+    pub fn classify(offset: i64, metadata: &str, tag: &str) -> Self {
+        CommittedOffset {
+            offset,
+            ours: metadata == tag,
+            metadata: metadata.to_string(),
+        }
+    }
+
+    /// Who committed it, for a log line.
+    pub fn committer(&self) -> String {
+        if self.metadata.is_empty() {
+            "another program (no commit metadata)".to_string()
+        } else if self.metadata.starts_with("stream-rs/") {
+            format!("another stream-rs program or topology ({})", self.metadata)
+        } else {
+            format!("another program (metadata {:?})", self.metadata)
+        }
+    }
+}
+
+/// One changelog partition a task restores from, and where to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreTarget {
+    /// Store index in the task.
+    pub store: usize,
+    /// Changelog topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset to read.
+    pub start: i64,
+}
+
+/// The position key `topic/partition` used in checkpoints.
+pub fn tp_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
