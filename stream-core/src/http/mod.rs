@@ -23,10 +23,10 @@ pub mod svg;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use crate::graph::Topology;
-use crate::runtime::engine::Engine;
+use crate::runtime::handle::StoreAccess;
 use crate::runtime::{RuntimeError, RuntimeStatus, StreamsConfig};
 
 pub use probe::{Lag, Member};
@@ -93,8 +93,8 @@ pub(crate) struct Shared {
     pub(crate) topology: Arc<Topology>,
     pub(crate) status: Arc<RuntimeStatus>,
     pub(crate) partitions: HashMap<String, i32>,
-    /// One engine per stream thread, once they exist.
-    pub(crate) engines: OnceLock<Vec<Arc<Mutex<Engine>>>>,
+    /// The instance's stores.
+    pub(crate) stores: StoreAccess,
     pub(crate) probe: Result<Arc<probe::Probe>, String>,
     pub(crate) views: Vec<TableView>,
     pub(crate) svg: Option<String>,
@@ -140,10 +140,11 @@ impl Server {
         status: Arc<RuntimeStatus>,
         partitions: HashMap<String, i32>,
         views: Vec<TableView>,
+        stores: StoreAccess,
     ) -> Result<Server, RuntimeError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| RuntimeError::Config(format!("cannot serve HTTP on {addr}: {e}")))?;
+            .map_err(|source| RuntimeError::HttpBind { addr, source })?;
         let svg = topology_svg(&topology, &cfg.application_id);
         let probe = probe::Probe::new(&cfg).map(Arc::new);
         let shared = Arc::new(Shared {
@@ -151,7 +152,7 @@ impl Server {
             topology,
             status,
             partitions,
-            engines: OnceLock::new(),
+            stores,
             probe,
             views,
             svg,
@@ -162,11 +163,6 @@ impl Server {
     /// The address actually bound (port 0 picks one).
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
-    }
-
-    /// Hands the stream threads' engines to the store handlers.
-    pub(crate) fn attach(&self, engines: Vec<Arc<Mutex<Engine>>>) {
-        let _ = self.shared.engines.set(engines);
     }
 
     /// Serves until the runtime stops.

@@ -2,15 +2,13 @@
 //! prefix, and finding the instance that owns a key it does not.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use crate::data::DynData;
 use crate::graph::{StoreFormat, Topology};
 use crate::partitioner::partition_for_key;
-use crate::runtime::engine::Engine;
 use crate::serde::DynSerde;
 use crate::task::TaskId;
 
@@ -141,28 +139,6 @@ pub fn locate(
         },
         topic,
     })
-}
-
-/// Runs `f` with the engine, waiting at most `wait` for the stream thread
-/// to let go of it. Blocking: call from a blocking thread.
-pub(crate) fn with_engine<R>(
-    engine: &Mutex<Engine>,
-    wait: Duration,
-    f: impl FnOnce(&Engine) -> R,
-) -> Result<R, QueryError> {
-    let deadline = Instant::now() + wait;
-    loop {
-        match engine.try_lock() {
-            Ok(g) => return Ok(f(&g)),
-            Err(std::sync::TryLockError::Poisoned(p)) => return Ok(f(&p.into_inner())),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                if Instant::now() >= deadline {
-                    return Err(QueryError::Busy);
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

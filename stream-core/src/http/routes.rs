@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::query::{self, QueryError};
 use super::{metrics, Shared};
+use crate::runtime::handle::Busy;
 use crate::runtime::status::TaskState;
 
 /// How long a store read waits for the stream thread.
@@ -147,15 +148,13 @@ async fn stores(State(s): S) -> Response {
     let s2 = s.clone();
     let local: HashMap<String, Vec<String>> = blocking(move || {
         let mut local: HashMap<String, Vec<String>> = HashMap::new();
-        for engine in s2.engines.get().into_iter().flatten() {
-            let _ = query::with_engine(engine, STORE_WAIT, |e| {
-                for st in s2.topology.stores() {
-                    local
-                        .entry(st.name.clone())
-                        .or_default()
-                        .extend(e.tasks_with_store(&st.name).iter().map(|t| t.to_string()));
-                }
-            });
+        for st in s2.topology.stores() {
+            if let Ok(ids) = s2.stores.tasks_with_store(&st.name, STORE_WAIT) {
+                local
+                    .entry(st.name.clone())
+                    .or_default()
+                    .extend(ids.iter().map(|t| t.to_string()));
+            }
         }
         local
     })
@@ -199,15 +198,14 @@ async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> R
     let (store2, bytes2, task) = (store.clone(), bytes.clone(), loc.task);
     // The answer of the stream thread that owns the task, if one does here.
     let local = blocking(move || {
-        for engine in s2.engines.get().into_iter().flatten() {
-            match query::with_engine(engine, STORE_WAIT, |e| {
-                e.read_store(task, &store2, |set, idx| set.get(idx, &bytes2))
-            }) {
-                Ok(None) => continue,
-                found => return Some(found),
-            }
+        match s2
+            .stores
+            .read(task, &store2, STORE_WAIT, |set, idx| set.get(idx, &bytes2))
+        {
+            Ok(None) => None,
+            Ok(Some(found)) => Some(Ok(Some(found))),
+            Err(Busy) => Some(Err(QueryError::Busy)),
         }
-        None
     })
     .await
     .flatten();
@@ -280,17 +278,13 @@ fn local_entries(
         .store(store)
         .ok_or_else(|| QueryError::UnknownStore(store.to_string()))?;
     let mut raw = Vec::new();
-    for engine in s.engines.get().into_iter().flatten() {
-        query::with_engine(engine, STORE_WAIT, |e| {
-            for id in e.tasks_with_store(store) {
-                if let Some(Ok(mut entries)) =
-                    e.read_store(id, store, |set, idx| set.scan_prefix(idx, prefix))
-                {
-                    raw.append(&mut entries);
-                }
+    s.stores
+        .visit(store, STORE_WAIT, |_, set, idx| {
+            if let Ok(mut entries) = set.scan_prefix(idx, prefix) {
+                raw.append(&mut entries);
             }
-        })?;
-    }
+        })
+        .map_err(|Busy| QueryError::Busy)?;
     let (k, v) = match &spec.format {
         Some(f) => (Some(&f.key), Some(&f.value)),
         None => (None, None),

@@ -2,7 +2,9 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -14,6 +16,7 @@ use super::clients::{self, ThreadIds};
 use super::config::{ProcessingGuarantee, StreamsConfig};
 use super::engine::Engine;
 use super::error::RuntimeError;
+use super::handle::StoreAccess;
 use super::producer::{DeliveryState, OutputProducer};
 use super::restore::ChangelogReader;
 use super::status::RuntimeStatus;
@@ -24,10 +27,7 @@ use crate::store::StateDir;
 use crate::task::TaskConfig;
 
 fn lock(m: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
+    m.lock()
 }
 
 /// Consumer context: runs the engine's rebalance handling inside the poll.
@@ -114,6 +114,7 @@ pub struct KafkaStreams {
     cfg: Arc<StreamsConfig>,
     status: Arc<RuntimeStatus>,
     views: Vec<TableView>,
+    stores: StoreAccess,
 }
 
 impl KafkaStreams {
@@ -137,6 +138,7 @@ impl KafkaStreams {
             cfg: Arc::new(cfg),
             status: Arc::new(RuntimeStatus::default()),
             views: Vec::new(),
+            stores: StoreAccess::default(),
         })
     }
 
@@ -145,6 +147,11 @@ impl KafkaStreams {
     pub fn with_view(mut self, view: TableView) -> Self {
         self.views.push(view);
         self
+    }
+
+    /// Read access to this instance's stores while it runs.
+    pub fn stores(&self) -> StoreAccess {
+        self.stores.clone()
     }
 
     /// The live status (tasks, restore progress, counters).
@@ -177,6 +184,7 @@ impl KafkaStreams {
                     self.status.clone(),
                     plan.partitions.clone(),
                     self.views.clone(),
+                    self.stores.clone(),
                 )
                 .await?;
                 let bound = server.local_addr().unwrap_or(addr);
@@ -217,10 +225,8 @@ impl KafkaStreams {
             engines.push(engine);
             consumers.push((consumer, capture));
         }
-        let http = server.map(|server| {
-            server.attach(engines.clone());
-            server.spawn()
-        });
+        self.stores.attach(engines.clone());
+        let http = server.map(Server::spawn);
 
         let topics = self.topology.source_topics(&self.cfg.application_id);
         let stop = Arc::new(AtomicBool::new(false));
@@ -251,7 +257,7 @@ impl KafkaStreams {
         self.status.set_running(false);
         let mut first_error = None;
         for r in results {
-            let r = r.map_err(|e| RuntimeError::Config(format!("stream thread panicked: {e}")));
+            let r = r.map_err(|e| RuntimeError::ThreadPanicked(e.to_string()));
             if let Err(e) = r.and_then(|inner| inner) {
                 first_error.get_or_insert(e);
             }

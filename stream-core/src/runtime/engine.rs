@@ -174,17 +174,16 @@ impl Engine {
         r
     }
 
-    /// Reads a store of an owned task with `f(stores, store index)`;
+    /// The stores of owned task `id` and the index of `store` among them;
     /// `None` if the task is not owned here or has no such store.
-    pub(crate) fn read_store<R>(
+    pub(crate) fn task_stores(
         &self,
         id: TaskId,
         store: &str,
-        f: impl FnOnce(&crate::store::StoreSet, usize) -> R,
-    ) -> Option<R> {
+    ) -> Option<(&crate::store::StoreSet, usize)> {
         let e = self.tasks.get(&id)?;
         let idx = e.task.stores().index_of(store)?;
-        Some(f(e.task.stores(), idx))
+        Some((e.task.stores(), idx))
     }
 
     /// The owned tasks that have `store`.

@@ -107,6 +107,39 @@ pub enum RuntimeError {
     /// A task failed under the fail-fast policy.
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// A local file the runtime keeps records in (dead letters, refused
+    /// records) cannot be written.
+    #[error("cannot write the {what} file {path}: {source}")]
+    LocalFile {
+        /// Which file (`dead-letter`, `production-error`).
+        what: &'static str,
+        /// Its path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A restore read nothing for too long.
+    #[error("restore made no progress for {seconds}s (changelog {topics}); check that the brokers hold its partitions' leaders")]
+    RestoreStalled {
+        /// How long nothing was read.
+        seconds: u64,
+        /// The changelog partitions still being read.
+        topics: String,
+    },
+    /// A stream thread panicked (a bug: please report it with the log).
+    #[error("stream thread panicked: {0}")]
+    ThreadPanicked(String),
+    /// The HTTP server cannot listen on its address.
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    HttpBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Exactly-once needs the consumer's group metadata, which it lacks.
+    #[error("exactly-once needs the consumer's group metadata, which the consumer does not have (is it a member of the group?)")]
+    NoGroupMetadata,
     /// Another member joined the group in single-instance mode.
     #[error("another instance joined consumer group `{group}` while running in single-instance mode; counts would be partial, so this instance stops. Run one instance, or allow the repartition topic to be created")]
     SecondMember {

@@ -18,6 +18,7 @@
 //! | [`app`] | [`KafkaStreams`]: start, poll loop, rebalances, shutdown |
 //! | [`status`] | task states and restore progress for callers |
 //! | [`error`] | [`RuntimeError`] |
+//! | [`handle`] | read access to a running instance's stores (for the HTTP server) |
 
 pub mod app;
 pub(crate) mod clients;
@@ -26,6 +27,7 @@ pub mod config;
 pub(crate) mod connect;
 pub(crate) mod engine;
 pub mod error;
+pub mod handle;
 pub mod ownership;
 pub(crate) mod producer;
 pub(crate) mod production;

@@ -291,22 +291,17 @@ impl OutputProducer {
             "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
             "value": r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
         });
+        let fail = |source: std::io::Error| RuntimeError::LocalFile {
+            what: "dead-letter",
+            path: path.display().to_string(),
+            source,
+        };
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| {
-                RuntimeError::Config(format!(
-                    "cannot write the dead-letter file {}: {e}",
-                    path.display()
-                ))
-            })?;
-        writeln!(f, "{line}").map_err(|e| {
-            RuntimeError::Config(format!(
-                "cannot write the dead-letter file {}: {e}",
-                path.display()
-            ))
-        })
+            .map_err(fail)?;
+        writeln!(f, "{line}").map_err(fail)
     }
 
     /// Waits until everything produced is acknowledged (through broker
@@ -391,9 +386,7 @@ impl OutputProducer {
     ) -> Result<bool, RuntimeError> {
         self.begin_transaction()?;
         let Some(meta) = consumer.group_metadata() else {
-            return Err(RuntimeError::Config(
-                "exactly-once needs the consumer's group metadata".into(),
-            ));
+            return Err(RuntimeError::NoGroupMetadata);
         };
         let r = if tpl.count() > 0 {
             self.producer

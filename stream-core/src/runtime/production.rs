@@ -66,11 +66,10 @@ impl Rejected {
             "value_bytes": self.value.as_ref().map(Vec::len),
             "value": self.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
         });
-        let fail = |e: std::io::Error| {
-            RuntimeError::Config(format!(
-                "cannot write the production-error file {}: {e}",
-                path.display()
-            ))
+        let fail = |source: std::io::Error| RuntimeError::LocalFile {
+            what: "production-error",
+            path: path.display().to_string(),
+            source,
         };
         let mut f = OpenOptions::new()
             .create(true)

@@ -301,10 +301,16 @@ impl ChangelogReader {
                     }
                     if last_progress.elapsed() > RESTORE_STALL {
                         let _ = self.consumer.unassign();
-                        return Err(RuntimeError::Config(format!(
-                            "restore made no progress for {}s",
-                            RESTORE_STALL.as_secs()
-                        )));
+                        let mut topics: Vec<String> = jobs
+                            .iter()
+                            .flat_map(|j| j.progress.iter().filter(|p| !p.done))
+                            .map(|p| format!("{}[{}]", p.topic, p.partition))
+                            .collect();
+                        topics.dedup();
+                        return Err(RuntimeError::RestoreStalled {
+                            seconds: RESTORE_STALL.as_secs(),
+                            topics: topics.join(", "),
+                        });
                     }
                 }
             }

@@ -1,0 +1,95 @@
+//! Read access to a running instance's stores, for whoever serves them
+//! (the HTTP server), without handing out the stream threads' engines.
+//!
+//! A read waits for the stream thread that owns the task to finish its
+//! current step (a poll iteration, a commit, a restore batch), at most the
+//! caller's `wait`, parked on the lock rather than polling it; it then
+//! sees the store as the thread left it, uncommitted writes included (as
+//! Kafka Streams' interactive queries do under at-least-once).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::engine::Engine;
+use crate::store::StoreSet;
+use crate::task::TaskId;
+
+/// The stream threads stayed busy for longer than the caller would wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// The stores of an instance's stream threads, readable from other threads.
+#[derive(Clone, Default)]
+pub struct StoreAccess {
+    engines: Arc<OnceLock<Vec<Arc<Mutex<Engine>>>>>,
+}
+
+impl StoreAccess {
+    /// Gives access to the stream threads' engines once they exist.
+    pub(crate) fn attach(&self, engines: Vec<Arc<Mutex<Engine>>>) {
+        let _ = self.engines.set(engines);
+    }
+
+    /// Runs `f` on each stream thread's engine until it returns `Some`.
+    fn find<R>(
+        &self,
+        wait: Duration,
+        mut f: impl FnMut(&Engine) -> Option<R>,
+    ) -> Result<Option<R>, Busy> {
+        for engine in self.engines.get().into_iter().flatten() {
+            let guard = engine.try_lock_for(wait).ok_or(Busy)?;
+            if let Some(r) = f(&guard) {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The tasks of this instance that hold `store`.
+    pub fn tasks_with_store(&self, store: &str, wait: Duration) -> Result<Vec<TaskId>, Busy> {
+        let mut all = Vec::new();
+        self.find(wait, |e| {
+            all.extend(e.tasks_with_store(store));
+            None::<()>
+        })?;
+        Ok(all)
+    }
+
+    /// Runs `f(stores, store index)` on `store` of `task`; `Ok(None)` when
+    /// no task of this instance holds it.
+    pub fn read<R>(
+        &self,
+        task: TaskId,
+        store: &str,
+        wait: Duration,
+        f: impl FnOnce(&StoreSet, usize) -> R,
+    ) -> Result<Option<R>, Busy> {
+        let mut f = Some(f);
+        self.find(wait, |e| {
+            let idx = e.task_stores(task, store)?;
+            let f = f.take()?;
+            Some(f(idx.0, idx.1))
+        })
+    }
+
+    /// Runs `f(task, stores, store index)` on `store` of every task of this
+    /// instance that holds it.
+    pub fn visit(
+        &self,
+        store: &str,
+        wait: Duration,
+        mut f: impl FnMut(TaskId, &StoreSet, usize),
+    ) -> Result<(), Busy> {
+        self.find(wait, |e| {
+            for id in e.tasks_with_store(store) {
+                if let Some((set, idx)) = e.task_stores(id, store) {
+                    f(id, set, idx);
+                }
+            }
+            None::<()>
+        })
+        .map(|_| ())
+    }
+}
