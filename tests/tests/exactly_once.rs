@@ -191,6 +191,15 @@ fn crash_loop(
     let instance = unique("instance");
     let mut feeder = feed(&s, 20_000, 1_500);
     let mut app = watchlist(&s, &state, guarantee, Some(&instance), &log);
+    // The kills start once the first counts are committed, so that the
+    // restarts have a changelog to restore from (on a loaded machine a
+    // program can take longer to start than the gap between two kills).
+    assert!(
+        wait_until(Duration::from_secs(60), || !sequences(&s.watchlist)
+            .is_empty()),
+        "the first counts were committed (log {})",
+        log.display()
+    );
     let mut rng = rand::thread_rng();
     for _ in 0..kills {
         std::thread::sleep(Duration::from_millis(rng.gen_range(600..1600)));
