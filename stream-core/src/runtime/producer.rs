@@ -4,8 +4,6 @@
 //! the brokers refuse, the local dead-letter file, and transactions.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::error::RuntimeError;
-use super::production::{is_record_error, Rejected};
+use super::production::{append_json_line, is_record_error, Rejected};
 use super::status::RuntimeStatus;
 use super::topics::ErrorCapture;
 use crate::record::{OutKind, OutRecord};
@@ -291,17 +289,7 @@ impl OutputProducer {
             "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
             "value": r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
         });
-        let fail = |source: std::io::Error| RuntimeError::LocalFile {
-            what: "dead-letter",
-            path: path.display().to_string(),
-            source,
-        };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(fail)?;
-        writeln!(f, "{line}").map_err(fail)
+        append_json_line(path, "dead-letter", &line)
     }
 
     /// Waits until everything produced is acknowledged (through broker

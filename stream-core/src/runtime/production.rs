@@ -66,18 +66,28 @@ impl Rejected {
             "value_bytes": self.value.as_ref().map(Vec::len),
             "value": self.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
         });
-        let fail = |source: std::io::Error| RuntimeError::LocalFile {
-            what: "production-error",
-            path: path.display().to_string(),
-            source,
-        };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(fail)?;
-        writeln!(f, "{line}").map_err(fail)
+        append_json_line(path, "production-error", &line)
     }
+}
+
+/// Appends `line` to the file at `path` (created if missing), one JSON
+/// document per line; `what` names the file in the error.
+pub(crate) fn append_json_line(
+    path: &Path,
+    what: &'static str,
+    line: &serde_json::Value,
+) -> Result<(), RuntimeError> {
+    let fail = |source: std::io::Error| RuntimeError::LocalFile {
+        what,
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(fail)?;
+    writeln!(f, "{line}").map_err(fail)
 }
 
 #[cfg(test)]
