@@ -228,7 +228,10 @@ pub async fn run_topology(
     run.apply(&mut config).unwrap_or_else(|e| fail(e));
     let topology = builder.build().unwrap_or_else(|e| fail(e));
     let app = stream_core::runtime::KafkaStreams::new(topology, config).unwrap_or_else(|e| fail(e));
-    if let Err(e) = app.run_until_signal().await {
+    if let Err(e) = stream_core::instance::Instance::new(app)
+        .run_until_signal()
+        .await
+    {
         fail(e);
     }
 }

@@ -27,6 +27,7 @@ pub mod driver;
 pub mod error;
 pub mod graph;
 pub mod http;
+pub mod instance;
 pub mod partitioner;
 pub mod processor;
 pub mod record;

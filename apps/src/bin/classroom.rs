@@ -5,6 +5,7 @@ use std::future::Future;
 
 use clap::Parser;
 use stream_core::http::TableView;
+use stream_core::instance::Instance;
 use stream_core::runtime::{shutdown_signal, KafkaStreams, RuntimeError};
 use stream_dsl::prelude::*;
 use tokio::sync::watch;
@@ -44,7 +45,7 @@ struct Args {
 
 /// Runs `app` until `stop` turns true.
 fn run_until(
-    app: KafkaStreams,
+    app: Instance,
     mut stop: watch::Receiver<bool>,
 ) -> impl Future<Output = Result<(), RuntimeError>> {
     app.run(async move {
@@ -99,10 +100,12 @@ async fn main() {
     )
     .highlight_at(args.threshold as f64)
     .limit(200);
-    let actions = KafkaStreams::new(actions_topology, actions_cfg).unwrap_or_else(|e| fail(e));
-    let counts = KafkaStreams::new(watchlist_topology, watchlist_cfg)
-        .unwrap_or_else(|e| fail(e))
-        .with_view(view);
+    let actions =
+        Instance::new(KafkaStreams::new(actions_topology, actions_cfg).unwrap_or_else(|e| fail(e)));
+    let counts = Instance::new(
+        KafkaStreams::new(watchlist_topology, watchlist_cfg).unwrap_or_else(|e| fail(e)),
+    )
+    .with_view(view);
     let (stop, stopped) = watch::channel(false);
     let a = run_until(actions, stopped.clone());
     let w = run_until(counts, stopped);

@@ -8,6 +8,7 @@ use apps::cli::{fail, init_logging, Common, RunOpts};
 use apps::filters::for_team;
 use apps::watchlist::{topology, Changelog, Mode, Options, Topics, STORE};
 use stream_core::http::TableView;
+use stream_core::instance::Instance;
 
 /// Watch companies with many flagged users (tutorial step 5).
 ///
@@ -88,9 +89,8 @@ async fn main() {
     )
     .highlight_at(args.threshold as f64)
     .limit(200);
-    let app = KafkaStreams::new(topology, cfg)
-        .unwrap_or_else(|e| fail(e))
-        .with_view(view);
+    let app =
+        Instance::new(KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e))).with_view(view);
     match app.run_until_signal().await {
         Ok(()) => {}
         Err(e @ RuntimeError::NotAuthorized { .. })

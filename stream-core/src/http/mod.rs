@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::graph::Topology;
-use crate::runtime::handle::StoreAccess;
+use crate::runtime::handle::{InstanceHandle, StoreAccess};
 use crate::runtime::{RuntimeError, RuntimeStatus, StreamsConfig};
 
 pub use probe::{Lag, Member};
@@ -92,7 +92,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: Arc<StreamsConfig>,
     pub(crate) topology: Arc<Topology>,
     pub(crate) status: Arc<RuntimeStatus>,
-    pub(crate) partitions: HashMap<String, i32>,
+    /// The instance, for its partition counts.
+    pub(crate) instance: InstanceHandle,
     /// The instance's stores.
     pub(crate) stores: StoreAccess,
     pub(crate) probe: Result<Arc<probe::Probe>, String>,
@@ -101,6 +102,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Partition count per topic (empty until the instance has started).
+    pub(crate) fn partitions(&self) -> &HashMap<String, i32> {
+        self.instance.partitions()
+    }
+
     /// The input partitions this instance reads now (from its tasks).
     pub(crate) fn owned_partitions(&self) -> Vec<(String, i32)> {
         let app = &self.cfg.application_id;
@@ -112,7 +118,7 @@ impl Shared {
             for t in &st.sources {
                 let topic = t.resolve(app);
                 if self.cfg.single_instance {
-                    let n = self.partitions.get(&topic).copied().unwrap_or(1);
+                    let n = self.partitions().get(&topic).copied().unwrap_or(1);
                     out.extend((0..n).map(|p| (topic.clone(), p)));
                 } else {
                     out.push((topic, id.partition));
@@ -126,32 +132,33 @@ impl Shared {
 }
 
 /// A bound, not yet serving, HTTP server.
-pub(crate) struct Server {
+pub struct Server {
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
 }
 
 impl Server {
-    /// Binds `addr`: a clear error if the port is taken.
-    pub(crate) async fn bind(
+    /// Binds `addr` for `instance`, showing `views`: a clear error if the
+    /// port is taken.
+    pub async fn bind(
         addr: SocketAddr,
-        cfg: Arc<StreamsConfig>,
-        topology: Arc<Topology>,
-        status: Arc<RuntimeStatus>,
-        partitions: HashMap<String, i32>,
+        instance: InstanceHandle,
         views: Vec<TableView>,
-        stores: StoreAccess,
     ) -> Result<Server, RuntimeError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| RuntimeError::HttpBind { addr, source })?;
+        let cfg = instance.config().clone();
+        let topology = instance.topology().clone();
+        let status = instance.status().clone();
+        let stores = instance.stores().clone();
         let svg = topology_svg(&topology, &cfg.application_id);
         let probe = probe::Probe::new(&cfg).map(Arc::new);
         let shared = Arc::new(Shared {
             cfg,
             topology,
             status,
-            partitions,
+            instance,
             stores,
             probe,
             views,
@@ -161,12 +168,12 @@ impl Server {
     }
 
     /// The address actually bound (port 0 picks one).
-    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
     }
 
-    /// Serves until the runtime stops.
-    pub(crate) fn spawn(self) -> tokio::task::JoinHandle<()> {
+    /// Serves until the returned task is aborted.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         let app = routes::router(self.shared);
         tokio::spawn(async move {
             if let Err(e) = axum::serve(self.listener, app).await {

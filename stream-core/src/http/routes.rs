@@ -186,7 +186,7 @@ async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> R
     let loc = match query::locate(
         &s.topology,
         &s.cfg.application_id,
-        &s.partitions,
+        s.partitions(),
         s.cfg.single_instance,
         &store,
         &bytes,

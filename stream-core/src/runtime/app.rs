@@ -16,13 +16,12 @@ use super::clients::{self, ThreadIds};
 use super::config::{ProcessingGuarantee, StreamsConfig};
 use super::engine::Engine;
 use super::error::RuntimeError;
-use super::handle::StoreAccess;
+use super::handle::{InstanceHandle, StoreAccess};
 use super::producer::{DeliveryState, OutputProducer};
 use super::restore::ChangelogReader;
 use super::status::RuntimeStatus;
 use super::topics::{self, ErrorCapture, TopicPlan};
 use crate::graph::Topology;
-use crate::http::{Server, TableView};
 use crate::store::StateDir;
 use crate::task::TaskConfig;
 
@@ -113,7 +112,7 @@ pub struct KafkaStreams {
     topology: Arc<Topology>,
     cfg: Arc<StreamsConfig>,
     status: Arc<RuntimeStatus>,
-    views: Vec<TableView>,
+    partitions: Arc<std::sync::OnceLock<std::collections::HashMap<String, i32>>>,
     stores: StoreAccess,
 }
 
@@ -137,16 +136,21 @@ impl KafkaStreams {
             topology: Arc::new(topology),
             cfg: Arc::new(cfg),
             status: Arc::new(RuntimeStatus::default()),
-            views: Vec::new(),
+            partitions: Arc::default(),
             stores: StoreAccess::default(),
         })
     }
 
-    /// Shows `view` (a store as a live table) on the HTTP status page; needs
-    /// [`StreamsConfig::http`].
-    pub fn with_view(mut self, view: TableView) -> Self {
-        self.views.push(view);
-        self
+    /// A read-only view of this instance (configuration, status, partition
+    /// counts, stores) for a server or a monitor to hold.
+    pub fn handle(&self) -> InstanceHandle {
+        InstanceHandle {
+            cfg: self.cfg.clone(),
+            topology: self.topology.clone(),
+            status: self.status.clone(),
+            partitions: self.partitions.clone(),
+            stores: self.stores.clone(),
+        }
     }
 
     /// Read access to this instance's stores while it runs.
@@ -175,24 +179,7 @@ impl KafkaStreams {
                 "local state was damaged and moved aside; every task restores from its changelog"
             );
         }
-        let server = match self.cfg.http {
-            Some(addr) => {
-                let server = Server::bind(
-                    addr,
-                    self.cfg.clone(),
-                    self.topology.clone(),
-                    self.status.clone(),
-                    plan.partitions.clone(),
-                    self.views.clone(),
-                    self.stores.clone(),
-                )
-                .await?;
-                let bound = server.local_addr().unwrap_or(addr);
-                tracing::info!(addr = %bound, "HTTP server: status page at http://{bound}/");
-                Some(server)
-            }
-            None => None,
-        };
+        let _ = self.partitions.set(plan.partitions.clone());
         let dead_letter_file =
             (!plan.dead_letter_topic_ok).then(|| state.path().join("dead-letters.jsonl"));
         let grouped = self.cfg.single_instance;
@@ -226,7 +213,6 @@ impl KafkaStreams {
             consumers.push((consumer, capture));
         }
         self.stores.attach(engines.clone());
-        let http = server.map(Server::spawn);
 
         let topics = self.topology.source_topics(&self.cfg.application_id);
         let stop = Arc::new(AtomicBool::new(false));
@@ -251,9 +237,6 @@ impl KafkaStreams {
                 all.await
             }
         };
-        if let Some(h) = http {
-            h.abort();
-        }
         self.status.set_running(false);
         let mut first_error = None;
         for r in results {

@@ -1,5 +1,6 @@
-//! Read access to a running instance's stores, for whoever serves them
-//! (the HTTP server), without handing out the stream threads' engines.
+//! Read-only access to a running instance — its configuration, topology,
+//! status, partition counts and stores — for whoever serves them (the HTTP
+//! server), without handing out the stream threads' engines.
 //!
 //! A read waits for the stream thread that owns the task to finish its
 //! current step (a poll iteration, a commit, a restore batch), at most the
@@ -7,14 +8,61 @@
 //! sees the store as the thread left it, uncommitted writes included (as
 //! Kafka Streams' interactive queries do under at-least-once).
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::config::StreamsConfig;
 use super::engine::Engine;
+use super::status::RuntimeStatus;
+use crate::graph::Topology;
 use crate::store::StoreSet;
 use crate::task::TaskId;
+
+/// What an instance shows of itself: read-only, cheap to clone, valid
+/// before the instance starts (partition counts and stores appear once it
+/// has prepared its topics and opened its stream threads).
+#[derive(Clone)]
+pub struct InstanceHandle {
+    pub(crate) cfg: Arc<StreamsConfig>,
+    pub(crate) topology: Arc<Topology>,
+    pub(crate) status: Arc<RuntimeStatus>,
+    pub(crate) partitions: Arc<OnceLock<HashMap<String, i32>>>,
+    pub(crate) stores: StoreAccess,
+}
+
+impl InstanceHandle {
+    /// The instance's configuration.
+    pub fn config(&self) -> &Arc<StreamsConfig> {
+        &self.cfg
+    }
+
+    /// The topology it runs.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topology
+    }
+
+    /// Its live status (tasks, restore progress, counters).
+    pub fn status(&self) -> &Arc<RuntimeStatus> {
+        &self.status
+    }
+
+    /// Partition count per topic it reads or writes; empty until the
+    /// instance has prepared its topics.
+    pub fn partitions(&self) -> &HashMap<String, i32> {
+        static NONE: OnceLock<HashMap<String, i32>> = OnceLock::new();
+        self.partitions
+            .get()
+            .unwrap_or_else(|| NONE.get_or_init(HashMap::new))
+    }
+
+    /// Its stores.
+    pub fn stores(&self) -> &StoreAccess {
+        &self.stores
+    }
+}
 
 /// The stream threads stayed busy for longer than the caller would wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
