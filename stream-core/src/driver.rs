@@ -24,14 +24,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::coordinates::TopicPartition;
 use crate::error::StoreError;
 use crate::graph::{dead_letter_topic_name, TopicRef, Topology};
 use crate::partitioner::partition_for_key;
 use crate::record::{Headers, OutRecord};
 use crate::store::MemoryBackend;
-use crate::task::{
-    tp_key, CommittedOffset, ErrorPolicy, InputRecord, Task, TaskConfig, TaskError, TaskId,
-};
+use crate::task::{CommittedOffset, ErrorPolicy, InputRecord, Task, TaskConfig, TaskError, TaskId};
 
 /// A record stored in one of the driver's topics.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,8 +52,8 @@ pub struct TestDriver {
     partitions: HashMap<String, i32>,
     topics: HashMap<String, Vec<Vec<StoredRecord>>>,
     tasks: BTreeMap<TaskId, Task>,
-    consumed: HashMap<String, i64>,
-    committed: HashMap<String, CommittedOffset>,
+    consumed: HashMap<TopicPartition, i64>,
+    committed: BTreeMap<TopicPartition, CommittedOffset>,
     clock: i64,
     round_robin: i64,
     auto_commit: bool,
@@ -78,7 +77,7 @@ impl TestDriver {
             topics: HashMap::new(),
             tasks: BTreeMap::new(),
             consumed: HashMap::new(),
-            committed: HashMap::new(),
+            committed: BTreeMap::new(),
             clock: 0,
             round_robin: 0,
             auto_commit: true,
@@ -220,15 +219,11 @@ impl TestDriver {
 
     /// Restores one task from the captured changelogs, like the runtime does.
     fn restore(&mut self, id: TaskId) {
-        let committed: BTreeMap<String, CommittedOffset> = self
-            .committed
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let committed = &self.committed;
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
-        let targets = match task.begin_restore(&committed) {
+        let targets = match task.begin_restore(committed) {
             Ok(t) => t,
             Err(e) => panic!("restore of {id} failed: {e}"),
         };
@@ -367,7 +362,7 @@ impl TestDriver {
                     })
                     .collect();
                 for (topic, partition) in reads {
-                    let key = tp_key(&topic, partition);
+                    let key = TopicPartition::new(&topic, partition);
                     let start = self.consumed.get(&key).copied().unwrap_or(0) as usize;
                     let records: Vec<StoredRecord> = match self
                         .topics
@@ -412,13 +407,13 @@ impl TestDriver {
 
     /// Commits every task: state with its changelog positions, then input offsets.
     pub fn commit(&mut self) -> Result<(), TaskError> {
-        let ends: HashMap<String, i64> = self
+        let ends: HashMap<TopicPartition, i64> = self
             .topics
             .iter()
             .flat_map(|(t, ps)| {
                 ps.iter()
                     .enumerate()
-                    .map(move |(p, rs)| (tp_key(t, p as i32), rs.len() as i64))
+                    .map(move |(p, rs)| (TopicPartition::new(t, p as i32), rs.len() as i64))
             })
             .collect();
         for task in self.tasks.values_mut() {
@@ -460,7 +455,7 @@ impl TestDriver {
     /// ```
     pub fn commit_as_another_program(&mut self, topic: &str, partition: i32, offset: i64) {
         self.committed.insert(
-            tp_key(topic, partition),
+            TopicPartition::new(topic, partition),
             CommittedOffset {
                 offset,
                 ours: false,

@@ -31,7 +31,6 @@ use super::producer::{OutputProducer, CLIENT_TIMEOUT};
 use super::status::RuntimeStatus;
 use super::tasks::OwnedTasks;
 use crate::store::StateDir;
-use crate::task::tp_key;
 
 /// What a commit touches.
 pub(crate) struct CommitParts<'a> {
@@ -96,8 +95,8 @@ fn rewind(tasks: &mut OwnedTasks, consumer: &BaseConsumer<impl ConsumerContext>)
     for (_, e) in tasks.iter_mut() {
         e.task.rollback();
         for (topic, p) in &e.partitions {
-            let offset = match e.task.positions().get(&tp_key(topic, *p)) {
-                Some(&pos) => Offset::Offset(pos),
+            let offset = match e.task.position(topic, *p) {
+                Some(pos) => Offset::Offset(pos),
                 None => Offset::Beginning,
             };
             if let Err(err) = consumer.seek(topic, *p, offset, CLIENT_TIMEOUT) {

@@ -26,9 +26,10 @@ use super::restore::ChangelogReader;
 use super::status::RuntimeStatus;
 use super::tasks::{Entry, OwnedTasks};
 use super::topics::TopicPlan;
+use crate::coordinates::TopicPartition;
 use crate::graph::Topology;
 use crate::store::StateDir;
-use crate::task::{tp_key, CommittedOffset, InputRecord, TaskConfig, TaskId};
+use crate::task::{CommittedOffset, InputRecord, TaskConfig, TaskId};
 
 /// Everything one stream thread runs.
 pub(crate) struct Engine {
@@ -118,7 +119,7 @@ impl Engine {
             );
             return Ok(());
         };
-        if let Some(&pos) = entry.task.positions().get(&tp_key(topic, partition)) {
+        if let Some(pos) = entry.task.position(topic, partition) {
             if offset < pos {
                 return Ok(()); // already reflected in the state
             }
@@ -253,8 +254,8 @@ impl Engine {
         // never at an offset the group holds that restore did not trust.
         for e in &fresh {
             for (t, p) in &e.partitions {
-                let offset = match e.task.positions().get(&tp_key(t, *p)) {
-                    Some(&pos) => Offset::Offset(pos),
+                let offset = match e.task.position(t, *p) {
+                    Some(pos) => Offset::Offset(pos),
                     None => Offset::Beginning,
                 };
                 let _ = tpl.set_partition_offset(t, *p, offset);
@@ -283,7 +284,7 @@ impl Engine {
         &self,
         consumer: &BaseConsumer<impl ConsumerContext>,
         tpl: &TopicPartitionList,
-    ) -> Result<BTreeMap<String, CommittedOffset>, RuntimeError> {
+    ) -> Result<BTreeMap<TopicPartition, CommittedOffset>, RuntimeError> {
         let deadline = Instant::now() + super::restore::RETRY_FOR;
         let committed = loop {
             match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {

@@ -84,12 +84,12 @@ impl Fnv {
 
 /// The committed offsets in `tpl` (from `committed_offsets`), keyed by
 /// topic and partition, classified against `tag`. Partitions without a
-/// committed offset are left out. Keys are [`crate::task::tp_key`]s. Metadata that is not UTF-8 (another
+/// committed offset are left out. Keys are partitions. Metadata that is not UTF-8 (another
 /// client may write anything) is read lossily instead of failing.
 pub fn committed_from(
     tpl: &TopicPartitionList,
     tag: &str,
-) -> std::collections::BTreeMap<String, CommittedOffset> {
+) -> std::collections::BTreeMap<crate::coordinates::TopicPartition, CommittedOffset> {
     let mut out = std::collections::BTreeMap::new();
     // SAFETY: `tpl` owns a valid librdkafka list of `cnt` elements for the
     // lifetime of this borrow; each element's topic is a NUL-terminated C
@@ -110,7 +110,7 @@ pub fn committed_from(
                 String::from_utf8_lossy(bytes).into_owned()
             };
             out.insert(
-                crate::task::tp_key(&topic, e.partition),
+                crate::coordinates::TopicPartition::new(&topic, e.partition),
                 CommittedOffset::classify(offset, &metadata, tag),
             );
         }

@@ -19,8 +19,9 @@ use super::error::RuntimeError;
 use super::production::{append_json_line, is_record_error, Rejected};
 use super::status::RuntimeStatus;
 use super::topics::ErrorCapture;
+use crate::coordinates::TopicPartition;
 use crate::record::{OutKind, OutRecord};
-use crate::task::{tp_key, ErrorPolicy};
+use crate::task::ErrorPolicy;
 
 /// How long a transaction call may take.
 pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,13 +42,16 @@ pub(crate) struct DeliveryState {
 }
 
 impl DeliveryState {
-    fn snapshot(&self) -> HashMap<String, i64> {
+    fn snapshot(&self) -> HashMap<TopicPartition, i64> {
         let g = match self.next.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         g.iter()
-            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (tp_key(t, *p), *o)))
+            .flat_map(|(t, ps)| {
+                ps.iter()
+                    .map(move |(p, o)| (TopicPartition::new(t, *p), *o))
+            })
             .collect()
     }
 
@@ -172,7 +176,7 @@ impl OutputProducer {
     }
 
     /// The changelog offsets acknowledged so far (`topic/partition` → next).
-    pub(crate) fn acknowledged(&self) -> HashMap<String, i64> {
+    pub(crate) fn acknowledged(&self) -> HashMap<TopicPartition, i64> {
         self.delivery.snapshot()
     }
 

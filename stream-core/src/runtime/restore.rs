@@ -91,7 +91,7 @@ impl ChangelogReader {
     pub(crate) fn restore_tasks(
         &mut self,
         entries: &mut [Entry],
-        committed: &BTreeMap<String, crate::task::CommittedOffset>,
+        committed: &BTreeMap<crate::coordinates::TopicPartition, crate::task::CommittedOffset>,
     ) -> Result<(), RuntimeError> {
         let mut jobs = Vec::with_capacity(entries.len());
         let mut tpl = TopicPartitionList::new();

@@ -10,7 +10,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::error::RuntimeError;
 use crate::graph::Topology;
 use crate::store::StateDir;
-use crate::task::{tp_key, Task, TaskConfig, TaskId};
+use crate::task::{Task, TaskConfig, TaskId};
 
 /// A task and the input partitions it reads here.
 pub(crate) struct Entry {
@@ -85,7 +85,7 @@ impl OwnedTasks {
         let mut tpl = TopicPartitionList::new();
         for e in self.tasks.values() {
             for (topic, p) in &e.partitions {
-                if let Some(&pos) = e.task.positions().get(&tp_key(topic, *p)) {
+                if let Some(pos) = e.task.position(topic, *p) {
                     let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(pos));
                 }
             }

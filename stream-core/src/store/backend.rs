@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::coordinates::{TopicPartition, UpstreamKey};
 use crate::error::StoreError;
 
 /// Changes to one store: key and value (`None` deletes).
@@ -16,12 +17,13 @@ pub type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 /// `changelog_offsets`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
-    /// Next changelog offset to read, per `topic/partition`.
-    pub changelog_offsets: BTreeMap<String, i64>,
-    /// Next input offset to process, per source topic.
-    pub positions: BTreeMap<String, i64>,
-    /// Highest upstream (offset, sequence) applied, per `repartition-topic/upstream-partition`.
-    pub dedup: BTreeMap<String, (i64, u32)>,
+    /// Next changelog offset to read, per changelog partition.
+    pub changelog_offsets: BTreeMap<TopicPartition, i64>,
+    /// Next input offset to process, per input partition.
+    pub positions: BTreeMap<TopicPartition, i64>,
+    /// Highest upstream (offset, sequence) applied, per repartition topic
+    /// and upstream partition.
+    pub dedup: BTreeMap<UpstreamKey, (i64, u32)>,
     /// Number of entries per store index after the commit (damage detection).
     pub entries: Vec<u64>,
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::headers::{SourceMark, UpstreamMark, SOURCE_HEADER, UPSTREAM_HEADER};
 use super::policy::FailureStage;
-use super::{tp_key, InputRecord, TaskConfig, TaskError};
+use super::{InputRecord, TaskConfig, TaskError};
+use crate::coordinates::TopicPartition;
 use crate::error::{Origin, ProcessError};
 use crate::graph::{ChangelogCodec, Partitioner};
 use crate::partitioner::partition_for_key;
@@ -262,11 +263,14 @@ impl RecordCollector {
         out
     }
 
-    /// `tp_key`s of the changelog partitions.
-    pub(crate) fn changelog_keys(&self) -> impl Iterator<Item = String> + '_ {
+    /// The changelog partitions.
+    pub(crate) fn changelog_keys(&self) -> impl Iterator<Item = TopicPartition> + '_ {
         self.changelog_partitions()
             .into_iter()
-            .map(|(_, t, p)| tp_key(&t, p))
+            .map(|(_, t, p)| TopicPartition {
+                topic: t,
+                partition: p,
+            })
     }
 
     /// The codec of store `idx`'s changelog, if it has its own format.

@@ -16,6 +16,7 @@
 //! | [`policy`] | what a failing record does |
 //! | `types` | the task's id, configuration, input, counters and errors |
 
+use crate::coordinates::TopicPartition;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ pub use headers::{SOURCE_HEADER, UPSTREAM_HEADER};
 pub use policy::{ErrorPolicy, FailureStage};
 use progress::Progress;
 pub use types::{
-    tp_key, CommittedOffset, InputRecord, RestoreTarget, TaskConfig, TaskError, TaskId, TaskMetrics,
+    CommittedOffset, InputRecord, RestoreTarget, TaskConfig, TaskError, TaskId, TaskMetrics,
 };
 
 /// The origin of punctuation output: no input record (changes it causes
@@ -139,9 +140,14 @@ impl Task {
         }
     }
 
-    /// Next offset to process per `topic/partition`.
-    pub fn positions(&self) -> &BTreeMap<String, i64> {
+    /// Next offset to process per input partition.
+    pub fn positions(&self) -> &BTreeMap<TopicPartition, i64> {
         self.progress.positions()
+    }
+
+    /// Next offset to process of `topic`/`partition`, if known.
+    pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.progress.position(topic, partition)
     }
 
     /// The stores of this task.
@@ -216,7 +222,6 @@ impl Task {
             partition: input.partition,
             offset: input.offset,
         };
-        let pos_key = tp_key(input.topic, input.partition);
         let mut arrival = None;
         let mut upstream_raw = None;
         if internal {
@@ -225,7 +230,8 @@ impl Task {
                     match self.progress.arrive(input.topic, &up) {
                         Err(()) => {
                             self.duplicates_skipped += 1;
-                            self.progress.advance(pos_key, input.offset + 1);
+                            self.progress
+                                .advance(input.topic, input.partition, input.offset + 1);
                             return Ok(());
                         }
                         Ok(a) => {
@@ -283,7 +289,8 @@ impl Task {
             }
             self.out.dead_letter(self.id, input, &origin, stage, reason);
         }
-        self.progress.advance(pos_key, input.offset + 1);
+        self.progress
+            .advance(input.topic, input.partition, input.offset + 1);
         if let Some(a) = arrival {
             self.progress.applied(a);
         }
@@ -318,15 +325,12 @@ impl Task {
     /// - no committed offset: the checkpoint's position, or the beginning.
     pub fn begin_restore(
         &mut self,
-        committed: &BTreeMap<String, CommittedOffset>,
+        committed: &BTreeMap<TopicPartition, CommittedOffset>,
     ) -> Result<Vec<RestoreTarget>, StoreError> {
         let checkpoint = self.stores.checkpoint()?;
         let (graph, grouped, partition) = (&self.graph, self.config.grouped, self.id.partition);
-        let reads = |tp: &str| {
-            tp.rsplit_once('/').is_some_and(|(topic, p)| {
-                graph.reads(topic) && (grouped || p.parse() == Ok(partition))
-            })
-        };
+        let reads =
+            |tp: &TopicPartition| graph.reads(&tp.topic) && (grouped || tp.partition == partition);
         self.progress.plan(
             self.id,
             self.topology_keeps_state,
@@ -340,7 +344,7 @@ impl Task {
             .map(|(store, topic, partition)| RestoreTarget {
                 start: self
                     .progress
-                    .changelog_offset(&tp_key(&topic, partition))
+                    .changelog_offset(&TopicPartition::new(&topic, partition))
                     .unwrap_or(0),
                 store,
                 topic,
@@ -353,8 +357,10 @@ impl Task {
     /// can be restored: input positions ahead of the checkpoint's (an
     /// offset this application committed after a sled write that a crash
     /// lost) go back to it, and restore skips nothing. Returns the moved
-    /// partitions as `(topic/partition, from, to)`.
-    pub fn fall_back_to_checkpoint(&mut self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    /// partitions as `(partition, from, to)`.
+    pub fn fall_back_to_checkpoint(
+        &mut self,
+    ) -> Result<Vec<(TopicPartition, i64, i64)>, StoreError> {
         let local = self
             .stores
             .checkpoint()?
@@ -402,7 +408,7 @@ impl Task {
     /// Records how far restore has read a changelog partition.
     pub fn restore_progress(&mut self, topic: &str, partition: i32, next_offset: i64) {
         self.progress
-            .set_changelog_offset(tp_key(topic, partition), next_offset);
+            .set_changelog_offset(TopicPartition::new(topic, partition), next_offset);
     }
 
     /// Writes restored state and the restore position durably, so that an
@@ -423,11 +429,11 @@ impl Task {
     }
 
     /// Commits state after every produced record was acknowledged.
-    /// `next_changelog_offsets` maps `topic/partition` to the offset after
-    /// the last acknowledged changelog record.
+    /// `next_changelog_offsets` maps changelog partitions to the offset
+    /// after the last acknowledged changelog record.
     pub fn commit_state(
         &mut self,
-        next_changelog_offsets: &HashMap<String, i64>,
+        next_changelog_offsets: &HashMap<TopicPartition, i64>,
     ) -> Result<(), StoreError> {
         self.progress
             .acknowledged(self.out.changelog_keys(), next_changelog_offsets);

@@ -3,72 +3,115 @@
 //! recorded, and the restore filter. The exactly-once and exact-restore
 //! logic, in one place.
 //!
-//! Keys are [`tp_key`]s (`topic/partition`), as in the sled checkpoint.
+//! Keys are [`TopicPartition`]s and [`UpstreamKey`]s, as in the sled
+//! checkpoint. A task has a handful of each, so the per-record lookups scan
+//! them by `&str` rather than build a key.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::headers::{SourceMark, UpstreamMark};
-use super::{tp_key, CommittedOffset, TaskId};
+use super::{CommittedOffset, TaskId};
+use crate::coordinates::{TopicPartition, UpstreamKey};
 use crate::store::Checkpoint;
 
-/// The dedup key of upstream partition `up_partition` of `up_topic` as
-/// seen through repartition topic `topic`.
-fn dedup_key(topic: &str, up_topic: &str, up_partition: i32) -> String {
-    format!("{topic}/{up_topic}/{up_partition}")
+/// The value of `topic`/`partition` in `map`, found without allocating.
+fn lookup<V: Copy>(map: &BTreeMap<TopicPartition, V>, topic: &str, partition: i32) -> Option<V> {
+    map.iter()
+        .find(|(k, _)| k.is(topic, partition))
+        .map(|(_, v)| *v)
 }
 
 /// Positions, dedup marks and changelog offsets, and their committed copies.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     /// Next input offset to process, per input partition.
-    positions: BTreeMap<String, i64>,
+    positions: BTreeMap<TopicPartition, i64>,
     /// Per repartition topic and upstream partition: the last applied
     /// upstream `(offset, seq)`.
-    dedup: BTreeMap<String, (i64, u32)>,
+    dedup: BTreeMap<UpstreamKey, (i64, u32)>,
     /// Per changelog partition: the offset after the last acknowledged
     /// record (restore starts there).
-    changelog_offsets: BTreeMap<String, i64>,
+    changelog_offsets: BTreeMap<TopicPartition, i64>,
     /// During restore: changes whose input offset is at or past this are
     /// skipped (their input was never committed).
-    restore_limits: BTreeMap<String, i64>,
-    committed_positions: BTreeMap<String, i64>,
-    committed_dedup: BTreeMap<String, (i64, u32)>,
+    restore_limits: BTreeMap<TopicPartition, i64>,
+    committed_positions: BTreeMap<TopicPartition, i64>,
+    committed_dedup: BTreeMap<UpstreamKey, (i64, u32)>,
 }
 
 /// An upstream record arriving through a repartition topic.
-pub(crate) struct Arrival {
-    key: String,
+pub(crate) struct Arrival<'a> {
+    via: &'a str,
+    up_topic: &'a str,
+    up_partition: i32,
     mark: (i64, u32),
 }
 
 impl Progress {
     /// Next offset to process per input partition.
-    pub(crate) fn positions(&self) -> &BTreeMap<String, i64> {
+    pub(crate) fn positions(&self) -> &BTreeMap<TopicPartition, i64> {
         &self.positions
     }
 
-    /// Records that `tp` was processed up to `next` (exclusive).
-    pub(crate) fn advance(&mut self, tp: String, next: i64) {
-        self.positions.insert(tp, next);
+    /// Next offset to process of `topic`/`partition`.
+    pub(crate) fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+        lookup(&self.positions, topic, partition)
+    }
+
+    /// Records that `topic`/`partition` was processed up to `next` (exclusive).
+    pub(crate) fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+        match self
+            .positions
+            .iter_mut()
+            .find(|(k, _)| k.is(topic, partition))
+        {
+            Some((_, v)) => *v = next,
+            None => {
+                self.positions
+                    .insert(TopicPartition::new(topic, partition), next);
+            }
+        }
     }
 
     /// Checks a repartition record's upstream mark: `Err(())` if it was
     /// already applied (an upstream replay), else what to record once it
     /// is processed.
-    pub(crate) fn arrive(&self, topic: &str, up: &UpstreamMark<'_>) -> Result<Arrival, ()> {
-        let key = dedup_key(topic, up.topic, up.partition);
-        match self.dedup.get(&key) {
-            Some(&mark) if up.position() <= mark => Err(()),
+    pub(crate) fn arrive<'a>(
+        &self,
+        topic: &'a str,
+        up: &UpstreamMark<'a>,
+    ) -> Result<Arrival<'a>, ()> {
+        let known = self
+            .dedup
+            .iter()
+            .find(|(k, _)| k.is(topic, up.topic, up.partition));
+        match known {
+            Some((_, &mark)) if up.position() <= mark => Err(()),
             _ => Ok(Arrival {
-                key,
+                via: topic,
+                up_topic: up.topic,
+                up_partition: up.partition,
                 mark: up.position(),
             }),
         }
     }
 
     /// Records a processed repartition record.
-    pub(crate) fn applied(&mut self, arrival: Arrival) {
-        self.dedup.insert(arrival.key, arrival.mark);
+    pub(crate) fn applied(&mut self, a: Arrival<'_>) {
+        let known = self
+            .dedup
+            .iter_mut()
+            .find(|(k, _)| k.is(a.via, a.up_topic, a.up_partition));
+        match known {
+            Some((_, v)) => *v = a.mark,
+            None => {
+                let key = UpstreamKey {
+                    via: a.via.to_string(),
+                    upstream: TopicPartition::new(a.up_topic, a.up_partition),
+                };
+                self.dedup.insert(key, a.mark);
+            }
+        }
     }
 
     /// Prepares a restore: decides where input resumes (see
@@ -79,12 +122,12 @@ impl Progress {
         &mut self,
         task: TaskId,
         keeps_state: bool,
-        reads: impl Fn(&str) -> bool,
-        committed: &BTreeMap<String, CommittedOffset>,
+        reads: impl Fn(&TopicPartition) -> bool,
+        committed: &BTreeMap<TopicPartition, CommittedOffset>,
         checkpoint: Option<&Checkpoint>,
     ) {
         let local = checkpoint.map(|c| &c.positions);
-        let mut limits: BTreeMap<String, i64> = BTreeMap::new();
+        let mut limits: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         for (tp, c) in committed.iter().filter(|(tp, _)| reads(tp)) {
             if c.ours {
                 limits.insert(tp.clone(), c.offset);
@@ -136,7 +179,10 @@ impl Progress {
 
     /// Moves positions ahead of `local` (the checkpoint's) back to it;
     /// returns `(topic/partition, from, to)` for each one moved.
-    pub(crate) fn fall_back(&mut self, local: &BTreeMap<String, i64>) -> Vec<(String, i64, i64)> {
+    pub(crate) fn fall_back(
+        &mut self,
+        local: &BTreeMap<TopicPartition, i64>,
+    ) -> Vec<(TopicPartition, i64, i64)> {
         let mut moved = Vec::new();
         for (tp, pos) in self.positions.iter_mut() {
             let at = local.get(tp).copied().unwrap_or(0);
@@ -154,11 +200,7 @@ impl Progress {
     pub(crate) fn admits(&self, headers: &[(String, Vec<u8>)]) -> bool {
         match SourceMark::find(headers) {
             Some(src) => {
-                let limit = self
-                    .restore_limits
-                    .get(&tp_key(src.topic, src.partition))
-                    .copied()
-                    .unwrap_or(0);
+                let limit = lookup(&self.restore_limits, src.topic, src.partition).unwrap_or(0);
                 src.offset < limit
             }
             None => true,
@@ -171,30 +213,31 @@ impl Progress {
         let (Some(up), Some(src)) = (UpstreamMark::find(headers), SourceMark::find(headers)) else {
             return;
         };
-        let e = self
-            .dedup
-            .entry(dedup_key(src.topic, up.topic, up.partition))
-            .or_insert(up.position());
+        let key = UpstreamKey {
+            via: src.topic.to_string(),
+            upstream: TopicPartition::new(up.topic, up.partition),
+        };
+        let e = self.dedup.entry(key).or_insert(up.position());
         if up.position() > *e {
             *e = up.position();
         }
     }
 
     /// The changelog offset restore starts from for `tp`.
-    pub(crate) fn changelog_offset(&self, tp: &str) -> Option<i64> {
+    pub(crate) fn changelog_offset(&self, tp: &TopicPartition) -> Option<i64> {
         self.changelog_offsets.get(tp).copied()
     }
 
     /// Restore has read changelog partition `tp` up to `next`.
-    pub(crate) fn set_changelog_offset(&mut self, tp: String, next: i64) {
+    pub(crate) fn set_changelog_offset(&mut self, tp: TopicPartition, next: i64) {
         self.changelog_offsets.insert(tp, next);
     }
 
     /// Takes the acknowledged changelog offsets of `partitions` from `acked`.
     pub(crate) fn acknowledged(
         &mut self,
-        partitions: impl Iterator<Item = String>,
-        acked: &HashMap<String, i64>,
+        partitions: impl Iterator<Item = TopicPartition>,
+        acked: &HashMap<TopicPartition, i64>,
     ) {
         for k in partitions {
             if let Some(&o) = acked.get(&k) {
@@ -249,9 +292,13 @@ mod tests {
 
     fn checkpoint(positions: &[(&str, i64)]) -> Checkpoint {
         Checkpoint {
-            positions: positions.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            positions: positions.iter().map(|(k, v)| (tp(k), *v)).collect(),
             ..Checkpoint::default()
         }
+    }
+
+    fn tp(s: &str) -> TopicPartition {
+        s.parse().unwrap()
     }
 
     const T: TaskId = TaskId {
@@ -262,28 +309,28 @@ mod tests {
     #[test]
     fn should_trust_only_its_own_offsets_and_else_the_checkpoint() {
         let committed: BTreeMap<_, _> = [
-            ("in/0".to_string(), ours(50)),
-            ("in/1".to_string(), foreign(900)),
-            ("in/2".to_string(), foreign(900)),
+            (tp("in/0"), ours(50)),
+            (tp("in/1"), foreign(900)),
+            (tp("in/2"), foreign(900)),
         ]
         .into();
         let cp = checkpoint(&[("in/0", 40), ("in/1", 70)]);
         let mut p = Progress::default();
         p.plan(T, true, |_| true, &committed, Some(&cp));
-        assert_eq!(p.positions().get("in/0"), Some(&50), "ours, ahead of sled");
-        assert_eq!(p.positions().get("in/1"), Some(&70), "foreign: sled's");
-        assert_eq!(p.positions().get("in/2"), None, "foreign, no state: from 0");
+        assert_eq!(p.position("in", 0), Some(50), "ours, ahead of sled");
+        assert_eq!(p.position("in", 1), Some(70), "foreign: sled's");
+        assert_eq!(p.position("in", 2), None, "foreign, no state: from 0");
         let mut p = Progress::default();
         p.plan(T, false, |_| true, &committed, None);
-        assert_eq!(p.positions().get("in/2"), Some(&900), "stateless: foreign");
+        assert_eq!(p.position("in", 2), Some(900), "stateless: foreign");
         let mut p = Progress::default();
-        p.plan(T, true, |tp| tp == "in/0", &committed, None);
+        p.plan(T, true, |t| t.is("in", 0), &committed, None);
         assert_eq!(p.positions().len(), 1, "only the task's partitions");
     }
 
     #[test]
     fn should_admit_only_committed_changes_and_fall_back_when_asked() {
-        let committed: BTreeMap<_, _> = [("in/0".to_string(), ours(10))].into();
+        let committed: BTreeMap<_, _> = [(tp("in/0"), ours(10))].into();
         let mut p = Progress::default();
         p.plan(
             T,
@@ -307,14 +354,14 @@ mod tests {
         assert!(!p.admits(&h(10)));
         assert!(p.admits(&[]), "no mark: applied");
         let moved = p.fall_back(&checkpoint(&[("in/0", 4)]).positions);
-        assert_eq!(moved, vec![("in/0".to_string(), 10, 4)]);
+        assert_eq!(moved, vec![(tp("in/0"), 10, 4)]);
         assert!(!p.admits(&h(4)));
     }
 
     #[test]
     fn should_roll_back_positions_and_marks_to_the_last_commit() {
         let mut p = Progress::default();
-        p.advance("in/0".into(), 5);
+        p.advance("in", 0, 5);
         let up = UpstreamMark {
             offset: 3,
             seq: 0,
@@ -325,12 +372,12 @@ mod tests {
         p.applied(a);
         p.committed();
         assert!(p.arrive("rep", &up).is_err(), "already applied");
-        p.advance("in/0".into(), 9);
+        p.advance("in", 0, 9);
         let later = UpstreamMark { offset: 4, ..up };
         let a = p.arrive("rep", &later).ok().unwrap();
         p.applied(a);
         p.rollback();
-        assert_eq!(p.positions().get("in/0"), Some(&5));
+        assert_eq!(p.position("in", 0), Some(5));
         assert!(p.arrive("rep", &later).is_ok(), "rolled back mark");
     }
 }

@@ -154,8 +154,3 @@ pub struct RestoreTarget {
     /// First offset to read.
     pub start: i64,
 }
-
-/// The position key `topic/partition` used in checkpoints.
-pub fn tp_key(topic: &str, partition: i32) -> String {
-    format!("{topic}/{partition}")
-}
