@@ -4,6 +4,7 @@
 //! and sink nodes of the processor graph. [`DefaultSerde`] names the serde a
 //! type gets when the user does not choose one.
 
+use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -115,30 +116,74 @@ pub trait DefaultSerde: Sized + Clone + Send + Sync + 'static {
     fn default_serde() -> Arc<dyn Serde<Self>>;
 }
 
-impl DefaultSerde for String {
-    fn default_serde() -> Arc<dyn Serde<Self>> {
-        Arc::new(StringSerde)
-    }
+/// The built-in types, each with its default serde and whether a stored
+/// value of it is shown as JSON (raw bytes are not: they are shown as text
+/// or hex). The one list behind [`DefaultSerde`], [`builtin_serde`] and
+/// [`to_json`].
+macro_rules! builtin_types {
+    ($($t:ty => $serde:expr, $json:literal);* $(;)?) => {
+        $(impl DefaultSerde for $t {
+            fn default_serde() -> Arc<dyn Serde<Self>> {
+                Arc::new($serde)
+            }
+        })*
+
+        /// The default serde of `T` when `T` is a built-in type (`String`,
+        /// `Vec<u8>`, `i64`, `()`, `serde_json::Value`), for code generic
+        /// over `T` that cannot name [`DefaultSerde`]; `None` otherwise.
+        ///
+        /// ```
+        /// use stream_core::serde::builtin_serde;
+        /// assert!(builtin_serde::<i64>().is_some());
+        /// assert!(builtin_serde::<u8>().is_none());
+        /// ```
+        pub fn builtin_serde<T: 'static>() -> Option<Arc<dyn Serde<T>>> {
+            let t = TypeId::of::<T>();
+            $(if t == TypeId::of::<$t>() {
+                let any: Box<dyn Any> = Box::new(<$t as DefaultSerde>::default_serde());
+                return any.downcast::<Arc<dyn Serde<T>>>().ok().map(|b| *b);
+            })*
+            None
+        }
+
+        /// A decoded value as JSON, when it is of a built-in type shown as
+        /// JSON (or a plain number or boolean a custom serde produced).
+        ///
+        /// ```
+        /// use stream_core::serde::to_json;
+        /// assert_eq!(to_json(&(Box::new(3_i64) as stream_core::data::DynData)), Some(serde_json::json!(3)));
+        /// ```
+        pub fn to_json(value: &DynData) -> Option<serde_json::Value> {
+            let any = value.as_ref().as_any();
+            $(if $json {
+                if let Some(v) = any.downcast_ref::<$t>() {
+                    return serde_json::to_value(v).ok();
+                }
+            })*
+            to_json_plain(any)
+        }
+    };
 }
-impl DefaultSerde for Vec<u8> {
-    fn default_serde() -> Arc<dyn Serde<Self>> {
-        Arc::new(BytesSerde)
-    }
+
+builtin_types! {
+    String => StringSerde, true;
+    Vec<u8> => BytesSerde, false;
+    i64 => I64Serde, true;
+    () => UnitSerde, true;
+    serde_json::Value => JsonSerde::<serde_json::Value>::new(), true;
 }
-impl DefaultSerde for i64 {
-    fn default_serde() -> Arc<dyn Serde<Self>> {
-        Arc::new(I64Serde)
+
+/// Plain numbers and booleans, which have no default serde.
+fn to_json_plain(any: &dyn Any) -> Option<serde_json::Value> {
+    macro_rules! plain {
+        ($($t:ty),*) => {
+            $(if let Some(v) = any.downcast_ref::<$t>() {
+                return serde_json::to_value(v).ok();
+            })*
+        };
     }
-}
-impl DefaultSerde for () {
-    fn default_serde() -> Arc<dyn Serde<Self>> {
-        Arc::new(UnitSerde)
-    }
-}
-impl DefaultSerde for serde_json::Value {
-    fn default_serde() -> Arc<dyn Serde<Self>> {
-        Arc::new(JsonSerde::<serde_json::Value>::new())
-    }
+    plain!(u64, i32, u32, f64, bool);
+    None
 }
 
 /// A type-erased serde, used by source and sink nodes.

@@ -10,9 +10,10 @@ use stream_core::{
     Context, KeyValueStore, ProcessError, Processor, Record, SerdeError, TopologyError,
 };
 
-use crate::kstream::{KStream, builtin_serde};
+use crate::kstream::KStream;
 use crate::ktable::KTable;
 use crate::options::Materialized;
+use stream_core::serde::builtin_serde;
 
 /// A stream grouped by key, waiting for an aggregation.
 pub struct KGroupedStream<K, V> {

@@ -1,37 +1,16 @@
 //! [`KStream`]: a typed stream of records and its operators.
 
-use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use stream_core::data::Data;
 use stream_core::graph::{TopicRef, repartition_suffix};
-use stream_core::serde::{BytesSerde, DefaultSerde, Serde, erase};
+use stream_core::serde::{Serde, builtin_serde, erase};
 use stream_core::{Processor, TopologyError};
 
 use crate::builder::StreamsBuilder;
 use crate::grouped::KGroupedStream;
 use crate::ops::{self, OpFn};
 use crate::options::{Grouped, Produced};
-
-/// The built-in serde of `T` when `T` is `String`, `Vec<u8>`, `i64`, `()`
-/// or `serde_json::Value`; `None` otherwise.
-pub(crate) fn builtin_serde<T: 'static>() -> Option<Arc<dyn Serde<T>>> {
-    let t = TypeId::of::<T>();
-    let any: Box<dyn Any> = if t == TypeId::of::<String>() {
-        Box::new(String::default_serde())
-    } else if t == TypeId::of::<Vec<u8>>() {
-        Box::new(Arc::new(BytesSerde) as Arc<dyn Serde<Vec<u8>>>)
-    } else if t == TypeId::of::<i64>() {
-        Box::new(i64::default_serde())
-    } else if t == TypeId::of::<()>() {
-        Box::new(<()>::default_serde())
-    } else if t == TypeId::of::<serde_json::Value>() {
-        Box::new(serde_json::Value::default_serde())
-    } else {
-        return None;
-    };
-    any.downcast::<Arc<dyn Serde<T>>>().ok().map(|b| *b)
-}
 
 /// Where a record came from, for operators that show it.
 #[derive(Debug, Clone, PartialEq, Eq)]

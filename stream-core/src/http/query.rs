@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::data::DynData;
 use crate::graph::{StoreFormat, Topology};
 use crate::partitioner::partition_for_key;
 use crate::serde::DynSerde;
@@ -66,7 +65,7 @@ fn round_trips(serde: &dyn DynSerde, bytes: &[u8]) -> bool {
 /// UTF-8 text or hex, in that order of preference.
 pub fn render(serde: Option<&Arc<dyn DynSerde>>, bytes: &[u8]) -> Value {
     if let Some(v) = serde.and_then(|s| s.deserialize_dyn(bytes).ok()) {
-        if let Some(v) = plain(&v) {
+        if let Some(v) = crate::serde::to_json(&v) {
             return v;
         }
     }
@@ -77,32 +76,6 @@ pub fn render(serde: Option<&Arc<dyn DynSerde>>, bytes: &[u8]) -> Value {
         Ok(s) => Value::String(s.to_string()),
         Err(_) => json!({ "hex": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>() }),
     }
-}
-
-fn plain(v: &DynData) -> Option<Value> {
-    let any = v.as_ref().as_any();
-    if let Some(s) = any.downcast_ref::<String>() {
-        return Some(Value::String(s.clone()));
-    }
-    if let Some(n) = any.downcast_ref::<i64>() {
-        return Some(json!(n));
-    }
-    if let Some(n) = any.downcast_ref::<u64>() {
-        return Some(json!(n));
-    }
-    if let Some(n) = any.downcast_ref::<i32>() {
-        return Some(json!(n));
-    }
-    if let Some(n) = any.downcast_ref::<f64>() {
-        return Some(json!(n));
-    }
-    if let Some(b) = any.downcast_ref::<bool>() {
-        return Some(json!(b));
-    }
-    if let Some(j) = any.downcast_ref::<Value>() {
-        return Some(j.clone());
-    }
-    any.downcast_ref::<()>().map(|_| Value::Null)
 }
 
 /// The task that holds `key` of `store`: its sub-topology, and the
