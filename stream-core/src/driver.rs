@@ -30,7 +30,9 @@ use crate::graph::{dead_letter_topic_name, TopicRef, Topology};
 use crate::partitioner::partition_for_key;
 use crate::record::{Headers, OutRecord};
 use crate::store::MemoryBackend;
-use crate::task::{CommittedOffset, ErrorPolicy, InputRecord, Task, TaskConfig, TaskError, TaskId};
+use crate::task::{
+    CommittedOffset, ErrorPolicy, InputRecord, Task, TaskConfig, TaskError, TaskId, TaskLayout,
+};
 
 /// A record stored in one of the driver's topics.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +72,7 @@ impl TestDriver {
                 partition_counts: Arc::new(HashMap::new()),
                 dead_letter_topic: dead_letter_topic_name(application_id),
                 on_error: ErrorPolicy::DeadLetter,
-                grouped: false,
+                layout: TaskLayout::PerPartition,
                 commit_tag: String::new(),
             }),
             partitions: HashMap::new(),
@@ -103,7 +105,7 @@ impl TestDriver {
     /// One task per sub-topology reads every partition, as the runtime's
     /// single-instance mode does.
     pub fn with_single_task(mut self) -> Self {
-        Arc::make_mut(&mut self.config).grouped = true;
+        Arc::make_mut(&mut self.config).layout = TaskLayout::SingleInstance;
         self.rebuild();
         self
     }
@@ -126,51 +128,39 @@ impl TestDriver {
     /// then creates fresh tasks and restores them.
     fn rebuild(&mut self) {
         let app = self.app().to_string();
-        let mut counts: HashMap<String, i32> = HashMap::new();
+        let external: HashMap<String, i32> = self
+            .topology
+            .subtopologies()
+            .iter()
+            .flat_map(|st| st.sources.iter())
+            .filter_map(|t| match t {
+                TopicRef::External(name) => Some((name.clone(), self.count_of(name))),
+                TopicRef::Internal(_) => None,
+            })
+            .collect();
+        let mut counts = match self.topology.plan_partitions(&app, &external) {
+            Ok(plan) => plan.partitions,
+            Err(e) => panic!("the topology cannot run: {e}"),
+        };
+        // A changelog topic given a count of its own (a shared one) keeps it.
         for st in self.topology.subtopologies() {
-            for t in &st.sources {
-                if let TopicRef::External(name) = t {
-                    counts.insert(name.clone(), self.count_of(name));
-                }
-            }
-        }
-        for _ in 0..self.topology.subtopologies().len() + 1 {
-            for st in self.topology.subtopologies() {
-                let upstream = st
-                    .sources
-                    .iter()
-                    .filter_map(|t| counts.get(&t.resolve(&app)).copied())
-                    .max();
-                for t in &st.sinks {
-                    if let TopicRef::Internal(suffix) = t {
-                        let fixed = self
-                            .topology
-                            .repartition_topics()
-                            .get(suffix)
-                            .copied()
-                            .flatten();
-                        if let Some(n) = fixed.or(upstream) {
-                            counts.insert(t.resolve(&app), n);
-                        }
-                    }
-                }
-            }
-        }
-        for st in self.topology.subtopologies() {
-            let n = st
-                .sources
-                .iter()
-                .filter_map(|t| counts.get(&t.resolve(&app)).copied())
-                .max()
-                .unwrap_or(1);
             for s in &st.stores {
                 if let Some(cl) = self
                     .topology
                     .store(s)
                     .and_then(|spec| spec.changelog_topic(&app))
                 {
-                    let fixed = self.partitions.get(&cl).copied().unwrap_or(n);
-                    counts.entry(cl).or_insert(fixed);
+                    if let Some(&fixed) = self.partitions.get(&cl) {
+                        counts.insert(cl, fixed);
+                    } else {
+                        let n = st
+                            .sources
+                            .iter()
+                            .filter_map(|t| counts.get(&t.resolve(&app)).copied())
+                            .max()
+                            .unwrap_or(1);
+                        counts.entry(cl).or_insert(n);
+                    }
                 }
             }
         }
@@ -191,7 +181,7 @@ impl TestDriver {
                 .map(|t| self.count_of(&t.resolve(&app)))
                 .max()
                 .unwrap_or(1);
-            let n = if self.config.grouped { 1 } else { n };
+            let n = if self.config.layout.is_single() { 1 } else { n };
             for p in 0..n {
                 let id = TaskId {
                     subtopology: st.id,
@@ -353,7 +343,7 @@ impl TestDriver {
                 let reads: Vec<(String, i32)> = topics
                     .iter()
                     .flat_map(|t| {
-                        let parts: Vec<i32> = if self.config.grouped {
+                        let parts: Vec<i32> = if self.config.layout.is_single() {
                             (0..self.count_of(t)).collect()
                         } else {
                             vec![id.partition]

@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 mod describe;
+mod partitions;
+
+pub use partitions::{CoPartitionMismatch, PartitionPlan};
 
 use crate::error::{SerdeError, TopologyError};
 use crate::processor::Processor;

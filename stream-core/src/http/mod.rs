@@ -117,7 +117,7 @@ impl Shared {
             };
             for t in &st.sources {
                 let topic = t.resolve(app);
-                if self.cfg.single_instance {
+                if self.cfg.layout().is_single() {
                     let n = self.partitions().get(&topic).copied().unwrap_or(1);
                     out.extend((0..n).map(|p| (topic.clone(), p)));
                 } else {

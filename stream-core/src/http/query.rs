@@ -85,7 +85,7 @@ pub fn locate(
     topology: &Topology,
     application_id: &str,
     partitions: &HashMap<String, i32>,
-    grouped: bool,
+    layout: crate::task::TaskLayout,
     store: &str,
     key: &[u8],
 ) -> Result<KeyLocation, QueryError> {
@@ -100,11 +100,7 @@ pub fn locate(
         .map(|t| t.resolve(application_id))
         .ok_or_else(|| QueryError::UnknownStore(store.to_string()))?;
     let count = partitions.get(&topic).copied().unwrap_or(1);
-    let partition = if grouped {
-        0
-    } else {
-        partition_for_key(key, count)
-    };
+    let partition = layout.task_of(partition_for_key(key, count));
     Ok(KeyLocation {
         task: TaskId {
             subtopology: st.id,

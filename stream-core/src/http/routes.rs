@@ -187,7 +187,7 @@ async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> R
         &s.topology,
         &s.cfg.application_id,
         s.partitions(),
-        s.cfg.single_instance,
+        s.cfg.layout(),
         &store,
         &bytes,
     ) {

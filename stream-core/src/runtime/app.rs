@@ -182,17 +182,17 @@ impl KafkaStreams {
         let _ = self.partitions.set(plan.partitions.clone());
         let dead_letter_file =
             (!plan.dead_letter_topic_ok).then(|| state.path().join("dead-letters.jsonl"));
-        let grouped = self.cfg.single_instance;
+        let layout = self.cfg.layout();
         let task_cfg = Arc::new(TaskConfig {
             application_id: self.cfg.application_id.clone(),
             partition_counts: Arc::new(plan.partitions.clone()),
             dead_letter_topic: self.cfg.dead_letter_topic(),
             on_error: self.cfg.on_error,
-            grouped,
+            layout,
             commit_tag: super::ownership::commit_tag(&self.topology, &self.cfg.application_id),
         });
         // Single-instance mode needs one consumer for the whole group.
-        let threads = if grouped {
+        let threads = if layout.is_single() {
             1
         } else {
             self.cfg.num_stream_threads.max(1)

@@ -103,8 +103,9 @@ pub struct StreamsConfig {
     pub dead_letter_topic: Option<String>,
     /// Replication factor of internal topics (`None`: the broker's default).
     pub replication_factor: Option<i32>,
-    /// Single-instance mode: one task per sub-topology reads all partitions,
-    /// and the instance stops if another member joins its group.
+    /// Single-instance mode ([`TaskLayout::SingleInstance`](crate::task::TaskLayout)):
+    /// one task per sub-topology reads all partitions, and the instance
+    /// stops if another member joins its group.
     pub single_instance: bool,
     /// Reads every partition of the source topics without joining the
     /// consumer group: no group membership, no offset commits; input
@@ -145,6 +146,15 @@ pub struct StreamsConfig {
 }
 
 impl StreamsConfig {
+    /// How this instance maps input partitions to tasks.
+    pub fn layout(&self) -> crate::task::TaskLayout {
+        if self.single_instance {
+            crate::task::TaskLayout::SingleInstance
+        } else {
+            crate::task::TaskLayout::PerPartition
+        }
+    }
+
     /// A configuration with defaults: at-least-once, 100 ms commits,
     /// state under the system temp directory.
     pub fn new(application_id: &str, bootstrap_servers: &str) -> Self {

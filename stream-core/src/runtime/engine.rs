@@ -216,7 +216,7 @@ impl Engine {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        if self.task_cfg.grouped {
+        if self.task_cfg.layout.is_single() {
             let total: i32 = self
                 .topology
                 .source_topics(&self.cfg.application_id)
@@ -330,7 +330,7 @@ impl Engine {
         for id in affected {
             if let Some(mut e) = self.tasks.remove(&id) {
                 e.partitions.retain(|tp| !revoked.contains(tp));
-                if e.partitions.is_empty() || !self.task_cfg.grouped {
+                if e.partitions.is_empty() || !self.task_cfg.layout.is_single() {
                     e.task.close();
                     self.status.remove_task(id);
                 } else {
@@ -338,7 +338,7 @@ impl Engine {
                 }
             }
         }
-        if self.task_cfg.grouped
+        if self.task_cfg.layout.is_single()
             && !self.closing
             && !revoked.is_empty()
             && !lost

@@ -39,7 +39,7 @@ impl OwnedTasks {
         let st = self
             .topology
             .subtopology_reading(&self.task_cfg.application_id, topic)?;
-        let partition = if self.task_cfg.grouped { 0 } else { partition };
+        let partition = self.task_cfg.layout.task_of(partition);
         Some(TaskId {
             subtopology: st.id,
             partition,

@@ -38,53 +38,29 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
     // Reachability and credentials first: one metadata round trip.
     check_connection(cfg)?;
 
-    // External sources: must exist; co-partitioned within a sub-topology.
+    // External sources must exist; the planner gives every other count.
     let subs = topology.subtopologies();
-    let mut task_counts: Vec<Option<i32>> = vec![None; subs.len()];
+    let mut external = HashMap::new();
     for st in subs {
-        let mut counts = Vec::new();
         for t in &st.sources {
             if let TopicRef::External(name) = t {
-                let n = partitions_of(&admin, name, "Read").await?;
-                plan.partitions.insert(name.clone(), n);
-                counts.push((name.clone(), n));
-            }
-        }
-        if let Some((first, n)) = counts.first() {
-            if let Some((other, m)) = counts.iter().find(|(_, m)| m != n) {
-                return Err(RuntimeError::TopicMismatch {
-                    topic: other.clone(),
-                    reason: format!(
-                        "it has {m} partitions but `{first}`, read by the same sub-topology, has {n}; co-partitioned topics need equal counts"
-                    ),
-                });
-            }
-            task_counts[st.id] = Some(*n);
-        }
-    }
-    // Repartition topics take their upstream's count, or a configured one.
-    for _ in 0..=subs.len() {
-        for st in subs {
-            for t in &st.sinks {
-                if let TopicRef::Internal(suffix) = t {
-                    let fixed = topology.repartition_topics().get(suffix).copied().flatten();
-                    if let Some(n) = fixed.or(task_counts[st.id]) {
-                        plan.partitions.insert(t.resolve(app), n);
-                    }
+                if !external.contains_key(name) {
+                    external.insert(name.clone(), partitions_of(&admin, name, "Read").await?);
                 }
             }
         }
-        for st in subs {
-            if task_counts[st.id].is_none() {
-                task_counts[st.id] = st
-                    .sources
-                    .iter()
-                    .filter_map(|t| plan.partitions.get(&t.resolve(app)).copied())
-                    .max();
-            }
-        }
     }
-    plan.tasks = task_counts.iter().map(|c| c.unwrap_or(1)).collect();
+    let planned = topology
+        .plan_partitions(app, &external)
+        .map_err(|e| RuntimeError::TopicMismatch {
+            reason: format!(
+                "it has {} partitions but `{}`, read by the same sub-topology, has {}; co-partitioned topics need equal counts",
+                e.count, e.first, e.first_count
+            ),
+            topic: e.topic,
+        })?;
+    plan.partitions = planned.partitions;
+    plan.tasks = planned.tasks;
 
     let rf = cfg.replication_factor.unwrap_or(-1);
     // With three or more replicas, an acknowledged write survives one broker loss.
@@ -120,7 +96,7 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
                 }
                 Changelog::Existing { topic, .. } => {
                     let m = partitions_of(&admin, topic, "Write").await?;
-                    if m != n && !cfg.single_instance {
+                    if m != n && !cfg.layout().is_single() {
                         return Err(RuntimeError::TopicMismatch {
                             topic: topic.clone(),
                             reason: format!(

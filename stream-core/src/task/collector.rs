@@ -145,7 +145,7 @@ impl RecordCollector {
 
     /// The changelog partition of `key` in `topic`.
     fn changelog_partition(&self, topic: &str, key: &[u8]) -> i32 {
-        if self.config.grouped {
+        if self.config.layout.is_single() {
             let n = self
                 .config
                 .partition_counts
@@ -248,7 +248,7 @@ impl RecordCollector {
         let mut out = Vec::new();
         for (idx, log) in self.logs.iter().enumerate() {
             let Some(log) = log else { continue };
-            if self.config.grouped {
+            if self.config.layout.is_single() {
                 let n = self
                     .config
                     .partition_counts

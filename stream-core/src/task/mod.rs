@@ -39,7 +39,8 @@ pub use headers::{SOURCE_HEADER, UPSTREAM_HEADER};
 pub use policy::{ErrorPolicy, FailureStage};
 use progress::Progress;
 pub use types::{
-    CommittedOffset, InputRecord, RestoreTarget, TaskConfig, TaskError, TaskId, TaskMetrics,
+    CommittedOffset, InputRecord, RestoreTarget, TaskConfig, TaskError, TaskId, TaskLayout,
+    TaskMetrics,
 };
 
 /// The origin of punctuation output: no input record (changes it causes
@@ -328,9 +329,10 @@ impl Task {
         committed: &BTreeMap<TopicPartition, CommittedOffset>,
     ) -> Result<Vec<RestoreTarget>, StoreError> {
         let checkpoint = self.stores.checkpoint()?;
-        let (graph, grouped, partition) = (&self.graph, self.config.grouped, self.id.partition);
-        let reads =
-            |tp: &TopicPartition| graph.reads(&tp.topic) && (grouped || tp.partition == partition);
+        let (graph, layout, partition) = (&self.graph, self.config.layout, self.id.partition);
+        let reads = |tp: &TopicPartition| {
+            graph.reads(&tp.topic) && layout.task_of(tp.partition) == partition
+        };
         self.progress.plan(
             self.id,
             self.topology_keeps_state,

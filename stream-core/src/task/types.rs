@@ -36,12 +36,45 @@ pub struct TaskConfig {
     pub dead_letter_topic: String,
     /// What failures do.
     pub on_error: ErrorPolicy,
-    /// One task per sub-topology reads every partition (single-instance
-    /// mode); changelog records are then partitioned by key.
-    pub grouped: bool,
+    /// How input partitions map to tasks.
+    pub layout: TaskLayout,
     /// The metadata of every offset commit (see
     /// [`crate::runtime::ownership`]).
     pub commit_tag: String,
+}
+
+/// How a sub-topology's input partitions map to tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TaskLayout {
+    /// One task per input partition, as Kafka Streams runs them: task `p`
+    /// reads partition `p` of every source topic and writes partition `p`
+    /// of its changelogs.
+    #[default]
+    PerPartition,
+    /// Single-instance mode: one task per sub-topology reads every
+    /// partition; its changelog records are partitioned by key.
+    SingleInstance,
+}
+
+impl TaskLayout {
+    /// The task partition that reads input partition `partition`.
+    ///
+    /// ```
+    /// use stream_core::task::TaskLayout;
+    /// assert_eq!(TaskLayout::PerPartition.task_of(3), 3);
+    /// assert_eq!(TaskLayout::SingleInstance.task_of(3), 0);
+    /// ```
+    pub fn task_of(self, partition: i32) -> i32 {
+        match self {
+            TaskLayout::PerPartition => partition,
+            TaskLayout::SingleInstance => 0,
+        }
+    }
+
+    /// Whether one task reads every partition.
+    pub fn is_single(self) -> bool {
+        self == TaskLayout::SingleInstance
+    }
 }
 
 /// A task failed in a way its error policy does not absorb.
