@@ -446,3 +446,95 @@ pub fn broker_base_port(lo: u16, hi: u16, nodes: u16) -> u16 {
     }
     panic!("no free block of ports in {lo}..{hi}");
 }
+
+/// Starts the `count-app` test program (group by value, count, write the
+/// counts to `output`), appending its output to `log`. `rf` sets the
+/// replication factor of its internal topics.
+pub fn spawn_count_app(
+    app: &str,
+    input: &str,
+    output: &str,
+    state: &std::path::Path,
+    bootstrap: &str,
+    rf: Option<i32>,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let mut args = vec![
+        app.to_string(),
+        input.to_string(),
+        output.to_string(),
+        state.display().to_string(),
+        bootstrap.to_string(),
+    ];
+    if let Some(rf) = rf {
+        args.push(rf.to_string());
+    }
+    spawn_logged("count-app", &args, log)
+}
+
+/// Produces `n` random words out of `distinct` (`w000`, `w001`, …) to
+/// `topic` at `bootstrap`, adding each to `expected`.
+pub fn produce_words(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    distinct: u32,
+    expected: &mut BTreeMap<Vec<u8>, i64>,
+) {
+    let p = producer_at(bootstrap);
+    let mut rng = rand::thread_rng();
+    for _ in 0..n {
+        let w = format!("w{:03}", rng.gen_range(0..distinct));
+        send(&p, topic, None, w.as_bytes());
+        *expected.entry(w.into_bytes()).or_insert(0) += 1;
+    }
+    flush(&p);
+}
+
+/// The latest count per key in `topic` at `bootstrap` (8-byte big-endian
+/// values, as `count-app` writes them), read for at most `deadline`.
+pub fn counts_at(bootstrap: &str, topic: &str, deadline: Duration) -> BTreeMap<Vec<u8>, i64> {
+    let mut m = BTreeMap::new();
+    for r in read_all_with(client_config_at(bootstrap), topic, deadline) {
+        if let (Some(k), Some(v)) = (r.key, r.value) {
+            let bytes: [u8; 8] = v.as_slice().try_into().expect("8-byte count");
+            m.insert(k, i64::from_be_bytes(bytes));
+        }
+    }
+    m
+}
+
+/// What differs between `got` and `want`, for an assertion message: how
+/// many keys are wrong or missing, and the first few.
+pub fn diff_counts<K: ShowKey + Ord>(got: &BTreeMap<K, i64>, want: &BTreeMap<K, i64>) -> String {
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, v)| format!("{}: got {:?}, want {v}", k.show(), got.get(k)))
+        .collect();
+    let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
+    format!(
+        "{} keys, {} wrong or missing, {extra} unexpected; first: {:?}",
+        want.len(),
+        wrong.len(),
+        wrong.iter().take(5).collect::<Vec<_>>()
+    )
+}
+
+/// A key as a person reads it in an assertion message.
+pub trait ShowKey {
+    /// The key as text.
+    fn show(&self) -> String;
+}
+
+impl ShowKey for Vec<u8> {
+    fn show(&self) -> String {
+        String::from_utf8_lossy(self).into_owned()
+    }
+}
+
+impl ShowKey for String {
+    fn show(&self) -> String {
+        self.clone()
+    }
+}

@@ -175,19 +175,6 @@ fn stop(mut g: Guard) {
     signal_and_wait(&mut g, libc::SIGTERM);
 }
 
-fn diff(got: &BTreeMap<String, i64>, want: &BTreeMap<String, i64>) -> String {
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k) != Some(v))
-        .collect();
-    format!(
-        "{} companies, {} wrong or missing, e.g. {:?}",
-        want.len(),
-        wrong.len(),
-        wrong.iter().take(3).collect::<Vec<_>>()
-    )
-}
-
 /// Issue 1: watchlist, then the team's flagger in the same group, then the
 /// watchlist again: no count is lost, and one warning line says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -200,7 +187,7 @@ async fn should_keep_exact_counts_when_another_program_committed_in_the_team_gro
     c.produce_users(2_000, 1);
     let app = c.spawn("watchlist", &wl, &log);
     let (want, got) = c.wait_exact(120);
-    assert_eq!(got, want, "first run: {}", diff(&got, &want));
+    assert_eq!(got, want, "first run: {}", diff_counts(&got, &want));
     stop(app);
 
     // The flagger, in the team's one group, reads on and commits.
@@ -224,7 +211,7 @@ async fn should_keep_exact_counts_when_another_program_committed_in_the_team_gro
         got,
         want,
         "after the flagger: {} (log {})",
-        diff(&got, &want),
+        diff_counts(&got, &want),
         log.display()
     );
     let text = std::fs::read_to_string(&log).unwrap();
@@ -269,7 +256,7 @@ async fn should_never_take_a_quick_restart_for_a_second_instance() {
         log.display()
     );
     assert!(alive, "the last instance is still running");
-    assert_eq!(got, want, "after 5 kill -9: {}", diff(&got, &want));
+    assert_eq!(got, want, "after 5 kill -9: {}", diff_counts(&got, &want));
 }
 
 /// Issues 4 and 5: another team wrote `watchlist` first; this team's first
@@ -292,7 +279,7 @@ async fn should_start_a_first_run_without_flags_after_another_team_wrote_the_wat
     let alive = matches!(app.try_wait(), Ok(None));
     stop(app);
     assert!(alive, "the first run keeps running (log {})", log.display());
-    assert_eq!(got, want, "first run: {}", diff(&got, &want));
+    assert_eq!(got, want, "first run: {}", diff_counts(&got, &want));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("allow-empty-state"), "{text}");
     assert!(
@@ -336,7 +323,7 @@ async fn should_run_steps_3_to_5_as_two_instances_of_one_program_in_the_team_gro
         "two members in the team's group, stable: {seen:?} (log {})",
         log.display()
     );
-    assert_eq!(got, want, "two copies: {}", diff(&got, &want));
+    assert_eq!(got, want, "two copies: {}", diff_counts(&got, &want));
     let flagged: i64 = want.values().sum();
     assert!(
         actions.len() as i64 >= flagged,

@@ -3,32 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use integration_tests::*;
-use rand::Rng;
-
-fn spawn_count_app(
-    app: &str,
-    input: &str,
-    output: &str,
-    state: &Path,
-    bootstrap: &str,
-    log: &Path,
-) -> Child {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_count-app"))
-        .args([app, input, output, &state.display().to_string(), bootstrap])
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f))
-        .spawn()
-        .expect("spawn count-app")
-}
 
 fn stop(child: &mut Child) -> std::process::ExitStatus {
     unsafe {
@@ -38,24 +16,11 @@ fn stop(child: &mut Child) -> std::process::ExitStatus {
 }
 
 fn produce(bootstrap: &str, topic: &str, n: usize, expected: &mut BTreeMap<Vec<u8>, i64>) {
-    let p = producer_at(bootstrap);
-    let mut rng = rand::thread_rng();
-    for _ in 0..n {
-        let w = format!("w{:02}", rng.gen_range(0..50));
-        send(&p, topic, None, w.as_bytes());
-        *expected.entry(w.into_bytes()).or_insert(0) += 1;
-    }
-    flush(&p);
+    produce_words(bootstrap, topic, n, 50, expected)
 }
 
-fn counts_at(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
-    let mut m = BTreeMap::new();
-    for r in read_all_with(client_config_at(bootstrap), topic, Duration::from_secs(30)) {
-        if let (Some(k), Some(v)) = (r.key, r.value) {
-            m.insert(k, i64::from_be_bytes(v.as_slice().try_into().unwrap()));
-        }
-    }
-    m
+fn counts(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
+    counts_at(bootstrap, topic, Duration::from_secs(30))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -67,9 +32,17 @@ async fn should_move_damaged_state_aside_and_rebuild_it_from_the_changelog() {
     let log = log_dir().join(format!("{app}.log"));
     let mut expected = BTreeMap::new();
     produce(&bootstrap(), &input, 3_000, &mut expected);
-    let mut child = spawn_count_app(&app, &input, &output, state.path(), &bootstrap(), &log);
+    let mut child = spawn_count_app(
+        &app,
+        &input,
+        &output,
+        state.path(),
+        &bootstrap(),
+        None,
+        &log,
+    );
     assert!(
-        wait_until(Duration::from_secs(90), || counts_at(&bootstrap(), &output)
+        wait_until(Duration::from_secs(90), || counts(&bootstrap(), &output)
             == expected),
         "first run"
     );
@@ -92,9 +65,17 @@ async fn should_move_damaged_state_aside_and_rebuild_it_from_the_changelog() {
     assert!(damaged > 0, "sled wrote files");
 
     produce(&bootstrap(), &input, 1_000, &mut expected);
-    let mut child = spawn_count_app(&app, &input, &output, state.path(), &bootstrap(), &log);
+    let mut child = spawn_count_app(
+        &app,
+        &input,
+        &output,
+        state.path(),
+        &bootstrap(),
+        None,
+        &log,
+    );
     let ok = wait_until(Duration::from_secs(90), || {
-        counts_at(&bootstrap(), &output) == expected
+        counts(&bootstrap(), &output) == expected
     });
     assert!(stop(&mut child).success());
     assert!(
@@ -177,10 +158,9 @@ async fn should_wait_out_a_broker_outage_and_lose_nothing() {
     let log = log_dir().join(format!("{app}.log"));
     let mut expected = BTreeMap::new();
     produce(&bs, &input, 2_000, &mut expected);
-    let mut child = spawn_count_app(&app, &input, &output, state.path(), &bs, &log);
+    let mut child = spawn_count_app(&app, &input, &output, state.path(), &bs, None, &log);
     assert!(
-        wait_until(Duration::from_secs(90), || counts_at(&bs, &output)
-            == expected),
+        wait_until(Duration::from_secs(90), || counts(&bs, &output) == expected),
         "before the outage"
     );
 
@@ -197,7 +177,7 @@ async fn should_wait_out_a_broker_outage_and_lose_nothing() {
     kafka_sh_env(&["node", "start", "0"], &env);
     produce(&bs, &input, 2_000, &mut expected);
     let ok = wait_until(Duration::from_secs(180), || {
-        counts_at(&bs, &output) == expected
+        counts(&bs, &output) == expected
     });
     let status = stop(&mut child);
     kafka_sh_env(&["stop"], &env);

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use stream_dsl::prelude::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-const WORDS: usize = 300;
+const WORDS: u32 = 300;
 
 fn counting_topology(input: &str, output: &str) -> stream_core::Topology {
     let b = StreamsBuilder::new();
@@ -66,18 +66,6 @@ fn start_threads(app: &str, input: &str, output: &str, state: &Path, threads: us
     }
 }
 
-/// Produces `n` random words; adds them to `expected`.
-fn produce_words(topic: &str, n: usize, expected: &mut BTreeMap<Vec<u8>, i64>) {
-    let p = producer();
-    let mut rng = rand::thread_rng();
-    for _ in 0..n {
-        let w = format!("w{:03}", rng.gen_range(0..WORDS));
-        send(&p, topic, None, w.as_bytes());
-        *expected.entry(w.into_bytes()).or_insert(0) += 1;
-    }
-    flush(&p);
-}
-
 fn counts_of(topic: &str) -> BTreeMap<Vec<u8>, i64> {
     latest_per_key(topic)
         .into_iter()
@@ -109,22 +97,6 @@ async fn wait_for_counts(
     .unwrap()
 }
 
-fn diff(got: &BTreeMap<Vec<u8>, i64>, want: &BTreeMap<Vec<u8>, i64>) -> String {
-    let mut d = Vec::new();
-    for (k, v) in want {
-        let g = got.get(k).copied().unwrap_or(0);
-        if g != *v {
-            d.push(format!("{}: got {g}, want {v}", String::from_utf8_lossy(k)));
-        }
-    }
-    format!(
-        "{} of {} keys differ; first: {:?}",
-        d.len(),
-        want.len(),
-        d.iter().take(5).collect::<Vec<_>>()
-    )
-}
-
 fn restored_reads(status: &RuntimeStatus) -> (u64, bool) {
     let r = status.restores();
     (r.iter().map(|x| x.read).sum(), r.iter().any(|x| x.full))
@@ -137,11 +109,15 @@ async fn should_count_exactly_and_restore_only_the_tail_or_everything_when_state
     create_topic(&output, 1).await;
     let state = tempfile::tempdir().unwrap();
     let mut expected = BTreeMap::new();
-    produce_words(&input, 12_000, &mut expected);
+    produce_words(&bootstrap(), &input, 12_000, WORDS, &mut expected);
 
     let run = start(&app, &input, &output, state.path());
     let got = wait_for_counts(&output, &expected, 120).await;
-    assert!(got == expected, "first run: {}", diff(&got, &expected));
+    assert!(
+        got == expected,
+        "first run: {}",
+        diff_counts(&got, &expected)
+    );
     run.stop().await;
 
     let changelog = format!("{app}-counts-changelog");
@@ -164,10 +140,14 @@ async fn should_count_exactly_and_restore_only_the_tail_or_everything_when_state
     );
 
     // Restart with the state directory intact: only the tail is read.
-    produce_words(&input, 200, &mut expected);
+    produce_words(&bootstrap(), &input, 200, WORDS, &mut expected);
     let run = start(&app, &input, &output, state.path());
     let got = wait_for_counts(&output, &expected, 120).await;
-    assert!(got == expected, "tail restart: {}", diff(&got, &expected));
+    assert!(
+        got == expected,
+        "tail restart: {}",
+        diff_counts(&got, &expected)
+    );
     let (read, full) = restored_reads(&run.status);
     assert!(!full, "local state existed, the restore must not be full");
     assert!(
@@ -179,13 +159,13 @@ async fn should_count_exactly_and_restore_only_the_tail_or_everything_when_state
     // State directory deleted: full restore, still exact.
     std::fs::remove_dir_all(state.path().join(&app)).unwrap();
     let changelog_len = read_all(&changelog, Duration::from_secs(60)).len() as u64;
-    produce_words(&input, 200, &mut expected);
+    produce_words(&bootstrap(), &input, 200, WORDS, &mut expected);
     let run = start(&app, &input, &output, state.path());
     let got = wait_for_counts(&output, &expected, 120).await;
     assert!(
         got == expected,
         "after full restore: {}",
-        diff(&got, &expected)
+        diff_counts(&got, &expected)
     );
     let (read, full) = restored_reads(&run.status);
     assert!(full, "with no local state the restore is full");
@@ -203,10 +183,14 @@ async fn should_count_exactly_with_two_stream_threads_sharing_the_tasks() {
     create_topic(&output, 1).await;
     let state = tempfile::tempdir().unwrap();
     let mut expected = BTreeMap::new();
-    produce_words(&input, 10_000, &mut expected);
+    produce_words(&bootstrap(), &input, 10_000, WORDS, &mut expected);
     let run = start_threads(&app, &input, &output, state.path(), 2);
     let got = wait_for_counts(&output, &expected, 120).await;
-    assert!(got == expected, "two threads: {}", diff(&got, &expected));
+    assert!(
+        got == expected,
+        "two threads: {}",
+        diff_counts(&got, &expected)
+    );
     // both threads' tasks report into one status: 4 + 4 tasks, once the
     // cooperative rebalance between the two consumers has settled
     let all_tasks = wait_until(Duration::from_secs(60), || run.status.tasks().len() == 8);
@@ -217,37 +201,17 @@ async fn should_count_exactly_with_two_stream_threads_sharing_the_tasks() {
     );
     run.stop().await;
     // a restart with one thread keeps the state both threads wrote
-    produce_words(&input, 500, &mut expected);
+    produce_words(&bootstrap(), &input, 500, WORDS, &mut expected);
     let run = start_threads(&app, &input, &output, state.path(), 1);
     let got = wait_for_counts(&output, &expected, 120).await;
     assert!(
         got == expected,
         "one thread after two: {}",
-        diff(&got, &expected)
+        diff_counts(&got, &expected)
     );
     let (_, full) = restored_reads(&run.status);
     assert!(!full, "the local state of both threads was kept");
     run.stop().await;
-}
-
-fn spawn_count_app(app: &str, input: &str, output: &str, state: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_count-app"))
-        .args([
-            app,
-            input,
-            output,
-            &state.display().to_string(),
-            &bootstrap(),
-        ])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn count-app")
 }
 
 fn kill9(child: &mut Child) {
@@ -270,13 +234,21 @@ async fn should_count_exactly_through_repeated_sigkill_crashes() {
     create_topic(&output, 1).await;
     let state = tempfile::tempdir().unwrap();
     let log = log_path(&app);
-    let mut child = spawn_count_app(&app, &input, &output, state.path(), &log);
+    let mut child = spawn_count_app(
+        &app,
+        &input,
+        &output,
+        state.path(),
+        &bootstrap(),
+        None,
+        &log,
+    );
 
     let producer_input = input.clone();
     let feeder = std::thread::spawn(move || {
         let mut expected = BTreeMap::new();
         for _ in 0..20 {
-            produce_words(&producer_input, 1_000, &mut expected);
+            produce_words(&bootstrap(), &producer_input, 1_000, WORDS, &mut expected);
             std::thread::sleep(Duration::from_millis(300));
         }
         expected
@@ -285,7 +257,15 @@ async fn should_count_exactly_through_repeated_sigkill_crashes() {
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(rng.gen_range(800..3000)));
         kill9(&mut child);
-        child = spawn_count_app(&app, &input, &output, state.path(), &log);
+        child = spawn_count_app(
+            &app,
+            &input,
+            &output,
+            state.path(),
+            &bootstrap(),
+            None,
+            &log,
+        );
     }
     let expected = feeder.join().unwrap();
     let got = wait_for_counts(&output, &expected, 180).await;
@@ -296,7 +276,7 @@ async fn should_count_exactly_through_repeated_sigkill_crashes() {
     assert!(
         got == expected,
         "after 6 SIGKILLs: {} (log: {})",
-        diff(&got, &expected),
+        diff_counts(&got, &expected),
         log.display()
     );
     assert!(
@@ -314,26 +294,26 @@ async fn should_count_exactly_when_a_second_instance_joins_and_leaves() {
     let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut expected = BTreeMap::new();
     let a = start(&app, &input, &output, s1.path());
-    produce_words(&input, 4_000, &mut expected);
+    produce_words(&bootstrap(), &input, 4_000, WORDS, &mut expected);
     let b = start(&app, &input, &output, s2.path());
-    produce_words(&input, 4_000, &mut expected);
+    produce_words(&bootstrap(), &input, 4_000, WORDS, &mut expected);
     let got = wait_for_counts(&output, &expected, 120).await;
     assert!(
         got == expected,
         "with two instances: {}",
-        diff(&got, &expected)
+        diff_counts(&got, &expected)
     );
     assert!(
         wait_until(Duration::from_secs(30), || !b.status.tasks().is_empty()),
         "the second instance never got a task"
     );
     b.stop().await;
-    produce_words(&input, 4_000, &mut expected);
+    produce_words(&bootstrap(), &input, 4_000, WORDS, &mut expected);
     let got = wait_for_counts(&output, &expected, 120).await;
     assert!(
         got == expected,
         "after the second instance left: {}",
-        diff(&got, &expected)
+        diff_counts(&got, &expected)
     );
     a.stop().await;
 }

@@ -3,43 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use integration_tests::*;
 use rand::Rng;
-
-fn spawn(
-    app: &str,
-    input: &str,
-    output: &str,
-    state: &Path,
-    bootstrap: &str,
-    rf: Option<i32>,
-    log: &Path,
-) -> Child {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut args = vec![
-        app.to_string(),
-        input.to_string(),
-        output.to_string(),
-        state.display().to_string(),
-        bootstrap.to_string(),
-    ];
-    if let Some(rf) = rf {
-        args.push(rf.to_string());
-    }
-    Command::new(env!("CARGO_BIN_EXE_count-app"))
-        .args(&args)
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f))
-        .spawn()
-        .expect("spawn count-app")
-}
 
 fn signal(child: &mut Child, sig: i32) {
     unsafe {
@@ -49,24 +17,11 @@ fn signal(child: &mut Child, sig: i32) {
 }
 
 fn produce(bootstrap: &str, topic: &str, n: usize, expected: &mut BTreeMap<Vec<u8>, i64>) {
-    let p = producer_at(bootstrap);
-    let mut rng = rand::thread_rng();
-    for _ in 0..n {
-        let w = format!("w{:03}", rng.gen_range(0..500));
-        send(&p, topic, None, w.as_bytes());
-        *expected.entry(w.into_bytes()).or_insert(0) += 1;
-    }
-    flush(&p);
+    produce_words(bootstrap, topic, n, 500, expected)
 }
 
-fn counts_at(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
-    let mut m = BTreeMap::new();
-    for r in read_all_with(client_config_at(bootstrap), topic, Duration::from_secs(60)) {
-        if let (Some(k), Some(v)) = (r.key, r.value) {
-            m.insert(k, i64::from_be_bytes(v.as_slice().try_into().unwrap()));
-        }
-    }
-    m
+fn counts(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
+    counts_at(bootstrap, topic, Duration::from_secs(60))
 }
 
 /// `(task, records read)` of every restore logged in `log`.
@@ -107,7 +62,7 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
     let bs = bootstrap();
     let mut running: Vec<Option<Child>> = (0..3)
         .map(|i| {
-            Some(spawn(
+            Some(spawn_count_app(
                 &app, &input, &output, &states[i], &bs, None, &logs[i],
             ))
         })
@@ -144,7 +99,7 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
                 ));
             }
             None => {
-                running[i] = Some(spawn(
+                running[i] = Some(spawn_count_app(
                     &app, &input, &output, &states[i], &bs, None, &logs[i],
                 ));
                 events.push(format!("instance {i} started"));
@@ -153,7 +108,7 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
     }
     for i in 0..3 {
         if running[i].is_none() {
-            running[i] = Some(spawn(
+            running[i] = Some(spawn_count_app(
                 &app, &input, &output, &states[i], &bs, None, &logs[i],
             ));
             events.push(format!("instance {i} started"));
@@ -162,7 +117,7 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
     let expected = feeder.join().unwrap();
     let mut got = BTreeMap::new();
     let ok = wait_until(Duration::from_secs(240), || {
-        got = counts_at(&bs, &output);
+        got = counts(&bs, &output);
         got == expected
     });
     for c in running.iter_mut().flatten() {
@@ -218,9 +173,9 @@ async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
     let log = log_dir().join(format!("{app}.log"));
     let mut expected = BTreeMap::new();
     produce(&bs, &input, 5_000, &mut expected);
-    let mut child = spawn(&app, &input, &output, state.path(), &bs, Some(3), &log);
+    let mut child = spawn_count_app(&app, &input, &output, state.path(), &bs, Some(3), &log);
     assert!(
-        wait_until(Duration::from_secs(120), || counts_at(&bs, &output)
+        wait_until(Duration::from_secs(120), || counts(&bs, &output)
             == expected),
         "before the broker dies (log {})",
         log.display()
@@ -229,14 +184,14 @@ async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
     kafka_sh_env(&["node", "kill", "1"], &env);
     produce(&bs, &input, 5_000, &mut expected);
     let during = wait_until(Duration::from_secs(120), || {
-        counts_at(&bs, &output) == expected
+        counts(&bs, &output) == expected
     });
     let alive = child.try_wait().unwrap().is_none();
     kafka_sh_env(&["node", "start", "1"], &env);
     let started = Instant::now();
     produce(&bs, &input, 5_000, &mut expected);
     let after = wait_until(Duration::from_secs(120), || {
-        counts_at(&bs, &output) == expected
+        counts(&bs, &output) == expected
     });
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);

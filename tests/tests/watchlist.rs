@@ -108,20 +108,6 @@ fn wait_exact(s: &Setup, secs: u64) -> (BTreeMap<String, i64>, BTreeMap<String, 
     (expected, got)
 }
 
-fn diff(got: &BTreeMap<String, i64>, want: &BTreeMap<String, i64>) -> String {
-    let bad: Vec<String> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k) != Some(v))
-        .take(5)
-        .map(|(k, v)| format!("{k}: got {:?}, want {v}", got.get(k)))
-        .collect();
-    format!(
-        "{} companies, {} wrong, e.g. {bad:?}",
-        want.len(),
-        want.iter().filter(|(k, v)| got.get(*k) != Some(v)).count()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_publish_exact_counts_through_sigkill_crashes_with_alerts() {
     let s = setup("wl-crash").await;
@@ -151,7 +137,7 @@ async fn should_publish_exact_counts_through_sigkill_crashes_with_alerts() {
     assert!(
         got == expected,
         "after 4 SIGKILLs: {} (log: {})",
-        diff(&got, &expected),
+        diff_counts(&got, &expected),
         log.display()
     );
     let logs = std::fs::read_to_string(&log).unwrap();
@@ -183,7 +169,7 @@ async fn should_publish_exact_counts_with_two_instances_in_one_group() {
     assert!(
         got == expected,
         "two instances: {} (log: {})",
-        diff(&got, &expected),
+        diff_counts(&got, &expected),
         log.display()
     );
     let logs = std::fs::read_to_string(&log).unwrap();
@@ -292,7 +278,7 @@ async fn should_work_in_the_classroom_and_refuse_to_restart_counts_from_zero() {
     assert!(
         got == expected,
         "classroom run: {} (log: {})",
-        diff(&got, &expected),
+        diff_counts(&got, &expected),
         log.display()
     );
 
