@@ -31,7 +31,8 @@ use crate::partitioner::partition_for_key;
 use crate::record::{Headers, OutRecord};
 use crate::store::MemoryBackend;
 use crate::task::{
-    CommittedOffset, ErrorPolicy, InputRecord, Task, TaskConfig, TaskError, TaskId, TaskLayout,
+    CommittedOffset, ErrorPolicy, InputRecord, LatePolicy, Task, TaskConfig, TaskError, TaskId,
+    TaskLayout,
 };
 
 /// A record stored in one of the driver's topics.
@@ -72,6 +73,8 @@ impl TestDriver {
                 partition_counts: Arc::new(HashMap::new()),
                 dead_letter_topic: dead_letter_topic_name(application_id),
                 on_error: ErrorPolicy::DeadLetter,
+                on_late: LatePolicy::DeadLetter,
+                idle_advance_ms: None,
                 layout: TaskLayout::PerPartition,
                 commit_tag: String::new(),
             }),
@@ -198,6 +201,16 @@ impl TestDriver {
         for id in ids {
             self.restore(id);
         }
+        // The tasks' first look at the clock (wall-clock schedules start here).
+        let now = self.clock;
+        let mut out = Vec::new();
+        for t in self.tasks.values_mut() {
+            if let Err(e) = t.punctuate(now) {
+                panic!("punctuation at start failed: {e}");
+            }
+            out.extend(t.take_output());
+        }
+        self.deliver(out);
         // Input resumes where each task's restore decided (a foreign
         // commit is not trusted), the beginning where it decided nothing.
         self.consumed = self
@@ -226,7 +239,13 @@ impl TestDriver {
                 .unwrap_or_default();
             let end = records.len() as i64;
             for r in records.iter().skip(t.start as usize) {
-                task.restore_record(t.store, r.key.as_deref(), r.value.as_deref(), &r.headers);
+                task.restore_record(
+                    t.store,
+                    r.key.as_deref(),
+                    r.value.as_deref(),
+                    &r.headers,
+                    r.timestamp,
+                );
             }
             task.restore_progress(&t.topic, t.partition, end);
         }
@@ -252,6 +271,86 @@ impl TestDriver {
         value: Option<&[u8]>,
         headers: Headers,
     ) {
+        self.clock += 1;
+        let ts = self.clock;
+        self.pipe_full(topic, key, value, headers, ts);
+    }
+
+    /// Like [`pipe`](Self::pipe), with the record timestamp `timestamp`
+    /// (ms): how event-time tests feed records in or out of order. The
+    /// driver's wall clock is not moved.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use stream_core::driver::TestDriver;
+    /// # use stream_core::graph::{TopicRef, TopologyBuilder};
+    /// # use stream_core::serde::{erase, StringSerde};
+    /// # let s = || erase::<String>(Arc::new(StringSerde));
+    /// # let mut b = TopologyBuilder::new();
+    /// # let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
+    /// # b.add_sink("out", TopicRef::External("out".into()), s(), s(), None, &[src]);
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_at("in", Some(b"k"), Some(b"v"), 60_000);
+    /// assert_eq!(d.records("out")[0].timestamp, 60_000);
+    /// assert_eq!(d.stream_time(), 60_000);
+    /// ```
+    pub fn pipe_at(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: i64,
+    ) {
+        self.pipe_full(topic, key, value, Vec::new(), timestamp);
+    }
+
+    /// [`pipe_at`](Self::pipe_at) with UTF-8 key and value.
+    pub fn pipe_str_at(&mut self, topic: &str, key: &str, value: &str, timestamp: i64) {
+        self.pipe_at(
+            topic,
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
+            timestamp,
+        );
+    }
+
+    /// The largest stream time of any task (`-1` before the first record).
+    pub fn stream_time(&self) -> i64 {
+        self.tasks
+            .values()
+            .map(|t| t.metrics().stream_time)
+            .max()
+            .unwrap_or(-1)
+    }
+
+    /// Records dropped as late, over all tasks.
+    pub fn late_records(&self) -> u64 {
+        self.tasks.values().map(|t| t.metrics().late).sum()
+    }
+
+    /// What late records do (default: dead-lettered).
+    pub fn with_late_policy(mut self, policy: LatePolicy) -> Self {
+        Arc::make_mut(&mut self.config).on_late = policy;
+        self.rebuild();
+        self
+    }
+
+    /// Idle tasks' stream time follows the wall clock ([`advance_time`](Self::advance_time))
+    /// after `ms` without input, as `StreamsConfig::idle_advance` does.
+    pub fn with_idle_advance(mut self, ms: i64) -> Self {
+        Arc::make_mut(&mut self.config).idle_advance_ms = Some(ms);
+        self.rebuild();
+        self
+    }
+
+    fn pipe_full(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Headers,
+        timestamp: i64,
+    ) {
         let n = self.count_of(topic);
         let partition = match key {
             Some(k) if !k.is_empty() => partition_for_key(k, n),
@@ -260,12 +359,11 @@ impl TestDriver {
                 (self.round_robin % n as i64) as i32
             }
         };
-        self.clock += 1;
         let rec = StoredRecord {
             key: key.map(|k| k.to_vec()),
             value: value.map(|v| v.to_vec()),
             headers,
-            timestamp: self.clock,
+            timestamp,
         };
         self.append(topic, partition, rec);
         if let Err(e) = self.run() {
@@ -568,7 +666,16 @@ mod tests {
             ctx.store("seen")?.put(k.as_bytes(), vec![1])?;
             Ok(())
         }
-        fn punctuate(&mut self, ctx: &mut Context<'_>, now_ms: i64) -> Result<(), ProcessError> {
+        fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+            ctx.schedule(1000, crate::processor::PunctuationType::WallClock);
+            Ok(())
+        }
+        fn punctuate(
+            &mut self,
+            ctx: &mut Context<'_>,
+            p: crate::processor::Punctuation,
+        ) -> Result<(), ProcessError> {
+            let now_ms = p.time;
             let n = ctx.store("seen")?.scan_prefix(b"")?.len();
             ctx.forward(Record::new(
                 Box::new(format!("t{now_ms}")),
@@ -585,6 +692,7 @@ mod tests {
         let mut b = TopologyBuilder::new();
         let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
         b.add_store(crate::graph::StoreSpec {
+            retention_ms: None,
             name: "seen".into(),
             changelog: crate::graph::Changelog::Internal,
             format: None,

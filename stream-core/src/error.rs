@@ -115,6 +115,25 @@ pub enum ProcessError {
     /// User code reported a failure.
     #[error("{0}")]
     User(String),
+    /// The record is older than every window it belongs to allows (window
+    /// end + grace at or before stream time): it was not aggregated. Kept:
+    /// counted, and dead-lettered with the window and stream time unless
+    /// the late-record policy is log-only.
+    #[error("late record at {timestamp} ms for window [{window_start}, {window_end}) of {node}: stream time {stream_time} ms is past its end + grace {grace_ms} ms")]
+    Late {
+        /// The node that dropped it.
+        node: String,
+        /// The record's timestamp.
+        timestamp: i64,
+        /// Start of the (last) window it belonged to.
+        window_start: i64,
+        /// End of that window (exclusive).
+        window_end: i64,
+        /// The task's stream time when it arrived.
+        stream_time: i64,
+        /// The window's grace period.
+        grace_ms: i64,
+    },
 }
 
 /// The topology cannot be built as declared.

@@ -36,6 +36,7 @@ pub mod runtime;
 pub mod serde;
 pub mod store;
 pub mod task;
+pub mod time;
 
 pub use error::{Origin, ProcessError, SerdeError, StoreError, TopologyError};
 pub use graph::{Topology, TopologyBuilder};

@@ -18,13 +18,47 @@ pub trait Processor: Send {
         Ok(())
     }
 
-    /// Called when the task's clock advances (wall-clock punctuation).
-    fn punctuate(&mut self, _ctx: &mut Context<'_>, _now_ms: i64) -> Result<(), ProcessError> {
+    /// Called by a schedule this processor set up with
+    /// [`Context::schedule`]: on stream time (when the task's stream time
+    /// reaches the next multiple of the interval) or on wall-clock time.
+    fn punctuate(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        _punctuation: Punctuation,
+    ) -> Result<(), ProcessError> {
         Ok(())
     }
 
     /// Called when the task closes (partition revoked or shutdown).
     fn close(&mut self) {}
+}
+
+/// Which clock a punctuation schedule follows (Kafka Streams'
+/// `PunctuationType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PunctuationType {
+    /// The task's stream time: the largest record timestamp it has seen.
+    /// Does not move while no records arrive (unless the instance is
+    /// configured to advance idle tasks' stream time).
+    StreamTime,
+    /// The wall clock, checked once per poll-loop iteration.
+    WallClock,
+}
+
+/// One punctuation: which clock fired and its time (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Punctuation {
+    /// The schedule's clock.
+    pub kind: PunctuationType,
+    /// Stream time or wall-clock time (ms since the epoch) when it fired.
+    pub time: i64,
+}
+
+/// A schedule a processor asked for: punctuate every `interval_ms` on `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScheduleRequest {
+    pub(crate) kind: PunctuationType,
+    pub(crate) interval_ms: i64,
 }
 
 /// A record forwarded by a processor: to every child, or to one by index.
@@ -42,12 +76,16 @@ pub struct Context<'a> {
     pub(crate) forwarded: &'a mut Vec<Forward>,
     pub(crate) origin: Option<&'a Origin>,
     pub(crate) partition: i32,
+    pub(crate) stream_time: i64,
+    pub(crate) schedules: &'a mut Vec<ScheduleRequest>,
 }
 
 impl<'a> Context<'a> {
     /// The context of processor `node`, which may use the stores at
     /// `allowed_stores`, while it handles a record from `origin` (`None`
-    /// during init and punctuation) in the task of `partition`.
+    /// during init and punctuation) in the task of `partition`, at the
+    /// task's `stream_time`; schedules it asks for go to `schedules`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         node: &'a str,
         allowed_stores: &'a [usize],
@@ -55,6 +93,8 @@ impl<'a> Context<'a> {
         forwarded: &'a mut Vec<Forward>,
         origin: Option<&'a Origin>,
         partition: i32,
+        stream_time: i64,
+        schedules: &'a mut Vec<ScheduleRequest>,
     ) -> Self {
         Context {
             node,
@@ -63,7 +103,26 @@ impl<'a> Context<'a> {
             forwarded,
             origin,
             partition,
+            stream_time,
+            schedules,
         }
+    }
+
+    /// The task's stream time: the largest timestamp of any record it has
+    /// processed (ms), never moving backwards, kept across restarts with
+    /// the task's checkpoint; `-1` before the first record.
+    pub fn stream_time(&self) -> i64 {
+        self.stream_time
+    }
+
+    /// Asks for [`Processor::punctuate`] every `interval_ms` of `kind`
+    /// time. Call it from [`Processor::init`]; a second call for the same
+    /// clock replaces the first.
+    pub fn schedule(&mut self, interval_ms: i64, kind: PunctuationType) {
+        self.schedules.push(ScheduleRequest {
+            kind,
+            interval_ms: interval_ms.max(1),
+        });
     }
 
     /// Forwards a record to every child of this node.

@@ -111,6 +111,7 @@ impl StreamsBuilder {
     /// changelogged to `<app>-<name>-changelog`.
     pub fn add_store(&self, name: &str) {
         self.inner.borrow_mut().graph.add_store(StoreSpec {
+            retention_ms: None,
             name: name.to_string(),
             changelog: Changelog::Internal,
             format: None,

@@ -162,6 +162,7 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
         };
         b.with_graph(|g| {
             g.add_store(StoreSpec {
+                retention_ms: None,
                 name: store.clone(),
                 changelog,
                 format: Some(StoreFormat {

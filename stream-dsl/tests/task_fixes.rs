@@ -2,7 +2,7 @@
 
 use stream_core::data::DynData;
 use stream_core::error::ProcessError;
-use stream_core::processor::{Context, Processor};
+use stream_core::processor::{Context, Processor, Punctuation, PunctuationType};
 use stream_core::record::Record;
 use stream_dsl::prelude::*;
 
@@ -14,7 +14,13 @@ impl Processor for Ticker {
         Ok(())
     }
 
-    fn punctuate(&mut self, ctx: &mut Context<'_>, now_ms: i64) -> Result<(), ProcessError> {
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        ctx.schedule(1, PunctuationType::WallClock);
+        Ok(())
+    }
+
+    fn punctuate(&mut self, ctx: &mut Context<'_>, p: Punctuation) -> Result<(), ProcessError> {
+        let now_ms = p.time;
         let key: DynData = Box::new("tick".to_string());
         let value: DynData = Box::new(now_ms.to_string());
         ctx.forward(Record::new(key, value, now_ms));
@@ -38,7 +44,7 @@ fn should_count_every_punctuation_that_crosses_a_repartition_topic() {
     let mut d = TestDriver::new(b.build().unwrap(), "app");
     d.advance_time(1_000);
     d.advance_time(1_000);
-    d.advance_time(0);
+    d.advance_time(1);
     let counts: Vec<(String, String)> = d.output_utf8("out");
     let last = d
         .records("out")

@@ -17,6 +17,7 @@ pub use partitions::{CoPartitionMismatch, PartitionPlan};
 use crate::error::{SerdeError, TopologyError};
 use crate::processor::Processor;
 use crate::serde::DynSerde;
+use crate::time::TimestampExtractor;
 
 /// Creates a fresh processor instance for each task.
 pub type ProcessorFactory = Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>;
@@ -110,6 +111,11 @@ pub struct StoreSpec {
     pub changelog: Changelog,
     /// Key and value serdes, when known (`None`: entries are shown as bytes).
     pub format: Option<StoreFormat>,
+    /// A window store's retention: its changelog is created with
+    /// `cleanup.policy=compact,delete` and `retention.ms` of this plus a
+    /// day (Kafka Streams' `windowstore.changelog.additional.retention.ms`),
+    /// so windows that expired locally also leave the changelog.
+    pub retention_ms: Option<i64>,
 }
 
 impl StoreSpec {
@@ -190,6 +196,7 @@ pub struct TopologyBuilder {
     names: HashMap<String, usize>,
     stores: Vec<StoreSpec>,
     repartitions: BTreeMap<String, Option<i32>>,
+    timestamps: HashMap<usize, TimestampExtractor>,
     errors: Vec<TopologyError>,
 }
 
@@ -220,6 +227,12 @@ impl TopologyBuilder {
             children: Vec::new(),
         });
         idx
+    }
+
+    /// Sets where source node `source` takes its records' event time
+    /// (default: the Kafka record's timestamp).
+    pub fn set_timestamp_extractor(&mut self, source: usize, extractor: TimestampExtractor) {
+        self.timestamps.insert(source, extractor);
     }
 
     /// Adds a source node reading `topics`.
@@ -330,6 +343,7 @@ impl TopologyBuilder {
             stores: self.stores,
             subtopologies,
             repartitions: self.repartitions,
+            timestamps: self.timestamps,
         })
     }
 }
@@ -403,9 +417,15 @@ pub struct Topology {
     stores: Vec<StoreSpec>,
     subtopologies: Vec<SubTopology>,
     repartitions: BTreeMap<String, Option<i32>>,
+    timestamps: HashMap<usize, TimestampExtractor>,
 }
 
 impl Topology {
+    /// Where source node `node` takes its records' event time.
+    pub fn timestamp_extractor(&self, node: usize) -> TimestampExtractor {
+        self.timestamps.get(&node).cloned().unwrap_or_default()
+    }
+
     /// All nodes, by index.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes

@@ -188,6 +188,8 @@ impl KafkaStreams {
             partition_counts: Arc::new(plan.partitions.clone()),
             dead_letter_topic: self.cfg.dead_letter_topic(),
             on_error: self.cfg.on_error,
+            on_late: self.cfg.on_late,
+            idle_advance_ms: self.cfg.idle_advance.map(|d| d.as_millis() as i64),
             layout,
             commit_tag: super::ownership::commit_tag(&self.topology, &self.cfg.application_id),
         });

@@ -99,6 +99,16 @@ pub struct StreamsConfig {
     pub security: Security,
     /// What failing records do.
     pub on_error: ErrorPolicy,
+    /// What late records (dropped by a window aggregation because their
+    /// windows had closed) do: dead-lettered (default) or only logged.
+    /// Either way they are counted (`late` in the task metrics).
+    pub on_late: crate::task::LatePolicy,
+    /// Opt-in: after this much wall-clock time without input, a task's
+    /// stream time follows the wall clock from its last record on, so
+    /// windows close and emit-final results appear while a partition is
+    /// quiet. `None` (the default, as Kafka Streams): stream time moves
+    /// only with records.
+    pub idle_advance: Option<Duration>,
     /// Dead-letter topic (default `<application.id>-dlq`).
     pub dead_letter_topic: Option<String>,
     /// Replication factor of internal topics (`None`: the broker's default).
@@ -177,6 +187,8 @@ impl StreamsConfig {
             num_stream_threads: 1,
             extra: BTreeMap::new(),
             http: None,
+            on_late: crate::task::LatePolicy::DeadLetter,
+            idle_advance: None,
             application_server: None,
         }
     }

@@ -254,7 +254,13 @@ impl ChangelogReader {
                         }));
                     }
                     let task = &mut entries[j].task;
-                    task.restore_record(job.targets[i].store, m.key(), m.payload(), &headers);
+                    task.restore_record(
+                        job.targets[i].store,
+                        m.key(),
+                        m.payload(),
+                        &headers,
+                        m.timestamp().to_millis().unwrap_or(-1),
+                    );
                     p.read += 1;
                     p.position = m.offset() + 1;
                     if p.position >= p.end {

@@ -25,6 +25,10 @@ pub struct TopicPlan {
     pub dead_letter_topic_ok: bool,
 }
 
+/// What a window store's changelog keeps beyond the store's retention
+/// (Kafka Streams' `windowstore.changelog.additional.retention.ms`: a day).
+pub const WINDOW_CHANGELOG_EXTRA_MS: i64 = 24 * 60 * 60 * 1000;
+
 /// Plans and prepares every topic of `topology`.
 pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPlan, RuntimeError> {
     let capture = ErrorCapture::default();
@@ -87,10 +91,15 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
                 Changelog::Internal => {
                     let name = crate::graph::changelog_topic_name(app, s);
                     plan.partitions.insert(name.clone(), n);
-                    let mut configs = vec![
-                        ("cleanup.policy", "compact".into()),
-                        ("min.compaction.lag.ms", "3600000".into()),
-                    ];
+                    let mut configs = match spec.retention_ms {
+                        // Window stores: expired windows leave the changelog too.
+                        Some(ms) => vec![
+                            ("cleanup.policy", "compact,delete".into()),
+                            ("retention.ms", (ms + WINDOW_CHANGELOG_EXTRA_MS).to_string()),
+                        ],
+                        None => vec![("cleanup.policy", "compact".into())],
+                    };
+                    configs.push(("min.compaction.lag.ms", "3600000".into()));
                     configs.extend(isr.iter().cloned());
                     to_create.push((name, n, configs, "changelog"));
                 }

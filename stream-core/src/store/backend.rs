@@ -15,7 +15,7 @@ pub type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 /// The state in the backend is exactly the result of processing every input
 /// record before `positions`, and contains every changelog record before
 /// `changelog_offsets`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Next changelog offset to read, per changelog partition.
     pub changelog_offsets: BTreeMap<TopicPartition, i64>,
@@ -26,6 +26,26 @@ pub struct Checkpoint {
     pub dedup: BTreeMap<UpstreamKey, (i64, u32)>,
     /// Number of entries per store index after the commit (damage detection).
     pub entries: Vec<u64>,
+    /// The task's stream time when the state was written (`-1`: none yet;
+    /// absent in checkpoints written before stream time existed).
+    #[serde(default = "no_stream_time")]
+    pub stream_time: i64,
+}
+
+fn no_stream_time() -> i64 {
+    -1
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint {
+            changelog_offsets: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            dedup: BTreeMap::new(),
+            entries: Vec::new(),
+            stream_time: -1,
+        }
+    }
 }
 
 /// The durable copy of all stores of one task.

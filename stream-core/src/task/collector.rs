@@ -159,13 +159,23 @@ impl RecordCollector {
     }
 
     /// Queues a changelog record for each store change, marked with the
-    /// input `origin` (and the upstream mark of a repartition record).
+    /// input `origin` (and the upstream mark of a repartition record) and
+    /// timestamped with the task's `stream_time` (the wall clock before the
+    /// first record), as Kafka Streams timestamps changelog records with
+    /// event time: a window changelog's `retention.ms` then expires windows
+    /// by their time, and restore recovers stream time from it.
     pub(crate) fn changelog(
         &mut self,
         changes: Vec<(usize, Vec<Change>)>,
         origin: &Origin,
         upstream: Option<&[u8]>,
+        stream_time: i64,
     ) -> Result<(), TaskError> {
+        let timestamp = if stream_time >= 0 {
+            stream_time
+        } else {
+            now_ms()
+        };
         for (idx, changes) in changes {
             for (k, v) in changes {
                 let Some(log) = self.logs.get(idx).and_then(Option::as_ref) else {
@@ -203,7 +213,7 @@ impl RecordCollector {
                     key: Some(key),
                     value,
                     headers,
-                    timestamp: now_ms(),
+                    timestamp,
                     kind: OutKind::Changelog(store),
                 });
             }
@@ -220,6 +230,7 @@ impl RecordCollector {
         origin: &Origin,
         stage: FailureStage,
         reason: String,
+        extra: Headers,
     ) {
         self.dead_lettered += 1;
         tracing::warn!(task = %task, record = %origin, stage = %stage, error = %reason, dead_letter_topic = %self.config.dead_letter_topic, "record failed; sent to the dead-letter topic");
@@ -232,6 +243,7 @@ impl RecordCollector {
         headers.push(("dlq.offset".into(), origin.offset.to_string().into_bytes()));
         headers.push(("dlq.stage".into(), stage.as_str().as_bytes().to_vec()));
         headers.push(("dlq.error".into(), reason.into_bytes()));
+        headers.extend(extra);
         self.output.push(OutRecord {
             topic: self.config.dead_letter_topic.clone(),
             partition: None,

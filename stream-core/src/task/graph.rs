@@ -8,15 +8,19 @@ use std::sync::Arc;
 use super::collector::{RecordCollector, SinkNode};
 use crate::error::{Origin, ProcessError};
 use crate::graph::{NodeKind, SubTopology, TopicRef, Topology};
-use crate::processor::{Context, Forward, Processor};
+use crate::processor::{
+    Context, Forward, Processor, Punctuation, PunctuationType, ScheduleRequest,
+};
 use crate::record::Record;
 use crate::serde::DynSerde;
 use crate::store::StoreSet;
+use crate::time::TimestampExtractor;
 
 enum Kind {
     Source {
         key: Arc<dyn DynSerde>,
         value: Arc<dyn DynSerde>,
+        timestamps: TimestampExtractor,
     },
     Proc {
         processor: Box<dyn Processor>,
@@ -40,6 +44,7 @@ pub(crate) struct Source<'g> {
     pub(crate) internal: bool,
     pub(crate) key: &'g Arc<dyn DynSerde>,
     pub(crate) value: &'g Arc<dyn DynSerde>,
+    pub(crate) timestamps: &'g TimestampExtractor,
 }
 
 /// A processor failed outside `process` (init or punctuate).
@@ -48,9 +53,45 @@ pub(crate) struct HookError {
     pub(crate) error: ProcessError,
 }
 
+/// A punctuation schedule of one processor.
+struct Schedule {
+    node: usize,
+    kind: PunctuationType,
+    interval_ms: i64,
+    /// When it fires next; `None` until its clock is first seen.
+    next: Option<i64>,
+}
+
+impl Schedule {
+    /// Whether it fires at `time`; moves `next` past `time` if so (missed
+    /// intervals are skipped, not replayed). As in Kafka Streams, a
+    /// stream-time schedule is aligned to 0 and fires at the first record;
+    /// a wall-clock one first fires an interval after the clock is first
+    /// seen (the task's first poll-loop iteration).
+    fn due(&mut self, time: i64) -> bool {
+        match self.next {
+            None if self.kind == PunctuationType::StreamTime => {
+                self.next = Some(0);
+                self.due(time)
+            }
+            None => {
+                self.next = Some(time + self.interval_ms);
+                false
+            }
+            Some(next) if time >= next => {
+                let missed = (time - next) / self.interval_ms;
+                self.next = Some(next + (missed + 1) * self.interval_ms);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+}
+
 /// One task's instance of its sub-topology.
 pub(crate) struct TaskGraph {
     nodes: Vec<Node>,
+    schedules: Vec<Schedule>,
     /// Resolved topic → (local node, reads a repartition topic).
     sources: HashMap<String, (usize, bool)>,
     input_topics: Vec<String>,
@@ -75,6 +116,7 @@ impl TaskGraph {
                     Kind::Source {
                         key: key.clone(),
                         value: value.clone(),
+                        timestamps: topology.timestamp_extractor(g),
                     }
                 }
                 NodeKind::Processor { factory, stores } => Kind::Proc {
@@ -111,6 +153,7 @@ impl TaskGraph {
         input_topics.sort();
         TaskGraph {
             nodes,
+            schedules: Vec::new(),
             sources,
             input_topics,
         }
@@ -130,13 +173,32 @@ impl TaskGraph {
     pub(crate) fn source(&self, topic: &str) -> Option<Source<'_>> {
         let &(node, internal) = self.sources.get(topic)?;
         match &self.nodes[node].kind {
-            Kind::Source { key, value } => Some(Source {
+            Kind::Source {
+                key,
+                value,
+                timestamps,
+            } => Some(Source {
                 node,
                 internal,
                 key,
                 value,
+                timestamps,
             }),
             _ => None,
+        }
+    }
+
+    /// Keeps the schedules processor `node` asked for.
+    fn register(&mut self, node: usize, requests: Vec<ScheduleRequest>) {
+        for r in requests {
+            self.schedules
+                .retain(|s| !(s.node == node && s.kind == r.kind));
+            self.schedules.push(Schedule {
+                node,
+                kind: r.kind,
+                interval_ms: r.interval_ms,
+                next: None,
+            });
         }
     }
 
@@ -146,47 +208,82 @@ impl TaskGraph {
         &mut self,
         idx: usize,
         stores: &mut StoreSet,
-        partition: i32,
+        at: (i32, i64),
         hook: &mut dyn FnMut(&mut dyn Processor, &mut Context<'_>) -> Result<(), ProcessError>,
     ) -> Result<Vec<Forward>, HookError> {
+        let (partition, stream_time) = at;
         let mut fwd = Vec::new();
+        let mut requests = Vec::new();
         let node = &mut self.nodes[idx];
         if let Kind::Proc {
             processor,
             stores: allowed,
         } = &mut node.kind
         {
-            let mut ctx = Context::new(&node.name, allowed, stores, &mut fwd, None, partition);
+            let mut ctx = Context::new(
+                &node.name,
+                allowed,
+                stores,
+                &mut fwd,
+                None,
+                partition,
+                stream_time,
+                &mut requests,
+            );
             hook(processor.as_mut(), &mut ctx).map_err(|error| HookError {
                 node: node.name.clone(),
                 error,
             })?;
         }
+        self.register(idx, requests);
         Ok(fwd)
     }
 
     /// Runs `init` on every processor (after restore).
-    pub(crate) fn init(&mut self, stores: &mut StoreSet, partition: i32) -> Result<(), HookError> {
+    pub(crate) fn init(
+        &mut self,
+        stores: &mut StoreSet,
+        partition: i32,
+        stream_time: i64,
+    ) -> Result<(), HookError> {
         for idx in 0..self.nodes.len() {
-            self.run_hook(idx, stores, partition, &mut |p, ctx| p.init(ctx))?;
+            self.run_hook(idx, stores, (partition, stream_time), &mut |p, ctx| {
+                p.init(ctx)
+            })?;
         }
         Ok(())
     }
 
-    /// Calls `punctuate(now_ms)` on every processor, in graph order; what
-    /// each forwards runs through the graph, like a record from `origin`,
-    /// before the next processor punctuates.
+    /// Whether any processor scheduled a punctuation on `kind`.
+    pub(crate) fn has_schedule(&self, kind: PunctuationType) -> bool {
+        self.schedules.iter().any(|s| s.kind == kind)
+    }
+
+    /// Fires the schedules on `kind` that are due at `time`, in the order
+    /// they were set up; what each processor forwards runs through the
+    /// graph, like a record from `origin`, before the next one fires.
+    /// Returns how many fired.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn punctuate(
         &mut self,
+        kind: PunctuationType,
+        time: i64,
+        stream_time: i64,
         stores: &mut StoreSet,
         partition: i32,
-        now_ms: i64,
         origin: &Origin,
         out: &mut RecordCollector,
-    ) -> Result<(), HookError> {
-        for idx in 0..self.nodes.len() {
-            let fwd = self.run_hook(idx, stores, partition, &mut |p, ctx| {
-                p.punctuate(ctx, now_ms)
+    ) -> Result<usize, HookError> {
+        let due: Vec<usize> = self
+            .schedules
+            .iter_mut()
+            .filter(|s| s.kind == kind)
+            .filter_map(|s| s.due(time).then_some(s.node))
+            .collect();
+        let punctuation = Punctuation { kind, time };
+        for &idx in &due {
+            let fwd = self.run_hook(idx, stores, (partition, stream_time), &mut |p, ctx| {
+                p.punctuate(ctx, punctuation)
             })?;
             let children = self.nodes[idx].children.clone();
             for f in fwd {
@@ -195,15 +292,22 @@ impl TaskGraph {
                     None => children.clone(),
                 };
                 for c in targets {
-                    self.dispatch(c, f.record.duplicate(), origin, stores, partition, out)
-                        .map_err(|error| HookError {
-                            node: self.nodes[idx].name.clone(),
-                            error,
-                        })?;
+                    self.dispatch(
+                        c,
+                        f.record.duplicate(),
+                        origin,
+                        stores,
+                        (partition, stream_time),
+                        out,
+                    )
+                    .map_err(|error| HookError {
+                        node: self.nodes[idx].name.clone(),
+                        error,
+                    })?;
                 }
             }
         }
-        Ok(())
+        Ok(due.len())
     }
 
     /// Runs `close` on every processor.
@@ -223,11 +327,13 @@ impl TaskGraph {
         record: Record,
         origin: &Origin,
         stores: &mut StoreSet,
-        partition: i32,
+        at: (i32, i64),
         out: &mut RecordCollector,
     ) -> Result<(), ProcessError> {
+        let (partition, stream_time) = at;
         let mut stack = vec![(start, record)];
         let mut fwd: Vec<Forward> = Vec::new();
+        let mut requests = Vec::new();
         while let Some((idx, rec)) = stack.pop() {
             let node = &mut self.nodes[idx];
             match &mut node.kind {
@@ -246,8 +352,14 @@ impl TaskGraph {
                         &mut fwd,
                         Some(origin),
                         partition,
+                        stream_time,
+                        &mut requests,
                     );
                     processor.process(&mut ctx, rec)?;
+                    if !requests.is_empty() {
+                        let r = std::mem::take(&mut requests);
+                        self.register(idx, r);
+                    }
                 }
                 Kind::Sink(sink) => {
                     out.sink(sink, rec)?;

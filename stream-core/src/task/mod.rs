@@ -17,6 +17,8 @@
 //! | `types` | the task's id, configuration, input, counters and errors |
 
 use crate::coordinates::TopicPartition;
+use crate::processor::PunctuationType;
+use crate::time::TimestampExtractor;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -36,7 +38,7 @@ use collector::{RecordCollector, StoreLog};
 use graph::TaskGraph;
 use headers::UpstreamMark;
 pub use headers::{SOURCE_HEADER, UPSTREAM_HEADER};
-pub use policy::{ErrorPolicy, FailureStage};
+pub use policy::{ErrorPolicy, FailureStage, LatePolicy};
 use progress::Progress;
 pub use types::{
     CommittedOffset, InputRecord, RestoreTarget, TaskConfig, TaskError, TaskId, TaskLayout,
@@ -65,6 +67,11 @@ pub struct Task {
     duplicates_skipped: u64,
     restored: u64,
     restore_skipped: u64,
+    late: u64,
+    /// Wall clock of the last input record (idle detection).
+    last_input_wall: Option<i64>,
+    /// Stream time when the input went idle (idle advance counts from it).
+    idle_base: Option<i64>,
     /// Whether any sub-topology of the topology has a store.
     topology_keeps_state: bool,
 }
@@ -115,6 +122,9 @@ impl Task {
             duplicates_skipped: 0,
             restored: 0,
             restore_skipped: 0,
+            late: 0,
+            last_input_wall: None,
+            idle_base: None,
             topology_keeps_state: !topology.stores().is_empty(),
         }
     }
@@ -138,6 +148,8 @@ impl Task {
             produced: self.out.produced,
             restored: self.restored,
             restore_skipped: self.restore_skipped,
+            late: self.late,
+            stream_time: self.progress.stream_time(),
         }
     }
 
@@ -175,21 +187,59 @@ impl Task {
     pub fn init(&mut self) -> Result<(), TaskError> {
         let partition = self.id.partition;
         self.graph
-            .init(&mut self.stores, partition)
+            .init(&mut self.stores, partition, self.progress.stream_time())
             .map_err(|e| TaskError::Record {
                 origin: punctuation_origin(partition),
                 reason: format!("init of {}: {}", e.node, e.error),
             })
     }
 
-    /// Calls `punctuate(now_ms)` on every processor; what they forward runs
-    /// through the graph like any record.
+    /// The wall clock reached `now_ms`: an idle task's stream time moves on
+    /// (when [`TaskConfig::idle_advance_ms`] is set and no record arrived
+    /// for that long, stream time follows the wall clock from the last
+    /// record on), then due stream-time and wall-clock punctuations fire;
+    /// what they forward runs through the graph like any record.
     pub fn punctuate(&mut self, now_ms: i64) -> Result<(), TaskError> {
-        let partition = self.id.partition;
-        let origin = punctuation_origin(partition);
-        self.out.begin_punctuation(now_ms);
-        self.graph
-            .punctuate(&mut self.stores, partition, now_ms, &origin, &mut self.out)
+        let origin = punctuation_origin(self.id.partition);
+        if let (Some(idle), Some(last)) = (self.config.idle_advance_ms, self.last_input_wall) {
+            let quiet = now_ms - last;
+            if quiet >= idle && self.progress.stream_time() >= 0 {
+                let target = self.idle_base.unwrap_or(self.progress.stream_time()) + quiet;
+                self.idle_base.get_or_insert(self.progress.stream_time());
+                if self.progress.observe(target) {
+                    tracing::debug!(task = %self.id, stream_time = target, "input idle: stream time follows the wall clock");
+                }
+            }
+        }
+        self.fire(
+            PunctuationType::StreamTime,
+            self.progress.stream_time(),
+            &origin,
+        )?;
+        self.fire(PunctuationType::WallClock, now_ms, &origin)
+    }
+
+    /// Fires the due punctuations on `kind` at `time`; their store changes
+    /// are logged as stemming from `origin`.
+    fn fire(&mut self, kind: PunctuationType, time: i64, origin: &Origin) -> Result<(), TaskError> {
+        if time < 0 || !self.graph.has_schedule(kind) {
+            return Ok(());
+        }
+        if origin.offset < 0 {
+            self.out.begin_punctuation(time);
+        }
+        let stream_time = self.progress.stream_time();
+        let fired = self
+            .graph
+            .punctuate(
+                kind,
+                time,
+                stream_time,
+                &mut self.stores,
+                self.id.partition,
+                origin,
+                &mut self.out,
+            )
             .map_err(|e| match e.error {
                 ProcessError::TypeMismatch { .. } => TaskError::Construction(e.error.to_string()),
                 other => TaskError::Record {
@@ -197,8 +247,11 @@ impl Task {
                     reason: format!("punctuate of {}: {other}", e.node),
                 },
             })?;
-        self.out
-            .changelog(self.stores.take_changes(), &origin, None)
+        if fired > 0 {
+            self.out
+                .changelog(self.stores.take_changes(), origin, None, stream_time)?;
+        }
+        Ok(())
     }
 
     /// Runs `close` on every processor and drops uncommitted state.
@@ -245,51 +298,97 @@ impl Task {
         }
         let key = source.key.deserialize_dyn(input.key.unwrap_or(&[]));
         let value = source.value.deserialize_dyn(input.value.unwrap_or(&[]));
+        let extractor = source.timestamps.clone();
+        let mut late = Vec::new();
         let result = match (key, value) {
             (Ok(key), Ok(value)) => {
-                let headers: Headers = input
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| !k.starts_with("sx."))
-                    .cloned()
-                    .collect();
-                let record = Record {
-                    key,
-                    value,
-                    timestamp: input.timestamp,
-                    headers,
+                let now = match extractor {
+                    TimestampExtractor::WallClock => crate::time::now_ms(),
+                    _ => 0,
                 };
-                self.out.begin_input(&origin);
-                match self.graph.dispatch(
-                    node,
-                    record,
-                    &origin,
-                    &mut self.stores,
-                    self.id.partition,
-                    &mut self.out,
-                ) {
-                    Ok(()) => Ok(()),
-                    // Every record would fail the same way: stop, never dead-letter.
-                    Err(e @ ProcessError::TypeMismatch { .. }) => {
-                        return Err(TaskError::Construction(e.to_string()))
+                match extractor.extract(&key, &value, input.timestamp, now) {
+                    Err(why) => Err((FailureStage::Timestamp, why)),
+                    Ok(ts) => {
+                        self.progress.observe(ts);
+                        self.last_input_wall = Some(crate::time::now_ms());
+                        let headers: Headers = input
+                            .headers
+                            .iter()
+                            .filter(|(k, _)| !k.starts_with("sx."))
+                            .cloned()
+                            .collect();
+                        let record = Record {
+                            key,
+                            value,
+                            timestamp: ts,
+                            headers,
+                        };
+                        self.out.begin_input(&origin);
+                        match self.graph.dispatch(
+                            node,
+                            record,
+                            &origin,
+                            &mut self.stores,
+                            (self.id.partition, self.progress.stream_time()),
+                            &mut self.out,
+                        ) {
+                            Ok(()) => Ok(()),
+                            // Every record would fail the same way: stop, never dead-letter.
+                            Err(e @ ProcessError::TypeMismatch { .. }) => {
+                                return Err(TaskError::Construction(e.to_string()))
+                            }
+                            Err(e @ ProcessError::Late { .. }) => {
+                                late = late_headers(&e);
+                                Err((FailureStage::Late, e.to_string()))
+                            }
+                            Err(e) => Err((FailureStage::Processing, e.to_string())),
+                        }
                     }
-                    Err(e) => Err((FailureStage::Processing, e.to_string())),
                 }
             }
             (Err(e), _) => Err((FailureStage::Deserialization, deser(&origin, "key", e))),
             (_, Err(e)) => Err((FailureStage::Deserialization, deser(&origin, "value", e))),
         };
-        self.out
-            .changelog(self.stores.take_changes(), &origin, upstream_raw)?;
-        if let Err((stage, reason)) = result {
-            if self.config.on_error == ErrorPolicy::FailFast {
-                return Err(TaskError::Record {
-                    origin,
-                    reason: format!("{stage}: {reason}"),
-                });
+        self.out.changelog(
+            self.stores.take_changes(),
+            &origin,
+            upstream_raw,
+            self.progress.stream_time(),
+        )?;
+        match result {
+            Ok(()) => {}
+            Err((FailureStage::Late, reason)) => {
+                self.late += 1;
+                match self.config.on_late {
+                    LatePolicy::DeadLetter => self.out.dead_letter(
+                        self.id,
+                        input,
+                        &origin,
+                        FailureStage::Late,
+                        reason,
+                        late,
+                    ),
+                    LatePolicy::LogOnly => {
+                        tracing::warn!(task = %self.id, record = %origin, "{reason}; dropped (late-record policy: log-only)")
+                    }
+                }
             }
-            self.out.dead_letter(self.id, input, &origin, stage, reason);
+            Err((stage, reason)) => {
+                if self.config.on_error == ErrorPolicy::FailFast {
+                    return Err(TaskError::Record {
+                        origin,
+                        reason: format!("{stage}: {reason}"),
+                    });
+                }
+                self.out
+                    .dead_letter(self.id, input, &origin, stage, reason, Vec::new());
+            }
         }
+        self.fire(
+            PunctuationType::StreamTime,
+            self.progress.stream_time(),
+            &origin,
+        )?;
         self.progress
             .advance(input.topic, input.partition, input.offset + 1);
         if let Some(a) = arrival {
@@ -385,6 +484,7 @@ impl Task {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[(String, Vec<u8>)],
+        timestamp: i64,
     ) -> bool {
         if !self.progress.admits(headers) {
             self.restore_skipped += 1;
@@ -403,6 +503,8 @@ impl Task {
         };
         self.stores.apply_restored(store, k, v);
         self.progress.restored_mark(headers);
+        // Changelog records carry the stream time of their change.
+        self.progress.observe(timestamp);
         self.restored += 1;
         true
     }
@@ -457,4 +559,28 @@ fn deser(origin: &Origin, part: &'static str, source: crate::error::SerdeError) 
         source,
     }
     .to_string()
+}
+
+/// The dead-letter headers of a late record: its window and the stream
+/// time that made it late.
+fn late_headers(e: &ProcessError) -> Headers {
+    match e {
+        ProcessError::Late {
+            window_start,
+            window_end,
+            stream_time,
+            ..
+        } => vec![
+            (
+                "dlq.window.start".into(),
+                window_start.to_string().into_bytes(),
+            ),
+            ("dlq.window.end".into(), window_end.to_string().into_bytes()),
+            (
+                "dlq.stream.time".into(),
+                stream_time.to_string().into_bytes(),
+            ),
+        ],
+        _ => Vec::new(),
+    }
 }

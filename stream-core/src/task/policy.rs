@@ -23,13 +23,43 @@ impl std::str::FromStr for ErrorPolicy {
     }
 }
 
+/// What a late record (one a window aggregation dropped because its
+/// windows had closed) does. Late records never stop the task: late data
+/// is expected in event-time processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatePolicy {
+    /// Count it, log it and park it in the dead-letter topic with headers
+    /// naming its window and the stream time that made it late.
+    #[default]
+    DeadLetter,
+    /// Count it and log it.
+    LogOnly,
+}
+
+impl std::str::FromStr for LatePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "dead-letter" => Ok(LatePolicy::DeadLetter),
+            "log-only" | "log" => Ok(LatePolicy::LogOnly),
+            other => Err(format!(
+                "unknown late-record policy `{other}` (dead-letter, log-only)"
+            )),
+        }
+    }
+}
+
 /// Where a record failed: the `dlq.stage` header of its dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureStage {
     /// Its key or value could not be deserialized.
     Deserialization,
+    /// Its timestamp could not be extracted, or is negative.
+    Timestamp,
     /// An operator failed on it.
     Processing,
+    /// A window aggregation dropped it as late.
+    Late,
 }
 
 impl FailureStage {
@@ -37,7 +67,9 @@ impl FailureStage {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureStage::Deserialization => "deserialization",
+            FailureStage::Timestamp => "timestamp",
             FailureStage::Processing => "processing",
+            FailureStage::Late => "late",
         }
     }
 }

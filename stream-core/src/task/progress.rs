@@ -21,9 +21,13 @@ fn lookup<V: Copy>(map: &BTreeMap<TopicPartition, V>, topic: &str, partition: i3
         .map(|(_, v)| *v)
 }
 
-/// Positions, dedup marks and changelog offsets, and their committed copies.
-#[derive(Debug, Default)]
+/// Positions, dedup marks, changelog offsets and stream time, and their
+/// committed copies.
+#[derive(Debug)]
 pub(crate) struct Progress {
+    /// The largest event time processed (`-1`: none).
+    stream_time: i64,
+    committed_stream_time: i64,
     /// Next input offset to process, per input partition.
     positions: BTreeMap<TopicPartition, i64>,
     /// Per repartition topic and upstream partition: the last applied
@@ -39,6 +43,21 @@ pub(crate) struct Progress {
     committed_dedup: BTreeMap<UpstreamKey, (i64, u32)>,
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            stream_time: -1,
+            committed_stream_time: -1,
+            positions: BTreeMap::new(),
+            dedup: BTreeMap::new(),
+            changelog_offsets: BTreeMap::new(),
+            restore_limits: BTreeMap::new(),
+            committed_positions: BTreeMap::new(),
+            committed_dedup: BTreeMap::new(),
+        }
+    }
+}
+
 /// An upstream record arriving through a repartition topic.
 pub(crate) struct Arrival<'a> {
     via: &'a str,
@@ -48,6 +67,22 @@ pub(crate) struct Arrival<'a> {
 }
 
 impl Progress {
+    /// The task's stream time (`-1` before the first record).
+    pub(crate) fn stream_time(&self) -> i64 {
+        self.stream_time
+    }
+
+    /// A record with event time `ts` was processed (or idle time passed):
+    /// stream time moves to `ts` if that is later. Returns whether it moved.
+    pub(crate) fn observe(&mut self, ts: i64) -> bool {
+        if ts > self.stream_time {
+            self.stream_time = ts;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Next offset to process per input partition.
     pub(crate) fn positions(&self) -> &BTreeMap<TopicPartition, i64> {
         &self.positions
@@ -167,10 +202,12 @@ impl Progress {
                 }
                 self.dedup = cp.dedup.clone();
                 self.changelog_offsets = cp.changelog_offsets.clone();
+                self.stream_time = cp.stream_time;
             }
             None => {
                 self.dedup.clear();
                 self.changelog_offsets.clear();
+                self.stream_time = -1;
             }
         }
         self.positions = limits.clone();
@@ -254,6 +291,7 @@ impl Progress {
             positions: self.positions.clone(),
             dedup: self.dedup.clone(),
             entries: Vec::new(),
+            stream_time: self.stream_time,
         }
     }
 
@@ -261,12 +299,14 @@ impl Progress {
     pub(crate) fn committed(&mut self) {
         self.committed_positions = self.positions.clone();
         self.committed_dedup = self.dedup.clone();
+        self.committed_stream_time = self.stream_time;
     }
 
     /// Back to the last commit (an aborted transaction is reprocessed).
     pub(crate) fn rollback(&mut self) {
         self.positions = self.committed_positions.clone();
         self.dedup = self.committed_dedup.clone();
+        self.stream_time = self.committed_stream_time;
     }
 }
 

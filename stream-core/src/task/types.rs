@@ -36,6 +36,11 @@ pub struct TaskConfig {
     pub dead_letter_topic: String,
     /// What failures do.
     pub on_error: ErrorPolicy,
+    /// What late records do.
+    pub on_late: super::LatePolicy,
+    /// Wall-clock ms without input after which a task's stream time
+    /// follows the wall clock (`None`: stream time moves only with records).
+    pub idle_advance_ms: Option<i64>,
     /// How input partitions map to tasks.
     pub layout: TaskLayout,
     /// The metadata of every offset commit (see
@@ -140,6 +145,10 @@ pub struct TaskMetrics {
     pub restored: u64,
     /// Changelog records read but skipped by restore (not ours, or not committed).
     pub restore_skipped: u64,
+    /// Records a window aggregation dropped as late.
+    pub late: u64,
+    /// The task's stream time (`-1` before the first record).
+    pub stream_time: i64,
 }
 
 /// An offset committed to the consumer group for one input partition.
