@@ -17,10 +17,10 @@ use stream_core::serde::builtin_serde;
 
 /// A stream grouped by key, waiting for an aggregation.
 pub struct KGroupedStream<K, V> {
-    stream: KStream<K, V>,
-    key_serde: Option<Arc<dyn Serde<K>>>,
-    name: Option<String>,
-    repartition: bool,
+    pub(crate) stream: KStream<K, V>,
+    pub(crate) key_serde: Option<Arc<dyn Serde<K>>>,
+    pub(crate) name: Option<String>,
+    pub(crate) repartition: bool,
 }
 
 type Adder<K, V, A> = Arc<dyn Fn(&K, V, A) -> A + Send + Sync>;
@@ -91,7 +91,7 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
         }
     }
 
-    fn missing(&self, what: &str) {
+    pub(crate) fn missing(&self, what: &str) {
         self.stream.b.record_error(TopologyError::MissingSerde(format!(
             "aggregation over {}: no serde known for {what}; pass one with Grouped or Materialized",
             self.stream.sources.join("+")

@@ -7,12 +7,15 @@ use stream_core::serde::Serde;
 
 use crate::builder::StreamsBuilder;
 use crate::kstream::KStream;
+use crate::windows::TimeWindows;
 
 /// The result of an aggregation: a table per key, seen as its stream of
 /// updates (every change of a key's aggregate is emitted).
 pub struct KTable<K, V> {
     stream: KStream<K, V>,
     store: String,
+    /// The windows of a windowed aggregation's table.
+    windows: Option<TimeWindows>,
 }
 
 impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
@@ -27,6 +30,45 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
         KTable {
             stream: KStream::new(b, node, sources, key_serde, value_serde, false),
             store,
+            windows: None,
+        }
+    }
+
+    /// Marks the table as windowed by `windows`.
+    pub(crate) fn with_windows(mut self, windows: TimeWindows) -> Self {
+        self.windows = Some(windows);
+        self
+    }
+
+    pub(crate) fn windows(&self) -> Option<TimeWindows> {
+        self.windows
+    }
+
+    pub(crate) fn builder(&self) -> StreamsBuilder {
+        self.stream.b.clone()
+    }
+
+    pub(crate) fn node(&self) -> usize {
+        self.stream.node
+    }
+
+    pub(crate) fn sources(&self) -> Vec<String> {
+        self.stream.sources.clone()
+    }
+
+    pub(crate) fn key_serde(&self) -> Option<Arc<dyn Serde<K>>> {
+        self.stream.key_serde.clone()
+    }
+
+    pub(crate) fn value_serde(&self) -> Option<Arc<dyn Serde<V>>> {
+        self.stream.value_serde.clone()
+    }
+
+    pub(crate) fn clone_table(&self) -> KTable<K, V> {
+        KTable {
+            stream: self.stream.clone(),
+            store: self.store.clone(),
+            windows: self.windows,
         }
     }
 
@@ -79,6 +121,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
         KTable {
             stream: self.stream.filter(predicate),
             store: self.store.clone(),
+            windows: self.windows,
         }
     }
 
@@ -101,6 +144,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
         KTable {
             stream: self.stream.map_values(f),
             store: self.store.clone(),
+            windows: self.windows,
         }
     }
 

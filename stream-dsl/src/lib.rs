@@ -25,6 +25,8 @@
 //! | [`grouped`] | [`KGroupedStream`]: `count`, `reduce`, `aggregate` |
 //! | [`ktable`] | [`KTable`]: the updates of an aggregation |
 //! | [`options`] | serdes, store naming and changelog choices |
+//! | [`windows`] | [`TimeWindows`](windows::TimeWindows), windowed keys and their serde, `Suppressed` |
+//! | [`windowed`] | windowed `count`, `reduce`, `aggregate`; `suppress` (emit-final) |
 //!
 //! The DSL never touches Kafka or sled: it only builds the graph.
 #![deny(missing_docs)]
@@ -35,6 +37,8 @@ pub mod kstream;
 pub mod ktable;
 mod ops;
 pub mod options;
+pub mod windowed;
+pub mod windows;
 
 pub use builder::StreamsBuilder;
 pub use grouped::KGroupedStream;
@@ -44,6 +48,8 @@ pub use options::{Consumed, Grouped, Materialized, Produced};
 
 /// Everything a topology needs, in one import.
 pub mod prelude {
+    pub use crate::windowed::TimeWindowedKStream;
+    pub use crate::windows::{Suppressed, TimeWindows, Window, Windowed, WindowedSerde};
     pub use crate::{
         Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, RecordMeta,
         StreamsBuilder,

@@ -58,6 +58,13 @@ pub trait StateBackend: Send {
         store: usize,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Entries of store `store` with `from <= key < to`, in key order.
+    fn range(
+        &self,
+        store: usize,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
     /// Applies one batch per store and the checkpoint atomically. Durable
     /// once the owner syncs (for sled: [`StateDir::sync`](super::StateDir::sync)).
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError>;

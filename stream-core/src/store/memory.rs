@@ -44,6 +44,26 @@ impl StateBackend for MemoryBackend {
             .unwrap_or_default())
     }
 
+    fn range(
+        &self,
+        store: usize,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .stores
+            .get(store)
+            .map(|s| {
+                s.range(from.to_vec()..to.to_vec())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
         for (i, batch) in batches.iter().enumerate() {
             if let Some(s) = self.stores.get_mut(i) {

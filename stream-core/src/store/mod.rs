@@ -34,6 +34,8 @@ pub trait KeyValueStore {
     fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// All entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Entries with `from <= key < to`, in key order.
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
 }
 
 /// One recorded state change: key, and value (`None` = deleted).
@@ -204,6 +206,29 @@ impl StoreSet {
         Ok(merged.into_iter().collect())
     }
 
+    /// Entries with `from <= key < to`, buffered changes merged in, in key order.
+    pub fn range(
+        &self,
+        idx: usize,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.backend.range(idx, from, to)?.into_iter().collect();
+        if let Some(l) = self.layers.get(idx) {
+            for (k, v) in l.buffer.range(from.to_vec()..to.to_vec()) {
+                match v {
+                    Some(v) => merged.insert(k.clone(), v.clone()),
+                    None => merged.remove(k),
+                };
+            }
+        }
+        Ok(merged.into_iter().collect())
+    }
+
     /// Committed entries of a store plus its buffered changes, in key order.
     pub fn entries(&self, idx: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.scan_prefix(idx, &[])
@@ -243,6 +268,10 @@ impl KeyValueStore for StoreView<'_> {
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.set.scan_prefix(self.idx, prefix)
+    }
+
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.set.range(self.idx, from, to)
     }
 }
 

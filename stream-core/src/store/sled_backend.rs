@@ -266,6 +266,22 @@ impl StateBackend for SledBackend {
             .map_err(|e| self.err(e))
     }
 
+    fn range(
+        &self,
+        store: usize,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.trees[store]
+            .range(from..to)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))
+    }
+
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
         let mut counts = self.counts.clone();
         for (i, batch) in batches.iter().enumerate() {

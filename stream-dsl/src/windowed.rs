@@ -1,0 +1,537 @@
+//! Windowed aggregations: [`TimeWindowedKStream`] (from
+//! [`KGroupedStream::windowed_by`]) and the emit-final operator
+//! [`KTable::suppress`].
+//!
+//! Kafka Streams' semantics (`internals/KStreamWindowAggregate.java`,
+//! `suppress/KTableSuppressProcessorSupplier.java`):
+//! - a record goes into every window that contains its timestamp whose
+//!   end is after `stream time − grace`; windows that closed already are
+//!   skipped, and a record whose windows all closed is *late*;
+//! - every update is emitted (timestamp: the largest record timestamp in
+//!   the window), unless suppressed; suppressed, each window emits once,
+//!   when stream time reaches `end + grace`.
+//!
+//! Where we differ, on purpose:
+//! - a late record is not only counted but kept: it fails with
+//!   `ProcessError::Late` and goes to the dead-letter topic with its window
+//!   and the stream time (or is only logged, `StreamsConfig::on_late`);
+//! - the suppression buffer is a sled store, changelogged and restored,
+//!   never an in-memory map: its size is bounded by disk, not memory;
+//! - expired windows are deleted from the store through the changelog
+//!   (tombstones), so a restore never brings them back; the changelog is
+//!   also `compact,delete` with the store's retention plus a day;
+//! - stream time is the task's (largest timestamp of any input record of
+//!   the task), kept in its checkpoint, so a restart does not reopen
+//!   windows that had closed.
+
+use std::sync::Arc;
+
+use stream_core::data::{Data, downcast, downcast_ref};
+use stream_core::graph::{Changelog, ProcessorFactory, StoreSpec, repartition_suffix};
+use stream_core::processor::{Punctuation, PunctuationType};
+use stream_core::serde::{I64Serde, Serde, UnitSerde, builtin_serde};
+use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record, SerdeError};
+
+use crate::grouped::KGroupedStream;
+use crate::kstream::KStream;
+use crate::ktable::KTable;
+use crate::options::Materialized;
+use crate::windows::{Suppressed, TimeWindows, Windowed, WindowedSerde};
+
+/// Folds a value into a window's aggregate (`None`: the window is new).
+type Adder<K, V, A> = Arc<dyn Fn(&K, V, Option<A>) -> A + Send + Sync>;
+
+/// A grouped stream cut into time windows, waiting for an aggregation.
+pub struct TimeWindowedKStream<K, V> {
+    grouped: KGroupedStream<K, V>,
+    windows: TimeWindows,
+}
+
+impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
+    /// Aggregates per key and per time window (tumbling or hopping).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("clicks")
+    ///     .group_by_key()
+    ///     .windowed_by(TimeWindows::of_size(Duration::from_secs(60)))
+    ///     .count(Materialized::as_store("per-minute"))
+    ///     .to_topic("counts");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str_at("clicks", "a", "x", 1_000);
+    /// d.pipe_str_at("clicks", "a", "x", 59_000);
+    /// d.pipe_str_at("clicks", "a", "x", 61_000);
+    /// let counts: Vec<i64> = d.records("counts").iter()
+    ///     .map(|r| i64::from_be_bytes(r.value.clone().unwrap().try_into().unwrap())).collect();
+    /// assert_eq!(counts, vec![1, 2, 1]);
+    /// ```
+    pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
+        TimeWindowedKStream {
+            grouped: KGroupedStream::new(
+                self.stream.clone(),
+                self.key_serde.clone(),
+                self.name.clone(),
+                self.repartition,
+            ),
+            windows,
+        }
+    }
+}
+
+/// Store key of a time window: the start (8 bytes, big-endian; starts are
+/// never negative, so byte order is time order) and the key's bytes.
+/// Windows are ordered by start, hence by end: expiry is a range delete.
+fn window_key(start: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&start.max(0).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Store value: the largest record timestamp in the window (8 bytes) and
+/// the aggregate's bytes.
+fn stamped(ts: i64, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&ts.to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn unstamp(bytes: &[u8]) -> Result<(i64, &[u8]), SerdeError> {
+    if bytes.len() < 8 {
+        return Err(SerdeError::Other(
+            "stored window value shorter than its timestamp".into(),
+        ));
+    }
+    let (ts, rest) = bytes.split_at(8);
+    let mut be = [0u8; 8];
+    be.copy_from_slice(ts);
+    Ok((i64::from_be_bytes(be), rest))
+}
+
+fn split_start(bytes: &[u8]) -> Result<(i64, &[u8]), SerdeError> {
+    unstamp(bytes).map_err(|_| SerdeError::Other("window store key shorter than its start".into()))
+}
+
+struct WindowAggregator<K, V, A> {
+    store: String,
+    key: Arc<dyn Serde<K>>,
+    agg: Arc<dyn Serde<A>>,
+    adder: Adder<K, V, A>,
+    windows: TimeWindows,
+}
+
+impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggregator<K, V, A> {
+    fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
+        let node = ctx.node_name().to_string();
+        let stream_time = ctx.stream_time();
+        let close = stream_time - self.windows.grace_ms;
+        let k = downcast_ref::<K>(&r.key, &node)?.clone();
+        let kb = self.key.serialize(&k)?;
+        let v = downcast::<V>(r.value, &node)?;
+        let mut updated = false;
+        let mut late = None;
+        for start in self.windows.windows_for(r.timestamp) {
+            let window = self.windows.window(start);
+            if window.end <= close {
+                late = Some(window);
+                continue;
+            }
+            let sk = window_key(start, &kb);
+            let mut store = ctx.store(&self.store)?;
+            let (ts, current) = match store.get_counted(&sk)? {
+                Some(bytes) => {
+                    let (ts, a) = unstamp(&bytes)?;
+                    (ts, Some(self.agg.deserialize(a)?))
+                }
+                None => (r.timestamp, None),
+            };
+            let next = (self.adder)(&k, v.clone(), current);
+            let ts = ts.max(r.timestamp);
+            store.put(&sk, stamped(ts, &self.agg.serialize(&next)?))?;
+            ctx.forward(Record {
+                key: Box::new(Windowed {
+                    key: k.clone(),
+                    window,
+                }),
+                value: Box::new(next),
+                timestamp: ts,
+                headers: r.headers.clone(),
+            });
+            updated = true;
+        }
+        self.expire(ctx, stream_time)?;
+        match late {
+            Some(window) if !updated => Err(ProcessError::Late {
+                node,
+                timestamp: r.timestamp,
+                window_start: window.start,
+                window_end: window.end,
+                stream_time,
+                grace_ms: self.windows.grace_ms,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<K, V, A> WindowAggregator<K, V, A> {
+    /// Deletes every window that started at or before `stream time −
+    /// retention` (with the default retention: every closed window).
+    fn expire(&self, ctx: &mut Context<'_>, stream_time: i64) -> Result<(), ProcessError> {
+        let cutoff = stream_time - self.windows.retention_ms;
+        if cutoff < 0 {
+            return Ok(());
+        }
+        let mut store = ctx.store(&self.store)?;
+        let expired = store.range(&window_key(0, &[]), &window_key(cutoff + 1, &[]))?;
+        for (k, _) in expired {
+            store.delete(&k)?;
+        }
+        Ok(())
+    }
+}
+
+impl<K: Data + Clone, V: Data + Clone> TimeWindowedKStream<K, V> {
+    /// Lowers a windowed aggregation: optional repartition, the window
+    /// store, the aggregator.
+    fn lower<VIn: Data + Clone, A: Data + Clone>(
+        &self,
+        op: &str,
+        input: KStream<K, VIn>,
+        value_serde: Option<Arc<dyn Serde<VIn>>>,
+        adder: Adder<K, VIn, A>,
+        mat: Materialized<K, A>,
+    ) -> KTable<Windowed<K>, A> {
+        let g = &self.grouped;
+        let b = g.stream.b.clone();
+        let store = mat
+            .name
+            .clone()
+            .unwrap_or_else(|| b.derived_name(&g.stream.sources, op));
+        let key_serde = mat.key.clone().or_else(|| g.key_serde.clone());
+        let agg_serde = mat.value.clone().or_else(builtin_serde::<A>);
+        let empty = |b| {
+            KTable::new(
+                b,
+                input.node,
+                g.stream.sources.clone(),
+                None,
+                None,
+                store.clone(),
+            )
+        };
+        let (Some(key_serde), Some(agg_serde)) = (key_serde, agg_serde) else {
+            g.missing(if g.key_serde.is_none() {
+                "the key"
+            } else {
+                "the aggregate"
+            });
+            return empty(b);
+        };
+        let parent = if g.repartition {
+            let Some(vs) = value_serde else {
+                g.missing("the value");
+                return empty(b);
+            };
+            let suffix = repartition_suffix(g.name.as_deref().unwrap_or(&store));
+            input.through_internal(&suffix, key_serde.clone(), vs).node
+        } else {
+            input.node
+        };
+        b.with_graph(|gr| {
+            gr.add_store(StoreSpec {
+                name: store.clone(),
+                changelog: if mat.logged {
+                    Changelog::Internal
+                } else {
+                    Changelog::Disabled
+                },
+                format: None,
+                retention_ms: Some(self.windows.retention_ms),
+            })
+        });
+        let (s, k, a, w) = (
+            store.clone(),
+            key_serde.clone(),
+            agg_serde.clone(),
+            self.windows,
+        );
+        let factory: ProcessorFactory = Arc::new(move || {
+            Box::new(WindowAggregator {
+                store: s.clone(),
+                key: k.clone(),
+                agg: a.clone(),
+                adder: adder.clone(),
+                windows: w,
+            }) as Box<dyn Processor>
+        });
+        let kind = match op {
+            "count" => "window-count",
+            "reduce" => "window-reduce",
+            _ => "window-aggregate",
+        };
+        let node = b.add_processor(kind, factory, &[parent], vec![store.clone()]);
+        let windowed: Arc<dyn Serde<Windowed<K>>> =
+            Arc::new(WindowedSerde::new(key_serde, self.windows.size_ms));
+        KTable::new(
+            b,
+            node,
+            g.stream.sources.clone(),
+            Some(windowed),
+            Some(agg_serde),
+            store,
+        )
+        .with_windows(self.windows)
+    }
+
+    /// Counts records per key and window; every change is emitted.
+    /// See [`KGroupedStream::windowed_by`] for an example.
+    pub fn count(&self, mat: Materialized<K, i64>) -> KTable<Windowed<K>, i64> {
+        let mat = if mat.value.is_none() {
+            mat.with_value_serde(I64Serde)
+        } else {
+            mat
+        };
+        let g = &self.grouped;
+        if g.repartition {
+            let units = g.stream.map_values(|_| ());
+            self.lower(
+                "count",
+                units,
+                Some(Arc::new(UnitSerde)),
+                Arc::new(|_, _, n| n.unwrap_or(0) + 1),
+                mat,
+            )
+        } else {
+            self.lower(
+                "count",
+                g.stream.clone(),
+                g.stream.value_serde.clone(),
+                Arc::new(|_, _, n| n.unwrap_or(0) + 1),
+                mat,
+            )
+        }
+    }
+
+    /// Folds each window's values into an aggregate.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("in")
+    ///     .group_by_key()
+    ///     .windowed_by(TimeWindows::of_size(Duration::from_secs(10)))
+    ///     .aggregate(|| 0i64, |_k, v, sum| sum + v.len() as i64, Materialized::as_store("lengths"))
+    ///     .to_stream()
+    ///     .map(|w, n| (format!("{}@{}", w.key, w.window.start), n.to_string()))
+    ///     .to_topic("out");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str_at("in", "k", "abc", 1_000);
+    /// d.pipe_str_at("in", "k", "de", 2_000);
+    /// assert_eq!(d.output_utf8("out").last(), Some(&("k@0".to_string(), "5".to_string())));
+    /// ```
+    pub fn aggregate<A: Data + Clone>(
+        &self,
+        init: impl Fn() -> A + Send + Sync + 'static,
+        adder: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
+        mat: Materialized<K, A>,
+    ) -> KTable<Windowed<K>, A> {
+        let g = &self.grouped;
+        let adder: Adder<K, V, A> = Arc::new(move |k, v, a| adder(k, v, a.unwrap_or_else(&init)));
+        self.lower(
+            "aggregate",
+            g.stream.clone(),
+            g.stream.value_serde.clone(),
+            adder,
+            mat,
+        )
+    }
+
+    /// Combines each window's values with `f(aggregate, value)`; needs a
+    /// value serde (given or built in).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("in")
+    ///     .group_by_key()
+    ///     .windowed_by(TimeWindows::of_size(Duration::from_secs(10)))
+    ///     .reduce(|a, v| format!("{a}{v}"), Materialized::as_store("concat"))
+    ///     .to_stream()
+    ///     .map(|w, s| (w.key, s))
+    ///     .to_topic("out");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str_at("in", "k", "a", 1_000);
+    /// d.pipe_str_at("in", "k", "b", 2_000);
+    /// d.pipe_str_at("in", "k", "c", 12_000);
+    /// let out: Vec<String> = d.output_utf8("out").into_iter().map(|(_, v)| v).collect();
+    /// assert_eq!(out, vec!["a", "ab", "c"]);
+    /// ```
+    pub fn reduce(
+        &self,
+        f: impl Fn(V, V) -> V + Send + Sync + 'static,
+        mat: Materialized<K, V>,
+    ) -> KTable<Windowed<K>, V> {
+        let g = &self.grouped;
+        let vs = mat.value.clone().or_else(|| g.stream.value_serde.clone());
+        let Some(vs) = vs else {
+            g.missing("the value");
+            return KTable::new(
+                g.stream.b.clone(),
+                g.stream.node,
+                g.stream.sources.clone(),
+                None,
+                None,
+                String::new(),
+            );
+        };
+        let mat = Materialized {
+            value: Some(vs),
+            ..mat
+        };
+        let adder: Adder<K, V, V> = Arc::new(move |_, v, acc| match acc {
+            None => v,
+            Some(a) => f(a, v),
+        });
+        self.lower(
+            "reduce",
+            g.stream.clone(),
+            g.stream.value_serde.clone(),
+            adder,
+            mat,
+        )
+    }
+}
+
+/// Emit-final: buffers each window's latest value in a sled store keyed
+/// by close time (`end + grace`, 8 bytes big-endian) and the windowed key,
+/// and forwards it once stream time reaches the close time.
+struct Suppress<K, V> {
+    buffer: String,
+    key: Arc<dyn Serde<Windowed<K>>>,
+    value: Arc<dyn Serde<V>>,
+    grace_ms: i64,
+}
+
+impl<K: Data + Clone, V: Data + Clone> Suppress<K, V> {
+    /// Forwards, oldest close time first, every buffered window whose close
+    /// time is at or before `stream_time`, and removes it from the buffer.
+    fn flush(&self, ctx: &mut Context<'_>, stream_time: i64) -> Result<(), ProcessError> {
+        if stream_time < 0 {
+            return Ok(());
+        }
+        let due = ctx
+            .store(&self.buffer)?
+            .range(&0i64.to_be_bytes(), &(stream_time + 1).to_be_bytes())?;
+        for (bk, bv) in due {
+            let (_, wk) = split_start(&bk)?;
+            let (ts, v) = unstamp(&bv)?;
+            let key = self.key.deserialize(wk)?;
+            let value = self.value.deserialize(v)?;
+            ctx.store(&self.buffer)?.delete(&bk)?;
+            ctx.forward(Record::new(Box::new(key), Box::new(value), ts));
+        }
+        Ok(())
+    }
+}
+
+impl<K: Data + Clone, V: Data + Clone> Processor for Suppress<K, V> {
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        // Idle advance moves stream time without a record: flush then too.
+        ctx.schedule(1, PunctuationType::StreamTime);
+        Ok(())
+    }
+
+    fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
+        let node = ctx.node_name().to_string();
+        let wk = downcast_ref::<Windowed<K>>(&r.key, &node)?;
+        let close = wk.window.end.saturating_add(self.grace_ms);
+        let mut bk = close.max(0).to_be_bytes().to_vec();
+        bk.extend_from_slice(&self.key.serialize(wk)?);
+        let v = downcast_ref::<V>(&r.value, &node)?;
+        let bv = stamped(r.timestamp, &self.value.serialize(v)?);
+        ctx.store(&self.buffer)?.put(&bk, bv)?;
+        self.flush(ctx, ctx.stream_time())
+    }
+
+    fn punctuate(&mut self, ctx: &mut Context<'_>, p: Punctuation) -> Result<(), ProcessError> {
+        self.flush(ctx, p.time)
+    }
+}
+
+impl<K: Data + Clone, V: Data + Clone> KTable<Windowed<K>, V> {
+    /// Emits one final result per window, when stream time passes the
+    /// window's end + grace, instead of every update (Kafka Streams'
+    /// `suppress(Suppressed.untilWindowCloses(...))`). The pending results
+    /// wait in the sled store `<table store>-suppress-buffer`, changelogged
+    /// and restored: memory does not grow with the number of open windows.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("in")
+    ///     .group_by_key()
+    ///     .windowed_by(TimeWindows::of_size(Duration::from_secs(60)).grace(Duration::from_secs(10)))
+    ///     .count(Materialized::as_store("per-minute"))
+    ///     .suppress(Suppressed::until_window_closes())
+    ///     .to_stream()
+    ///     .map(|w, n| (format!("{}@{}", w.key, w.window.start), n.to_string()))
+    ///     .to_topic("final");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str_at("in", "a", "x", 1_000);
+    /// d.pipe_str_at("in", "a", "x", 2_000);
+    /// d.pipe_str_at("in", "a", "x", 65_000); // window [0, 60 s) still open: grace
+    /// assert!(d.output_utf8("final").is_empty());
+    /// d.pipe_str_at("in", "b", "x", 70_000); // stream time 70 s = end + grace
+    /// assert_eq!(d.output_utf8("final"), vec![("a@0".to_string(), "2".to_string())]);
+    /// ```
+    pub fn suppress(&self, _until: Suppressed) -> KTable<Windowed<K>, V> {
+        let b = self.builder();
+        let buffer = format!("{}-suppress-buffer", self.store_name());
+        let (Some(ks), Some(vs), Some(w)) = (self.key_serde(), self.value_serde(), self.windows())
+        else {
+            b.record_error(stream_core::TopologyError::MissingSerde(format!(
+                "suppress after {}: a windowed table with known serdes is needed",
+                self.store_name()
+            )));
+            return self.clone_table();
+        };
+        b.with_graph(|g| {
+            g.add_store(StoreSpec {
+                name: buffer.clone(),
+                changelog: Changelog::Internal,
+                format: None,
+                retention_ms: None,
+            })
+        });
+        let (bn, k, v, grace) = (buffer.clone(), ks.clone(), vs.clone(), w.grace_ms);
+        let factory: ProcessorFactory = Arc::new(move || {
+            Box::new(Suppress {
+                buffer: bn.clone(),
+                key: k.clone(),
+                value: v.clone(),
+                grace_ms: grace,
+            }) as Box<dyn Processor>
+        });
+        let node = b.add_processor("suppress", factory, &[self.node()], vec![buffer]);
+        KTable::new(
+            b,
+            node,
+            self.sources(),
+            Some(ks),
+            Some(vs),
+            self.store_name().to_string(),
+        )
+        .with_windows(w)
+    }
+}

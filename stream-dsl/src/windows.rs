@@ -1,0 +1,215 @@
+//! Window specifications and windowed keys: [`TimeWindows`] (tumbling and
+//! hopping), [`Window`], [`Windowed`] and its serde.
+//!
+//! Semantics follow Kafka Streams' `TimeWindows` (`kstream/TimeWindows.java`,
+//! `internals/KStreamWindowAggregate.java`): windows are half-open
+//! `[start, start + size)`, aligned to the epoch, start at 0 or later; a
+//! window accepts records until stream time reaches `end + grace`; a
+//! windowed key is written as the key's bytes followed by the window start
+//! (8 bytes, big-endian), Kafka Streams' `TimeWindowedSerializer` format.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stream_core::SerdeError;
+use stream_core::serde::Serde;
+
+/// A half-open time interval `[start, end)` in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Window {
+    /// Inclusive start.
+    pub start: i64,
+    /// Exclusive end.
+    pub end: i64,
+}
+
+/// A key together with the window its aggregate belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Windowed<K> {
+    /// The record key.
+    pub key: K,
+    /// The window.
+    pub window: Window,
+}
+
+/// Fixed-size windows: tumbling (advance = size, the default) or hopping
+/// (advance < size, overlapping), with a grace period for out-of-order
+/// records.
+///
+/// ```
+/// use std::time::Duration;
+/// use stream_dsl::windows::TimeWindows;
+/// let w = TimeWindows::of_size(Duration::from_secs(60)).advance_by(Duration::from_secs(30));
+/// assert_eq!(w.windows_for(70_000), vec![30_000, 60_000]);
+/// let t = TimeWindows::of_size(Duration::from_secs(60));
+/// assert_eq!(t.windows_for(70_000), vec![60_000]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindows {
+    /// Window size (ms).
+    pub size_ms: i64,
+    /// Distance between window starts (ms).
+    pub advance_ms: i64,
+    /// How long after its end a window still accepts records (ms).
+    pub grace_ms: i64,
+    /// How long a window is kept in its store after its start (ms);
+    /// at least `size + grace`.
+    pub retention_ms: i64,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+impl TimeWindows {
+    /// Tumbling windows of `size` with no grace period (Kafka Streams'
+    /// `ofSizeWithNoGrace`): a record is late once stream time has passed
+    /// its window's end.
+    pub fn of_size(size: Duration) -> Self {
+        let size_ms = ms(size);
+        TimeWindows {
+            size_ms,
+            advance_ms: size_ms,
+            grace_ms: 0,
+            retention_ms: size_ms,
+        }
+    }
+
+    /// Hopping windows: a new window every `advance` (at most the size).
+    pub fn advance_by(mut self, advance: Duration) -> Self {
+        self.advance_ms = ms(advance).min(self.size_ms);
+        self
+    }
+
+    /// Accepts out-of-order records up to `grace` after a window's end.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self.retention_ms = self.retention_ms.max(self.size_ms + self.grace_ms);
+        self
+    }
+
+    /// Keeps windows in the store for `retention` after their start (at
+    /// least size + grace): longer lets interactive queries see closed
+    /// windows.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention_ms = ms(retention).max(self.size_ms + self.grace_ms);
+        self
+    }
+
+    /// Starts of the windows that contain `ts`, oldest first (Kafka
+    /// Streams' `TimeWindows.windowsFor`).
+    pub fn windows_for(&self, ts: i64) -> Vec<i64> {
+        let first = (ts - self.size_ms + self.advance_ms).max(0);
+        let mut start = first - first % self.advance_ms;
+        let mut out = Vec::new();
+        while start <= ts {
+            out.push(start);
+            start += self.advance_ms;
+        }
+        out
+    }
+
+    /// The window starting at `start`.
+    pub fn window(&self, start: i64) -> Window {
+        Window {
+            start,
+            end: start + self.size_ms,
+        }
+    }
+}
+
+/// Serializes a [`Windowed`] key as the inner key's bytes followed by the
+/// window start (8 bytes, big-endian): Kafka Streams' time-windowed key
+/// format, so a Java consumer with `TimeWindowedDeserializer` reads it. The
+/// end is not written; reading needs the window size.
+pub struct WindowedSerde<K> {
+    inner: Arc<dyn Serde<K>>,
+    size_ms: i64,
+}
+
+impl<K> WindowedSerde<K> {
+    /// Wraps the key serde `inner` for windows of `size_ms`.
+    pub fn new(inner: Arc<dyn Serde<K>>, size_ms: i64) -> Self {
+        WindowedSerde { inner, size_ms }
+    }
+}
+
+impl<K: 'static> Serde<Windowed<K>> for WindowedSerde<K> {
+    fn serialize(&self, value: &Windowed<K>) -> Result<Vec<u8>, SerdeError> {
+        let mut out = self.inner.serialize(&value.key)?;
+        out.extend_from_slice(&value.window.start.to_be_bytes());
+        Ok(out)
+    }
+
+    fn deserialize(&self, bytes: &[u8]) -> Result<Windowed<K>, SerdeError> {
+        if bytes.len() < 8 {
+            return Err(SerdeError::Other(format!(
+                "a windowed key needs at least 8 bytes, got {}",
+                bytes.len()
+            )));
+        }
+        let (key, start) = bytes.split_at(bytes.len() - 8);
+        let mut be = [0u8; 8];
+        be.copy_from_slice(start);
+        let start = i64::from_be_bytes(be);
+        Ok(Windowed {
+            key: self.inner.deserialize(key)?,
+            window: Window {
+                start,
+                end: start + self.size_ms,
+            },
+        })
+    }
+}
+
+/// When a windowed table emits (Kafka Streams' `Suppressed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suppressed {
+    /// One final result per window, once stream time passes the window's
+    /// end + grace (`Suppressed.untilWindowCloses`). The pending results
+    /// wait in a sled store, changelogged and restored.
+    UntilWindowCloses,
+}
+
+impl Suppressed {
+    /// Final results only.
+    pub fn until_window_closes() -> Self {
+        Suppressed::UntilWindowCloses
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stream_core::serde::StringSerde;
+
+    #[test]
+    fn should_place_records_in_every_window_that_contains_them() {
+        let w =
+            TimeWindows::of_size(Duration::from_millis(10)).advance_by(Duration::from_millis(5));
+        assert_eq!(w.windows_for(0), vec![0]);
+        assert_eq!(w.windows_for(4), vec![0]);
+        assert_eq!(w.windows_for(5), vec![0, 5]);
+        assert_eq!(w.windows_for(12), vec![5, 10]);
+        let t = TimeWindows::of_size(Duration::from_millis(10));
+        assert_eq!(t.windows_for(9), vec![0]);
+        assert_eq!(t.windows_for(10), vec![10]);
+    }
+
+    #[test]
+    fn should_write_windowed_keys_as_kafka_streams_does() {
+        let s = WindowedSerde::new(Arc::new(StringSerde), 60_000);
+        let k = Windowed {
+            key: "acme".to_string(),
+            window: Window {
+                start: 120_000,
+                end: 180_000,
+            },
+        };
+        let b = s.serialize(&k).unwrap();
+        assert_eq!(&b[..4], b"acme");
+        assert_eq!(&b[4..], &120_000i64.to_be_bytes());
+        assert_eq!(s.deserialize(&b).unwrap(), k);
+        assert!(s.deserialize(b"x").is_err());
+    }
+}
