@@ -369,6 +369,9 @@ impl TestDriver {
         if let Err(e) = self.run() {
             panic!("processing failed: {e}");
         }
+        // The tasks look at the clock after each record, as the runtime's
+        // poll loop does.
+        self.advance_time(0);
     }
 
     /// Like [`pipe`](Self::pipe) with UTF-8 key and value.

@@ -97,6 +97,12 @@ impl StreamsBuilder {
             erase(consumed.key.clone()),
             erase(consumed.value.clone()),
         );
+        if let Some(ex) = consumed.timestamps {
+            self.inner
+                .borrow_mut()
+                .graph
+                .set_timestamp_extractor(node, ex);
+        }
         KStream::new(
             self.clone(),
             node,

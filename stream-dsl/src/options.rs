@@ -5,13 +5,16 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use stream_core::data::Data;
 use stream_core::graph::Partitioner;
 use stream_core::serde::{DefaultSerde, JsonSerde, Serde};
+use stream_core::time::TimestampExtractor;
 
 /// Serdes of a source topic.
 pub struct Consumed<K, V> {
     pub(crate) key: Arc<dyn Serde<K>>,
     pub(crate) value: Arc<dyn Serde<V>>,
+    pub(crate) timestamps: Option<TimestampExtractor>,
 }
 
 impl<K, V> Consumed<K, V> {
@@ -20,7 +23,57 @@ impl<K, V> Consumed<K, V> {
         Consumed {
             key: Arc::new(key),
             value: Arc::new(value),
+            timestamps: None,
         }
+    }
+
+    /// Takes event time from `extractor` instead of the Kafka record's
+    /// timestamp (e.g. [`TimestampExtractor::json_field`], or
+    /// [`TimestampExtractor::WallClock`] for processing time).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stream_core::time::TimestampExtractor;
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source_with("events", Consumed::<String, serde_json::Value>::json()
+    ///         .with_timestamp_extractor(TimestampExtractor::json_field("at")))
+    ///     .map_values(|v| v.to_string())
+    ///     .to_topic("out");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str("events", "k", r#"{"at": 90000}"#);
+    /// assert_eq!(d.records("out")[0].timestamp, 90_000);
+    /// d.pipe_str("events", "k", r#"{"at": -5}"#); // negative: dead-lettered
+    /// assert_eq!(d.dead_letters().len(), 1);
+    /// ```
+    pub fn with_timestamp_extractor(mut self, extractor: TimestampExtractor) -> Self {
+        self.timestamps = Some(extractor);
+        self
+    }
+}
+
+impl<K: Data + Clone, V: Data + Clone> Consumed<K, V> {
+    /// Takes event time from `f(key, value, record timestamp)`: `Err`
+    /// (or a negative time) dead-letters the record, stage `timestamp`.
+    pub fn with_timestamp_fn(
+        self,
+        f: impl Fn(&K, &V, i64) -> Result<i64, String> + Send + Sync + 'static,
+    ) -> Self {
+        let f = Arc::new(f);
+        self.with_timestamp_extractor(TimestampExtractor::Custom(Arc::new(move |k, v, ts| {
+            let k = k
+                .as_ref()
+                .as_any()
+                .downcast_ref::<K>()
+                .ok_or("key of another type")?;
+            let v = v
+                .as_ref()
+                .as_any()
+                .downcast_ref::<V>()
+                .ok_or("value of another type")?;
+            f(k, v, ts)
+        })))
     }
 }
 
@@ -30,6 +83,7 @@ impl<V: Serialize + DeserializeOwned + 'static> Consumed<String, V> {
         Consumed {
             key: String::default_serde(),
             value: Arc::new(JsonSerde::<V>::new()),
+            timestamps: None,
         }
     }
 }

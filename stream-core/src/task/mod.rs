@@ -68,8 +68,10 @@ pub struct Task {
     restored: u64,
     restore_skipped: u64,
     late: u64,
-    /// Wall clock of the last input record (idle detection).
+    /// Wall clock (as given to `punctuate`) when input was last seen.
     last_input_wall: Option<i64>,
+    /// Whether a record arrived since the last `punctuate`.
+    input_since_punctuate: bool,
     /// Stream time when the input went idle (idle advance counts from it).
     idle_base: Option<i64>,
     /// Whether any sub-topology of the topology has a store.
@@ -124,6 +126,7 @@ impl Task {
             restore_skipped: 0,
             late: 0,
             last_input_wall: None,
+            input_since_punctuate: false,
             idle_base: None,
             topology_keeps_state: !topology.stores().is_empty(),
         }
@@ -201,6 +204,11 @@ impl Task {
     /// what they forward runs through the graph like any record.
     pub fn punctuate(&mut self, now_ms: i64) -> Result<(), TaskError> {
         let origin = punctuation_origin(self.id.partition);
+        if std::mem::take(&mut self.input_since_punctuate) {
+            // Input arrived since the last look at the clock.
+            self.last_input_wall = Some(now_ms);
+            self.idle_base = None;
+        }
         if let (Some(idle), Some(last)) = (self.config.idle_advance_ms, self.last_input_wall) {
             let quiet = now_ms - last;
             if quiet >= idle && self.progress.stream_time() >= 0 {
@@ -310,7 +318,7 @@ impl Task {
                     Err(why) => Err((FailureStage::Timestamp, why)),
                     Ok(ts) => {
                         self.progress.observe(ts);
-                        self.last_input_wall = Some(crate::time::now_ms());
+                        self.input_since_punctuate = true;
                         let headers: Headers = input
                             .headers
                             .iter()
