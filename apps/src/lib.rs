@@ -16,6 +16,7 @@ pub mod fake;
 pub mod filters;
 pub mod user;
 pub mod watchlist;
+pub mod windowed_watchlist;
 
 /// The book's pages (`docs/`), compiled and run as doctests so that every
 /// Rust snippet in them stays true.
