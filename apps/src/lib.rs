@@ -34,4 +34,6 @@ pub mod book {
     pub struct Operations;
     #[doc = include_str!("../../docs/testing.md")]
     pub struct Testing;
+    #[doc = include_str!("../../docs/windows.md")]
+    pub struct Windows;
 }

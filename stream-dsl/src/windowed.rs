@@ -60,7 +60,9 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
     ///     .windowed_by(TimeWindows::of_size(Duration::from_secs(60)))
     ///     .count(Materialized::as_store("per-minute"))
     ///     .to_topic("counts");
-    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// let topology = b.build().unwrap();
+    /// assert!(topology.describe("app").contains("[tumbling 60000 ms, grace 0 ms]"));
+    /// let mut d = TestDriver::new(topology, "app");
     /// d.pipe_str_at("clicks", "a", "x", 1_000);
     /// d.pipe_str_at("clicks", "a", "x", 59_000);
     /// d.pipe_str_at("clicks", "a", "x", 61_000);
@@ -275,6 +277,18 @@ impl<K: Data + Clone, V: Data + Clone> TimeWindowedKStream<K, V> {
             _ => "window-aggregate",
         };
         let node = b.add_processor(kind, factory, &[parent], vec![store.clone()]);
+        let w = self.windows;
+        let shape = if w.advance_ms == w.size_ms {
+            "tumbling"
+        } else {
+            "hopping"
+        };
+        let mut note = format!("{shape} {} ms", w.size_ms);
+        if w.advance_ms != w.size_ms {
+            note.push_str(&format!(", advance {} ms", w.advance_ms));
+        }
+        note.push_str(&format!(", grace {} ms", w.grace_ms));
+        b.with_graph(|gr| gr.set_note(node, note));
         let windowed: Arc<dyn Serde<Windowed<K>>> =
             Arc::new(WindowedSerde::new(key_serde, self.windows.size_ms));
         KTable::new(
@@ -524,6 +538,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<Windowed<K>, V> {
             }) as Box<dyn Processor>
         });
         let node = b.add_processor("suppress", factory, &[self.node()], vec![buffer]);
+        b.with_graph(|g| g.set_note(node, "emit final: until window closes"));
         KTable::new(
             b,
             node,

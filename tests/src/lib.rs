@@ -156,6 +156,8 @@ pub struct Rec {
     pub value: Option<Vec<u8>>,
     /// Headers.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Timestamp (ms), `-1` when the record has none.
+    pub timestamp: i64,
 }
 
 /// Reads every record of `topic` up to the high watermarks taken now
@@ -207,6 +209,7 @@ pub fn read_all_with(mut cfg: ClientConfig, topic: &str, deadline: Duration) -> 
                             .collect()
                     })
                     .unwrap_or_default(),
+                timestamp: m.timestamp().to_millis().unwrap_or(-1),
             });
         }
         let pos = c.position().expect("position");

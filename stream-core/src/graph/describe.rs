@@ -25,7 +25,11 @@ impl Topology {
                         format!("Source: {} (topics: [{}])", n.name, t.join(", "))
                     }
                     NodeKind::Processor { stores, .. } => {
-                        format!("Processor: {} (stores: [{}])", n.name, stores.join(", "))
+                        format!(
+                            "Processor: {} (stores: [{}])",
+                            self.label(i),
+                            stores.join(", ")
+                        )
                     }
                     NodeKind::Sink { topic, .. } => {
                         format!(
@@ -74,7 +78,7 @@ impl Topology {
         for st in &self.subtopologies {
             let _ = writeln!(out, "  subgraph sub{}[\"Sub-topology {}\"]", st.id, st.id);
             for &i in &st.nodes {
-                let _ = writeln!(out, "    n{i}[\"{}\"]", self.nodes[i].name);
+                let _ = writeln!(out, "    n{i}[\"{}\"]", self.label(i));
             }
             out.push_str("  end\n");
         }
@@ -126,11 +130,7 @@ impl Topology {
                 st.id, st.id
             );
             for &i in &st.nodes {
-                let _ = writeln!(
-                    out,
-                    "    n{i} [label=\"{}\", shape=box];",
-                    self.nodes[i].name
-                );
+                let _ = writeln!(out, "    n{i} [label=\"{}\", shape=box];", self.label(i));
             }
             out.push_str("  }\n");
         }

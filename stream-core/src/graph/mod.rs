@@ -197,6 +197,7 @@ pub struct TopologyBuilder {
     stores: Vec<StoreSpec>,
     repartitions: BTreeMap<String, Option<i32>>,
     timestamps: HashMap<usize, TimestampExtractor>,
+    notes: HashMap<usize, String>,
     errors: Vec<TopologyError>,
 }
 
@@ -233,6 +234,12 @@ impl TopologyBuilder {
     /// (default: the Kafka record's timestamp).
     pub fn set_timestamp_extractor(&mut self, source: usize, extractor: TimestampExtractor) {
         self.timestamps.insert(source, extractor);
+    }
+
+    /// Attaches a short description to node `node` (a window spec, an
+    /// emit strategy), shown by `describe()` and the diagrams.
+    pub fn set_note(&mut self, node: usize, note: impl Into<String>) {
+        self.notes.insert(node, note.into());
     }
 
     /// Adds a source node reading `topics`.
@@ -344,6 +351,7 @@ impl TopologyBuilder {
             subtopologies,
             repartitions: self.repartitions,
             timestamps: self.timestamps,
+            notes: self.notes,
         })
     }
 }
@@ -418,9 +426,24 @@ pub struct Topology {
     subtopologies: Vec<SubTopology>,
     repartitions: BTreeMap<String, Option<i32>>,
     timestamps: HashMap<usize, TimestampExtractor>,
+    notes: HashMap<usize, String>,
 }
 
 impl Topology {
+    /// The description attached to node `node`, if any.
+    pub fn note(&self, node: usize) -> Option<&str> {
+        self.notes.get(&node).map(String::as_str)
+    }
+
+    /// Node `node`'s name with its note: `name [note]`.
+    pub fn label(&self, node: usize) -> String {
+        match (self.nodes.get(node), self.note(node)) {
+            (Some(n), Some(note)) => format!("{} [{note}]", n.name),
+            (Some(n), None) => n.name.clone(),
+            (None, _) => String::new(),
+        }
+    }
+
     /// Where source node `node` takes its records' event time.
     pub fn timestamp_extractor(&self, node: usize) -> TimestampExtractor {
         self.timestamps.get(&node).cloned().unwrap_or_default()

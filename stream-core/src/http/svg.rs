@@ -59,8 +59,8 @@ fn render(topology: &Topology, app: &str) -> String {
     };
     let nodes = topology.nodes();
     let mut ids = Vec::with_capacity(nodes.len());
-    for n in nodes {
-        ids.push(add(&mut vg, &n.name, Kind::Processor));
+    for i in 0..nodes.len() {
+        ids.push(add(&mut vg, &topology.label(i), Kind::Processor));
     }
     for (i, n) in nodes.iter().enumerate() {
         for &c in &n.children {

@@ -204,8 +204,10 @@ impl Task {
     /// what they forward runs through the graph like any record.
     pub fn punctuate(&mut self, now_ms: i64) -> Result<(), TaskError> {
         let origin = punctuation_origin(self.id.partition);
-        if std::mem::take(&mut self.input_since_punctuate) {
-            // Input arrived since the last look at the clock.
+        if std::mem::take(&mut self.input_since_punctuate) || self.last_input_wall.is_none() {
+            // Input arrived since the last look at the clock (or the task
+            // just started: it counts as input, so a task restarted on a
+            // quiet partition goes idle too).
             self.last_input_wall = Some(now_ms);
             self.idle_base = None;
         }

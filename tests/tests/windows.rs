@@ -1,0 +1,280 @@
+//! Time windows on a real broker: the windowed watchlist through SIGKILL
+//! loops under both guarantees. Every window's final count equals a
+//! recount of the input by event time; under exactly-once each final
+//! appears exactly once in a read_committed read; restarts with local
+//! state read only the changelog's tail.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use apps::filters::for_team;
+use apps::user::User;
+use apps::windowed_watchlist::WindowCount;
+use integration_tests::*;
+use rand::Rng;
+
+/// Window size and grace: small windows, so that the run spans many; a
+/// grace far above the skew between the two upstream partitions after a
+/// restart, so that no record is late.
+const WINDOW_SECS: i64 = 5;
+const GRACE_SECS: i64 = 20;
+
+struct Setup {
+    app: String,
+    new_users: String,
+    output: String,
+}
+
+async fn setup(name: &str) -> Setup {
+    let s = Setup {
+        app: unique(name),
+        new_users: unique("new_users"),
+        output: unique("windowed"),
+    };
+    create_topic(&s.new_users, 2).await;
+    create_topic(&s.output, 2).await;
+    s
+}
+
+fn start(s: &Setup, state: &Path, guarantee: &str, instance: &str, log: &Path) -> Child {
+    let args: Vec<String> = [
+        "--team",
+        "team-1",
+        "--application-id",
+        &s.app,
+        "--new-users-topic",
+        &s.new_users,
+        "--output",
+        &s.output,
+        "--bootstrap-servers",
+        &bootstrap(),
+        "--state-dir",
+        &state.display().to_string(),
+        "--guarantee",
+        guarantee,
+        "--group-instance-id",
+        instance,
+        "--window-secs",
+        &WINDOW_SECS.to_string(),
+        "--grace-secs",
+        &GRACE_SECS.to_string(),
+        "--idle-advance-secs",
+        "2",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    spawn_logged("windowed-watchlist", &args, log)
+}
+
+fn feed(s: &Setup, count: u64, rate: u64) -> Child {
+    let seed: u64 = rand::thread_rng().gen();
+    Command::new(workspace_bin("fake-users"))
+        .args(["--new-users-topic", &s.new_users])
+        .args(["--bootstrap-servers", &bootstrap()])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fake-users")
+}
+
+type WindowKey = (String, i64);
+
+/// Flagged users per (company, window start), from the input's timestamps.
+fn recount(new_users: &str) -> BTreeMap<WindowKey, i64> {
+    let filter = for_team("team-1").unwrap();
+    let size = WINDOW_SECS * 1000;
+    let mut m = BTreeMap::new();
+    for r in read_all(new_users, Duration::from_secs(60)) {
+        let Some(u) = r
+            .value
+            .and_then(|v| serde_json::from_slice::<User>(&v).ok())
+        else {
+            continue;
+        };
+        if filter.matches(&u) {
+            let start = r.timestamp - r.timestamp % size;
+            *m.entry((u.company_name, start)).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Every final count written, per window, in log order per partition.
+fn finals(output: &str) -> BTreeMap<WindowKey, Vec<i64>> {
+    let mut m: BTreeMap<WindowKey, Vec<i64>> = BTreeMap::new();
+    let mut recs = read_all(output, Duration::from_secs(60));
+    recs.sort_by_key(|r| (r.partition, r.offset));
+    for r in recs {
+        if let Some(w) = r
+            .value
+            .and_then(|v| serde_json::from_slice::<WindowCount>(&v).ok())
+        {
+            m.entry((w.company, w.window_start))
+                .or_default()
+                .push(w.flag_count);
+        }
+    }
+    m
+}
+
+fn last(f: &BTreeMap<WindowKey, Vec<i64>>) -> BTreeMap<WindowKey, i64> {
+    f.iter()
+        .filter_map(|(k, v)| v.last().map(|n| (k.clone(), *n)))
+        .collect()
+}
+
+/// `(read, changelog records)` of every logged restore.
+fn restore_reads(log: &Path) -> Vec<(u64, u64)> {
+    let field = |l: &str, name: &str| -> Option<u64> {
+        l.split(name)
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| Some((field(l, "restored read=")?, field(l, "changelog_records=")?)))
+        .collect()
+}
+
+struct Run {
+    expected: BTreeMap<WindowKey, i64>,
+    finals: BTreeMap<WindowKey, Vec<i64>>,
+    late: usize,
+    log: PathBuf,
+}
+
+fn crash_loop(guarantee: &str, kills: usize) -> Run {
+    let rt = tokio::runtime::Handle::current();
+    let s = tokio::task::block_in_place(|| rt.block_on(setup("windows")));
+    let state = tempfile::tempdir().unwrap().keep();
+    let log = log_dir().join(format!("{}.log", s.app));
+    let instance = unique("instance");
+    let mut feeder = feed(&s, 15_000, 1_000);
+    let mut app = start(&s, &state, guarantee, &instance, &log);
+    assert!(
+        wait_until(Duration::from_secs(90), || !restore_reads(&log).is_empty()),
+        "the first instance started (log {})",
+        log.display()
+    );
+    let mut rng = rand::thread_rng();
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(600..1600)));
+        signal_and_wait(&mut app, libc::SIGKILL);
+        app = start(&s, &state, guarantee, &instance, &log);
+    }
+    assert!(feeder.wait().unwrap().success());
+    let expected = recount(&s.new_users);
+    let mut got = BTreeMap::new();
+    // Idle advance closes the last windows ~2 s after the input stops,
+    // then stream time needs grace + one window of wall-clock time.
+    wait_until(Duration::from_secs(180), || {
+        got = finals(&s.output);
+        last(&got) == expected
+    });
+    signal_and_wait(&mut app, libc::SIGTERM);
+    let late = read_all(&format!("{}-dlq", s.app), Duration::from_secs(10))
+        .iter()
+        .filter(|r| {
+            r.headers
+                .iter()
+                .any(|(k, v)| k == "dlq.stage" && v == b"late")
+        })
+        .count();
+    Run {
+        expected,
+        finals: got,
+        late,
+        log,
+    }
+}
+
+fn check_counts(run: &Run) {
+    assert!(
+        run.expected.len() > 20,
+        "many windows: {}",
+        run.expected.len()
+    );
+    assert_eq!(
+        last(&run.finals),
+        run.expected,
+        "final counts per window ({}; {} late records; log {})",
+        diff_windows(&last(&run.finals), &run.expected),
+        run.late,
+        run.log.display()
+    );
+}
+
+fn diff_windows(got: &BTreeMap<WindowKey, i64>, want: &BTreeMap<WindowKey, i64>) -> String {
+    let g: BTreeMap<Vec<u8>, i64> = got
+        .iter()
+        .map(|((c, s), n)| (format!("{c}@{s}").into_bytes(), *n))
+        .collect();
+    let w: BTreeMap<Vec<u8>, i64> = want
+        .iter()
+        .map(|((c, s), n)| (format!("{c}@{s}").into_bytes(), *n))
+        .collect();
+    diff_counts(&g, &w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_write_each_final_window_count_exactly_once_through_a_sigkill_loop() {
+    let run = crash_loop("exactly-once", 10);
+    check_counts(&run);
+    let repeated: Vec<_> = run.finals.iter().filter(|(_, v)| v.len() != 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "each window's final appears once under exactly-once: {:?} (log {})",
+        repeated.iter().take(5).collect::<Vec<_>>(),
+        run.log.display()
+    );
+    let reads = restore_reads(&run.log);
+    let (read, total) = reads
+        .iter()
+        .skip(4)
+        .fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
+    assert!(
+        reads.len() > 4 && total > 0,
+        "restores were logged: {reads:?}"
+    );
+    assert!(
+        read * 4 < total,
+        "restarts read {read} of {total} changelog records: only the tail (log {})",
+        run.log.display()
+    );
+    eprintln!(
+        "windows: {} windows exact; restarts read {read} of {total} changelog records",
+        run.expected.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_end_with_exact_final_window_counts_under_at_least_once() {
+    let run = crash_loop("at-least-once", 10);
+    check_counts(&run);
+    // A replayed final is the same final: every copy of a window's count agrees.
+    let differing: Vec<_> = run
+        .finals
+        .iter()
+        .filter(|(_, v)| v.windows(2).any(|w| w[0] != w[1]))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "a window's repeated finals differ: {:?} (log {})",
+        differing.iter().take(5).collect::<Vec<_>>(),
+        run.log.display()
+    );
+    let repeats = run.finals.values().filter(|v| v.len() > 1).count();
+    eprintln!(
+        "windows at-least-once: {} windows exact, {repeats} finals written more than once",
+        run.expected.len()
+    );
+}
