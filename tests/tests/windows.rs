@@ -15,11 +15,12 @@ use apps::windowed_watchlist::WindowCount;
 use integration_tests::*;
 use rand::Rng;
 
-/// Window size and grace: small windows, so that the run spans many; a
-/// grace far above the skew between the two upstream partitions after a
+/// Window size and grace: small windows, so that the run spans many and
+/// windows close (and emit their finals) while the kills go on; a grace
+/// well above the skew between the two upstream partitions after a
 /// restart, so that no record is late.
-const WINDOW_SECS: i64 = 5;
-const GRACE_SECS: i64 = 20;
+const WINDOW_SECS: i64 = 2;
+const GRACE_SECS: i64 = 10;
 
 struct Setup {
     app: String,
@@ -158,7 +159,7 @@ fn crash_loop(guarantee: &str, kills: usize) -> Run {
     let state = tempfile::tempdir().unwrap().keep();
     let log = log_dir().join(format!("{}.log", s.app));
     let instance = unique("instance");
-    let mut feeder = feed(&s, 15_000, 1_000);
+    let mut feeder = feed(&s, 30_000, 1_000);
     let mut app = start(&s, &state, guarantee, &instance, &log);
     assert!(
         wait_until(Duration::from_secs(90), || !restore_reads(&log).is_empty()),
@@ -166,11 +167,20 @@ fn crash_loop(guarantee: &str, kills: usize) -> Run {
         log.display()
     );
     let mut rng = rand::thread_rng();
-    for _ in 0..kills {
-        std::thread::sleep(Duration::from_millis(rng.gen_range(600..1600)));
+    let mut during = 0;
+    for i in 0..kills {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(1000..2500)));
         signal_and_wait(&mut app, libc::SIGKILL);
+        if i + 1 == kills {
+            during = finals(&s.output).len();
+        }
         app = start(&s, &state, guarantee, &instance, &log);
     }
+    assert!(
+        during > 0,
+        "windows closed and emitted finals while the kills went on (log {})",
+        log.display()
+    );
     assert!(feeder.wait().unwrap().success());
     let expected = recount(&s.new_users);
     let mut got = BTreeMap::new();
