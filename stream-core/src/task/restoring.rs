@@ -1,0 +1,131 @@
+//! Restoring a task: where its input resumes, which changelog records
+//! it applies, and how far restore has read.
+
+use std::collections::BTreeMap;
+
+use super::{CommittedOffset, RestoreTarget, Task};
+use crate::coordinates::TopicPartition;
+use crate::error::StoreError;
+
+impl Task {
+    /// Prepares a restore. `committed` holds the input offsets the consumer
+    /// group holds (`topic/partition` → offset, and whether this
+    /// application committed it). Returns the changelog partitions to read
+    /// and their start offsets: the checkpoint's offsets when local state
+    /// exists, the beginning otherwise.
+    ///
+    /// Where input resumes, per partition:
+    /// - an offset this application committed: the larger of it and the
+    ///   local checkpoint's position (everything before either was
+    ///   acknowledged, and the changelog's tail fills the gap);
+    /// - an offset another program committed in the same group is not
+    ///   trusted: the local checkpoint's position when local state exists,
+    ///   else the beginning of the partition for a task with stores (only a
+    ///   recount is exact: the changelog cannot tell which of its records
+    ///   were committed); in a topology without stores there is nothing to
+    ///   recount and the task continues at the foreign offset (a stateless
+    ///   task that feeds a stateful one through a repartition topic
+    ///   recounts too: the downstream task drops what it already applied).
+    ///   Each case logs one warning line naming the partition and both
+    ///   offsets;
+    /// - no committed offset: the checkpoint's position, or the beginning.
+    pub fn begin_restore(
+        &mut self,
+        committed: &BTreeMap<TopicPartition, CommittedOffset>,
+    ) -> Result<Vec<RestoreTarget>, StoreError> {
+        let checkpoint = self.stores.checkpoint()?;
+        let (graph, layout, partition) = (&self.graph, self.config.layout, self.id.partition);
+        let reads = |tp: &TopicPartition| {
+            graph.reads(&tp.topic) && layout.task_of(tp.partition) == partition
+        };
+        self.progress.plan(
+            self.id,
+            self.topology_keeps_state,
+            reads,
+            committed,
+            checkpoint.as_ref(),
+        );
+        Ok(self
+            .changelog_partitions()
+            .into_iter()
+            .map(|(store, topic, partition)| RestoreTarget {
+                start: self
+                    .progress
+                    .changelog_offset(&TopicPartition::new(&topic, partition))
+                    .unwrap_or(0),
+                store,
+                topic,
+                partition,
+            })
+            .collect())
+    }
+
+    /// The changelog cannot be read, so nothing past the local checkpoint
+    /// can be restored: input positions ahead of the checkpoint's (an
+    /// offset this application committed after a sled write that a crash
+    /// lost) go back to it, and restore skips nothing. Returns the moved
+    /// partitions as `(partition, from, to)`.
+    pub fn fall_back_to_checkpoint(
+        &mut self,
+    ) -> Result<Vec<(TopicPartition, i64, i64)>, StoreError> {
+        let local = self
+            .stores
+            .checkpoint()?
+            .map(|c| c.positions)
+            .unwrap_or_default();
+        Ok(self.progress.fall_back(&local))
+    }
+
+    /// Whether input resumes anywhere but the beginning (a position is
+    /// known for some input partition).
+    pub fn has_positions(&self) -> bool {
+        !self.progress.positions().is_empty()
+    }
+
+    /// Applies one changelog record read during restore. Returns whether it
+    /// changed the store (records of others and uncommitted ones are skipped).
+    pub fn restore_record(
+        &mut self,
+        store: usize,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+        timestamp: i64,
+    ) -> bool {
+        if !self.progress.admits(headers) {
+            self.restore_skipped += 1;
+            return false;
+        }
+        let key = key.unwrap_or(&[]);
+        let entry = match self.out.codec(store) {
+            None => Some((key.to_vec(), value.map(|v| v.to_vec()))),
+            Some(codec) => value
+                .and_then(|v| codec.decode(key, v))
+                .map(|(k, v)| (k, Some(v))),
+        };
+        let Some((k, v)) = entry else {
+            self.restore_skipped += 1;
+            return false;
+        };
+        self.stores.apply_restored(store, k, v);
+        self.progress.restored_mark(headers);
+        // Changelog records carry the stream time of their change.
+        self.progress.observe(timestamp);
+        self.restored += 1;
+        true
+    }
+
+    /// Records how far restore has read a changelog partition.
+    pub fn restore_progress(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        self.progress
+            .set_changelog_offset(TopicPartition::new(topic, partition), next_offset);
+    }
+
+    /// Writes restored state and the restore position durably, so that an
+    /// interrupted restore resumes here.
+    pub fn flush_restore(&mut self) -> Result<(), StoreError> {
+        self.stores.commit_restored(&self.progress.checkpoint())?;
+        self.progress.committed();
+        Ok(())
+    }
+}
