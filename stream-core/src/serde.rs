@@ -20,6 +20,49 @@ pub trait Serde<T>: Send + Sync + 'static {
     fn serialize(&self, value: &T) -> Result<Vec<u8>, SerdeError>;
     /// Deserializes bytes.
     fn deserialize(&self, bytes: &[u8]) -> Result<T, SerdeError>;
+    /// Serializes a value that may be a tombstone: `Ok(None)` writes a
+    /// record with a null value. Only [`NullableSerde`] returns `None`.
+    fn serialize_nullable(&self, value: &T) -> Result<Option<Vec<u8>>, SerdeError> {
+        self.serialize(value).map(Some)
+    }
+}
+
+/// `Option<T>` as a nullable value: `None` is a tombstone (a record with a
+/// null value) when written by a sink, and `Some(v)` is `v`'s bytes. A
+/// session window that another session absorbed is forwarded as `None`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use stream_core::serde::{I64Serde, NullableSerde, Serde};
+/// let s = NullableSerde::new(Arc::new(I64Serde));
+/// assert_eq!(s.serialize_nullable(&None).unwrap(), None);
+/// assert_eq!(s.deserialize(&s.serialize(&Some(7)).unwrap()).unwrap(), Some(7));
+/// ```
+pub struct NullableSerde<T>(Arc<dyn Serde<T>>);
+
+impl<T> NullableSerde<T> {
+    /// Wraps the serde of the present values.
+    pub fn new(inner: Arc<dyn Serde<T>>) -> Self {
+        NullableSerde(inner)
+    }
+}
+
+impl<T: 'static> Serde<Option<T>> for NullableSerde<T> {
+    fn serialize(&self, value: &Option<T>) -> Result<Vec<u8>, SerdeError> {
+        match value {
+            Some(v) => self.0.serialize(v),
+            None => Ok(Vec::new()),
+        }
+    }
+    fn deserialize(&self, bytes: &[u8]) -> Result<Option<T>, SerdeError> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        self.0.deserialize(bytes).map(Some)
+    }
+    fn serialize_nullable(&self, value: &Option<T>) -> Result<Option<Vec<u8>>, SerdeError> {
+        value.as_ref().map(|v| self.0.serialize(v)).transpose()
+    }
 }
 
 /// UTF-8 strings. An absent key deserializes as the empty string.
@@ -192,6 +235,10 @@ pub trait DynSerde: Send + Sync {
     fn serialize_dyn(&self, value: &DynData) -> Result<Vec<u8>, SerdeError>;
     /// Deserializes into a boxed value.
     fn deserialize_dyn(&self, bytes: &[u8]) -> Result<DynData, SerdeError>;
+    /// Serializes a boxed value that may be a tombstone (`Ok(None)`).
+    fn serialize_nullable_dyn(&self, value: &DynData) -> Result<Option<Vec<u8>>, SerdeError> {
+        self.serialize_dyn(value).map(Some)
+    }
 }
 
 struct Erased<T, S> {
@@ -205,18 +252,24 @@ where
     S: AsRef<dyn Serde<T>> + Send + Sync,
 {
     fn serialize_dyn(&self, value: &DynData) -> Result<Vec<u8>, SerdeError> {
-        let typed = value.as_ref().as_any().downcast_ref::<T>().ok_or_else(|| {
-            SerdeError::Other(format!(
-                "serde for {} received a {}",
-                std::any::type_name::<T>(),
-                value.as_ref().type_name()
-            ))
-        })?;
-        self.inner.as_ref().serialize(typed)
+        self.inner.as_ref().serialize(typed::<T>(value)?)
+    }
+    fn serialize_nullable_dyn(&self, value: &DynData) -> Result<Option<Vec<u8>>, SerdeError> {
+        self.inner.as_ref().serialize_nullable(typed::<T>(value)?)
     }
     fn deserialize_dyn(&self, bytes: &[u8]) -> Result<DynData, SerdeError> {
         Ok(Box::new(self.inner.as_ref().deserialize(bytes)?))
     }
+}
+
+fn typed<T: Data>(value: &DynData) -> Result<&T, SerdeError> {
+    value.as_ref().as_any().downcast_ref::<T>().ok_or_else(|| {
+        SerdeError::Other(format!(
+            "serde for {} received a {}",
+            std::any::type_name::<T>(),
+            value.as_ref().type_name()
+        ))
+    })
 }
 
 /// Erases the type of a serde.

@@ -7,7 +7,7 @@ use stream_core::serde::Serde;
 
 use crate::builder::StreamsBuilder;
 use crate::kstream::KStream;
-use crate::windows::TimeWindows;
+use crate::windows::WindowSpec;
 
 /// The result of an aggregation: a table per key, seen as its stream of
 /// updates (every change of a key's aggregate is emitted).
@@ -15,7 +15,7 @@ pub struct KTable<K, V> {
     stream: KStream<K, V>,
     store: String,
     /// The windows of a windowed aggregation's table.
-    windows: Option<TimeWindows>,
+    windows: Option<WindowSpec>,
 }
 
 impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
@@ -35,12 +35,12 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
     }
 
     /// Marks the table as windowed by `windows`.
-    pub(crate) fn with_windows(mut self, windows: TimeWindows) -> Self {
+    pub(crate) fn with_windows(mut self, windows: WindowSpec) -> Self {
         self.windows = Some(windows);
         self
     }
 
-    pub(crate) fn windows(&self) -> Option<TimeWindows> {
+    pub(crate) fn windows(&self) -> Option<WindowSpec> {
         self.windows
     }
 

@@ -26,6 +26,7 @@
 //! | [`ktable`] | [`KTable`]: the updates of an aggregation |
 //! | [`options`] | serdes, store naming and changelog choices |
 //! | [`windows`] | [`TimeWindows`](windows::TimeWindows), windowed keys and their serde, `Suppressed` |
+//! | [`sessions`] | session windows: `count`, `reduce`, `aggregate` with a merger |
 //! | [`windowed`] | windowed `count`, `reduce`, `aggregate`; `suppress` (emit-final) |
 //!
 //! The DSL never touches Kafka or sled: it only builds the graph.
@@ -37,6 +38,7 @@ pub mod kstream;
 pub mod ktable;
 mod ops;
 pub mod options;
+pub mod sessions;
 pub mod windowed;
 pub mod windows;
 
@@ -48,8 +50,11 @@ pub use options::{Consumed, Grouped, Materialized, Produced};
 
 /// Everything a topology needs, in one import.
 pub mod prelude {
+    pub use crate::sessions::SessionWindowedKStream;
     pub use crate::windowed::TimeWindowedKStream;
-    pub use crate::windows::{Suppressed, TimeWindows, Window, Windowed, WindowedSerde};
+    pub use crate::windows::{
+        SessionWindows, Suppressed, TimeWindows, Window, WindowSpec, Windowed, WindowedSerde,
+    };
     pub use crate::{
         Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, RecordMeta,
         StreamsBuilder,

@@ -36,7 +36,7 @@ use crate::grouped::KGroupedStream;
 use crate::kstream::KStream;
 use crate::ktable::KTable;
 use crate::options::Materialized;
-use crate::windows::{Suppressed, TimeWindows, Windowed, WindowedSerde};
+use crate::windows::{Suppressed, TimeWindows, WindowSpec, Windowed, WindowedSerde};
 
 /// Folds a value into a window's aggregate (`None`: the window is new).
 type Adder<K, V, A> = Arc<dyn Fn(&K, V, Option<A>) -> A + Send + Sync>;
@@ -95,14 +95,14 @@ fn window_key(start: i64, key: &[u8]) -> Vec<u8> {
 
 /// Store value: the largest record timestamp in the window (8 bytes) and
 /// the aggregate's bytes.
-fn stamped(ts: i64, value: &[u8]) -> Vec<u8> {
+pub(crate) fn stamped(ts: i64, value: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + value.len());
     v.extend_from_slice(&ts.to_be_bytes());
     v.extend_from_slice(value);
     v
 }
 
-fn unstamp(bytes: &[u8]) -> Result<(i64, &[u8]), SerdeError> {
+pub(crate) fn unstamp(bytes: &[u8]) -> Result<(i64, &[u8]), SerdeError> {
     if bytes.len() < 8 {
         return Err(SerdeError::Other(
             "stored window value shorter than its timestamp".into(),
@@ -277,18 +277,8 @@ impl<K: Data + Clone, V: Data + Clone> TimeWindowedKStream<K, V> {
             _ => "window-aggregate",
         };
         let node = b.add_processor(kind, factory, &[parent], vec![store.clone()]);
-        let w = self.windows;
-        let shape = if w.advance_ms == w.size_ms {
-            "tumbling"
-        } else {
-            "hopping"
-        };
-        let mut note = format!("{shape} {} ms", w.size_ms);
-        if w.advance_ms != w.size_ms {
-            note.push_str(&format!(", advance {} ms", w.advance_ms));
-        }
-        note.push_str(&format!(", grace {} ms", w.grace_ms));
-        b.with_graph(|gr| gr.set_note(node, note));
+        let spec = WindowSpec::Time(self.windows);
+        b.with_graph(|gr| gr.set_note(node, spec.describe()));
         let windowed: Arc<dyn Serde<Windowed<K>>> =
             Arc::new(WindowedSerde::new(key_serde, self.windows.size_ms));
         KTable::new(
@@ -299,7 +289,7 @@ impl<K: Data + Clone, V: Data + Clone> TimeWindowedKStream<K, V> {
             Some(agg_serde),
             store,
         )
-        .with_windows(self.windows)
+        .with_windows(spec)
     }
 
     /// Counts records per key and window; every change is emitted.
@@ -426,13 +416,15 @@ impl<K: Data + Clone, V: Data + Clone> TimeWindowedKStream<K, V> {
 }
 
 /// Emit-final: buffers each window's latest value in a sled store keyed
-/// by close time (`end + grace`, 8 bytes big-endian) and the windowed key,
-/// and forwards it once stream time reaches the close time.
+/// by close time (`end + grace`, for sessions `end + gap + grace`; 8 bytes
+/// big-endian) and the windowed key, and forwards it once stream time
+/// reaches the close time. A tombstone (a session merged into another)
+/// removes the window's pending value.
 struct Suppress<K, V> {
     buffer: String,
     key: Arc<dyn Serde<Windowed<K>>>,
     value: Arc<dyn Serde<V>>,
-    grace_ms: i64,
+    close_after_end: i64,
 }
 
 impl<K: Data + Clone, V: Data + Clone> Suppress<K, V> {
@@ -467,12 +459,16 @@ impl<K: Data + Clone, V: Data + Clone> Processor for Suppress<K, V> {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
         let node = ctx.node_name().to_string();
         let wk = downcast_ref::<Windowed<K>>(&r.key, &node)?;
-        let close = wk.window.end.saturating_add(self.grace_ms);
+        let close = wk.window.end.saturating_add(self.close_after_end);
         let mut bk = close.max(0).to_be_bytes().to_vec();
         bk.extend_from_slice(&self.key.serialize(wk)?);
         let v = downcast_ref::<V>(&r.value, &node)?;
-        let bv = stamped(r.timestamp, &self.value.serialize(v)?);
-        ctx.store(&self.buffer)?.put(&bk, bv)?;
+        match self.value.serialize_nullable(v)? {
+            Some(bytes) => ctx
+                .store(&self.buffer)?
+                .put(&bk, stamped(r.timestamp, &bytes))?,
+            None => ctx.store(&self.buffer)?.delete(&bk)?,
+        }
         self.flush(ctx, ctx.stream_time())
     }
 
@@ -528,13 +524,13 @@ impl<K: Data + Clone, V: Data + Clone> KTable<Windowed<K>, V> {
                 retention_ms: None,
             })
         });
-        let (bn, k, v, grace) = (buffer.clone(), ks.clone(), vs.clone(), w.grace_ms);
+        let (bn, k, v, close) = (buffer.clone(), ks.clone(), vs.clone(), w.close_after_end());
         let factory: ProcessorFactory = Arc::new(move || {
             Box::new(Suppress {
                 buffer: bn.clone(),
                 key: k.clone(),
                 value: v.clone(),
-                grace_ms: grace,
+                close_after_end: close,
             }) as Box<dyn Processor>
         });
         let node = b.add_processor("suppress", factory, &[self.node()], vec![buffer]);

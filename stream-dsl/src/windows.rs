@@ -162,6 +162,126 @@ impl<K: 'static> Serde<Windowed<K>> for WindowedSerde<K> {
     }
 }
 
+/// Session windows: a key's records closer than the inactivity gap to
+/// each other form one session, `[first, last]` (both ends inclusive, as
+/// Kafka Streams' `SessionWindow`); a record that bridges two sessions
+/// merges them. A session accepts records until stream time passes its
+/// the grace: a record whose merged session would end before
+/// `stream time − grace` is late (Kafka Streams' rule).
+///
+/// ```
+/// use std::time::Duration;
+/// use stream_dsl::windows::SessionWindows;
+/// let s = SessionWindows::with_inactivity_gap(Duration::from_secs(5)).grace(Duration::from_secs(1));
+/// assert_eq!((s.gap_ms, s.grace_ms), (5_000, 1_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionWindows {
+    /// Largest distance between two records of one session (ms).
+    pub gap_ms: i64,
+    /// How long after a session could last end it still accepts records (ms).
+    pub grace_ms: i64,
+}
+
+impl SessionWindows {
+    /// Sessions separated by more than `gap` of inactivity, no grace.
+    pub fn with_inactivity_gap(gap: Duration) -> Self {
+        SessionWindows {
+            gap_ms: ms(gap),
+            grace_ms: 0,
+        }
+    }
+
+    /// Accepts out-of-order records up to `grace` late.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+}
+
+/// Which windows a windowed table has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// Tumbling or hopping windows.
+    Time(TimeWindows),
+    /// Session windows.
+    Session(SessionWindows),
+}
+
+impl WindowSpec {
+    /// How long after a window's end its final result is due: the grace,
+    /// and for sessions the gap too (a session can still grow by the gap;
+    /// Kafka Streams suppresses session windows for gap + grace).
+    pub fn close_after_end(&self) -> i64 {
+        match self {
+            WindowSpec::Time(w) => w.grace_ms,
+            WindowSpec::Session(s) => s.gap_ms.saturating_add(s.grace_ms),
+        }
+    }
+
+    /// For `describe()`: `tumbling 60000 ms, grace 0 ms` and the like.
+    pub fn describe(&self) -> String {
+        match self {
+            WindowSpec::Time(w) if w.advance_ms == w.size_ms => {
+                format!("tumbling {} ms, grace {} ms", w.size_ms, w.grace_ms)
+            }
+            WindowSpec::Time(w) => format!(
+                "hopping {} ms, advance {} ms, grace {} ms",
+                w.size_ms, w.advance_ms, w.grace_ms
+            ),
+            WindowSpec::Session(s) => {
+                format!("session gap {} ms, grace {} ms", s.gap_ms, s.grace_ms)
+            }
+        }
+    }
+}
+
+/// Serializes a session-[`Windowed`] key as the key's bytes, the session's
+/// end and its start (8 bytes each, big-endian): Kafka Streams'
+/// `SessionWindowedSerializer` format.
+pub struct SessionWindowedSerde<K> {
+    inner: Arc<dyn Serde<K>>,
+}
+
+impl<K> SessionWindowedSerde<K> {
+    /// Wraps the key serde `inner`.
+    pub fn new(inner: Arc<dyn Serde<K>>) -> Self {
+        SessionWindowedSerde { inner }
+    }
+}
+
+fn be_i64(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    i64::from_be_bytes(a)
+}
+
+impl<K: 'static> Serde<Windowed<K>> for SessionWindowedSerde<K> {
+    fn serialize(&self, value: &Windowed<K>) -> Result<Vec<u8>, SerdeError> {
+        let mut out = self.inner.serialize(&value.key)?;
+        out.extend_from_slice(&value.window.end.to_be_bytes());
+        out.extend_from_slice(&value.window.start.to_be_bytes());
+        Ok(out)
+    }
+
+    fn deserialize(&self, bytes: &[u8]) -> Result<Windowed<K>, SerdeError> {
+        if bytes.len() < 16 {
+            return Err(SerdeError::Other(format!(
+                "a session-windowed key needs at least 16 bytes, got {}",
+                bytes.len()
+            )));
+        }
+        let (key, times) = bytes.split_at(bytes.len() - 16);
+        Ok(Windowed {
+            key: self.inner.deserialize(key)?,
+            window: Window {
+                start: be_i64(&times[8..]),
+                end: be_i64(times),
+            },
+        })
+    }
+}
+
 /// When a windowed table emits (Kafka Streams' `Suppressed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Suppressed {

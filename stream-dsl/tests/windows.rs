@@ -173,3 +173,79 @@ fn should_close_windows_of_an_idle_partition_when_idle_advance_is_on() {
     d.advance_time(60_000);
     assert_eq!(out(&d), pairs(&[("a@0", "1")]));
 }
+
+/// Session counts with a 10 s gap, as `key@start-end → count` (`-` for a
+/// session merged away).
+fn sessions(final_only: bool, grace_secs: u64) -> TestDriver {
+    let b = StreamsBuilder::new();
+    let table = b
+        .source("in")
+        .group_by_key()
+        .windowed_by_session(
+            SessionWindows::with_inactivity_gap(Duration::from_secs(10))
+                .grace(Duration::from_secs(grace_secs)),
+        )
+        .count(Materialized::as_store("sessions"));
+    let table = if final_only {
+        table.suppress(Suppressed::until_window_closes())
+    } else {
+        table
+    };
+    table
+        .to_stream()
+        .map(|w, n| {
+            (
+                format!("{}@{}-{}", w.key, w.window.start / S, w.window.end / S),
+                n.map_or("-".to_string(), |n| n.to_string()),
+            )
+        })
+        .to_topic("out");
+    TestDriver::new(b.build().unwrap(), "app")
+}
+
+#[test]
+fn should_split_sessions_at_inactivity_and_merge_them_when_a_record_bridges_the_gap() {
+    let mut d = sessions(false, 30);
+    d.pipe_str_at("in", "a", "x", 1 * S);
+    d.pipe_str_at("in", "a", "x", 3 * S); // extends [1, 1]
+    d.pipe_str_at("in", "a", "x", 20 * S); // 17 s after: a new session
+    d.pipe_str_at("in", "b", "x", 21 * S);
+    assert_eq!(
+        out(&d),
+        pairs(&[
+            ("a@1-1", "1"),
+            ("a@1-1", "-"),
+            ("a@1-3", "2"),
+            ("a@20-20", "1"),
+            ("b@21-21", "1")
+        ])
+    );
+    d.pipe_str_at("in", "a", "x", 12 * S); // within 10 s of both: merges them
+    assert_eq!(
+        out(&d)[5..].to_vec(),
+        pairs(&[("a@1-3", "-"), ("a@20-20", "-"), ("a@1-20", "4")])
+    );
+}
+
+#[test]
+fn should_emit_each_session_once_after_gap_and_grace_and_never_reopen_it() {
+    let mut d = sessions(true, 5);
+    d.pipe_str_at("in", "a", "x", 1 * S);
+    d.pipe_str_at("in", "a", "x", 3 * S);
+    assert!(out(&d).is_empty());
+    d.pipe_str_at("in", "a", "x", 20 * S); // [1, 3] closed at 3 + 10 + 5 = 18 s
+    assert_eq!(out(&d), pairs(&[("a@1-3", "2")]));
+    // Would bridge the closed [1, 3] and [20, 20]: late, kept.
+    d.pipe_str_at("in", "a", "x", 12 * S);
+    assert_eq!(d.late_records(), 1);
+    assert_eq!(d.dead_letters().len(), 1);
+    d.pipe_str_at("in", "a", "x", 25 * S); // [20, 25]
+    d.pipe_str_at("in", "b", "x", 30 * S);
+    d.pipe_str_at("in", "b", "x", 40 * S); // [20, 25] closes at 40 s
+    assert_eq!(out(&d), pairs(&[("a@1-3", "2"), ("a@20-25", "2")]));
+    d.pipe_str_at("in", "c", "x", 100 * S);
+    assert_eq!(
+        out(&d),
+        pairs(&[("a@1-3", "2"), ("a@20-25", "2"), ("b@30-40", "2")])
+    );
+}

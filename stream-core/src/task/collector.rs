@@ -103,14 +103,14 @@ impl RecordCollector {
     /// Serializes `rec` for `sink` and queues it.
     pub(crate) fn sink(&mut self, sink: &SinkNode, rec: Record) -> Result<(), ProcessError> {
         let k = sink.key.serialize_dyn(&rec.key)?;
-        let v = sink.value.serialize_dyn(&rec.value)?;
+        let v = sink.value.serialize_nullable_dyn(&rec.value)?;
         let count = self
             .config
             .partition_counts
             .get(sink.topic.as_str())
             .copied();
         let part = match (&sink.partitioner, count) {
-            (Some(p), Some(n)) => Some(p(&k, &v, n)),
+            (Some(p), Some(n)) => Some(p(&k, v.as_deref().unwrap_or(&[]), n)),
             (None, Some(n)) if sink.internal => Some(partition_for_key(&k, n)),
             _ => None,
         };
@@ -135,7 +135,7 @@ impl RecordCollector {
             } else {
                 Some(k)
             },
-            value: Some(v),
+            value: v,
             headers,
             timestamp: rec.timestamp,
             kind: OutKind::Sink,
