@@ -89,6 +89,9 @@ pub enum StoreError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A write through a read-only view (interactive queries).
+    #[error("the store is read-only here")]
+    ReadOnly,
 }
 
 /// A processor could not handle a record.

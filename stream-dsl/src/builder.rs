@@ -118,6 +118,7 @@ impl StreamsBuilder {
     pub fn add_store(&self, name: &str) {
         self.inner.borrow_mut().graph.add_store(StoreSpec {
             retention_ms: None,
+            window: None,
             name: name.to_string(),
             changelog: Changelog::Internal,
             format: None,

@@ -163,6 +163,7 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
         b.with_graph(|g| {
             g.add_store(StoreSpec {
                 retention_ms: None,
+                window: None,
                 name: store.clone(),
                 changelog,
                 format: Some(StoreFormat {

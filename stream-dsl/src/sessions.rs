@@ -29,9 +29,11 @@
 use std::sync::Arc;
 
 use stream_core::data::{Data, downcast, downcast_ref};
-use stream_core::graph::{Changelog, ProcessorFactory, StoreSpec, repartition_suffix};
+use stream_core::graph::{Changelog, ProcessorFactory, StoreFormat, StoreSpec, repartition_suffix};
 use stream_core::processor::{Punctuation, PunctuationType};
+use stream_core::serde::erase;
 use stream_core::serde::{I64Serde, NullableSerde, Serde, UnitSerde, builtin_serde};
+use stream_core::store::window::{self, WindowLayout};
 use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record};
 
 use crate::grouped::KGroupedStream;
@@ -86,36 +88,12 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
     }
 }
 
-/// The prefix of a key's sessions: its length (4 bytes) and bytes.
-fn key_prefix(key: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(4 + key.len() + 16);
-    p.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    p.extend_from_slice(key);
-    p
-}
-
 fn session_key(key: &[u8], w: Window) -> Vec<u8> {
-    let mut k = key_prefix(key);
-    k.extend_from_slice(&w.end.to_be_bytes());
-    k.extend_from_slice(&w.start.to_be_bytes());
-    k
+    window::session_key(key, (w.start, w.end))
 }
 
-/// The window of a stored session key.
 fn window_of(stored: &[u8]) -> Option<Window> {
-    let n = stored.len();
-    if n < 20 {
-        return None;
-    }
-    let be = |b: &[u8]| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        i64::from_be_bytes(a)
-    };
-    Some(Window {
-        end: be(&stored[n - 16..n - 8]),
-        start: be(&stored[n - 8..]),
-    })
+    window::session_span(stored).map(|(start, end)| Window { start, end })
 }
 
 struct SessionAggregator<K, V, A> {
@@ -148,7 +126,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SessionAgg
         let mut store = ctx.store(&self.store)?;
         let mut merged = Window { start: ts, end: ts };
         let mut absorbed = Vec::new();
-        for (sk, sv) in store.scan_prefix(&key_prefix(&kb))? {
+        for (sk, sv) in store.scan_prefix(&window::session_prefix(&kb))? {
             let Some(w) = window_of(&sk) else { continue };
             if w.end >= ts - gap && w.start <= ts + gap {
                 merged.start = merged.start.min(w.start);
@@ -276,8 +254,12 @@ impl<K: Data + Clone, V: Data + Clone> SessionWindowedKStream<K, V> {
                 } else {
                     Changelog::Disabled
                 },
-                format: None,
+                format: Some(StoreFormat {
+                    key: erase(key_serde.clone()),
+                    value: erase(agg_serde.clone()),
+                }),
                 retention_ms: Some(w.gap_ms.saturating_mul(2).saturating_add(w.grace_ms)),
+                window: Some(WindowLayout::Session),
             })
         });
         let (s, k, a) = (store.clone(), key_serde.clone(), agg_serde.clone());

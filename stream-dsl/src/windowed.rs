@@ -27,9 +27,11 @@
 use std::sync::Arc;
 
 use stream_core::data::{Data, downcast, downcast_ref};
-use stream_core::graph::{Changelog, ProcessorFactory, StoreSpec, repartition_suffix};
+use stream_core::graph::{Changelog, ProcessorFactory, StoreFormat, StoreSpec, repartition_suffix};
 use stream_core::processor::{Punctuation, PunctuationType};
+use stream_core::serde::erase;
 use stream_core::serde::{I64Serde, Serde, UnitSerde, builtin_serde};
+use stream_core::store::window::{self, WindowLayout};
 use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record, SerdeError};
 
 use crate::grouped::KGroupedStream;
@@ -83,40 +85,16 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
     }
 }
 
-/// Store key of a time window: the start (8 bytes, big-endian; starts are
-/// never negative, so byte order is time order) and the key's bytes.
-/// Windows are ordered by start, hence by end: expiry is a range delete.
-fn window_key(start: i64, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + key.len());
-    k.extend_from_slice(&start.max(0).to_be_bytes());
-    k.extend_from_slice(key);
-    k
+fn corrupt(what: &str) -> SerdeError {
+    SerdeError::Other(format!("window store entry too short: {what}"))
 }
 
-/// Store value: the largest record timestamp in the window (8 bytes) and
-/// the aggregate's bytes.
-pub(crate) fn stamped(ts: i64, value: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + value.len());
-    v.extend_from_slice(&ts.to_be_bytes());
-    v.extend_from_slice(value);
-    v
-}
-
+/// The timestamp and aggregate bytes of a stored window value.
 pub(crate) fn unstamp(bytes: &[u8]) -> Result<(i64, &[u8]), SerdeError> {
-    if bytes.len() < 8 {
-        return Err(SerdeError::Other(
-            "stored window value shorter than its timestamp".into(),
-        ));
-    }
-    let (ts, rest) = bytes.split_at(8);
-    let mut be = [0u8; 8];
-    be.copy_from_slice(ts);
-    Ok((i64::from_be_bytes(be), rest))
+    window::unstamp(bytes).ok_or_else(|| corrupt("value"))
 }
 
-fn split_start(bytes: &[u8]) -> Result<(i64, &[u8]), SerdeError> {
-    unstamp(bytes).map_err(|_| SerdeError::Other("window store key shorter than its start".into()))
-}
+pub(crate) use window::stamp as stamped;
 
 struct WindowAggregator<K, V, A> {
     store: String,
@@ -142,7 +120,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggr
                 late = Some(window);
                 continue;
             }
-            let sk = window_key(start, &kb);
+            let sk = window::time_key(start, &kb);
             let mut store = ctx.store(&self.store)?;
             let (ts, current) = match store.get_counted(&sk)? {
                 Some(bytes) => {
@@ -189,7 +167,10 @@ impl<K, V, A> WindowAggregator<K, V, A> {
             return Ok(());
         }
         let mut store = ctx.store(&self.store)?;
-        let expired = store.range(&window_key(0, &[]), &window_key(cutoff + 1, &[]))?;
+        let expired = store.range(
+            &window::time_key(0, &[]),
+            &window::time_key(cutoff + 1, &[]),
+        )?;
         for (k, _) in expired {
             store.delete(&k)?;
         }
@@ -252,8 +233,14 @@ impl<K: Data + Clone, V: Data + Clone> TimeWindowedKStream<K, V> {
                 } else {
                     Changelog::Disabled
                 },
-                format: None,
+                format: Some(StoreFormat {
+                    key: erase(key_serde.clone()),
+                    value: erase(agg_serde.clone()),
+                }),
                 retention_ms: Some(self.windows.retention_ms),
+                window: Some(WindowLayout::Time {
+                    size_ms: self.windows.size_ms,
+                }),
             })
         });
         let (s, k, a, w) = (
@@ -438,7 +425,7 @@ impl<K: Data + Clone, V: Data + Clone> Suppress<K, V> {
             .store(&self.buffer)?
             .range(&0i64.to_be_bytes(), &(stream_time + 1).to_be_bytes())?;
         for (bk, bv) in due {
-            let (_, wk) = split_start(&bk)?;
+            let (_, wk) = window::split_time_key(&bk).ok_or_else(|| corrupt("buffer key"))?;
             let (ts, v) = unstamp(&bv)?;
             let key = self.key.deserialize(wk)?;
             let value = self.value.deserialize(v)?;
@@ -507,7 +494,11 @@ impl<K: Data + Clone, V: Data + Clone> KTable<Windowed<K>, V> {
     /// ```
     pub fn suppress(&self, _until: Suppressed) -> KTable<Windowed<K>, V> {
         let b = self.builder();
-        let buffer = format!("{}-suppress-buffer", self.store_name());
+        let buffer = format!(
+            "{}{}",
+            self.store_name(),
+            stream_core::task::SUPPRESS_BUFFER_SUFFIX
+        );
         let (Some(ks), Some(vs), Some(w)) = (self.key_serde(), self.value_serde(), self.windows())
         else {
             b.record_error(stream_core::TopologyError::MissingSerde(format!(
@@ -522,6 +513,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<Windowed<K>, V> {
                 changelog: Changelog::Internal,
                 format: None,
                 retention_ms: None,
+                window: None,
             })
         });
         let (bn, k, v, close) = (buffer.clone(), ks.clone(), vs.clone(), w.close_after_end());

@@ -541,3 +541,23 @@ impl ShowKey for String {
         self.clone()
     }
 }
+
+/// GET `url`: status code and body (`None` if nothing answered).
+pub fn get(url: &str) -> Option<(u16, String)> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    match agent.get(url).call() {
+        Ok(r) => Some((r.status(), r.into_string().unwrap_or_default())),
+        Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap_or_default())),
+        Err(_) => None,
+    }
+}
+
+/// GET `url` as JSON: status code and body; panics if nothing answers or
+/// the body is not JSON.
+pub fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let (code, body) = get(url).unwrap_or_else(|| panic!("no answer from {url}"));
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {body}"));
+    (code, v)
+}

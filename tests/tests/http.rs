@@ -87,24 +87,6 @@ impl App {
     }
 }
 
-/// GET `url`: status code and body (`None` if nothing answered).
-fn get(url: &str) -> Option<(u16, String)> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
-    match agent.get(url).call() {
-        Ok(r) => Some((r.status(), r.into_string().unwrap_or_default())),
-        Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap_or_default())),
-        Err(_) => None,
-    }
-}
-
-fn get_json(url: &str) -> (u16, Value) {
-    let (code, body) = get(url).unwrap_or_else(|| panic!("no answer from {url}"));
-    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {body}"));
-    (code, v)
-}
-
 /// High watermark of each partition of `topic`.
 fn ends(topic: &str, partitions: i32) -> Vec<i64> {
     let c: BaseConsumer = client_config().create().expect("consumer");

@@ -40,7 +40,26 @@ async fn setup(name: &str) -> Setup {
 }
 
 fn start(s: &Setup, state: &Path, guarantee: &str, instance: &str, log: &Path) -> Child {
-    let args: Vec<String> = [
+    let (size, grace) = (WINDOW_SECS.to_string(), GRACE_SECS.to_string());
+    start_with(
+        s,
+        state,
+        guarantee,
+        instance,
+        log,
+        &["--window-secs", &size, "--grace-secs", &grace],
+    )
+}
+
+fn start_with(
+    s: &Setup,
+    state: &Path,
+    guarantee: &str,
+    instance: &str,
+    log: &Path,
+    extra: &[&str],
+) -> Child {
+    let mut args: Vec<String> = [
         "--team",
         "team-1",
         "--application-id",
@@ -57,16 +76,13 @@ fn start(s: &Setup, state: &Path, guarantee: &str, instance: &str, log: &Path) -
         guarantee,
         "--group-instance-id",
         instance,
-        "--window-secs",
-        &WINDOW_SECS.to_string(),
-        "--grace-secs",
-        &GRACE_SECS.to_string(),
         "--idle-advance-secs",
         "2",
     ]
     .iter()
     .map(|a| a.to_string())
     .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
     spawn_logged("windowed-watchlist", &args, log)
 }
 
@@ -287,4 +303,100 @@ async fn should_end_with_exact_final_window_counts_under_at_least_once() {
         "windows at-least-once: {} windows exact, {repeats} finals written more than once",
         run.expected.len()
     );
+}
+
+/// Interactive queries on the window store: every company's windows, by
+/// time range, equal a recount of the input; the open windows wait in the
+/// suppression buffer, whose size is a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_answer_window_queries_by_time_range_and_show_the_buffer_size() {
+    let s = setup("windows-iq").await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{}.log", s.app));
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{port}");
+    // Ten-minute windows: none closes during the test.
+    let mut app = start_with(
+        &s,
+        state.path(),
+        "at-least-once",
+        &unique("instance"),
+        &log,
+        &["--http", &addr, "--window-secs", "600", "--grace-secs", "0"],
+    );
+    let mut feeder = feed(&s, 3_000, 3_000);
+    assert!(feeder.wait().unwrap().success());
+    let filter = for_team("team-1").unwrap();
+    let size = 600_000;
+    let mut expected: BTreeMap<String, BTreeMap<i64, i64>> = BTreeMap::new();
+    for r in read_all(&s.new_users, Duration::from_secs(60)) {
+        if let Some(u) = r
+            .value
+            .and_then(|v| serde_json::from_slice::<User>(&v).ok())
+        {
+            if filter.matches(&u) {
+                let start = r.timestamp - r.timestamp % size;
+                *expected
+                    .entry(u.company_name)
+                    .or_default()
+                    .entry(start)
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    let open: i64 = expected.values().map(|w| w.len() as i64).sum();
+    // The suppression buffer holds every open (company, window) once committed.
+    let buffered = |text: &str| {
+        metric_values(text, "streams_task_suppress_buffered")
+            .iter()
+            .sum::<f64>()
+    };
+    let ok = wait_until(Duration::from_secs(90), || {
+        get(&format!("{base}/metrics")).is_some_and(|(_, t)| buffered(&t) as i64 == open)
+    });
+    let metrics = get(&format!("{base}/metrics"))
+        .map(|(_, t)| t)
+        .unwrap_or_default();
+    assert!(
+        ok,
+        "suppress buffer metric {} != {open} open windows (log {})",
+        buffered(&metrics),
+        log.display()
+    );
+    for (company, windows) in expected.iter().take(40) {
+        let url = format!(
+            "{base}/stores/{}/{}?from=0",
+            apps::windowed_watchlist::STORE,
+            stream_core::http::encode_path(company)
+        );
+        let (code, body) = get_json(&url);
+        assert_eq!(code, 200, "{url}: {body}");
+        let got: BTreeMap<i64, i64> = body["windows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{url}: no windows: {body}"))
+            .iter()
+            .map(|w| (w["start"].as_i64().unwrap(), w["value"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(&got, windows, "{company}: windows by query vs recount");
+        let last = *windows.keys().last().unwrap();
+        let (_, none) = get_json(&format!("{url}&to={}", windows.keys().next().unwrap() - 1));
+        assert_eq!(
+            none["windows"].as_array().map(Vec::len),
+            Some(0),
+            "a range before every window is empty"
+        );
+        let (_, after) = get_json(&format!(
+            "{base}/stores/{}/{}?from={}",
+            apps::windowed_watchlist::STORE,
+            stream_core::http::encode_path(company),
+            last + size
+        ));
+        assert_eq!(
+            after["windows"].as_array().map(Vec::len),
+            Some(0),
+            "a range after every window is empty"
+        );
+    }
+    signal_and_wait(&mut app, libc::SIGTERM);
 }

@@ -43,6 +43,7 @@ fn should_punctuate_processors_when_time_advances() {
     let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
     b.add_store(crate::graph::StoreSpec {
         retention_ms: None,
+        window: None,
         name: "seen".into(),
         changelog: crate::graph::Changelog::Internal,
         format: None,

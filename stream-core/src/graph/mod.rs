@@ -116,6 +116,8 @@ pub struct StoreSpec {
     /// day (Kafka Streams' `windowstore.changelog.additional.retention.ms`),
     /// so windows that expired locally also leave the changelog.
     pub retention_ms: Option<i64>,
+    /// A window store's layout (interactive queries read it by time range).
+    pub window: Option<crate::store::window::WindowLayout>,
 }
 
 impl StoreSpec {

@@ -123,7 +123,7 @@ pub fn render(
         format!("{:.6}", c.last_seconds),
     );
 
-    let task_counters: [(&str, &str, fn(&crate::task::TaskMetrics) -> u64); 5] = [
+    let task_counters: [(&str, &str, fn(&crate::task::TaskMetrics) -> u64); 6] = [
         (
             "streams_task_records_in_total",
             "Input records processed by the task (failed ones included).",
@@ -149,7 +149,30 @@ pub fn render(
             "Changelog records applied by the task's restores.",
             |m| m.restored,
         ),
+        (
+            "streams_task_late_records_total",
+            "Records a window aggregation dropped as late (dead-lettered or logged).",
+            |m| m.late,
+        ),
     ];
+    let task_gauges: [(&str, &str, fn(&crate::task::TaskMetrics) -> i64); 2] = [
+        (
+            "streams_task_stream_time_ms",
+            "The task's stream time: the largest event time it processed (-1: none).",
+            |m| m.stream_time,
+        ),
+        (
+            "streams_task_suppress_buffered",
+            "Window results waiting for emit-final in the task's suppression buffers (on disk).",
+            |m| m.suppress_buffered as i64,
+        ),
+    ];
+    for (name, help, get) in task_gauges {
+        o.head(name, "gauge", help);
+        for (id, t) in &tasks {
+            o.val(name, &[("task", &id.to_string())], get(&t.metrics));
+        }
+    }
     for (name, help, get) in task_counters {
         o.head(name, "counter", help);
         for (id, t) in &tasks {

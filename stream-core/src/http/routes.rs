@@ -15,6 +15,7 @@ use super::query::{self, QueryError};
 use super::{metrics, Shared};
 use crate::runtime::handle::Busy;
 use crate::runtime::status::TaskState;
+use crate::store::window;
 
 /// How long a store read waits for the stream thread.
 const STORE_WAIT: Duration = Duration::from_millis(1500);
@@ -175,7 +176,24 @@ async fn stores(State(s): S) -> Response {
     Json(json!({ "stores": list })).into_response()
 }
 
-async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> Response {
+/// `?from=&to=` of a window store query (ms, inclusive; default: all).
+#[derive(serde::Deserialize, Default)]
+struct TimeRange {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+/// What the owning stream thread read for one key.
+enum Lookup {
+    Value(Option<Vec<u8>>),
+    Windows(Vec<(window::Span, Vec<u8>)>),
+}
+
+async fn store_key(
+    State(s): S,
+    Path((store, key)): Path<(String, String)>,
+    Query(range): Query<TimeRange>,
+) -> Response {
     let Some(spec) = s.topology.store(&store).cloned() else {
         return query_error(QueryError::UnknownStore(store));
     };
@@ -196,12 +214,21 @@ async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> R
     };
     let s2 = s.clone();
     let (store2, bytes2, task) = (store.clone(), bytes.clone(), loc.task);
+    let (layout, from, to) = (
+        spec.window,
+        range.from.unwrap_or(0),
+        range.to.unwrap_or(i64::MAX),
+    );
     // The answer of the stream thread that owns the task, if one does here.
     let local = blocking(move || {
-        match s2
-            .stores
-            .read(task, &store2, STORE_WAIT, |set, idx| set.get(idx, &bytes2))
-        {
+        let read = |set: &crate::store::StoreSet, idx: usize| match layout {
+            None => set.get(idx, &bytes2).map(Lookup::Value),
+            Some(l) => {
+                let view = StoreReader { set, idx };
+                window::fetch(&view, l, &bytes2, from, to).map(Lookup::Windows)
+            }
+        };
+        match s2.stores.read(task, &store2, STORE_WAIT, read) {
             Ok(None) => None,
             Ok(Some(found)) => Some(Ok(Some(found))),
             Err(Busy) => Some(Err(QueryError::Busy)),
@@ -212,12 +239,30 @@ async fn store_key(State(s): S, Path((store, key)): Path<(String, String)>) -> R
     let value_serde = spec.format.as_ref().map(|f| &f.value);
     match local {
         Some(Err(e)) => query_error(e),
-        Some(Ok(Some(Ok(v)))) => Json(json!({
+        Some(Ok(Some(Ok(Lookup::Value(v))))) => Json(json!({
             "store": store, "key": key, "task": loc.task.to_string(), "partition": loc.task.partition,
             "local": true, "found": v.is_some(),
             "value": v.as_deref().map(|v| query::render(value_serde, v)),
         }))
         .into_response(),
+        Some(Ok(Some(Ok(Lookup::Windows(ws))))) => {
+            let windows: Vec<Value> = ws
+                .iter()
+                .filter_map(|((start, end), v)| {
+                    let (ts, agg) = window::unstamp(v)?;
+                    Some(json!({
+                        "start": start, "end": end, "timestamp": ts,
+                        "value": query::render(value_serde, agg),
+                    }))
+                })
+                .collect();
+            Json(json!({
+                "store": store, "key": key, "task": loc.task.to_string(), "partition": loc.task.partition,
+                "local": true, "found": !windows.is_empty(), "from": from, "to": to,
+                "windows": windows,
+            }))
+            .into_response()
+        }
         Some(Ok(Some(Err(e)))) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("store read failed: {e}")),
         Some(Ok(None)) | None => {
             // Not here: ask the group who owns the task's partition.
@@ -400,4 +445,29 @@ async fn api_status(State(s): S) -> Response {
         "describe": s.topology.describe(&s.cfg.application_id),
     }))
     .into_response()
+}
+
+/// Read-only [`KeyValueStore`](crate::store::KeyValueStore) access to one
+/// store of a task, for window fetches from the HTTP thread.
+struct StoreReader<'a> {
+    set: &'a crate::store::StoreSet,
+    idx: usize,
+}
+
+impl crate::store::KeyValueStore for StoreReader<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::StoreError> {
+        self.set.get(self.idx, key)
+    }
+    fn put(&mut self, _key: &[u8], _value: Vec<u8>) -> Result<(), crate::StoreError> {
+        Err(crate::StoreError::ReadOnly)
+    }
+    fn delete(&mut self, _key: &[u8]) -> Result<(), crate::StoreError> {
+        Err(crate::StoreError::ReadOnly)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, crate::StoreError> {
+        self.set.scan_prefix(self.idx, prefix)
+    }
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, crate::StoreError> {
+        self.set.range(self.idx, from, to)
+    }
 }

@@ -15,6 +15,7 @@
 mod backend;
 mod memory;
 mod sled_backend;
+pub mod window;
 
 use std::collections::BTreeMap;
 
@@ -168,6 +169,11 @@ impl StoreSet {
     pub fn wipe(&mut self) -> Result<(), StoreError> {
         self.discard_uncommitted();
         self.backend.wipe()
+    }
+
+    /// Entries of store `idx` in its durable copy (as of the last commit).
+    pub fn committed_len(&self, idx: usize) -> u64 {
+        self.backend.len(idx).unwrap_or(0)
     }
 
     /// Metrics of a store.

@@ -47,6 +47,9 @@ pub use types::{
     TaskMetrics,
 };
 
+/// The name suffix of emit-final buffers: their size is a task metric.
+pub const SUPPRESS_BUFFER_SUFFIX: &str = "-suppress-buffer";
+
 /// The origin of punctuation output: no input record (changes it causes
 /// are always restored).
 fn punctuation_origin(partition: i32) -> Origin {
@@ -155,6 +158,13 @@ impl Task {
             restore_skipped: self.restore_skipped,
             late: self.late,
             stream_time: self.progress.stream_time(),
+            suppress_buffered: self
+                .stores
+                .names()
+                .enumerate()
+                .filter(|(_, n)| n.ends_with(SUPPRESS_BUFFER_SUFFIX))
+                .map(|(i, _)| self.stores.committed_len(i))
+                .sum(),
         }
     }
 

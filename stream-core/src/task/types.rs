@@ -149,6 +149,10 @@ pub struct TaskMetrics {
     pub late: u64,
     /// The task's stream time (`-1` before the first record).
     pub stream_time: i64,
+    /// Window results waiting for emit-final: entries of the task's
+    /// suppression buffers (stores named `*-suppress-buffer`), as of the
+    /// last commit.
+    pub suppress_buffered: u64,
 }
 
 /// An offset committed to the consumer group for one input partition.
