@@ -398,5 +398,20 @@ async fn should_answer_window_queries_by_time_range_and_show_the_buffer_size() {
             "a range after every window is empty"
         );
     }
+    // The status page's table shows the open windows, one row per key and window.
+    let (_, status) = get_json(&format!("{base}/api/status"));
+    let rows = status["views"][0]["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !rows.is_empty()
+            && rows
+                .iter()
+                .all(|r| r["key"].as_str().is_some_and(|k| k.contains(" @ ["))),
+        "windowed rows on the status page: {}",
+        status["views"]
+    );
+    assert_eq!(status["views"][0]["entries"].as_i64(), Some(open));
     signal_and_wait(&mut app, libc::SIGTERM);
 }

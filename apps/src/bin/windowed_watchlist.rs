@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
+use stream_core::http::TableView;
 use stream_core::instance::Instance;
 use stream_core::runtime::KafkaStreams;
 
@@ -76,7 +77,16 @@ async fn main() {
     cfg.idle_advance = args.idle_advance_secs.map(Duration::from_secs);
     args.run.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     tracing::info!(team = %team, filter = filter.rule, window_secs = args.window_secs, grace_secs = args.grace_secs, output = %options.output, "windowed watchlist");
-    let app = Instance::new(KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e)));
+    let view = TableView::new(
+        &format!(
+            "Windowed watchlist of {team}: flagged users per company and window (open windows)"
+        ),
+        apps::windowed_watchlist::STORE,
+    )
+    .highlight_at(args.threshold as f64)
+    .limit(200);
+    let app =
+        Instance::new(KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e))).with_view(view);
     if let Err(e) = app.run_until_signal().await {
         fail(e);
     }

@@ -323,9 +323,12 @@ fn local_entries(
         .store(store)
         .ok_or_else(|| QueryError::UnknownStore(store.to_string()))?;
     let mut raw = Vec::new();
+    // Window stores' keys start with a time or a length: scan them whole
+    // and filter on the decoded key.
+    let scan_prefix: &[u8] = if spec.window.is_some() { &[] } else { prefix };
     s.stores
         .visit(store, STORE_WAIT, |_, set, idx| {
-            if let Ok(mut entries) = set.scan_prefix(idx, prefix) {
+            if let Ok(mut entries) = set.scan_prefix(idx, scan_prefix) {
                 raw.append(&mut entries);
             }
         })
@@ -334,13 +337,31 @@ fn local_entries(
         Some(f) => (Some(&f.key), Some(&f.value)),
         None => (None, None),
     };
-    let mut out: Vec<(Vec<u8>, Value, Value)> = raw
-        .into_iter()
-        .map(|(kb, vb)| {
-            let key = query::render(k, &kb);
-            (kb, key, query::render(v, &vb))
-        })
-        .collect();
+    let mut out: Vec<(Vec<u8>, Value, Value)> = match spec.window {
+        None => raw
+            .into_iter()
+            .map(|(kb, vb)| {
+                let key = query::render(k, &kb);
+                (kb, key, query::render(v, &vb))
+            })
+            .collect(),
+        Some(layout) => raw
+            .into_iter()
+            .filter_map(|(kb, vb)| {
+                let (key, (start, end)) = window::split(layout, &kb)?;
+                if !key.starts_with(prefix) {
+                    return None;
+                }
+                let (_, agg) = window::unstamp(&vb)?;
+                let shown = match query::render(k, key) {
+                    Value::String(t) => t,
+                    other => other.to_string(),
+                };
+                let label = Value::String(format!("{shown} @ [{start}, {end}]"));
+                Some((kb.clone(), label, query::render(v, agg)))
+            })
+            .collect(),
+    };
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out.into_iter().map(|(_, k, v)| (k, v)).collect())
 }

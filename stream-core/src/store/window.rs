@@ -68,6 +68,20 @@ pub fn session_span(stored: &[u8]) -> Option<Span> {
     (n >= 20).then(|| (be_i64(&stored[n - 8..]), be_i64(&stored[n - 16..n - 8])))
 }
 
+/// The key bytes and span of a stored window key.
+pub fn split(layout: WindowLayout, stored: &[u8]) -> Option<(&[u8], Span)> {
+    match layout {
+        WindowLayout::Time { size_ms } => {
+            let (start, key) = split_time_key(stored)?;
+            Some((key, (start, start + size_ms)))
+        }
+        WindowLayout::Session => {
+            let span = session_span(stored)?;
+            Some((&stored[4..stored.len() - 16], span))
+        }
+    }
+}
+
 /// A stored value: the window's largest record timestamp and its aggregate.
 pub fn stamp(ts: i64, aggregate: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + aggregate.len());
