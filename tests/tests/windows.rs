@@ -399,7 +399,13 @@ async fn should_answer_window_queries_by_time_range_and_show_the_buffer_size() {
         );
     }
     // The status page's table shows the open windows, one row per key and window.
-    let (_, status) = get_json(&format!("{base}/api/status"));
+    let mut status = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), || {
+        status = get_json(&format!("{base}/api/status")).1;
+        status["views"][0]["rows"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    });
     let rows = status["views"][0]["rows"]
         .as_array()
         .cloned()
