@@ -173,7 +173,11 @@ impl KafkaStreams {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RuntimeError> {
         tracing::info!(config = %self.cfg.redacted(), "starting");
         let plan = Arc::new(topics::prepare(&self.topology, &self.cfg).await?);
-        let (state, recovered) = StateDir::open(&self.cfg.state_dir, &self.cfg.application_id)?;
+        let (state, recovered) = StateDir::open_with_cache(
+            &self.cfg.state_dir,
+            &self.cfg.application_id,
+            self.cfg.state_cache_bytes,
+        )?;
         if recovered {
             tracing::warn!(
                 "local state was damaged and moved aside; every task restores from its changelog"

@@ -99,6 +99,10 @@ pub struct StreamsConfig {
     pub security: Security,
     /// What failing records do.
     pub on_error: ErrorPolicy,
+    /// The bound of sled's page cache for this instance's state (all its
+    /// tasks share one sled database); default 32 MiB. sled's own
+    /// structures come on top, growing with the stores' size.
+    pub state_cache_bytes: u64,
     /// What late records (dropped by a window aggregation because their
     /// windows had closed) do: dead-lettered (default) or only logged.
     /// Either way they are counted (`late` in the task metrics).
@@ -187,6 +191,7 @@ impl StreamsConfig {
             num_stream_threads: 1,
             extra: BTreeMap::new(),
             http: None,
+            state_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             on_late: crate::task::LatePolicy::DeadLetter,
             idle_advance: None,
             application_server: None,

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 pub use backend::{Batch, Checkpoint, StateBackend};
 pub use memory::MemoryBackend;
-pub use sled_backend::{SledBackend, StateDir};
+pub use sled_backend::{SledBackend, StateDir, DEFAULT_CACHE_BYTES};
 
 use crate::error::StoreError;
 

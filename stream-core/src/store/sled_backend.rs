@@ -16,6 +16,9 @@ use crate::error::StoreError;
 
 const CHECKPOINTS: &str = "__checkpoints";
 
+/// sled's page cache when not configured: 32 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// An opened state directory: `<state.dir>/<application.id>/`.
 #[derive(Clone)]
 pub struct StateDir {
@@ -47,6 +50,16 @@ impl StateDir {
     /// that cannot be opened is moved aside to `sled.damaged-<time>` and a
     /// fresh one is created; the returned flag says so.
     pub fn open(state_dir: &Path, application_id: &str) -> Result<(StateDir, bool), StoreError> {
+        Self::open_with_cache(state_dir, application_id, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`open`](Self::open) with sled's page cache bounded to `cache_bytes`
+    /// (`StreamsConfig::state_cache_bytes`).
+    pub fn open_with_cache(
+        state_dir: &Path,
+        application_id: &str,
+        cache_bytes: u64,
+    ) -> Result<(StateDir, bool), StoreError> {
         let path = state_dir.join(application_id);
         std::fs::create_dir_all(&path).map_err(|e| StoreError::StateDir {
             path: path.display().to_string(),
@@ -59,7 +72,7 @@ impl StateDir {
         })?;
         let _ = std::fs::remove_file(&probe);
         let db_path = path.join("sled");
-        match Self::open_db(&db_path) {
+        match Self::open_db(&db_path, cache_bytes) {
             Ok(db) => Ok((
                 StateDir {
                     syncer: start_syncer(&db),
@@ -88,7 +101,7 @@ impl StateDir {
                     path: db_path.display().to_string(),
                     reason: format!("damaged ({e}) and cannot be moved aside: {io}"),
                 })?;
-                let db = Self::open_db(&db_path).map_err(|source| StoreError::Sled {
+                let db = Self::open_db(&db_path, cache_bytes).map_err(|source| StoreError::Sled {
                     store: "*".into(),
                     source,
                 })?;
@@ -104,10 +117,10 @@ impl StateDir {
         }
     }
 
-    fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    fn open_db(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
         sled::Config::new()
             .path(path)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             // A safety net: commits are flushed by the syncer thread right away.
             .flush_every_ms(Some(1000))
             .open()
