@@ -100,7 +100,7 @@ pub struct StreamsConfig {
     /// What failing records do.
     pub on_error: ErrorPolicy,
     /// The bound of sled's page cache for this instance's state (all its
-    /// tasks share one sled database); default 32 MiB. sled's own
+    /// tasks share one sled database); default 64 MiB. sled's own
     /// structures come on top, growing with the stores' size.
     pub state_cache_bytes: u64,
     /// What late records (dropped by a window aggregation because their

@@ -16,8 +16,8 @@ use crate::error::StoreError;
 
 const CHECKPOINTS: &str = "__checkpoints";
 
-/// sled's page cache when not configured: 32 MiB.
-pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// sled's page cache when not configured: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// An opened state directory: `<state.dir>/<application.id>/`.
 #[derive(Clone)]
