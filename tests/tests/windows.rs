@@ -39,7 +39,7 @@ async fn setup(name: &str) -> Setup {
     s
 }
 
-fn start(s: &Setup, state: &Path, guarantee: &str, instance: &str, log: &Path) -> Child {
+fn start(s: &Setup, state: &Path, guarantee: &str, instance: &str, log: &Path) -> Guard {
     let (size, grace) = (WINDOW_SECS.to_string(), GRACE_SECS.to_string());
     start_with(
         s,
@@ -58,7 +58,7 @@ fn start_with(
     instance: &str,
     log: &Path,
     extra: &[&str],
-) -> Child {
+) -> Guard {
     let mut args: Vec<String> = [
         "--team",
         "team-1",
@@ -83,7 +83,7 @@ fn start_with(
     .map(|a| a.to_string())
     .collect();
     args.extend(extra.iter().map(|a| a.to_string()));
-    spawn_logged("windowed-watchlist", &args, log)
+    Guard(spawn_logged("windowed-watchlist", &args, log))
 }
 
 fn feed(s: &Setup, count: u64, rate: u64) -> Child {

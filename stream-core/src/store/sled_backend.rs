@@ -101,10 +101,11 @@ impl StateDir {
                     path: db_path.display().to_string(),
                     reason: format!("damaged ({e}) and cannot be moved aside: {io}"),
                 })?;
-                let db = Self::open_db(&db_path, cache_bytes).map_err(|source| StoreError::Sled {
-                    store: "*".into(),
-                    source,
-                })?;
+                let db =
+                    Self::open_db(&db_path, cache_bytes).map_err(|source| StoreError::Sled {
+                        store: "*".into(),
+                        source,
+                    })?;
                 Ok((
                     StateDir {
                         syncer: start_syncer(&db),

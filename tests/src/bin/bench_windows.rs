@@ -27,7 +27,10 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -94,11 +97,18 @@ async fn bench() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let tasks = status.tasks();
         processed = tasks.values().map(|t| t.metrics.processed).sum::<u64>();
-        buffered = tasks.values().map(|t| t.metrics.suppress_buffered).sum::<u64>();
+        buffered = tasks
+            .values()
+            .map(|t| t.metrics.suppress_buffered)
+            .sum::<u64>();
         if processed >= records && (!final_only || buffered > 0) {
             // One more commit interval: the buffers' committed size settles.
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            buffered = status.tasks().values().map(|t| t.metrics.suppress_buffered).sum();
+            buffered = status
+                .tasks()
+                .values()
+                .map(|t| t.metrics.suppress_buffered)
+                .sum();
             break;
         }
     }
