@@ -25,6 +25,21 @@ pub struct KGroupedStream<K, V> {
 
 type Adder<K, V, A> = Arc<dyn Fn(&K, V, A) -> A + Send + Sync>;
 
+/// An aggregation's store, serdes and parent node, ready for its processor.
+pub(crate) struct Prepared<K, A> {
+    pub(crate) b: crate::builder::StreamsBuilder,
+    pub(crate) store: String,
+    pub(crate) key: Arc<dyn Serde<K>>,
+    pub(crate) agg: Arc<dyn Serde<A>>,
+    pub(crate) parent: usize,
+}
+
+/// An aggregation that could not be built: where its table would hang.
+pub(crate) struct Unbuilt {
+    node: usize,
+    store: String,
+}
+
 struct Aggregator<K, V, A> {
     store: String,
     key: Arc<dyn Serde<K>>,
@@ -98,6 +113,69 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
         )));
     }
 
+    /// What every aggregation (plain, windowed, session) needs before its
+    /// processor: the store's name, the key and aggregate serdes, and the
+    /// node it hangs under (after a repartition when the key changed). A
+    /// missing serde is recorded as a topology error: `Err` then names what
+    /// to build the (never run) table from.
+    pub(crate) fn prepare<VIn: Data + Clone, A: Data + Clone>(
+        &self,
+        op: &str,
+        input: &KStream<K, VIn>,
+        value_serde: Option<Arc<dyn Serde<VIn>>>,
+        mat: &Materialized<K, A>,
+    ) -> Result<Prepared<K, A>, Unbuilt> {
+        let b = self.stream.b.clone();
+        let store = mat
+            .name
+            .clone()
+            .unwrap_or_else(|| b.derived_name(&self.stream.sources, op));
+        let key_serde = mat.key.clone().or_else(|| self.key_serde.clone());
+        let agg_serde = mat.value.clone().or_else(builtin_serde::<A>);
+        let unbuilt = |store: String| Unbuilt {
+            node: input.node,
+            store,
+        };
+        let (Some(key), Some(agg)) = (key_serde, agg_serde) else {
+            self.missing(if self.key_serde.is_none() {
+                "the key"
+            } else {
+                "the aggregate"
+            });
+            return Err(unbuilt(store));
+        };
+        let parent = if self.repartition {
+            let Some(vs) = value_serde else {
+                self.missing("the value");
+                return Err(unbuilt(store));
+            };
+            let suffix = repartition_suffix(self.name.as_deref().unwrap_or(&store));
+            input.through_internal(&suffix, key.clone(), vs).node
+        } else {
+            input.node
+        };
+        Ok(Prepared {
+            b,
+            store,
+            key,
+            agg,
+            parent,
+        })
+    }
+
+    /// The table handed back when an aggregation could not be built (the
+    /// topology's `build()` then fails with the recorded error).
+    pub(crate) fn unbuilt<K2: Data + Clone, V2: Data + Clone>(&self, u: Unbuilt) -> KTable<K2, V2> {
+        KTable::new(
+            self.stream.b.clone(),
+            u.node,
+            self.stream.sources.clone(),
+            None,
+            None,
+            u.store,
+        )
+    }
+
     /// Lowers an aggregation: optional repartition, the store, the aggregator.
     fn lower<VIn: Data + Clone, A: Data + Clone>(
         &self,
@@ -108,45 +186,11 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
         adder: Adder<K, VIn, A>,
         mat: Materialized<K, A>,
     ) -> KTable<K, A> {
-        let b = self.stream.b.clone();
-        let store = mat
-            .name
-            .clone()
-            .unwrap_or_else(|| b.derived_name(&self.stream.sources, op));
-        let key_serde = mat.key.clone().or_else(|| self.key_serde.clone());
-        let agg_serde = mat.value.clone().or_else(builtin_serde::<A>);
-        let (Some(key_serde), Some(agg_serde)) = (key_serde, agg_serde) else {
-            self.missing(if self.key_serde.is_none() {
-                "the key"
-            } else {
-                "the aggregate"
-            });
-            return KTable::new(
-                b,
-                input.node,
-                self.stream.sources.clone(),
-                None,
-                None,
-                store,
-            );
+        let p = match self.prepare(op, &input, value_serde, &mat) {
+            Ok(p) => p,
+            Err(e) => return self.unbuilt(e),
         };
-        let parent = if self.repartition {
-            let Some(vs) = value_serde else {
-                self.missing("the value");
-                return KTable::new(
-                    b,
-                    input.node,
-                    self.stream.sources.clone(),
-                    None,
-                    None,
-                    store,
-                );
-            };
-            let suffix = repartition_suffix(self.name.as_deref().unwrap_or(&store));
-            input.through_internal(&suffix, key_serde.clone(), vs).node
-        } else {
-            input.node
-        };
+        let (b, store, key_serde, agg_serde, parent) = (p.b, p.store, p.key, p.agg, p.parent);
         let changelog = match (&mat.changelog, mat.logged) {
             (_, false) => Changelog::Disabled,
             (None, true) => Changelog::Internal,

@@ -29,10 +29,10 @@
 use std::sync::Arc;
 
 use stream_core::data::{Data, downcast, downcast_ref};
-use stream_core::graph::{Changelog, ProcessorFactory, StoreFormat, StoreSpec, repartition_suffix};
+use stream_core::graph::{Changelog, ProcessorFactory, StoreFormat, StoreSpec};
 use stream_core::processor::{Punctuation, PunctuationType};
 use stream_core::serde::erase;
-use stream_core::serde::{I64Serde, NullableSerde, Serde, UnitSerde, builtin_serde};
+use stream_core::serde::{I64Serde, NullableSerde, Serde, UnitSerde};
 use stream_core::store::window::{self, WindowLayout};
 use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record};
 
@@ -210,41 +210,11 @@ impl<K: Data + Clone, V: Data + Clone> SessionWindowedKStream<K, V> {
         mat: Materialized<K, A>,
     ) -> KTable<Windowed<K>, Option<A>> {
         let g = &self.grouped;
-        let b = g.stream.b.clone();
-        let store = mat
-            .name
-            .clone()
-            .unwrap_or_else(|| b.derived_name(&g.stream.sources, op));
-        let key_serde = mat.key.clone().or_else(|| g.key_serde.clone());
-        let agg_serde = mat.value.clone().or_else(builtin_serde::<A>);
-        let empty = |b| {
-            KTable::new(
-                b,
-                input.node,
-                g.stream.sources.clone(),
-                None,
-                None,
-                store.clone(),
-            )
+        let p = match g.prepare(op, &input, value_serde, &mat) {
+            Ok(p) => p,
+            Err(e) => return g.unbuilt(e),
         };
-        let (Some(key_serde), Some(agg_serde)) = (key_serde, agg_serde) else {
-            g.missing(if g.key_serde.is_none() {
-                "the key"
-            } else {
-                "the aggregate"
-            });
-            return empty(b);
-        };
-        let parent = if g.repartition {
-            let Some(vs) = value_serde else {
-                g.missing("the value");
-                return empty(b);
-            };
-            let suffix = repartition_suffix(g.name.as_deref().unwrap_or(&store));
-            input.through_internal(&suffix, key_serde.clone(), vs).node
-        } else {
-            input.node
-        };
+        let (b, store, key_serde, agg_serde, parent) = (p.b, p.store, p.key, p.agg, p.parent);
         let w = self.windows;
         b.with_graph(|gr| {
             gr.add_store(StoreSpec {
