@@ -39,6 +39,7 @@ pub mod ktable;
 mod ops;
 pub mod options;
 pub mod sessions;
+mod sliding;
 pub mod windowed;
 pub mod windows;
 
@@ -53,7 +54,8 @@ pub mod prelude {
     pub use crate::sessions::SessionWindowedKStream;
     pub use crate::windowed::TimeWindowedKStream;
     pub use crate::windows::{
-        SessionWindows, Suppressed, TimeWindows, Window, WindowSpec, Windowed, WindowedSerde,
+        SessionWindows, SlidingWindows, Suppressed, TimeWindowing, TimeWindows, Window, WindowSpec,
+        Windowed, WindowedSerde,
     };
     pub use crate::{
         Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, RecordMeta,

@@ -31,22 +31,24 @@ use stream_core::graph::{Changelog, ProcessorFactory, StoreFormat, StoreSpec};
 use stream_core::processor::{Punctuation, PunctuationType};
 use stream_core::serde::erase;
 use stream_core::serde::{I64Serde, Serde, UnitSerde};
-use stream_core::store::window::{self, WindowLayout};
+use stream_core::store::window;
 use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record, SerdeError};
 
 use crate::grouped::KGroupedStream;
 use crate::kstream::KStream;
 use crate::ktable::KTable;
 use crate::options::Materialized;
-use crate::windows::{Suppressed, TimeWindows, WindowSpec, Windowed, WindowedSerde};
+use crate::sliding::SlidingAggregator;
+use crate::windows::{Suppressed, TimeWindowing, TimeWindows, Windowed, WindowedSerde};
 
 /// Folds a value into a window's aggregate (`None`: the window is new).
-type Adder<K, V, A> = Arc<dyn Fn(&K, V, Option<A>) -> A + Send + Sync>;
+pub(crate) type Adder<K, V, A> = Arc<dyn Fn(&K, V, Option<A>) -> A + Send + Sync>;
 
-/// A grouped stream cut into time windows, waiting for an aggregation.
+/// A grouped stream cut into time windows (tumbling, hopping or
+/// sliding), waiting for an aggregation.
 pub struct TimeWindowedKStream<K, V> {
     grouped: KGroupedStream<K, V>,
-    windows: TimeWindows,
+    windows: TimeWindowing,
 }
 
 impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
@@ -72,7 +74,31 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
     ///     .map(|r| i64::from_be_bytes(r.value.clone().unwrap().try_into().unwrap())).collect();
     /// assert_eq!(counts, vec![1, 2, 1]);
     /// ```
-    pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
+    ///
+    /// Sliding windows, [`SlidingWindows`], go through the same call:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("clicks")
+    ///     .group_by_key()
+    ///     .windowed_by(SlidingWindows::with_time_difference(Duration::from_secs(10)))
+    ///     .count(Materialized::as_store("last-10s"))
+    ///     .to_stream()
+    ///     .map(|w, n| (format!("{}@[{},{}]", w.key, w.window.start, w.window.end), n.to_string()))
+    ///     .to_topic("counts");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str_at("clicks", "a", "x", 20_000);
+    /// d.pipe_str_at("clicks", "a", "x", 25_000);
+    /// assert_eq!(d.output_utf8("counts"), vec![
+    ///     ("a@[10000,20000]".to_string(), "1".to_string()), // left window of the first
+    ///     ("a@[20001,30001]".to_string(), "1".to_string()), // right window of the first
+    ///     ("a@[15000,25000]".to_string(), "2".to_string()), // left window of the second
+    /// ]);
+    /// ```
+    pub fn windowed_by(&self, windows: impl Into<TimeWindowing>) -> TimeWindowedKStream<K, V> {
         TimeWindowedKStream {
             grouped: KGroupedStream::new(
                 self.stream.clone(),
@@ -80,7 +106,7 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
                 self.name.clone(),
                 self.repartition,
             ),
-            windows,
+            windows: windows.into(),
         }
     }
 }
@@ -207,37 +233,21 @@ impl<K: Data + Clone, V: Data + Clone> TimeWindowedKStream<K, V> {
                     key: erase(key_serde.clone()),
                     value: erase(agg_serde.clone()),
                 }),
-                retention_ms: Some(self.windows.retention_ms),
-                window: Some(WindowLayout::Time {
-                    size_ms: self.windows.size_ms,
-                }),
+                retention_ms: Some(self.windows.retention_ms()),
+                window: Some(self.windows.layout()),
             })
         });
-        let (s, k, a, w) = (
-            store.clone(),
-            key_serde.clone(),
-            agg_serde.clone(),
-            self.windows,
-        );
-        let factory: ProcessorFactory = Arc::new(move || {
-            Box::new(WindowAggregator {
-                store: s.clone(),
-                key: k.clone(),
-                agg: a.clone(),
-                adder: adder.clone(),
-                windows: w,
-            }) as Box<dyn Processor>
-        });
+        let factory = self.factory(&store, &key_serde, &agg_serde, adder);
         let kind = match op {
             "count" => "window-count",
             "reduce" => "window-reduce",
             _ => "window-aggregate",
         };
         let node = b.add_processor(kind, factory, &[parent], vec![store.clone()]);
-        let spec = WindowSpec::Time(self.windows);
+        let spec = self.windows.spec();
         b.with_graph(|gr| gr.set_note(node, spec.describe()));
         let windowed: Arc<dyn Serde<Windowed<K>>> =
-            Arc::new(WindowedSerde::new(key_serde, self.windows.size_ms));
+            Arc::new(WindowedSerde::new(key_serde, self.windows.size_ms()));
         KTable::new(
             b,
             node,
@@ -247,6 +257,37 @@ impl<K: Data + Clone, V: Data + Clone> TimeWindowedKStream<K, V> {
             store,
         )
         .with_windows(spec)
+    }
+
+    /// The aggregation processor for the windows.
+    fn factory<VIn: Data + Clone, A: Data + Clone>(
+        &self,
+        store: &str,
+        key: &Arc<dyn Serde<K>>,
+        agg: &Arc<dyn Serde<A>>,
+        adder: Adder<K, VIn, A>,
+    ) -> ProcessorFactory {
+        let (store, key, agg) = (store.to_string(), key.clone(), agg.clone());
+        match self.windows {
+            TimeWindowing::Fixed(windows) => Arc::new(move || {
+                Box::new(WindowAggregator {
+                    store: store.clone(),
+                    key: key.clone(),
+                    agg: agg.clone(),
+                    adder: adder.clone(),
+                    windows,
+                }) as Box<dyn Processor>
+            }),
+            TimeWindowing::Sliding(windows) => Arc::new(move || {
+                Box::new(SlidingAggregator {
+                    store: store.clone(),
+                    key: key.clone(),
+                    agg: agg.clone(),
+                    adder: adder.clone(),
+                    windows,
+                }) as Box<dyn Processor>
+            }),
+        }
     }
 
     /// Counts records per key and window; every change is emitted.

@@ -1,5 +1,6 @@
 //! Window specifications and windowed keys: [`TimeWindows`] (tumbling and
-//! hopping), [`Window`], [`Windowed`] and its serde.
+//! hopping), [`SlidingWindows`], [`SessionWindows`], [`Window`],
+//! [`Windowed`] and its serdes.
 //!
 //! Semantics follow Kafka Streams' `TimeWindows` (`kstream/TimeWindows.java`,
 //! `internals/KStreamWindowAggregate.java`): windows are half-open
@@ -13,13 +14,17 @@ use std::time::Duration;
 
 use stream_core::SerdeError;
 use stream_core::serde::Serde;
+use stream_core::store::window::WindowLayout;
 
-/// A half-open time interval `[start, end)` in ms.
+/// A time interval in ms: half-open `[start, end)` for tumbling and
+/// hopping windows, closed `[start, end]` for sessions and sliding windows
+/// (as Kafka Streams' `TimeWindow` and `SessionWindow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Window {
     /// Inclusive start.
     pub start: i64,
-    /// Exclusive end.
+    /// End: exclusive for time windows, inclusive for sessions and
+    /// sliding windows.
     pub end: i64,
 }
 
@@ -199,6 +204,113 @@ impl SessionWindows {
     }
 }
 
+/// Sliding windows (Kafka Streams' `SlidingWindows`): for each record, the
+/// windows `[t − difference, t]` ending at it and `[t + 1, t + 1 +
+/// difference]` starting just after it, both ends inclusive, so that every
+/// distinct set of records lying within `difference` of each other has
+/// exactly one window. Only windows that hold records exist (unlike
+/// hopping windows with a 1 ms advance). A window accepts records until
+/// stream time passes its end + grace.
+///
+/// ```
+/// use std::time::Duration;
+/// use stream_dsl::windows::SlidingWindows;
+/// let s = SlidingWindows::with_time_difference(Duration::from_secs(10)).grace(Duration::from_secs(2));
+/// assert_eq!((s.difference_ms, s.grace_ms, s.retention_ms()), (10_000, 2_000, 22_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindows {
+    /// Largest time difference between two records of one window (ms):
+    /// the window size.
+    pub difference_ms: i64,
+    /// How long after its end a window still accepts records (ms).
+    pub grace_ms: i64,
+}
+
+impl SlidingWindows {
+    /// Windows of records at most `difference` apart, no grace (Kafka
+    /// Streams' `ofTimeDifferenceWithNoGrace`).
+    pub fn with_time_difference(difference: Duration) -> Self {
+        SlidingWindows {
+            difference_ms: ms(difference),
+            grace_ms: 0,
+        }
+    }
+
+    /// Accepts out-of-order records up to `grace` after a window's end.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// How long windows stay in the store after their start: two
+    /// differences (a new record's left window is seeded from the window
+    /// before it) plus the grace, as Kafka Streams keeps them.
+    pub fn retention_ms(&self) -> i64 {
+        self.difference_ms
+            .saturating_mul(2)
+            .saturating_add(self.grace_ms)
+    }
+}
+
+/// The windows of [`KGroupedStream::windowed_by`](crate::KGroupedStream::windowed_by):
+/// fixed (tumbling or hopping) or sliding; both convert into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeWindowing {
+    /// Tumbling or hopping windows.
+    Fixed(TimeWindows),
+    /// Sliding windows.
+    Sliding(SlidingWindows),
+}
+
+impl From<TimeWindows> for TimeWindowing {
+    fn from(w: TimeWindows) -> Self {
+        TimeWindowing::Fixed(w)
+    }
+}
+
+impl From<SlidingWindows> for TimeWindowing {
+    fn from(w: SlidingWindows) -> Self {
+        TimeWindowing::Sliding(w)
+    }
+}
+
+impl TimeWindowing {
+    /// The window size (sliding: the time difference).
+    pub fn size_ms(&self) -> i64 {
+        match self {
+            TimeWindowing::Fixed(w) => w.size_ms,
+            TimeWindowing::Sliding(s) => s.difference_ms,
+        }
+    }
+
+    /// How long windows stay in the store after their start.
+    pub fn retention_ms(&self) -> i64 {
+        match self {
+            TimeWindowing::Fixed(w) => w.retention_ms,
+            TimeWindowing::Sliding(s) => s.retention_ms(),
+        }
+    }
+
+    /// How the store lays windows out: by time for fixed windows, by key
+    /// (the session layout) for sliding ones, whose records each read
+    /// their own key's windows.
+    pub fn layout(&self) -> WindowLayout {
+        match self {
+            TimeWindowing::Fixed(w) => WindowLayout::Time { size_ms: w.size_ms },
+            TimeWindowing::Sliding(_) => WindowLayout::Session,
+        }
+    }
+
+    /// The windowed table's [`WindowSpec`].
+    pub fn spec(&self) -> WindowSpec {
+        match *self {
+            TimeWindowing::Fixed(w) => WindowSpec::Time(w),
+            TimeWindowing::Sliding(s) => WindowSpec::Sliding(s),
+        }
+    }
+}
+
 /// Which windows a windowed table has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowSpec {
@@ -206,16 +318,25 @@ pub enum WindowSpec {
     Time(TimeWindows),
     /// Session windows.
     Session(SessionWindows),
+    /// Sliding windows.
+    Sliding(SlidingWindows),
 }
 
 impl WindowSpec {
     /// How long after a window's end its final result is due: the grace,
     /// and for sessions the gap too (a session can still grow by the gap;
     /// Kafka Streams suppresses session windows for gap + grace).
+    ///
+    /// Sliding windows include their end, and Kafka Streams' aggregation
+    /// still accepts a record when stream time equals `end + grace`; their
+    /// final result is therefore due 1 ms later, so that it is final (Kafka
+    /// Streams' suppression emits at `end + grace` and can emit a window
+    /// twice when a record with that exact stream time follows).
     pub fn close_after_end(&self) -> i64 {
         match self {
             WindowSpec::Time(w) => w.grace_ms,
             WindowSpec::Session(s) => s.gap_ms.saturating_add(s.grace_ms),
+            WindowSpec::Sliding(s) => s.grace_ms.saturating_add(1),
         }
     }
 
@@ -231,6 +352,9 @@ impl WindowSpec {
             ),
             WindowSpec::Session(s) => {
                 format!("session gap {} ms, grace {} ms", s.gap_ms, s.grace_ms)
+            }
+            WindowSpec::Sliding(s) => {
+                format!("sliding {} ms, grace {} ms", s.difference_ms, s.grace_ms)
             }
         }
     }
