@@ -115,6 +115,10 @@ pub(crate) fn producer(
     Ok(producer)
 }
 
+/// Records per partition the consumers prefetch (librdkafka's
+/// `queued.min.messages`; overridable through `StreamsConfig::extra`).
+const QUEUED_MIN_MESSAGES: &str = "10000";
+
 /// The thread's restore consumer: reads changelogs by assignment, committed
 /// data only, in big fetches.
 pub(crate) fn restore_consumer(
@@ -130,6 +134,7 @@ pub(crate) fn restore_consumer(
         .set("max.partition.fetch.bytes", "4194304")
         .set("fetch.max.bytes", "16777216")
         .set("queued.max.messages.kbytes", "32768")
+        .set("queued.min.messages", QUEUED_MIN_MESSAGES)
         .set("client.id", format!("{}-restore", ids.client_id))
         // librdkafka needs a group id even to assign(); this consumer never
         // joins or commits, and the application's own id needs no extra ACL.
@@ -148,6 +153,13 @@ pub(crate) fn group_consumer_config(cfg: &StreamsConfig, ids: &ThreadIds) -> Cli
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
+        // librdkafka prefetches up to 100,000 records per partition by
+        // default (about 80 bytes of bookkeeping each beyond the payload):
+        // with small records that is tens of MiB per partition held before
+        // the task asks for them. Kafka Streams buffers 1,000 per partition
+        // (`buffered.records.per.partition`); 10,000 keeps fetches large.
+        .set("queued.min.messages", QUEUED_MIN_MESSAGES)
+        .set("max.partition.fetch.bytes", "262144")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         // One strategy for every program, so that programs sharing a
