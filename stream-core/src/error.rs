@@ -165,6 +165,9 @@ pub enum TopologyError {
     /// A serde is needed and none is known.
     #[error("{0}")]
     MissingSerde(String),
+    /// Operators combined in a way that cannot run (the message says why).
+    #[error("{0}")]
+    Invalid(String),
     /// The topology has no source.
     #[error("the topology has no source")]
     Empty,

@@ -61,7 +61,11 @@ impl<T: 'static> Serde<Option<T>> for NullableSerde<T> {
         self.0.deserialize(bytes).map(Some)
     }
     fn serialize_nullable(&self, value: &Option<T>) -> Result<Option<Vec<u8>>, SerdeError> {
-        value.as_ref().map(|v| self.0.serialize(v)).transpose()
+        // Nested (`Option<Option<T>>`): the inner `None` is a tombstone too.
+        match value {
+            Some(v) => self.0.serialize_nullable(v),
+            None => Ok(None),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use stream_core::{
     Context, KeyValueStore, ProcessError, Processor, Record, SerdeError, TopologyError,
 };
 
+use crate::change::Change;
 use crate::kstream::KStream;
 use crate::ktable::KTable;
 use crate::options::Materialized;
@@ -54,16 +55,17 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for Aggregator
         let k = downcast_ref::<K>(&r.key, &node)?;
         let kb = self.key.serialize(k)?;
         let mut store = ctx.store(&self.store)?;
-        let current = match store.get_counted(&kb)? {
-            Some(bytes) => self.agg.deserialize(&bytes)?,
-            None => (self.init)(),
+        let old = match store.get_counted(&kb)? {
+            Some(bytes) => Some(self.agg.deserialize(&bytes)?),
+            None => None,
         };
+        let current = old.clone().unwrap_or_else(|| (self.init)());
         let v = downcast::<V>(r.value, &node)?;
         let next = (self.adder)(k, v, current);
         store.put(&kb, self.agg.serialize(&next)?)?;
         ctx.forward(Record {
             key: r.key,
-            value: Box::new(next),
+            value: Box::new(Change::new(Some(next), old)),
             timestamp: r.timestamp,
             headers: r.headers,
         });

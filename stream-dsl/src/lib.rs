@@ -23,7 +23,9 @@
 //! | [`builder`] | [`StreamsBuilder`]: sources, stores, `build()` |
 //! | [`kstream`] | [`KStream`] and its stateless operators, sinks, grouping |
 //! | [`grouped`] | [`KGroupedStream`]: `count`, `reduce`, `aggregate` |
-//! | [`ktable`] | [`KTable`]: the updates of an aggregation |
+//! | [`ktable`] | [`KTable`]: a table's changes (`filter`, `map_values`, sinks) |
+//! | [`table`] | tables read from topics, stream–table joins |
+//! | [`change`] | [`Change`](change::Change): a row's new and old value |
 //! | [`options`] | serdes, store naming and changelog choices |
 //! | [`windows`] | [`TimeWindows`](windows::TimeWindows), windowed keys and their serde, `Suppressed` |
 //! | [`sessions`] | session windows: `count`, `reduce`, `aggregate` with a merger |
@@ -33,6 +35,7 @@
 #![deny(missing_docs)]
 
 pub mod builder;
+pub mod change;
 pub mod grouped;
 pub mod kstream;
 pub mod ktable;
@@ -40,6 +43,7 @@ mod ops;
 pub mod options;
 pub mod sessions;
 mod sliding;
+pub mod table;
 pub mod windowed;
 pub mod windows;
 
@@ -51,6 +55,7 @@ pub use options::{Consumed, Grouped, Materialized, Produced};
 
 /// Everything a topology needs, in one import.
 pub mod prelude {
+    pub use crate::change::Change;
     pub use crate::sessions::SessionWindowedKStream;
     pub use crate::windowed::TimeWindowedKStream;
     pub use crate::windows::{
@@ -62,4 +67,5 @@ pub mod prelude {
         StreamsBuilder,
     };
     pub use stream_core::driver::TestDriver;
+    pub use stream_core::serde::{I64Serde, StringSerde};
 }

@@ -65,3 +65,18 @@ pub(crate) fn record<K: stream_core::data::Data, V: stream_core::data::Data>(
         headers,
     }
 }
+
+/// Builds a record from a boxed key and a typed value.
+pub(crate) fn record_dyn<V: stream_core::data::Data>(
+    key: stream_core::data::DynData,
+    v: V,
+    timestamp: i64,
+    headers: stream_core::record::Headers,
+) -> Record {
+    Record {
+        key,
+        value: Box::new(v),
+        timestamp,
+        headers,
+    }
+}

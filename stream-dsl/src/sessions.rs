@@ -36,6 +36,7 @@ use stream_core::serde::{I64Serde, NullableSerde, Serde, UnitSerde};
 use stream_core::store::window::{self, WindowLayout};
 use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record};
 
+use crate::change::Change;
 use crate::grouped::KGroupedStream;
 use crate::kstream::KStream;
 use crate::ktable::KTable;
@@ -157,7 +158,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SessionAgg
         for (sk, w, sv) in absorbed {
             let (sts, bytes) = unstamp(&sv)?;
             let a = self.agg.deserialize(bytes)?;
-            agg = Some((self.merger)(&k, agg, a));
+            agg = Some((self.merger)(&k, agg, a.clone()));
             max_ts = max_ts.max(sts);
             store.delete(&sk)?;
             ctx.forward(Record::new(
@@ -165,7 +166,8 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SessionAgg
                     key: k.clone(),
                     window: w,
                 }),
-                Box::new(None::<A>),
+                // The absorbed session's row now holds no aggregate.
+                Box::new(Change::new(Some(None::<A>), Some(Some(a)))),
                 sts,
             ));
             store = ctx.store(&self.store)?;
@@ -180,7 +182,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SessionAgg
                 key: k,
                 window: merged,
             }),
-            value: Box::new(Some(next)),
+            value: Box::new(Change::<Option<A>>::new(Some(Some(next)), None)),
             timestamp: max_ts,
             headers: r.headers,
         });

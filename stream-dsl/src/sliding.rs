@@ -28,6 +28,7 @@ use stream_core::serde::Serde;
 use stream_core::store::window;
 use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record, SerdeError};
 
+use crate::change::Change;
 use crate::windowed::{Adder, stamped, unstamp};
 use crate::windows::{SlidingWindows, Window, Windowed};
 
@@ -120,6 +121,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> SlidingAggregator<K, V, 
         step: &Step<K, V>,
         start: i64,
         (ts, agg): Held<A>,
+        old: Option<A>,
     ) -> Result<(), ProcessError> {
         let end = start + self.d();
         ctx.store(&self.store)?.put(
@@ -131,7 +133,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> SlidingAggregator<K, V, 
                 key: step.key.clone(),
                 window: Window { start, end },
             }),
-            value: Box::new(agg),
+            value: Box::new(Change::new(Some(agg), old)),
             timestamp: ts,
             headers: step.headers.clone(),
         });
@@ -154,8 +156,8 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> SlidingAggregator<K, V, 
             Some((ts, a)) => (ts.max(step.ts), Some(a)),
             None => (step.ts, None),
         };
-        let next = (self.adder)(&step.key, step.value.clone(), old);
-        self.put_and_forward(ctx, step, start, (ts, next))?;
+        let next = (self.adder)(&step.key, step.value.clone(), old.clone());
+        self.put_and_forward(ctx, step, start, (ts, next), old)?;
         step.applied = true;
         Ok(())
     }
@@ -214,7 +216,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> SlidingAggregator<K, V, 
     ) -> Result<(), ProcessError> {
         match &f.right {
             Some(held) if !f.right_created && held.0 > step.ts => {
-                self.put_and_forward(ctx, step, step.ts + 1, held.clone())
+                self.put_and_forward(ctx, step, step.ts + 1, held.clone(), None)
             }
             _ => Ok(()),
         }

@@ -34,6 +34,7 @@ use stream_core::serde::{I64Serde, Serde, UnitSerde};
 use stream_core::store::window;
 use stream_core::{Context, KeyValueStore, ProcessError, Processor, Record, SerdeError};
 
+use crate::change::Change;
 use crate::grouped::KGroupedStream;
 use crate::kstream::KStream;
 use crate::ktable::KTable;
@@ -128,6 +129,10 @@ struct WindowAggregator<K, V, A> {
     agg: Arc<dyn Serde<A>>,
     adder: Adder<K, V, A>,
     windows: TimeWindows,
+    /// The expiry cutoff of the last sweep, in window starts (`cutoff /
+    /// advance`): windows start on multiples of the advance, so nothing
+    /// new can expire until the cutoff crosses the next one.
+    swept: Option<i64>,
 }
 
 impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggregator<K, V, A> {
@@ -155,7 +160,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggr
                 }
                 None => (r.timestamp, None),
             };
-            let next = (self.adder)(&k, v.clone(), current);
+            let next = (self.adder)(&k, v.clone(), current.clone());
             let ts = ts.max(r.timestamp);
             store.put(&sk, stamped(ts, &self.agg.serialize(&next)?))?;
             ctx.forward(Record {
@@ -163,7 +168,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggr
                     key: k.clone(),
                     window,
                 }),
-                value: Box::new(next),
+                value: Box::new(Change::new(Some(next), current)),
                 timestamp: ts,
                 headers: r.headers.clone(),
             });
@@ -186,12 +191,15 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggr
 
 impl<K, V, A> WindowAggregator<K, V, A> {
     /// Deletes every window that started at or before `stream time −
-    /// retention` (with the default retention: every closed window).
-    fn expire(&self, ctx: &mut Context<'_>, stream_time: i64) -> Result<(), ProcessError> {
+    /// retention` (with the default retention: every closed window), once
+    /// per window start the cutoff passes.
+    fn expire(&mut self, ctx: &mut Context<'_>, stream_time: i64) -> Result<(), ProcessError> {
         let cutoff = stream_time - self.windows.retention_ms;
-        if cutoff < 0 {
+        let step = cutoff.div_euclid(self.windows.advance_ms);
+        if cutoff < 0 || self.swept == Some(step) {
             return Ok(());
         }
+        self.swept = Some(step);
         let mut store = ctx.store(&self.store)?;
         let expired = store.range(
             &window::time_key(0, &[]),
@@ -276,6 +284,7 @@ impl<K: Data + Clone, V: Data + Clone> TimeWindowedKStream<K, V> {
                     agg: agg.clone(),
                     adder: adder.clone(),
                     windows,
+                    swept: None,
                 }) as Box<dyn Processor>
             }),
             TimeWindowing::Sliding(windows) => Arc::new(move || {
@@ -441,7 +450,11 @@ impl<K: Data + Clone, V: Data + Clone> Suppress<K, V> {
             let key = self.key.deserialize(wk)?;
             let value = self.value.deserialize(v)?;
             ctx.store(&self.buffer)?.delete(&bk)?;
-            ctx.forward(Record::new(Box::new(key), Box::new(value), ts));
+            ctx.forward(Record::new(
+                Box::new(key),
+                Box::new(Change::new(Some(value), None)),
+                ts,
+            ));
         }
         Ok(())
     }
@@ -460,8 +473,12 @@ impl<K: Data + Clone, V: Data + Clone> Processor for Suppress<K, V> {
         let close = wk.window.end.saturating_add(self.close_after_end);
         let mut bk = close.max(0).to_be_bytes().to_vec();
         bk.extend_from_slice(&self.key.serialize(wk)?);
-        let v = downcast_ref::<V>(&r.value, &node)?;
-        match self.value.serialize_nullable(v)? {
+        let c = downcast_ref::<Change<V>>(&r.value, &node)?;
+        let bytes = match &c.new {
+            Some(v) => self.value.serialize_nullable(v)?,
+            None => None,
+        };
+        match bytes {
             Some(bytes) => ctx
                 .store(&self.buffer)?
                 .put(&bk, stamped(r.timestamp, &bytes))?,

@@ -120,8 +120,10 @@ impl TestDriver {
                 .and_then(|ps| ps.get(t.partition as usize))
                 .cloned()
                 .unwrap_or_default();
-            let end = records.len() as i64;
-            for r in records.iter().skip(t.start as usize) {
+            let end = t
+                .end
+                .map_or(records.len() as i64, |e| e.min(records.len() as i64));
+            for r in records.iter().take(end as usize).skip(t.start as usize) {
                 task.restore_record(
                     t.store,
                     r.key.as_deref(),

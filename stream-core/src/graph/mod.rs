@@ -88,6 +88,17 @@ pub enum Changelog {
         /// The mapping between store entries and records.
         codec: Arc<dyn ChangelogCodec>,
     },
+    /// The table's own source topic, as Kafka Streams' source-topic reuse:
+    /// nothing is written (the topic already holds every change); restore
+    /// re-reads the topic from the checkpoint up to where input resumes.
+    /// `codec`, when given, decides which records are valid entries (a
+    /// record processing dead-lettered must not come back on restore).
+    SourceTopic {
+        /// The table's source topic.
+        topic: String,
+        /// Validates records and maps them to store entries.
+        codec: Option<Arc<dyn ChangelogCodec>>,
+    },
     /// Not logged: the store is lost with its local copy.
     Disabled,
 }
@@ -125,7 +136,9 @@ impl StoreSpec {
     pub fn changelog_topic(&self, application_id: &str) -> Option<String> {
         match &self.changelog {
             Changelog::Internal => Some(changelog_topic_name(application_id, &self.name)),
-            Changelog::Existing { topic, .. } => Some(topic.clone()),
+            Changelog::Existing { topic, .. } | Changelog::SourceTopic { topic, .. } => {
+                Some(topic.clone())
+            }
             Changelog::Disabled => None,
         }
     }

@@ -94,13 +94,38 @@ impl Topology {
             }
             tasks[st.id] = first.map(|(_, n)| n);
         }
+        // A repartition topic read beside external topics (a join after a
+        // key change) is co-partitioned with them: it takes their count.
+        let mut joined: HashMap<&str, (i32, String)> = HashMap::new();
+        for st in subs {
+            let Some(n) = tasks[st.id] else { continue };
+            let external = st.sources.iter().find_map(|t| match t {
+                TopicRef::External(name) => Some(name.clone()),
+                TopicRef::Internal(_) => None,
+            });
+            for t in &st.sources {
+                if let (TopicRef::Internal(suffix), Some(ext)) = (t, &external) {
+                    let fixed = self.repartition_topics().get(suffix).copied().flatten();
+                    if let Some(m) = fixed.filter(|m| *m != n) {
+                        return Err(CoPartitionMismatch {
+                            topic: t.resolve(app),
+                            count: m,
+                            first: ext.clone(),
+                            first_count: n,
+                        });
+                    }
+                    joined.insert(suffix.as_str(), (n, ext.clone()));
+                }
+            }
+        }
         // A chain of repartitions settles within one pass per sub-topology.
         for _ in 0..=subs.len() {
             for st in subs {
                 for t in &st.sinks {
                     if let TopicRef::Internal(suffix) = t {
                         let fixed = self.repartition_topics().get(suffix).copied().flatten();
-                        if let Some(n) = fixed.or(tasks[st.id]) {
+                        let co = joined.get(suffix.as_str()).map(|(n, _)| *n);
+                        if let Some(n) = co.or(fixed).or(tasks[st.id]) {
                             plan.partitions.insert(t.resolve(app), n);
                         }
                     }

@@ -104,6 +104,7 @@ impl ChangelogReader {
             let mut changelog_records = 0;
             for (i, t) in targets.iter().enumerate() {
                 let (low, high) = self.watermarks(&t.topic, t.partition)?;
+                let high = t.end.map_or(high, |end| end.min(high));
                 changelog_records += (high - low).max(0) as u64;
                 let start = t.start.max(low);
                 let done = start >= high;

@@ -116,7 +116,8 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
                     plan.partitions.insert(topic.clone(), m);
                     check_compacted(&admin, topic).await;
                 }
-                Changelog::Disabled => {}
+                // The table's source topic: checked and counted as a source.
+                Changelog::SourceTopic { .. } | Changelog::Disabled => {}
             }
         }
     }

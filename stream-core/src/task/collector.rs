@@ -31,6 +31,8 @@ pub(crate) struct StoreLog {
     pub(crate) topic: String,
     /// For an existing topic with its own record format.
     pub(crate) codec: Option<Arc<dyn ChangelogCodec>>,
+    /// The topic is the table's own source: nothing is written to it.
+    pub(crate) source: bool,
 }
 
 /// The upstream identity of the records a sink writes now, for `sx.up`.
@@ -181,6 +183,9 @@ impl RecordCollector {
                 let Some(log) = self.logs.get(idx).and_then(Option::as_ref) else {
                     break;
                 };
+                if log.source {
+                    break;
+                }
                 let (key, value) = match (&log.codec, v) {
                     (None, v) => (k, v),
                     (Some(codec), Some(v)) => match codec.encode(&k, &v) {
@@ -283,6 +288,21 @@ impl RecordCollector {
                 topic: t,
                 partition: p,
             })
+    }
+
+    /// Changelog partitions that are a table's own source topic.
+    pub(crate) fn source_partitions(&self) -> Vec<(usize, String, i32)> {
+        let mut all = self.changelog_partitions();
+        all.retain(|(idx, _, _)| self.is_source(*idx));
+        all
+    }
+
+    /// Whether store `idx` is changelogged to its own source topic.
+    pub(crate) fn is_source(&self, idx: usize) -> bool {
+        self.logs
+            .get(idx)
+            .and_then(Option::as_ref)
+            .is_some_and(|l| l.source)
     }
 
     /// The codec of store `idx`'s changelog, if it has its own format.

@@ -105,11 +105,19 @@ impl Task {
                     store: s.name.clone(),
                     topic,
                     codec: None,
+                    source: false,
                 }),
                 Changelog::Existing { topic, codec } => Some(StoreLog {
                     store: s.name.clone(),
                     topic: topic.clone(),
                     codec: Some(codec.clone()),
+                    source: false,
+                }),
+                Changelog::SourceTopic { topic, codec } => Some(StoreLog {
+                    store: s.name.clone(),
+                    topic: topic.clone(),
+                    codec: codec.clone(),
+                    source: true,
                 }),
                 Changelog::Disabled => None,
             })
@@ -442,6 +450,14 @@ impl Task {
     ) -> Result<(), StoreError> {
         self.progress
             .acknowledged(self.out.changelog_keys(), next_changelog_offsets);
+        // A table's source topic is its changelog: the state covers it up
+        // to where input resumes.
+        for (_, topic, partition) in self.out.source_partitions() {
+            if let Some(p) = self.progress.position(&topic, partition) {
+                self.progress
+                    .set_changelog_offset(TopicPartition::new(&topic, partition), p);
+            }
+        }
         self.stores.commit(&self.progress.checkpoint())?;
         self.progress.committed();
         Ok(())

@@ -53,6 +53,10 @@ impl Task {
                     .progress
                     .changelog_offset(&TopicPartition::new(&topic, partition))
                     .unwrap_or(0),
+                end: self
+                    .out
+                    .is_source(store)
+                    .then(|| self.progress.position(&topic, partition).unwrap_or(0)),
                 store,
                 topic,
                 partition,
@@ -92,23 +96,30 @@ impl Task {
         headers: &[(String, Vec<u8>)],
         timestamp: i64,
     ) -> bool {
-        if !self.progress.admits(headers) {
+        // A table's source topic is read only up to where input resumes,
+        // all of it processed: its records need no marks (and may carry
+        // another application's).
+        let source = self.out.is_source(store);
+        if !source && !self.progress.admits(headers) {
             self.restore_skipped += 1;
             return false;
         }
         let key = key.unwrap_or(&[]);
-        let entry = match self.out.codec(store) {
-            None => Some((key.to_vec(), value.map(|v| v.to_vec()))),
-            Some(codec) => value
-                .and_then(|v| codec.decode(key, v))
-                .map(|(k, v)| (k, Some(v))),
+        let entry = match (self.out.codec(store), value) {
+            (None, v) => Some((key.to_vec(), v.map(|v| v.to_vec()))),
+            (Some(codec), Some(v)) => codec.decode(key, v).map(|(k, v)| (k, Some(v))),
+            // A tombstone deletes a table's row; in a shared topic with
+            // its own schema it is someone else's.
+            (Some(_), None) => source.then(|| (key.to_vec(), None)),
         };
         let Some((k, v)) = entry else {
             self.restore_skipped += 1;
             return false;
         };
         self.stores.apply_restored(store, k, v);
-        self.progress.restored_mark(headers);
+        if !source {
+            self.progress.restored_mark(headers);
+        }
         // Changelog records carry the stream time of their change.
         self.progress.observe(timestamp);
         self.restored += 1;

@@ -199,4 +199,8 @@ pub struct RestoreTarget {
     pub partition: i32,
     /// First offset to read.
     pub start: i64,
+    /// Offset to stop before, when not the partition's end: a table's
+    /// source topic is read only up to where input resumes (the rest is
+    /// processed as input).
+    pub end: Option<i64>,
 }
