@@ -29,6 +29,12 @@ pub trait Processor: Send {
         Ok(())
     }
 
+    /// Called when the task discarded its uncommitted store changes (an
+    /// aborted transaction, a failed commit): a processor that keeps
+    /// anything derived from its stores in its fields drops it here; the
+    /// records since the last commit are processed again.
+    fn rolled_back(&mut self) {}
+
     /// Called when the task closes (partition revoked or shutdown).
     fn close(&mut self) {}
 }

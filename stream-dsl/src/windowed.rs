@@ -24,6 +24,7 @@
 //!   the task), kept in its checkpoint, so a restart does not reopen
 //!   windows that had closed.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use stream_core::data::{Data, downcast, downcast_ref};
@@ -186,6 +187,10 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggr
             }),
             _ => Ok(()),
         }
+    }
+
+    fn rolled_back(&mut self) {
+        self.swept = None;
     }
 }
 
@@ -432,19 +437,43 @@ struct Suppress<K, V> {
     key: Arc<dyn Serde<Windowed<K>>>,
     value: Arc<dyn Serde<V>>,
     close_after_end: i64,
+    /// The close times that may have results waiting (loaded from the
+    /// buffer once): one entry per distinct window end, not per key, so
+    /// it stays small however many keys a window holds. It spares a scan of
+    /// the buffer for every record while nothing is due.
+    due: Option<BTreeSet<i64>>,
 }
 
 impl<K: Data + Clone, V: Data + Clone> Suppress<K, V> {
+    /// The close times of the buffered results, read once from the store.
+    fn due<'a>(&'a mut self, ctx: &mut Context<'_>) -> Result<&'a mut BTreeSet<i64>, ProcessError> {
+        if self.due.is_none() {
+            let mut set = BTreeSet::new();
+            for (bk, _) in ctx.store(&self.buffer)?.scan_prefix(&[])? {
+                if let Some((close, _)) = window::split_time_key(&bk) {
+                    set.insert(close);
+                }
+            }
+            self.due = Some(set);
+        }
+        Ok(self.due.get_or_insert_with(BTreeSet::new))
+    }
+
     /// Forwards, oldest close time first, every buffered window whose close
     /// time is at or before `stream_time`, and removes it from the buffer.
-    fn flush(&self, ctx: &mut Context<'_>, stream_time: i64) -> Result<(), ProcessError> {
+    fn flush(&mut self, ctx: &mut Context<'_>, stream_time: i64) -> Result<(), ProcessError> {
         if stream_time < 0 {
             return Ok(());
         }
-        let due = ctx
+        let due = self.due(ctx)?;
+        if due.first().is_none_or(|first| *first > stream_time) {
+            return Ok(());
+        }
+        *due = due.split_off(&(stream_time + 1));
+        let ready = ctx
             .store(&self.buffer)?
             .range(&0i64.to_be_bytes(), &(stream_time + 1).to_be_bytes())?;
-        for (bk, bv) in due {
+        for (bk, bv) in ready {
             let (_, wk) = window::split_time_key(&bk).ok_or_else(|| corrupt("buffer key"))?;
             let (ts, v) = unstamp(&bv)?;
             let key = self.key.deserialize(wk)?;
@@ -464,14 +493,16 @@ impl<K: Data + Clone, V: Data + Clone> Processor for Suppress<K, V> {
     fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         // Idle advance moves stream time without a record: flush then too.
         ctx.schedule(1, PunctuationType::StreamTime);
+        // Restore may have changed the buffer since this processor last ran.
+        self.due = None;
         Ok(())
     }
 
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
         let node = ctx.node_name().to_string();
         let wk = downcast_ref::<Windowed<K>>(&r.key, &node)?;
-        let close = wk.window.end.saturating_add(self.close_after_end);
-        let mut bk = close.max(0).to_be_bytes().to_vec();
+        let close = wk.window.end.saturating_add(self.close_after_end).max(0);
+        let mut bk = close.to_be_bytes().to_vec();
         bk.extend_from_slice(&self.key.serialize(wk)?);
         let c = downcast_ref::<Change<V>>(&r.value, &node)?;
         let bytes = match &c.new {
@@ -479,9 +510,11 @@ impl<K: Data + Clone, V: Data + Clone> Processor for Suppress<K, V> {
             None => None,
         };
         match bytes {
-            Some(bytes) => ctx
-                .store(&self.buffer)?
-                .put(&bk, stamped(r.timestamp, &bytes))?,
+            Some(bytes) => {
+                ctx.store(&self.buffer)?
+                    .put(&bk, stamped(r.timestamp, &bytes))?;
+                self.due(ctx)?.insert(close);
+            }
             None => ctx.store(&self.buffer)?.delete(&bk)?,
         }
         self.flush(ctx, ctx.stream_time())
@@ -489,6 +522,10 @@ impl<K: Data + Clone, V: Data + Clone> Processor for Suppress<K, V> {
 
     fn punctuate(&mut self, ctx: &mut Context<'_>, p: Punctuation) -> Result<(), ProcessError> {
         self.flush(ctx, p.time)
+    }
+
+    fn rolled_back(&mut self) {
+        self.due = None;
     }
 }
 
@@ -551,6 +588,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<Windowed<K>, V> {
                 key: k.clone(),
                 value: v.clone(),
                 close_after_end: close,
+                due: None,
             }) as Box<dyn Processor>
         });
         let node = b.add_processor("suppress", factory, &[self.node()], vec![buffer]);

@@ -310,6 +310,15 @@ impl TaskGraph {
         Ok(due.len())
     }
 
+    /// Runs `rolled_back` on every processor.
+    pub(crate) fn rolled_back(&mut self) {
+        for node in &mut self.nodes {
+            if let Kind::Proc { processor, .. } = &mut node.kind {
+                processor.rolled_back();
+            }
+        }
+    }
+
     /// Runs `close` on every processor.
     pub(crate) fn close(&mut self) {
         for node in &mut self.nodes {

@@ -439,6 +439,7 @@ impl Task {
         self.stores.discard_uncommitted();
         self.out.clear();
         self.progress.rollback();
+        self.graph.rolled_back();
     }
 
     /// Commits state after every produced record was acknowledged.
