@@ -12,6 +12,7 @@
 
 pub mod actions;
 pub mod cli;
+pub mod enrich;
 pub mod fake;
 pub mod filters;
 pub mod user;

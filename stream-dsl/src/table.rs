@@ -1,4 +1,5 @@
-//! Tables read from topics ([`StreamsBuilder::table`]) and the
+//! Tables read from topics ([`StreamsBuilder::table`]) or made of a
+//! stream ([`KStream::to_table`]), and the
 //! stream–table joins ([`KStream::join`], [`KStream::left_join`]).
 //!
 //! Kafka Streams' semantics (`internals/KTableSource.java`,
@@ -145,15 +146,12 @@ impl StreamsBuilder {
             });
             node
         });
-        let (s, k, v) = (store.clone(), key.clone(), value.clone());
-        let factory: stream_core::graph::ProcessorFactory = Arc::new(move || {
-            Box::new(TableSource {
-                store: s.clone(),
-                key: k.clone(),
-                value: v.clone(),
-            }) as Box<dyn Processor>
-        });
-        let node = self.add_processor("table-source", factory, &[source], vec![store.clone()]);
+        let node = self.add_processor(
+            "table-source",
+            table_source(&store, &key, &value),
+            &[source],
+            vec![store.clone()],
+        );
         KTable::new(
             self.clone(),
             node,
@@ -163,6 +161,109 @@ impl StreamsBuilder {
             store,
         )
     }
+}
+
+impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
+    /// The stream read as a table: each record upserts its key's row
+    /// (Kafka Streams' `toTable`). A stream whose key changed is
+    /// repartitioned first, so that each key's row lives in one task. The
+    /// rows live in the store named by `mat` (default `<source>-to-table`),
+    /// changelogged to `<app>-<store>-changelog`.
+    ///
+    /// ```
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// // Registrations keyed by nothing, re-keyed by email: a table of users.
+    /// let users = b.source("new_users").select_key(|_, email| email.clone()).to_table(Materialized::as_store("users"));
+    /// b.source("clicks").join(&users, |page, email| format!("{page} by {email}")).to_topic("out");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str("new_users", "", "ann@x");
+    /// d.pipe_str("clicks", "ann@x", "/home");
+    /// assert_eq!(d.output_utf8("out")[0].1, "/home by ann@x");
+    /// ```
+    pub fn to_table(&self, mat: Materialized<K, V>) -> KTable<K, V> {
+        let b = self.b.clone();
+        let store = mat
+            .name
+            .clone()
+            .unwrap_or_else(|| b.derived_name(&self.sources, "to-table"));
+        let (Some(key), Some(value)) = (
+            mat.key.clone().or_else(|| self.key_serde.clone()),
+            mat.value.clone().or_else(|| self.value_serde.clone()),
+        ) else {
+            b.record_error(TopologyError::MissingSerde(format!(
+                "to_table `{store}`: no serde known for key {} or value {}; pass them with Materialized",
+                std::any::type_name::<K>(),
+                std::any::type_name::<V>()
+            )));
+            return KTable::new(b, self.node, self.sources.clone(), None, None, store);
+        };
+        let parent = if self.key_changed {
+            let suffix = stream_core::graph::repartition_suffix(&store);
+            self.through_internal(&suffix, key.clone(), value.clone())
+                .node
+        } else {
+            self.node
+        };
+        // The table source takes `Option<V>`: a stream's values are all present.
+        let some: crate::ops::OpFn = Arc::new(|ctx, r| {
+            let node = ctx.node_name().to_string();
+            let v = downcast::<V>(r.value, &node)?;
+            ctx.forward(crate::ops::record_dyn(
+                r.key,
+                Some(v),
+                r.timestamp,
+                r.headers,
+            ));
+            Ok(())
+        });
+        let parent = b.add_processor(
+            "to-table-values",
+            crate::ops::factory(some),
+            &[parent],
+            Vec::new(),
+        );
+        b.with_graph(|g| {
+            g.add_store(StoreSpec {
+                name: store.clone(),
+                changelog: if mat.logged {
+                    Changelog::Internal
+                } else {
+                    Changelog::Disabled
+                },
+                format: Some(StoreFormat {
+                    key: erase(key.clone()),
+                    value: erase(value.clone()),
+                }),
+                retention_ms: None,
+                window: None,
+            })
+        });
+        let node = b.add_processor(
+            "to-table",
+            table_source(&store, &key, &value),
+            &[parent],
+            vec![store.clone()],
+        );
+        KTable::new(b, node, self.sources.clone(), Some(key), Some(value), store)
+    }
+}
+
+/// The processor keeping a table's rows in `store`.
+fn table_source<K: Data + Clone, V: Data + Clone>(
+    store: &str,
+    key: &Arc<dyn Serde<K>>,
+    value: &Arc<dyn Serde<V>>,
+) -> stream_core::graph::ProcessorFactory {
+    let (s, k, v) = (store.to_string(), key.clone(), value.clone());
+    Arc::new(move || {
+        Box::new(TableSource {
+            store: s.clone(),
+            key: k.clone(),
+            value: v.clone(),
+        }) as Box<dyn Processor>
+    })
 }
 
 /// Joins stream records with the table row of their key.

@@ -245,3 +245,29 @@ fn should_repartition_a_rekeyed_stream_into_as_many_partitions_as_the_table() {
         vec![("ann@x".to_string(), "ann@xAcme".to_string())]
     );
 }
+
+#[test]
+fn should_give_two_joined_repartition_topics_one_partition_count() {
+    let b = StreamsBuilder::new();
+    let users = b
+        .source("new_users")
+        .select_key(|_, email| email.clone())
+        .to_table(Materialized::as_store("users"));
+    b.source("actions")
+        .select_key(|_, email| email.clone())
+        .join(&users, |a, u| format!("{a}{u}"))
+        .to_topic("out");
+    let t = b.build().unwrap();
+    let plan = t
+        .plan_partitions("app", &counts(&[("actions", 4), ("new_users", 2)]))
+        .unwrap();
+    let mut repartition: Vec<i32> = plan
+        .partitions
+        .iter()
+        .filter(|(name, _)| name.ends_with("-repartition"))
+        .map(|(_, n)| *n)
+        .collect();
+    repartition.sort();
+    assert_eq!(repartition, vec![4, 4], "{:?}", plan.partitions);
+    assert!(plan.tasks.contains(&4));
+}

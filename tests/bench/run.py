@@ -115,10 +115,14 @@ class Bench:
         self.flagged = int(kv(out, "flagged"))
         self.record("ceiling", seconds=secs, rate=self.args.users / secs)
 
-    def app_run(self, name, cmd, out_topic):
+    def app_run(self, name, cmd, out_topic, expected=None, digests=None):
+        """Runs one program until `expected` output records (default: the
+        flagged users) are readable; records time, RSS, CPU and the digest."""
+        expected = self.flagged if expected is None else expected
+        digests = self.digests if digests is None else digests
         start_ms = int(time.time() * 1000)
         app = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=open(self.work / f"{name}.log", "a"))
-        counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(self.flagged), str(start_ms), "1800"],
+        counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(expected), str(start_ms), "1800"],
                                  capture_output=True, text=True)
         try:
             rss, cpu = proc_usage(app.pid)
@@ -128,8 +132,70 @@ class Bench:
         if counter.returncode != 0:
             raise RuntimeError(f"{name}: {counter.stderr.strip()} (log {self.work / (name + '.log')})")
         secs = float(kv(counter.stdout, "seconds"))
-        self.digests.setdefault(kv(counter.stdout, "digest"), []).append(name)
+        digests.setdefault(kv(counter.stdout, "digest"), []).append(name)
         self.record(name, seconds=secs, rate=self.args.users / secs, rss_mib=rss, cpu_s=cpu)
+
+    def windows_input(self):
+        """The windowed rows' input: timestamped events over `--window-keys` keys."""
+        a = self.args
+        self.events = f"bench-events-{uuid.uuid4().hex[:8]}"
+        topic(self.events, 4)
+        out = run([BIN / "bench-events", self.bootstrap, self.events, a.users, a.window_keys, a.window_span_ms,
+                   a.window_ms, 4]).stdout
+        self.window_outputs = {"every": int(kv(out, "outputs_every")), "final": int(kv(out, "windows"))}
+        self.window_digests = {"every": {}, "final": {}}
+        log(f"events in {self.events}: {self.window_outputs['final']:,} windows")
+
+    def windowed(self, framework, mode):
+        """One windowed-count run: `framework` (ours, kstreams), `mode` (every, final)."""
+        a = self.args
+        app = f"bench-win-{uuid.uuid4().hex[:8]}"
+        out_topic = f"{app}-out"
+        topic(out_topic, 4)
+        args = [self.bootstrap, app, self.events, out_topic, mode, a.window_ms, self.work / app]
+        if framework == "ours":
+            cmd = [BIN / "bench-windowed", *args]
+        else:
+            cp = f"{KS_DIR / 'target' / 'kstreams-bench-1.jar'}:{KS_DIR / 'target' / 'lib'}/*"
+            cmd = ["java", "-cp", cp, "bench.Main", "windowed", *args]
+        self.app_run(f"windows {framework} {mode}", cmd, out_topic, self.window_outputs[mode], self.window_digests[mode])
+
+    def windows_section(self, windows):
+        """The windowed rows' part of docs/benchmarks.md."""
+        if windows is None:
+            return "Windowed counts: run `tests/bench/run.sh --sections windows`.\n"
+        a, (table, equal) = self.args, windows
+        return f"""## Windowed count
+
+`groupByKey().windowedBy(TimeWindows.ofSizeWithNoGrace({a.window_ms} ms)).count()` on both frameworks
+(`bench-windowed`, `bench.Main windowed`), at-least-once with 100 ms commits, every update (`every`;
+Kafka Streams with `statestore.cache.max.bytes=0`) and one final result per window (`final`:
+`suppress(untilWindowCloses(unbounded()))`), each result written as `key@start` → `{{"flag_count":n}}`.
+Input (`bench-events`): {a.users:,} events over {a.window_keys:,} keys in 4 partitions, their timestamps
+spread in order over {a.window_span_ms / 60000:.0f} minutes of event time ({self.window_outputs['final']:,} windows), then
+one event per partition an hour later, which closes every window. Timing: until the last expected result
+({self.window_outputs['every']:,} updates, or {self.window_outputs['final']:,} final results) is readable.
+Both frameworks gave {'equal' if equal else 'DIFFERENT'} results (a digest of the latest count per window, per mode).
+
+{table}
+"""
+
+    def windows_report(self):
+        """The windowed rows' table and whether both frameworks agreed per mode."""
+        lines = ["| run | median s | min–max s | events/s | peak RSS MiB | CPU s | throughput ÷ Kafka Streams |",
+                 "|---|---|---|---|---|---|---|"]
+        for mode in ("every", "final"):
+            for fw in ("ours", "kstreams"):
+                name = f"windows {fw} {mode}"
+                if name not in self.results:
+                    continue
+                med, (lo, hi) = self.median(name), self.span(name)
+                ks = self.median(f"windows kstreams {mode}")
+                vs = f"{ks / med:.2f}×" if fw == "ours" and ks == ks else ""
+                lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {self.args.users / med:,.0f} | "
+                             f"{self.median(name, 'rss_mib'):,.0f} | {self.median(name, 'cpu_s'):.1f} | {vs} |")
+        equal = all(len(d) <= 1 for d in self.window_digests.values())
+        return "\n".join(lines), equal
 
     @staticmethod
     def run_name(framework, guarantee, commit_ms, threads):
@@ -278,7 +344,7 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         ceil = self.median("ceiling")
         ratios = []
         for name in self.results:
-            if name.startswith("restore"):
+            if name.startswith(("restore", "windows")):
                 continue
             med = self.median(name)
             lo, hi = self.span(name)
@@ -311,10 +377,11 @@ per instance the curve would go on; here it cannot. Scale-out correctness
                 eo = self.median(self.run_name("ours", "exactly-once", c, t))
                 if alo == alo and eo == eo:
                     eos_ratio.append(f"exactly-once throughput is {alo / eo:.0%} of at-least-once at {c} ms commits, {t} thread{'s' if t > 1 else ''}")
-        equal = len(self.digests) == 1
+        # No throughput rows (another section alone): nothing to compare.
+        equal = len(self.digests) <= 1
         return "\n".join(lines), ratios, eos_ratio, equal
 
-    def write(self, table, ratios, eos_ratio, equal):
+    def write(self, table, ratios, eos_ratio, equal, windows=None):
         a = self.args
         cpu = "unknown"
         try:
@@ -358,6 +425,7 @@ machine, in one run; and restoring a count store from its changelog.
 
 ![ratios](benchmarks.svg)
 
+{self.windows_section(windows)}
 {scale_section()}
 Goals, profile and the effect of each change: [performance.md](performance.md).
 """
@@ -404,11 +472,17 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="stream threads per instance, for both frameworks (num.stream.threads)")
     ap.add_argument("--skip-kstreams", action="store_true")
-    ap.add_argument("--sections", nargs="+", default=["throughput", "restore"], choices=["throughput", "restore", "scale"])
+    ap.add_argument("--window-keys", type=int, default=1_000, help="keys of the windowed rows' events")
+    ap.add_argument("--window-span-ms", type=int, default=3_600_000, help="event time the windowed rows' events span")
+    ap.add_argument("--window-ms", type=int, default=60_000, help="tumbling window size of the windowed rows")
+    ap.add_argument("--sections", nargs="+", default=["throughput", "restore", "windows"],
+                    choices=["throughput", "restore", "scale", "windows"])
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     args = ap.parse_args()
     b = Bench(args)
     b.preload()
+    if "windows" in args.sections:
+        b.windows_input()
     for i in range(args.runs):
         log(f"round {i + 1} of {args.runs}")
         b.ceiling()
@@ -421,6 +495,11 @@ def main():
                             b.kstreams(g, c, t)
         if "restore" in args.sections:
             b.restore()
+        if "windows" in args.sections:
+            for mode in ("every", "final"):
+                b.windowed("ours", mode)
+                if not args.skip_kstreams:
+                    b.windowed("kstreams", mode)
         if "scale" in args.sections:
             for k, t in SCALE_RUNS:
                 b.instances(k, t)
@@ -436,7 +515,13 @@ def main():
     for r in eos_ratio:
         print(r)
     print("both frameworks ended with equal counts" if equal else f"COUNTS DIFFER: {b.digests}")
-    b.write(table, ratios, eos_ratio, equal)
+    windows = None
+    if "windows" in args.sections:
+        windows = b.windows_report()
+        print(windows[0])
+        print("both frameworks gave equal windowed counts" if windows[1] else f"WINDOWED COUNTS DIFFER: {b.window_digests}")
+        equal = equal and windows[1]
+    b.write(table, ratios, eos_ratio, equal, windows)
     shutil.rmtree(b.work, ignore_errors=True)
     if not equal:
         sys.exit(1)

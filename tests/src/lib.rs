@@ -13,6 +13,7 @@ use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -126,16 +127,56 @@ pub fn send(
     if let Some(k) = key {
         rec = rec.key(k);
     }
-    let mut rec = rec;
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                rec = back;
-                std::thread::sleep(Duration::from_millis(5));
-            }
+    send_record(p, rec).expect("send");
+}
+
+/// The benchmark fillers' producer: batches of 20 ms, no compression,
+/// keys partitioned as the Java client does; exits with a message if the
+/// client cannot be created.
+pub fn bulk_producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("partitioner", "murmur2_random")
+        .set("compression.type", "none");
+    match pc.create() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1)
         }
     }
+}
+
+/// Sends `rec`, waiting while the producer's queue is full; any other
+/// error is returned.
+pub fn send_record(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    mut rec: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), KafkaError> {
+    loop {
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `default`): the test and
+/// benchmark programs' logging.
+pub fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .init();
 }
 
 /// Waits until every record sent is acknowledged.

@@ -45,6 +45,47 @@ impl fmt::Display for CoPartitionMismatch {
 impl std::error::Error for CoPartitionMismatch {}
 
 impl Topology {
+    /// Gives the repartition topics a sub-topology reads, when it reads no
+    /// external topic, one count: the largest (a fixed count that differs
+    /// is a mismatch).
+    fn align_internal_sources(
+        &self,
+        app: &str,
+        st: &super::SubTopology,
+        plan: &mut PartitionPlan,
+    ) -> Result<(), CoPartitionMismatch> {
+        let mut internal = Vec::new();
+        for t in &st.sources {
+            match t {
+                TopicRef::External(_) => return Ok(()),
+                TopicRef::Internal(suffix) => internal.push((suffix, t.resolve(app))),
+            }
+        }
+        let Some((max_topic, max)) = internal
+            .iter()
+            .filter_map(|(_, name)| Some((name.clone(), *plan.partitions.get(name)?)))
+            .max_by_key(|(_, n)| *n)
+        else {
+            return Ok(());
+        };
+        for (suffix, name) in internal {
+            match self.repartition_topics().get(suffix).copied().flatten() {
+                Some(m) if m != max => {
+                    return Err(CoPartitionMismatch {
+                        topic: name,
+                        count: m,
+                        first: max_topic,
+                        first_count: max,
+                    })
+                }
+                _ => {
+                    plan.partitions.insert(name, max);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Plans partitions for application `app` given `external`, the
     /// partition count of every external source topic (missing ones count
     /// as 1). Repartition topics take their configured count or their
@@ -130,6 +171,11 @@ impl Topology {
                         }
                     }
                 }
+            }
+            // Repartition topics joined with each other (no external topic
+            // beside them) take the largest of their counts.
+            for st in subs {
+                self.align_internal_sources(app, st, &mut plan)?;
             }
             for st in subs {
                 if tasks[st.id].is_none() {

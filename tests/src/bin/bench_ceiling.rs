@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use apps::filters::for_team;
 use apps::user::User;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -71,18 +70,11 @@ fn main() {
         };
         if filter.matches(&user) {
             flagged += 1;
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output)
+            let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output)
                 .key(user.company_name.as_bytes())
                 .payload(b"1");
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        rec = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => fail(&e.to_string()),
-                }
+            if let Err(e) = integration_tests::send_record(&producer, rec) {
+                fail(&e.to_string());
             }
         }
     }

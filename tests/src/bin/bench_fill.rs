@@ -6,9 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, Producer};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -18,36 +16,16 @@ fn main() {
     }
     let n: u64 = args[3].parse().unwrap_or(0);
     let keys: u64 = args[4].parse().unwrap_or(1).max(1);
-    let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", &args[1])
-        .set("linger.ms", "20")
-        .set("partitioner", "murmur2_random")
-        .set("compression.type", "none");
-    let p: ThreadedProducer<DefaultProducerContext> = match pc.create() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1)
-        }
-    };
+    let p = integration_tests::bulk_producer(&args[1]);
     let started = Instant::now();
     for i in 0..n {
         let key = format!("key-{}", i % keys);
         let value = (i / keys + 1).to_be_bytes();
-        let mut rec: BaseRecord<'_, [u8], [u8]> =
+        let rec: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(&args[2]).key(key.as_bytes()).payload(&value);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => {
-                    eprintln!("error: {e}");
-                    std::process::exit(1)
-                }
-            }
+        if let Err(e) = integration_tests::send_record(&p, rec) {
+            eprintln!("error: {e}");
+            std::process::exit(1)
         }
     }
     if let Err(e) = p.flush(Duration::from_secs(120)) {

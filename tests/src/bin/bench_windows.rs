@@ -41,13 +41,7 @@ fn main() {
 }
 
 async fn bench() {
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    integration_tests::init_tracing("warn");
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
         eprintln!("usage: bench-windows BOOTSTRAP TOPIC RECORDS STATE_DIR [final|every]");

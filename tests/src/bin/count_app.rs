@@ -8,12 +8,7 @@ use stream_dsl::prelude::*;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    integration_tests::init_tracing("info");
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
         eprintln!("usage: count-app APP_ID INPUT OUTPUT STATE_DIR [BOOTSTRAP]");

@@ -2,6 +2,7 @@ package bench;
 
 import com.fasterxml.jackson.annotation.JsonIgnoreProperties;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import java.time.Duration;
 import java.util.Properties;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicLong;
@@ -17,8 +18,12 @@ import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.kstream.Consumed;
 import org.apache.kafka.streams.kstream.Grouped;
+import org.apache.kafka.streams.kstream.KTable;
 import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
+import org.apache.kafka.streams.kstream.Suppressed;
+import org.apache.kafka.streams.kstream.TimeWindows;
+import org.apache.kafka.streams.kstream.Windowed;
 import org.apache.kafka.streams.processor.StateRestoreListener;
 
 /**
@@ -27,7 +32,12 @@ import org.apache.kafka.streams.processor.StateRestoreListener;
  * <pre>
  * watchlist BOOTSTRAP APP_ID INPUT OUTPUT GUARANTEE COMMIT_MS STATE_DIR
  * restore   BOOTSTRAP APP_ID INPUT -      -         -         STATE_DIR
+ * windowed  BOOTSTRAP APP_ID INPUT OUTPUT every|final WINDOW_MS STATE_DIR
  * </pre>
+ *
+ * <p>{@code windowed} counts per key in tumbling windows without grace, every update or (final)
+ * suppressed until each window closes, at-least-once with 100 ms commits, and writes
+ * {@code key@start} → {@code {"flag_count":n}} as the Rust side does.
  */
 public final class Main {
   /** A user registration; every field is required, as in the Rust program. */
@@ -95,6 +105,19 @@ public final class Main {
           .count(Materialized.as("watchlist-counts"))
           .toStream()
           .mapValues((company, n) -> "{\"team\":\"team-1\",\"company\":" + quote(company) + ",\"flag_count\":" + n + "}")
+          .to(output, Produced.with(Serdes.String(), Serdes.String()));
+    } else if (mode.equals("windowed")) {
+      p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.AT_LEAST_ONCE);
+      p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100L);
+      KTable<Windowed<String>, Long> counts = b.stream(input, Consumed.with(Serdes.String(), Serdes.ByteArray()))
+          .groupByKey(Grouped.with(Serdes.String(), Serdes.ByteArray()))
+          .windowedBy(TimeWindows.ofSizeWithNoGrace(Duration.ofMillis(Long.parseLong(a[6]))))
+          .count(Materialized.as("windowed-counts"));
+      if (guarantee.equals("final")) {
+        counts = counts.suppress(Suppressed.untilWindowCloses(Suppressed.BufferConfig.unbounded()));
+      }
+      counts.toStream()
+          .map((w, n) -> KeyValue.pair(w.key() + "@" + w.window().start(), "{\"flag_count\":" + n + "}"))
           .to(output, Produced.with(Serdes.String(), Serdes.String()));
     } else {
       b.stream(input, Consumed.with(Serdes.String(), Serdes.String()))
