@@ -37,4 +37,6 @@ pub mod book {
     pub struct Testing;
     #[doc = include_str!("../../docs/windows.md")]
     pub struct Windows;
+    #[doc = include_str!("../../docs/tables.md")]
+    pub struct Tables;
 }
