@@ -114,6 +114,17 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
         }
     }
 
+    /// The (not materialized) result of a join hanging under `node`.
+    pub(crate) fn joined<R: Data + Clone>(
+        &self,
+        node: usize,
+        value_serde: Option<Arc<dyn Serde<R>>>,
+    ) -> KTable<K, R> {
+        let mut t = self.derived(node, value_serde);
+        t.windows = None;
+        t
+    }
+
     /// Adds a node mapping each change with `f` (`None`: forward nothing).
     fn on_changes<V2: Data + Clone>(
         &self,

@@ -44,6 +44,7 @@ pub mod options;
 pub mod sessions;
 mod sliding;
 pub mod table;
+mod table_join;
 pub mod windowed;
 pub mod windows;
 

@@ -17,6 +17,16 @@ pub struct Consumed<K, V> {
     pub(crate) timestamps: Option<TimestampExtractor>,
 }
 
+impl<K, V> Clone for Consumed<K, V> {
+    fn clone(&self) -> Self {
+        Consumed {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            timestamps: self.timestamps.clone(),
+        }
+    }
+}
+
 impl<K, V> Consumed<K, V> {
     /// Reads keys and values with the given serdes.
     pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {

@@ -271,3 +271,79 @@ fn should_give_two_joined_repartition_topics_one_partition_count() {
     assert_eq!(repartition, vec![4, 4], "{:?}", plan.partitions);
     assert!(plan.tasks.contains(&4));
 }
+
+/// The developer guide's KTable–KTable join table (one key; `None`: a
+/// tombstone in the input, `Some(None)` a tombstone in the output): each
+/// step with what inner, left and outer joins add.
+type Out = Option<Option<&'static str>>;
+fn table_guide() -> Vec<(i64, bool, Option<&'static str>, [Out; 3])> {
+    let (n, t) = (None, Some(None));
+    let j = |s: &'static str| Some(Some(s));
+    vec![
+        // ts, left side?, value, [inner, left, outer]
+        (1, true, None, [n, n, n]),
+        (2, false, None, [n, n, n]),
+        (3, true, Some("A"), [n, j("[A, null]"), j("[A, null]")]),
+        (4, false, Some("a"), [j("[A, a]"), j("[A, a]"), j("[A, a]")]),
+        (5, true, Some("B"), [j("[B, a]"), j("[B, a]"), j("[B, a]")]),
+        (6, false, Some("b"), [j("[B, b]"), j("[B, b]"), j("[B, b]")]),
+        (7, true, None, [t, t, j("[null, b]")]),
+        (8, false, None, [n, n, t]),
+        (9, true, Some("C"), [n, j("[C, null]"), j("[C, null]")]),
+        (
+            10,
+            false,
+            Some("c"),
+            [j("[C, c]"), j("[C, c]"), j("[C, c]")],
+        ),
+        (11, false, None, [t, j("[C, null]"), j("[C, null]")]),
+        (12, true, None, [n, t, t]),
+        (13, false, None, [n, n, n]),
+        (14, false, Some("d"), [n, n, j("[null, d]")]),
+        (15, true, Some("D"), [j("[D, d]"), j("[D, d]"), j("[D, d]")]),
+    ]
+}
+
+fn check_table_guide(kind: usize) {
+    let b = StreamsBuilder::new();
+    let c = Consumed::with(StringSerde, StringSerde);
+    let left = b.table("left", c.clone(), Materialized::as_store("left"));
+    let right = b.table("right", c, Materialized::as_store("right"));
+    let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "null".into());
+    let joined = match kind {
+        0 => left.join(&right, |l, r| format!("[{l}, {r}]")),
+        1 => left.left_join(&right, move |l, r| format!("[{l}, {}]", show(r))),
+        _ => left.outer_join(&right, move |l, r| format!("[{}, {}]", show(l), show(r))),
+    };
+    joined.to_topic("out");
+    let mut d = TestDriver::new(b.build().unwrap(), "app");
+    let mut expected: Vec<Option<String>> = Vec::new();
+    for (ts, is_left, value, outs) in table_guide() {
+        let topic = if is_left { "left" } else { "right" };
+        d.pipe_at(topic, Some(b"k"), value.map(str::as_bytes), ts);
+        if let Some(out) = outs[kind] {
+            expected.push(out.map(str::to_string));
+        }
+        let got: Vec<Option<String>> = d
+            .records("out")
+            .into_iter()
+            .map(|r| r.value.map(|v| String::from_utf8(v).unwrap()))
+            .collect();
+        assert_eq!(got, expected, "join kind {kind}, after the record at {ts}");
+    }
+}
+
+#[test]
+fn should_inner_join_two_tables_as_the_developer_guide_says() {
+    check_table_guide(0);
+}
+
+#[test]
+fn should_left_join_two_tables_as_the_developer_guide_says() {
+    check_table_guide(1);
+}
+
+#[test]
+fn should_outer_join_two_tables_as_the_developer_guide_says() {
+    check_table_guide(2);
+}
