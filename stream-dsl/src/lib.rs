@@ -25,6 +25,7 @@
 //! | [`grouped`] | [`KGroupedStream`]: `count`, `reduce`, `aggregate` |
 //! | [`ktable`] | [`KTable`]: a table's changes (`filter`, `map_values`, sinks) |
 //! | [`table`] | tables read from topics, stream–table joins |
+//! | [`stream_join`] | stream–stream windowed joins, [`JoinWindows`](stream_join::JoinWindows) |
 //! | [`change`] | [`Change`](change::Change): a row's new and old value |
 //! | [`options`] | serdes, store naming and changelog choices |
 //! | [`windows`] | [`TimeWindows`](windows::TimeWindows), windowed keys and their serde, `Suppressed` |
@@ -43,6 +44,7 @@ mod ops;
 pub mod options;
 pub mod sessions;
 mod sliding;
+pub mod stream_join;
 pub mod table;
 mod table_join;
 pub mod windowed;
@@ -58,6 +60,7 @@ pub use options::{Consumed, Grouped, Materialized, Produced};
 pub mod prelude {
     pub use crate::change::Change;
     pub use crate::sessions::SessionWindowedKStream;
+    pub use crate::stream_join::JoinWindows;
     pub use crate::windowed::TimeWindowedKStream;
     pub use crate::windows::{
         SessionWindows, SlidingWindows, Suppressed, TimeWindowing, TimeWindows, Window, WindowSpec,
