@@ -15,6 +15,7 @@ pub mod cli;
 pub mod enrich;
 pub mod fake;
 pub mod filters;
+pub mod latency;
 pub mod user;
 pub mod watchlist;
 pub mod windowed_watchlist;

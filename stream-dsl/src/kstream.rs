@@ -25,6 +25,26 @@ pub struct RecordMeta {
     pub timestamp: i64,
 }
 
+impl RecordMeta {
+    /// The record being processed in `ctx`, with `timestamp`.
+    fn of(ctx: &stream_core::Context<'_>, timestamp: i64) -> Self {
+        match ctx.origin() {
+            Some(o) => RecordMeta {
+                topic: o.topic.clone(),
+                partition: o.partition,
+                offset: o.offset,
+                timestamp,
+            },
+            None => RecordMeta {
+                topic: String::new(),
+                partition: -1,
+                offset: -1,
+                timestamp,
+            },
+        }
+    }
+}
+
 /// A typed stream of key-value records.
 ///
 /// Operators return new streams; the graph they describe is built by
@@ -386,24 +406,43 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
             "for-each",
             Arc::new(move |ctx, r| {
                 let (k, v) = ops::borrow_kv::<K, V>(ctx, &r)?;
-                let meta = match ctx.origin() {
-                    Some(o) => RecordMeta {
-                        topic: o.topic.clone(),
-                        partition: o.partition,
-                        offset: o.offset,
-                        timestamp: r.timestamp,
-                    },
-                    None => RecordMeta {
-                        topic: String::new(),
-                        partition: -1,
-                        offset: -1,
-                        timestamp: r.timestamp,
-                    },
-                };
-                f(&meta, k, v);
+                f(&RecordMeta::of(ctx, r.timestamp), k, v);
                 Ok(())
             }),
         );
+    }
+
+    /// Maps each value with its record's origin and timestamp at hand
+    /// (Kafka Streams reaches them through a processor's context).
+    ///
+    /// ```
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("in").map_values_with_meta(|m, v| format!("{v}@{}", m.timestamp)).to_topic("out");
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app");
+    /// d.pipe_str_at("in", "k", "hello", 42);
+    /// assert_eq!(d.output_utf8("out")[0].1, "hello@42");
+    /// ```
+    pub fn map_values_with_meta<V2: Data + Clone>(
+        &self,
+        f: impl Fn(&RecordMeta, V) -> V2 + Send + Sync + 'static,
+    ) -> KStream<K, V2> {
+        let node = self.op(
+            "map-values",
+            Arc::new(move |ctx, r| {
+                let meta = RecordMeta::of(ctx, r.timestamp);
+                let v = stream_core::data::downcast::<V>(r.value, ctx.node_name())?;
+                ctx.forward(ops::record_dyn(r.key, f(&meta, v), r.timestamp, r.headers));
+                Ok(())
+            }),
+        );
+        self.derive(
+            node,
+            self.key_serde.clone(),
+            builtin_serde::<V2>(),
+            self.key_changed,
+        )
     }
 
     /// Splits the stream by predicates: each record goes to the first branch

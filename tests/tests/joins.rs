@@ -1,8 +1,13 @@
-//! Stream–table join on a real broker: `enrich-actions` (actions
-//! left-joined with the users table, keyed by email through repartition
-//! topics) through SIGKILL loops under both guarantees. Every action comes
-//! out joined with the user it names; under exactly-once each exactly once
-//! in a read_committed read; under at-least-once every copy is the same.
+//! Joins on a real broker, through SIGKILL loops under both guarantees:
+//! - stream–table: `enrich-actions` (actions left-joined with the users
+//!   table, both re-keyed by email through repartition topics): every
+//!   action comes out joined with the user it names;
+//! - stream–stream: `flag-latency` (actions joined with the registrations
+//!   of their user within 10 minutes): every (action, registration) pair
+//!   comes out, with both timestamps.
+//!
+//! Under exactly-once each result exactly once in a read_committed read;
+//! under at-least-once every copy of a result is the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -10,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use apps::enrich::{EnrichedAction, UserSummary};
+use apps::latency::FlagLatency;
 use apps::user::User;
 use integration_tests::*;
 use rand::Rng;
@@ -35,6 +41,7 @@ async fn setup() -> Setup {
 }
 
 fn start(
+    bin: &str,
     s: &Setup,
     state: &Path,
     guarantee: &str,
@@ -67,11 +74,13 @@ fn start(
     .iter()
     .map(|a| a.to_string())
     .collect();
-    Guard(spawn_logged("enrich-actions", &args, log))
+    Guard(spawn_logged(bin, &args, log))
 }
 
-/// Registers `count` fake users; returns them by email.
-fn register(s: &Setup, count: u64) -> BTreeMap<String, UserSummary> {
+/// Registers `count` fake users; returns their registrations by email (an
+/// email the generator drew twice has two, in different partitions: which
+/// one the table holds last depends on the order they were read in).
+fn register(s: &Setup, count: u64) -> BTreeMap<String, Vec<UserSummary>> {
     let seed: u64 = rand::thread_rng().gen();
     let ok = Command::new(workspace_bin("fake-users"))
         .args(["--new-users-topic", &s.new_users])
@@ -84,21 +93,17 @@ fn register(s: &Setup, count: u64) -> BTreeMap<String, UserSummary> {
         .expect("run fake-users")
         .success();
     assert!(ok, "fake-users registered the users");
-    let mut users = BTreeMap::new();
+    let mut users: BTreeMap<String, Vec<UserSummary>> = BTreeMap::new();
     for r in read_all(&s.new_users, Duration::from_secs(60)) {
         if let Some(u) = r
             .value
             .and_then(|v| serde_json::from_slice::<User>(&v).ok())
         {
-            // A later registration of the same email replaces the row.
-            users.insert(
-                u.email.clone(),
-                UserSummary {
-                    name: u.name,
-                    company: u.company_name,
-                    profession: u.profession,
-                },
-            );
+            users.entry(u.email.clone()).or_default().push(UserSummary {
+                name: u.name,
+                company: u.company_name,
+                profession: u.profession,
+            });
         }
     }
     users
@@ -150,13 +155,17 @@ fn enriched(output: &str) -> BTreeMap<String, Vec<EnrichedAction>> {
 }
 
 struct Run {
-    users: BTreeMap<String, UserSummary>,
+    users: BTreeMap<String, Vec<UserSummary>>,
     sent: BTreeMap<String, String>,
-    got: BTreeMap<String, Vec<EnrichedAction>>,
+    output: String,
+    new_users: String,
+    actions: String,
     log: std::path::PathBuf,
 }
 
-fn crash_loop(guarantee: &str, kills: usize) -> Run {
+/// Runs `bin` through `kills` SIGKILLs while 4,000 actions arrive, after
+/// 1,500 registrations; waits until `complete(output)` holds.
+fn crash_loop(bin: &str, guarantee: &str, kills: usize, complete: impl Fn(&Run) -> bool) -> Run {
     let rt = tokio::runtime::Handle::current();
     let s = tokio::task::block_in_place(|| rt.block_on(setup()));
     let state = tempfile::tempdir().unwrap().keep();
@@ -165,47 +174,46 @@ fn crash_loop(guarantee: &str, kills: usize) -> Run {
     let port = free_port();
     let http = format!("127.0.0.1:{port}");
     let users = register(&s, 1_500);
-    let mut app = start(&s, &state, guarantee, &instance, &http, &log);
-    // The table holds every user before the first action: a left join then
-    // finds each user whatever the order the two topics are read in.
+    let mut app = start(bin, &s, &state, guarantee, &instance, &http, &log);
     let emails: Vec<String> = users.keys().cloned().collect();
-    let store = apps::enrich::USERS_STORE;
-    assert!(
-        wait_until(Duration::from_secs(120), || emails.iter().all(|e| {
-            get(&format!("http://{http}/stores/{store}/{e}")).is_some_and(|(code, _)| code == 200)
-        })),
-        "the users table filled (log {})",
-        log.display()
-    );
+    if bin == "enrich-actions" {
+        // The table holds every user before the first action: a left join
+        // then finds each user whatever order the two topics are read in.
+        let store = apps::enrich::USERS_STORE;
+        assert!(
+            wait_until(Duration::from_secs(120), || emails.iter().all(|e| {
+                get(&format!("http://{http}/stores/{store}/{e}"))
+                    .is_some_and(|(code, _)| code == 200)
+            })),
+            "the users table filled (log {})",
+            log.display()
+        );
+    }
     let actions = act(&s, emails, 4_000, 400);
     let mut rng = rand::thread_rng();
     for _ in 0..kills {
         std::thread::sleep(Duration::from_millis(rng.gen_range(800..2000)));
         signal_and_wait(&mut app, libc::SIGKILL);
-        app = start(&s, &state, guarantee, &instance, &http, &log);
+        app = start(bin, &s, &state, guarantee, &instance, &http, &log);
     }
     let sent = actions.join().expect("the action writer finished");
-    let mut got = BTreeMap::new();
-    wait_until(Duration::from_secs(120), || {
-        got = enriched(&s.output);
-        sent.keys().all(|r| got.contains_key(r))
-    });
-    signal_and_wait(&mut app, libc::SIGTERM);
-    Run {
+    let run = Run {
         users,
         sent,
-        got,
+        output: s.output.clone(),
+        new_users: s.new_users.clone(),
+        actions: s.actions.clone(),
         log,
-    }
+    };
+    wait_until(Duration::from_secs(120), || complete(&run));
+    signal_and_wait(&mut app, libc::SIGTERM);
+    run
 }
 
-/// Every action came out, joined with the user it names.
-fn check_joined(run: &Run) {
-    let missing: Vec<_> = run
-        .sent
-        .keys()
-        .filter(|r| !run.got.contains_key(*r))
-        .collect();
+/// Every action came out, joined with the user it names; returns them.
+fn check_enriched(run: &Run) -> BTreeMap<String, Vec<EnrichedAction>> {
+    let got = enriched(&run.output);
+    let missing: Vec<_> = run.sent.keys().filter(|r| !got.contains_key(*r)).collect();
     assert!(
         missing.is_empty(),
         "{} of {} actions missing, e.g. {:?} (log {})",
@@ -214,14 +222,14 @@ fn check_joined(run: &Run) {
         missing.iter().take(5).collect::<Vec<_>>(),
         run.log.display()
     );
-    let wrong: Vec<_> = run
-        .got
+    let wrong: Vec<_> = got
         .iter()
         .filter(|(reason, copies)| {
             let email = &run.sent[*reason];
-            copies
-                .iter()
-                .any(|a| &a.customer != email || a.user.as_ref() != run.users.get(email))
+            let registrations = run.users.get(email).map(Vec::as_slice).unwrap_or_default();
+            copies.iter().any(|a| {
+                &a.customer != email || !a.user.as_ref().is_some_and(|u| registrations.contains(u))
+            })
         })
         .collect();
     assert!(
@@ -231,14 +239,19 @@ fn check_joined(run: &Run) {
         wrong.iter().take(3).collect::<Vec<_>>(),
         run.log.display()
     );
+    got
+}
+
+fn enriched_all(run: &Run) -> bool {
+    let got = enriched(&run.output);
+    run.sent.keys().all(|r| got.contains_key(r))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_join_every_action_with_its_user_exactly_once_through_a_sigkill_loop() {
-    let run = crash_loop("exactly-once", 10);
-    check_joined(&run);
-    let repeated: BTreeSet<_> = run
-        .got
+    let run = crash_loop("enrich-actions", "exactly-once", 10, enriched_all);
+    let got = check_enriched(&run);
+    let repeated: BTreeSet<_> = got
         .iter()
         .filter(|(_, v)| v.len() != 1)
         .map(|(r, _)| r.clone())
@@ -251,18 +264,142 @@ async fn should_join_every_action_with_its_user_exactly_once_through_a_sigkill_l
         run.log.display()
     );
     eprintln!(
-        "joins exactly-once: {} actions joined once each",
+        "stream-table exactly-once: {} actions joined once each",
         run.sent.len()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_join_every_action_with_its_user_under_at_least_once() {
-    let run = crash_loop("at-least-once", 10);
-    check_joined(&run);
-    let repeats = run.got.values().filter(|v| v.len() > 1).count();
+    let run = crash_loop("enrich-actions", "at-least-once", 10, enriched_all);
+    let got = check_enriched(&run);
+    let repeats = got.values().filter(|v| v.len() > 1).count();
     eprintln!(
-        "joins at-least-once: {} actions joined, {repeats} written more than once",
+        "stream-table at-least-once: {} actions joined, {repeats} written more than once",
         run.sent.len()
+    );
+}
+
+/// A pair: the action's reason and the registration's timestamp.
+type Pair = (String, i64);
+
+/// Every (action, registration) pair the inputs make: same email,
+/// timestamps at most 10 minutes apart.
+fn expected_pairs(run: &Run) -> BTreeMap<Pair, FlagLatency> {
+    let mut registered: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in read_all(&run.new_users, Duration::from_secs(60)) {
+        if let Some(u) = r
+            .value
+            .and_then(|v| serde_json::from_slice::<User>(&v).ok())
+        {
+            registered.entry(u.email).or_default().push(r.timestamp);
+        }
+    }
+    let mut pairs = BTreeMap::new();
+    for r in read_all(&run.actions, Duration::from_secs(60)) {
+        let Some(a) = r
+            .value
+            .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
+        else {
+            continue;
+        };
+        let (Some(email), Some(reason)) = (a["customer"].as_str(), a["reason"].as_str()) else {
+            continue;
+        };
+        for &at in registered.get(email).into_iter().flatten() {
+            if (r.timestamp - at).abs() <= 600_000 {
+                pairs.insert(
+                    (reason.to_string(), at),
+                    FlagLatency {
+                        customer: email.to_string(),
+                        team: "team-1".into(),
+                        reason: reason.to_string(),
+                        registered_at: at,
+                        flagged_at: r.timestamp,
+                        latency_ms: r.timestamp - at,
+                    },
+                );
+            }
+        }
+    }
+    pairs
+}
+
+/// Every pair written, in log order per partition.
+fn latencies(output: &str) -> BTreeMap<Pair, Vec<FlagLatency>> {
+    let mut recs = read_all(output, Duration::from_secs(60));
+    recs.sort_by_key(|r| (r.partition, r.offset));
+    let mut m: BTreeMap<Pair, Vec<FlagLatency>> = BTreeMap::new();
+    for r in recs {
+        if let Some(l) = r
+            .value
+            .and_then(|v| serde_json::from_slice::<FlagLatency>(&v).ok())
+        {
+            m.entry((l.reason.clone(), l.registered_at))
+                .or_default()
+                .push(l);
+        }
+    }
+    m
+}
+
+/// Every expected pair came out, right, and nothing else; returns them.
+fn check_latencies(run: &Run) -> BTreeMap<Pair, Vec<FlagLatency>> {
+    let want = expected_pairs(run);
+    let got = latencies(&run.output);
+    assert!(
+        want.len() >= run.sent.len(),
+        "every action has its registration: {} pairs",
+        want.len()
+    );
+    let missing: Vec<_> = want.keys().filter(|p| !got.contains_key(*p)).collect();
+    let extra: Vec<_> = got.keys().filter(|p| !want.contains_key(*p)).collect();
+    let wrong: Vec<_> = got
+        .iter()
+        .filter(|(p, copies)| want.get(*p).is_some_and(|w| copies.iter().any(|c| c != w)))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && wrong.is_empty(),
+        "{} pairs missing (e.g. {:?}), {} unexpected (e.g. {:?}), {} wrong (e.g. {:?}) (log {})",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first(),
+        wrong.len(),
+        wrong.first(),
+        run.log.display()
+    );
+    got
+}
+
+fn latencies_all(run: &Run) -> bool {
+    let got = latencies(&run.output);
+    run.sent
+        .keys()
+        .all(|r| got.keys().any(|(reason, _)| reason == r))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_pair_every_action_with_its_registration_exactly_once_through_a_sigkill_loop() {
+    let run = crash_loop("flag-latency", "exactly-once", 10, latencies_all);
+    let got = check_latencies(&run);
+    let repeated = got.values().filter(|v| v.len() != 1).count();
+    assert_eq!(
+        repeated,
+        0,
+        "pairs written more than once under exactly-once (log {})",
+        run.log.display()
+    );
+    eprintln!("stream-stream exactly-once: {} pairs once each", got.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_pair_every_action_with_its_registration_under_at_least_once() {
+    let run = crash_loop("flag-latency", "at-least-once", 10, latencies_all);
+    let got = check_latencies(&run);
+    let repeats = got.values().filter(|v| v.len() > 1).count();
+    eprintln!(
+        "stream-stream at-least-once: {} pairs, {repeats} written more than once",
+        got.len()
     );
 }
