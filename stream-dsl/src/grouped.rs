@@ -24,7 +24,7 @@ pub struct KGroupedStream<K, V> {
     pub(crate) repartition: bool,
 }
 
-type Adder<K, V, A> = Arc<dyn Fn(&K, V, A) -> A + Send + Sync>;
+pub(crate) type Adder<K, V, A> = Arc<dyn Fn(&K, V, A) -> A + Send + Sync>;
 
 /// An aggregation's store, serdes and parent node, ready for its processor.
 pub(crate) struct Prepared<K, A> {
@@ -41,12 +41,13 @@ pub(crate) struct Unbuilt {
     store: String,
 }
 
-struct Aggregator<K, V, A> {
-    store: String,
-    key: Arc<dyn Serde<K>>,
-    agg: Arc<dyn Serde<A>>,
-    init: Arc<dyn Fn() -> A + Send + Sync>,
-    adder: Adder<K, V, A>,
+/// Folds records into their key's aggregate in `store`.
+pub(crate) struct Aggregator<K, V, A> {
+    pub(crate) store: String,
+    pub(crate) key: Arc<dyn Serde<K>>,
+    pub(crate) agg: Arc<dyn Serde<A>>,
+    pub(crate) init: Arc<dyn Fn() -> A + Send + Sync>,
+    pub(crate) adder: Adder<K, V, A>,
 }
 
 impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for Aggregator<K, V, A> {

@@ -23,6 +23,8 @@
 //! | [`builder`] | [`StreamsBuilder`]: sources, stores, `build()` |
 //! | [`kstream`] | [`KStream`] and its stateless operators, sinks, grouping |
 //! | [`grouped`] | [`KGroupedStream`]: `count`, `reduce`, `aggregate` |
+//! | [`cogroup`] | [`CogroupedKStream`](cogroup::CogroupedKStream): several grouped streams, one aggregate |
+//! | [`grouped_table`] | [`KGroupedTable`](grouped_table::KGroupedTable): a table regrouped, aggregated with a subtractor |
 //! | [`ktable`] | [`KTable`]: a table's changes (`filter`, `map_values`, sinks) |
 //! | [`table`] | tables read from topics, stream–table joins |
 //! | [`stream_join`] | stream–stream windowed joins, [`JoinWindows`](stream_join::JoinWindows) |
@@ -37,7 +39,9 @@
 
 pub mod builder;
 pub mod change;
+pub mod cogroup;
 pub mod grouped;
+pub mod grouped_table;
 pub mod kstream;
 pub mod ktable;
 mod ops;

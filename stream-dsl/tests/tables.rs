@@ -347,3 +347,116 @@ fn should_left_join_two_tables_as_the_developer_guide_says() {
 fn should_outer_join_two_tables_as_the_developer_guide_says() {
     check_table_guide(2);
 }
+
+/// Each update of `topic`, as `key → value` with tombstones as `-`.
+fn updates(d: &TestDriver, topic: &str) -> Vec<String> {
+    d.records(topic)
+        .into_iter()
+        .map(|r| {
+            let k = String::from_utf8(r.key.unwrap_or_default()).unwrap();
+            match r.value {
+                Some(v) if v.len() == 8 => {
+                    format!("{k}={}", i64::from_be_bytes(v.try_into().unwrap()))
+                }
+                Some(v) => format!("{k}={}", String::from_utf8(v).unwrap()),
+                None => format!("{k}=-"),
+            }
+        })
+        .collect()
+}
+
+fn users_per_company() -> TestDriver {
+    let b = StreamsBuilder::new();
+    b.table(
+        "users",
+        Consumed::with(StringSerde, StringSerde),
+        Materialized::as_store("users"),
+    )
+    .group_by(
+        |_, company| (company.clone(), 1i64),
+        Grouped::with(StringSerde, I64Serde),
+    )
+    .count(Materialized::as_store("per-company"))
+    .to_topic("counts");
+    TestDriver::new(b.build().unwrap(), "app")
+}
+
+#[test]
+fn should_subtract_a_row_from_its_old_group_when_it_moves() {
+    let mut d = users_per_company();
+    d.pipe_str("users", "ann", "Acme");
+    d.pipe_str("users", "bob", "Acme");
+    d.pipe_str("users", "ann", "Initech"); // moves: Acme −1, Initech +1
+    d.pipe_str("users", "bob", "Acme"); // same group: −1 then +1
+    d.pipe("users", Some(b"bob"), None); // deleted: Acme −1
+    assert_eq!(
+        updates(&d, "counts"),
+        vec![
+            "Acme=1",
+            "Acme=2",
+            "Acme=1",
+            "Initech=1",
+            "Acme=0",
+            "Acme=1",
+            "Acme=0",
+        ]
+    );
+}
+
+#[test]
+fn should_regroup_the_same_way_across_a_crash() {
+    let steps: [(&str, Option<&str>); 6] = [
+        ("ann", Some("Acme")),
+        ("bob", Some("Acme")),
+        ("cid", Some("Initech")),
+        ("ann", Some("Initech")),
+        ("bob", None),
+        ("dan", Some("Acme")),
+    ];
+    let run = |crash: Option<usize>| {
+        let mut d = users_per_company();
+        for (i, (k, v)) in steps.iter().enumerate() {
+            d.pipe("users", Some(k.as_bytes()), v.map(str::as_bytes));
+            if crash == Some(i) {
+                d.commit().unwrap();
+                d.crash_and_restart();
+            }
+        }
+        d.latest_per_key("counts")
+    };
+    let once = run(None);
+    assert_eq!(once[&b"Acme".to_vec()], 1i64.to_be_bytes().to_vec());
+    assert_eq!(once[&b"Initech".to_vec()], 2i64.to_be_bytes().to_vec());
+    for crash in 0..steps.len() {
+        assert_eq!(run(Some(crash)), once, "crash after step {crash}");
+    }
+}
+
+#[test]
+fn should_fold_several_grouped_streams_into_one_aggregate() {
+    let b = StreamsBuilder::new();
+    // Views keyed by customer; purchases re-keyed from "customer:item".
+    let views = b.source("views").group_by_key();
+    let buys = b
+        .source("buys")
+        .group_by(|_, v| v.split(':').next().unwrap_or("").to_string());
+    views
+        .cogroup(|_, page: String, acc: String| format!("{acc}v{}", page.len()))
+        .cogroup(&buys, |_, _, acc| format!("{acc}b"))
+        .aggregate(String::new, Materialized::as_store("activity"))
+        .to_topic("activity");
+    let mut d = TestDriver::new(b.build().unwrap(), "app");
+    d.pipe_str("views", "ann", "/a");
+    d.pipe_str("buys", "x", "ann:pen");
+    d.pipe_str("views", "bob", "/bb");
+    d.pipe_str("views", "ann", "/ccc");
+    d.pipe_str("buys", "y", "bob:cup");
+    assert_eq!(
+        updates(&d, "activity"),
+        vec!["ann=v2", "ann=v2b", "bob=v3", "ann=v2bv4", "bob=v3b"]
+    );
+    d.commit().unwrap();
+    d.crash_and_restart();
+    d.pipe_str("buys", "z", "ann:ink");
+    assert_eq!(updates(&d, "activity").last().unwrap(), "ann=v2bv4b");
+}
