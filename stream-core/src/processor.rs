@@ -84,6 +84,7 @@ pub struct Context<'a> {
     pub(crate) partition: i32,
     pub(crate) stream_time: i64,
     pub(crate) schedules: &'a mut Vec<ScheduleRequest>,
+    pub(crate) globals: Option<&'a crate::store::GlobalStores>,
 }
 
 impl<'a> Context<'a> {
@@ -111,7 +112,22 @@ impl<'a> Context<'a> {
             partition,
             stream_time,
             schedules,
+            globals: None,
         }
+    }
+
+    /// Gives the context the instance's global tables.
+    pub(crate) fn with_globals(mut self, globals: &'a crate::store::GlobalStores) -> Self {
+        self.globals = Some(globals);
+        self
+    }
+
+    /// The global table `name` (read-only: the instance's global reader
+    /// keeps it up to date).
+    pub fn global_store(&self, name: &str) -> Result<&'a crate::store::GlobalTree, StoreError> {
+        self.globals
+            .and_then(|g| g.get(name))
+            .ok_or_else(|| StoreError::Unknown(name.to_string()))
     }
 
     /// The task's stream time: the largest timestamp of any record it has

@@ -22,6 +22,7 @@
 //! |---|---|
 //! | [`builder`] | [`StreamsBuilder`]: sources, stores, `build()` |
 //! | [`kstream`] | [`KStream`] and its stateless operators, sinks, grouping |
+//! | [`global`] | [`GlobalKTable`](global::GlobalKTable): a table every instance holds whole, joined by any key |
 //! | [`grouped`] | [`KGroupedStream`]: `count`, `reduce`, `aggregate` |
 //! | [`cogroup`] | [`CogroupedKStream`](cogroup::CogroupedKStream): several grouped streams, one aggregate |
 //! | [`grouped_table`] | [`KGroupedTable`](grouped_table::KGroupedTable): a table regrouped, aggregated with a subtractor |
@@ -40,6 +41,7 @@
 pub mod builder;
 pub mod change;
 pub mod cogroup;
+pub mod global;
 pub mod grouped;
 pub mod grouped_table;
 pub mod kstream;
@@ -63,6 +65,7 @@ pub use options::{Consumed, Grouped, Materialized, Produced};
 /// Everything a topology needs, in one import.
 pub mod prelude {
     pub use crate::change::Change;
+    pub use crate::global::GlobalKTable;
     pub use crate::sessions::SessionWindowedKStream;
     pub use crate::stream_join::JoinWindows;
     pub use crate::windowed::TimeWindowedKStream;

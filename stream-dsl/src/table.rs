@@ -71,9 +71,9 @@ impl<K: Data + Clone, V: Data + Clone> Processor for TableSource<K, V> {
 
 /// Restore's check of a table's source records: only records that
 /// deserialize become rows (processing dead-letters the others).
-struct ValidRecords<K, V> {
-    key: Arc<dyn Serde<K>>,
-    value: Arc<dyn Serde<V>>,
+pub(crate) struct ValidRecords<K, V> {
+    pub(crate) key: Arc<dyn Serde<K>>,
+    pub(crate) value: Arc<dyn Serde<V>>,
 }
 
 impl<K: 'static, V: 'static> ChangelogCodec for ValidRecords<K, V> {

@@ -160,6 +160,80 @@ class Bench:
             cmd = ["java", "-cp", cp, "bench.Main", "windowed", *args]
         self.app_run(f"windows {framework} {mode}", cmd, out_topic, self.window_outputs[mode], self.window_digests[mode])
 
+    def join_input(self):
+        """The join rows' table: `--join-users` users in 4 partitions, written once."""
+        self.join_users = f"bench-join-users-{uuid.uuid4().hex[:8]}"
+        topic(self.join_users, 4)
+        run([BIN / "bench-join-input", self.bootstrap, self.join_users, "users", self.args.join_users])
+        self.join_digests = {}
+        log(f"join table: {self.args.join_users:,} users in {self.join_users}")
+
+    def joined(self, framework):
+        """One stream-table join run: the application reads the users table
+        first (until its group committed the table's end), then as many
+        clicks as there are users per run arrive; timed from the first click
+        until the last joined click is readable."""
+        a = self.args
+        app = f"bench-join-{uuid.uuid4().hex[:8]}"
+        clicks, out_topic = f"{app}-clicks", f"{app}-out"
+        topic(clicks, 4)
+        topic(out_topic, 4)
+        args = [self.bootstrap, app, self.join_users]
+        if framework == "ours":
+            cmd = [BIN / "bench-join", *args, clicks, out_topic, self.work / app]
+        else:
+            cp = f"{KS_DIR / 'target' / 'kstreams-bench-1.jar'}:{KS_DIR / 'target' / 'lib'}/*"
+            cmd = ["java", "-cp", cp, "bench.Main", "join", *args, out_topic, clicks, "-", self.work / app]
+        name = f"join {framework}"
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=open(self.work / f"{name}.log", "a"))
+        try:
+            run([BIN / "bench-caught-up", self.bootstrap, app, self.join_users, "300"])
+            start_ms = int(time.time() * 1000)
+            counter = subprocess.Popen([str(BIN / "bench-count"), self.bootstrap, out_topic, str(a.join_clicks), str(start_ms), "1800"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            run([BIN / "bench-join-input", self.bootstrap, clicks, "clicks", a.join_clicks, a.join_users])
+            out, err = counter.communicate()
+            rss, cpu = proc_usage(proc.pid)
+        finally:
+            stop(proc)
+        if counter.returncode != 0:
+            raise RuntimeError(f"{name}: {err.strip()} (log {self.work / (name + '.log')})")
+        secs = float(kv(out, "seconds"))
+        self.join_digests.setdefault(kv(out, "digest"), []).append(name)
+        self.record(name, seconds=secs, rate=a.join_clicks / secs, rss_mib=rss, cpu_s=cpu)
+
+    def join_section(self):
+        """The join rows' part of docs/benchmarks.md, and whether both agreed."""
+        a = self.args
+        if "join ours" not in self.results:
+            return "Stream–table join: run `tests/bench/run.sh --sections joins`.\n", True
+        lines = ["| run | median s | min–max s | clicks/s | peak RSS MiB | CPU s | throughput ÷ Kafka Streams |",
+                 "|---|---|---|---|---|---|---|"]
+        for fw in ("ours", "kstreams"):
+            name = f"join {fw}"
+            if name not in self.results:
+                continue
+            med, (lo, hi) = self.median(name), self.span(name)
+            ks = self.median("join kstreams")
+            vs = f"{ks / med:.2f}×" if fw == "ours" and ks == ks else ""
+            lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {a.join_clicks / med:,.0f} | "
+                         f"{self.median(name, 'rss_mib'):,.0f} | {self.median(name, 'cpu_s'):.1f} | {vs} |")
+        equal = len(self.join_digests) <= 1
+        doc = f"""## Stream–table join
+
+Clicks joined with a table of users (`builder.table(users).join`, inner), on both frameworks
+(`bench-join`, `bench.Main join`), at-least-once with 100 ms commits; each result written as
+`{{"user","page","company"}}` keyed by user. The table: {a.join_users:,} users in 4 partitions, read
+by the application before the clicks arrive (until its group has committed the table's end — this
+runtime does not yet order a task's records by timestamp across its topics); then {a.join_clicks:,}
+clicks (`bench-join-input`, the same every run) in 4 partitions. Timing: from the first click produced
+until the last joined click is readable. Both frameworks gave {'equal' if equal else 'DIFFERENT'}
+results (a digest of the latest result per user).
+
+{chr(10).join(lines)}
+"""
+        return doc, equal
+
     def windows_section(self, windows):
         """The windowed rows' part of docs/benchmarks.md."""
         if windows is None:
@@ -344,7 +418,7 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         ceil = self.median("ceiling")
         ratios = []
         for name in self.results:
-            if name.startswith(("restore", "windows")):
+            if name.startswith(("restore", "windows", "join")):
                 continue
             med = self.median(name)
             lo, hi = self.span(name)
@@ -381,7 +455,7 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         equal = len(self.digests) <= 1
         return "\n".join(lines), ratios, eos_ratio, equal
 
-    def write(self, table, ratios, eos_ratio, equal, windows=None):
+    def write(self, table, ratios, eos_ratio, equal, windows=None, joins=None):
         a = self.args
         cpu = "unknown"
         try:
@@ -426,6 +500,7 @@ machine, in one run; and restoring a count store from its changelog.
 ![ratios](benchmarks.svg)
 
 {self.windows_section(windows)}
+{joins[0] if joins else "Stream–table join: run `tests/bench/run.sh --sections joins`." + chr(10)}
 {scale_section()}
 Goals, profile and the effect of each change: [performance.md](performance.md).
 """
@@ -475,14 +550,18 @@ def main():
     ap.add_argument("--window-keys", type=int, default=1_000, help="keys of the windowed rows' events")
     ap.add_argument("--window-span-ms", type=int, default=3_600_000, help="event time the windowed rows' events span")
     ap.add_argument("--window-ms", type=int, default=60_000, help="tumbling window size of the windowed rows")
-    ap.add_argument("--sections", nargs="+", default=["throughput", "restore", "windows"],
-                    choices=["throughput", "restore", "scale", "windows"])
+    ap.add_argument("--join-users", type=int, default=100_000, help="rows of the join rows' table")
+    ap.add_argument("--join-clicks", type=int, default=1_000_000, help="clicks per join run")
+    ap.add_argument("--sections", nargs="+", default=["throughput", "restore", "windows", "joins"],
+                    choices=["throughput", "restore", "scale", "windows", "joins"])
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     args = ap.parse_args()
     b = Bench(args)
     b.preload()
     if "windows" in args.sections:
         b.windows_input()
+    if "joins" in args.sections:
+        b.join_input()
     for i in range(args.runs):
         log(f"round {i + 1} of {args.runs}")
         b.ceiling()
@@ -500,6 +579,10 @@ def main():
                 b.windowed("ours", mode)
                 if not args.skip_kstreams:
                     b.windowed("kstreams", mode)
+        if "joins" in args.sections:
+            b.joined("ours")
+            if not args.skip_kstreams:
+                b.joined("kstreams")
         if "scale" in args.sections:
             for k, t in SCALE_RUNS:
                 b.instances(k, t)
@@ -521,7 +604,13 @@ def main():
         print(windows[0])
         print("both frameworks gave equal windowed counts" if windows[1] else f"WINDOWED COUNTS DIFFER: {b.window_digests}")
         equal = equal and windows[1]
-    b.write(table, ratios, eos_ratio, equal, windows)
+    joins = None
+    if "joins" in args.sections:
+        joins = b.join_section()
+        print(joins[0])
+        print("both frameworks gave equal join results" if joins[1] else f"JOIN RESULTS DIFFER: {b.join_digests}")
+        equal = equal and joins[1]
+    b.write(table, ratios, eos_ratio, equal, windows, joins)
     shutil.rmtree(b.work, ignore_errors=True)
     if not equal:
         sys.exit(1)

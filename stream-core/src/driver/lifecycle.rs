@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{to_store_error, TestDriver};
+use crate::coordinates::TopicPartition;
 use crate::graph::TopicRef;
 use crate::store::MemoryBackend;
 use crate::task::{Task, TaskId};
@@ -101,6 +102,41 @@ impl TestDriver {
             .values()
             .flat_map(|t| t.positions().iter().map(|(k, v)| (k.clone(), *v)))
             .collect();
+        // A fresh instance reads its global tables whole again.
+        for (_, tree) in self.config.globals.iter() {
+            if let Err(e) = tree.clear() {
+                panic!("cannot clear a global table: {e}");
+            }
+        }
+        self.read_globals();
+    }
+
+    /// Applies the records of the global tables' topics not read yet, as
+    /// the runtime's global reader does.
+    pub(super) fn read_globals(&mut self) {
+        for spec in self.topology.global_tables() {
+            let Some(tree) = self.config.globals.get(&spec.store) else {
+                continue;
+            };
+            let parts = self.topics.get(&spec.topic).cloned().unwrap_or_default();
+            for (p, records) in parts.iter().enumerate() {
+                let key = TopicPartition::new(&spec.topic, p as i32);
+                let start = self.consumed.get(&key).copied().unwrap_or(0) as usize;
+                for r in records.iter().skip(start) {
+                    let k = r.key.as_deref().unwrap_or(&[]);
+                    let row = match &r.value {
+                        None => Some((k.to_vec(), None)),
+                        Some(v) => spec.codec.decode(k, v).map(|(k, v)| (k, Some(v))),
+                    };
+                    if let Some((k, v)) = row {
+                        if let Err(e) = tree.apply(&k, v.as_deref()) {
+                            panic!("cannot update global table {}: {e}", spec.store);
+                        }
+                    }
+                }
+                self.consumed.insert(key, records.len() as i64);
+            }
+        }
     }
 
     /// Restores one task from the captured changelogs, like the runtime does.

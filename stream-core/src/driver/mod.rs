@@ -70,6 +70,13 @@ impl TestDriver {
     /// A driver for `topology` as application `application_id`; every
     /// external topic has one partition until [`with_partitions`](Self::with_partitions).
     pub fn new(topology: Topology, application_id: &str) -> Self {
+        let globals = crate::store::GlobalStores::new(
+            topology
+                .global_tables()
+                .iter()
+                .map(|g| (g.store.clone(), crate::store::GlobalTree::memory()))
+                .collect(),
+        );
         let mut d = TestDriver {
             topology: Arc::new(topology),
             config: Arc::new(TaskConfig {
@@ -81,6 +88,7 @@ impl TestDriver {
                 idle_advance_ms: None,
                 layout: TaskLayout::PerPartition,
                 commit_tag: String::new(),
+                globals,
             }),
             partitions: HashMap::new(),
             topics: HashMap::new(),
@@ -311,6 +319,7 @@ impl TestDriver {
     /// Processes every pending record of every task until nothing moves.
     pub fn run(&mut self) -> Result<(), TaskError> {
         loop {
+            self.read_globals();
             let mut progressed = false;
             let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
             for id in ids {

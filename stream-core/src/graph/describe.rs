@@ -54,6 +54,16 @@ impl Topology {
                 let _ = writeln!(out, "  {} (changelog: {cl})", s.name);
             }
         }
+        if !self.globals.is_empty() {
+            out.push_str("Global tables:\n");
+            for g in &self.globals {
+                let _ = writeln!(
+                    out,
+                    "  {} (topic: {}, every partition on every instance)",
+                    g.store, g.topic
+                );
+            }
+        }
         if !self.repartitions.is_empty() {
             out.push_str("Internal topics:\n");
             for (suffix, p) in &self.repartitions {

@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 mod describe;
+mod global;
 mod partitions;
 
+pub use global::GlobalTableSpec;
 pub use partitions::{CoPartitionMismatch, PartitionPlan};
 
 use crate::error::{SerdeError, TopologyError};
@@ -213,6 +215,7 @@ pub struct TopologyBuilder {
     repartitions: BTreeMap<String, Option<i32>>,
     timestamps: HashMap<usize, TimestampExtractor>,
     notes: HashMap<usize, String>,
+    globals: Vec<GlobalTableSpec>,
     errors: Vec<TopologyError>,
 }
 
@@ -367,6 +370,7 @@ impl TopologyBuilder {
             repartitions: self.repartitions,
             timestamps: self.timestamps,
             notes: self.notes,
+            globals: self.globals,
         })
     }
 }
@@ -442,6 +446,7 @@ pub struct Topology {
     repartitions: BTreeMap<String, Option<i32>>,
     timestamps: HashMap<usize, TimestampExtractor>,
     notes: HashMap<usize, String>,
+    globals: Vec<GlobalTableSpec>,
 }
 
 impl Topology {

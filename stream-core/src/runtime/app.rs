@@ -184,6 +184,10 @@ impl KafkaStreams {
             );
         }
         let _ = self.partitions.set(plan.partitions.clone());
+        // Global tables are whole before any task processes a record.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (globals, global_reader) =
+            super::global::start(&self.topology, &self.cfg, &state, stop.clone())?;
         let dead_letter_file =
             (!plan.dead_letter_topic_ok).then(|| state.path().join("dead-letters.jsonl"));
         let layout = self.cfg.layout();
@@ -196,6 +200,7 @@ impl KafkaStreams {
             idle_advance_ms: self.cfg.idle_advance.map(|d| d.as_millis() as i64),
             layout,
             commit_tag: super::ownership::commit_tag(&self.topology, &self.cfg.application_id),
+            globals: globals.clone(),
         });
         // Single-instance mode needs one consumer for the whole group.
         let threads = if layout.is_single() {
@@ -221,7 +226,6 @@ impl KafkaStreams {
         self.stores.attach(engines.clone());
 
         let topics = self.topology.source_topics(&self.cfg.application_id);
-        let stop = Arc::new(AtomicBool::new(false));
         self.status.set_running(true);
         let mut handles = Vec::with_capacity(threads);
         for (engine, (consumer, capture)) in engines.into_iter().zip(consumers) {
@@ -244,6 +248,10 @@ impl KafkaStreams {
             }
         };
         self.status.set_running(false);
+        stop.store(true, Ordering::SeqCst);
+        if let Some(reader) = global_reader {
+            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        }
         let mut first_error = None;
         for r in results {
             let r = r.map_err(|e| RuntimeError::ThreadPanicked(e.to_string()));

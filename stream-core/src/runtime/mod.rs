@@ -27,6 +27,7 @@ pub mod config;
 pub(crate) mod connect;
 pub(crate) mod engine;
 pub mod error;
+pub(crate) mod global;
 pub mod handle;
 pub mod ownership;
 pub(crate) mod producer;

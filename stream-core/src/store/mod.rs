@@ -13,6 +13,7 @@
 //!    [`Checkpoint`] (sled on disk, or memory in tests).
 
 mod backend;
+pub mod global;
 mod memory;
 mod sled_backend;
 pub mod window;
@@ -20,6 +21,7 @@ pub mod window;
 use std::collections::BTreeMap;
 
 pub use backend::{Batch, Checkpoint, StateBackend};
+pub use global::{GlobalStores, GlobalTree};
 pub use memory::MemoryBackend;
 pub use sled_backend::{SledBackend, StateDir, DEFAULT_CACHE_BYTES};
 

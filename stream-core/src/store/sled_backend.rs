@@ -178,6 +178,21 @@ impl StateDir {
         &self.path
     }
 
+    /// The rows and read offsets of global table `store`.
+    pub fn global_tree(&self, store: &str) -> Result<super::GlobalTree, StoreError> {
+        let err = |source| StoreError::Sled {
+            store: store.to_string(),
+            source,
+        };
+        Ok(super::GlobalTree::Sled {
+            rows: self.db.open_tree(format!("global/{store}")).map_err(err)?,
+            offsets: self
+                .db
+                .open_tree(format!("global-offsets/{store}"))
+                .map_err(err)?,
+        })
+    }
+
     /// The backend of one task, with trees for `stores`.
     pub fn backend(&self, task: &str, stores: &[String]) -> Result<SledBackend, StoreError> {
         let err = |source| StoreError::Sled {

@@ -95,12 +95,19 @@ pub(crate) struct TaskGraph {
     /// Resolved topic → (local node, reads a repartition topic).
     sources: HashMap<String, (usize, bool)>,
     input_topics: Vec<String>,
+    /// The instance's global tables, for lookups.
+    globals: crate::store::GlobalStores,
 }
 
 impl TaskGraph {
     /// Instantiates `sub` of `topology` for application `app`: fresh
     /// processors, resolved topic names.
-    pub(crate) fn build(topology: &Topology, sub: &SubTopology, app: &str) -> Self {
+    pub(crate) fn build(
+        topology: &Topology,
+        sub: &SubTopology,
+        app: &str,
+        globals: crate::store::GlobalStores,
+    ) -> Self {
         let local: HashMap<usize, usize> =
             sub.nodes.iter().enumerate().map(|(l, &g)| (g, l)).collect();
         let all = topology.nodes();
@@ -156,6 +163,7 @@ impl TaskGraph {
             schedules: Vec::new(),
             sources,
             input_topics,
+            globals,
         }
     }
 
@@ -229,7 +237,8 @@ impl TaskGraph {
                 partition,
                 stream_time,
                 &mut requests,
-            );
+            )
+            .with_globals(&self.globals);
             hook(processor.as_mut(), &mut ctx).map_err(|error| HookError {
                 node: node.name.clone(),
                 error,
@@ -363,7 +372,8 @@ impl TaskGraph {
                         partition,
                         stream_time,
                         &mut requests,
-                    );
+                    )
+                    .with_globals(&self.globals);
                     processor.process(&mut ctx, rec)?;
                     if !requests.is_empty() {
                         let r = std::mem::take(&mut requests);

@@ -128,7 +128,7 @@ impl Task {
             .collect();
         Task {
             id,
-            graph: TaskGraph::build(topology, sub, &app),
+            graph: TaskGraph::build(topology, sub, &app, config.globals.clone()),
             stores: StoreSet::new(names, backend),
             out: RecordCollector::new(config.clone(), id.partition, logs),
             config,

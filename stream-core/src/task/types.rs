@@ -46,6 +46,8 @@ pub struct TaskConfig {
     /// The metadata of every offset commit (see
     /// [`crate::runtime::ownership`]).
     pub commit_tag: String,
+    /// The instance's global tables.
+    pub globals: crate::store::GlobalStores,
 }
 
 /// How a sub-topology's input partitions map to tasks.

@@ -53,10 +53,17 @@ fn main() {
         }
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             seen += 1;
-            let count = m
-                .payload()
-                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-                .and_then(|v| v.get("flag_count").and_then(|n| n.as_i64()));
+            // A count's `flag_count`, else a hash of the whole value.
+            let count = m.payload().map(|p| {
+                serde_json::from_slice::<serde_json::Value>(p)
+                    .ok()
+                    .and_then(|v| v.get("flag_count").and_then(|n| n.as_i64()))
+                    .unwrap_or_else(|| {
+                        let mut h = DefaultHasher::new();
+                        p.hash(&mut h);
+                        h.finish() as i64
+                    })
+            });
             if let (Some(k), Some(n)) = (m.key(), count) {
                 latest.insert(k.to_vec(), n);
             }
@@ -66,7 +73,7 @@ fn main() {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    // Order-independent digest of the latest count per key (0 when values are not counts).
+    // Order-independent digest of the latest count (or value) per key.
     let digest = latest.iter().fold(0u64, |acc, (k, n)| {
         let mut h = DefaultHasher::new();
         (k, n).hash(&mut h);

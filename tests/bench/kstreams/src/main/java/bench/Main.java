@@ -33,11 +33,13 @@ import org.apache.kafka.streams.processor.StateRestoreListener;
  * watchlist BOOTSTRAP APP_ID INPUT OUTPUT GUARANTEE COMMIT_MS STATE_DIR
  * restore   BOOTSTRAP APP_ID INPUT -      -         -         STATE_DIR
  * windowed  BOOTSTRAP APP_ID INPUT OUTPUT every|final WINDOW_MS STATE_DIR
+ * join      BOOTSTRAP APP_ID USERS OUTPUT CLICKS    -         STATE_DIR
  * </pre>
  *
  * <p>{@code windowed} counts per key in tumbling windows without grace, every update or (final)
  * suppressed until each window closes, at-least-once with 100 ms commits, and writes
- * {@code key@start} → {@code {"flag_count":n}} as the Rust side does.
+ * {@code key@start} → {@code {"flag_count":n}} as the Rust side does. {@code join} reads USERS as a
+ * table and joins each click with its user's row (inner), writing {@code {"user","page","company"}}.
  */
 public final class Main {
   /** A user registration; every field is required, as in the Rust program. */
@@ -105,6 +107,16 @@ public final class Main {
           .count(Materialized.as("watchlist-counts"))
           .toStream()
           .mapValues((company, n) -> "{\"team\":\"team-1\",\"company\":" + quote(company) + ",\"flag_count\":" + n + "}")
+          .to(output, Produced.with(Serdes.String(), Serdes.String()));
+    } else if (mode.equals("join")) {
+      p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.AT_LEAST_ONCE);
+      p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100L);
+      KTable<String, String> users = b.table(input, Consumed.with(Serdes.String(), Serdes.String()),
+          Materialized.as("users"));
+      b.stream(guarantee, Consumed.with(Serdes.String(), Serdes.String()))
+          .join(users, (page, company) -> new String[] {page, company})
+          .map((user, pc) -> KeyValue.pair(user,
+              "{\"user\":\"" + user + "\",\"page\":\"" + pc[0] + "\",\"company\":\"" + pc[1] + "\"}"))
           .to(output, Produced.with(Serdes.String(), Serdes.String()));
     } else if (mode.equals("windowed")) {
       p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.AT_LEAST_ONCE);

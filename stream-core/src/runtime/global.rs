@@ -1,0 +1,238 @@
+//! The global reader: keeps every global table of the instance whole.
+//!
+//! Before any stream thread processes a record, each global table's topic
+//! is read by assignment (every partition, no consumer group, committed
+//! records only) from the offsets kept beside its rows in sled up to the
+//! end the topic had when reading began: the first output of the instance
+//! already sees the whole table. Then a thread of its own follows the
+//! topic until the instance stops. Records that do not deserialize are
+//! skipped with a warning (they are no rows); tombstones delete.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::config::StreamsConfig;
+use super::error::RuntimeError;
+use crate::graph::{GlobalTableSpec, Topology};
+use crate::store::{GlobalStores, GlobalTree, StateDir};
+
+/// One global table being read.
+struct Table {
+    spec: GlobalTableSpec,
+    tree: GlobalTree,
+    /// Next offset per partition, as read.
+    next: HashMap<i32, i64>,
+    skipped: u64,
+}
+
+/// What the global reader runs with.
+pub(crate) struct GlobalReader {
+    consumer: BaseConsumer,
+    tables: HashMap<String, Table>,
+}
+
+/// Reads every global table of `topology` to its end, then returns the
+/// stores and, when there are any, the thread that follows the topics
+/// until `stop`.
+pub(crate) fn start(
+    topology: &Topology,
+    cfg: &StreamsConfig,
+    state: &StateDir,
+    stop: Arc<AtomicBool>,
+) -> Result<(GlobalStores, Option<std::thread::JoinHandle<()>>), RuntimeError> {
+    if topology.global_tables().is_empty() {
+        return Ok((GlobalStores::default(), None));
+    }
+    let mut cc = cfg.client_config();
+    cc.set("group.id", &cfg.application_id)
+        .set("client.id", format!("{}-global", cfg.application_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer = cc
+        .create()
+        .map_err(|e| RuntimeError::kafka("create the global reader", e))?;
+    let mut reader = GlobalReader {
+        consumer,
+        tables: HashMap::new(),
+    };
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for spec in topology.global_tables() {
+        let tree = state.global_tree(&spec.store)?;
+        let md = reader
+            .consumer
+            .fetch_metadata(Some(&spec.topic), Duration::from_secs(10))
+            .map_err(|e| {
+                RuntimeError::kafka(format!("metadata of global table topic {}", spec.topic), e)
+            })?;
+        let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        if parts == 0 {
+            return Err(RuntimeError::TopicMismatch {
+                topic: spec.topic.clone(),
+                reason: format!(
+                    "it is the topic of global table `{}` and does not exist",
+                    spec.store
+                ),
+            });
+        }
+        let mut next = HashMap::new();
+        for p in 0..parts {
+            let from = tree.offset(p)?;
+            let (low, high) = reader
+                .consumer
+                .fetch_watermarks(&spec.topic, p, Duration::from_secs(10))
+                .map_err(|e| {
+                    RuntimeError::kafka(format!("watermarks of {}[{p}]", spec.topic), e)
+                })?;
+            // Offsets before the log start are gone: the rows must be rebuilt.
+            if from.is_some_and(|f| f < low) {
+                tracing::warn!(store = %spec.store, topic = %spec.topic, partition = p, checkpoint = from.unwrap_or(0), log_start = low,
+                    "the global table's topic no longer reaches back to its local copy; rebuilding it from the topic");
+                tree.clear()?;
+                return start(topology, cfg, state, stop);
+            }
+            let start = from.unwrap_or(low);
+            next.insert(p, start);
+            if start < high {
+                ends.insert((spec.store.clone(), p), high);
+            }
+            let _ = tpl.add_partition_offset(&spec.topic, p, Offset::Offset(start));
+        }
+        reader.tables.insert(
+            spec.topic.clone(),
+            Table {
+                spec: spec.clone(),
+                tree,
+                next,
+                skipped: 0,
+            },
+        );
+    }
+    reader
+        .consumer
+        .assign(&tpl)
+        .map_err(|e| RuntimeError::kafka("assign the global tables' topics", e))?;
+    let began = Instant::now();
+    let mut read = 0u64;
+    while !ends.is_empty() {
+        if stop.load(Ordering::SeqCst) {
+            return Ok((reader.stores(), None));
+        }
+        read += reader.poll(Duration::from_millis(100))?;
+        ends.retain(|(store, p), end| {
+            reader
+                .tables
+                .values()
+                .find(|t| &t.spec.store == store)
+                .is_some_and(|t| t.next.get(p).copied().unwrap_or(0) < *end)
+                && reader.position_before(store, *p, *end)
+        });
+    }
+    reader.save_offsets()?;
+    for t in reader.tables.values() {
+        tracing::info!(store = %t.spec.store, topic = %t.spec.topic, rows = t.tree.len(), read, skipped = t.skipped,
+            seconds = format!("{:.2}", began.elapsed().as_secs_f64()), "global table restored");
+    }
+    let stores = reader.stores();
+    let handle = std::thread::Builder::new()
+        .name("global-reader".into())
+        .spawn(move || reader.follow(&stop))
+        .map_err(|e| {
+            RuntimeError::ThreadPanicked(format!("cannot start the global reader: {e}"))
+        })?;
+    Ok((stores, Some(handle)))
+}
+
+impl GlobalReader {
+    fn stores(&self) -> GlobalStores {
+        GlobalStores::new(
+            self.tables
+                .values()
+                .map(|t| (t.spec.store.clone(), t.tree.clone()))
+                .collect(),
+        )
+    }
+
+    /// Whether the consumer's position in `store`'s partition `p` is still
+    /// before `end` (transaction markers advance it past the last record).
+    fn position_before(&self, store: &str, p: i32, end: i64) -> bool {
+        let Some(t) = self.tables.values().find(|t| t.spec.store == store) else {
+            return false;
+        };
+        match self.consumer.position() {
+            Ok(tpl) => match tpl.find_partition(&t.spec.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o < end,
+                _ => true,
+            },
+            Err(_) => true,
+        }
+    }
+
+    /// Applies what one poll returns (up to a batch); returns how many
+    /// records it read.
+    fn poll(&mut self, timeout: Duration) -> Result<u64, RuntimeError> {
+        let mut n = 0;
+        let mut wait = timeout;
+        while n < 10_000 {
+            let Some(m) = self.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            let m = m.map_err(|e| RuntimeError::kafka("read a global table's topic", e))?;
+            let Some(t) = self.tables.get_mut(m.topic()) else {
+                continue;
+            };
+            let key = m.key().unwrap_or(&[]);
+            let row = match m.payload() {
+                None => Some((key.to_vec(), None)),
+                Some(v) => t.spec.codec.decode(key, v).map(|(k, v)| (k, Some(v))),
+            };
+            match row {
+                Some((k, v)) => t.tree.apply(&k, v.as_deref())?,
+                None => {
+                    if t.skipped == 0 {
+                        tracing::warn!(store = %t.spec.store, topic = %t.spec.topic, partition = m.partition(), offset = m.offset(),
+                            "a global table record does not deserialize; it is no row (skipped, counted)");
+                    }
+                    t.skipped += 1;
+                }
+            }
+            t.next.insert(m.partition(), m.offset() + 1);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn save_offsets(&self) -> Result<(), RuntimeError> {
+        for t in self.tables.values() {
+            for (&p, &o) in &t.next {
+                t.tree.set_offset(p, o)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the topics until `stop`, saving offsets twice a second.
+    fn follow(mut self, stop: &AtomicBool) {
+        let mut saved = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            if let Err(e) = self.poll(Duration::from_millis(100)) {
+                tracing::warn!(error = %e, "global reader: read failed; retrying");
+            }
+            if saved.elapsed() > Duration::from_millis(500) {
+                if let Err(e) = self.save_offsets() {
+                    tracing::warn!(error = %e, "global reader: cannot save offsets");
+                }
+                saved = Instant::now();
+            }
+        }
+        let _ = self.save_offsets();
+    }
+}
