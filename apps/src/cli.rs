@@ -93,6 +93,27 @@ impl RunOpts {
     }
 }
 
+/// The processing guarantee and commit interval of the exercises'
+/// programs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Processing {
+    /// at-least-once or exactly-once.
+    #[arg(long, default_value = "at-least-once")]
+    pub guarantee: String,
+    /// Commit interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub commit_interval_ms: u64,
+}
+
+impl Processing {
+    /// Applies these options to a runtime configuration.
+    pub fn apply(&self, cfg: &mut StreamsConfig) -> Result<(), String> {
+        cfg.processing_guarantee = self.guarantee.parse()?;
+        cfg.commit_interval = std::time::Duration::from_millis(self.commit_interval_ms);
+        Ok(())
+    }
+}
+
 impl Common {
     /// Parses a config file's text (TOML, kebab-case keys; unknown keys are
     /// an error).

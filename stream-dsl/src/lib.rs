@@ -44,6 +44,7 @@ pub mod cogroup;
 pub mod global;
 pub mod grouped;
 pub mod grouped_table;
+mod joiner;
 pub mod kstream;
 pub mod ktable;
 mod ops;

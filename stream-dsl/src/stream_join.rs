@@ -29,6 +29,7 @@ use stream_core::{
     Context, KeyValueStore, ProcessError, Processor, Record, SerdeError, TopologyError,
 };
 
+use crate::joiner::Joiner;
 use crate::kstream::KStream;
 use crate::ops;
 
@@ -99,40 +100,6 @@ impl JoinWindows {
             before_ms: self.after_ms,
             after_ms: self.before_ms,
             grace_ms: self.grace_ms,
-        }
-    }
-}
-
-/// The user's joiner by join kind; `apply` says what a pair (or a lone
-/// record) gives.
-enum Joiner<A, B, R> {
-    Inner(Box<dyn Fn(&A, &B) -> R + Send + Sync>),
-    Left(Box<dyn Fn(&A, Option<&B>) -> R + Send + Sync>),
-    Outer(Box<dyn Fn(Option<&A>, Option<&B>) -> R + Send + Sync>),
-}
-
-impl<A, B, R> Joiner<A, B, R> {
-    fn apply(&self, a: Option<&A>, b: Option<&B>) -> Option<R> {
-        match self {
-            Joiner::Inner(f) => Some(f(a?, b?)),
-            Joiner::Left(f) => Some(f(a?, b)),
-            Joiner::Outer(f) => (a.is_some() || b.is_some()).then(|| f(a, b)),
-        }
-    }
-
-    /// Whether a lone record of the left (`true`) or right side is emitted.
-    fn keeps_lone(&self, left: bool) -> bool {
-        matches!(
-            (self, left),
-            (Joiner::Left(_), true) | (Joiner::Outer(_), _)
-        )
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Joiner::Inner(_) => "stream-join",
-            Joiner::Left(_) => "stream-left-join",
-            Joiner::Outer(_) => "stream-outer-join",
         }
     }
 }
@@ -337,7 +304,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         joiner: Joiner<V, V2, R>,
     ) -> KStream<K, R> {
         let b = self.b.clone();
-        let kind = joiner.kind();
+        let kind = joiner.kind(true);
         let (Some(key), Some(lv), Some(rv)) = (
             self.key_serde.clone(),
             self.value_serde.clone(),

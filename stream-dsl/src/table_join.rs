@@ -23,34 +23,9 @@ use stream_core::serde::Serde;
 use stream_core::{Context, ProcessError, Processor, Record, TopologyError};
 
 use crate::change::Change;
+use crate::joiner::Joiner;
 use crate::ktable::KTable;
 use crate::ops;
-
-/// The user's joiner, by join kind. `apply` joins two sides' optional
-/// values as the kind says: `None` when the kind has no row for them.
-enum Joiner<A, B, R> {
-    Inner(Box<dyn Fn(&A, &B) -> R + Send + Sync>),
-    Left(Box<dyn Fn(&A, Option<&B>) -> R + Send + Sync>),
-    Outer(Box<dyn Fn(Option<&A>, Option<&B>) -> R + Send + Sync>),
-}
-
-impl<A, B, R> Joiner<A, B, R> {
-    fn apply(&self, a: Option<&A>, b: Option<&B>) -> Option<R> {
-        match self {
-            Joiner::Inner(f) => Some(f(a?, b?)),
-            Joiner::Left(f) => Some(f(a?, b)),
-            Joiner::Outer(f) => (a.is_some() || b.is_some()).then(|| f(a, b)),
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Joiner::Inner(_) => "table-join",
-            Joiner::Left(_) => "table-left-join",
-            Joiner::Outer(_) => "table-outer-join",
-        }
-    }
-}
 
 /// Joins this side's value (`A`) with the other side's (`B`).
 type SideJoin<A, B, R> = Arc<dyn Fn(Option<&A>, Option<&B>) -> Option<R> + Send + Sync>;
@@ -97,7 +72,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
         joiner: Joiner<V, V2, R>,
     ) -> KTable<K, R> {
         let b = self.builder();
-        let name = joiner.kind();
+        let name = joiner.kind(false);
         let serdes = (self.key_serde(), self.value_serde(), other.value_serde());
         let (Some(key), Some(this_value), Some(other_value)) = serdes else {
             b.record_error(TopologyError::MissingSerde(format!(

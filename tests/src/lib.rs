@@ -166,6 +166,30 @@ pub fn send_record(
     }
 }
 
+/// Runs a test or benchmark program's topology with `cfg` until SIGTERM;
+/// a topology that cannot be built exits with status 2, a runtime error
+/// with status 1, each with one line on stderr.
+pub async fn run_program(
+    topology: Result<stream_core::Topology, stream_core::TopologyError>,
+    cfg: stream_core::runtime::StreamsConfig,
+) {
+    let topology = match topology {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let result = match stream_core::runtime::KafkaStreams::new(topology, cfg) {
+        Ok(app) => app.run_until_signal().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (else `default`): the test and
 /// benchmark programs' logging.
 pub fn init_tracing(default: &str) {

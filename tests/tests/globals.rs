@@ -62,7 +62,14 @@ fn restored_rows(log: &Path) -> Vec<u64> {
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("global table restored"))
-        .filter_map(|l| l.split("read=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("read=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -93,8 +100,17 @@ async fn should_hold_the_whole_global_table_before_the_first_output() {
         log.display()
     );
     let unjoined = out.iter().filter(|o| o.ends_with("=?")).count();
-    assert_eq!(unjoined, 0, "every user met its company from the first output on (log {})", log.display());
-    assert_eq!(restored_rows(&log), vec![COMPANIES as u64], "the fresh instance read the table whole");
+    assert_eq!(
+        unjoined,
+        0,
+        "every user met its company from the first output on (log {})",
+        log.display()
+    );
+    assert_eq!(
+        restored_rows(&log),
+        vec![COMPANIES as u64],
+        "the fresh instance read the table whole"
+    );
 
     // The global reader follows changes while the instance runs.
     send(&p, &s.companies, Some(b"c1"), b"Renamed");
@@ -131,11 +147,14 @@ async fn should_hold_the_whole_global_table_before_the_first_output() {
         log2.display()
     );
     assert!(restored_rows(&log2)[0] >= COMPANIES as u64);
-    let counts: BTreeMap<bool, usize> = outputs(&s.output)
-        .iter()
-        .fold(BTreeMap::new(), |mut m, o| {
+    let counts: BTreeMap<bool, usize> =
+        outputs(&s.output).iter().fold(BTreeMap::new(), |mut m, o| {
             *m.entry(o.ends_with("=?")).or_default() += 1;
             m
         });
-    assert_eq!(counts.get(&true), None, "no user ever missed its company: {counts:?}");
+    assert_eq!(
+        counts.get(&true),
+        None,
+        "no user ever missed its company: {counts:?}"
+    );
 }

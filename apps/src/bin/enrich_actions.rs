@@ -5,7 +5,7 @@ use stream_core::http::TableView;
 use stream_core::instance::Instance;
 use stream_core::runtime::KafkaStreams;
 
-use apps::cli::{fail, init_logging, Common, RunOpts};
+use apps::cli::{fail, init_logging, Common, Processing, RunOpts};
 use apps::enrich::{topology, EnrichOptions};
 
 /// Join every action with the registration of the user it names.
@@ -23,12 +23,8 @@ struct Args {
     /// Output topic (default `<actions>-enriched`).
     #[arg(long)]
     output: Option<String>,
-    /// at-least-once or exactly-once.
-    #[arg(long, default_value = "at-least-once")]
-    guarantee: String,
-    /// Commit interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    commit_interval_ms: u64,
+    #[command(flatten)]
+    processing: Processing,
 }
 
 #[tokio::main]
@@ -47,8 +43,7 @@ async fn main() {
     };
     let topology = topology(&options).unwrap_or_else(|e| fail(e));
     let mut cfg = common.streams_config(&format!("{team}-enrich"));
-    cfg.processing_guarantee = args.guarantee.parse().unwrap_or_else(|e: String| fail(e));
-    cfg.commit_interval = std::time::Duration::from_millis(args.commit_interval_ms);
+    args.processing.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     args.run.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     tracing::info!(new_users = %options.new_users, actions = %options.actions, output = %options.output, "enriching actions");
     let view = TableView::new("Users by email", apps::enrich::USERS_STORE).limit(100);

@@ -7,7 +7,7 @@ use clap::Parser;
 use stream_core::instance::Instance;
 use stream_core::runtime::KafkaStreams;
 
-use apps::cli::{fail, init_logging, Common, RunOpts};
+use apps::cli::{fail, init_logging, Common, Processing, RunOpts};
 use apps::latency::{topology, LatencyOptions};
 
 /// Join each action with the registrations of the user it names that lie
@@ -29,12 +29,8 @@ struct Args {
     /// Grace period in seconds.
     #[arg(long, default_value_t = 60)]
     grace_secs: u64,
-    /// at-least-once or exactly-once.
-    #[arg(long, default_value = "at-least-once")]
-    guarantee: String,
-    /// Commit interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    commit_interval_ms: u64,
+    #[command(flatten)]
+    processing: Processing,
 }
 
 #[tokio::main]
@@ -55,8 +51,7 @@ async fn main() {
     };
     let topology = topology(&options).unwrap_or_else(|e| fail(e));
     let mut cfg = common.streams_config(&format!("{team}-latency"));
-    cfg.processing_guarantee = args.guarantee.parse().unwrap_or_else(|e: String| fail(e));
-    cfg.commit_interval = Duration::from_millis(args.commit_interval_ms);
+    args.processing.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     args.run.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     tracing::info!(new_users = %options.new_users, actions = %options.actions, output = %options.output, window_secs = args.window_secs, "flag latency");
     let app = Instance::new(KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e)));

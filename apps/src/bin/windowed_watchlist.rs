@@ -9,7 +9,7 @@ use stream_core::http::TableView;
 use stream_core::instance::Instance;
 use stream_core::runtime::KafkaStreams;
 
-use apps::cli::{fail, init_logging, Common, RunOpts};
+use apps::cli::{fail, init_logging, Common, Processing, RunOpts};
 use apps::filters::for_team;
 use apps::windowed_watchlist::{topology, WindowedOptions};
 
@@ -43,12 +43,8 @@ struct Args {
     /// without a registration, stream time follows the wall clock.
     #[arg(long)]
     idle_advance_secs: Option<u64>,
-    /// at-least-once or exactly-once.
-    #[arg(long, default_value = "at-least-once")]
-    guarantee: String,
-    /// Commit interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    commit_interval_ms: u64,
+    #[command(flatten)]
+    processing: Processing,
 }
 
 #[tokio::main]
@@ -72,8 +68,7 @@ async fn main() {
     };
     let topology = topology(&options).unwrap_or_else(|e| fail(e));
     let mut cfg = common.streams_config(&format!("{team}-windowed"));
-    cfg.processing_guarantee = args.guarantee.parse().unwrap_or_else(|e: String| fail(e));
-    cfg.commit_interval = Duration::from_millis(args.commit_interval_ms);
+    args.processing.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     cfg.idle_advance = args.idle_advance_secs.map(Duration::from_secs);
     args.run.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     tracing::info!(team = %team, filter = filter.rule, window_secs = args.window_secs, grace_secs = args.grace_secs, output = %options.output, "windowed watchlist");

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use stream_core::runtime::{KafkaStreams, StreamsConfig};
+use stream_core::runtime::StreamsConfig;
 use stream_core::serde::{BytesSerde, StringSerde};
 use stream_dsl::prelude::*;
 
@@ -44,22 +44,8 @@ async fn main() {
             )
         })
         .to_topic(&args[4]);
-    let topology = match b.build() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
     let mut cfg = StreamsConfig::new(&args[2], &args[1]);
     cfg.state_dir = args[7].clone().into();
     cfg.commit_interval = Duration::from_millis(100);
-    let result = match KafkaStreams::new(topology, cfg) {
-        Ok(app) => app.run_until_signal().await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    integration_tests::run_program(b.build(), cfg).await;
 }

@@ -3,7 +3,7 @@
 //!
 //! `count-app APP_ID INPUT OUTPUT STATE_DIR [BOOTSTRAP [REPLICATION_FACTOR]]`
 
-use stream_core::runtime::{KafkaStreams, StreamsConfig};
+use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
 
 #[tokio::main]
@@ -23,22 +23,8 @@ async fn main() {
         .group_by(|_k, v| v.clone())
         .count(Materialized::as_store("counts"))
         .to_topic(&args[3]);
-    let topology = match b.build() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
     let mut cfg = StreamsConfig::new(&args[1], &bootstrap);
     cfg.state_dir = args[4].clone().into();
     cfg.replication_factor = args.get(6).and_then(|r| r.parse().ok());
-    let result = match KafkaStreams::new(topology, cfg) {
-        Ok(app) => app.run_until_signal().await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    integration_tests::run_program(b.build(), cfg).await;
 }

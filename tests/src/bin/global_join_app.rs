@@ -5,7 +5,7 @@
 //!
 //! `global-join-app APP_ID COMPANIES USERS OUTPUT STATE_DIR [BOOTSTRAP]`
 
-use stream_core::runtime::{KafkaStreams, StreamsConfig};
+use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
 
 #[tokio::main]
@@ -33,21 +33,7 @@ async fn main() {
             |id, name| format!("{id}={}", name.unwrap_or_else(|| "?".into())),
         )
         .to_topic(&args[4]);
-    let topology = match b.build() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
     let mut cfg = StreamsConfig::new(&args[1], &bootstrap);
     cfg.state_dir = args[5].clone().into();
-    let result = match KafkaStreams::new(topology, cfg) {
-        Ok(app) => app.run_until_signal().await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    integration_tests::run_program(b.build(), cfg).await;
 }
