@@ -29,11 +29,11 @@ async fn setup() -> Setup {
     s
 }
 
-fn start(s: &Setup, state: &Path, log: &Path) -> Guard {
+fn start(s: &Setup, state: &Path, log: &Path, http: &str) -> Guard {
     let args: Vec<String> = [&s.app, &s.companies, &s.users, &s.output]
         .iter()
         .map(|a| a.to_string())
-        .chain([state.display().to_string(), bootstrap()])
+        .chain([state.display().to_string(), bootstrap(), http.to_string()])
         .collect();
     Guard(spawn_logged("global-join-app", &args, log))
 }
@@ -88,7 +88,8 @@ async fn should_hold_the_whole_global_table_before_the_first_output() {
     users(&s, 0, 2_000, COMPANIES);
     let state = tempfile::tempdir().unwrap();
     let log = log_dir().join(format!("{}.log", s.app));
-    let mut app = start(&s, state.path(), &log);
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut app = start(&s, state.path(), &log, &http);
     let mut out = Vec::new();
     assert!(
         wait_until(Duration::from_secs(90), || {
@@ -127,7 +128,7 @@ async fn should_hold_the_whole_global_table_before_the_first_output() {
 
     // A restart with local state reads only what it had not read.
     signal_and_wait(&mut app, libc::SIGKILL);
-    let _app = start(&s, state.path(), &log);
+    let _app = start(&s, state.path(), &log, &http);
     assert!(
         wait_until(Duration::from_secs(60), || restored_rows(&log).len() == 2),
         "the restarted instance restored (log {})",
@@ -140,7 +141,8 @@ async fn should_hold_the_whole_global_table_before_the_first_output() {
     // An instance on an empty state directory rebuilds the table whole.
     let moved = tempfile::tempdir().unwrap();
     let log2 = log_dir().join(format!("{}-moved.log", s.app));
-    let _moved = start(&s, moved.path(), &log2);
+    let http2 = format!("127.0.0.1:{}", free_port());
+    let _moved = start(&s, moved.path(), &log2, &http2);
     assert!(
         wait_until(Duration::from_secs(60), || !restored_rows(&log2).is_empty()),
         "the moved instance restored (log {})",

@@ -182,8 +182,11 @@ fn crash_loop(bin: &str, guarantee: &str, kills: usize, complete: impl Fn(&Run) 
         let store = apps::enrich::USERS_STORE;
         assert!(
             wait_until(Duration::from_secs(120), || emails.iter().all(|e| {
-                get(&format!("http://{http}/stores/{store}/{e}"))
-                    .is_some_and(|(code, _)| code == 200)
+                get(&format!("http://{http}/stores/{store}/{e}")).is_some_and(|(code, body)| {
+                    code == 200
+                        && serde_json::from_str::<serde_json::Value>(&body)
+                            .is_ok_and(|v| v["found"] == serde_json::Value::Bool(true))
+                })
             })),
             "the users table filled (log {})",
             log.display()

@@ -189,11 +189,33 @@ enum Lookup {
     Windows(Vec<(window::Span, Vec<u8>)>),
 }
 
+/// A row of a global table: every instance holds all of them.
+fn global_key(s: &Shared, g: &crate::graph::GlobalTableSpec, key: &str) -> Response {
+    let bytes = match query::encode_key(g.format.as_ref(), key) {
+        Ok(b) => b,
+        Err(e) => return query_error(e),
+    };
+    let Some(tree) = s.stores.global(&g.store) else {
+        return query_error(QueryError::Busy);
+    };
+    match tree.get(&bytes) {
+        Ok(v) => Json(json!({
+            "store": g.store, "key": key, "global": true, "local": true, "found": v.is_some(),
+            "value": v.as_deref().map(|v| query::render(g.format.as_ref().map(|f| &f.value), v)),
+        }))
+        .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 async fn store_key(
     State(s): S,
     Path((store, key)): Path<(String, String)>,
     Query(range): Query<TimeRange>,
 ) -> Response {
+    if let Some(g) = s.topology.global_tables().iter().find(|g| g.store == store) {
+        return global_key(&s, g, &key);
+    }
     let Some(spec) = s.topology.store(&store).cloned() else {
         return query_error(QueryError::UnknownStore(store));
     };

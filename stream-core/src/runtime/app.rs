@@ -188,6 +188,7 @@ impl KafkaStreams {
         let stop = Arc::new(AtomicBool::new(false));
         let (globals, global_reader) =
             super::global::start(&self.topology, &self.cfg, &state, stop.clone())?;
+        self.stores.attach_globals(globals.clone());
         let dead_letter_file =
             (!plan.dead_letter_topic_ok).then(|| state.path().join("dead-letters.jsonl"));
         let layout = self.cfg.layout();

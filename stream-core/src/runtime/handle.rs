@@ -72,12 +72,23 @@ pub struct Busy;
 #[derive(Clone, Default)]
 pub struct StoreAccess {
     engines: Arc<OnceLock<Vec<Arc<Mutex<Engine>>>>>,
+    globals: Arc<OnceLock<crate::store::GlobalStores>>,
 }
 
 impl StoreAccess {
     /// Gives access to the stream threads' engines once they exist.
     pub(crate) fn attach(&self, engines: Vec<Arc<Mutex<Engine>>>) {
         let _ = self.engines.set(engines);
+    }
+
+    /// Gives access to the global tables once they are read.
+    pub(crate) fn attach_globals(&self, globals: crate::store::GlobalStores) {
+        let _ = self.globals.set(globals);
+    }
+
+    /// The global table `store`, once the instance has read it.
+    pub fn global(&self, store: &str) -> Option<&crate::store::GlobalTree> {
+        self.globals.get()?.get(store)
     }
 
     /// Runs `f` on each stream thread's engine until it returns `Some`.

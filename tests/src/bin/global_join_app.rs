@@ -3,7 +3,7 @@
 //! companies (`COMPANIES`, id → name), written to `OUTPUT` as
 //! `<company id>=<name or ?>`.
 //!
-//! `global-join-app APP_ID COMPANIES USERS OUTPUT STATE_DIR [BOOTSTRAP]`
+//! `global-join-app APP_ID COMPANIES USERS OUTPUT STATE_DIR [BOOTSTRAP [HTTP_ADDR]]`
 
 use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
@@ -35,5 +35,23 @@ async fn main() {
         .to_topic(&args[4]);
     let mut cfg = StreamsConfig::new(&args[1], &bootstrap);
     cfg.state_dir = args[5].clone().into();
-    integration_tests::run_program(b.build(), cfg).await;
+    cfg.http = args.get(7).and_then(|a| a.parse().ok());
+    let topology = match b.build() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let app = match stream_core::runtime::KafkaStreams::new(topology, cfg) {
+        Ok(app) => stream_core::instance::Instance::new(app),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = app.run_until_signal().await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }
