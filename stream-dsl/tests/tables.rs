@@ -460,3 +460,27 @@ fn should_fold_several_grouped_streams_into_one_aggregate() {
     d.pipe_str("buys", "z", "ann:ink");
     assert_eq!(updates(&d, "activity").last().unwrap(), "ann=v2bv4b");
 }
+
+#[test]
+fn should_show_joins_their_stores_and_global_tables_in_the_description() {
+    let b = StreamsBuilder::new();
+    let users = b.table(
+        "users",
+        Consumed::with(StringSerde, StringSerde),
+        Materialized::as_store("users"),
+    );
+    let companies = b.global_table(
+        "companies",
+        Consumed::with(StringSerde, StringSerde),
+        Materialized::as_store("companies"),
+    );
+    b.source("clicks")
+        .join(&users, |c, u| format!("{c}{u}"))
+        .left_join_global(&companies, |_, v| v.clone(), |v, c| format!("{v}{c:?}"))
+        .to_topic("out");
+    let text = b.build().unwrap().describe("app");
+    assert!(text.contains("stream-table-join-1 (stores: [users])"), "{text}");
+    assert!(text.contains("users (changelog: users)"), "{text}");
+    assert!(text.contains("Global tables:\n  companies (topic: companies"), "{text}");
+    assert!(text.contains("global-left-join-1"), "{text}");
+}
