@@ -116,8 +116,18 @@ pub(crate) fn producer(
 }
 
 /// Records per partition the consumers prefetch (librdkafka's
-/// `queued.min.messages`; overridable through `StreamsConfig::extra`).
-const QUEUED_MIN_MESSAGES: &str = "10000";
+/// `queued.min.messages`, 100,000 by default). librdkafka keeps about 80
+/// bytes of bookkeeping per prefetched record besides its payload: with
+/// small records its default held tens of MiB per partition before a task
+/// asked for them. Kafka Streams buffers 1,000 per partition
+/// (`buffered.records.per.partition`). Overridable through
+/// `StreamsConfig::extra`, as the two settings below.
+const QUEUED_MIN_MESSAGES: &str = "5000";
+
+/// How long a partition's next fetch waits once its prefetch queue is full
+/// (librdkafka's `fetch.queue.backoff.ms`, 1 s by default): with the small
+/// queue above, a second of idle input after every refill.
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// The thread's restore consumer: reads changelogs by assignment, committed
 /// data only, in big fetches.
@@ -135,6 +145,7 @@ pub(crate) fn restore_consumer(
         .set("fetch.max.bytes", "16777216")
         .set("queued.max.messages.kbytes", "32768")
         .set("queued.min.messages", QUEUED_MIN_MESSAGES)
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("client.id", format!("{}-restore", ids.client_id))
         // librdkafka needs a group id even to assign(); this consumer never
         // joins or commits, and the application's own id needs no extra ACL.
@@ -153,13 +164,9 @@ pub(crate) fn group_consumer_config(cfg: &StreamsConfig, ids: &ThreadIds) -> Cli
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        // librdkafka prefetches up to 100,000 records per partition by
-        // default (about 80 bytes of bookkeeping each beyond the payload):
-        // with small records that is tens of MiB per partition held before
-        // the task asks for them. Kafka Streams buffers 1,000 per partition
-        // (`buffered.records.per.partition`); 10,000 keeps fetches large.
+        // A bounded prefetch (see QUEUED_MIN_MESSAGES).
         .set("queued.min.messages", QUEUED_MIN_MESSAGES)
-        .set("max.partition.fetch.bytes", "262144")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         // One strategy for every program, so that programs sharing a
