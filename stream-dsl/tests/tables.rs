@@ -479,8 +479,14 @@ fn should_show_joins_their_stores_and_global_tables_in_the_description() {
         .left_join_global(&companies, |_, v| v.clone(), |v, c| format!("{v}{c:?}"))
         .to_topic("out");
     let text = b.build().unwrap().describe("app");
-    assert!(text.contains("stream-table-join-1 (stores: [users])"), "{text}");
+    assert!(
+        text.contains("stream-table-join-1 (stores: [users])"),
+        "{text}"
+    );
     assert!(text.contains("users (changelog: users)"), "{text}");
-    assert!(text.contains("Global tables:\n  companies (topic: companies"), "{text}");
+    assert!(
+        text.contains("Global tables:\n  companies (topic: companies"),
+        "{text}"
+    );
     assert!(text.contains("global-left-join-1"), "{text}");
 }
