@@ -8,8 +8,13 @@
 //! `bench-windows BOOTSTRAP TOPIC RECORDS STATE_DIR [final|every]`
 //!
 //! Prints `records=N buffered=B seconds=S peak_rss_mib=M`.
+//!
+//! `BENCH_CLIENT_CONFIG="key=value;key=value"` passes client settings
+//! through `StreamsConfig::extra`; `BENCH_STATE_CACHE_MIB` sets
+//! `StreamsConfig::state_cache_bytes` (for measuring what each costs).
 
 use std::time::{Duration, Instant};
+
 
 use stream_core::runtime::{KafkaStreams, StreamsConfig};
 use stream_core::serde::{BytesSerde, StringSerde};
@@ -73,6 +78,19 @@ async fn bench() {
     };
     let mut cfg = StreamsConfig::new(&format!("bench-windows-{}", std::process::id()), &args[1]);
     cfg.state_dir = args[4].clone().into();
+    if let Ok(pairs) = std::env::var("BENCH_CLIENT_CONFIG") {
+        for pair in pairs.split(';').filter(|p| !p.is_empty()) {
+            if let Some((k, v)) = pair.split_once('=') {
+                cfg.extra.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+        }
+    }
+    if let Some(mib) = std::env::var("BENCH_STATE_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        cfg.state_cache_bytes = mib * 1024 * 1024;
+    }
     let app = match KafkaStreams::new(topology, cfg) {
         Ok(a) => a,
         Err(e) => {
