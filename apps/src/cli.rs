@@ -69,6 +69,14 @@ pub struct RunOpts {
     /// page on this address, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
+    /// Bearer token every HTTP request must carry (required on an address
+    /// other than loopback, unless --http-insecure).
+    #[arg(long, env = "STREAMS_HTTP_TOKEN", hide_env_values = true, value_name = "TOKEN",
+          value_parser = |s: &str| Ok::<_, String>(stream_core::runtime::config::Secret::new(s)))]
+    pub http_token: Option<stream_core::runtime::config::Secret>,
+    /// Serve an address other than loopback without a token, on purpose.
+    #[arg(long)]
+    pub http_insecure: bool,
     /// What a record that cannot be read or processed does: `dead-letter`
     /// (log it, count it, send it to <application-id>-dlq, go on) or
     /// `fail-fast` (stop with its topic, partition, offset and the error).
@@ -84,6 +92,11 @@ impl RunOpts {
     /// Applies these options to a runtime configuration.
     pub fn apply(&self, cfg: &mut StreamsConfig) -> Result<(), String> {
         cfg.http = self.http;
+        cfg.http_token = self
+            .http_token
+            .clone()
+            .filter(|t| !t.expose().is_empty());
+        cfg.http_insecure = self.http_insecure;
         cfg.on_error = self.on_error.parse()?;
         if self.threads == 0 {
             return Err("--threads must be at least 1".into());

@@ -18,6 +18,7 @@
 pub mod metrics;
 pub mod probe;
 pub mod query;
+mod auth;
 mod routes;
 pub mod svg;
 
@@ -140,11 +141,31 @@ pub struct Server {
 impl Server {
     /// Binds `addr` for `instance`, showing `views`: a clear error if the
     /// port is taken.
+    ///
+    /// Store contents are data: on an address other than loopback the
+    /// server needs a bearer token ([`StreamsConfig::http_token`]) or an
+    /// explicit [`StreamsConfig::http_insecure`], and says which at start.
+    ///
+    /// [`StreamsConfig::http_token`]: crate::runtime::StreamsConfig::http_token
+    /// [`StreamsConfig::http_insecure`]: crate::runtime::StreamsConfig::http_insecure
     pub async fn bind(
         addr: SocketAddr,
         instance: InstanceHandle,
         views: Vec<TableView>,
     ) -> Result<Server, RuntimeError> {
+        let token = instance.config().http_token.clone();
+        match (addr.ip().is_loopback(), &token, instance.config().http_insecure) {
+            (false, None, false) => {
+                return Err(RuntimeError::Config(format!(
+                    "the HTTP server on {addr} is not on loopback and serves store contents: give it a token (--http-token or STREAMS_HTTP_TOKEN) or pass --http-insecure"
+                )))
+            }
+            (false, None, true) => {
+                tracing::warn!(%addr, "HTTP server reachable from other machines WITHOUT a token (--http-insecure): anyone who reaches it can read the stores")
+            }
+            (_, Some(_), _) => tracing::info!(%addr, "HTTP server requires a bearer token"),
+            (true, None, _) => tracing::info!(%addr, "HTTP server on loopback, no token"),
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| RuntimeError::HttpBind { addr, source })?;
@@ -174,7 +195,14 @@ impl Server {
 
     /// Serves until the returned task is aborted.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        let token = self.shared.cfg.http_token.clone();
         let app = routes::router(self.shared);
+        let app = match token {
+            Some(t) => app.layer(axum::middleware::from_fn(move |req, next| {
+                auth::require(t.clone(), req, next)
+            })),
+            None => app,
+        };
         tokio::spawn(async move {
             if let Err(e) = axum::serve(self.listener, app).await {
                 tracing::warn!(error = %e, "HTTP server stopped");

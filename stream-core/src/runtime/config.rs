@@ -154,6 +154,12 @@ pub struct StreamsConfig {
     /// Address of the optional HTTP server (metrics, health, topology,
     /// store queries, status page); `None`: no server.
     pub http: Option<SocketAddr>,
+    /// Bearer token the HTTP server requires on every request (`None`: no
+    /// token). The server refuses to start on a non-loopback address
+    /// without one, unless [`Self::http_insecure`].
+    pub http_token: Option<Secret>,
+    /// Serve a non-loopback address without a token, on purpose.
+    pub http_insecure: bool,
     /// `application.server`: the `host:port` other instances and clients
     /// use to reach this instance's HTTP server (default: [`Self::http`]).
     pub application_server: Option<String>,
@@ -191,6 +197,8 @@ impl StreamsConfig {
             num_stream_threads: 1,
             extra: BTreeMap::new(),
             http: None,
+            http_token: None,
+            http_insecure: false,
             state_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             on_late: crate::task::LatePolicy::DeadLetter,
             idle_advance: None,
@@ -247,7 +255,7 @@ impl StreamsConfig {
     /// A one-line description for logs, with the password redacted.
     pub fn redacted(&self) -> String {
         format!(
-            "application.id={} bootstrap.servers={} client.id={} state.dir={} commit.interval.ms={} processing.guarantee={:?} num.stream.threads={} security.protocol={} sasl.mechanism={} sasl.username={} sasl.password={} single_instance={}",
+            "application.id={} bootstrap.servers={} client.id={} state.dir={} commit.interval.ms={} processing.guarantee={:?} num.stream.threads={} security.protocol={} sasl.mechanism={} sasl.username={} sasl.password={} single_instance={} http={} http.token={}",
             self.application_id,
             self.bootstrap_servers,
             self.client_id.as_deref().unwrap_or(&self.application_id),
@@ -260,6 +268,8 @@ impl StreamsConfig {
             self.security.username.as_deref().unwrap_or("-"),
             if self.security.password.is_some() { "***" } else { "-" },
             self.single_instance,
+            self.http.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            if self.http_token.is_some() { "***" } else { "-" },
         )
     }
 }
