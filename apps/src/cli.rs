@@ -92,10 +92,7 @@ impl RunOpts {
     /// Applies these options to a runtime configuration.
     pub fn apply(&self, cfg: &mut StreamsConfig) -> Result<(), String> {
         cfg.http = self.http;
-        cfg.http_token = self
-            .http_token
-            .clone()
-            .filter(|t| !t.expose().is_empty());
+        cfg.http_token = self.http_token.clone().filter(|t| !t.expose().is_empty());
         cfg.http_insecure = self.http_insecure;
         cfg.on_error = self.on_error.parse()?;
         if self.threads == 0 {

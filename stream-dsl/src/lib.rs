@@ -78,6 +78,6 @@ pub mod prelude {
         Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, RecordMeta,
         StreamsBuilder,
     };
-    pub use stream_core::driver::TestDriver;
+    pub use stream_core::driver::{CrashInput, CrashTest, TestDriver};
     pub use stream_core::serde::{I64Serde, StringSerde};
 }

@@ -31,12 +31,23 @@ async fn should_refuse_to_serve_other_machines_without_a_token() {
         Ok(_) => panic!("bound 0.0.0.0 without a token"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("not on loopback") && err.contains("--http-token"), "{err}");
+    assert!(
+        err.contains("not on loopback") && err.contains("--http-token"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     // Loopback needs no token; --http-insecure opts out on purpose.
     let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    assert!(Server::bind(local, instance(None, false).handle(), Vec::new()).await.is_ok());
-    assert!(Server::bind(any_address(), instance(None, true).handle(), Vec::new()).await.is_ok());
+    assert!(
+        Server::bind(local, instance(None, false).handle(), Vec::new())
+            .await
+            .is_ok()
+    );
+    assert!(
+        Server::bind(any_address(), instance(None, true).handle(), Vec::new())
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +72,13 @@ async fn should_answer_401_without_the_token_and_never_a_store_value() {
             }
         })
     };
-    for path in ["/stores/counts/k", "/stores/counts", "/metrics", "/topology", "/"] {
+    for path in [
+        "/stores/counts/k",
+        "/stores/counts",
+        "/metrics",
+        "/topology",
+        "/",
+    ] {
         let (code, body) = call(url(path), None).await.unwrap();
         assert_eq!(code, 401, "{path} without a token: {body}");
         assert!(!body.contains("\"value\""), "{path}: {body}");

@@ -29,8 +29,13 @@ use crate::error::StoreError;
 use crate::graph::{dead_letter_topic_name, Topology};
 use crate::partitioner::partition_for_key;
 use crate::record::{Headers, OutRecord};
+mod crash_points;
 mod lifecycle;
 mod output;
+
+pub use crash_points::{
+    CrashGuarantee, CrashInput, CrashPoint, CrashReport, CrashTest, Divergence, LatestOracle,
+};
 #[cfg(test)]
 mod tests;
 
@@ -64,6 +69,10 @@ pub struct TestDriver {
     clock: i64,
     round_robin: i64,
     auto_commit: bool,
+    exactly_once: bool,
+    /// Records produced since the last commit (topic, partition, index),
+    /// aborted by a crash under exactly-once.
+    uncommitted: Vec<(String, i32, usize)>,
 }
 
 impl TestDriver {
@@ -98,6 +107,8 @@ impl TestDriver {
             clock: 0,
             round_robin: 0,
             auto_commit: true,
+            exactly_once: false,
+            uncommitted: Vec::new(),
         };
         d.rebuild();
         d
@@ -128,6 +139,31 @@ impl TestDriver {
     /// Whether every `pipe` ends with a commit (default `true`).
     pub fn with_auto_commit(mut self, on: bool) -> Self {
         self.auto_commit = on;
+        self
+    }
+
+    /// Whether a crash aborts what the tasks produced since the last commit,
+    /// as exactly-once's transactions do for a `read_committed` reader
+    /// (default `false`: at-least-once, produced records stay).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use stream_core::driver::TestDriver;
+    /// # use stream_core::graph::{TopicRef, TopologyBuilder};
+    /// # use stream_core::serde::{erase, StringSerde};
+    /// # let s = || erase::<String>(Arc::new(StringSerde));
+    /// # let mut b = TopologyBuilder::new();
+    /// # let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
+    /// # b.add_sink("out", TopicRef::External("out".into()), s(), s(), None, &[src]);
+    /// let mut d = TestDriver::new(b.build().unwrap(), "app")
+    ///     .with_auto_commit(false)
+    ///     .with_exactly_once(true);
+    /// d.pipe_str("in", "k", "v");
+    /// d.crash_and_restart(); // the transaction aborts; the record is processed again
+    /// assert_eq!(d.records("out").len(), 1);
+    /// ```
+    pub fn with_exactly_once(mut self, on: bool) -> Self {
+        self.exactly_once = on;
         self
     }
 
@@ -285,7 +321,8 @@ impl TestDriver {
         self.run()
     }
 
-    fn append(&mut self, topic: &str, partition: i32, rec: StoredRecord) {
+    /// Appends `rec`; returns its offset.
+    fn append(&mut self, topic: &str, partition: i32, rec: StoredRecord) -> usize {
         let n = self
             .partitions
             .get(topic)
@@ -297,6 +334,7 @@ impl TestDriver {
             parts.resize(n, Vec::new());
         }
         parts[partition as usize].push(rec);
+        parts[partition as usize].len() - 1
     }
 
     fn deliver(&mut self, out: Vec<OutRecord>) {
@@ -312,7 +350,28 @@ impl TestDriver {
                 headers: r.headers,
                 timestamp: r.timestamp,
             };
-            self.append(&r.topic, partition, rec);
+            let index = self.append(&r.topic, partition, rec);
+            if self.exactly_once {
+                self.uncommitted.push((r.topic, partition, index));
+            }
+        }
+    }
+
+    /// Removes what was produced since the last commit (an aborted
+    /// transaction).
+    fn abort_uncommitted(&mut self) {
+        let mut aborted = std::mem::take(&mut self.uncommitted);
+        aborted.sort();
+        for (topic, partition, index) in aborted.into_iter().rev() {
+            if let Some(part) = self
+                .topics
+                .get_mut(&topic)
+                .and_then(|ps| ps.get_mut(partition as usize))
+            {
+                if index < part.len() {
+                    part.remove(index);
+                }
+            }
         }
     }
 
@@ -390,6 +449,7 @@ impl TestDriver {
                     .map(move |(p, rs)| (TopicPartition::new(t, p as i32), rs.len() as i64))
             })
             .collect();
+        self.uncommitted.clear();
         for task in self.tasks.values_mut() {
             task.commit_state(&ends)?;
             for (k, v) in task.positions() {
@@ -445,6 +505,9 @@ impl TestDriver {
     pub fn crash_and_restart(&mut self) {
         for t in self.tasks.values_mut() {
             t.close();
+        }
+        if self.exactly_once {
+            self.abort_uncommitted();
         }
         self.restart();
         if let Err(e) = self.run() {

@@ -15,10 +15,10 @@
 //! from a side Kafka client ([`probe`]), store reads wait at most a moment
 //! for the stream thread and answer `503` while a restore holds the state.
 
+mod auth;
 pub mod metrics;
 pub mod probe;
 pub mod query;
-mod auth;
 mod routes;
 pub mod svg;
 

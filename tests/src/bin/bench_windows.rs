@@ -15,7 +15,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use stream_core::runtime::{KafkaStreams, StreamsConfig};
 use stream_core::serde::{BytesSerde, StringSerde};
 use stream_dsl::prelude::*;
