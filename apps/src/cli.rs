@@ -1,10 +1,13 @@
 //! Options every program shares, read from the command line, the
 //! environment (`KAFKA_PASSWORD`) and an optional TOML file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use stream_core::graph::{check_upgrade, TopologyDescription};
+use stream_core::runtime::reset::{self, ResetTo};
 use stream_core::runtime::{Secret, StreamsConfig};
+use stream_core::Topology;
 
 /// Connection, identity and state options. The password is never printed.
 #[derive(clap::Args, Default, Deserialize)]
@@ -86,6 +89,39 @@ pub struct RunOpts {
     /// producer and tasks; more threads use more cores.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
+    /// Print the topology as JSON (stores with serdes, internal topics with
+    /// partition counts, changelogs) and exit: save it at every release.
+    #[arg(long)]
+    pub describe_json: bool,
+    /// Compare the topology with a description saved by --describe-json,
+    /// print what each change means for running state (kept, lost,
+    /// incompatible) and exit: 0 compatible, 1 state lost, 2 incompatible.
+    #[arg(long, value_name = "FILE")]
+    pub check_upgrade: Option<PathBuf>,
+    /// Reset the application: move its input offsets (to earliest unless
+    /// --to-latest, --to-datetime or --by-duration), delete the internal
+    /// topics it created and wipe its local state on this machine, then
+    /// exit. Refuses while an instance runs.
+    #[arg(long)]
+    pub reset: bool,
+    /// With --reset: list every action, change nothing.
+    #[arg(long, requires = "reset")]
+    pub dry_run: bool,
+    /// With --reset: skip everything already in the input.
+    #[arg(long, requires = "reset", conflicts_with_all = ["to_datetime", "by_duration"])]
+    pub to_latest: bool,
+    /// With --reset: from the first record at or after this time (RFC 3339,
+    /// e.g. 2026-11-27T10:00:00Z).
+    #[arg(
+        long,
+        requires = "reset",
+        value_name = "TIME",
+        conflicts_with = "by_duration"
+    )]
+    pub to_datetime: Option<String>,
+    /// With --reset: from this long ago, e.g. 10m, 2h, 1day.
+    #[arg(long, requires = "reset", value_name = "DURATION")]
+    pub by_duration: Option<String>,
 }
 
 impl RunOpts {
@@ -101,6 +137,97 @@ impl RunOpts {
         cfg.num_stream_threads = self.threads;
         Ok(())
     }
+}
+
+impl RunOpts {
+    /// Where a reset moves the input offsets.
+    fn reset_to(&self) -> Result<ResetTo, String> {
+        if self.to_latest {
+            return Ok(ResetTo::Latest);
+        }
+        if let Some(t) = &self.to_datetime {
+            let at = humantime::parse_rfc3339_weak(t)
+                .map_err(|e| format!("--to-datetime {t}: {e} (e.g. 2026-11-27T10:00:00Z)"))?;
+            let ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| format!("--to-datetime {t}: before 1970"))?
+                .as_millis() as i64;
+            return Ok(ResetTo::DateTime(ms));
+        }
+        if let Some(d) = &self.by_duration {
+            let back = humantime::parse_duration(d)
+                .map_err(|e| format!("--by-duration {d}: {e} (e.g. 10m, 2h, 1day)"))?;
+            return Ok(ResetTo::Back(back));
+        }
+        Ok(ResetTo::Earliest)
+    }
+
+    /// Runs --describe-json, --check-upgrade or --reset for the program's
+    /// applications (one per topology and configuration) and exits; returns
+    /// at once when none was asked for.
+    pub async fn maintenance(&self, apps: &[(&Topology, &StreamsConfig)]) {
+        if self.describe_json {
+            let d: Vec<TopologyDescription> = apps
+                .iter()
+                .map(|(t, c)| t.description(&c.application_id))
+                .collect();
+            let json = match d.as_slice() {
+                [one] => one.to_json(),
+                many => serde_json::to_string_pretty(many).unwrap_or_default(),
+            };
+            println!("{json}");
+            std::process::exit(0);
+        }
+        if let Some(path) = &self.check_upgrade {
+            let code = check_against(path, apps).unwrap_or_else(|e| fail(e));
+            std::process::exit(code);
+        }
+        if self.reset {
+            let to = self.reset_to().unwrap_or_else(|e| fail(e));
+            for (topology, cfg) in apps {
+                let plan = reset::plan_reset(topology, cfg, to).unwrap_or_else(|e| fail(e));
+                print!("{plan}");
+                if self.dry_run {
+                    println!("  (dry run: nothing changed; input offsets to {to})");
+                    continue;
+                }
+                reset::execute_reset(topology, cfg, &plan)
+                    .await
+                    .unwrap_or_else(|e| fail(e));
+                println!("  done");
+            }
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Compares every application with its saved description (matched by
+/// application id); prints the reports; the worst exit code.
+fn check_against(path: &Path, apps: &[(&Topology, &StreamsConfig)]) -> Result<i32, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let saved: Vec<TopologyDescription> = match TopologyDescription::from_json(&text) {
+        Ok(one) => vec![one],
+        Err(_) => serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not a saved topology description: {e}",
+                path.display()
+            )
+        })?,
+    };
+    let mut code = 0;
+    for (topology, cfg) in apps {
+        let current = topology.description(&cfg.application_id);
+        let old = saved
+            .iter()
+            .find(|d| d.application_id == cfg.application_id)
+            .or(saved.first())
+            .ok_or_else(|| format!("{} holds no description", path.display()))?;
+        let report = check_upgrade(old, &current);
+        println!("{report}");
+        code = code.max(report.exit_code());
+    }
+    Ok(code)
 }
 
 /// The processing guarantee and commit interval of the exercises'
@@ -258,6 +385,7 @@ pub async fn run_topology(
 ) {
     run.apply(&mut config).unwrap_or_else(|e| fail(e));
     let topology = builder.build().unwrap_or_else(|e| fail(e));
+    run.maintenance(&[(&topology, &config)]).await;
     let app = stream_core::runtime::KafkaStreams::new(topology, config).unwrap_or_else(|e| fail(e));
     if let Err(e) = stream_core::instance::Instance::new(app)
         .run_until_signal()

@@ -25,6 +25,15 @@ pub trait Serde<T>: Send + Sync + 'static {
     fn serialize_nullable(&self, value: &T) -> Result<Option<Vec<u8>>, SerdeError> {
         self.serialize(value).map(Some)
     }
+    /// What identifies this format in a topology description (the upgrade
+    /// check compares it): by default the serde's Rust type name, e.g.
+    /// `stream_core::serde::JsonSerde<app::User>`. A serde whose type name
+    /// may change while its bytes do not (a moved module) returns a stable
+    /// name of its own, e.g. `"user-json-v1"`; wrappers include their
+    /// inner serde's identity.
+    fn identity(&self) -> String {
+        std::any::type_name::<Self>().to_string()
+    }
 }
 
 /// `Option<T>` as a nullable value: `None` is a tombstone (a record with a
@@ -48,6 +57,9 @@ impl<T> NullableSerde<T> {
 }
 
 impl<T: 'static> Serde<Option<T>> for NullableSerde<T> {
+    fn identity(&self) -> String {
+        format!("nullable({})", self.0.identity())
+    }
     fn serialize(&self, value: &Option<T>) -> Result<Vec<u8>, SerdeError> {
         match value {
             Some(v) => self.0.serialize(v),
@@ -243,6 +255,8 @@ pub trait DynSerde: Send + Sync {
     fn serialize_nullable_dyn(&self, value: &DynData) -> Result<Option<Vec<u8>>, SerdeError> {
         self.serialize_dyn(value).map(Some)
     }
+    /// The wrapped serde's [`Serde::identity`].
+    fn identity(&self) -> String;
 }
 
 struct Erased<T, S> {
@@ -257,6 +271,9 @@ where
 {
     fn serialize_dyn(&self, value: &DynData) -> Result<Vec<u8>, SerdeError> {
         self.inner.as_ref().serialize(typed::<T>(value)?)
+    }
+    fn identity(&self) -> String {
+        self.inner.as_ref().identity()
     }
     fn serialize_nullable_dyn(&self, value: &DynData) -> Result<Option<Vec<u8>>, SerdeError> {
         self.inner.as_ref().serialize_nullable(typed::<T>(value)?)

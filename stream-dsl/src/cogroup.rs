@@ -88,7 +88,8 @@ impl<K: Data + Clone, A: Data + Clone> CogroupedKStream<K, A> {
             other.key_serde.clone(),
             other.name.clone(),
             other.repartition,
-        );
+        )
+        .with_partitions(other.partitions);
         let adder: Adder<K, V, A> = Arc::new(adder);
         if self.key.is_none() {
             self.key = other.key_serde.clone();
@@ -111,7 +112,8 @@ impl<K: Data + Clone, A: Data + Clone> CogroupedKStream<K, A> {
                         .unwrap_or_else(|| format!("{store}-{index}")),
                 ),
                 grouped.repartition,
-            );
+            )
+            .with_partitions(grouped.partitions);
             let mut mat = Materialized::<K, A>::as_store(store);
             mat.key = Some(key.clone());
             mat.value = Some(agg.clone());

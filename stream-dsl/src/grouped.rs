@@ -22,6 +22,8 @@ pub struct KGroupedStream<K, V> {
     pub(crate) key_serde: Option<Arc<dyn Serde<K>>>,
     pub(crate) name: Option<String>,
     pub(crate) repartition: bool,
+    /// Partitions of the repartition topic (`None`: its input's).
+    pub(crate) partitions: Option<i32>,
 }
 
 pub(crate) type Adder<K, V, A> = Arc<dyn Fn(&K, V, A) -> A + Send + Sync>;
@@ -106,7 +108,14 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
             key_serde,
             name,
             repartition,
+            partitions: None,
         }
+    }
+
+    /// The same grouping with this repartition partition count.
+    pub(crate) fn with_partitions(mut self, partitions: Option<i32>) -> Self {
+        self.partitions = partitions;
+        self
     }
 
     pub(crate) fn missing(&self, what: &str) {
@@ -153,7 +162,9 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
                 return Err(unbuilt(store));
             };
             let suffix = repartition_suffix(self.name.as_deref().unwrap_or(&store));
-            input.through_internal(&suffix, key.clone(), vs).node
+            input
+                .through_internal_with(&suffix, key.clone(), vs, self.partitions)
+                .node
         } else {
             input.node
         };
@@ -399,6 +410,9 @@ fn op_kind(op: &str) -> &'static str {
 struct OptionSerde<V>(Arc<dyn Serde<V>>);
 
 impl<V: 'static> Serde<Option<V>> for OptionSerde<V> {
+    fn identity(&self) -> String {
+        self.0.identity()
+    }
     fn serialize(&self, value: &Option<V>) -> Result<Vec<u8>, SerdeError> {
         match value {
             Some(v) => self.0.serialize(v),

@@ -38,6 +38,9 @@ impl<V> ChangeSerde<V> {
 }
 
 impl<V: 'static> Serde<Change<V>> for ChangeSerde<V> {
+    fn identity(&self) -> String {
+        format!("change({})", self.0.identity())
+    }
     fn serialize(&self, c: &Change<V>) -> Result<Vec<u8>, SerdeError> {
         let new = c.new.as_ref().map(|v| self.0.serialize(v)).transpose()?;
         let old = c.old.as_ref().map(|v| self.0.serialize(v)).transpose()?;

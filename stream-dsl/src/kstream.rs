@@ -575,10 +575,22 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         k: Arc<dyn Serde<K>>,
         v: Arc<dyn Serde<V>>,
     ) -> KStream<K, V> {
+        self.through_internal_with(suffix, k, v, None)
+    }
+
+    /// [`through_internal`](Self::through_internal) with a fixed partition
+    /// count (`None`: its input's).
+    pub(crate) fn through_internal_with(
+        &self,
+        suffix: &str,
+        k: Arc<dyn Serde<K>>,
+        v: Arc<dyn Serde<V>>,
+        partitions: Option<i32>,
+    ) -> KStream<K, V> {
         let sink_name = self.b.node_name("repartition-sink");
         let source_name = self.b.node_name("repartition-source");
         let node = self.b.with_graph(|g| {
-            g.add_repartition_topic(suffix, None);
+            g.add_repartition_topic(suffix, partitions);
             g.add_sink(
                 sink_name,
                 TopicRef::Internal(suffix.to_string()),
@@ -761,6 +773,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
             keyed.value_serde = Some(v);
         }
         KGroupedStream::new(keyed, Some(grouped.key), grouped.name, grouped.repartition)
+            .with_partitions(grouped.partitions)
     }
 
     /// Groups by the current key. Repartitions only if an upstream operator

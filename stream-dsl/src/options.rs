@@ -143,6 +143,7 @@ pub struct Grouped<K, V> {
     pub(crate) value: Option<Arc<dyn Serde<V>>>,
     pub(crate) name: Option<String>,
     pub(crate) repartition: bool,
+    pub(crate) partitions: Option<i32>,
 }
 
 impl<K, V> Grouped<K, V> {
@@ -153,6 +154,7 @@ impl<K, V> Grouped<K, V> {
             value: Some(Arc::new(value)),
             name: None,
             repartition: true,
+            partitions: None,
         }
     }
 
@@ -163,6 +165,7 @@ impl<K, V> Grouped<K, V> {
             value: None,
             name: None,
             repartition: true,
+            partitions: None,
         }
     }
 
@@ -172,6 +175,26 @@ impl<K, V> Grouped<K, V> {
     /// single-instance mode), or input already partitioned by the new key.
     pub fn without_repartition(mut self) -> Self {
         self.repartition = false;
+        self
+    }
+
+    /// Gives the grouping's repartition topic `n` partitions (Kafka Streams'
+    /// `Repartitioned.withNumberOfPartitions`) instead of its input's count:
+    /// the aggregation then runs as `n` tasks.
+    ///
+    /// ```
+    /// use stream_dsl::prelude::*;
+    ///
+    /// let b = StreamsBuilder::new();
+    /// b.source("in")
+    ///     .group_by_with(|_, v: &String| v.clone(), Grouped::with_key(StringSerde).with_partitions(6))
+    ///     .count(Materialized::as_store("per-value"))
+    ///     .to_topic("out");
+    /// let t = b.build().unwrap();
+    /// assert!(t.describe("app").contains("app-per-value-repartition (repartition, partitions: 6)"));
+    /// ```
+    pub fn with_partitions(mut self, n: i32) -> Self {
+        self.partitions = Some(n.max(1));
         self
     }
 

@@ -83,7 +83,8 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
                 self.key_serde.clone(),
                 self.name.clone(),
                 self.repartition,
-            ),
+            )
+            .with_partitions(self.partitions),
             windows,
         }
     }

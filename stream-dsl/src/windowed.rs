@@ -107,7 +107,8 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
                 self.key_serde.clone(),
                 self.name.clone(),
                 self.repartition,
-            ),
+            )
+            .with_partitions(self.partitions),
             windows: windows.into(),
         }
     }

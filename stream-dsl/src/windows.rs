@@ -140,6 +140,9 @@ impl<K> WindowedSerde<K> {
 }
 
 impl<K: 'static> Serde<Windowed<K>> for WindowedSerde<K> {
+    fn identity(&self) -> String {
+        format!("windowed({}, size={})", self.inner.identity(), self.size_ms)
+    }
     fn serialize(&self, value: &Windowed<K>) -> Result<Vec<u8>, SerdeError> {
         let mut out = self.inner.serialize(&value.key)?;
         out.extend_from_slice(&value.window.start.to_be_bytes());
@@ -381,6 +384,9 @@ fn be_i64(b: &[u8]) -> i64 {
 }
 
 impl<K: 'static> Serde<Windowed<K>> for SessionWindowedSerde<K> {
+    fn identity(&self) -> String {
+        format!("session-windowed({})", self.inner.identity())
+    }
     fn serialize(&self, value: &Windowed<K>) -> Result<Vec<u8>, SerdeError> {
         let mut out = self.inner.serialize(&value.key)?;
         out.extend_from_slice(&value.window.end.to_be_bytes());

@@ -100,6 +100,12 @@ async fn main() {
     )
     .highlight_at(args.threshold as f64)
     .limit(200);
+    args.run
+        .maintenance(&[
+            (&actions_topology, &actions_cfg),
+            (&watchlist_topology, &watchlist_cfg),
+        ])
+        .await;
     let actions =
         Instance::new(KafkaStreams::new(actions_topology, actions_cfg).unwrap_or_else(|e| fail(e)));
     let counts = Instance::new(

@@ -47,6 +47,7 @@ async fn main() {
     args.run.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     tracing::info!(new_users = %options.new_users, actions = %options.actions, output = %options.output, "enriching actions");
     let view = TableView::new("Users by email", apps::enrich::USERS_STORE).limit(100);
+    args.run.maintenance(&[(&topology, &cfg)]).await;
     let app =
         Instance::new(KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e))).with_view(view);
     if let Err(e) = app.run_until_signal().await {

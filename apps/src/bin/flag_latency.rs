@@ -54,6 +54,7 @@ async fn main() {
     args.processing.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     args.run.apply(&mut cfg).unwrap_or_else(|e| fail(e));
     tracing::info!(new_users = %options.new_users, actions = %options.actions, output = %options.output, window_secs = args.window_secs, "flag latency");
+    args.run.maintenance(&[(&topology, &cfg)]).await;
     let app = Instance::new(KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e)));
     if let Err(e) = app.run_until_signal().await {
         fail(e);

@@ -80,6 +80,7 @@ async fn main() {
     )
     .highlight_at(args.threshold as f64)
     .limit(200);
+    args.run.maintenance(&[(&topology, &cfg)]).await;
     let app =
         Instance::new(KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e))).with_view(view);
     if let Err(e) = app.run_until_signal().await {

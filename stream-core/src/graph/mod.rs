@@ -10,11 +10,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 mod describe;
+pub mod description;
 mod global;
 mod partitions;
+pub mod upgrade;
 
+pub use description::TopologyDescription;
 pub use global::GlobalTableSpec;
 pub use partitions::{CoPartitionMismatch, PartitionPlan};
+pub use upgrade::{check_upgrade, Finding, UpgradeReport, Verdict};
 
 use crate::error::{SerdeError, TopologyError};
 use crate::processor::Processor;

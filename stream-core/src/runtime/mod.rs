@@ -33,6 +33,7 @@ pub mod ownership;
 pub(crate) mod producer;
 pub(crate) mod production;
 pub(crate) mod progress;
+pub mod reset;
 pub(crate) mod restore;
 pub mod status;
 pub(crate) mod tasks;
