@@ -175,27 +175,21 @@ fn stores(saved: &TopologyDescription, current: &TopologyDescription, r: &mut Up
             }
             continue;
         };
-        if o.key_serde != n.key_serde {
-            r.push(
-                &item,
-                Verdict::Incompatible,
-                format!(
-                    "key serde `{}` → `{}`: its entries and changelog were written with the old one",
-                    serde_of(&o.key_serde),
-                    serde_of(&n.key_serde)
-                ),
-            );
-        }
-        if o.value_serde != n.value_serde {
-            r.push(
-                &item,
-                Verdict::Incompatible,
-                format!(
-                    "value serde `{}` → `{}`: its entries and changelog were written with the old one",
-                    serde_of(&o.value_serde),
-                    serde_of(&n.value_serde)
-                ),
-            );
+        for (what, a, b) in [
+            ("key", &o.key_serde, &n.key_serde),
+            ("value", &o.value_serde, &n.value_serde),
+        ] {
+            if a != b {
+                r.push(
+                    &item,
+                    Verdict::Incompatible,
+                    format!(
+                        "{what} serde `{}` → `{}`: its entries and changelog were written with the old one",
+                        serde_of(a),
+                        serde_of(b)
+                    ),
+                );
+            }
         }
         if o.window != n.window {
             r.push(
