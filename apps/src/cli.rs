@@ -89,6 +89,11 @@ pub struct RunOpts {
     /// producer and tasks; more threads use more cores.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
+    /// Record lineage: keep the input coordinates of the last N updates of
+    /// every key of every logged store, served at
+    /// /stores/<store>/<key>/lineage (0: off).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub lineage: usize,
     /// Print the topology as JSON (stores with serdes, internal topics with
     /// partition counts, changelogs) and exit: save it at every release.
     #[arg(long)]
@@ -135,6 +140,7 @@ impl RunOpts {
             return Err("--threads must be at least 1".into());
         }
         cfg.num_stream_threads = self.threads;
+        cfg.lineage_depth = self.lineage;
         Ok(())
     }
 }

@@ -275,7 +275,7 @@ Both frameworks gave {'equal' if equal else 'DIFFERENT'} results (a digest of th
     def run_name(framework, guarantee, commit_ms, threads):
         return f"{framework} {guarantee} {commit_ms}ms" + (f" {threads} threads" if threads > 1 else "")
 
-    def ours(self, guarantee, commit_ms, threads=1):
+    def ours(self, guarantee, commit_ms, threads=1, lineage=0):
         app = f"bench-ours-{uuid.uuid4().hex[:8]}"
         out_topic = f"{app}-out"
         topic(out_topic, 4)
@@ -283,7 +283,11 @@ Both frameworks gave {'equal' if equal else 'DIFFERENT'} results (a digest of th
                "--watchlist-topic", out_topic, "--private-changelog", "--bootstrap-servers", self.bootstrap,
                "--state-dir", self.work / app, "--guarantee", guarantee, "--commit-interval-ms", commit_ms,
                "--threads", threads]
-        self.app_run(self.run_name("ours", guarantee, commit_ms, threads), cmd, out_topic)
+        name = self.run_name("ours", guarantee, commit_ms, threads)
+        if lineage:
+            cmd += ["--lineage", lineage]
+            name += f" lineage={lineage}"
+        self.app_run(name, cmd, out_topic)
 
     def instances(self, k, threads=1):
         """`k` watchlist instances (one application, separate state dirs), at-least-once, 100 ms commits."""
@@ -451,6 +455,11 @@ per instance the curve would go on; here it cannot. Scale-out correctness
                 eo = self.median(self.run_name("ours", "exactly-once", c, t))
                 if alo == alo and eo == eo:
                     eos_ratio.append(f"exactly-once throughput is {alo / eo:.0%} of at-least-once at {c} ms commits, {t} thread{'s' if t > 1 else ''}")
+        if a.lineage:
+            plain = self.median(self.run_name("ours", "at-least-once", 100, 1))
+            traced = self.median(self.run_name("ours", "at-least-once", 100, 1) + f" lineage={a.lineage}")
+            if plain == plain and traced == traced:
+                eos_ratio.append(f"with record lineage (--lineage {a.lineage}) throughput is {plain / traced:.0%} of without (at-least-once, 100 ms commits, 1 thread)")
         # No throughput rows (another section alone): nothing to compare.
         equal = len(self.digests) <= 1
         return "\n".join(lines), ratios, eos_ratio, equal
@@ -547,6 +556,8 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="stream threads per instance, for both frameworks (num.stream.threads)")
     ap.add_argument("--skip-kstreams", action="store_true")
+    ap.add_argument("--lineage", type=int, default=5,
+                    help="depth of the extra throughput row with record lineage on (at-least-once, 100 ms, 1 thread); 0: no such row")
     ap.add_argument("--window-keys", type=int, default=1_000, help="keys of the windowed rows' events")
     ap.add_argument("--window-span-ms", type=int, default=3_600_000, help="event time the windowed rows' events span")
     ap.add_argument("--window-ms", type=int, default=60_000, help="tumbling window size of the windowed rows")
@@ -570,6 +581,8 @@ def main():
                 for g in args.guarantees:
                     for c in args.commits:
                         b.ours(g, c, t)
+                        if args.lineage and (t, g, c) == (1, "at-least-once", 100):
+                            b.ours(g, c, t, lineage=args.lineage)
                         if not args.skip_kstreams:
                             b.kstreams(g, c, t)
         if "restore" in args.sections:

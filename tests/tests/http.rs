@@ -58,6 +58,8 @@ impl App {
             &bootstrap(),
             "--http",
             &format!("127.0.0.1:{}", self.port),
+            "--lineage",
+            "5",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -439,6 +441,37 @@ async fn should_show_the_topology_and_the_live_watchlist_in_a_browser() {
         top["hot"],
         json!(shown >= 3),
         "rows at or over the threshold are highlighted"
+    );
+    // A click on the row shows the registrations behind its count.
+    browser.script("document.querySelector('section.view tbody tr').click(); return null;");
+    let mut lineage = Value::Null;
+    let want_rows = shown.min(5) as usize;
+    let shown_lineage = wait_until(Duration::from_secs(20), || {
+        lineage = browser.script(
+            "return { hidden: document.getElementById('lineage-box').hidden,
+                      title: document.getElementById('lineage-title').textContent,
+                      topics: [...document.querySelectorAll('#lineage tbody tr td:first-child')].map(t => t.textContent) };",
+        );
+        lineage["hidden"] == json!(false)
+            && lineage["topics"]
+                .as_array()
+                .is_some_and(|t| t.len() == want_rows)
+    });
+    assert!(
+        shown_lineage,
+        "lineage of {company} ({shown} flagged) on the page: {lineage}"
+    );
+    assert!(
+        lineage["title"].as_str().unwrap_or("").contains(company),
+        "{lineage}"
+    );
+    assert!(
+        lineage["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t == &json!(a.new_users)),
+        "{lineage}"
     );
     assert!(
         std::fs::metadata(&shot)

@@ -74,7 +74,8 @@ impl TestDriver {
                     subtopology: st.id,
                     partition: p,
                 };
-                let backend = Box::new(MemoryBackend::new(st.stores.len()));
+                let names = Task::store_names(&self.topology, st.id, &self.config);
+                let backend = Box::new(MemoryBackend::new(names.len()));
                 self.tasks.insert(
                     id,
                     Task::new(&self.topology, id, self.config.clone(), backend),

@@ -97,6 +97,7 @@ impl TestDriver {
                 idle_advance_ms: None,
                 layout: TaskLayout::PerPartition,
                 commit_tag: String::new(),
+                lineage_depth: 0,
                 globals,
             }),
             partitions: HashMap::new(),
@@ -249,6 +250,14 @@ impl TestDriver {
     /// What late records do (default: dead-lettered).
     pub fn with_late_policy(mut self, policy: LatePolicy) -> Self {
         Arc::make_mut(&mut self.config).on_late = policy;
+        self.rebuild();
+        self
+    }
+
+    /// Keeps record lineage: the input of the last `depth` updates of every
+    /// key of every logged store ([`crate::task::lineage`]).
+    pub fn with_lineage(mut self, depth: usize) -> Self {
+        Arc::make_mut(&mut self.config).lineage_depth = depth;
         self.rebuild();
         self
     }

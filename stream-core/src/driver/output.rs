@@ -15,6 +15,15 @@ impl TestDriver {
             .unwrap_or_default()
     }
 
+    /// The records of one partition of `topic`, by offset.
+    pub fn records_of(&self, topic: &str, partition: i32) -> Vec<StoredRecord> {
+        self.topics
+            .get(topic)
+            .and_then(|ps| ps.get(partition as usize))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Key and value of every record in `topic` as UTF-8 (lossy).
     pub fn output_utf8(&self, topic: &str) -> Vec<(String, String)> {
         self.records(topic)
@@ -56,6 +65,15 @@ impl TestDriver {
             }
         }
         m
+    }
+
+    /// The input records behind `key`'s value in `store`, oldest first
+    /// (lineage on: [`with_lineage`](Self::with_lineage)).
+    pub fn lineage(&self, store: &str, key: &[u8]) -> Vec<crate::task::lineage::LineageEntry> {
+        self.store_entries(&crate::task::lineage::companion_name(store))
+            .get(key)
+            .and_then(|v| crate::task::lineage::decode(v))
+            .unwrap_or_default()
     }
 
     /// The resolved name of an internal topic suffix for this application.

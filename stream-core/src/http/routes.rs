@@ -34,6 +34,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/stores", get(stores))
         .route("/stores/{store}", get(store_scan))
         .route("/stores/{store}/{key}", get(store_key))
+        .route("/stores/{store}/{key}/lineage", get(store_lineage))
         .route("/api/status", get(api_status))
         .with_state(shared)
 }
@@ -328,6 +329,75 @@ async fn store_key(
     }
 }
 
+/// The input records behind a key's value (record lineage), from the task
+/// that holds the key on this instance.
+async fn store_lineage(State(s): S, Path((store, key)): Path<(String, String)>) -> Response {
+    let Some(spec) = s.topology.store(&store).cloned() else {
+        return query_error(QueryError::UnknownStore(store));
+    };
+    if s.cfg.lineage_depth == 0 {
+        return error(
+            StatusCode::NOT_FOUND,
+            "record lineage is off: start with --lineage N (StreamsConfig::lineage_depth)",
+        );
+    }
+    if spec.window.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{store}` is a window store; lineage is kept for key-value stores"),
+        );
+    }
+    let bytes = match query::encode_key(spec.format.as_ref(), &key) {
+        Ok(b) => b,
+        Err(e) => return query_error(e),
+    };
+    let loc = match query::locate(
+        &s.topology,
+        &s.cfg.application_id,
+        s.partitions(),
+        s.cfg.layout(),
+        &store,
+        &bytes,
+    ) {
+        Ok(l) => l,
+        Err(e) => return query_error(e),
+    };
+    let s2 = s.clone();
+    let companion = crate::task::lineage::companion_name(&store);
+    let task = loc.task;
+    let found = blocking(move || {
+        s2.stores.read(task, &companion, STORE_WAIT, |set, idx| {
+            set.get(idx, &bytes)
+        })
+    })
+    .await;
+    let list = match found {
+        Some(Ok(Some(Ok(v)))) => v
+            .as_deref()
+            .and_then(crate::task::lineage::decode)
+            .unwrap_or_default(),
+        Some(Ok(Some(Err(e)))) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("store read failed: {e}"),
+            )
+        }
+        Some(Err(Busy)) => return query_error(QueryError::Busy),
+        Some(Ok(None)) | None => {
+            let body = json!({
+                "store": store, "key": key, "task": task.to_string(), "local": false,
+                "note": format!("the key's task is not on this instance; /stores/{store}/<key> names its owner"),
+            });
+            return (StatusCode::NOT_FOUND, Json(body)).into_response();
+        }
+    };
+    Json(json!({
+        "store": store, "key": key, "task": task.to_string(), "local": true,
+        "depth": s.cfg.lineage_depth, "lineage": list,
+    }))
+    .into_response()
+}
+
 #[derive(serde::Deserialize)]
 struct ScanParams {
     prefix: Option<String>,
@@ -485,6 +555,7 @@ async fn api_status(State(s): S) -> Response {
         "lag": lags.as_ref().ok(),
         "lag_error": lags.as_ref().err(),
         "views": views,
+        "lineage_depth": s.cfg.lineage_depth,
         "describe": s.topology.describe(&s.cfg.application_id),
     }))
     .into_response()

@@ -201,6 +201,7 @@ impl KafkaStreams {
             idle_advance_ms: self.cfg.idle_advance.map(|d| d.as_millis() as i64),
             layout,
             commit_tag: super::ownership::commit_tag(&self.topology, &self.cfg.application_id),
+            lineage_depth: self.cfg.lineage_depth,
             globals: globals.clone(),
         });
         // Single-instance mode needs one consumer for the whole group.

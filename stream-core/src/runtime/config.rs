@@ -160,6 +160,10 @@ pub struct StreamsConfig {
     pub http_token: Option<Secret>,
     /// Serve a non-loopback address without a token, on purpose.
     pub http_insecure: bool,
+    /// Record lineage: input records kept per key of every logged store,
+    /// served at `/stores/<store>/<key>/lineage` (0, the default: off). See
+    /// [`crate::task::lineage`].
+    pub lineage_depth: usize,
     /// `application.server`: the `host:port` other instances and clients
     /// use to reach this instance's HTTP server (default: [`Self::http`]).
     pub application_server: Option<String>,
@@ -199,6 +203,7 @@ impl StreamsConfig {
             http: None,
             http_token: None,
             http_insecure: false,
+            lineage_depth: 0,
             state_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             on_late: crate::task::LatePolicy::DeadLetter,
             idle_advance: None,

@@ -64,8 +64,10 @@ impl OwnedTasks {
     /// does not match its checkpoint is wiped, to be rebuilt from the
     /// changelog.
     pub(crate) fn open(&self, state: &StateDir, id: TaskId) -> Result<Task, RuntimeError> {
-        let sub = &self.topology.subtopologies()[id.subtopology];
-        let backend = state.backend(&id.to_string(), &sub.stores)?;
+        let backend = state.backend(
+            &id.to_string(),
+            &Task::store_names(&self.topology, id.subtopology, &self.task_cfg),
+        )?;
         let damaged = backend.verify().err();
         let mut task = Task::new(&self.topology, id, self.task_cfg.clone(), Box::new(backend));
         if let Some(why) = damaged {

@@ -172,6 +172,7 @@ impl RecordCollector {
         origin: &Origin,
         upstream: Option<&[u8]>,
         stream_time: i64,
+        lineage: Option<&std::collections::HashMap<(usize, Vec<u8>), Vec<u8>>>,
     ) -> Result<(), TaskError> {
         let timestamp = if stream_time >= 0 {
             stream_time
@@ -186,6 +187,7 @@ impl RecordCollector {
                 if log.source {
                     break;
                 }
+                let traced = lineage.and_then(|l| l.get(&(idx, k.clone()))).cloned();
                 let (key, value) = match (&log.codec, v) {
                     (None, v) => (k, v),
                     (Some(codec), Some(v)) => match codec.encode(&k, &v) {
@@ -208,6 +210,9 @@ impl RecordCollector {
                     vec![(SOURCE_HEADER.into(), SourceMark::of(origin).encode())];
                 if let Some(up) = upstream {
                     headers.push((UPSTREAM_HEADER.into(), up.to_vec()));
+                }
+                if let Some(list) = traced {
+                    headers.push((super::lineage::LINEAGE_HEADER.into(), list));
                 }
                 let (topic, store) = (log.topic.clone(), log.store.clone());
                 let partition = self.changelog_partition(&topic, &key);

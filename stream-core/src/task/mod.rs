@@ -31,6 +31,7 @@ use crate::store::{StateBackend, StoreSet};
 mod collector;
 mod graph;
 pub mod headers;
+pub mod lineage;
 pub mod policy;
 mod progress;
 mod restoring;
@@ -81,6 +82,8 @@ pub struct Task {
     idle_base: Option<i64>,
     /// Whether any sub-topology of the topology has a store.
     topology_keeps_state: bool,
+    /// Per store index, the index of its lineage store (lineage on).
+    lineage: Vec<Option<usize>>,
 }
 
 impl Task {
@@ -122,11 +125,24 @@ impl Task {
                 Changelog::Disabled => None,
             })
             .collect();
-        let names = specs
+        let mut names: Vec<(String, bool)> = specs
             .iter()
             .map(|s| (s.name.clone(), !matches!(s.changelog, Changelog::Disabled)))
             .collect();
+        let mut lineage = vec![None; names.len()];
+        if config.lineage_depth > 0 {
+            for (i, s) in specs.iter().enumerate() {
+                if matches!(
+                    s.changelog,
+                    Changelog::Internal | Changelog::Existing { .. }
+                ) {
+                    lineage[i] = Some(names.len());
+                    names.push((lineage::companion_name(&s.name), false));
+                }
+            }
+        }
         Task {
+            lineage,
             id,
             graph: TaskGraph::build(topology, sub, &app, config.globals.clone()),
             stores: StoreSet::new(names, backend),
@@ -143,6 +159,82 @@ impl Task {
             idle_base: None,
             topology_keeps_state: !topology.stores().is_empty(),
         }
+    }
+
+    /// The names of the stores a task of sub-topology `sub` keeps in its
+    /// backend, by index: the sub-topology's stores, then (lineage on) a
+    /// lineage store for each logged one.
+    pub fn store_names(topology: &Topology, sub: usize, config: &TaskConfig) -> Vec<String> {
+        let st = &topology.subtopologies()[sub];
+        let mut names: Vec<String> = st
+            .stores
+            .iter()
+            .filter(|s| topology.store(s).is_some())
+            .cloned()
+            .collect();
+        if config.lineage_depth > 0 {
+            let logged: Vec<String> = names
+                .iter()
+                .filter(|s| {
+                    topology.store(s).is_some_and(|spec| {
+                        matches!(
+                            spec.changelog,
+                            Changelog::Internal | Changelog::Existing { .. }
+                        )
+                    })
+                })
+                .map(|s| lineage::companion_name(s))
+                .collect();
+            names.extend(logged);
+        }
+        names
+    }
+
+    /// Records the input behind each change in the lineage stores; returns
+    /// each changed key's list for its changelog record.
+    fn record_lineage(
+        &mut self,
+        changes: &[(usize, Vec<crate::store::Change>)],
+        origin: &Origin,
+        upstream: Option<&[u8]>,
+        timestamp: i64,
+    ) -> Result<Option<HashMap<(usize, Vec<u8>), Vec<u8>>>, TaskError> {
+        use crate::store::KeyValueStore;
+        if self.config.lineage_depth == 0 || changes.is_empty() {
+            return Ok(None);
+        }
+        let entry = match upstream.and_then(UpstreamMark::decode) {
+            Some(up) => lineage::LineageEntry {
+                topic: up.topic.to_string(),
+                partition: up.partition,
+                offset: up.offset,
+                timestamp,
+            },
+            None => lineage::LineageEntry {
+                topic: origin.topic.clone(),
+                partition: origin.partition,
+                offset: origin.offset,
+                timestamp,
+            },
+        };
+        let mut out = HashMap::new();
+        for (idx, list) in changes {
+            let Some(companion) = self.lineage.get(*idx).copied().flatten() else {
+                continue;
+            };
+            for (k, v) in list {
+                let mut view = self.stores.view(companion);
+                if v.is_none() {
+                    view.delete(k)?;
+                    continue;
+                }
+                let old = view.get(k)?;
+                let new = lineage::append(old.as_deref(), &entry, self.config.lineage_depth);
+                view.put(k, new.clone())?;
+                out.insert((*idx, k.clone()), new);
+            }
+        }
+        Ok(Some(out))
     }
 
     /// The task's id.
@@ -279,7 +371,7 @@ impl Task {
             })?;
         if fired > 0 {
             self.out
-                .changelog(self.stores.take_changes(), origin, None, stream_time)?;
+                .changelog(self.stores.take_changes(), origin, None, stream_time, None)?;
         }
         Ok(())
     }
@@ -379,11 +471,14 @@ impl Task {
             (Err(e), _) => Err((FailureStage::Deserialization, deser(&origin, "key", e))),
             (_, Err(e)) => Err((FailureStage::Deserialization, deser(&origin, "value", e))),
         };
+        let changes = self.stores.take_changes();
+        let lineage = self.record_lineage(&changes, &origin, upstream_raw, input.timestamp)?;
         self.out.changelog(
-            self.stores.take_changes(),
+            changes,
             &origin,
             upstream_raw,
             self.progress.stream_time(),
+            lineage.as_ref(),
         )?;
         match result {
             Ok(()) => {}

@@ -116,6 +116,17 @@ impl Task {
             self.restore_skipped += 1;
             return false;
         };
+        if let Some(companion) = self.lineage.get(store).copied().flatten() {
+            let list = match &v {
+                None => None,
+                Some(_) => super::headers::find(headers, super::lineage::LINEAGE_HEADER)
+                    .map(<[u8]>::to_vec),
+            };
+            // A record written with lineage off leaves the list as it was.
+            if list.is_some() || v.is_none() {
+                self.stores.apply_restored(companion, k.clone(), list);
+            }
+        }
         self.stores.apply_restored(store, k, v);
         if !source {
             self.progress.restored_mark(headers);

@@ -48,6 +48,9 @@ pub struct TaskConfig {
     pub commit_tag: String,
     /// The instance's global tables.
     pub globals: crate::store::GlobalStores,
+    /// Input records kept per key of every logged store ([`super::lineage`];
+    /// 0: lineage off).
+    pub lineage_depth: usize,
 }
 
 /// How a sub-topology's input partitions map to tasks.
