@@ -73,6 +73,7 @@ impl ConsumerContext for StreamContext {
                         .fatal
                         .get_or_insert(RuntimeError::kafka("assign partitions", e));
                 }
+                engine.pause_restoring(consumer);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let lost = consumer.assignment_lost();
@@ -309,7 +310,7 @@ impl KafkaStreams {
             out,
             reader,
             self.status.clone(),
-        )));
+        )?));
         let cc = clients::group_consumer_config(&self.cfg, &ids);
         let capture = ErrorCapture::default();
         let consumer: BaseConsumer<StreamContext> = cc
@@ -346,6 +347,7 @@ fn stream_loop(
         consumer
             .assign(&tpl)
             .map_err(|e| RuntimeError::kafka("assign every source partition", e))?;
+        lock(&engine).pause_restoring(&consumer);
     } else {
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -355,15 +357,23 @@ fn stream_loop(
     let mut last_transport_warning: Option<std::time::Instant> = None;
     let mut last_progress = std::time::Instant::now();
     let mut last_metrics = std::time::Instant::now();
+    let mut restoring = false;
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let polled = consumer.poll(Duration::from_millis(50));
+        // While tasks restore in the background, look for the restored ones
+        // often.
+        let wait = if restoring { 10 } else { 50 };
+        let polled = consumer.poll(Duration::from_millis(wait));
         let mut e = lock(&engine);
         if let Some(err) = e.fatal.take() {
             break Err(err);
         }
+        if let Err(err) = e.collect_restored(&consumer) {
+            break Err(err);
+        }
+        restoring = e.restoring();
         match polled {
             Some(Ok(msg)) => {
                 if let Err(err) = e.process(&msg) {

@@ -8,7 +8,7 @@
 //! | run it through the task | [`crate::task`] |
 //! | send what it produced | [`super::producer`] |
 //! | commit | [`super::commit`] (the order, and why) |
-//! | restore newly assigned tasks | [`super::restore`] |
+//! | restore newly assigned tasks (in the background) | [`super::restore`] |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use super::commit::{self, CommitParts};
 use super::config::StreamsConfig;
 use super::error::RuntimeError;
 use super::producer::OutputProducer;
-use super::restore::ChangelogReader;
+use super::restore::{ChangelogReader, Restored, Restorer};
 use super::status::RuntimeStatus;
 use super::tasks::{Entry, OwnedTasks};
 use super::topics::TopicPlan;
@@ -42,8 +42,11 @@ pub(crate) struct Engine {
     pub(crate) fatal: Option<RuntimeError>,
     pub(crate) closing: bool,
     out: OutputProducer,
-    reader: ChangelogReader,
+    restorer: Restorer,
     tasks: OwnedTasks,
+    /// Input partitions assigned to tasks still restoring: paused until
+    /// their task is restored.
+    to_pause: Vec<(String, i32)>,
     last_commit: Instant,
 }
 
@@ -58,8 +61,9 @@ impl Engine {
         out: OutputProducer,
         reader: ChangelogReader,
         status: Arc<RuntimeStatus>,
-    ) -> Self {
-        Engine {
+    ) -> Result<Self, RuntimeError> {
+        let restorer = Restorer::start(reader, format!("restore-{}", cfg.application_id))?;
+        Ok(Engine {
             tasks: OwnedTasks::new(topology.clone(), task_cfg.clone()),
             topology,
             cfg,
@@ -70,9 +74,10 @@ impl Engine {
             fatal: None,
             closing: false,
             out,
-            reader,
+            restorer,
+            to_pause: Vec::new(),
             last_commit: Instant::now(),
-        }
+        })
     }
 
     /// Records processed and tasks owned, for the periodic progress line.
@@ -223,7 +228,8 @@ impl Engine {
                 .iter()
                 .map(|t| self.plan.partitions.get(t).copied().unwrap_or(0))
                 .sum();
-            if ((assigned.len() + self.tasks.partition_count()) as i32) < total {
+            let held = self.tasks.partition_count() + self.restorer.pending_partitions();
+            if ((assigned.len() + held) as i32) < total {
                 return Err(RuntimeError::SecondMember {
                     group: self.cfg.application_id.clone(),
                 });
@@ -242,29 +248,85 @@ impl Engine {
                 e.partitions.extend(parts);
                 continue;
             }
+            if self.restorer.is_pending(&id) {
+                // A restoring task gains a partition (single-instance
+                // layout, incremental assignment): restore it again with
+                // all of them, from where it got to.
+                self.restorer.abandon(vec![id]);
+            }
             let task = self.tasks.open(&self.state, id)?;
             fresh.push(Entry {
                 task,
                 partitions: parts,
             });
         }
-        self.reader.restore_tasks(&mut fresh, &committed)?;
-        self.state.sync()?;
-        // A new task resumes where its restore decided, or at the beginning:
-        // never at an offset the group holds that restore did not trust.
+        // The new tasks restore in the background; their partitions are
+        // assigned paused, and resumed at the positions their restore
+        // decides (never at an offset the group holds that restore did
+        // not trust).
         for e in &fresh {
+            for (t, p) in &e.partitions {
+                let _ = tpl.set_partition_offset(t, *p, Offset::Beginning);
+                self.to_pause.push((t.clone(), *p));
+            }
+        }
+        self.restorer.submit(fresh, committed)
+    }
+
+    /// Pauses the partitions of tasks still restoring; called right after
+    /// the consumer took an assignment.
+    pub(crate) fn pause_restoring(&mut self, consumer: &BaseConsumer<impl ConsumerContext>) {
+        if self.to_pause.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in self.to_pause.drain(..) {
+            tpl.add_partition(&t, p);
+        }
+        if let Err(e) = consumer.pause(&tpl) {
+            self.fatal
+                .get_or_insert(RuntimeError::kafka("pause restoring partitions", e));
+        }
+    }
+
+    /// Takes the tasks whose restore finished: seeks their partitions to
+    /// where each resumes and resumes them.
+    pub(crate) fn collect_restored(
+        &mut self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+    ) -> Result<(), RuntimeError> {
+        let restored = self.restorer.take_restored();
+        if restored.is_empty() {
+            return Ok(());
+        }
+        self.state.sync()?;
+        for r in restored {
+            let e = match r {
+                Restored::Ready(e) => e,
+                Restored::Failed(err) => return Err(err),
+            };
+            let mut tpl = TopicPartitionList::new();
             for (t, p) in &e.partitions {
                 let offset = match e.task.position(t, *p) {
                     Some(pos) => Offset::Offset(pos),
                     None => Offset::Beginning,
                 };
-                let _ = tpl.set_partition_offset(t, *p, offset);
+                consumer
+                    .seek(t, *p, offset, Duration::from_secs(10))
+                    .map_err(|err| RuntimeError::kafka(format!("seek {t}[{p}] after its restore"), err))?;
+                tpl.add_partition(t, *p);
             }
-        }
-        for e in fresh {
+            consumer
+                .resume(&tpl)
+                .map_err(|err| RuntimeError::kafka("resume restored partitions", err))?;
             self.tasks.insert(e);
         }
         Ok(())
+    }
+
+    /// Whether tasks are restoring in the background.
+    pub(crate) fn restoring(&self) -> bool {
+        self.restorer.busy()
     }
 
     /// Every partition of every source topic (for an instance outside the group).
@@ -314,6 +376,19 @@ impl Engine {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
+        // Restored tasks join the owned ones first (to be committed and
+        // closed like them); tasks still restoring stop, keeping what they
+        // restored.
+        if let Err(e) = self.collect_restored(consumer) {
+            self.fatal.get_or_insert(e);
+        }
+        let moving: Vec<TaskId> = revoked
+            .iter()
+            .filter_map(|(t, p)| self.tasks.task_for(t, *p))
+            .filter(|id| self.restorer.is_pending(id))
+            .collect();
+        self.restorer.abandon(moving);
+        self.to_pause.retain(|tp| !revoked.contains(tp));
         let result = if !lost {
             self.commit(consumer)
         } else if self.out.in_transaction() {
@@ -362,6 +437,7 @@ impl Engine {
         let r = self
             .commit(consumer)
             .and_then(|()| self.state.sync().map_err(RuntimeError::from));
+        self.restorer.stop();
         for (id, mut e) in self.tasks.take_all() {
             e.task.close();
             self.status.remove_task(id);

@@ -1,18 +1,34 @@
-//! Restoring newly assigned tasks from their changelogs: the
-//! [`ChangelogReader`] owns the restore consumer and is handed the tasks.
+//! Restoring newly assigned tasks from their changelogs, in the
+//! background: a [`Restorer`] thread owns the restore consumer, takes the
+//! tasks the engine hands it, and hands each back the moment its own
+//! stores are restored.
 //!
-//! Runs inside the rebalance callback, before the partitions are handed to
-//! the consumer, so processing never starts on a half-restored store and the
-//! assignment carries the exact start offsets. All tasks assigned in one
-//! rebalance restore together, in one pass of the restore consumer over
+//! The rebalance callback only opens the new tasks and gives them to the
+//! restorer; their input partitions stay paused until the task comes back,
+//! then the engine seeks them to the positions the restore decided and
+//! resumes them. Tasks that are ready keep processing meanwhile, and the
+//! stream thread keeps polling its group consumer, so a restore of any
+//! length never exceeds `max.poll.interval.ms` (Kafka Streams moved
+//! restoration to a state-updater thread for the same reasons).
+//!
+//! Restoring tasks read together, in one pass of the restore consumer over
 //! their changelog partitions: each partition from the task's sled
-//! checkpoint (or from the beginning when there is no local state) up to the
-//! high watermark taken when the restore began (the last stable offset, as
-//! the restore consumer reads committed data only). Progress is written to
-//! sled every [`RESTORE_FLUSH_KEYS`] buffered keys or every five seconds per
-//! task, so an interrupted restore resumes close to where it was.
+//! checkpoint (or from the beginning when there is no local state) up to
+//! the high watermark taken when its restore began (the last stable
+//! offset, as the restore consumer reads committed data only). Progress is
+//! written to sled every [`RESTORE_FLUSH_KEYS`] buffered keys, every five
+//! seconds per task, and when a task is taken away mid-restore (its
+//! partition revoked), so that a restore never starts again from scratch
+//! on the same instance.
+//!
+//! A changelog whose log-start offset has moved past the local checkpoint
+//! (delete retention, a truncated topic, a replaced cluster) cannot fill
+//! the gap: the task's local state is wiped and rebuilt from what the
+//! changelog still has, with one warning naming the store's changelog
+//! partition and both offsets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -29,7 +45,8 @@ use super::progress::RestoreReporter;
 use super::status::{RestoreProgress, RestoreRecord, RuntimeStatus, TaskState, TaskStatus};
 use super::tasks::Entry;
 use super::topics::ErrorCapture;
-use crate::task::RestoreTarget;
+use crate::coordinates::TopicPartition;
+use crate::task::{CommittedOffset, RestoreTarget, TaskId};
 
 /// Distinct keys buffered in memory before restored state and progress are
 /// written to sled (a changelog updates the same keys many times; the buffer
@@ -54,7 +71,130 @@ pub(crate) fn is_authorization(e: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// What the engine asks of the restorer thread.
+enum Command {
+    /// Restore these new tasks, with the group's committed offsets.
+    Restore(Vec<Entry>, BTreeMap<TopicPartition, CommittedOffset>),
+    /// Stop restoring these tasks (their partitions were revoked): keep
+    /// what was restored, close them; answer when done.
+    Abandon(Vec<TaskId>, Sender<()>),
+}
+
+/// What the restorer thread hands back.
+pub(crate) enum Restored {
+    /// A task whose stores are restored, ready to process.
+    Ready(Entry),
+    /// Restoring failed; the instance must stop.
+    Failed(RuntimeError),
+}
+
+/// The engine's handle on its restorer thread.
+pub(crate) struct Restorer {
+    commands: Sender<Command>,
+    restored: Receiver<Restored>,
+    /// Tasks handed over and not handed back yet, with their partitions.
+    pending: BTreeMap<TaskId, Vec<(String, i32)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Restorer {
+    /// Starts the restorer thread around `reader`.
+    pub(crate) fn start(reader: ChangelogReader, name: String) -> Result<Restorer, RuntimeError> {
+        let (commands, command_rx) = std::sync::mpsc::channel();
+        let (restored_tx, restored) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || reader.run(command_rx, restored_tx))
+            .map_err(|e| RuntimeError::Config(format!("cannot start the restore thread: {e}")))?;
+        Ok(Restorer {
+            commands,
+            restored,
+            pending: BTreeMap::new(),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands new tasks over for restoring.
+    pub(crate) fn submit(
+        &mut self,
+        entries: Vec<Entry>,
+        committed: BTreeMap<TopicPartition, CommittedOffset>,
+    ) -> Result<(), RuntimeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for e in &entries {
+            self.pending.insert(e.task.id(), e.partitions.clone());
+        }
+        self.commands
+            .send(Command::Restore(entries, committed))
+            .map_err(|_| RuntimeError::ThreadPanicked("the restore thread stopped".into()))
+    }
+
+    /// Tasks restored since the last call (and failures).
+    pub(crate) fn take_restored(&mut self) -> Vec<Restored> {
+        let mut out = Vec::new();
+        while let Ok(r) = self.restored.try_recv() {
+            if let Restored::Ready(e) = &r {
+                self.pending.remove(&e.task.id());
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    /// Whether `id` is being restored.
+    pub(crate) fn is_pending(&self, id: &TaskId) -> bool {
+        self.pending.contains_key(id)
+    }
+
+    /// Input partitions of the tasks being restored.
+    pub(crate) fn pending_partitions(&self) -> usize {
+        self.pending.values().map(Vec::len).sum()
+    }
+
+    /// Whether any task is being restored.
+    pub(crate) fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Stops restoring `ids` (what was restored stays in sled) and waits
+    /// until the restorer has closed them.
+    pub(crate) fn abandon(&mut self, ids: Vec<TaskId>) {
+        let ids: Vec<TaskId> = ids.into_iter().filter(|i| self.pending.contains_key(i)).collect();
+        if ids.is_empty() {
+            return;
+        }
+        for id in &ids {
+            self.pending.remove(id);
+        }
+        let (ack, done) = std::sync::mpsc::channel();
+        if self.commands.send(Command::Abandon(ids, ack)).is_ok() {
+            let _ = done.recv_timeout(Duration::from_secs(60));
+        }
+    }
+
+    /// Abandons every task and stops the thread.
+    pub(crate) fn stop(&mut self) {
+        let all: Vec<TaskId> = self.pending.keys().copied().collect();
+        self.abandon(all);
+        // Closing the channel ends the thread's loop.
+        let (dummy, _) = std::sync::mpsc::channel();
+        self.commands = dummy;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Restorer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 struct Job {
+    entry: Entry,
     full: bool,
     started: Instant,
     targets: Vec<RestoreTarget>,
@@ -63,14 +203,39 @@ struct Job {
     last_flush: Instant,
 }
 
+impl Job {
+    fn done(&self) -> bool {
+        self.progress.iter().all(|p| p.done)
+    }
+
+    /// Writes what was restored and how far, so that a restart resumes here.
+    fn flush(&mut self) -> Result<(), RuntimeError> {
+        for p in &self.progress {
+            self.entry
+                .task
+                .restore_progress(&p.topic, p.partition, p.position);
+        }
+        self.entry.task.flush_restore()?;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+}
+
 /// Reads changelogs into tasks' stores, with its own consumer (never in a
-/// group, never committing).
+/// group, never committing). Runs on the restorer thread.
 pub(crate) struct ChangelogReader {
     consumer: BaseConsumer<ErrorCapture>,
     status: Arc<RuntimeStatus>,
     /// Whether a task without local state may start empty when its
     /// changelog cannot be read (after this application committed offsets).
     allow_empty_state: bool,
+    jobs: Vec<Job>,
+    /// (topic, partition) → (job, target)
+    index: HashMap<(String, i32), (usize, usize)>,
+    reporter: Option<RestoreReporter>,
+    last_progress: Instant,
+    last_status: Instant,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 impl ChangelogReader {
@@ -84,40 +249,94 @@ impl ChangelogReader {
             consumer,
             status,
             allow_empty_state,
+            jobs: Vec::new(),
+            index: HashMap::new(),
+            reporter: None,
+            last_progress: Instant::now(),
+            last_status: Instant::now(),
+            headers: Vec::new(),
         }
     }
 
-    /// Restores `entries` (new tasks) before they process anything.
-    pub(crate) fn restore_tasks(
+    /// The restorer thread: takes commands, reads changelogs while tasks
+    /// restore, hands restored tasks back; ends when the engine's handle
+    /// is gone.
+    fn run(mut self, commands: Receiver<Command>, restored: Sender<Restored>) {
+        loop {
+            let next = if self.jobs.is_empty() {
+                match commands.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => break,
+                }
+            } else {
+                match commands.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                }
+            };
+            let result = match next {
+                Some(Command::Restore(entries, committed)) => self.begin(entries, &committed),
+                Some(Command::Abandon(ids, ack)) => {
+                    let r = self.abandon(&ids);
+                    let _ = ack.send(());
+                    r.map(|()| Vec::new())
+                }
+                None => self.step(Duration::from_millis(100)),
+            };
+            match result {
+                Ok(ready) => {
+                    for e in ready {
+                        if restored.send(Restored::Ready(e)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let ids: Vec<TaskId> = self.jobs.iter().map(|j| j.entry.task.id()).collect();
+                    let _ = self.abandon(&ids);
+                    let _ = restored.send(Restored::Failed(e));
+                }
+            }
+        }
+        let ids: Vec<TaskId> = self.jobs.iter().map(|j| j.entry.task.id()).collect();
+        let _ = self.abandon(&ids);
+    }
+
+    /// Plans the restore of new tasks; returns those with nothing to read.
+    fn begin(
         &mut self,
-        entries: &mut [Entry],
-        committed: &BTreeMap<crate::coordinates::TopicPartition, crate::task::CommittedOffset>,
-    ) -> Result<(), RuntimeError> {
-        let mut jobs = Vec::with_capacity(entries.len());
-        let mut tpl = TopicPartitionList::new();
-        // topic → [(partition, job, target)]
-        let mut index: HashMap<String, Vec<(i32, usize, usize)>> = HashMap::new();
-        for (j, e) in entries.iter_mut().enumerate() {
-            let full = e.task.stores().checkpoint()?.is_none();
-            let targets = e.task.begin_restore(committed)?;
+        entries: Vec<Entry>,
+        committed: &BTreeMap<TopicPartition, CommittedOffset>,
+    ) -> Result<Vec<Entry>, RuntimeError> {
+        let mut ready = Vec::new();
+        for mut entry in entries {
+            let mut full = entry.task.stores().checkpoint()?.is_none();
+            let mut targets = entry.task.begin_restore(committed)?;
+            let mut marks = Vec::with_capacity(targets.len());
+            for t in &targets {
+                marks.push(self.watermarks(&t.topic, t.partition)?);
+            }
+            // The changelog no longer reaches back to the local checkpoint:
+            // the gap cannot be filled, so the state is rebuilt whole.
+            if !full {
+                let gap = targets.iter().zip(&marks).find(|(t, (low, _))| {
+                    t.end.is_none() && t.start > 0 && t.start < *low
+                });
+                if let Some((t, (low, _))) = gap {
+                    tracing::warn!(task = %entry.task.id(), changelog = %format!("{}[{}]", t.topic, t.partition), checkpoint = t.start, log_start = low, "the changelog no longer holds the records after the local checkpoint (its log start moved past it); wiping the local state and rebuilding it from what the changelog still has");
+                    entry.task.wipe()?;
+                    full = true;
+                    targets = entry.task.begin_restore(committed)?;
+                }
+            }
             let mut progress = Vec::with_capacity(targets.len());
             let mut changelog_records = 0;
-            for (i, t) in targets.iter().enumerate() {
-                let (low, high) = self.watermarks(&t.topic, t.partition)?;
+            for (t, (low, high)) in targets.iter().zip(marks) {
                 let high = t.end.map_or(high, |end| end.min(high));
                 changelog_records += (high - low).max(0) as u64;
                 let start = t.start.max(low);
                 let done = start >= high;
-                if done {
-                    e.task
-                        .restore_progress(&t.topic, t.partition, start.max(t.start));
-                } else {
-                    let _ = tpl.add_partition_offset(&t.topic, t.partition, Offset::Offset(start));
-                    index
-                        .entry(t.topic.clone())
-                        .or_default()
-                        .push((t.partition, j, i));
-                }
                 progress.push(RestoreProgress {
                     topic: t.topic.clone(),
                     partition: t.partition,
@@ -128,58 +347,259 @@ impl ChangelogReader {
                     done,
                 });
             }
-            let id = e.task.id();
+            let id = entry.task.id();
             self.status.set_task(
                 id,
                 TaskStatus {
                     state: TaskState::Restoring,
                     restore: progress.clone(),
-                    metrics: e.task.metrics(),
+                    metrics: entry.task.metrics(),
                 },
             );
             let total: i64 = progress.iter().map(|p| (p.end - p.start).max(0)).sum();
             if total > 0 {
                 tracing::info!(task = %id, records = total, full, "restoring");
             }
-            jobs.push(Job {
+            let job = Job {
+                entry,
                 full,
                 started: Instant::now(),
                 targets,
                 progress,
                 changelog_records,
                 last_flush: Instant::now(),
-            });
-        }
-        if tpl.count() > 0 {
-            self.read_changelogs(entries, &mut jobs, &tpl, &index)?;
-        }
-        for (e, job) in entries.iter_mut().zip(jobs) {
-            for p in &job.progress {
-                e.task.restore_progress(&p.topic, p.partition, p.position);
+            };
+            if job.done() {
+                ready.push(self.finish(job)?);
+            } else {
+                self.jobs.push(job);
             }
-            e.task.flush_restore()?;
-            e.task.init()?;
-            let id = e.task.id();
-            let read: u64 = job.progress.iter().map(|p| p.read).sum();
-            let seconds = job.started.elapsed().as_secs_f64();
-            tracing::info!(read, changelog_records = job.changelog_records, seconds = format!("{seconds:.2}"), full = job.full, task = %id, "restored");
-            self.status.record_restore(RestoreRecord {
-                task: id,
-                full: job.full,
-                read,
-                changelog_records: job.changelog_records,
-                seconds,
-            });
-            self.status.set_task(
-                id,
-                TaskStatus {
-                    state: TaskState::Running,
-                    restore: job.progress,
-                    metrics: e.task.metrics(),
-                },
-            );
         }
+        self.reassign()?;
+        Ok(ready)
+    }
+
+    /// Assigns the restore consumer every unfinished changelog partition at
+    /// its position.
+    fn reassign(&mut self) -> Result<(), RuntimeError> {
+        let mut tpl = TopicPartitionList::new();
+        self.index.clear();
+        let mut total = 0u64;
+        for (j, job) in self.jobs.iter().enumerate() {
+            for (i, p) in job.progress.iter().enumerate() {
+                total += (p.end - p.start).max(0) as u64;
+                if p.done {
+                    continue;
+                }
+                tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.position))
+                    .map_err(|e| RuntimeError::kafka("plan changelog reads", e))?;
+                self.index.insert((p.topic.clone(), p.partition), (j, i));
+            }
+        }
+        if tpl.count() == 0 {
+            let _ = self.consumer.unassign();
+            if let Some(r) = self.reporter.take() {
+                r.finish();
+            }
+            return Ok(());
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
+        if self.reporter.is_none() {
+            self.reporter = Some(RestoreReporter::new(total));
+        }
+        self.last_progress = Instant::now();
         Ok(())
+    }
+
+    /// A restored task: final write, init, status; handed back.
+    fn finish(&mut self, mut job: Job) -> Result<Entry, RuntimeError> {
+        job.flush()?;
+        job.entry.task.init()?;
+        let id = job.entry.task.id();
+        let read: u64 = job.progress.iter().map(|p| p.read).sum();
+        let seconds = job.started.elapsed().as_secs_f64();
+        tracing::info!(read, changelog_records = job.changelog_records, seconds = format!("{seconds:.2}"), full = job.full, task = %id, "restored");
+        self.status.record_restore(RestoreRecord {
+            task: id,
+            full: job.full,
+            read,
+            changelog_records: job.changelog_records,
+            seconds,
+        });
+        self.status.set_task(
+            id,
+            TaskStatus {
+                state: TaskState::Running,
+                restore: job.progress,
+                metrics: job.entry.task.metrics(),
+            },
+        );
+        Ok(job.entry)
+    }
+
+    /// Stops restoring `ids`: writes what was restored, closes them.
+    fn abandon(&mut self, ids: &[TaskId]) -> Result<(), RuntimeError> {
+        let mut first_error = None;
+        let mut kept = Vec::with_capacity(self.jobs.len());
+        for mut job in std::mem::take(&mut self.jobs) {
+            let id = job.entry.task.id();
+            if !ids.contains(&id) {
+                kept.push(job);
+                continue;
+            }
+            if let Err(e) = job.flush() {
+                first_error.get_or_insert(e);
+            }
+            let read: u64 = job.progress.iter().map(|p| p.read).sum();
+            tracing::info!(task = %id, read, "restore stopped (task moved away); what was restored stays in local state");
+            job.entry.task.close();
+            self.status.remove_task(id);
+        }
+        self.jobs = kept;
+        self.reassign()?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Reads changelogs for up to `budget`; returns the tasks restored.
+    fn step(&mut self, budget: Duration) -> Result<Vec<Entry>, RuntimeError> {
+        let until = Instant::now() + budget;
+        while Instant::now() < until && !self.jobs.iter().all(Job::done) {
+            match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) => {
+                    let Some(&(j, i)) = self.index.get(&(m.topic().to_string(), m.partition()))
+                    else {
+                        continue;
+                    };
+                    let job = &mut self.jobs[j];
+                    let p = &mut job.progress[i];
+                    if p.done || m.offset() >= p.end {
+                        p.done = true;
+                        continue;
+                    }
+                    self.headers.clear();
+                    if let Some(hs) = m.headers() {
+                        self.headers.extend(hs.iter().map(|h| {
+                            (
+                                h.key.to_string(),
+                                h.value.map(|v| v.to_vec()).unwrap_or_default(),
+                            )
+                        }));
+                    }
+                    job.entry.task.restore_record(
+                        job.targets[i].store,
+                        m.key(),
+                        m.payload(),
+                        &self.headers,
+                        m.timestamp().to_millis().unwrap_or(-1),
+                    );
+                    p.read += 1;
+                    p.position = m.offset() + 1;
+                    if p.position >= p.end {
+                        p.done = true;
+                    }
+                    self.last_progress = Instant::now();
+                    if p.read % 1024 == 0
+                        && (job.entry.task.stores().buffered() >= RESTORE_FLUSH_KEYS
+                            || job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL)
+                    {
+                        job.flush()?;
+                    }
+                }
+                Some(Err(e))
+                    if e.rdkafka_error_code()
+                        == Some(RDKafkaErrorCode::TopicAuthorizationFailed) =>
+                {
+                    self.unreadable_changelog()?;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
+                None => {
+                    self.trust_positions();
+                    if self.last_progress.elapsed() > RESTORE_STALL {
+                        let _ = self.consumer.unassign();
+                        let mut topics: Vec<String> = self
+                            .jobs
+                            .iter()
+                            .flat_map(|j| j.progress.iter().filter(|p| !p.done))
+                            .map(|p| format!("{}[{}]", p.topic, p.partition))
+                            .collect();
+                        topics.dedup();
+                        return Err(RuntimeError::RestoreStalled {
+                            seconds: RESTORE_STALL.as_secs(),
+                            topics: topics.join(", "),
+                        });
+                    }
+                    break;
+                }
+            }
+        }
+        self.report();
+        // Hand back every task whose partitions are all read.
+        let mut ready = Vec::new();
+        if self.jobs.iter().any(Job::done) {
+            let (done, rest): (Vec<Job>, Vec<Job>) =
+                std::mem::take(&mut self.jobs).into_iter().partition(Job::done);
+            self.jobs = rest;
+            for job in done {
+                ready.push(self.finish(job)?);
+            }
+            self.reassign()?;
+        }
+        Ok(ready)
+    }
+
+    /// Gaps at the end of a partition (compaction, transaction markers):
+    /// the consumer's position past the end means the partition is read.
+    fn trust_positions(&mut self) {
+        let Ok(pos) = self.consumer.position() else {
+            return;
+        };
+        for el in pos.elements() {
+            let Offset::Offset(o) = el.offset() else {
+                continue;
+            };
+            let Some(&(j, i)) = self.index.get(&(el.topic().to_string(), el.partition())) else {
+                continue;
+            };
+            let p = &mut self.jobs[j].progress[i];
+            if o >= p.end && !p.done {
+                p.done = true;
+                p.position = p.end;
+            }
+        }
+    }
+
+    /// The progress bar or log line, and the tasks' status once a second.
+    fn report(&mut self) {
+        if let Some(reporter) = &mut self.reporter {
+            if reporter.due() {
+                let (read, done, total) = self.jobs.iter().flat_map(|j| j.progress.iter()).fold(
+                    (0u64, 0u64, 0u64),
+                    |(r, d, t), p| {
+                        (
+                            r + p.read,
+                            d + (p.position - p.start).max(0) as u64,
+                            t + (p.end - p.start).max(0) as u64,
+                        )
+                    },
+                );
+                reporter.update(done, read, total);
+            }
+        }
+        if self.last_status.elapsed() >= Duration::from_secs(1) {
+            for job in &self.jobs {
+                self.status.set_task(
+                    job.entry.task.id(),
+                    TaskStatus {
+                        state: TaskState::Restoring,
+                        restore: job.progress.clone(),
+                        metrics: job.entry.task.metrics(),
+                    },
+                );
+            }
+            self.last_status = Instant::now();
+        }
     }
 
     /// The changelog partition's watermarks, retried while the cluster moves
@@ -210,153 +630,11 @@ impl ChangelogReader {
         }
     }
 
-    fn read_changelogs(
-        &mut self,
-        entries: &mut [Entry],
-        jobs: &mut [Job],
-        tpl: &TopicPartitionList,
-        index: &HashMap<String, Vec<(i32, usize, usize)>>,
-    ) -> Result<(), RuntimeError> {
-        self.consumer
-            .assign(tpl)
-            .map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
-        let total: u64 = jobs
-            .iter()
-            .flat_map(|j| j.progress.iter())
-            .map(|p| (p.end - p.start).max(0) as u64)
-            .sum();
-        let mut reporter = RestoreReporter::new(total);
-        let mut last_progress = Instant::now();
-        let mut last_log = Instant::now();
-        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-        let pending = |jobs: &[Job]| jobs.iter().any(|j| j.progress.iter().any(|p| !p.done));
-        while pending(jobs) {
-            match self.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    let Some(&(_, j, i)) = index
-                        .get(m.topic())
-                        .and_then(|v| v.iter().find(|(p, _, _)| *p == m.partition()))
-                    else {
-                        continue;
-                    };
-                    let job = &mut jobs[j];
-                    let p = &mut job.progress[i];
-                    if p.done || m.offset() >= p.end {
-                        p.done = true;
-                        continue;
-                    }
-                    headers.clear();
-                    if let Some(hs) = m.headers() {
-                        headers.extend(hs.iter().map(|h| {
-                            (
-                                h.key.to_string(),
-                                h.value.map(|v| v.to_vec()).unwrap_or_default(),
-                            )
-                        }));
-                    }
-                    let task = &mut entries[j].task;
-                    task.restore_record(
-                        job.targets[i].store,
-                        m.key(),
-                        m.payload(),
-                        &headers,
-                        m.timestamp().to_millis().unwrap_or(-1),
-                    );
-                    p.read += 1;
-                    p.position = m.offset() + 1;
-                    if p.position >= p.end {
-                        p.done = true;
-                    }
-                    last_progress = Instant::now();
-                    if p.read % 1024 == 0
-                        && (task.stores().buffered() >= RESTORE_FLUSH_KEYS
-                            || job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL)
-                    {
-                        for p in &job.progress {
-                            task.restore_progress(&p.topic, p.partition, p.position);
-                        }
-                        task.flush_restore()?;
-                        job.last_flush = Instant::now();
-                    }
-                }
-                Some(Err(e))
-                    if e.rdkafka_error_code()
-                        == Some(RDKafkaErrorCode::TopicAuthorizationFailed) =>
-                {
-                    self.unreadable_changelog(entries, jobs)?;
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
-                None => {
-                    // Gaps (compaction, transaction markers): trust the position.
-                    if let Ok(pos) = self.consumer.position() {
-                        for el in pos.elements() {
-                            let Offset::Offset(o) = el.offset() else {
-                                continue;
-                            };
-                            let Some(&(_, j, i)) = index
-                                .get(el.topic())
-                                .and_then(|v| v.iter().find(|(p, _, _)| *p == el.partition()))
-                            else {
-                                continue;
-                            };
-                            let p = &mut jobs[j].progress[i];
-                            if o >= p.end && !p.done {
-                                p.done = true;
-                                p.position = p.end;
-                            }
-                        }
-                    }
-                    if last_progress.elapsed() > RESTORE_STALL {
-                        let _ = self.consumer.unassign();
-                        let mut topics: Vec<String> = jobs
-                            .iter()
-                            .flat_map(|j| j.progress.iter().filter(|p| !p.done))
-                            .map(|p| format!("{}[{}]", p.topic, p.partition))
-                            .collect();
-                        topics.dedup();
-                        return Err(RuntimeError::RestoreStalled {
-                            seconds: RESTORE_STALL.as_secs(),
-                            topics: topics.join(", "),
-                        });
-                    }
-                }
-            }
-            if reporter.due() {
-                let (read, done) = jobs
-                    .iter()
-                    .flat_map(|j| j.progress.iter())
-                    .fold((0u64, 0u64), |(r, d), p| {
-                        (r + p.read, d + (p.position - p.start).max(0) as u64)
-                    });
-                reporter.update(done, read, total);
-            }
-            if last_log.elapsed() >= Duration::from_secs(1) {
-                for (e, job) in entries.iter().zip(jobs.iter()) {
-                    self.status.set_task(
-                        e.task.id(),
-                        TaskStatus {
-                            state: TaskState::Restoring,
-                            restore: job.progress.clone(),
-                            metrics: e.task.metrics(),
-                        },
-                    );
-                }
-                last_log = Instant::now();
-            }
-        }
-        reporter.finish();
-        let _ = self.consumer.unassign();
-        Ok(())
-    }
-
     /// The changelog may not be read: keep local state where it exists,
     /// refuse to start from empty state unless the user allowed it.
-    fn unreadable_changelog(
-        &mut self,
-        entries: &mut [Entry],
-        jobs: &mut [Job],
-    ) -> Result<(), RuntimeError> {
-        for (e, job) in entries.iter_mut().zip(jobs.iter_mut()) {
+    fn unreadable_changelog(&mut self) -> Result<(), RuntimeError> {
+        for job in self.jobs.iter_mut() {
+            let e = &mut job.entry;
             let Some(topic) = job
                 .progress
                 .iter()
