@@ -267,7 +267,7 @@ pub fn render(
     o.val(
         "streams_restores_completed_total",
         &[],
-        status.restores().len(),
+        status.restores().iter().filter(|r| !r.abandoned).count(),
     );
 
     let lag_metrics: [(&str, &str, fn(&Lag) -> i64); 2] = [

@@ -427,6 +427,7 @@ impl ChangelogReader {
             read,
             changelog_records: job.changelog_records,
             seconds,
+            abandoned: false,
         });
         self.status.set_task(
             id,
@@ -454,6 +455,14 @@ impl ChangelogReader {
             }
             let read: u64 = job.progress.iter().map(|p| p.read).sum();
             tracing::info!(task = %id, read, "restore stopped (task moved away); what was restored stays in local state");
+            self.status.record_restore(RestoreRecord {
+                task: id,
+                full: job.full,
+                read,
+                changelog_records: job.changelog_records,
+                seconds: job.started.elapsed().as_secs_f64(),
+                abandoned: true,
+            });
             job.entry.task.close();
             self.status.remove_task(id);
         }

@@ -59,6 +59,9 @@ pub struct RestoreRecord {
     pub changelog_records: u64,
     /// Seconds taken.
     pub seconds: f64,
+    /// Whether it was cut short (the task moved away mid-restore; what it
+    /// read stays in local state for the next restore to resume from).
+    pub abandoned: bool,
 }
 
 /// Commit latency so far.

@@ -19,6 +19,9 @@ const CHECKPOINTS: &str = "__checkpoints";
 /// sled's page cache when not configured: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Restored entries per sled batch (see `commit_restored`).
+const RESTORE_CHUNK: usize = 2048;
+
 /// An opened state directory: `<state.dir>/<application.id>/`.
 #[derive(Clone)]
 pub struct StateDir {
@@ -226,6 +229,35 @@ pub struct SledBackend {
 }
 
 impl SledBackend {
+    /// Applies restored entries to store `i` as one sled batch, counting
+    /// entries added and removed into `counts`.
+    fn apply_restored_chunk(
+        &self,
+        i: usize,
+        chunk: &[(Vec<u8>, Option<Vec<u8>>)],
+        counts: &mut [u64],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in chunk {
+            let present = self.trees[i].contains_key(k).map_err(|e| self.err(e))?;
+            match v {
+                Some(v) => {
+                    if !present {
+                        counts[i] += 1;
+                    }
+                    b.insert(k.as_slice(), v.as_slice());
+                }
+                None => {
+                    if present {
+                        counts[i] = counts[i].saturating_sub(1);
+                    }
+                    b.remove(k.as_slice());
+                }
+            }
+        }
+        self.trees[i].apply_batch(b).map_err(|e| self.err(e))
+    }
+
     fn err(&self, source: sled::Error) -> StoreError {
         StoreError::Sled {
             store: self.task.clone(),
@@ -357,25 +389,12 @@ impl StateBackend for SledBackend {
     ) -> Result<(), StoreError> {
         let mut counts = self.counts.clone();
         for (i, batch) in batches.iter().enumerate() {
-            let mut b = sled::Batch::default();
-            for (k, v) in batch {
-                let present = self.trees[i].contains_key(k).map_err(|e| self.err(e))?;
-                match v {
-                    Some(v) => {
-                        if !present {
-                            counts[i] += 1;
-                        }
-                        b.insert(k.as_slice(), v.as_slice());
-                    }
-                    None => {
-                        if present {
-                            counts[i] = counts[i].saturating_sub(1);
-                        }
-                        b.remove(k.as_slice());
-                    }
-                }
+            // sled applies a batch under a lock every writer of the database
+            // waits for: in chunks, a background restore holds up the
+            // processing tasks' commits for one chunk at most.
+            for chunk in batch.chunks(RESTORE_CHUNK) {
+                self.apply_restored_chunk(i, chunk, &mut counts)?;
             }
-            self.trees[i].apply_batch(b).map_err(|e| self.err(e))?;
         }
         let encoded = self.encode_checkpoint(checkpoint, &counts)?;
         self.meta
