@@ -308,7 +308,7 @@ impl Engine {
             let mut tpl = TopicPartitionList::new();
             for (t, p) in &e.partitions {
                 let offset = match e.task.position(t, *p) {
-                    Some(pos) => Offset::Offset(pos),
+                    Some(pos) => Offset::Offset(self.in_range(consumer, t, *p, pos)),
                     None => Offset::Beginning,
                 };
                 consumer
@@ -322,6 +322,37 @@ impl Engine {
             self.tasks.insert(e);
         }
         Ok(())
+    }
+
+    /// `pos` if input partition `topic[partition]` still holds it; else
+    /// where the reset policy (`auto.offset.reset`, earliest unless set
+    /// through `StreamsConfig::extra`) puts it, said in one line.
+    fn in_range(
+        &self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+        topic: &str,
+        partition: i32,
+        pos: i64,
+    ) -> i64 {
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))
+        else {
+            return pos;
+        };
+        if (low..=high).contains(&pos) {
+            return pos;
+        }
+        let policy = self
+            .cfg
+            .extra
+            .get("auto.offset.reset")
+            .map_or("earliest", String::as_str);
+        let to = if matches!(policy, "latest" | "largest" | "end") {
+            high
+        } else {
+            low
+        };
+        tracing::warn!(input = %format!("{topic}[{partition}]"), position = pos, log_start = low, log_end = high, resume = to, policy, "the input no longer holds the position to resume from (out of range); resuming where auto.offset.reset says");
+        to
     }
 
     /// Whether tasks are restoring in the background.
