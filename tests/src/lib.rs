@@ -181,7 +181,11 @@ pub async fn run_program(
         }
     };
     let result = match stream_core::runtime::KafkaStreams::new(topology, cfg) {
-        Ok(app) => app.run_until_signal().await,
+        Ok(app) => {
+            stream_core::instance::Instance::new(app)
+                .run_until_signal()
+                .await
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = result {

@@ -57,7 +57,9 @@ async fn start(
     let status = streams.status();
     let http = if http {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let server = Server::bind(addr, streams.handle(), Vec::new()).await.unwrap();
+        let server = Server::bind(addr, streams.handle(), Vec::new())
+            .await
+            .unwrap();
         Some((addr, server.spawn()))
     } else {
         None
@@ -105,7 +107,12 @@ fn fill_changelog(changelog: &str, partition: i32, n: u64) -> BTreeMap<Vec<u8>, 
     last
 }
 
-fn send_to(p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>, topic: &str, partition: i32, key: &str) {
+fn send_to(
+    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    partition: i32,
+    key: &str,
+) {
     let rec = BaseRecord::to(topic)
         .partition(partition)
         .key(key.as_bytes())
@@ -117,7 +124,11 @@ fn counts(output: &str) -> BTreeMap<Vec<u8>, i64> {
     counts_at(&bootstrap(), output, Duration::from_secs(60))
 }
 
-async fn wait_counts(output: &str, want: &BTreeMap<Vec<u8>, i64>, secs: u64) -> BTreeMap<Vec<u8>, i64> {
+async fn wait_counts(
+    output: &str,
+    want: &BTreeMap<Vec<u8>, i64>,
+    secs: u64,
+) -> BTreeMap<Vec<u8>, i64> {
     let (out, want) = (output.to_string(), want.clone());
     tokio::task::spawn_blocking(move || {
         let mut got = BTreeMap::new();
@@ -198,11 +209,19 @@ async fn should_process_one_task_while_another_restores_5m_records_without_evict
         while Instant::now() < deadline {
             if let Some((200, text)) = get(&metrics_url) {
                 let restoring = metric(&text, "streams_task_restoring", &[("task", "0_0")]);
-                let lag = metric(&text, "streams_consumer_lag", &[("topic", input2.as_str()), ("partition", "1")]);
+                let lag = metric(
+                    &text,
+                    "streams_consumer_lag",
+                    &[("topic", input2.as_str()), ("partition", "1")],
+                );
                 let processed = metric(&text, "streams_task_records_in_total", &[("task", "0_1")]);
                 if let (Some(r), Some(lag), Some(processed)) = (restoring, lag, processed) {
                     seen_restoring |= r == 1.0;
-                    samples.push(Sample { restoring: r == 1.0, lag, processed });
+                    samples.push(Sample {
+                        restoring: r == 1.0,
+                        lag,
+                        processed,
+                    });
                     if seen_restoring && r == 0.0 {
                         break;
                     }
@@ -215,19 +234,32 @@ async fn should_process_one_task_while_another_restores_5m_records_without_evict
     .await
     .unwrap();
     let during: Vec<Sample> = samples.iter().copied().filter(|s| s.restoring).collect();
-    assert!(during.len() >= 8, "too few samples during the restore: {samples:?}");
+    assert!(
+        during.len() >= 8,
+        "too few samples during the restore: {samples:?}"
+    );
     // Task 0_1 processed during the restore, and its lag stayed small:
     // 3,000 records is three seconds of input.
     let first = during.first().unwrap().processed;
     let last = during.last().unwrap().processed;
-    assert!(last - first >= 1_000.0, "task 0_1 processed {} records during the restore", last - first);
+    assert!(
+        last - first >= 1_000.0,
+        "task 0_1 processed {} records during the restore",
+        last - first
+    );
     let worst = during.iter().map(|s| s.lag).fold(0.0, f64::max);
-    assert!(worst <= 3_000.0, "lag of the processing task reached {worst} records (> 3 s): {during:?}");
+    assert!(
+        worst <= 3_000.0,
+        "lag of the processing task reached {worst} records (> 3 s): {during:?}"
+    );
 
     // The restore outlived max.poll.interval.ms, no member was evicted (no
     // task restored twice), and the restored task processes at once.
     let restores = run.status.restores();
-    let big = restores.iter().find(|r| r.task.partition == 0).expect("task 0_0 restored");
+    let big = restores
+        .iter()
+        .find(|r| r.task.partition == 0)
+        .expect("task 0_0 restored");
     assert_eq!(big.read, 5_000_000);
     println!(
         "restore of task 0_0: {} records in {:.1} s; task 0_1 meanwhile: {} records processed, worst lag {worst} records over {} samples",
@@ -236,8 +268,16 @@ async fn should_process_one_task_while_another_restores_5m_records_without_evict
         last - first,
         during.len()
     );
-    assert!(big.seconds > 6.0, "restore took {:.1} s, not longer than max.poll.interval.ms", big.seconds);
-    assert_eq!(restores.len(), 2, "one restore per task, no eviction: {restores:?}");
+    assert!(
+        big.seconds > 6.0,
+        "restore took {:.1} s, not longer than max.poll.interval.ms",
+        big.seconds
+    );
+    assert_eq!(
+        restores.len(),
+        2,
+        "one restore per task, no eviction: {restores:?}"
+    );
     let p = producer();
     let mut want = BTreeMap::new();
     for k in ["k1", "k2", "k99999"] {
@@ -252,16 +292,26 @@ async fn should_process_one_task_while_another_restores_5m_records_without_evict
         "restored task's counts: {}",
         diff_counts(&got, &want)
     );
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     feeding.store(false, Ordering::SeqCst);
     let n = feeder.join().unwrap();
     // Task 0_1's counts are exact too.
     let mut want1 = BTreeMap::new();
     for i in 0..n {
-        *want1.entry(format!("w{}", i % 50).into_bytes()).or_insert(0) += 1;
+        *want1
+            .entry(format!("w{}", i % 50).into_bytes())
+            .or_insert(0) += 1;
     }
     let got = wait_counts(&output, &want1, 60).await;
-    assert!(want1.iter().all(|(k, v)| got.get(k) == Some(v)), "{}", diff_counts(&got, &want1));
+    assert!(
+        want1.iter().all(|(k, v)| got.get(k) == Some(v)),
+        "{}",
+        diff_counts(&got, &want1)
+    );
     stop(run).await;
 }
 
@@ -314,7 +364,12 @@ async fn should_not_restore_a_task_from_scratch_twice_when_an_instance_joins_mid
         .await
         .unwrap()
     };
-    assert!(ready, "tasks never both ran: A {:?} B {:?}", a.status.tasks(), b.status.tasks());
+    assert!(
+        ready,
+        "tasks never both ran: A {:?} B {:?}",
+        a.status.tasks(),
+        b.status.tasks()
+    );
     let p = producer();
     for part in [0, 1] {
         for k in ["k3", "k77"] {
@@ -366,10 +421,23 @@ async fn should_not_restore_a_task_from_scratch_twice_when_an_instance_joins_mid
             *read.entry(r.task.to_string()).or_insert(0) += r.read;
             cut_short += usize::from(r.abandoned);
         }
-        assert!(full.values().all(|&n| n <= 1), "{name} restored from scratch twice: {:?}", s.restores());
-        assert!(read.values().all(|&n| n <= 2_000_000), "{name} read a changelog more than once: {:?}", s.restores());
+        assert!(
+            full.values().all(|&n| n <= 1),
+            "{name} restored from scratch twice: {:?}",
+            s.restores()
+        );
+        assert!(
+            read.values().all(|&n| n <= 2_000_000),
+            "{name} read a changelog more than once: {:?}",
+            s.restores()
+        );
     }
-    assert!(cut_short >= 1, "the join interrupted no restore: A {:?} B {:?}", a.status.restores(), b.status.restores());
+    assert!(
+        cut_short >= 1,
+        "the join interrupted no restore: A {:?} B {:?}",
+        a.status.restores(),
+        b.status.restores()
+    );
     stop(b).await;
     stop(a).await;
 }

@@ -29,7 +29,12 @@ async fn should_rebuild_a_store_whose_changelog_was_truncated_past_its_checkpoin
     // Kafka deletes records only from topics whose cleanup policy includes
     // `delete` (as a window store's changelog's does): create it so.
     let changelog = format!("{app}-counts-changelog");
-    create_topic_with(&changelog, 1, &[("cleanup.policy", "compact,delete"), ("retention.ms", "-1")]).await;
+    create_topic_with(
+        &changelog,
+        1,
+        &[("cleanup.policy", "compact,delete"), ("retention.ms", "-1")],
+    )
+    .await;
     let state = tempfile::tempdir().unwrap();
     let log = log_dir().join(format!("{app}.log"));
     let p = producer();
@@ -39,7 +44,15 @@ async fn should_rebuild_a_store_whose_changelog_was_truncated_past_its_checkpoin
     flush(&p);
 
     // First run: every word counted 10 times; a clean stop checkpoints.
-    let mut run = Guard(spawn_count_app(&app, &input, &output, state.path(), &bootstrap(), None, &log));
+    let mut run = Guard(spawn_count_app(
+        &app,
+        &input,
+        &output,
+        state.path(),
+        &bootstrap(),
+        None,
+        &log,
+    ));
     let done = wait_until(Duration::from_secs(90), || {
         (0..10).all(|w| count_of(&output, &format!("w{w}")) == Some(10))
     });
@@ -68,8 +81,14 @@ async fn should_rebuild_a_store_whose_changelog_was_truncated_past_its_checkpoin
         .delete_records(&upto, &AdminOptions::new())
         .await
         .expect("delete records");
-    let low = deleted.find_partition(&changelog, 0).map(|e| (e.offset(), e.error()));
-    assert_eq!(low, Some((Offset::Offset(checkpoint_end + 10), Ok(()))), "log start moved");
+    let low = deleted
+        .find_partition(&changelog, 0)
+        .map(|e| (e.offset(), e.error()));
+    assert_eq!(
+        low,
+        Some((Offset::Offset(checkpoint_end + 10), Ok(()))),
+        "log start moved"
+    );
 
     // The input loses records too: ten more arrive (offsets 100..109) and
     // those before 105 are deleted, under the committed position 100.
@@ -78,14 +97,23 @@ async fn should_rebuild_a_store_whose_changelog_was_truncated_past_its_checkpoin
     }
     flush(&p);
     let mut upto = TopicPartitionList::new();
-    upto.add_partition_offset(&input, 0, Offset::Offset(105)).unwrap();
+    upto.add_partition_offset(&input, 0, Offset::Offset(105))
+        .unwrap();
     admin()
         .delete_records(&upto, &AdminOptions::new())
         .await
         .expect("delete input records");
 
     // Restart on the old local state.
-    let mut run = Guard(spawn_count_app(&app, &input, &output, state.path(), &bootstrap(), None, &log));
+    let mut run = Guard(spawn_count_app(
+        &app,
+        &input,
+        &output,
+        state.path(),
+        &bootstrap(),
+        None,
+        &log,
+    ));
     for w in ["w3", "z15", "z2"] {
         send(&p, &input, None, w.as_bytes());
     }
@@ -93,15 +121,23 @@ async fn should_rebuild_a_store_whose_changelog_was_truncated_past_its_checkpoin
     // What the truncated changelog implies: z10..z19 = 5, nothing else.
     // The input resumes at its new log start (auto.offset.reset=earliest):
     // five `q`.
-    let want: BTreeMap<&str, i64> =
-        [("w3", 1), ("z15", 6), ("z2", 1), ("q", 5)].into_iter().collect();
+    let want: BTreeMap<&str, i64> = [("w3", 1), ("z15", 6), ("z2", 1), ("q", 5)]
+        .into_iter()
+        .collect();
     let mut got = BTreeMap::new();
     let done = wait_until(Duration::from_secs(90), || {
-        got = want.keys().map(|k| (*k, count_of(&output, k).unwrap_or(0))).collect();
+        got = want
+            .keys()
+            .map(|k| (*k, count_of(&output, k).unwrap_or(0)))
+            .collect();
         got == want
     });
     signal_and_wait(&mut run.0, libc::SIGTERM);
-    assert!(done, "counts after the rebuild: {got:?}, want {want:?} (log {})", log.display());
+    assert!(
+        done,
+        "counts after the rebuild: {got:?}, want {want:?} (log {})",
+        log.display()
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     let warnings: Vec<&str> = text.lines().filter(|l| l.contains(WARNING)).collect();
     assert_eq!(warnings.len(), 1, "one warning: {warnings:?}");
@@ -112,10 +148,15 @@ async fn should_rebuild_a_store_whose_changelog_was_truncated_past_its_checkpoin
             && w.contains(&format!("log_start={}", checkpoint_end + 10)),
         "{w}"
     );
-    let moved: Vec<&str> = text.lines().filter(|l| l.contains("out of range")).collect();
+    let moved: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("out of range"))
+        .collect();
     assert_eq!(moved.len(), 1, "one line for the input position: {moved:?}");
     assert!(
-        moved[0].contains(&format!("{input}[0]")) && moved[0].contains("position=100") && moved[0].contains("log_start=105"),
+        moved[0].contains(&format!("{input}[0]"))
+            && moved[0].contains("position=100")
+            && moved[0].contains("log_start=105"),
         "{}",
         moved[0]
     );

@@ -260,6 +260,26 @@ pub fn render(
         }
     }
     o.head(
+        "streams_standby_lag_records",
+        "gauge",
+        "Changelog records a standby copy has not applied yet (changelog end - its position), per changelog partition.",
+    );
+    for (id, t) in tasks.iter().filter(|(_, t)| t.state == TaskState::Standby) {
+        for p in &t.restore {
+            let part = p.partition.to_string();
+            let task = id.to_string();
+            o.val(
+                "streams_standby_lag_records",
+                &[
+                    ("task", task.as_str()),
+                    ("topic", p.topic.as_str()),
+                    ("partition", part.as_str()),
+                ],
+                (p.end - p.position).max(0),
+            );
+        }
+    }
+    o.head(
         "streams_restores_completed_total",
         "counter",
         "Task restores completed since start.",

@@ -532,7 +532,11 @@ async fn api_status(State(s): S) -> Response {
                 })
                 .collect();
             json!({ "id": id.to_string(),
-                    "state": if t.state == TaskState::Restoring { "restoring" } else { "running" },
+                    "state": match t.state {
+                        TaskState::Restoring => "restoring",
+                        TaskState::Running => "running",
+                        TaskState::Standby => "standby",
+                    },
                     "processed": t.metrics.processed, "produced": t.metrics.produced,
                     "dead_lettered": t.metrics.dead_lettered, "restore": restore })
         })
@@ -556,6 +560,10 @@ async fn api_status(State(s): S) -> Response {
         "lag_error": lags.as_ref().err(),
         "views": views,
         "lineage_depth": s.cfg.lineage_depth,
+        "restores": s.status.restores().iter().map(|r| json!({
+            "task": r.task.to_string(), "full": r.full, "read": r.read,
+            "changelog_records": r.changelog_records, "seconds": r.seconds, "abandoned": r.abandoned,
+        })).collect::<Vec<_>>(),
         "describe": s.topology.describe(&s.cfg.application_id),
     }))
     .into_response()

@@ -300,6 +300,11 @@ impl KafkaStreams {
             clients::restore_consumer(&self.cfg, &ids)?,
             self.status.clone(),
             self.cfg.allow_empty_state,
+            super::restore::Opener {
+                topology: self.topology.clone(),
+                task_cfg: shared.task_cfg.clone(),
+                state: shared.state.clone(),
+            },
         );
         let engine = Arc::new(Mutex::new(Engine::new(
             self.topology.clone(),
@@ -374,6 +379,7 @@ fn stream_loop(
             break Err(err);
         }
         restoring = e.restoring();
+        e.refresh_standbys(&consumer);
         match polled {
             Some(Ok(msg)) => {
                 if let Err(err) = e.process(&msg) {

@@ -164,6 +164,11 @@ pub struct StreamsConfig {
     /// served at `/stores/<store>/<key>/lineage` (0, the default: off). See
     /// [`crate::task::lineage`].
     pub lineage_depth: usize,
+    /// Standby replicas per stateful task (Kafka Streams'
+    /// `num.standby.replicas`, default 0): other instances keep warm copies
+    /// of its stores in sled, following its changelogs, so that a failover
+    /// reads only the changelog's tail. See [`crate::runtime::standby`].
+    pub num_standby_replicas: usize,
     /// `application.server`: the `host:port` other instances and clients
     /// use to reach this instance's HTTP server (default: [`Self::http`]).
     pub application_server: Option<String>,
@@ -204,6 +209,7 @@ impl StreamsConfig {
             http_token: None,
             http_insecure: false,
             lineage_depth: 0,
+            num_standby_replicas: 0,
             state_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             on_late: crate::task::LatePolicy::DeadLetter,
             idle_advance: None,

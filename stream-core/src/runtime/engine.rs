@@ -48,6 +48,8 @@ pub(crate) struct Engine {
     /// their task is restored.
     to_pause: Vec<(String, i32)>,
     last_commit: Instant,
+    /// When standbys were last worked out (see [`super::standby`]).
+    last_standby_check: Option<Instant>,
 }
 
 impl Engine {
@@ -77,6 +79,7 @@ impl Engine {
             restorer,
             to_pause: Vec::new(),
             last_commit: Instant::now(),
+            last_standby_check: None,
         })
     }
 
@@ -248,10 +251,11 @@ impl Engine {
                 e.partitions.extend(parts);
                 continue;
             }
-            if self.restorer.is_pending(&id) {
-                // A restoring task gains a partition (single-instance
-                // layout, incremental assignment): restore it again with
-                // all of them, from where it got to.
+            if self.restorer.is_pending(&id) || self.restorer.is_standby(&id) {
+                // A standby's task moves here (its copy is closed with its
+                // checkpoint; the restore reads only what came after), or a
+                // restoring task gains a partition (single-instance layout,
+                // incremental assignment): restore it from where it got to.
                 self.restorer.abandon(vec![id]);
             }
             let task = self.tasks.open(&self.state, id)?;
@@ -270,7 +274,57 @@ impl Engine {
                 self.to_pause.push((t.clone(), *p));
             }
         }
+        // Standbys are worked out again with the new assignment.
+        self.last_standby_check = None;
         self.restorer.submit(fresh, committed)
+    }
+
+    /// Works out which tasks this member keeps standby copies of, every few
+    /// seconds and after each assignment (see [`super::standby`]).
+    pub(crate) fn refresh_standbys(&mut self, consumer: &BaseConsumer<impl ConsumerContext>) {
+        let replicas = self.cfg.num_standby_replicas;
+        if replicas == 0 || self.cfg.outside_group || self.task_cfg.layout.is_single() {
+            return;
+        }
+        if self
+            .last_standby_check
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(3))
+        {
+            return;
+        }
+        self.last_standby_check = Some(Instant::now());
+        let Ok(list) =
+            consumer.fetch_group_list(Some(&self.cfg.application_id), Duration::from_secs(2))
+        else {
+            return;
+        };
+        let members: Vec<super::standby::GroupMember> = list
+            .groups()
+            .iter()
+            .flat_map(|g| g.members())
+            .map(|m| super::standby::GroupMember {
+                id: m.id().to_string(),
+                partitions: m
+                    .assignment()
+                    .map(crate::http::probe::parse_assignment)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            })
+            .collect();
+        let Some(me) = super::standby::member_id(consumer) else {
+            return;
+        };
+        let tasks = super::standby::stateful_tasks(
+            &self.topology,
+            &self.cfg.application_id,
+            &self.plan.tasks,
+        );
+        let wanted = super::standby::standby_tasks(&members, &me, &tasks, replicas)
+            .into_iter()
+            .filter(|id| self.tasks.get_mut(id).is_none() && !self.restorer.is_pending(id))
+            .collect();
+        self.restorer.set_standbys(wanted);
     }
 
     /// Pauses the partitions of tasks still restoring; called right after
@@ -313,7 +367,9 @@ impl Engine {
                 };
                 consumer
                     .seek(t, *p, offset, Duration::from_secs(10))
-                    .map_err(|err| RuntimeError::kafka(format!("seek {t}[{p}] after its restore"), err))?;
+                    .map_err(|err| {
+                        RuntimeError::kafka(format!("seek {t}[{p}] after its restore"), err)
+                    })?;
                 tpl.add_partition(t, *p);
             }
             consumer

@@ -35,6 +35,7 @@ pub(crate) mod production;
 pub(crate) mod progress;
 pub mod reset;
 pub(crate) mod restore;
+pub mod standby;
 pub mod status;
 pub(crate) mod tasks;
 pub mod topics;

@@ -55,6 +55,8 @@ pub(crate) const RESTORE_FLUSH_KEYS: usize = 200_000;
 /// Longest time between two writes of restore progress to sled.
 const RESTORE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 const RESTORE_STALL: Duration = Duration::from_secs(120);
+/// How often standbys learn the group's commits and publish their lag.
+const STANDBY_REFRESH: Duration = Duration::from_secs(1);
 /// How long transient metadata errors are retried during a rebalance.
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(90);
 
@@ -75,9 +77,19 @@ pub(crate) fn is_authorization(e: &rdkafka::error::KafkaError) -> bool {
 enum Command {
     /// Restore these new tasks, with the group's committed offsets.
     Restore(Vec<Entry>, BTreeMap<TopicPartition, CommittedOffset>),
-    /// Stop restoring these tasks (their partitions were revoked): keep
-    /// what was restored, close them; answer when done.
+    /// Stop restoring these tasks (their partitions were revoked, or a
+    /// standby's task moved here): keep what was restored, close them;
+    /// answer when done.
     Abandon(Vec<TaskId>, Sender<()>),
+    /// Keep standby copies of exactly these tasks.
+    Standbys(std::collections::BTreeSet<TaskId>),
+}
+
+/// What the restorer needs to open standby tasks itself.
+pub(crate) struct Opener {
+    pub(crate) topology: Arc<crate::graph::Topology>,
+    pub(crate) task_cfg: Arc<crate::task::TaskConfig>,
+    pub(crate) state: crate::store::StateDir,
 }
 
 /// What the restorer thread hands back.
@@ -94,6 +106,8 @@ pub(crate) struct Restorer {
     restored: Receiver<Restored>,
     /// Tasks handed over and not handed back yet, with their partitions.
     pending: BTreeMap<TaskId, Vec<(String, i32)>>,
+    /// Standby tasks kept by the restorer.
+    standbys: std::collections::BTreeSet<TaskId>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -110,6 +124,7 @@ impl Restorer {
             commands,
             restored,
             pending: BTreeMap::new(),
+            standbys: std::collections::BTreeSet::new(),
             thread: Some(thread),
         })
     }
@@ -158,15 +173,35 @@ impl Restorer {
         !self.pending.is_empty()
     }
 
-    /// Stops restoring `ids` (what was restored stays in sled) and waits
-    /// until the restorer has closed them.
+    /// Whether the restorer keeps a standby copy of `id`.
+    pub(crate) fn is_standby(&self, id: &TaskId) -> bool {
+        self.standbys.contains(id)
+    }
+
+    /// Keeps standby copies of exactly `ids` (opening new ones, closing
+    /// the others).
+    pub(crate) fn set_standbys(&mut self, ids: std::collections::BTreeSet<TaskId>) {
+        if ids == self.standbys {
+            return;
+        }
+        self.standbys = ids.clone();
+        let _ = self.commands.send(Command::Standbys(ids));
+    }
+
+    /// Stops restoring `ids`, or keeping them as standbys (what was
+    /// restored stays in sled), and waits until the restorer has closed
+    /// them.
     pub(crate) fn abandon(&mut self, ids: Vec<TaskId>) {
-        let ids: Vec<TaskId> = ids.into_iter().filter(|i| self.pending.contains_key(i)).collect();
+        let ids: Vec<TaskId> = ids
+            .into_iter()
+            .filter(|i| self.pending.contains_key(i) || self.standbys.contains(i))
+            .collect();
         if ids.is_empty() {
             return;
         }
         for id in &ids {
             self.pending.remove(id);
+            self.standbys.remove(id);
         }
         let (ack, done) = std::sync::mpsc::channel();
         if self.commands.send(Command::Abandon(ids, ack)).is_ok() {
@@ -176,7 +211,12 @@ impl Restorer {
 
     /// Abandons every task and stops the thread.
     pub(crate) fn stop(&mut self) {
-        let all: Vec<TaskId> = self.pending.keys().copied().collect();
+        let all: Vec<TaskId> = self
+            .pending
+            .keys()
+            .chain(self.standbys.iter())
+            .copied()
+            .collect();
         self.abandon(all);
         // Closing the channel ends the thread's loop.
         let (dummy, _) = std::sync::mpsc::channel();
@@ -195,6 +235,10 @@ impl Drop for Restorer {
 
 struct Job {
     entry: Entry,
+    /// A standby: follows the changelog for good, never handed back.
+    standby: bool,
+    /// Per target: a standby waits at a record it may not apply yet.
+    blocked: Vec<bool>,
     full: bool,
     started: Instant,
     targets: Vec<RestoreTarget>,
@@ -205,7 +249,7 @@ struct Job {
 
 impl Job {
     fn done(&self) -> bool {
-        self.progress.iter().all(|p| p.done)
+        !self.standby && self.progress.iter().all(|p| p.done)
     }
 
     /// Writes what was restored and how far, so that a restart resumes here.
@@ -236,6 +280,8 @@ pub(crate) struct ChangelogReader {
     last_progress: Instant,
     last_status: Instant,
     headers: Vec<(String, Vec<u8>)>,
+    opener: Opener,
+    last_standby_refresh: Instant,
 }
 
 impl ChangelogReader {
@@ -244,8 +290,11 @@ impl ChangelogReader {
         consumer: BaseConsumer<ErrorCapture>,
         status: Arc<RuntimeStatus>,
         allow_empty_state: bool,
+        opener: Opener,
     ) -> Self {
         ChangelogReader {
+            opener,
+            last_standby_refresh: Instant::now(),
             consumer,
             status,
             allow_empty_state,
@@ -281,6 +330,10 @@ impl ChangelogReader {
                     let r = self.abandon(&ids);
                     let _ = ack.send(());
                     r.map(|()| Vec::new())
+                }
+                Some(Command::Standbys(ids)) => self.set_standbys(&ids).map(|()| Vec::new()),
+                None if self.last_standby_refresh.elapsed() >= STANDBY_REFRESH => {
+                    self.refresh_standbys().map(|()| Vec::new())
                 }
                 None => self.step(Duration::from_millis(100)),
             };
@@ -320,9 +373,10 @@ impl ChangelogReader {
             // The changelog no longer reaches back to the local checkpoint:
             // the gap cannot be filled, so the state is rebuilt whole.
             if !full {
-                let gap = targets.iter().zip(&marks).find(|(t, (low, _))| {
-                    t.end.is_none() && t.start > 0 && t.start < *low
-                });
+                let gap = targets
+                    .iter()
+                    .zip(&marks)
+                    .find(|(t, (low, _))| t.end.is_none() && t.start > 0 && t.start < *low);
                 if let Some((t, (low, _))) = gap {
                     tracing::warn!(task = %entry.task.id(), changelog = %format!("{}[{}]", t.topic, t.partition), checkpoint = t.start, log_start = low, "the changelog no longer holds the records after the local checkpoint (its log start moved past it); wiping the local state and rebuilding it from what the changelog still has");
                     entry.task.wipe()?;
@@ -361,6 +415,8 @@ impl ChangelogReader {
                 tracing::info!(task = %id, records = total, full, "restoring");
             }
             let job = Job {
+                blocked: vec![false; targets.len()],
+                standby: false,
                 entry,
                 full,
                 started: Instant::now(),
@@ -387,7 +443,9 @@ impl ChangelogReader {
         let mut total = 0u64;
         for (j, job) in self.jobs.iter().enumerate() {
             for (i, p) in job.progress.iter().enumerate() {
-                total += (p.end - p.start).max(0) as u64;
+                if !job.standby {
+                    total += (p.end - p.start).max(0) as u64;
+                }
                 if p.done {
                     continue;
                 }
@@ -406,7 +464,23 @@ impl ChangelogReader {
         self.consumer
             .assign(&tpl)
             .map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
-        if self.reporter.is_none() {
+        // Waiting standbys stay paused until they may go on.
+        let mut waiting = TopicPartitionList::new();
+        for job in &self.jobs {
+            for (i, p) in job.progress.iter().enumerate() {
+                if job.blocked[i] {
+                    waiting.add_partition(&p.topic, p.partition);
+                }
+            }
+        }
+        if waiting.count() > 0 {
+            let _ = self.consumer.pause(&waiting);
+        }
+        if !self.jobs.iter().any(|j| !j.standby) {
+            if let Some(r) = self.reporter.take() {
+                r.finish();
+            }
+        } else if self.reporter.is_none() {
             self.reporter = Some(RestoreReporter::new(total));
         }
         self.last_progress = Instant::now();
@@ -453,7 +527,13 @@ impl ChangelogReader {
             if let Err(e) = job.flush() {
                 first_error.get_or_insert(e);
             }
+            job.entry.task.close();
+            self.status.remove_task(id);
             let read: u64 = job.progress.iter().map(|p| p.read).sum();
+            if job.standby {
+                tracing::info!(task = %id, read, "standby closed; its state stays in local state");
+                continue;
+            }
             tracing::info!(task = %id, read, "restore stopped (task moved away); what was restored stays in local state");
             self.status.record_restore(RestoreRecord {
                 task: id,
@@ -463,8 +543,6 @@ impl ChangelogReader {
                 seconds: job.started.elapsed().as_secs_f64(),
                 abandoned: true,
             });
-            job.entry.task.close();
-            self.status.remove_task(id);
         }
         self.jobs = kept;
         self.reassign()?;
@@ -482,6 +560,9 @@ impl ChangelogReader {
                         continue;
                     };
                     let job = &mut self.jobs[j];
+                    if job.blocked[i] {
+                        continue;
+                    }
                     let p = &mut job.progress[i];
                     if p.done || m.offset() >= p.end {
                         p.done = true;
@@ -495,6 +576,15 @@ impl ChangelogReader {
                                 h.value.map(|v| v.to_vec()).unwrap_or_default(),
                             )
                         }));
+                    }
+                    if job.standby && !job.entry.task.restore_admits(&self.headers) {
+                        // Its input is not committed yet: wait here.
+                        job.blocked[i] = true;
+                        p.position = m.offset();
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(m.topic(), m.partition());
+                        let _ = self.consumer.pause(&tpl);
+                        continue;
                     }
                     job.entry.task.restore_record(
                         job.targets[i].store,
@@ -525,11 +615,13 @@ impl ChangelogReader {
                 Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
                 None => {
                     self.trust_positions();
-                    if self.last_progress.elapsed() > RESTORE_STALL {
+                    let restoring = self.jobs.iter().any(|j| !j.standby);
+                    if restoring && self.last_progress.elapsed() > RESTORE_STALL {
                         let _ = self.consumer.unassign();
                         let mut topics: Vec<String> = self
                             .jobs
                             .iter()
+                            .filter(|j| !j.standby)
                             .flat_map(|j| j.progress.iter().filter(|p| !p.done))
                             .map(|p| format!("{}[{}]", p.topic, p.partition))
                             .collect();
@@ -547,8 +639,9 @@ impl ChangelogReader {
         // Hand back every task whose partitions are all read.
         let mut ready = Vec::new();
         if self.jobs.iter().any(Job::done) {
-            let (done, rest): (Vec<Job>, Vec<Job>) =
-                std::mem::take(&mut self.jobs).into_iter().partition(Job::done);
+            let (done, rest): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.jobs)
+                .into_iter()
+                .partition(Job::done);
             self.jobs = rest;
             for job in done {
                 ready.push(self.finish(job)?);
@@ -556,6 +649,136 @@ impl ChangelogReader {
             self.reassign()?;
         }
         Ok(ready)
+    }
+
+    /// Keeps standby copies of exactly `ids`: closes the others, opens the
+    /// new ones over local state, from their checkpoints.
+    fn set_standbys(
+        &mut self,
+        ids: &std::collections::BTreeSet<TaskId>,
+    ) -> Result<(), RuntimeError> {
+        let current: Vec<TaskId> = self
+            .jobs
+            .iter()
+            .filter(|j| j.standby)
+            .map(|j| j.entry.task.id())
+            .collect();
+        let gone: Vec<TaskId> = current
+            .iter()
+            .filter(|id| !ids.contains(id))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            self.abandon(&gone)?;
+        }
+        let busy: Vec<TaskId> = self.jobs.iter().map(|j| j.entry.task.id()).collect();
+        for id in ids.iter().filter(|id| !busy.contains(id)) {
+            let mut task = super::tasks::open_task(
+                &self.opener.topology,
+                &self.opener.task_cfg,
+                &self.opener.state,
+                *id,
+            )?;
+            let full = task.stores().checkpoint()?.is_none();
+            let committed = self.committed_for(&task);
+            let targets = task.begin_restore(&committed)?;
+            let mut progress = Vec::with_capacity(targets.len());
+            for t in &targets {
+                let (low, high) = self.watermarks(&t.topic, t.partition)?;
+                let start = t.start.max(low);
+                progress.push(RestoreProgress {
+                    topic: t.topic.clone(),
+                    partition: t.partition,
+                    start,
+                    end: i64::MAX,
+                    position: start,
+                    read: 0,
+                    done: false,
+                });
+                let _ = high;
+            }
+            tracing::info!(task = %id, full, "standby: following the task's changelog");
+            self.jobs.push(Job {
+                blocked: vec![false; targets.len()],
+                standby: true,
+                entry: super::tasks::Entry {
+                    task,
+                    partitions: Vec::new(),
+                },
+                full,
+                started: Instant::now(),
+                targets,
+                progress,
+                changelog_records: 0,
+                last_flush: Instant::now(),
+            });
+        }
+        self.reassign()?;
+        self.refresh_standbys()
+    }
+
+    /// The group's committed offsets for `task`'s input partitions.
+    fn committed_for(&self, task: &crate::task::Task) -> BTreeMap<TopicPartition, CommittedOffset> {
+        let mut tpl = TopicPartitionList::new();
+        for t in task.input_topics() {
+            tpl.add_partition(t, task.id().partition);
+        }
+        match self.consumer.committed_offsets(tpl, Duration::from_secs(5)) {
+            Ok(c) => super::ownership::committed_from(&c, &self.opener.task_cfg.commit_tag),
+            Err(_) => BTreeMap::new(),
+        }
+    }
+
+    /// Standbys learn the group's newer commits (and go on past records
+    /// they waited at), write their progress, and publish their lag.
+    fn refresh_standbys(&mut self) -> Result<(), RuntimeError> {
+        self.last_standby_refresh = Instant::now();
+        for j in 0..self.jobs.len() {
+            if !self.jobs[j].standby {
+                continue;
+            }
+            let committed = self.committed_for(&self.jobs[j].entry.task);
+            let job = &mut self.jobs[j];
+            job.entry.task.advance_standby(&committed);
+            for i in 0..job.progress.len() {
+                if !job.blocked[i] {
+                    continue;
+                }
+                job.blocked[i] = false;
+                let p = &job.progress[i];
+                let _ = self.consumer.seek(
+                    &p.topic,
+                    p.partition,
+                    Offset::Offset(p.position),
+                    Duration::from_secs(5),
+                );
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&p.topic, p.partition);
+                let _ = self.consumer.resume(&tpl);
+            }
+            if job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL {
+                job.flush()?;
+            }
+            // Lag: the changelog's end against the standby's position.
+            let mut shown = job.progress.clone();
+            for p in shown.iter_mut() {
+                if let Ok((_, high)) =
+                    self.consumer
+                        .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5))
+                {
+                    p.end = high.max(p.position);
+                }
+            }
+            self.status.set_task(
+                job.entry.task.id(),
+                TaskStatus {
+                    state: TaskState::Standby,
+                    restore: shown,
+                    metrics: job.entry.task.metrics(),
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Gaps at the end of a partition (compaction, transaction markers):
@@ -583,21 +806,23 @@ impl ChangelogReader {
     fn report(&mut self) {
         if let Some(reporter) = &mut self.reporter {
             if reporter.due() {
-                let (read, done, total) = self.jobs.iter().flat_map(|j| j.progress.iter()).fold(
-                    (0u64, 0u64, 0u64),
-                    |(r, d, t), p| {
+                let (read, done, total) = self
+                    .jobs
+                    .iter()
+                    .filter(|j| !j.standby)
+                    .flat_map(|j| j.progress.iter())
+                    .fold((0u64, 0u64, 0u64), |(r, d, t), p| {
                         (
                             r + p.read,
                             d + (p.position - p.start).max(0) as u64,
                             t + (p.end - p.start).max(0) as u64,
                         )
-                    },
-                );
+                    });
                 reporter.update(done, read, total);
             }
         }
         if self.last_status.elapsed() >= Duration::from_secs(1) {
-            for job in &self.jobs {
+            for job in self.jobs.iter().filter(|j| !j.standby) {
                 self.status.set_task(
                     job.entry.task.id(),
                     TaskStatus {

@@ -14,6 +14,9 @@ pub enum TaskState {
     Restoring,
     /// Processing input.
     Running,
+    /// A warm copy of a task another instance runs, following its
+    /// changelogs (`StreamsConfig::num_standby_replicas`).
+    Standby,
 }
 
 /// Progress of restoring one changelog partition.
@@ -124,7 +127,7 @@ impl RuntimeStatus {
     /// empty) assignment, and every assigned task is done restoring.
     pub fn is_ready(&self) -> bool {
         self.with(|i| {
-            i.running && i.assigned && i.tasks.values().all(|t| t.state == TaskState::Running)
+            i.running && i.assigned && i.tasks.values().all(|t| t.state != TaskState::Restoring)
         })
     }
 

@@ -60,21 +60,9 @@ impl OwnedTasks {
         by_task
     }
 
-    /// Opens task `id` over its local state in `state`; local state that
-    /// does not match its checkpoint is wiped, to be rebuilt from the
-    /// changelog.
+    /// Opens task `id` over its local state in `state` (see [`open_task`]).
     pub(crate) fn open(&self, state: &StateDir, id: TaskId) -> Result<Task, RuntimeError> {
-        let backend = state.backend(
-            &id.to_string(),
-            &Task::store_names(&self.topology, id.subtopology, &self.task_cfg),
-        )?;
-        let damaged = backend.verify().err();
-        let mut task = Task::new(&self.topology, id, self.task_cfg.clone(), Box::new(backend));
-        if let Some(why) = damaged {
-            tracing::warn!(task = %id, error = %why, "local state does not match its checkpoint; rebuilding it from the changelog");
-            task.wipe()?;
-        }
-        Ok(task)
+        open_task(&self.topology, &self.task_cfg, state, id)
     }
 
     /// Input partitions read here, over all tasks.
@@ -131,4 +119,26 @@ impl OwnedTasks {
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&TaskId, &mut Entry)> {
         self.tasks.iter_mut()
     }
+}
+
+/// Opens task `id` of `topology` over its local state in `state`; local
+/// state that does not match its checkpoint is wiped, to be rebuilt from
+/// the changelog.
+pub(crate) fn open_task(
+    topology: &Topology,
+    task_cfg: &Arc<TaskConfig>,
+    state: &StateDir,
+    id: TaskId,
+) -> Result<Task, RuntimeError> {
+    let backend = state.backend(
+        &id.to_string(),
+        &Task::store_names(topology, id.subtopology, task_cfg),
+    )?;
+    let damaged = backend.verify().err();
+    let mut task = Task::new(topology, id, task_cfg.clone(), Box::new(backend));
+    if let Some(why) = damaged {
+        tracing::warn!(task = %id, error = %why, "local state does not match its checkpoint; rebuilding it from the changelog");
+        task.wipe()?;
+    }
+    Ok(task)
 }

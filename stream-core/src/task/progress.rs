@@ -214,6 +214,20 @@ impl Progress {
         self.restore_limits = limits;
     }
 
+    /// Raises restore limits and positions to these committed offsets
+    /// (a standby following a running task).
+    pub(crate) fn advance_limits(
+        &mut self,
+        committed: impl Iterator<Item = (TopicPartition, i64)>,
+    ) {
+        for (tp, offset) in committed {
+            for m in [&mut self.restore_limits, &mut self.positions] {
+                let e = m.entry(tp.clone()).or_insert(offset);
+                *e = (*e).max(offset);
+            }
+        }
+    }
+
     /// Moves positions ahead of `local` (the checkpoint's) back to it;
     /// returns `(topic/partition, from, to)` for each one moved.
     pub(crate) fn fall_back(

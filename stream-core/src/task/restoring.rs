@@ -64,6 +64,28 @@ impl Task {
             .collect())
     }
 
+    /// Whether restore would apply a changelog record with these headers
+    /// now (its input was committed, or it names none). A standby stops at
+    /// the first record it may not apply yet.
+    pub fn restore_admits(&self, headers: &[(String, Vec<u8>)]) -> bool {
+        self.progress.admits(headers)
+    }
+
+    /// A standby learns the group's newer committed offsets: changelog
+    /// records of input before them may be applied.
+    pub fn advance_standby(&mut self, committed: &BTreeMap<TopicPartition, CommittedOffset>) {
+        let (graph, layout, partition) = (&self.graph, self.config.layout, self.id.partition);
+        let reads = |tp: &TopicPartition| {
+            graph.reads(&tp.topic) && layout.task_of(tp.partition) == partition
+        };
+        self.progress.advance_limits(
+            committed
+                .iter()
+                .filter(|(tp, c)| c.ours && reads(tp))
+                .map(|(tp, c)| (tp.clone(), c.offset)),
+        );
+    }
+
     /// The changelog cannot be read, so nothing past the local checkpoint
     /// can be restored: input positions ahead of the checkpoint's (an
     /// offset this application committed after a sled write that a crash

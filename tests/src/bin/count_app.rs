@@ -2,6 +2,11 @@
 //! topic (group by value → repartition → count) into an output topic.
 //!
 //! `count-app APP_ID INPUT OUTPUT STATE_DIR [BOOTSTRAP [REPLICATION_FACTOR]]`
+//!
+//! `COUNT_APP_STANDBYS=N` sets `num_standby_replicas`; `COUNT_APP_HTTP=ADDR`
+//! serves the HTTP status on ADDR; `COUNT_APP_ASSIGNOR=S` sets
+//! `partition.assignment.strategy`; `COUNT_APP_BY_KEY=1` counts keys
+//! instead (no repartition: one task per input partition).
 
 use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
@@ -19,12 +24,28 @@ async fn main() {
         .cloned()
         .unwrap_or_else(integration_tests::bootstrap);
     let b = StreamsBuilder::new();
-    b.source(&args[2])
-        .group_by(|_k, v| v.clone())
+    let grouped = if std::env::var("COUNT_APP_BY_KEY").is_ok_and(|v| v == "1") {
+        b.source(&args[2]).group_by_key()
+    } else {
+        b.source(&args[2]).group_by(|_k, v| v.clone())
+    };
+    grouped
         .count(Materialized::as_store("counts"))
         .to_topic(&args[3]);
     let mut cfg = StreamsConfig::new(&args[1], &bootstrap);
     cfg.state_dir = args[4].clone().into();
     cfg.replication_factor = args.get(6).and_then(|r| r.parse().ok());
+    if let Some(n) = std::env::var("COUNT_APP_STANDBYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.num_standby_replicas = n;
+    }
+    cfg.http = std::env::var("COUNT_APP_HTTP")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    if let Ok(s) = std::env::var("COUNT_APP_ASSIGNOR") {
+        cfg.assignment_strategy = s;
+    }
     integration_tests::run_program(b.build(), cfg).await;
 }
