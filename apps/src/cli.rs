@@ -89,6 +89,11 @@ pub struct RunOpts {
     /// producer and tasks; more threads use more cores.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
+    /// Standby replicas per stateful task (num.standby.replicas): other
+    /// instances keep warm copies so that a failover reads only the
+    /// changelog's tail.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub standby_replicas: usize,
     /// Record lineage: keep the input coordinates of the last N updates of
     /// every key of every logged store, served at
     /// /stores/<store>/<key>/lineage (0: off).
@@ -141,6 +146,7 @@ impl RunOpts {
         }
         cfg.num_stream_threads = self.threads;
         cfg.lineage_depth = self.lineage;
+        cfg.num_standby_replicas = self.standby_replicas;
         Ok(())
     }
 }
