@@ -217,23 +217,9 @@ async fn store_key(
     if let Some(g) = s.topology.global_tables().iter().find(|g| g.store == store) {
         return global_key(&s, g, &key);
     }
-    let Some(spec) = s.topology.store(&store).cloned() else {
-        return query_error(QueryError::UnknownStore(store));
-    };
-    let bytes = match query::encode_key(spec.format.as_ref(), &key) {
-        Ok(b) => b,
-        Err(e) => return query_error(e),
-    };
-    let loc = match query::locate(
-        &s.topology,
-        &s.cfg.application_id,
-        s.partitions(),
-        s.cfg.layout(),
-        &store,
-        &bytes,
-    ) {
-        Ok(l) => l,
-        Err(e) => return query_error(e),
+    let (spec, bytes, loc) = match find_key(&s, &store, &key) {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     let s2 = s.clone();
     let (store2, bytes2, task) = (store.clone(), bytes.clone(), loc.task);
@@ -329,6 +315,31 @@ async fn store_key(
     }
 }
 
+/// A store's spec, a key's bytes in its key serde, and the task that
+/// holds the key; an error response if any is unknown.
+fn find_key(
+    s: &Shared,
+    store: &str,
+    key: &str,
+) -> Result<(crate::graph::StoreSpec, Vec<u8>, query::KeyLocation), Response> {
+    let spec = s
+        .topology
+        .store(store)
+        .cloned()
+        .ok_or_else(|| query_error(QueryError::UnknownStore(store.to_string())))?;
+    let bytes = query::encode_key(spec.format.as_ref(), key).map_err(query_error)?;
+    let loc = query::locate(
+        &s.topology,
+        &s.cfg.application_id,
+        s.partitions(),
+        s.cfg.layout(),
+        store,
+        &bytes,
+    )
+    .map_err(query_error)?;
+    Ok((spec, bytes, loc))
+}
+
 /// The input records behind a key's value (record lineage), from the task
 /// that holds the key on this instance.
 async fn store_lineage(State(s): S, Path((store, key)): Path<(String, String)>) -> Response {
@@ -347,20 +358,9 @@ async fn store_lineage(State(s): S, Path((store, key)): Path<(String, String)>) 
             format!("`{store}` is a window store; lineage is kept for key-value stores"),
         );
     }
-    let bytes = match query::encode_key(spec.format.as_ref(), &key) {
-        Ok(b) => b,
-        Err(e) => return query_error(e),
-    };
-    let loc = match query::locate(
-        &s.topology,
-        &s.cfg.application_id,
-        s.partitions(),
-        s.cfg.layout(),
-        &store,
-        &bytes,
-    ) {
-        Ok(l) => l,
-        Err(e) => return query_error(e),
+    let (_, bytes, loc) = match find_key(&s, &store, &key) {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     let s2 = s.clone();
     let companion = crate::task::lineage::companion_name(&store);
