@@ -107,9 +107,10 @@ async fn should_show_restore_progress_lag_and_counts_in_metrics_and_queries() {
     let logs = log_dir();
     let log = logs.join(format!("{}.log", a.name));
 
-    // A changelog of 400,000 records over 50,000 companies, as an earlier
-    // run would have left it; the new instance has no local state.
-    const RECORDS: usize = 400_000;
+    // A changelog of 1,000,000 records over 50,000 companies, as an earlier
+    // run would have left it; the new instance has no local state (a
+    // restore long enough for scrapes to see it).
+    const RECORDS: usize = 1_000_000;
     const KEYS: usize = 50_000;
     let p = producer();
     let mut restored: BTreeMap<String, i64> = BTreeMap::new();

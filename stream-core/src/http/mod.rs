@@ -112,7 +112,12 @@ impl Shared {
     pub(crate) fn owned_partitions(&self) -> Vec<(String, i32)> {
         let app = &self.cfg.application_id;
         let mut out = Vec::new();
-        for id in self.status.tasks().keys() {
+        let tasks = self.status.tasks();
+        let owned = tasks
+            .iter()
+            .filter(|(_, t)| t.state != crate::runtime::status::TaskState::Standby)
+            .map(|(id, _)| id);
+        for id in owned {
             let Some(st) = self.topology.subtopologies().get(id.subtopology) else {
                 continue;
             };
