@@ -166,11 +166,18 @@ async fn should_trace_watchlist_counts_to_their_registrations_across_a_restore()
     signal_and_wait(&mut app.0, libc::SIGKILL);
     std::fs::remove_dir_all(state.path().join(&s.app)).unwrap();
     let mut app = start(&s, state.path(), &logs.join(format!("{}-2.log", s.app)));
-    let health = format!("http://127.0.0.1:{}/health", s.port);
-    let ready = wait_until(Duration::from_secs(60), || {
-        matches!(get(&health), Some((200, _)))
+    // Ready, and running all four tasks (the killed member stays in the
+    // group until its session times out, holding some partitions).
+    let status = format!("http://127.0.0.1:{}/api/status", s.port);
+    let ready = wait_until(Duration::from_secs(90), || {
+        let Some((200, body)) = get(&status) else {
+            return false;
+        };
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+        v["ready"] == true && tasks.len() == 4 && tasks.iter().all(|t| t["state"] == "running")
     });
-    assert!(ready, "restarted instance not healthy");
+    assert!(ready, "restarted instance never ran all four tasks");
     check(&s, &want, "after SIGKILL and a full restore");
     signal_and_wait(&mut app.0, libc::SIGTERM);
 }

@@ -86,9 +86,24 @@ fn health_json(s: &Shared) -> (bool, Value) {
     } else {
         "waiting for an assignment"
     };
+    // Per task: its state, and how far its changelogs are read (restoring:
+    // offsets left; standby: its lag).
+    let states: serde_json::Map<String, Value> = tasks
+        .iter()
+        .map(|(id, t)| {
+            let left: i64 = t.restore.iter().map(|p| (p.end - p.position).max(0)).sum();
+            let body = match t.state {
+                TaskState::Running => json!({ "state": "running" }),
+                TaskState::Restoring => json!({ "state": "restoring", "offsets_left": left }),
+                TaskState::Standby => json!({ "state": "standby", "lag": left }),
+            };
+            (id.to_string(), body)
+        })
+        .collect();
     (
         ready,
-        json!({ "status": state, "ready": ready, "tasks": tasks.len(), "restoring": restoring }),
+        json!({ "status": state, "ready": ready, "tasks": tasks.len(), "restoring": restoring,
+                "task_states": states }),
     )
 }
 
