@@ -273,6 +273,16 @@ impl Engine {
                 let _ = tpl.set_partition_offset(t, *p, Offset::Beginning);
                 self.to_pause.push((t.clone(), *p));
             }
+            // Restoring from now: the instance is not ready before the
+            // restorer has even looked at it.
+            self.status.set_task(
+                e.task.id(),
+                super::status::TaskStatus {
+                    state: super::status::TaskState::Restoring,
+                    restore: Vec::new(),
+                    metrics: e.task.metrics(),
+                },
+            );
         }
         // Standbys are worked out again with the new assignment.
         self.last_standby_check = None;
@@ -375,6 +385,9 @@ impl Engine {
             consumer
                 .resume(&tpl)
                 .map_err(|err| RuntimeError::kafka("resume restored partitions", err))?;
+            // Running once this thread owns it (queries find it from now).
+            self.status
+                .set_state(e.task.id(), super::status::TaskState::Running);
             self.tasks.insert(e);
         }
         Ok(())

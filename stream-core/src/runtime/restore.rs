@@ -503,10 +503,12 @@ impl ChangelogReader {
             seconds,
             abandoned: false,
         });
+        // Still restoring until the stream thread has taken it (it sets
+        // the task running then).
         self.status.set_task(
             id,
             TaskStatus {
-                state: TaskState::Running,
+                state: TaskState::Restoring,
                 restore: job.progress,
                 metrics: job.entry.task.metrics(),
             },

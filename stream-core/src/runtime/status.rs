@@ -209,6 +209,15 @@ impl RuntimeStatus {
         })
     }
 
+    /// Sets a known task's state, keeping its restore progress.
+    pub(crate) fn set_state(&self, id: TaskId, state: TaskState) {
+        self.with(|i| {
+            if let Some(t) = i.tasks.get_mut(&id) {
+                t.state = state;
+            }
+        })
+    }
+
     pub(crate) fn update_metrics(&self, id: TaskId, metrics: TaskMetrics) {
         self.with(|i| {
             if let Some(t) = i.tasks.get_mut(&id) {
