@@ -370,18 +370,37 @@ pub fn kafka_sh(args: &[&str]) {
 }
 
 /// Runs `tests/broker/kafka.sh` with `args` and extra environment
-/// (`KAFKA_PORT`, `KAFKA_DATA_DIR` for a broker of the test's own).
+/// (`KAFKA_PORT`, `KAFKA_DATA_DIR` for a broker of the test's own). Kafka's
+/// admin tools start a JVM each and can time out on a loaded machine: a
+/// failed run is tried twice more (ACL and user changes are idempotent).
 pub fn kafka_sh_env(args: &[&str], env: &[(&str, &str)]) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("broker/kafka.sh");
-    let mut cmd = std::process::Command::new("bash");
-    cmd.arg(script).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
+    let run = || {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(&script).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("kafka.sh")
+    };
+    let mut out = run();
+    for _ in 0..2 {
+        if out.status.success() {
+            break;
+        }
+        eprintln!(
+            "kafka.sh {args:?} failed ({}); trying again: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out = run();
     }
-    let out = cmd.output().expect("kafka.sh");
     assert!(
         out.status.success(),
-        "kafka.sh {args:?} failed: {}",
+        "kafka.sh {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
