@@ -99,6 +99,10 @@ pub struct RunOpts {
     /// /stores/<store>/<key>/lineage (0: off).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub lineage: usize,
+    /// MiB of memory the local state stores' page cache may use (sled's
+    /// cache; peak memory does not grow with the number of keys beyond it).
+    #[arg(long, default_value_t = stream_core::store::DEFAULT_CACHE_BYTES / (1024 * 1024))]
+    pub state_cache_mib: u64,
     /// Print the topology as JSON (stores with serdes, internal topics with
     /// partition counts, changelogs) and exit: save it at every release.
     #[arg(long)]
@@ -146,6 +150,7 @@ impl RunOpts {
         }
         cfg.num_stream_threads = self.threads;
         cfg.lineage_depth = self.lineage;
+        cfg.state_cache_bytes = self.state_cache_mib * 1024 * 1024;
         cfg.num_standby_replicas = self.standby_replicas;
         Ok(())
     }

@@ -22,6 +22,7 @@
 //! and the test driver both run it through [`task::Task`].
 #![deny(missing_docs)]
 
+pub mod alloc_count;
 pub mod coordinates;
 pub mod data;
 pub mod driver;

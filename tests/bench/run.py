@@ -12,6 +12,7 @@ import argparse
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -75,6 +76,33 @@ def proc_usage(pid):
     return rss, cpu
 
 
+def children_cpu():
+    """CPU seconds (user+system) of every child process waited for so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def allocations(log_path):
+    """The allocation count an instance logged at exit (`allocations=N`), if any."""
+    try:
+        found = re.findall(r"allocations=(\d+)", Path(log_path).read_text())
+    except OSError:
+        return None
+    return int(found[-1]) if found else None
+
+
+def disk_mib(path):
+    """Disk used under `path`, MiB."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total / 2**20
+
+
 def stop(p):
     p.send_signal(signal.SIGTERM)
     try:
@@ -105,15 +133,23 @@ class Bench:
              "--count", self.args.users, "--seed", 1, "--partitions", 4])
         log(f"preloaded in {time.time() - t:.1f}s")
 
-    def ceiling(self):
+    @staticmethod
+    def ceiling_name(threads):
+        return "ceiling" + (f" {threads} threads" if threads > 1 else "")
+
+    def ceiling(self, threads=1):
+        """The raw-client ceiling with `threads` reading threads (one consumer each)."""
         out_topic = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
         topic(out_topic, 4)
+        before = children_cpu()
         t = time.time()
-        p = subprocess.Popen([BIN / "bench-ceiling", self.bootstrap, self.input, out_topic], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen([BIN / "bench-ceiling", self.bootstrap, self.input, out_topic, str(threads)],
+                             stdout=subprocess.PIPE, text=True)
         out, _ = p.communicate()
         secs = time.time() - t
+        cpu = children_cpu() - before
         self.flagged = int(kv(out, "flagged"))
-        self.record("ceiling", seconds=secs, rate=self.args.users / secs)
+        self.record(self.ceiling_name(threads), seconds=secs, rate=self.args.users / secs, cpu_s=cpu)
 
     def app_run(self, name, cmd, out_topic, expected=None, digests=None):
         """Runs one program until `expected` output records (default: the
@@ -133,7 +169,13 @@ class Bench:
             raise RuntimeError(f"{name}: {counter.stderr.strip()} (log {self.work / (name + '.log')})")
         secs = float(kv(counter.stdout, "seconds"))
         digests.setdefault(kv(counter.stdout, "digest"), []).append(name)
-        self.record(name, seconds=secs, rate=self.args.users / secs, rss_mib=rss, cpu_s=cpu)
+        extra = {}
+        n = allocations(self.work / f"{name}.log")
+        if n is not None:
+            # the log accumulates over runs: this run's count is the last line
+            extra["allocs_per_user"] = n / self.args.users
+        self.record(name, seconds=secs, rate=self.args.users / secs, rss_mib=rss, cpu_s=cpu, **extra)
+        return secs, rss, cpu
 
     def windows_input(self):
         """The windowed rows' input: timestamped events over `--window-keys` keys."""
@@ -364,8 +406,11 @@ per instance the curve would go on; here it cannot. Scale-out correctness
                commit_ms, self.work / app, threads]
         self.app_run(self.run_name("kstreams", guarantee, commit_ms, threads), cmd, out_topic)
 
-    def restore(self):
-        n, keys = self.args.restore_records, self.args.restore_keys
+    def restore(self, n=None, keys=None, label="restore"):
+        """Restores of an `n`-record changelog over `keys` keys: the
+        restore ceiling, ours and Kafka Streams' (rows `<label>: …`)."""
+        n = self.args.restore_records if n is None else n
+        keys = self.args.restore_keys if keys is None else keys
         # ours: count-app's store "counts" restores from <app>-counts-changelog
         app = f"bench-rs-{uuid.uuid4().hex[:8]}"
         rin, cl = f"{app}-in", f"{app}-counts-changelog"
@@ -373,8 +418,9 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         topic(cl, 4, "cleanup.policy=compact")
         run([BIN / "bench-fill", self.bootstrap, cl, n, keys])
         plain = run([BIN / "bench-read", self.bootstrap, cl])
-        self.record("restore: plain consumer", seconds=float(kv(plain.stdout, "seconds")), rate=n / float(kv(plain.stdout, "seconds")))
+        self.record(f"{label}: ceiling", seconds=float(kv(plain.stdout, "seconds")), rate=n / float(kv(plain.stdout, "seconds")))
         state = self.work / app
+        self.last_restore_state = state
         logf = self.work / f"{app}.log"
         topic(f"{app}-out", 1)
         p = subprocess.Popen([str(BIN / "count-app"), app, rin, f"{app}-out", str(state), self.bootstrap],
@@ -393,7 +439,10 @@ per instance the curve would go on; here it cannot. Scale-out correctness
             raise RuntimeError(f"our restore did not finish (log {logf})")
         read = sum(int(r[0]) for r in restored)
         secs = max(float(r[2]) for r in restored)  # tasks restore together
-        self.record("restore: ours", seconds=secs, rate=read / secs, records=read, rss_mib=rss, cpu_s=cpu)
+        self.record(f"{label}: ours", seconds=secs, rate=read / secs, records=read, rss_mib=rss, cpu_s=cpu,
+                    disk_mib=disk_mib(state))
+        if self.args.skip_kstreams:
+            return
         # Kafka Streams: store "counts" restores from <app>-counts-changelog
         app = f"bench-rk-{uuid.uuid4().hex[:8]}"
         rin, cl = f"{app}-in", f"{app}-counts-changelog"
@@ -401,10 +450,103 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         topic(cl, 4, "cleanup.policy=compact")
         run([BIN / "bench-fill", self.bootstrap, cl, n, keys])
         cp = f"{KS_DIR / 'target' / 'kstreams-bench-1.jar'}:{KS_DIR / 'target' / 'lib'}/*"
-        out = run(["java", "-cp", cp, "bench.Main", "restore", self.bootstrap, app, rin, "-", "-", "0", self.work / app], timeout=900)
+        out = run(["java", "-cp", cp, "bench.Main", "restore", self.bootstrap, app, rin, "-", "-", "0", self.work / app], timeout=1800)
         secs = float(kv(out.stdout, "seconds"))
         read = int(kv(out.stdout, "read"))
-        self.record("restore: kstreams", seconds=secs, rate=read / secs, records=read)
+        self.record(f"{label}: kstreams", seconds=secs, rate=read / secs, records=read)
+
+    def keys_section(self):
+        """How cost grows with the work: counting per key over 10 thousand, 1
+        million and 10 million distinct keys (every update emitted), and
+        restoring changelogs of 1 and 10 million records; once each."""
+        a = self.args
+        for k in a.key_counts:
+            n = max(a.users, k)
+            app = f"bench-keys-{uuid.uuid4().hex[:8]}"
+            src = f"{app}-in"
+            topic(src, 4)
+            run([BIN / "bench-fill", self.bootstrap, src, n, k])
+            for framework in ("ours", "kstreams"):
+                if framework == "kstreams" and a.skip_kstreams:
+                    continue
+                fapp = f"{app}-{framework}"
+                out_topic = f"{fapp}-out"
+                topic(out_topic, 4)
+                state = self.work / fapp
+                if framework == "ours":
+                    cmd = [BIN / "count-app", fapp, src, out_topic, state, self.bootstrap]
+                    env = dict(os.environ, COUNT_APP_BY_KEY="1")
+                else:
+                    cp = f"{KS_DIR / 'target' / 'kstreams-bench-1.jar'}:{KS_DIR / 'target' / 'lib'}/*"
+                    cmd = ["java", "-cp", cp, "bench.Main", "keycount", self.bootstrap, fapp, src, out_topic,
+                           "at-least-once", "100", state]
+                    env = None
+                name = f"keys {k:,}: {framework}"
+                start_ms = int(time.time() * 1000)
+                p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.work / f"{fapp}.log", "a"), env=env)
+                counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(n), str(start_ms), "3600"],
+                                         capture_output=True, text=True)
+                try:
+                    rss, cpu = proc_usage(p.pid)
+                except OSError:
+                    rss, cpu = float("nan"), float("nan")
+                stop(p)
+                if counter.returncode != 0:
+                    raise RuntimeError(f"{name}: {counter.stderr.strip()} (log {self.work / (fapp + '.log')})")
+                secs = float(kv(counter.stdout, "seconds"))
+                self.record(name, seconds=secs, rate=n / secs, records=n, rss_mib=rss, cpu_s=cpu, disk_mib=disk_mib(state))
+                shutil.rmtree(state, ignore_errors=True)
+        for r in a.key_restores:
+            self.restore(r, max(r // 10, 1), label=f"keys restore {r:,}")
+
+    def keys_doc(self, keys):
+        if not keys:
+            return "Key scaling: run `tests/bench/run.sh --sections keys`.\n"
+        a = self.args
+        return f"""## Key scaling
+
+How cost grows with the work, once each: `count-app` (`COUNT_APP_BY_KEY=1`: count per
+key, every update to the output topic, at-least-once, 100 ms commits) and the same
+topology on Kafka Streams (`groupByKey().count()`, cache off), over
+{", ".join(f"{k:,}" for k in a.key_counts)} distinct keys (the larger of
+{a.users:,} and the key count records, from `bench-fill`); then restores of
+changelogs of {", ".join(f"{n:,}" for n in a.key_restores)} records (a tenth as many
+keys). Our sled page cache is bounded by `StreamsConfig::state_cache_bytes`
+(`--state-cache-mib`, default 64 MiB per instance), so peak RSS should not grow
+with the keys beyond that bound. State on disk: the state directory's size at the end.
+
+{keys}
+"""
+
+    def keys_report(self):
+        a = self.args
+        lines = ["| keys | framework | records | seconds | records/s | peak RSS MiB | CPU s | state on disk MiB |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for k in a.key_counts:
+            for framework in ("ours", "kstreams"):
+                name = f"keys {k:,}: {framework}"
+                if name not in self.results:
+                    continue
+                r = self.results[name][0]
+                lines.append(f"| {k:,} | {framework} | {r['records']:,} | {r['seconds']:.2f} | {r['rate']:,.0f} | "
+                             f"{r['rss_mib']:,.0f} | {r['cpu_s']:.1f} | {r['disk_mib']:,.0f} |")
+        lines.append("")
+        lines.append("| changelog records | restore | seconds | records/s | peak RSS MiB | state on disk MiB | speed ÷ restore ceiling |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for n in a.key_restores:
+            label = f"keys restore {n:,}"
+            ceil = self.median(f"{label}: ceiling")
+            for who in ("ceiling", "ours", "kstreams"):
+                name = f"{label}: {who}"
+                if name not in self.results:
+                    continue
+                r = self.results[name][0]
+                rss = f"{r['rss_mib']:,.0f}" if "rss_mib" in r else "–"
+                disk = f"{r['disk_mib']:,.0f}" if "disk_mib" in r else "–"
+                vs = f"{ceil / r['seconds']:.2f}" if who != "ceiling" else ""
+                lines.append(f"| {n:,} | {who} | {r['seconds']:.2f} | {r['rate']:,.0f} | {rss} | {disk} | {vs} |")
+        return "\n".join(lines)
 
     def median(self, name, key="seconds"):
         vals = [r[key] for r in self.results.get(name, [])]
@@ -417,32 +559,39 @@ per instance the curve would go on; here it cannot. Scale-out correctness
     def report(self):
         a = self.args
         lines = []
-        lines.append("| run | median s | min–max s | users/s | peak RSS MiB | CPU s | throughput ÷ ceiling | throughput ÷ Kafka Streams |")
-        lines.append("|---|---|---|---|---|---|---|---|")
-        ceil = self.median("ceiling")
+        lines.append("| run | median s | min–max s | users/s | peak RSS MiB | CPU s per 1M users | allocations per user | throughput ÷ ceiling | throughput ÷ Kafka Streams | CPU ÷ Kafka Streams | RSS ÷ Kafka Streams |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         ratios = []
+        per_million = 1e6 / a.users
         for name in self.results:
-            if name.startswith(("restore", "windows", "join")):
+            if name.startswith(("restore", "windows", "join", "keys")):
                 continue
+            threads = re.search(r" (\d+) threads", name)
+            ceil = self.median(self.ceiling_name(int(threads.group(1)) if threads else 1))
             med = self.median(name)
             lo, hi = self.span(name)
             rss = self.median(name, "rss_mib") if "rss_mib" in self.results[name][0] else float("nan")
             cpu = self.median(name, "cpu_s") if "cpu_s" in self.results[name][0] else float("nan")
-            vs_ceiling = vs_ks = ""
+            vs_ceiling = vs_ks = cpu_ks = rss_ks = ""
+            allocs = self.median(name, "allocs_per_user") if "allocs_per_user" in self.results[name][0] else float("nan")
             if name.startswith("ours"):
                 vs_ceiling = f"{ceil / med:.2f}"
-                ks = self.median(name.replace("ours", "kstreams"))
-                if ks == ks:
+                ks_name = name.replace("ours", "kstreams").split(" lineage=")[0]
+                ks = self.median(ks_name)
+                if ks == ks and " lineage=" not in name:
                     vs_ks = f"{ks / med:.2f}×"
                     ratios.append((name.replace("ours ", ""), ks / med, ceil / med))
+                    cpu_ks = f"{cpu / self.median(ks_name, 'cpu_s'):.2f}"
+                    rss_ks = f"{rss / self.median(ks_name, 'rss_mib'):.2f}"
             rss_s = f"{rss:,.0f}" if rss == rss else "–"
-            cpu_s = f"{cpu:.1f}" if cpu == cpu else "–"
-            lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {a.users / med:,.0f} | {rss_s} | {cpu_s} | {vs_ceiling} | {vs_ks} |")
+            cpu_s = f"{cpu * per_million:.1f}" if cpu == cpu else "–"
+            allocs_s = f"{allocs:.1f}" if allocs == allocs else "–"
+            lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {a.users / med:,.0f} | {rss_s} | {cpu_s} | {allocs_s} | {vs_ceiling} | {vs_ks} | {cpu_ks} | {rss_ks} |")
         lines.append("")
-        lines.append("| restore | median s | min–max s | records/s | speed ÷ plain consumer | speed ÷ Kafka Streams |")
+        lines.append("| restore | median s | min–max s | records/s | speed ÷ restore ceiling | speed ÷ Kafka Streams |")
         lines.append("|---|---|---|---|---|---|")
-        plain, ks_r, ours_r = self.median("restore: plain consumer"), self.median("restore: kstreams"), self.median("restore: ours")
-        for name in [n for n in ("restore: plain consumer", "restore: ours", "restore: kstreams") if n in self.results]:
+        plain, ks_r, ours_r = self.median("restore: ceiling"), self.median("restore: kstreams"), self.median("restore: ours")
+        for name in [n for n in ("restore: ceiling", "restore: ours", "restore: kstreams") if n in self.results]:
             med = self.median(name)
             lo, hi = self.span(name)
             rate = self.median(name, "rate")
@@ -464,7 +613,7 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         equal = len(self.digests) <= 1
         return "\n".join(lines), ratios, eos_ratio, equal
 
-    def write(self, table, ratios, eos_ratio, equal, windows=None, joins=None):
+    def write(self, table, ratios, eos_ratio, equal, windows=None, joins=None, keys=None):
         a = self.args
         cpu = "unknown"
         try:
@@ -491,7 +640,13 @@ machine, in one run; and restoring a count store from its changelog.
 - Timing: from process start until the last expected output record is readable
   by a read_committed consumer. Peak RSS and CPU seconds of the application process.
 - **Ceiling**: plain rdkafka, no framework and no state: reads every user, parses it,
-  produces one small keyed record per flagged user.
+  produces one small keyed record per flagged user; `ceiling N threads` reads with N
+  threads (one consumer each, one shared producer). Every row's ratio is to the
+  ceiling at its own thread count.
+- **CPU s per 1M users**: user+system CPU of the application process, per million
+  input users. **Allocations per user**: Rust allocations (a counting global
+  allocator in `watchlist`; librdkafka's own `malloc` calls not included) over the
+  whole run, divided by the input users.
 - **Ours**: `watchlist --private-changelog` (count store changelogged to its own
   compacted topic, updates written to the output topic — the same writes Kafka
   Streams does), release build.
@@ -500,7 +655,9 @@ machine, in one run; and restoring a count store from its changelog.
   emitted, default JVM settings (`tests/bench/kstreams`).
 - Both frameworks ended with {'equal' if equal else 'DIFFERENT'} counts (a digest of the latest count per company).
 - Restore: a changelog of {a.restore_records:,} records over {a.restore_keys:,} keys in 4 partitions,
-  restored into an empty state directory; the framework's own restore time.
+  restored into an empty state directory; the framework's own restore time. The
+  **restore ceiling** is a plain rdkafka consumer reading the changelog with large
+  fetches and doing nothing with the records (`bench-read`).
 
 {table}
 
@@ -511,6 +668,7 @@ machine, in one run; and restoring a count store from its changelog.
 {self.windows_section(windows)}
 {joins[0] if joins else "Stream–table join: run `tests/bench/run.sh --sections joins`." + chr(10)}
 {scale_section()}
+{self.keys_doc(keys)}
 Goals, profile and the effect of each change: [performance.md](performance.md).
 """
         (REPO / "docs" / "benchmarks.md").write_text(doc)
@@ -563,8 +721,12 @@ def main():
     ap.add_argument("--window-ms", type=int, default=60_000, help="tumbling window size of the windowed rows")
     ap.add_argument("--join-users", type=int, default=100_000, help="rows of the join rows' table")
     ap.add_argument("--join-clicks", type=int, default=1_000_000, help="clicks per join run")
-    ap.add_argument("--sections", nargs="+", default=["throughput", "restore", "windows", "joins"],
-                    choices=["throughput", "restore", "scale", "windows", "joins"])
+    ap.add_argument("--key-counts", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000],
+                    help="distinct keys of the key-scaling rows (records: the larger of --users and the keys)")
+    ap.add_argument("--key-restores", type=int, nargs="+", default=[1_000_000, 10_000_000],
+                    help="changelog sizes of the key-scaling restore rows (over a tenth as many keys)")
+    ap.add_argument("--sections", nargs="+", default=["throughput", "restore", "windows", "joins", "keys"],
+                    choices=["throughput", "restore", "scale", "windows", "joins", "keys"])
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     args = ap.parse_args()
     b = Bench(args)
@@ -575,7 +737,8 @@ def main():
         b.join_input()
     for i in range(args.runs):
         log(f"round {i + 1} of {args.runs}")
-        b.ceiling()
+        for t in args.threads if "throughput" in args.sections else [1]:
+            b.ceiling(t)
         if "throughput" in args.sections:
             for t in args.threads:
                 for g in args.guarantees:
@@ -599,6 +762,9 @@ def main():
         if "scale" in args.sections:
             for k, t in SCALE_RUNS:
                 b.instances(k, t)
+    if "keys" in args.sections:
+        log("key scaling (once each)")
+        b.keys_section()
     if args.sections == ["scale"]:
         b.write_scale()
         shutil.rmtree(b.work, ignore_errors=True)
@@ -623,7 +789,11 @@ def main():
         print(joins[0])
         print("both frameworks gave equal join results" if joins[1] else f"JOIN RESULTS DIFFER: {b.join_digests}")
         equal = equal and joins[1]
-    b.write(table, ratios, eos_ratio, equal, windows, joins)
+    keys = None
+    if "keys" in args.sections:
+        keys = b.keys_report()
+        print(keys)
+    b.write(table, ratios, eos_ratio, equal, windows, joins, keys)
     shutil.rmtree(b.work, ignore_errors=True)
     if not equal:
         sys.exit(1)

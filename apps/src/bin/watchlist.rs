@@ -49,6 +49,12 @@ struct Args {
     commit_interval_ms: u64,
 }
 
+/// Counts allocations (reported in `/metrics` and at exit; the benchmark
+/// reads allocations per record from it).
+#[global_allocator]
+static ALLOC: stream_core::alloc_count::CountingAllocator =
+    stream_core::alloc_count::CountingAllocator;
+
 #[tokio::main]
 async fn main() {
     init_logging();
@@ -92,7 +98,16 @@ async fn main() {
     args.run.maintenance(&[(&topology, &cfg)]).await;
     let app =
         Instance::new(KafkaStreams::new(topology, cfg).unwrap_or_else(|e| fail(e))).with_view(view);
-    match app.run_until_signal().await {
+    let status = app.streams().status();
+    let result = app.run_until_signal().await;
+    if let Some(n) = stream_core::alloc_count::allocations() {
+        tracing::info!(
+            allocations = n,
+            processed = status.processed_total(),
+            "allocations since start"
+        );
+    }
+    match result {
         Ok(()) => {}
         Err(e @ RuntimeError::NotAuthorized { .. })
             if !args.single_instance && e.to_string().contains("repartition") =>

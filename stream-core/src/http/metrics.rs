@@ -94,7 +94,7 @@ pub fn render(
     o.head(
         "streams_commit_latency_seconds",
         "summary",
-        "Time each commit took (flush, state, offsets).",
+        "Time from each commit point until its state and offsets were written (acknowledgements included).",
     );
     o.val(
         "streams_commit_latency_seconds_sum",
@@ -122,6 +122,30 @@ pub fn render(
         &[],
         format!("{:.6}", c.last_seconds),
     );
+    o.head(
+        "streams_commit_blocked_seconds_total",
+        "counter",
+        "Time the stream threads spent in commits (a pipelined commit blocks only to seal and to write the state; acknowledgements arrive while processing goes on).",
+    );
+    o.val(
+        "streams_commit_blocked_seconds_total",
+        &[],
+        format!("{:.6}", c.blocked_seconds),
+    );
+    o.head(
+        "streams_records_awaiting_ack",
+        "gauge",
+        "Records produced (sinks, changelogs, dead letters) the brokers have not acknowledged yet.",
+    );
+    o.val("streams_records_awaiting_ack", &[], status.awaiting_ack());
+    if let Some(n) = crate::alloc_count::allocations() {
+        o.head(
+            "process_allocations_total",
+            "counter",
+            "Allocations by Rust code since start (the program installed stream_core::alloc_count::CountingAllocator).",
+        );
+        o.val("process_allocations_total", &[], n);
+    }
 
     let task_counters: [(&str, &str, fn(&crate::task::TaskMetrics) -> u64); 6] = [
         (

@@ -336,6 +336,10 @@ struct ThreadShared {
     dead_letter_file: Option<std::path::PathBuf>,
 }
 
+/// Records processed between two looks at the clocks (commit, punctuation,
+/// metrics) while input flows.
+const CLOCK_EVERY: u32 = 32;
+
 fn stream_loop(
     consumer: BaseConsumer<StreamContext>,
     engine: Arc<Mutex<Engine>>,
@@ -363,6 +367,7 @@ fn stream_loop(
     let mut last_progress = std::time::Instant::now();
     let mut last_metrics = std::time::Instant::now();
     let mut restoring = false;
+    let mut since_clock = 0u32;
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
@@ -371,6 +376,7 @@ fn stream_loop(
         // often.
         let wait = if restoring { 10 } else { 50 };
         let polled = consumer.poll(Duration::from_millis(wait));
+        let polled_nothing = polled.is_none();
         let mut e = lock(&engine);
         if let Some(err) = e.fatal.take() {
             break Err(err);
@@ -379,7 +385,6 @@ fn stream_loop(
             break Err(err);
         }
         restoring = e.restoring();
-        e.refresh_standbys(&consumer);
         match polled {
             Some(Ok(msg)) => {
                 if let Err(err) = e.process(&msg) {
@@ -414,6 +419,14 @@ fn stream_loop(
             },
             None => {}
         }
+        // The clocks are read every few records (reading them for each
+        // record costs more than the rest of a small record's loop).
+        since_clock += 1;
+        if since_clock < CLOCK_EVERY && !polled_nothing {
+            continue;
+        }
+        since_clock = 0;
+        e.refresh_standbys(&consumer);
         if last_metrics.elapsed() >= Duration::from_secs(1) {
             e.publish_metrics();
             last_metrics = std::time::Instant::now();
@@ -423,10 +436,11 @@ fn stream_loop(
             tracing::info!(processed, tasks, "progress");
             last_progress = std::time::Instant::now();
         }
-        if e.commit_due() {
-            if let Err(err) = e.punctuate().and_then(|()| e.commit(&consumer)) {
-                break Err(err);
-            }
+        if let Err(err) = e
+            .punctuate_if_due()
+            .and_then(|()| e.advance_commit(&consumer))
+        {
+            break Err(err);
         }
     };
     let closed = {

@@ -1,17 +1,26 @@
 //! The commit, in order (the order `docs/runtime.md` explains):
 //!
-//! 1. Every sink, changelog and dead-letter record produced so far is
-//!    acknowledged by the brokers: at-least-once flushes the producer;
-//!    exactly-once commits the transaction with the input offsets in it.
-//!    If this fails, nothing below happens.
-//! 2. For each task, its buffered store changes, the changelog offsets
-//!    reached, its input positions and its repartition dedup marks go to
-//!    sled in one atomic batch (a syncer thread flushes it to disk right
-//!    after; a crash loses at most this commit, and restore reads it back
-//!    from the changelog's tail).
+//! 1. Every sink, changelog and dead-letter record produced before the
+//!    commit point is acknowledged by the brokers: at-least-once waits for
+//!    their delivery reports; exactly-once commits the transaction with the
+//!    input offsets in it. If this fails, nothing below happens.
+//! 2. For each task, its store changes up to the commit point, the
+//!    changelog offsets reached, its input positions and its repartition
+//!    dedup marks go to sled in one atomic batch (a syncer thread flushes
+//!    it to disk right after; a crash loses at most this commit, and
+//!    restore reads it back from the changelog's tail).
 //! 3. At-least-once: the input positions are committed to the group, with
 //!    this application's tag (see [`super::ownership`]). Outside the group
 //!    sled holds them alone.
+//!
+//! Under at-least-once the commit is **pipelined**: at the commit point
+//! every task seals its state ([`Task::seal`](crate::task::Task::seal))
+//! and the producer starts a new epoch; the stream thread goes on
+//! processing into fresh buffers while the brokers acknowledge the sealed
+//! epoch, and steps 2 and 3 run once its last delivery report is in
+//! ([`complete`]). One commit is in flight at a time; the next commit
+//! point waits until it is written. Rebalances and shutdown commit
+//! synchronously ([`commit`]).
 //!
 //! A crash before 2 leaves sled and the group at the previous commit: the
 //! changelog holds records past sled's checkpoint, but each carries the
@@ -21,6 +30,7 @@
 //! positions, which is exact because everything before it was acknowledged.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::Offset;
@@ -42,7 +52,17 @@ pub(crate) struct CommitParts<'a> {
     pub(crate) commit_tag: &'a str,
 }
 
-/// Commits every task of `parts` (see the module docs for the order).
+/// A sealed commit waiting for its records' acknowledgements.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    /// The producer epoch it covers (and every earlier one).
+    epoch: u64,
+    /// When it was sealed.
+    pub(crate) sealed_at: Instant,
+}
+
+/// Commits every task of `parts` now, waiting for every acknowledgement
+/// (see the module docs for the order). Supersedes a commit in flight.
 pub(crate) fn commit(
     parts: CommitParts<'_>,
     consumer: &BaseConsumer<impl ConsumerContext>,
@@ -50,28 +70,80 @@ pub(crate) fn commit(
     if parts.tasks.is_empty() {
         return Ok(());
     }
-    let mut tpl = parts.tasks.positions();
-    super::ownership::stamp(&mut tpl, parts.commit_tag);
+    for (_, e) in parts.tasks.iter_mut() {
+        e.task.seal();
+    }
+    let epoch = parts.out.seal_epoch();
     // 1. everything produced is acknowledged
     if parts.out.exactly_once() {
+        let mut tpl = parts.tasks.positions();
+        super::ownership::stamp(&mut tpl, parts.commit_tag);
         if !parts.out.commit_transaction(consumer, &tpl)? {
             // aborted: back to the last commit, and read the batch again
+            parts.out.forget_through(epoch);
             rewind(parts.tasks, consumer);
             return Ok(());
         }
     } else {
         parts.out.flush()?;
     }
+    write(parts, epoch, consumer, CommitMode::Sync)
+}
+
+/// The commit point of a pipelined commit: seals every task and the
+/// producer's epoch; [`complete`] finishes it.
+pub(crate) fn seal(parts: CommitParts<'_>) -> Option<InFlight> {
+    if parts.tasks.is_empty() {
+        return None;
+    }
+    for (_, e) in parts.tasks.iter_mut() {
+        e.task.seal();
+    }
+    Some(InFlight {
+        epoch: parts.out.seal_epoch(),
+        sealed_at: Instant::now(),
+    })
+}
+
+/// Finishes `flight` if every record produced before it is acknowledged
+/// (steps 2 and 3); gives it back otherwise.
+pub(crate) fn complete(
+    parts: CommitParts<'_>,
+    flight: InFlight,
+    consumer: &BaseConsumer<impl ConsumerContext>,
+) -> Result<Option<InFlight>, RuntimeError> {
+    if !parts.out.epoch_reported(flight.epoch) {
+        return Ok(Some(flight));
+    }
+    write(parts, flight.epoch, consumer, CommitMode::Async)?;
+    Ok(None)
+}
+
+/// Steps 2 and 3 for a commit covering `epoch`, whose records are all
+/// reported.
+fn write(
+    parts: CommitParts<'_>,
+    epoch: u64,
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    mode: CommitMode,
+) -> Result<(), RuntimeError> {
+    let acked = parts.out.take_acknowledged(epoch)?;
     // 2. state + changelog offsets + positions, atomically in sled
-    let acked = parts.out.acknowledged();
     for (id, e) in parts.tasks.iter_mut() {
-        e.task.commit_state(&acked)?;
+        if e.task.is_sealed() {
+            e.task.commit_sealed(&acked)?;
+        }
         parts.status.update_metrics(*id, e.task.metrics());
     }
     parts.state.sync_soon();
-    // 3. input offsets to the group
-    if !parts.out.exactly_once() && !parts.cfg.outside_group && tpl.count() > 0 {
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+    // 3. input offsets to the group (exactly-once: in the transaction)
+    if parts.out.exactly_once() || parts.cfg.outside_group {
+        return Ok(());
+    }
+    let mut tpl = parts.tasks.committed_positions();
+    super::ownership::stamp(&mut tpl, parts.commit_tag);
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, mode) {
             // sled is ahead of the group now; a restart starts from sled's position.
             tracing::warn!(error = %e, "offset commit failed; local state keeps the position");
         }

@@ -47,7 +47,14 @@ pub(crate) struct Engine {
     /// Input partitions assigned to tasks still restoring: paused until
     /// their task is restored.
     to_pause: Vec<(String, i32)>,
+    /// The last commit point (or synchronous commit).
     last_commit: Instant,
+    /// When tasks were last punctuated on the wall clock.
+    last_punctuate: Instant,
+    /// The pipelined commit waiting for acknowledgements (at-least-once).
+    in_flight: Option<commit::InFlight>,
+    /// Buffers the input headers are copied into, kept between records.
+    headers: Vec<(String, Vec<u8>)>,
     /// When standbys were last worked out (see [`super::standby`]).
     last_standby_check: Option<Instant>,
 }
@@ -79,6 +86,9 @@ impl Engine {
             restorer,
             to_pause: Vec::new(),
             last_commit: Instant::now(),
+            last_punctuate: Instant::now(),
+            in_flight: None,
+            headers: Vec::new(),
             last_standby_check: None,
         })
     }
@@ -102,14 +112,18 @@ impl Engine {
             .unwrap_or(0);
         for (_, e) in self.tasks.iter_mut() {
             e.task.punctuate(now)?;
-            self.out.send_all(e.task.take_output())?;
+            self.out.send_all(e.task.drain_output())?;
         }
         Ok(())
     }
 
-    /// Whether the commit interval has passed.
-    pub(crate) fn commit_due(&self) -> bool {
-        self.last_commit.elapsed() >= self.cfg.commit_interval
+    /// Punctuates on the wall clock once per commit interval.
+    pub(crate) fn punctuate_if_due(&mut self) -> Result<(), RuntimeError> {
+        if self.last_punctuate.elapsed() < self.cfg.commit_interval {
+            return Ok(());
+        }
+        self.last_punctuate = Instant::now();
+        self.punctuate()
     }
 
     /// Processes one input record and sends what it produced.
@@ -132,19 +146,39 @@ impl Engine {
                 return Ok(()); // already reflected in the state
             }
         }
-        let headers: Vec<(String, Vec<u8>)> = msg
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(|v| v.to_vec()).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let entry_id = id;
+        // The headers are copied into buffers kept between records.
+        let mut headers = std::mem::take(&mut self.headers);
+        let mut n = 0;
+        if let Some(hs) = msg.headers() {
+            for h in hs.iter() {
+                if n == headers.len() {
+                    headers.push((String::new(), Vec::new()));
+                }
+                let (k, v) = &mut headers[n];
+                k.clear();
+                k.push_str(h.key);
+                v.clear();
+                v.extend_from_slice(h.value.unwrap_or_default());
+                n += 1;
+            }
+        }
+        let r = self.process_with(entry_id, msg, &headers[..n]);
+        self.headers = headers;
+        r
+    }
+
+    /// [`process`](Self::process) of `msg` for owned task `id`, its headers copied.
+    fn process_with(
+        &mut self,
+        id: TaskId,
+        msg: &BorrowedMessage<'_>,
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<(), RuntimeError> {
+        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return Ok(());
+        };
         let input = InputRecord {
             topic,
             partition,
@@ -152,35 +186,74 @@ impl Engine {
             timestamp: msg.timestamp().to_millis().unwrap_or(0),
             key: msg.key(),
             value: msg.payload(),
-            headers: &headers,
+            headers,
         };
         entry.task.process(&input)?;
-        self.out.send_all(entry.task.take_output())
+        self.out.send_all(entry.task.drain_output())
     }
 
-    /// The commit: see [`super::commit`] for the order and why.
+    fn commit_parts(&mut self) -> CommitParts<'_> {
+        CommitParts {
+            tasks: &mut self.tasks,
+            out: &mut self.out,
+            state: &self.state,
+            status: &self.status,
+            cfg: &self.cfg,
+            commit_tag: &self.task_cfg.commit_tag,
+        }
+    }
+
+    /// Commits now, waiting for every acknowledgement (rebalances,
+    /// shutdown, exactly-once): see [`super::commit`] for the order and why.
     pub(crate) fn commit(
         &mut self,
         consumer: &BaseConsumer<impl ConsumerContext>,
     ) -> Result<(), RuntimeError> {
         let started = Instant::now();
         let had_tasks = !self.tasks.is_empty();
-        let r = commit::commit(
-            CommitParts {
-                tasks: &mut self.tasks,
-                out: &mut self.out,
-                state: &self.state,
-                status: &self.status,
-                cfg: &self.cfg,
-                commit_tag: &self.task_cfg.commit_tag,
-            },
-            consumer,
-        );
+        // A synchronous commit covers the one in flight.
+        self.in_flight = None;
+        let r = commit::commit(self.commit_parts(), consumer);
         if had_tasks {
-            self.status.record_commit(started.elapsed());
+            let took = started.elapsed();
+            self.status.record_commit(took, took);
         }
         self.last_commit = Instant::now();
         r
+    }
+
+    /// Moves the commit on, called after every poll: finishes the commit in
+    /// flight once its records are acknowledged; at the commit interval,
+    /// seals the next one (at-least-once: the pipelined commit) or commits
+    /// (exactly-once).
+    pub(crate) fn advance_commit(
+        &mut self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+    ) -> Result<(), RuntimeError> {
+        if let Some(flight) = self.in_flight.take() {
+            let started = Instant::now();
+            let sealed_at = flight.sealed_at;
+            self.in_flight = commit::complete(self.commit_parts(), flight, consumer)?;
+            if self.in_flight.is_none() {
+                self.status
+                    .record_commit(sealed_at.elapsed(), started.elapsed());
+            }
+        }
+        if self.last_commit.elapsed() < self.cfg.commit_interval {
+            return Ok(());
+        }
+        if self.out.exactly_once() {
+            return self.commit(consumer);
+        }
+        if self.in_flight.is_some() {
+            // One commit in flight at a time: the next waits for it.
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.in_flight = commit::seal(self.commit_parts());
+        self.status.record_blocked(started.elapsed());
+        self.last_commit = Instant::now();
+        Ok(())
     }
 
     /// The stores of owned task `id` and the index of `store` among them;
@@ -209,6 +282,7 @@ impl Engine {
         for (id, e) in self.tasks.iter() {
             self.status.update_metrics(*id, e.task.metrics());
         }
+        self.status.set_awaiting_ack(self.out.awaiting_ack());
         self.status.sample_rate();
     }
 
@@ -492,8 +566,12 @@ impl Engine {
         let result = if !lost {
             self.commit(consumer)
         } else if self.out.in_transaction() {
+            self.in_flight = None;
             commit::abort(&mut self.tasks, &mut self.out, consumer)
         } else {
+            // The commit in flight may cover partitions lost to another
+            // member: dropped; the next seal covers its tasks' changes.
+            self.in_flight = None;
             Ok(())
         };
         let mut affected: Vec<TaskId> = revoked

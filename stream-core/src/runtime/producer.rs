@@ -3,9 +3,9 @@
 //! acknowledged, the failures), the production error handler for records
 //! the brokers refuse, the local dead-letter file, and transactions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -26,55 +26,108 @@ use crate::task::ErrorPolicy;
 /// How long a transaction call may take.
 pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Delivery opaque of a sink record (user or repartition topic).
+/// Kind of a sink record (user or repartition topic), in the delivery opaque.
 const SINK: usize = 0;
-/// Delivery opaque of a changelog record: its offset is tracked.
+/// Kind of a changelog record: its offset is tracked.
 const CHANGELOG: usize = 1;
-/// Delivery opaque of a dead-letter record.
+/// Kind of a dead-letter record.
 const DEAD_LETTER: usize = 2;
+/// The low bits of the delivery opaque hold the kind; the rest, the epoch.
+const KIND_BITS: u32 = 2;
 
-/// Offsets acknowledged per changelog partition, and delivery failures.
+/// Packs a record's kind and commit epoch into its delivery opaque.
+fn opaque(kind: usize, epoch: u64) -> usize {
+    ((epoch as usize) << KIND_BITS) | kind
+}
+
+/// Splits a delivery opaque into kind and epoch.
+fn unpack(opaque: usize) -> (usize, u64) {
+    (
+        opaque & ((1 << KIND_BITS) - 1),
+        (opaque >> KIND_BITS) as u64,
+    )
+}
+
+/// Delivery reports of one commit epoch (the records sent between two
+/// commit points).
+#[derive(Default)]
+struct EpochReports {
+    /// Reports received, acknowledgements and failures alike.
+    reported: u64,
+    /// Per changelog topic and partition: the offset after the last
+    /// acknowledged record.
+    changelog: HashMap<String, HashMap<i32, i64>>,
+}
+
+/// Delivery reports per commit epoch, and delivery failures.
 #[derive(Default)]
 pub(crate) struct DeliveryState {
-    next: Mutex<HashMap<String, HashMap<i32, i64>>>,
+    epochs: Mutex<BTreeMap<u64, EpochReports>>,
     errors: Mutex<Vec<(String, i32, KafkaError)>>,
     rejected: Mutex<Vec<Rejected>>,
 }
 
-impl DeliveryState {
-    fn snapshot(&self) -> HashMap<TopicPartition, i64> {
-        let g = match self.next.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        g.iter()
-            .flat_map(|(t, ps)| {
-                ps.iter()
-                    .map(move |(p, o)| (TopicPartition::new(t, *p), *o))
-            })
-            .collect()
-    }
-
-    fn errors_pending(&self) -> bool {
-        self.errors.lock().map(|g| !g.is_empty()).unwrap_or(true)
-    }
-
-    fn take_rejected(&self) -> Vec<Rejected> {
-        match self.rejected.lock() {
-            Ok(mut g) => std::mem::take(&mut *g),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        }
-    }
-
-    fn take_errors(&self) -> Vec<(String, i32, KafkaError)> {
-        match self.errors.lock() {
-            Ok(mut g) => std::mem::take(&mut *g),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        }
+/// Locks `m`, through poisoning (the data are counters and lists).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 
-/// Producer context: tracks acknowledged changelog offsets and failures.
+impl DeliveryState {
+    /// Counts one report of `epoch` (and the offset, for an acknowledged
+    /// changelog record).
+    fn report(&self, epoch: u64, changelog: Option<(&str, i32, i64)>) {
+        let mut g = lock(&self.epochs);
+        let e = g.entry(epoch).or_default();
+        e.reported += 1;
+        if let Some((topic, partition, offset)) = changelog {
+            let parts = match e.changelog.get_mut(topic) {
+                Some(p) => p,
+                None => e.changelog.entry(topic.to_string()).or_default(),
+            };
+            let next = parts.entry(partition).or_insert(0);
+            *next = (*next).max(offset + 1);
+        }
+    }
+
+    /// Whether every epoch of `sent` (epoch, records sent) has all its reports.
+    fn complete<'a>(&self, mut sent: impl Iterator<Item = (&'a u64, &'a u64)>) -> bool {
+        let g = lock(&self.epochs);
+        sent.all(|(e, n)| *n == 0 || g.get(e).is_some_and(|r| r.reported >= *n))
+    }
+
+    /// Removes the reports of epochs up to `epoch`, merging their changelog
+    /// offsets into `into`.
+    fn drain_through(&self, epoch: u64, into: &mut HashMap<TopicPartition, i64>) {
+        let mut g = lock(&self.epochs);
+        let later = g.split_off(&(epoch + 1));
+        for (_, r) in std::mem::replace(&mut *g, later) {
+            for (topic, parts) in r.changelog {
+                for (p, next) in parts {
+                    let e = into.entry(TopicPartition::new(&topic, p)).or_insert(next);
+                    *e = (*e).max(next);
+                }
+            }
+        }
+    }
+
+    fn errors_pending(&self) -> bool {
+        !lock(&self.errors).is_empty()
+    }
+
+    fn take_rejected(&self) -> Vec<Rejected> {
+        std::mem::take(&mut *lock(&self.rejected))
+    }
+
+    fn take_errors(&self) -> Vec<(String, i32, KafkaError)> {
+        std::mem::take(&mut *lock(&self.errors))
+    }
+}
+
+/// Producer context: counts delivery reports per commit epoch, tracks
+/// acknowledged changelog offsets and failures.
 pub(crate) struct DeliveryTracker {
     pub(crate) state: Arc<DeliveryState>,
     pub(crate) capture: ErrorCapture,
@@ -91,39 +144,32 @@ impl ClientContext for DeliveryTracker {
 }
 
 impl ProducerContext for DeliveryTracker {
-    /// [`SINK`], [`CHANGELOG`] (offsets tracked) or [`DEAD_LETTER`].
+    /// Kind ([`SINK`], [`CHANGELOG`], [`DEAD_LETTER`]) and commit epoch.
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tracked: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        let (kind, epoch) = unpack(tag);
         match result {
-            Ok(m) if tracked == CHANGELOG => {
-                if let Ok(mut g) = self.state.next.lock() {
-                    let parts = match g.get_mut(m.topic()) {
-                        Some(p) => p,
-                        None => g.entry(m.topic().to_string()).or_default(),
-                    };
-                    let e = parts.entry(m.partition()).or_insert(0);
-                    *e = (*e).max(m.offset() + 1);
-                }
+            Ok(m) if kind == CHANGELOG => {
+                self.state
+                    .report(epoch, Some((m.topic(), m.partition(), m.offset())));
+                return;
             }
             Ok(_) => {}
-            Err((e, m)) if tracked == SINK && is_record_error(e.rdkafka_error_code()) => {
-                if let Ok(mut g) = self.state.rejected.lock() {
-                    g.push(Rejected {
-                        topic: m.topic().to_string(),
-                        partition: Some(m.partition()),
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
-                        error: e.to_string(),
-                    });
-                }
+            Err((e, m)) if kind == SINK && is_record_error(e.rdkafka_error_code()) => {
+                lock(&self.state.rejected).push(Rejected {
+                    topic: m.topic().to_string(),
+                    partition: Some(m.partition()),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    error: e.to_string(),
+                });
             }
             Err((e, m)) => {
-                if let Ok(mut g) = self.state.errors.lock() {
-                    g.push((m.topic().to_string(), m.partition(), e.clone()));
-                }
+                lock(&self.state.errors).push((m.topic().to_string(), m.partition(), e.clone()));
             }
         }
+        self.state.report(epoch, None);
     }
 }
 
@@ -140,6 +186,14 @@ pub(crate) struct OutputProducer {
     /// Exactly-once: outputs, changelogs and offsets commit in one transaction.
     eos: bool,
     in_txn: bool,
+    /// The commit epoch records sent now belong to.
+    epoch: u64,
+    /// Records sent in the current epoch.
+    sent_now: u64,
+    /// Records sent per sealed epoch whose reports are not all taken.
+    sent_sealed: BTreeMap<u64, u64>,
+    /// Changelog offsets acknowledged through the last taken epoch.
+    confirmed: HashMap<TopicPartition, i64>,
 }
 
 impl OutputProducer {
@@ -162,6 +216,10 @@ impl OutputProducer {
             status,
             eos,
             in_txn: false,
+            epoch: 0,
+            sent_now: 0,
+            sent_sealed: BTreeMap::new(),
+            confirmed: HashMap::new(),
         }
     }
 
@@ -175,9 +233,44 @@ impl OutputProducer {
         self.in_txn
     }
 
-    /// The changelog offsets acknowledged so far (`topic/partition` → next).
-    pub(crate) fn acknowledged(&self) -> HashMap<TopicPartition, i64> {
-        self.delivery.snapshot()
+    /// Ends the current commit epoch: records sent from now on belong to
+    /// the next. Returns the epoch ended.
+    pub(crate) fn seal_epoch(&mut self) -> u64 {
+        let ended = self.epoch;
+        self.sent_sealed
+            .insert(ended, std::mem::take(&mut self.sent_now));
+        self.epoch += 1;
+        ended
+    }
+
+    /// Whether every record of epochs up to `epoch` has its delivery report.
+    pub(crate) fn epoch_reported(&self, epoch: u64) -> bool {
+        self.delivery.complete(self.sent_sealed.range(..=epoch))
+    }
+
+    /// Takes the delivery reports of epochs up to `epoch` (all reported):
+    /// fails on a delivery failure among them, else returns the changelog
+    /// offsets acknowledged through it (`topic/partition` → next).
+    pub(crate) fn take_acknowledged(
+        &mut self,
+        epoch: u64,
+    ) -> Result<HashMap<TopicPartition, i64>, RuntimeError> {
+        self.check_delivery()?;
+        self.delivery.drain_through(epoch, &mut self.confirmed);
+        self.sent_sealed = self.sent_sealed.split_off(&(epoch + 1));
+        Ok(self.confirmed.clone())
+    }
+
+    /// Drops the reports of epochs up to `epoch` (an aborted transaction's).
+    pub(crate) fn forget_through(&mut self, epoch: u64) {
+        let mut ignored = HashMap::new();
+        self.delivery.drain_through(epoch, &mut ignored);
+        self.sent_sealed = self.sent_sealed.split_off(&(epoch + 1));
+    }
+
+    /// Records handed to the client and not yet acknowledged.
+    pub(crate) fn awaiting_ack(&self) -> u64 {
+        self.producer.in_flight_count().max(0) as u64
     }
 
     fn begin_transaction(&mut self) -> Result<(), RuntimeError> {
@@ -191,7 +284,10 @@ impl OutputProducer {
     }
 
     /// Sends every record.
-    pub(crate) fn send_all(&mut self, records: Vec<OutRecord>) -> Result<(), RuntimeError> {
+    pub(crate) fn send_all(
+        &mut self,
+        records: impl IntoIterator<Item = OutRecord>,
+    ) -> Result<(), RuntimeError> {
         for r in records {
             self.send(r)?;
         }
@@ -217,7 +313,7 @@ impl OutputProducer {
             });
         }
         let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&r.topic, tracked)
+            BaseRecord::with_opaque_to(&r.topic, opaque(tracked, self.epoch))
                 .headers(headers)
                 .timestamp(r.timestamp);
         if let Some(k) = &r.key {
@@ -231,7 +327,10 @@ impl OutputProducer {
         }
         loop {
             match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sent_now += 1;
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     rec = back;
                     std::thread::sleep(Duration::from_millis(2));

@@ -78,6 +78,10 @@ pub struct CommitStats {
     pub last_seconds: f64,
     /// Seconds the slowest commit took.
     pub max_seconds: f64,
+    /// Seconds the stream thread spent in commits, in all (a pipelined
+    /// commit takes seconds to be acknowledged, but blocks processing
+    /// only to seal and to write the state).
+    pub blocked_seconds: f64,
 }
 
 /// Shared status of one application instance.
@@ -98,6 +102,7 @@ struct Inner {
     rate_sample: Option<(Instant, u64)>,
     processed_closed: u64,
     production_errors: u64,
+    awaiting_ack: u64,
 }
 
 impl RuntimeStatus {
@@ -168,7 +173,9 @@ impl RuntimeStatus {
         self.with(|i| i.production_errors += 1)
     }
 
-    pub(crate) fn record_commit(&self, took: Duration) {
+    /// A commit finished: `took` from its commit point to its offsets
+    /// going out, `blocked` of the stream thread's time in it.
+    pub(crate) fn record_commit(&self, took: Duration, blocked: Duration) {
         let secs = took.as_secs_f64();
         self.with(|i| {
             let c = &mut i.commits;
@@ -176,7 +183,22 @@ impl RuntimeStatus {
             c.total_seconds += secs;
             c.last_seconds = secs;
             c.max_seconds = c.max_seconds.max(secs);
+            c.blocked_seconds += blocked.as_secs_f64();
         })
+    }
+
+    /// The stream thread spent `took` on a commit's seal.
+    pub(crate) fn record_blocked(&self, took: Duration) {
+        self.with(|i| i.commits.blocked_seconds += took.as_secs_f64())
+    }
+
+    /// Records produced and not yet acknowledged by the brokers.
+    pub fn awaiting_ack(&self) -> u64 {
+        self.with(|i| i.awaiting_ack)
+    }
+
+    pub(crate) fn set_awaiting_ack(&self, n: u64) {
+        self.with(|i| i.awaiting_ack = n)
     }
 
     /// Samples the processed total to update [`Self::processing_rate`].

@@ -23,25 +23,36 @@ pub(crate) struct OwnedTasks {
     topology: Arc<Topology>,
     task_cfg: Arc<TaskConfig>,
     tasks: BTreeMap<TaskId, Entry>,
+    /// Every source topic (resolved) and the sub-topology reading it:
+    /// looked up for every record, so resolved once.
+    readers: Vec<(String, usize)>,
 }
 
 impl OwnedTasks {
     pub(crate) fn new(topology: Arc<Topology>, task_cfg: Arc<TaskConfig>) -> Self {
+        let app = &task_cfg.application_id;
+        let readers = topology
+            .source_topics(app)
+            .into_iter()
+            .filter_map(|t| {
+                let id = topology.subtopology_reading(app, &t)?.id;
+                Some((t, id))
+            })
+            .collect();
         OwnedTasks {
             topology,
             task_cfg,
             tasks: BTreeMap::new(),
+            readers,
         }
     }
 
     /// The task that reads `partition` of `topic` (owned here or not).
     pub(crate) fn task_for(&self, topic: &str, partition: i32) -> Option<TaskId> {
-        let st = self
-            .topology
-            .subtopology_reading(&self.task_cfg.application_id, topic)?;
+        let subtopology = self.readers.iter().find(|(t, _)| t == topic)?.1;
         let partition = self.task_cfg.layout.task_of(partition);
         Some(TaskId {
-            subtopology: st.id,
+            subtopology,
             partition,
         })
     }
@@ -72,10 +83,24 @@ impl OwnedTasks {
 
     /// The input positions of every task, as offsets to commit.
     pub(crate) fn positions(&self) -> TopicPartitionList {
+        self.offsets(|t, topic, p| t.position(topic, p))
+    }
+
+    /// The input positions the tasks' last written commits recorded, as
+    /// offsets to commit.
+    pub(crate) fn committed_positions(&self) -> TopicPartitionList {
+        self.offsets(|t, topic, p| t.committed_position(topic, p))
+    }
+
+    /// `at` of every input partition held here.
+    fn offsets(
+        &self,
+        at: impl Fn(&crate::task::Task, &str, i32) -> Option<i64>,
+    ) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for e in self.tasks.values() {
             for (topic, p) in &e.partitions {
-                if let Some(pos) = e.task.position(topic, *p) {
+                if let Some(pos) = at(&e.task, topic, *p) {
                     let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(pos));
                 }
             }

@@ -7,7 +7,11 @@
 //! 2. **change logging**: every put and delete is recorded, and the task
 //!    turns the records into changelog records after each input record;
 //! 3. **write buffer**: changes stay in memory until the task commits, so the
-//!    durable copy never holds state that Kafka has not committed;
+//!    durable copy never holds state that Kafka has not committed. A
+//!    commit first *seals* the buffer (it moves to a sealed layer and a
+//!    fresh buffer takes new changes), then writes the sealed layer once
+//!    everything produced before the seal is acknowledged; reads see the
+//!    buffer, then the sealed layer, then the backend;
 //! 4. **backend** ([`StateBackend`]): the durable copy of all stores of one
 //!    task, written in one atomic batch together with the task's
 //!    [`Checkpoint`] (sled on disk, or memory in tests).
@@ -61,6 +65,8 @@ struct Layers {
     name: String,
     logged: bool,
     buffer: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Changes of a commit in flight: sealed, not yet written.
+    sealed: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     changes: Vec<Change>,
     metrics: StoreMetrics,
 }
@@ -120,27 +126,49 @@ impl StoreSet {
 
     /// Number of buffered (uncommitted) entries over all stores.
     pub fn buffered(&self) -> usize {
-        self.layers.iter().map(|l| l.buffer.len()).sum()
+        self.layers
+            .iter()
+            .map(|l| l.buffer.len() + l.sealed.len())
+            .sum()
     }
 
-    /// Writes every buffered change and `checkpoint` to the backend in one
-    /// atomic batch, then empties the buffers.
+    /// Writes every buffered (and sealed) change and `checkpoint` to the
+    /// backend in one atomic batch, then empties the buffers.
     pub fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        self.seal();
+        self.commit_sealed(checkpoint)
+    }
+
+    /// Seals the write buffer: its changes move to the sealed layer (still
+    /// read, not yet written) and new changes go to a fresh buffer. Sealing
+    /// again before [`commit_sealed`](Self::commit_sealed) adds the newer
+    /// changes to the sealed layer.
+    pub fn seal(&mut self) {
+        for l in &mut self.layers {
+            if l.sealed.is_empty() {
+                std::mem::swap(&mut l.sealed, &mut l.buffer);
+            } else {
+                l.sealed.append(&mut l.buffer);
+            }
+        }
+    }
+
+    /// Whether sealed changes wait to be written.
+    pub fn has_sealed(&self) -> bool {
+        self.layers.iter().any(|l| !l.sealed.is_empty())
+    }
+
+    /// Writes the sealed changes and `checkpoint` to the backend in one
+    /// atomic batch (changes made since the seal stay buffered).
+    pub fn commit_sealed(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        // Moved, not copied: the stream thread reads nothing until the
+        // write returns, and a failed write stops the task.
         let batches: Vec<Batch> = self
             .layers
-            .iter()
-            .map(|l| {
-                l.buffer
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
+            .iter_mut()
+            .map(|l| std::mem::take(&mut l.sealed).into_iter().collect())
             .collect();
-        self.backend.commit(&batches, checkpoint)?;
-        for l in &mut self.layers {
-            l.buffer.clear();
-        }
-        Ok(())
+        self.backend.commit(&batches, checkpoint)
     }
 
     /// Like [`commit`](Self::commit) for restored entries (see
@@ -158,6 +186,7 @@ impl StoreSet {
     pub fn discard_uncommitted(&mut self) {
         for l in &mut self.layers {
             l.buffer.clear();
+            l.sealed.clear();
             l.changes.clear();
         }
     }
@@ -186,8 +215,10 @@ impl StoreSet {
     /// The value under `key` as the task sees it (its buffered changes
     /// over the durable copy), without counting a read.
     pub fn get(&self, idx: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(v) = self.layers.get(idx).and_then(|l| l.buffer.get(key)) {
-            return Ok(v.clone());
+        if let Some(l) = self.layers.get(idx) {
+            if let Some(v) = l.buffer.get(key).or_else(|| l.sealed.get(key)) {
+                return Ok(v.clone());
+            }
         }
         self.backend.get(idx, key)
     }
@@ -201,14 +232,13 @@ impl StoreSet {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             self.backend.scan_prefix(idx, prefix)?.into_iter().collect();
         if let Some(l) = self.layers.get(idx) {
-            for (k, v) in l.buffer.range(prefix.to_vec()..) {
-                if !k.starts_with(prefix) {
-                    break;
+            for layer in [&l.sealed, &l.buffer] {
+                for (k, v) in layer.range(prefix.to_vec()..) {
+                    if !k.starts_with(prefix) {
+                        break;
+                    }
+                    merge(&mut merged, k, v);
                 }
-                match v {
-                    Some(v) => merged.insert(k.clone(), v.clone()),
-                    None => merged.remove(k),
-                };
             }
         }
         Ok(merged.into_iter().collect())
@@ -227,11 +257,10 @@ impl StoreSet {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             self.backend.range(idx, from, to)?.into_iter().collect();
         if let Some(l) = self.layers.get(idx) {
-            for (k, v) in l.buffer.range(from.to_vec()..to.to_vec()) {
-                match v {
-                    Some(v) => merged.insert(k.clone(), v.clone()),
-                    None => merged.remove(k),
-                };
+            for layer in [&l.sealed, &l.buffer] {
+                for (k, v) in layer.range(from.to_vec()..to.to_vec()) {
+                    merge(&mut merged, k, v);
+                }
             }
         }
         Ok(merged.into_iter().collect())
@@ -241,6 +270,14 @@ impl StoreSet {
     pub fn entries(&self, idx: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.scan_prefix(idx, &[])
     }
+}
+
+/// Lays one buffered change over `merged`.
+fn merge(merged: &mut BTreeMap<Vec<u8>, Vec<u8>>, k: &[u8], v: &Option<Vec<u8>>) {
+    match v {
+        Some(v) => merged.insert(k.to_vec(), v.clone()),
+        None => merged.remove(k),
+    };
 }
 
 /// One store seen through its layers; what [`Context::store`](crate::processor::Context::store) returns.
@@ -288,5 +325,68 @@ impl StoreView<'_> {
     pub fn get_counted(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.set.layers[self.idx].metrics.gets += 1;
         self.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> StoreSet {
+        StoreSet::new(vec![("s".into(), true)], Box::new(MemoryBackend::new(1)))
+    }
+
+    #[test]
+    fn should_read_sealed_changes_and_write_only_them_at_commit_sealed() {
+        let mut s = set();
+        s.view(0).put(b"a", b"1".to_vec()).unwrap();
+        s.view(0).put(b"b", b"1".to_vec()).unwrap();
+        s.seal();
+        assert!(s.has_sealed());
+        // after the seal: a fresh buffer over the sealed layer
+        s.view(0).put(b"a", b"2".to_vec()).unwrap();
+        s.view(0).delete(b"b").unwrap();
+        s.view(0).put(b"c", b"1".to_vec()).unwrap();
+        assert_eq!(s.get(0, b"a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(
+            s.get(0, b"b").unwrap(),
+            None,
+            "buffered delete hides sealed put"
+        );
+        let all: Vec<_> = s.entries(0).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(all, vec![b"a".to_vec(), b"c".to_vec()]);
+        s.commit_sealed(&Checkpoint::default()).unwrap();
+        assert!(!s.has_sealed());
+        // the durable copy holds the sealed changes only
+        assert_eq!(s.committed_len(0), 2);
+        assert_eq!(s.backend.get(0, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.backend.get(0, b"c").unwrap(), None);
+        // what came after the seal is still read and written by the next commit
+        assert_eq!(s.get(0, b"a").unwrap(), Some(b"2".to_vec()));
+        s.commit(&Checkpoint::default()).unwrap();
+        assert_eq!(s.backend.get(0, b"b").unwrap(), None);
+        assert_eq!(s.backend.get(0, b"c").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn should_merge_a_second_seal_into_the_unwritten_one() {
+        let mut s = set();
+        s.view(0).put(b"a", b"1".to_vec()).unwrap();
+        s.seal();
+        s.view(0).put(b"a", b"2".to_vec()).unwrap();
+        s.view(0).put(b"b", b"1".to_vec()).unwrap();
+        s.seal();
+        assert_eq!(s.buffered(), 2);
+        s.commit_sealed(&Checkpoint::default()).unwrap();
+        assert_eq!(s.backend.get(0, b"a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(s.backend.get(0, b"b").unwrap(), Some(b"1".to_vec()));
+        s.view(0).put(b"z", b"1".to_vec()).unwrap();
+        s.seal();
+        s.discard_uncommitted();
+        assert_eq!(
+            s.get(0, b"z").unwrap(),
+            None,
+            "discard drops sealed changes too"
+        );
     }
 }

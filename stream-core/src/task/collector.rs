@@ -320,6 +320,11 @@ impl RecordCollector {
         std::mem::take(&mut self.output)
     }
 
+    /// Drains the records queued since the last call (the buffer keeps its capacity).
+    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, OutRecord> {
+        self.output.drain(..)
+    }
+
     /// Whether records are queued.
     pub(crate) fn has_output(&self) -> bool {
         !self.output.is_empty()

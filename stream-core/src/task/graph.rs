@@ -97,6 +97,8 @@ pub(crate) struct TaskGraph {
     input_topics: Vec<String>,
     /// The instance's global tables, for lookups.
     globals: crate::store::GlobalStores,
+    /// Dispatch's work list and forward buffer, kept between records.
+    scratch: (Vec<(usize, Record)>, Vec<Forward>),
 }
 
 impl TaskGraph {
@@ -164,6 +166,7 @@ impl TaskGraph {
             sources,
             input_topics,
             globals,
+            scratch: (Vec::new(), Vec::new()),
         }
     }
 
@@ -349,8 +352,10 @@ impl TaskGraph {
         out: &mut RecordCollector,
     ) -> Result<(), ProcessError> {
         let (partition, stream_time) = at;
-        let mut stack = vec![(start, record)];
-        let mut fwd: Vec<Forward> = Vec::new();
+        let (mut stack, mut fwd) = std::mem::take(&mut self.scratch);
+        stack.clear();
+        fwd.clear();
+        stack.push((start, record));
         let mut requests = Vec::new();
         while let Some((idx, rec)) = stack.pop() {
             let node = &mut self.nodes[idx];
@@ -404,6 +409,7 @@ impl TaskGraph {
                 }
             }
         }
+        self.scratch = (stack, fwd);
         Ok(())
     }
 }

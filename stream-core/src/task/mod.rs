@@ -84,6 +84,9 @@ pub struct Task {
     topology_keeps_state: bool,
     /// Per store index, the index of its lineage store (lineage on).
     lineage: Vec<Option<usize>>,
+    /// The origin of the record being processed, kept between records so
+    /// that its topic name is not allocated for each.
+    origin: Origin,
 }
 
 impl Task {
@@ -143,6 +146,7 @@ impl Task {
         }
         Task {
             lineage,
+            origin: punctuation_origin(id.partition),
             id,
             graph: TaskGraph::build(topology, sub, &app, config.globals.clone()),
             stores: StoreSet::new(names, backend),
@@ -278,6 +282,12 @@ impl Task {
         self.progress.position(topic, partition)
     }
 
+    /// Next offset to process of `topic`/`partition` as of the last commit
+    /// written to the durable copy.
+    pub fn committed_position(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.progress.committed_position(topic, partition)
+    }
+
     /// The stores of this task.
     pub fn stores(&self) -> &StoreSet {
         &self.stores
@@ -291,6 +301,12 @@ impl Task {
     /// Takes the records produced since the last call.
     pub fn take_output(&mut self) -> Vec<OutRecord> {
         self.out.take()
+    }
+
+    /// Takes the records produced since the last call, keeping the
+    /// buffer's memory for the next record.
+    pub fn drain_output(&mut self) -> std::vec::Drain<'_, OutRecord> {
+        self.out.drain()
     }
 
     /// Whether records wait to be sent.
@@ -385,6 +401,18 @@ impl Task {
 
     /// Processes one input record.
     pub fn process(&mut self, input: &InputRecord<'_>) -> Result<(), TaskError> {
+        let mut origin = std::mem::replace(&mut self.origin, punctuation_origin(0));
+        origin.topic.clear();
+        origin.topic.push_str(input.topic);
+        origin.partition = input.partition;
+        origin.offset = input.offset;
+        let r = self.process_from(input, &origin);
+        self.origin = origin;
+        r
+    }
+
+    /// [`process`](Self::process) of `input`, which came from `origin`.
+    fn process_from(&mut self, input: &InputRecord<'_>, origin: &Origin) -> Result<(), TaskError> {
         let Some(source) = self.graph.source(input.topic) else {
             return Err(TaskError::UnknownTopic {
                 task: self.id,
@@ -393,11 +421,6 @@ impl Task {
         };
         let (node, internal) = (source.node, source.internal);
         self.processed += 1;
-        let origin = Origin {
-            topic: input.topic.to_string(),
-            partition: input.partition,
-            offset: input.offset,
-        };
         let mut arrival = None;
         let mut upstream_raw = None;
         if internal {
@@ -501,7 +524,7 @@ impl Task {
             Err((stage, reason)) => {
                 if self.config.on_error == ErrorPolicy::FailFast {
                     return Err(TaskError::Record {
-                        origin,
+                        origin: origin.clone(),
                         reason: format!("{stage}: {reason}"),
                     });
                 }
@@ -537,10 +560,41 @@ impl Task {
         self.graph.rolled_back();
     }
 
-    /// Commits state after every produced record was acknowledged.
-    /// `next_changelog_offsets` maps changelog partitions to the offset
-    /// after the last acknowledged changelog record.
+    /// Commits state after every produced record was acknowledged:
+    /// [`seal`](Self::seal) and [`commit_sealed`](Self::commit_sealed) in
+    /// one step. `next_changelog_offsets` maps changelog partitions to the
+    /// offset after the last acknowledged changelog record.
     pub fn commit_state(
+        &mut self,
+        next_changelog_offsets: &HashMap<TopicPartition, i64>,
+    ) -> Result<(), StoreError> {
+        self.seal();
+        self.commit_sealed(next_changelog_offsets)
+    }
+
+    /// The commit point: the store changes made so far and the input
+    /// positions, dedup marks and stream time reached are set aside to be
+    /// written by [`commit_sealed`](Self::commit_sealed) once every record
+    /// produced before now is acknowledged; processing goes on meanwhile,
+    /// into fresh buffers. Sealing again before that replaces the sealed
+    /// commit with a larger one.
+    pub fn seal(&mut self) {
+        self.stores.seal();
+        self.progress.seal();
+    }
+
+    /// Whether a sealed commit waits to be written.
+    pub fn is_sealed(&self) -> bool {
+        self.progress.is_sealed()
+    }
+
+    /// Writes the sealed commit to the durable copy in one atomic batch:
+    /// the sealed store changes and the checkpoint (input positions and
+    /// dedup marks as of the seal, and `next_changelog_offsets`, which must
+    /// cover exactly the changelog records produced up to the seal: the
+    /// offset after the last acknowledged one per changelog partition).
+    /// Does nothing without a sealed commit.
+    pub fn commit_sealed(
         &mut self,
         next_changelog_offsets: &HashMap<TopicPartition, i64>,
     ) -> Result<(), StoreError> {
@@ -548,14 +602,16 @@ impl Task {
             .acknowledged(self.out.changelog_keys(), next_changelog_offsets);
         // A table's source topic is its changelog: the state covers it up
         // to where input resumes.
-        for (_, topic, partition) in self.out.source_partitions() {
-            if let Some(p) = self.progress.position(&topic, partition) {
-                self.progress
-                    .set_changelog_offset(TopicPartition::new(&topic, partition), p);
-            }
-        }
-        self.stores.commit(&self.progress.checkpoint())?;
-        self.progress.committed();
+        let sources = self
+            .out
+            .source_partitions()
+            .into_iter()
+            .map(|(_, topic, partition)| TopicPartition::new(&topic, partition));
+        let Some(cp) = self.progress.take_sealed(sources) else {
+            return Ok(());
+        };
+        self.stores.commit_sealed(&cp)?;
+        self.progress.committed(cp);
         Ok(())
     }
 

@@ -41,6 +41,9 @@ pub(crate) struct Progress {
     restore_limits: BTreeMap<TopicPartition, i64>,
     committed_positions: BTreeMap<TopicPartition, i64>,
     committed_dedup: BTreeMap<UpstreamKey, (i64, u32)>,
+    /// What a sealed commit records (positions, marks and stream time at
+    /// the commit point), until it is written.
+    sealed: Option<Checkpoint>,
 }
 
 impl Default for Progress {
@@ -54,6 +57,7 @@ impl Default for Progress {
             restore_limits: BTreeMap::new(),
             committed_positions: BTreeMap::new(),
             committed_dedup: BTreeMap::new(),
+            sealed: None,
         }
     }
 }
@@ -91,6 +95,11 @@ impl Progress {
     /// Next offset to process of `topic`/`partition`.
     pub(crate) fn position(&self, topic: &str, partition: i32) -> Option<i64> {
         lookup(&self.positions, topic, partition)
+    }
+
+    /// The input position of `topic`/`partition` the last written commit recorded.
+    pub(crate) fn committed_position(&self, topic: &str, partition: i32) -> Option<i64> {
+        lookup(&self.committed_positions, topic, partition)
     }
 
     /// Records that `topic`/`partition` was processed up to `next` (exclusive).
@@ -309,15 +318,46 @@ impl Progress {
         }
     }
 
-    /// The state was committed: keep copies to roll back to.
-    pub(crate) fn committed(&mut self) {
-        self.committed_positions = self.positions.clone();
-        self.committed_dedup = self.dedup.clone();
-        self.committed_stream_time = self.stream_time;
+    /// The commit point: keeps what the checkpoint will record (its
+    /// changelog offsets are filled in once acknowledged). A newer seal
+    /// replaces an unwritten one (it covers everything the older did).
+    pub(crate) fn seal(&mut self) {
+        self.sealed = Some(self.checkpoint());
+    }
+
+    /// Whether a sealed commit waits to be written.
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.is_some()
+    }
+
+    /// Takes the sealed checkpoint, its changelog offsets the acknowledged
+    /// ones; `sources` are the partitions of source topics that serve as
+    /// changelogs (covered up to the sealed input position).
+    pub(crate) fn take_sealed(
+        &mut self,
+        sources: impl Iterator<Item = TopicPartition>,
+    ) -> Option<Checkpoint> {
+        let mut cp = self.sealed.take()?;
+        for tp in sources {
+            if let Some(&p) = cp.positions.get(&tp) {
+                let e = self.changelog_offsets.entry(tp).or_insert(p);
+                *e = (*e).max(p);
+            }
+        }
+        cp.changelog_offsets = self.changelog_offsets.clone();
+        Some(cp)
+    }
+
+    /// `cp` was written: keep its copies to roll back to.
+    pub(crate) fn committed(&mut self, cp: Checkpoint) {
+        self.committed_positions = cp.positions;
+        self.committed_dedup = cp.dedup;
+        self.committed_stream_time = cp.stream_time;
     }
 
     /// Back to the last commit (an aborted transaction is reprocessed).
     pub(crate) fn rollback(&mut self) {
+        self.sealed = None;
         self.positions = self.committed_positions.clone();
         self.dedup = self.committed_dedup.clone();
         self.stream_time = self.committed_stream_time;
@@ -424,7 +464,9 @@ mod tests {
         };
         let a = p.arrive("rep", &up).ok().unwrap();
         p.applied(a);
-        p.committed();
+        p.seal();
+        let cp = p.take_sealed(std::iter::empty()).unwrap();
+        p.committed(cp);
         assert!(p.arrive("rep", &up).is_err(), "already applied");
         p.advance("in", 0, 9);
         let later = UpstreamMark { offset: 4, ..up };

@@ -168,8 +168,9 @@ impl Task {
     /// Writes restored state and the restore position durably, so that an
     /// interrupted restore resumes here.
     pub fn flush_restore(&mut self) -> Result<(), StoreError> {
-        self.stores.commit_restored(&self.progress.checkpoint())?;
-        self.progress.committed();
+        let cp = self.progress.checkpoint();
+        self.stores.commit_restored(&cp)?;
+        self.progress.committed(cp);
         Ok(())
     }
 }

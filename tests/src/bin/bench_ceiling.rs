@@ -3,7 +3,12 @@
 //! small keyed record per flagged user (team-1's filter). Prints
 //! `flagged=N seconds=S`.
 //!
-//! `bench-ceiling BOOTSTRAP INPUT OUTPUT`
+//! With `THREADS` > 1, that many threads each read their share of the
+//! input partitions with their own consumer (as a stream thread reads its
+//! tasks' partitions) and produce through one shared producer — the
+//! ceiling for a framework running as many stream threads.
+//!
+//! `bench-ceiling BOOTSTRAP INPUT OUTPUT [THREADS]`
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -17,17 +22,13 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 {
-        eprintln!("usage: bench-ceiling BOOTSTRAP INPUT OUTPUT");
+    if !(4..=5).contains(&args.len()) {
+        eprintln!("usage: bench-ceiling BOOTSTRAP INPUT OUTPUT [THREADS]");
         std::process::exit(2);
     }
     let (bootstrap, input, output) = (&args[1], &args[2], &args[3]);
+    let threads: i32 = args.get(4).and_then(|t| t.parse().ok()).unwrap_or(1).max(1);
     let started = Instant::now();
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("ceiling-{}", std::process::id()))
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = cc.create().unwrap_or_else(|e| fail(&e.to_string()));
     let mut pc = ClientConfig::new();
     pc.set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -35,13 +36,46 @@ fn main() {
         .set("partitioner", "murmur2_random");
     let producer: ThreadedProducer<DefaultProducerContext> =
         pc.create().unwrap_or_else(|e| fail(&e.to_string()));
+    let flagged: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let producer = &producer;
+                s.spawn(move || read_share(bootstrap, input, output, producer, t, threads))
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    producer
+        .flush(Duration::from_secs(60))
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    println!(
+        "flagged={flagged} seconds={:.3}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Reads partitions `p` with `p % threads == share` of `input` to their end,
+/// producing one record per flagged user; returns how many.
+fn read_share(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    share: i32,
+    threads: i32,
+) -> u64 {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("ceiling-{}", std::process::id()))
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = cc.create().unwrap_or_else(|e| fail(&e.to_string()));
     let md = consumer
         .fetch_metadata(Some(input), Duration::from_secs(10))
         .unwrap_or_else(|e| fail(&e.to_string()));
     let parts = md.topics()[0].partitions().len() as i32;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
-    for p in 0..parts {
+    for p in (0..parts).filter(|p| p % threads == share) {
         let (lo, hi) = consumer
             .fetch_watermarks(input, p, Duration::from_secs(10))
             .unwrap_or_else(|e| fail(&e.to_string()));
@@ -73,18 +107,12 @@ fn main() {
             let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output)
                 .key(user.company_name.as_bytes())
                 .payload(b"1");
-            if let Err(e) = integration_tests::send_record(&producer, rec) {
+            if let Err(e) = integration_tests::send_record(producer, rec) {
                 fail(&e.to_string());
             }
         }
     }
-    producer
-        .flush(Duration::from_secs(60))
-        .unwrap_or_else(|e| fail(&e.to_string()));
-    println!(
-        "flagged={flagged} seconds={:.3}",
-        started.elapsed().as_secs_f64()
-    );
+    flagged
 }
 
 fn fail(msg: &str) -> ! {

@@ -131,6 +131,16 @@ public final class Main {
       counts.toStream()
           .map((w, n) -> KeyValue.pair(w.key() + "@" + w.window().start(), "{\"flag_count\":" + n + "}"))
           .to(output, Produced.with(Serdes.String(), Serdes.String()));
+    } else if (mode.equals("keycount")) {
+      // the key-scaling rows: count per key, every update to the output
+      p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.AT_LEAST_ONCE);
+      p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100L);
+      b.stream(input, Consumed.with(Serdes.String(), Serdes.ByteArray()))
+          .groupByKey(Grouped.with(Serdes.String(), Serdes.ByteArray()))
+          .count(Materialized.as("counts"))
+          .toStream()
+          .mapValues(n -> Long.toString(n))
+          .to(output, Produced.with(Serdes.String(), Serdes.String()));
     } else {
       b.stream(input, Consumed.with(Serdes.String(), Serdes.String()))
           .groupByKey(Grouped.with(Serdes.String(), Serdes.String()))
