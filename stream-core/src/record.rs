@@ -65,8 +65,8 @@ pub struct OutRecord {
 pub enum OutKind {
     /// Output of a sink node (user topic or repartition topic).
     Sink,
-    /// A state change of the named store.
-    Changelog(String),
+    /// A state change of the named store (the name shared, not copied per record).
+    Changelog(std::sync::Arc<str>),
     /// A record that failed and is parked in the dead-letter topic.
     DeadLetter,
 }

@@ -22,6 +22,14 @@
 //! point waits until it is written. Rebalances and shutdown commit
 //! synchronously ([`commit`]).
 //!
+//! Exactly-once overlaps too: at the commit point the tasks seal and the
+//! transaction commits on a helper thread ([`start_transaction`]); the
+//! stream thread goes on processing, holding what it produces in memory
+//! (no record may join a transaction while it commits), and once the commit
+//! is done writes the sealed state and sends the held records into the next
+//! transaction ([`finish_transaction`]). An abort rolls every task back to
+//! the last commit, drops the held records and rewinds, as before.
+//!
 //! A crash before 2 leaves sled and the group at the previous commit: the
 //! changelog holds records past sled's checkpoint, but each carries the
 //! input offset that caused it, and restore skips those whose input was not
@@ -105,6 +113,56 @@ pub(crate) fn seal(parts: CommitParts<'_>) -> Option<InFlight> {
     })
 }
 
+/// Exactly-once: the commit point of an overlapped commit. Seals every
+/// task and the producer's epoch and starts committing the transaction
+/// (with the sealed input positions) on a helper thread; processing goes
+/// on, its output held until the commit is done ([`finish_transaction`]).
+pub(crate) fn start_transaction(
+    parts: CommitParts<'_>,
+    consumer: &BaseConsumer<impl ConsumerContext>,
+) -> Result<Option<InFlight>, RuntimeError> {
+    if parts.tasks.is_empty() {
+        return Ok(None);
+    }
+    for (_, e) in parts.tasks.iter_mut() {
+        e.task.seal();
+    }
+    let epoch = parts.out.seal_epoch();
+    let mut tpl = parts.tasks.positions();
+    super::ownership::stamp(&mut tpl, parts.commit_tag);
+    parts.out.start_transaction_commit(consumer, &tpl)?;
+    Ok(Some(InFlight {
+        epoch,
+        sealed_at: Instant::now(),
+    }))
+}
+
+/// Exactly-once: finishes the transaction commit `flight` once it is done
+/// (waits for it when `wait`): writes the sealed state and sends the
+/// records held meanwhile into the next transaction; after an abort, rolls
+/// every task back to its last commit and rewinds. Gives `flight` back
+/// while the commit still runs.
+pub(crate) fn finish_transaction(
+    mut parts: CommitParts<'_>,
+    flight: InFlight,
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    wait: bool,
+) -> Result<Option<InFlight>, RuntimeError> {
+    match parts.out.finish_transaction_commit(wait)? {
+        None => Ok(Some(flight)),
+        Some(true) => {
+            write_state(&mut parts, flight.epoch)?;
+            parts.out.release_held()?;
+            Ok(None)
+        }
+        Some(false) => {
+            parts.out.forget_through(flight.epoch);
+            rewind(parts.tasks, consumer);
+            Ok(None)
+        }
+    }
+}
+
 /// Finishes `flight` if every record produced before it is acknowledged
 /// (steps 2 and 3); gives it back otherwise.
 pub(crate) fn complete(
@@ -122,20 +180,12 @@ pub(crate) fn complete(
 /// Steps 2 and 3 for a commit covering `epoch`, whose records are all
 /// reported.
 fn write(
-    parts: CommitParts<'_>,
+    mut parts: CommitParts<'_>,
     epoch: u64,
     consumer: &BaseConsumer<impl ConsumerContext>,
     mode: CommitMode,
 ) -> Result<(), RuntimeError> {
-    let acked = parts.out.take_acknowledged(epoch)?;
-    // 2. state + changelog offsets + positions, atomically in sled
-    for (id, e) in parts.tasks.iter_mut() {
-        if e.task.is_sealed() {
-            e.task.commit_sealed(&acked)?;
-        }
-        parts.status.update_metrics(*id, e.task.metrics());
-    }
-    parts.state.sync_soon();
+    write_state(&mut parts, epoch)?;
     // 3. input offsets to the group (exactly-once: in the transaction)
     if parts.out.exactly_once() || parts.cfg.outside_group {
         return Ok(());
@@ -148,6 +198,21 @@ fn write(
             tracing::warn!(error = %e, "offset commit failed; local state keeps the position");
         }
     }
+    Ok(())
+}
+
+/// Step 2 for a commit covering `epoch`, whose records are all reported:
+/// every sealed task's state, changelog offsets and positions, atomically
+/// in sled.
+fn write_state(parts: &mut CommitParts<'_>, epoch: u64) -> Result<(), RuntimeError> {
+    let acked = parts.out.take_acknowledged(epoch)?;
+    for (id, e) in parts.tasks.iter_mut() {
+        if e.task.is_sealed() {
+            e.task.commit_sealed(&acked)?;
+        }
+        parts.status.update_metrics(*id, e.task.metrics());
+    }
+    parts.state.sync_soon();
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::commit::{self, CommitParts};
@@ -30,6 +30,10 @@ use crate::coordinates::TopicPartition;
 use crate::graph::Topology;
 use crate::store::StateDir;
 use crate::task::{CommittedOffset, InputRecord, TaskConfig, TaskId};
+
+/// Records produced while a transaction commits that are held in memory
+/// at most; beyond, the stream thread waits for the commit.
+const MAX_HELD: usize = 100_000;
 
 /// Everything one stream thread runs.
 pub(crate) struct Engine {
@@ -149,20 +153,7 @@ impl Engine {
         let entry_id = id;
         // The headers are copied into buffers kept between records.
         let mut headers = std::mem::take(&mut self.headers);
-        let mut n = 0;
-        if let Some(hs) = msg.headers() {
-            for h in hs.iter() {
-                if n == headers.len() {
-                    headers.push((String::new(), Vec::new()));
-                }
-                let (k, v) = &mut headers[n];
-                k.clear();
-                k.push_str(h.key);
-                v.clear();
-                v.extend_from_slice(h.value.unwrap_or_default());
-                n += 1;
-            }
-        }
+        let n = super::message::copy_headers(msg, &mut headers);
         let r = self.process_with(entry_id, msg, &headers[..n]);
         self.headers = headers;
         r
@@ -211,7 +202,9 @@ impl Engine {
     ) -> Result<(), RuntimeError> {
         let started = Instant::now();
         let had_tasks = !self.tasks.is_empty();
-        // A synchronous commit covers the one in flight.
+        // A synchronous commit covers the one in flight (a transaction
+        // commit in flight is finished first).
+        self.settle_transaction(consumer)?;
         self.in_flight = None;
         let r = commit::commit(self.commit_parts(), consumer);
         if had_tasks {
@@ -222,35 +215,64 @@ impl Engine {
         r
     }
 
+    /// Exactly-once: waits for the transaction commit in flight, if any,
+    /// and finishes it.
+    fn settle_transaction(
+        &mut self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+    ) -> Result<(), RuntimeError> {
+        if !self.out.transaction_committing() {
+            return Ok(());
+        }
+        self.finish_in_flight(consumer, true)
+    }
+
+    /// Finishes the commit in flight if it is done (or, exactly-once, waits
+    /// for it when `wait`).
+    fn finish_in_flight(
+        &mut self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+        wait: bool,
+    ) -> Result<(), RuntimeError> {
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let sealed_at = flight.sealed_at;
+        self.in_flight = if self.out.exactly_once() {
+            commit::finish_transaction(self.commit_parts(), flight, consumer, wait)?
+        } else {
+            commit::complete(self.commit_parts(), flight, consumer)?
+        };
+        if self.in_flight.is_none() {
+            self.status
+                .record_commit(sealed_at.elapsed(), started.elapsed());
+        }
+        Ok(())
+    }
+
     /// Moves the commit on, called after every poll: finishes the commit in
-    /// flight once its records are acknowledged; at the commit interval,
-    /// seals the next one (at-least-once: the pipelined commit) or commits
-    /// (exactly-once).
+    /// flight once it is done (its records acknowledged, or its transaction
+    /// committed); at the commit interval, starts the next (at-least-once:
+    /// seals it; exactly-once: seals it and commits its transaction in the
+    /// background). One commit is in flight at a time.
     pub(crate) fn advance_commit(
         &mut self,
         consumer: &BaseConsumer<impl ConsumerContext>,
     ) -> Result<(), RuntimeError> {
-        if let Some(flight) = self.in_flight.take() {
-            let started = Instant::now();
-            let sealed_at = flight.sealed_at;
-            self.in_flight = commit::complete(self.commit_parts(), flight, consumer)?;
-            if self.in_flight.is_none() {
-                self.status
-                    .record_commit(sealed_at.elapsed(), started.elapsed());
-            }
-        }
-        if self.last_commit.elapsed() < self.cfg.commit_interval {
-            return Ok(());
-        }
-        if self.out.exactly_once() {
-            return self.commit(consumer);
-        }
-        if self.in_flight.is_some() {
-            // One commit in flight at a time: the next waits for it.
+        // Exactly-once holds output while its transaction commits: wait
+        // rather than hold without bound.
+        let wait = self.out.held() >= MAX_HELD;
+        self.finish_in_flight(consumer, wait)?;
+        if self.in_flight.is_some() || self.last_commit.elapsed() < self.cfg.commit_interval {
             return Ok(());
         }
         let started = Instant::now();
-        self.in_flight = commit::seal(self.commit_parts());
+        self.in_flight = if self.out.exactly_once() {
+            commit::start_transaction(self.commit_parts(), consumer)?
+        } else {
+            commit::seal(self.commit_parts())
+        };
         self.status.record_blocked(started.elapsed());
         self.last_commit = Instant::now();
         Ok(())
@@ -566,6 +588,11 @@ impl Engine {
         let result = if !lost {
             self.commit(consumer)
         } else if self.out.in_transaction() {
+            // A transaction commit in flight finishes first (it cannot be
+            // aborted halfway); whatever is open after it is aborted.
+            if let Err(e) = self.settle_transaction(consumer) {
+                self.fatal.get_or_insert(e);
+            }
             self.in_flight = None;
             commit::abort(&mut self.tasks, &mut self.out, consumer)
         } else {

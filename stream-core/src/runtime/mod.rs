@@ -29,6 +29,7 @@ pub(crate) mod engine;
 pub mod error;
 pub(crate) mod global;
 pub mod handle;
+mod message;
 pub mod ownership;
 pub(crate) mod producer;
 pub(crate) mod production;

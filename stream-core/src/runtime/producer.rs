@@ -175,7 +175,7 @@ impl ProducerContext for DeliveryTracker {
 
 /// Sends an instance's output and owns its producer.
 pub(crate) struct OutputProducer {
-    producer: ThreadedProducer<DeliveryTracker>,
+    producer: Arc<ThreadedProducer<DeliveryTracker>>,
     delivery: Arc<DeliveryState>,
     /// Where dead letters go when the dead-letter topic is unusable.
     dead_letter_file: Option<PathBuf>,
@@ -194,6 +194,10 @@ pub(crate) struct OutputProducer {
     sent_sealed: BTreeMap<u64, u64>,
     /// Changelog offsets acknowledged through the last taken epoch.
     confirmed: HashMap<TopicPartition, i64>,
+    /// Exactly-once: the transaction commit in flight on a helper thread.
+    committing: Option<std::thread::JoinHandle<Result<(), KafkaError>>>,
+    /// Records produced while a transaction commit is in flight.
+    held: Vec<OutRecord>,
 }
 
 impl OutputProducer {
@@ -208,7 +212,7 @@ impl OutputProducer {
         eos: bool,
     ) -> Self {
         OutputProducer {
-            producer,
+            producer: Arc::new(producer),
             delivery,
             dead_letter_file,
             production_errors,
@@ -220,6 +224,8 @@ impl OutputProducer {
             sent_now: 0,
             sent_sealed: BTreeMap::new(),
             confirmed: HashMap::new(),
+            committing: None,
+            held: Vec::new(),
         }
     }
 
@@ -298,6 +304,10 @@ impl OutputProducer {
     pub(crate) fn send(&mut self, r: OutRecord) -> Result<(), RuntimeError> {
         if r.kind == OutKind::DeadLetter && self.dead_letter_file.is_some() {
             return self.write_dead_letter_file(&r);
+        }
+        if self.committing.is_some() {
+            self.held.push(r);
+            return Ok(());
         }
         self.begin_transaction()?;
         let tracked = match r.kind {
@@ -475,17 +485,75 @@ impl OutputProducer {
         consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
         tpl: &TopicPartitionList,
     ) -> Result<bool, RuntimeError> {
+        self.start_transaction_commit(consumer, tpl)?;
+        match self.finish_transaction_commit(true)? {
+            Some(committed) => Ok(committed),
+            None => Err(RuntimeError::Delivery(
+                "the transaction commit did not finish".into(),
+            )),
+        }
+    }
+
+    /// Starts committing the open transaction with the input offsets `tpl`
+    /// on a helper thread. Until [`finish_transaction_commit`]
+    /// (Self::finish_transaction_commit) reports it done, records sent are
+    /// held in memory: the transaction protocol allows no new records
+    /// while a commit is in flight; they go into the next transaction.
+    pub(crate) fn start_transaction_commit(
+        &mut self,
+        consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+        tpl: &TopicPartitionList,
+    ) -> Result<(), RuntimeError> {
         self.begin_transaction()?;
         let Some(meta) = consumer.group_metadata() else {
             return Err(RuntimeError::NoGroupMetadata);
         };
-        let r = if tpl.count() > 0 {
-            self.producer
-                .send_offsets_to_transaction(tpl, &meta, CLIENT_TIMEOUT)
-        } else {
-            Ok(())
+        let producer = self.producer.clone();
+        let tpl = tpl.clone();
+        let committer = std::thread::Builder::new()
+            .name("txn-commit".into())
+            .spawn(move || {
+                if tpl.count() > 0 {
+                    producer.send_offsets_to_transaction(&tpl, &meta, CLIENT_TIMEOUT)?;
+                }
+                producer.commit_transaction(CLIENT_TIMEOUT)
+            })
+            .map_err(|e| RuntimeError::Delivery(format!("start the transaction commit: {e}")))?;
+        self.committing = Some(committer);
+        Ok(())
+    }
+
+    /// Whether a transaction commit is in flight.
+    pub(crate) fn transaction_committing(&self) -> bool {
+        self.committing.is_some()
+    }
+
+    /// Records held while a transaction commit is in flight.
+    pub(crate) fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The transaction commit in flight: `None` while it runs (unless
+    /// `wait`), `Some(true)` once committed, `Some(false)` if it had to be
+    /// aborted (the held records are dropped: the caller rolls its tasks
+    /// back and rewinds). Call [`release_held`](Self::release_held) after
+    /// a commit to send the held records.
+    pub(crate) fn finish_transaction_commit(
+        &mut self,
+        wait: bool,
+    ) -> Result<Option<bool>, RuntimeError> {
+        let Some(committer) = self.committing.take() else {
+            return Ok(Some(true));
+        };
+        if !wait && !committer.is_finished() {
+            self.committing = Some(committer);
+            return Ok(None);
         }
-        .and_then(|()| self.producer.commit_transaction(CLIENT_TIMEOUT));
+        let Ok(r) = committer.join() else {
+            return Err(RuntimeError::Delivery(
+                "the transaction commit thread panicked".into(),
+            ));
+        };
         match r {
             Ok(()) => {
                 self.in_txn = false;
@@ -494,18 +562,26 @@ impl OutputProducer {
                 // changelog offsets.
                 let _ = self.producer.flush(CLIENT_TIMEOUT);
                 self.check_delivery()?;
-                Ok(true)
+                Ok(Some(true))
             }
             Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
                 tracing::warn!(error = %e, "transaction aborted; reprocessing from the last commit");
+                self.held.clear();
                 self.abort_transaction()?;
-                Ok(false)
+                Ok(Some(false))
             }
             Err(e) => Err(RuntimeError::kafka(
                 "commit transaction (this instance may have been fenced by a newer one)",
                 e,
             )),
         }
+    }
+
+    /// Sends the records held while the last transaction commit was in
+    /// flight (into a new transaction).
+    pub(crate) fn release_held(&mut self) -> Result<(), RuntimeError> {
+        let held = std::mem::take(&mut self.held);
+        self.send_all(held)
     }
 
     /// Aborts the open transaction, if any, and forgets its failures.

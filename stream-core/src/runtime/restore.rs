@@ -32,7 +32,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -275,7 +275,9 @@ pub(crate) struct ChangelogReader {
     allow_empty_state: bool,
     jobs: Vec<Job>,
     /// (topic, partition) → (job, target)
-    index: HashMap<(String, i32), (usize, usize)>,
+    /// Changelog topic → partition → (job, partition index), looked up by
+    /// `&str` for every record.
+    index: HashMap<String, HashMap<i32, (usize, usize)>>,
     reporter: Option<RestoreReporter>,
     last_progress: Instant,
     last_status: Instant,
@@ -451,7 +453,10 @@ impl ChangelogReader {
                 }
                 tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.position))
                     .map_err(|e| RuntimeError::kafka("plan changelog reads", e))?;
-                self.index.insert((p.topic.clone(), p.partition), (j, i));
+                self.index
+                    .entry(p.topic.clone())
+                    .or_default()
+                    .insert(p.partition, (j, i));
             }
         }
         if tpl.count() == 0 {
@@ -554,10 +559,27 @@ impl ChangelogReader {
     /// Reads changelogs for up to `budget`; returns the tasks restored.
     fn step(&mut self, budget: Duration) -> Result<Vec<Entry>, RuntimeError> {
         let until = Instant::now() + budget;
-        while Instant::now() < until && !self.jobs.iter().all(Job::done) {
+        // The clock is read every few records, not for each.
+        let mut since_clock = 0u32;
+        let mut read_since_idle = false;
+        while !self.jobs.iter().all(Job::done) {
+            since_clock += 1;
+            if since_clock >= 256 {
+                since_clock = 0;
+                if read_since_idle {
+                    self.last_progress = Instant::now();
+                    read_since_idle = false;
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+            }
             match self.consumer.poll(Duration::from_millis(50)) {
                 Some(Ok(m)) => {
-                    let Some(&(j, i)) = self.index.get(&(m.topic().to_string(), m.partition()))
+                    let Some(&(j, i)) = self
+                        .index
+                        .get(m.topic())
+                        .and_then(|ps| ps.get(&m.partition()))
                     else {
                         continue;
                     };
@@ -570,16 +592,9 @@ impl ChangelogReader {
                         p.done = true;
                         continue;
                     }
-                    self.headers.clear();
-                    if let Some(hs) = m.headers() {
-                        self.headers.extend(hs.iter().map(|h| {
-                            (
-                                h.key.to_string(),
-                                h.value.map(|v| v.to_vec()).unwrap_or_default(),
-                            )
-                        }));
-                    }
-                    if job.standby && !job.entry.task.restore_admits(&self.headers) {
+                    let n = super::message::copy_headers(&m, &mut self.headers);
+                    let headers = &self.headers[..n];
+                    if job.standby && !job.entry.task.restore_admits(headers) {
                         // Its input is not committed yet: wait here.
                         job.blocked[i] = true;
                         p.position = m.offset();
@@ -592,7 +607,7 @@ impl ChangelogReader {
                         job.targets[i].store,
                         m.key(),
                         m.payload(),
-                        &self.headers,
+                        headers,
                         m.timestamp().to_millis().unwrap_or(-1),
                     );
                     p.read += 1;
@@ -600,7 +615,7 @@ impl ChangelogReader {
                     if p.position >= p.end {
                         p.done = true;
                     }
-                    self.last_progress = Instant::now();
+                    read_since_idle = true;
                     if p.read % 1024 == 0
                         && (job.entry.task.stores().buffered() >= RESTORE_FLUSH_KEYS
                             || job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL)
@@ -616,6 +631,12 @@ impl ChangelogReader {
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
                 None => {
+                    if std::mem::take(&mut read_since_idle) {
+                        self.last_progress = Instant::now();
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
                     self.trust_positions();
                     let restoring = self.jobs.iter().any(|j| !j.standby);
                     if restoring && self.last_progress.elapsed() > RESTORE_STALL {
@@ -793,7 +814,11 @@ impl ChangelogReader {
             let Offset::Offset(o) = el.offset() else {
                 continue;
             };
-            let Some(&(j, i)) = self.index.get(&(el.topic().to_string(), el.partition())) else {
+            let Some(&(j, i)) = self
+                .index
+                .get(el.topic())
+                .and_then(|ps| ps.get(&el.partition()))
+            else {
                 continue;
             };
             let p = &mut self.jobs[j].progress[i];

@@ -231,15 +231,19 @@ pub struct SledBackend {
 impl SledBackend {
     /// Applies restored entries to store `i` as one sled batch, counting
     /// entries added and removed into `counts`.
+    /// Applies one chunk of restored entries to store `i`; `fresh`: the
+    /// store was empty before this batch (its keys are distinct, so every
+    /// put adds an entry and nothing needs looking up).
     fn apply_restored_chunk(
         &self,
         i: usize,
         chunk: &[(Vec<u8>, Option<Vec<u8>>)],
         counts: &mut [u64],
+        fresh: bool,
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (k, v) in chunk {
-            let present = self.trees[i].contains_key(k).map_err(|e| self.err(e))?;
+            let present = !fresh && self.trees[i].contains_key(k).map_err(|e| self.err(e))?;
             match v {
                 Some(v) => {
                     if !present {
@@ -344,41 +348,39 @@ impl StateBackend for SledBackend {
     }
 
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        let mut counts = self.counts.clone();
-        for (i, batch) in batches.iter().enumerate() {
-            for (k, v) in batch {
-                let present = self.trees[i].contains_key(k).map_err(|e| self.err(e))?;
-                match (present, v.is_some()) {
-                    (false, true) => counts[i] += 1,
-                    (true, false) => counts[i] = counts[i].saturating_sub(1),
-                    _ => {}
-                }
-            }
-        }
-        let encoded = self.encode_checkpoint(checkpoint, &counts)?;
         let mut all: Vec<&sled::Tree> = self.trees.iter().collect();
         all.push(&self.meta);
         let meta_idx = all.len() - 1;
         let task = self.task.as_bytes();
-        let result: Result<(), TransactionError<()>> = all.as_slice().transaction(|txs| {
-            for (i, batch) in batches.iter().enumerate() {
-                for (k, v) in batch {
-                    match v {
-                        Some(v) => txs[i].insert(k.as_slice(), v.as_slice())?,
-                        None => txs[i].remove(k.as_slice())?,
-                    };
+        // The entry counts go into the checkpoint, written in the same
+        // transaction: they are counted from what each write replaced
+        // (a transactional write reads the old value anyway).
+        let result: Result<Vec<u64>, TransactionError<String>> =
+            all.as_slice().transaction(|txs| {
+                let mut counts = self.counts.clone();
+                for (i, batch) in batches.iter().enumerate() {
+                    for (k, v) in batch {
+                        let old = match v {
+                            Some(v) => txs[i].insert(k.as_slice(), v.as_slice())?,
+                            None => txs[i].remove(k.as_slice())?,
+                        };
+                        match (old.is_some(), v.is_some()) {
+                            (false, true) => counts[i] += 1,
+                            (true, false) => counts[i] = counts[i].saturating_sub(1),
+                            _ => {}
+                        }
+                    }
                 }
-            }
-            txs[meta_idx].insert(task, encoded.as_slice())?;
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
-        result.map_err(|e| match e {
+                let encoded = self
+                    .encode_checkpoint(checkpoint, &counts)
+                    .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
+                txs[meta_idx].insert(task, encoded)?;
+                Ok(counts)
+            });
+        self.counts = result.map_err(|e| match e {
             TransactionError::Storage(s) => self.err(s),
-            TransactionError::Abort(()) => {
-                self.err(sled::Error::Unsupported("transaction aborted".into()))
-            }
+            TransactionError::Abort(why) => self.err(sled::Error::Unsupported(why)),
         })?;
-        self.counts = counts;
         Ok(())
     }
 
@@ -392,8 +394,9 @@ impl StateBackend for SledBackend {
             // sled applies a batch under a lock every writer of the database
             // waits for: in chunks, a background restore holds up the
             // processing tasks' commits for one chunk at most.
+            let fresh = counts[i] == 0 && self.trees[i].is_empty();
             for chunk in batch.chunks(RESTORE_CHUNK) {
-                self.apply_restored_chunk(i, chunk, &mut counts)?;
+                self.apply_restored_chunk(i, chunk, &mut counts, fresh)?;
             }
         }
         let encoded = self.encode_checkpoint(checkpoint, &counts)?;

@@ -27,7 +27,7 @@ pub(crate) struct SinkNode {
 
 /// Where one store's changes go.
 pub(crate) struct StoreLog {
-    pub(crate) store: String,
+    pub(crate) store: Arc<str>,
     pub(crate) topic: String,
     /// For an existing topic with its own record format.
     pub(crate) codec: Option<Arc<dyn ChangelogCodec>>,
@@ -206,8 +206,10 @@ impl RecordCollector {
                     // they would delete other applications' records.
                     (Some(_), None) => continue,
                 };
-                let mut headers: Headers =
-                    vec![(SOURCE_HEADER.into(), SourceMark::of(origin).encode())];
+                let mut headers: Headers = Vec::with_capacity(
+                    1 + usize::from(upstream.is_some()) + usize::from(traced.is_some()),
+                );
+                headers.push((SOURCE_HEADER.into(), SourceMark::of(origin).encode()));
                 if let Some(up) = upstream {
                     headers.push((UPSTREAM_HEADER.into(), up.to_vec()));
                 }

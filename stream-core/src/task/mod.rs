@@ -108,19 +108,19 @@ impl Task {
             .iter()
             .map(|s| match &s.changelog {
                 Changelog::Internal => s.changelog_topic(&app).map(|topic| StoreLog {
-                    store: s.name.clone(),
+                    store: s.name.as_str().into(),
                     topic,
                     codec: None,
                     source: false,
                 }),
                 Changelog::Existing { topic, codec } => Some(StoreLog {
-                    store: s.name.clone(),
+                    store: s.name.as_str().into(),
                     topic: topic.clone(),
                     codec: Some(codec.clone()),
                     source: false,
                 }),
                 Changelog::SourceTopic { topic, codec } => Some(StoreLog {
-                    store: s.name.clone(),
+                    store: s.name.as_str().into(),
                     topic: topic.clone(),
                     codec: codec.clone(),
                     source: true,
