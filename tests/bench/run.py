@@ -512,9 +512,12 @@ topology on Kafka Streams (`groupByKey().count()`, cache off), over
 {", ".join(f"{k:,}" for k in a.key_counts)} distinct keys (the larger of
 {a.users:,} and the key count records, from `bench-fill`); then restores of
 changelogs of {", ".join(f"{n:,}" for n in a.key_restores)} records (a tenth as many
-keys). Our sled page cache is bounded by `StreamsConfig::state_cache_bytes`
-(`--state-cache-mib`, default 64 MiB per instance), so peak RSS should not grow
-with the keys beyond that bound. State on disk: the state directory's size at the end.
+keys). `StreamsConfig::state_cache_bytes` (`--state-cache-mib` on the tutorial
+programs, default 64 MiB per instance) sets sled's `cache_capacity`, which bounds
+the cached page data only: sled keeps per-page bookkeeping for every page of the
+tree in memory, so its memory grows with the number of keys regardless (see the
+rows, and [performance.md](performance.md)). State on disk: the state directory's
+size at the end.
 
 {keys}
 """
