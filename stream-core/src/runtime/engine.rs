@@ -245,8 +245,14 @@ impl Engine {
             commit::complete(self.commit_parts(), flight, consumer)?
         };
         if self.in_flight.is_none() {
-            self.status
-                .record_commit(sealed_at.elapsed(), started.elapsed());
+            let blocked = started.elapsed();
+            if blocked > Duration::from_secs(1) {
+                tracing::warn!(
+                    seconds = blocked.as_secs_f64(),
+                    "writing a commit's state took over a second (local state store busy)"
+                );
+            }
+            self.status.record_commit(sealed_at.elapsed(), blocked);
         }
         Ok(())
     }

@@ -596,3 +596,39 @@ impl OutputProducer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_pack_kind_and_epoch_into_the_opaque() {
+        for (kind, epoch) in [(SINK, 0), (CHANGELOG, 7), (DEAD_LETTER, 1 << 40)] {
+            assert_eq!(unpack(opaque(kind, epoch)), (kind, epoch));
+        }
+    }
+
+    #[test]
+    fn should_report_an_epoch_complete_only_when_all_its_records_and_earlier_ones_are() {
+        let d = DeliveryState::default();
+        let sent: BTreeMap<u64, u64> = [(0, 2), (1, 1)].into();
+        d.report(0, Some(("cl", 0, 10)));
+        assert!(!d.complete(sent.range(..=0)), "one of two reported");
+        d.report(1, Some(("cl", 0, 12)));
+        assert!(!d.complete(sent.range(..=1)), "epoch 0 is not complete yet");
+        d.report(0, Some(("cl", 0, 11)));
+        assert!(d.complete(sent.range(..=0)));
+        assert!(d.complete(sent.range(..=1)));
+        // the offsets taken through epoch 0 are epoch 0's only
+        let mut acked = HashMap::new();
+        d.drain_through(0, &mut acked);
+        assert_eq!(acked.get(&TopicPartition::new("cl", 0)), Some(&12));
+        d.drain_through(1, &mut acked);
+        assert_eq!(acked.get(&TopicPartition::new("cl", 0)), Some(&13));
+        let empty: BTreeMap<u64, u64> = [(2, 0)].into();
+        assert!(
+            d.complete(empty.range(..)),
+            "an epoch with nothing sent is complete"
+        );
+    }
+}
