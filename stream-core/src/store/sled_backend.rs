@@ -19,9 +19,6 @@ const CHECKPOINTS: &str = "__checkpoints";
 /// sled's page cache when not configured: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Restored entries per sled batch (see `commit_restored`).
-const RESTORE_CHUNK: usize = 2048;
-
 /// An opened state directory: `<state.dir>/<application.id>/`.
 #[derive(Clone)]
 pub struct StateDir {
@@ -229,37 +226,35 @@ pub struct SledBackend {
 }
 
 impl SledBackend {
-    /// Applies restored entries to store `i` as one sled batch, counting
-    /// entries added and removed into `counts`.
-    /// Applies one chunk of restored entries to store `i`; `fresh`: the
-    /// store was empty before this batch (its keys are distinct, so every
-    /// put adds an entry and nothing needs looking up).
-    fn apply_restored_chunk(
+    /// Writes restored entries to store `i` one by one, counting entries
+    /// added and removed into `counts` from what each write replaced.
+    ///
+    /// Single writes share sled's lock with the processing tasks' reads. A
+    /// batch (`apply_batch`) takes it exclusively, and once any transaction
+    /// (a commit) has run, sled makes every read wait for that lock: a task
+    /// processing beside a restore then read one value per restored batch.
+    /// A crash midway leaves the checkpoint at the previous position, and
+    /// the next restore writes the same values again.
+    fn write_restored(
         &self,
         i: usize,
-        chunk: &[(Vec<u8>, Option<Vec<u8>>)],
+        entries: &[(Vec<u8>, Option<Vec<u8>>)],
         counts: &mut [u64],
-        fresh: bool,
     ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for (k, v) in chunk {
-            let present = !fresh && self.trees[i].contains_key(k).map_err(|e| self.err(e))?;
-            match v {
-                Some(v) => {
-                    if !present {
-                        counts[i] += 1;
-                    }
-                    b.insert(k.as_slice(), v.as_slice());
-                }
-                None => {
-                    if present {
-                        counts[i] = counts[i].saturating_sub(1);
-                    }
-                    b.remove(k.as_slice());
-                }
+        let tree = &self.trees[i];
+        for (k, v) in entries {
+            let old = match v {
+                Some(v) => tree.insert(k.as_slice(), v.as_slice()),
+                None => tree.remove(k.as_slice()),
+            }
+            .map_err(|e| self.err(e))?;
+            match (old.is_some(), v.is_some()) {
+                (false, true) => counts[i] += 1,
+                (true, false) => counts[i] = counts[i].saturating_sub(1),
+                _ => {}
             }
         }
-        self.trees[i].apply_batch(b).map_err(|e| self.err(e))
+        Ok(())
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
@@ -391,13 +386,7 @@ impl StateBackend for SledBackend {
     ) -> Result<(), StoreError> {
         let mut counts = self.counts.clone();
         for (i, batch) in batches.iter().enumerate() {
-            // sled applies a batch under a lock every writer of the database
-            // waits for: in chunks, a background restore holds up the
-            // processing tasks' commits for one chunk at most.
-            let fresh = counts[i] == 0 && self.trees[i].is_empty();
-            for chunk in batch.chunks(RESTORE_CHUNK) {
-                self.apply_restored_chunk(i, chunk, &mut counts, fresh)?;
-            }
+            self.write_restored(i, batch, &mut counts)?;
         }
         let encoded = self.encode_checkpoint(checkpoint, &counts)?;
         self.meta
