@@ -151,22 +151,28 @@ class Bench:
         self.flagged = int(kv(out, "flagged"))
         self.record(self.ceiling_name(threads), seconds=secs, rate=self.args.users / secs, cpu_s=cpu)
 
-    def app_run(self, name, cmd, out_topic, expected=None, digests=None):
-        """Runs one program until `expected` output records (default: the
-        flagged users) are readable; records time, RSS, CPU and the digest."""
-        expected = self.flagged if expected is None else expected
-        digests = self.digests if digests is None else digests
+    def run_until(self, name, cmd, out_topic, expected, log_path, env=None, timeout_s=1800):
+        """Runs `cmd` until `expected` records of `out_topic` are readable
+        (read_committed); returns bench-count's output, peak RSS and CPU."""
         start_ms = int(time.time() * 1000)
-        app = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=open(self.work / f"{name}.log", "a"))
-        counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(expected), str(start_ms), "1800"],
-                                 capture_output=True, text=True)
+        app = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=open(log_path, "a"), env=env)
+        counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(expected), str(start_ms),
+                                  str(timeout_s)], capture_output=True, text=True)
         try:
             rss, cpu = proc_usage(app.pid)
         except OSError:
             rss, cpu = float("nan"), float("nan")
         stop(app)
         if counter.returncode != 0:
-            raise RuntimeError(f"{name}: {counter.stderr.strip()} (log {self.work / (name + '.log')})")
+            raise RuntimeError(f"{name}: {counter.stderr.strip()} (log {log_path})")
+        return counter, rss, cpu
+
+    def app_run(self, name, cmd, out_topic, expected=None, digests=None):
+        """Runs one program until `expected` output records (default: the
+        flagged users) are readable; records time, RSS, CPU and the digest."""
+        expected = self.flagged if expected is None else expected
+        digests = self.digests if digests is None else digests
+        counter, rss, cpu = self.run_until(name, cmd, out_topic, expected, self.work / f"{name}.log")
         secs = float(kv(counter.stdout, "seconds"))
         digests.setdefault(kv(counter.stdout, "digest"), []).append(name)
         extra = {}
@@ -482,18 +488,7 @@ per instance the curve would go on; here it cannot. Scale-out correctness
                            "at-least-once", "100", state]
                     env = None
                 name = f"keys {k:,}: {framework}"
-                start_ms = int(time.time() * 1000)
-                p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.work / f"{fapp}.log", "a"), env=env)
-                counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(n), str(start_ms), "3600"],
-                                         capture_output=True, text=True)
-                try:
-                    rss, cpu = proc_usage(p.pid)
-                except OSError:
-                    rss, cpu = float("nan"), float("nan")
-                stop(p)
-                if counter.returncode != 0:
-                    raise RuntimeError(f"{name}: {counter.stderr.strip()} (log {self.work / (fapp + '.log')})")
+                counter, rss, cpu = self.run_until(name, cmd, out_topic, n, self.work / f"{fapp}.log", env, 3600)
                 secs = float(kv(counter.stdout, "seconds"))
                 self.record(name, seconds=secs, rate=n / secs, records=n, rss_mib=rss, cpu_s=cpu, disk_mib=disk_mib(state))
                 shutil.rmtree(state, ignore_errors=True)

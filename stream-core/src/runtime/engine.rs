@@ -150,11 +150,10 @@ impl Engine {
                 return Ok(()); // already reflected in the state
             }
         }
-        let entry_id = id;
         // The headers are copied into buffers kept between records.
         let mut headers = std::mem::take(&mut self.headers);
         let n = super::message::copy_headers(msg, &mut headers);
-        let r = self.process_with(entry_id, msg, &headers[..n]);
+        let r = self.process_with(id, msg, &headers[..n]);
         self.headers = headers;
         r
     }
