@@ -53,6 +53,10 @@ fn run_until(
     })
 }
 
+/// mimalloc, as in every program of the framework; counting allocations.
+#[global_allocator]
+static ALLOC: stream_core::alloc_count::Mimalloc = stream_core::alloc_count::MIMALLOC;
+
 #[tokio::main]
 async fn main() {
     init_logging();

@@ -22,6 +22,10 @@ struct Args {
     run: RunOpts,
 }
 
+/// mimalloc, as in every program of the framework; counting allocations.
+#[global_allocator]
+static ALLOC: stream_core::alloc_count::Mimalloc = stream_core::alloc_count::MIMALLOC;
+
 #[tokio::main]
 async fn main() {
     init_logging();

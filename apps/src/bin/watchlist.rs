@@ -49,11 +49,10 @@ struct Args {
     commit_interval_ms: u64,
 }
 
-/// Counts allocations (reported in `/metrics` and at exit; the benchmark
-/// reads allocations per record from it).
+/// mimalloc, counting allocations (reported in `/metrics` and at exit; the
+/// benchmark reads allocations per record from it).
 #[global_allocator]
-static ALLOC: stream_core::alloc_count::CountingAllocator =
-    stream_core::alloc_count::CountingAllocator;
+static ALLOC: stream_core::alloc_count::Mimalloc = stream_core::alloc_count::MIMALLOC;
 
 #[tokio::main]
 async fn main() {

@@ -47,6 +47,10 @@ struct Args {
     processing: Processing,
 }
 
+/// mimalloc, as in every program of the framework; counting allocations.
+#[global_allocator]
+static ALLOC: stream_core::alloc_count::Mimalloc = stream_core::alloc_count::MIMALLOC;
+
 #[tokio::main]
 async fn main() {
     init_logging();

@@ -6,9 +6,10 @@
 //!    input offsets in it. If this fails, nothing below happens.
 //! 2. For each task, its store changes up to the commit point, the
 //!    changelog offsets reached, its input positions and its repartition
-//!    dedup marks go to sled in one atomic batch (a syncer thread flushes
-//!    it to disk right after; a crash loses at most this commit, and
-//!    restore reads it back from the changelog's tail).
+//!    dedup marks go to sled as one atomic commit, written by the state
+//!    writer thread while processing goes on (a syncer thread flushes it
+//!    to disk right after; a crash loses at most this commit, and restore
+//!    reads it back from the changelog's tail).
 //! 3. At-least-once: the input positions are committed to the group, with
 //!    this application's tag (see [`super::ownership`]). Outside the group
 //!    sled holds them alone.
@@ -17,18 +18,18 @@
 //! every task seals its state ([`Task::seal`](crate::task::Task::seal))
 //! and the producer starts a new epoch; the stream thread goes on
 //! processing into fresh buffers while the brokers acknowledge the sealed
-//! epoch, and steps 2 and 3 run once its last delivery report is in
-//! ([`complete`]). One commit is in flight at a time; the next commit
-//! point waits until it is written. Rebalances and shutdown commit
-//! synchronously ([`commit`]).
+//! epoch; step 2 starts once its last delivery report is in and step 3
+//! follows once every task's state is written ([`complete`]). One commit
+//! is in flight at a time; the next commit point waits until it is
+//! written. Rebalances and shutdown commit synchronously ([`commit`]).
 //!
 //! Exactly-once overlaps too: at the commit point the tasks seal and the
 //! transaction commits on a helper thread ([`start_transaction`]); the
 //! stream thread goes on processing, holding what it produces in memory
 //! (no record may join a transaction while it commits), and once the commit
-//! is done writes the sealed state and sends the held records into the next
-//! transaction ([`finish_transaction`]). An abort rolls every task back to
-//! the last commit, drops the held records and rewinds, as before.
+//! is done starts writing the sealed state and sends the held records into
+//! the next transaction ([`finish_transaction`]). An abort rolls every task
+//! back to the last commit, drops the held records and rewinds.
 //!
 //! A crash before 2 leaves sled and the group at the previous commit: the
 //! changelog holds records past sled's checkpoint, but each carries the
@@ -48,23 +49,24 @@ use super::error::RuntimeError;
 use super::producer::{OutputProducer, CLIENT_TIMEOUT};
 use super::status::RuntimeStatus;
 use super::tasks::OwnedTasks;
-use crate::store::StateDir;
 
 /// What a commit touches.
 pub(crate) struct CommitParts<'a> {
     pub(crate) tasks: &'a mut OwnedTasks,
     pub(crate) out: &'a mut OutputProducer,
-    pub(crate) state: &'a StateDir,
     pub(crate) status: &'a Arc<RuntimeStatus>,
     pub(crate) cfg: &'a StreamsConfig,
     pub(crate) commit_tag: &'a str,
 }
 
-/// A sealed commit waiting for its records' acknowledgements.
+/// A sealed commit waiting for its records' acknowledgements, then (at
+/// least once) for its state to be written.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     /// The producer epoch it covers (and every earlier one).
     epoch: u64,
+    /// Its state is being written (step 2 started).
+    writing: bool,
     /// When it was sealed.
     pub(crate) sealed_at: Instant,
 }
@@ -109,6 +111,7 @@ pub(crate) fn seal(parts: CommitParts<'_>) -> Option<InFlight> {
     }
     Some(InFlight {
         epoch: parts.out.seal_epoch(),
+        writing: false,
         sealed_at: Instant::now(),
     })
 }
@@ -133,15 +136,16 @@ pub(crate) fn start_transaction(
     parts.out.start_transaction_commit(consumer, &tpl)?;
     Ok(Some(InFlight {
         epoch,
+        writing: false,
         sealed_at: Instant::now(),
     }))
 }
 
 /// Exactly-once: finishes the transaction commit `flight` once it is done
-/// (waits for it when `wait`): writes the sealed state and sends the
-/// records held meanwhile into the next transaction; after an abort, rolls
-/// every task back to its last commit and rewinds. Gives `flight` back
-/// while the commit still runs.
+/// (waits for it when `wait`): starts writing the sealed state and sends
+/// the records held meanwhile into the next transaction; after an abort,
+/// rolls every task back to its last commit and rewinds. Gives `flight`
+/// back while the commit still runs.
 pub(crate) fn finish_transaction(
     mut parts: CommitParts<'_>,
     flight: InFlight,
@@ -163,22 +167,41 @@ pub(crate) fn finish_transaction(
     }
 }
 
-/// Finishes `flight` if every record produced before it is acknowledged
-/// (steps 2 and 3); gives it back otherwise.
+/// Moves `flight` on: once every record produced before it is
+/// acknowledged, starts writing its state (step 2); once that is written,
+/// commits its input positions (step 3) and is done. Gives it back while
+/// either waits.
 pub(crate) fn complete(
-    parts: CommitParts<'_>,
-    flight: InFlight,
+    mut parts: CommitParts<'_>,
+    mut flight: InFlight,
     consumer: &BaseConsumer<impl ConsumerContext>,
 ) -> Result<Option<InFlight>, RuntimeError> {
-    if !parts.out.epoch_reported(flight.epoch) {
+    if !flight.writing {
+        if !parts.out.epoch_reported(flight.epoch) {
+            return Ok(Some(flight));
+        }
+        write_state(&mut parts, flight.epoch)?;
+        flight.writing = true;
+    }
+    if !written(parts.tasks)? {
         return Ok(Some(flight));
     }
-    write(parts, flight.epoch, consumer, CommitMode::Async)?;
+    commit_positions(parts, consumer, CommitMode::Async);
     Ok(None)
 }
 
+/// Whether every task's last commit is written (the first failed write's
+/// error otherwise).
+pub(crate) fn written(tasks: &mut OwnedTasks) -> Result<bool, RuntimeError> {
+    let mut all = true;
+    for (_, e) in tasks.iter_mut() {
+        all &= e.task.poll_written()?;
+    }
+    Ok(all)
+}
+
 /// Steps 2 and 3 for a commit covering `epoch`, whose records are all
-/// reported.
+/// reported, waiting for the state to be written.
 fn write(
     mut parts: CommitParts<'_>,
     epoch: u64,
@@ -186,9 +209,22 @@ fn write(
     mode: CommitMode,
 ) -> Result<(), RuntimeError> {
     write_state(&mut parts, epoch)?;
-    // 3. input offsets to the group (exactly-once: in the transaction)
+    for (_, e) in parts.tasks.iter_mut() {
+        e.task.wait_written()?;
+    }
+    commit_positions(parts, consumer, mode);
+    Ok(())
+}
+
+/// Step 3: the written commit's input positions to the group (exactly-once
+/// commits them in the transaction; outside the group sled holds them).
+fn commit_positions(
+    parts: CommitParts<'_>,
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    mode: CommitMode,
+) {
     if parts.out.exactly_once() || parts.cfg.outside_group {
-        return Ok(());
+        return;
     }
     let mut tpl = parts.tasks.committed_positions();
     super::ownership::stamp(&mut tpl, parts.commit_tag);
@@ -198,12 +234,11 @@ fn write(
             tracing::warn!(error = %e, "offset commit failed; local state keeps the position");
         }
     }
-    Ok(())
 }
 
 /// Step 2 for a commit covering `epoch`, whose records are all reported:
-/// every sealed task's state, changelog offsets and positions, atomically
-/// in sled.
+/// starts writing every sealed task's state, changelog offsets and
+/// positions, atomically in sled (the syncer flushes each once written).
 fn write_state(parts: &mut CommitParts<'_>, epoch: u64) -> Result<(), RuntimeError> {
     let acked = parts.out.take_acknowledged(epoch)?;
     for (id, e) in parts.tasks.iter_mut() {
@@ -212,7 +247,6 @@ fn write_state(parts: &mut CommitParts<'_>, epoch: u64) -> Result<(), RuntimeErr
         }
         parts.status.update_metrics(*id, e.task.metrics());
     }
-    parts.state.sync_soon();
     Ok(())
 }
 

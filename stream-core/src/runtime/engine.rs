@@ -186,7 +186,6 @@ impl Engine {
         CommitParts {
             tasks: &mut self.tasks,
             out: &mut self.out,
-            state: &self.state,
             status: &self.status,
             cfg: &self.cfg,
             commit_tag: &self.task_cfg.commit_tag,
@@ -269,6 +268,10 @@ impl Engine {
         // rather than hold without bound.
         let wait = self.out.held() >= MAX_HELD;
         self.finish_in_flight(consumer, wait)?;
+        if self.in_flight.is_none() {
+            // drops written layers; surfaces a failed write
+            commit::written(&mut self.tasks)?;
+        }
         if self.in_flight.is_some() || self.last_commit.elapsed() < self.cfg.commit_interval {
             return Ok(());
         }

@@ -1,6 +1,8 @@
 //! The durable side of a task's stores, and the checkpoint written with it.
 
 use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +11,67 @@ use crate::error::StoreError;
 
 /// Changes to one store: key and value (`None` deletes).
 pub type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Changes to all stores of a task, per store index, in key order (`None`
+/// deletes): a sealed commit on its way to the backend.
+pub type Changes = Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+
+/// A commit being written by [`StateBackend::start_commit`].
+#[derive(Debug)]
+pub struct PendingCommit(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    Done(Option<Result<(), StoreError>>),
+    Running(Receiver<Result<(), StoreError>>),
+}
+
+impl PendingCommit {
+    /// A commit already written (or failed).
+    pub fn done(result: Result<(), StoreError>) -> Self {
+        PendingCommit(Pending::Done(Some(result)))
+    }
+
+    /// A commit another thread writes; it sends the result on `rx`.
+    pub fn running(rx: Receiver<Result<(), StoreError>>) -> Self {
+        PendingCommit(Pending::Running(rx))
+    }
+
+    /// The result once the write is over (given once), `None` while it runs.
+    pub fn poll(&mut self) -> Option<Result<(), StoreError>> {
+        match &mut self.0 {
+            Pending::Done(r) => r.take(),
+            Pending::Running(rx) => match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => Some(Err(writer_gone())),
+            },
+        }
+    }
+
+    /// Waits for the write to end.
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            Pending::Done(r) => r.unwrap_or(Ok(())),
+            Pending::Running(rx) => rx.recv().unwrap_or_else(|_| Err(writer_gone())),
+        }
+    }
+}
+
+/// `changes` as one [`Batch`] per store.
+fn to_batches(changes: &Changes) -> Vec<Batch> {
+    changes
+        .iter()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .collect()
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::StateDir {
+        path: "*".into(),
+        reason: "the state writer thread stopped before finishing a commit".into(),
+    }
+}
 
 /// What a task's durable state corresponds to, written atomically with it.
 ///
@@ -68,6 +131,14 @@ pub trait StateBackend: Send {
     /// Applies one batch per store and the checkpoint atomically. Durable
     /// once the owner syncs (for sled: [`StateDir::sync`](super::StateDir::sync)).
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError>;
+    /// Starts writing `changes` and `checkpoint` as one atomic commit,
+    /// possibly on another thread, while the task reads on: until the
+    /// returned commit is over, reads of the changed keys must be answered
+    /// from `changes`, and the next commit must wait for it. The default
+    /// writes with [`commit`](Self::commit) before returning.
+    fn start_commit(&mut self, changes: Arc<Changes>, checkpoint: Checkpoint) -> PendingCommit {
+        PendingCommit::done(self.commit(&to_batches(&changes), &checkpoint))
+    }
     /// Writes restored entries, then the checkpoint. Not atomic across the
     /// two: restored entries are changelog values, so a crash between them
     /// only makes the next restore re-apply the same values. Defaults to
@@ -78,6 +149,13 @@ pub trait StateBackend: Send {
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
         self.commit(batches, checkpoint)
+    }
+    /// [`commit_restored`](Self::commit_restored), possibly on another
+    /// thread while the restore reads on (as
+    /// [`start_commit`](Self::start_commit)). The default writes before
+    /// returning.
+    fn start_restored(&mut self, changes: Arc<Changes>, checkpoint: Checkpoint) -> PendingCommit {
+        PendingCommit::done(self.commit_restored(&to_batches(&changes), &checkpoint))
     }
 
     /// The last committed checkpoint.

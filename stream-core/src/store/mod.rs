@@ -9,9 +9,11 @@
 //! 3. **write buffer**: changes stay in memory until the task commits, so the
 //!    durable copy never holds state that Kafka has not committed. A
 //!    commit first *seals* the buffer (it moves to a sealed layer and a
-//!    fresh buffer takes new changes), then writes the sealed layer once
-//!    everything produced before the seal is acknowledged; reads see the
-//!    buffer, then the sealed layer, then the backend;
+//!    fresh buffer takes new changes); once everything produced before the
+//!    seal is acknowledged the sealed layer becomes the *writing* layer,
+//!    which the state writer thread writes to the backend while processing
+//!    goes on; reads see the buffer, then the sealed layer, then the
+//!    writing layer, then the backend;
 //! 4. **backend** ([`StateBackend`]): the durable copy of all stores of one
 //!    task, written in one atomic batch together with the task's
 //!    [`Checkpoint`] (sled on disk, or memory in tests).
@@ -23,8 +25,9 @@ mod sled_backend;
 pub mod window;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-pub use backend::{Batch, Checkpoint, StateBackend};
+pub use backend::{Batch, Changes, Checkpoint, PendingCommit, StateBackend};
 pub use global::{GlobalStores, GlobalTree};
 pub use memory::MemoryBackend;
 pub use sled_backend::{SledBackend, StateDir, DEFAULT_CACHE_BYTES};
@@ -74,6 +77,8 @@ struct Layers {
 /// All stores of one task over their shared backend.
 pub struct StoreSet {
     layers: Vec<Layers>,
+    /// The commit being written, per store, and its write.
+    writing: Option<(Arc<Changes>, PendingCommit)>,
     backend: Box<dyn StateBackend>,
 }
 
@@ -88,7 +93,11 @@ impl StoreSet {
                 ..Default::default()
             })
             .collect();
-        StoreSet { layers, backend }
+        StoreSet {
+            layers,
+            writing: None,
+            backend,
+        }
     }
 
     /// Index of a store by name.
@@ -124,7 +133,8 @@ impl StoreSet {
         }
     }
 
-    /// Number of buffered (uncommitted) entries over all stores.
+    /// Number of buffered and sealed entries over all stores: changes not
+    /// yet handed to the backend (a commit being written is not counted).
     pub fn buffered(&self) -> usize {
         self.layers
             .iter()
@@ -133,10 +143,12 @@ impl StoreSet {
     }
 
     /// Writes every buffered (and sealed) change and `checkpoint` to the
-    /// backend in one atomic batch, then empties the buffers.
+    /// backend in one atomic batch, then empties the buffers; returns once
+    /// written.
     pub fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         self.seal();
-        self.commit_sealed(checkpoint)
+        self.commit_sealed(checkpoint)?;
+        self.wait_written()
     }
 
     /// Seals the write buffer: its changes move to the sealed layer (still
@@ -158,31 +170,71 @@ impl StoreSet {
         self.layers.iter().any(|l| !l.sealed.is_empty())
     }
 
-    /// Writes the sealed changes and `checkpoint` to the backend in one
-    /// atomic batch (changes made since the seal stay buffered).
+    /// Starts writing the sealed changes and `checkpoint` to the backend as
+    /// one atomic commit (changes made since the seal stay buffered): they
+    /// become the writing layer, read until the write is over
+    /// ([`poll_written`](Self::poll_written),
+    /// [`wait_written`](Self::wait_written)). Waits for the previous
+    /// commit's write first.
     pub fn commit_sealed(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        // Moved, not copied: the stream thread reads nothing until the
-        // write returns, and a failed write stops the task.
-        let batches: Vec<Batch> = self
+        self.wait_written()?;
+        let changes: Changes = self
             .layers
             .iter_mut()
-            .map(|l| std::mem::take(&mut l.sealed).into_iter().collect())
+            .map(|l| std::mem::take(&mut l.sealed))
             .collect();
-        self.backend.commit(&batches, checkpoint)
+        let changes = Arc::new(changes);
+        let pending = self
+            .backend
+            .start_commit(Arc::clone(&changes), checkpoint.clone());
+        self.writing = Some((changes, pending));
+        Ok(())
     }
 
-    /// Like [`commit`](Self::commit) for restored entries (see
-    /// [`StateBackend::commit_restored`]).
+    /// Whether the last commit is written (its writing layer then goes);
+    /// its error if the write failed.
+    pub fn poll_written(&mut self) -> Result<bool, StoreError> {
+        let Some((_, pending)) = &mut self.writing else {
+            return Ok(true);
+        };
+        match pending.poll() {
+            None => Ok(false),
+            Some(r) => {
+                self.writing = None;
+                r.map(|_| true)
+            }
+        }
+    }
+
+    /// Waits until the last commit is written.
+    pub fn wait_written(&mut self) -> Result<(), StoreError> {
+        match self.writing.take() {
+            None => Ok(()),
+            Some((_, pending)) => pending.wait(),
+        }
+    }
+
+    /// Starts writing the restored entries and `checkpoint` (see
+    /// [`StateBackend::start_restored`]); like
+    /// [`commit_sealed`](Self::commit_sealed), they stay readable until
+    /// written, and the previous write is waited for first.
     pub fn commit_restored(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        let batches: Vec<Batch> = self
+        self.wait_written()?;
+        let changes: Changes = self
             .layers
             .iter_mut()
-            .map(|l| std::mem::take(&mut l.buffer).into_iter().collect())
+            .map(|l| std::mem::take(&mut l.buffer))
             .collect();
-        self.backend.commit_restored(&batches, checkpoint)
+        let changes = Arc::new(changes);
+        let pending = self
+            .backend
+            .start_restored(Arc::clone(&changes), checkpoint.clone());
+        self.writing = Some((changes, pending));
+        Ok(())
     }
 
-    /// Forgets buffered changes (the task is closed without committing).
+    /// Forgets buffered and sealed changes (the task is closed without
+    /// committing, or rolls back); a commit being written stays.
     pub fn discard_uncommitted(&mut self) {
         for l in &mut self.layers {
             l.buffer.clear();
@@ -198,6 +250,7 @@ impl StoreSet {
 
     /// Empties the durable copy (before a full restore).
     pub fn wipe(&mut self) -> Result<(), StoreError> {
+        self.wait_written()?;
         self.discard_uncommitted();
         self.backend.wipe()
     }
@@ -220,6 +273,9 @@ impl StoreSet {
                 return Ok(v.clone());
             }
         }
+        if let Some(v) = self.writing_layer(idx).and_then(|w| w.get(key)) {
+            return Ok(v.clone());
+        }
         self.backend.get(idx, key)
     }
 
@@ -232,7 +288,11 @@ impl StoreSet {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             self.backend.scan_prefix(idx, prefix)?.into_iter().collect();
         if let Some(l) = self.layers.get(idx) {
-            for layer in [&l.sealed, &l.buffer] {
+            for layer in self
+                .writing_layer(idx)
+                .into_iter()
+                .chain([&l.sealed, &l.buffer])
+            {
                 for (k, v) in layer.range(prefix.to_vec()..) {
                     if !k.starts_with(prefix) {
                         break;
@@ -257,7 +317,11 @@ impl StoreSet {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             self.backend.range(idx, from, to)?.into_iter().collect();
         if let Some(l) = self.layers.get(idx) {
-            for layer in [&l.sealed, &l.buffer] {
+            for layer in self
+                .writing_layer(idx)
+                .into_iter()
+                .chain([&l.sealed, &l.buffer])
+            {
                 for (k, v) in layer.range(from.to_vec()..to.to_vec()) {
                     merge(&mut merged, k, v);
                 }
@@ -266,9 +330,24 @@ impl StoreSet {
         Ok(merged.into_iter().collect())
     }
 
+    /// The changes of store `idx` being written, if a write runs.
+    fn writing_layer(&self, idx: usize) -> Option<&BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
+        self.writing.as_ref().and_then(|(w, _)| w.get(idx))
+    }
+
     /// Committed entries of a store plus its buffered changes, in key order.
     pub fn entries(&self, idx: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.scan_prefix(idx, &[])
+    }
+}
+
+impl Drop for StoreSet {
+    /// A task closed while its last commit is being written waits for the
+    /// write: the next owner of its stores must find it done.
+    fn drop(&mut self) {
+        if let Err(e) = self.wait_written() {
+            tracing::warn!(error = %e, "writing the last commit of a closed task failed; its next owner restores from the changelogs");
+        }
     }
 }
 
@@ -387,6 +466,101 @@ mod tests {
             s.get(0, b"z").unwrap(),
             None,
             "discard drops sealed changes too"
+        );
+    }
+
+    /// A backend whose commits are written only when the test says so.
+    struct Gated {
+        inner: MemoryBackend,
+        release: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl StateBackend for Gated {
+        fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(store, key)
+        }
+        fn scan_prefix(
+            &self,
+            store: usize,
+            prefix: &[u8],
+        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+            self.inner.scan_prefix(store, prefix)
+        }
+        fn range(
+            &self,
+            store: usize,
+            from: &[u8],
+            to: &[u8],
+        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+            self.inner.range(store, from, to)
+        }
+        fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+            self.inner.commit(batches, checkpoint)
+        }
+        fn start_commit(&mut self, changes: Arc<Changes>, _: Checkpoint) -> PendingCommit {
+            // Not written to `inner` at all: reads must come from the
+            // writing layer until the commit is over.
+            drop(changes);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let release = std::mem::replace(&mut self.release, std::sync::mpsc::channel().1);
+            std::thread::spawn(move || {
+                let _ = release.recv();
+                let _ = tx.send(Ok(()));
+            });
+            PendingCommit::running(rx)
+        }
+        fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+            self.inner.checkpoint()
+        }
+        fn wipe(&mut self) -> Result<(), StoreError> {
+            self.inner.wipe()
+        }
+        fn len(&self, store: usize) -> Result<u64, StoreError> {
+            self.inner.len(store)
+        }
+    }
+
+    #[test]
+    fn should_read_the_writing_layer_until_the_write_is_over() {
+        let (release, rx) = std::sync::mpsc::channel();
+        let backend = Gated {
+            inner: MemoryBackend::new(1),
+            release: rx,
+        };
+        let mut s = StoreSet::new(vec![("s".into(), true)], Box::new(backend));
+        s.view(0).put(b"a", b"1".to_vec()).unwrap();
+        s.view(0).put(b"b", b"1".to_vec()).unwrap();
+        s.seal();
+        s.commit_sealed(&Checkpoint::default()).unwrap();
+        assert!(!s.has_sealed());
+        s.view(0).put(b"b", b"2".to_vec()).unwrap();
+        assert!(!s.poll_written().unwrap(), "the write is held");
+        assert_eq!(
+            s.get(0, b"a").unwrap(),
+            Some(b"1".to_vec()),
+            "from the writing layer"
+        );
+        assert_eq!(
+            s.get(0, b"b").unwrap(),
+            Some(b"2".to_vec()),
+            "the buffer over it"
+        );
+        assert_eq!(s.entries(0).unwrap().len(), 2);
+        assert_eq!(s.buffered(), 1, "the writing layer is not counted");
+        s.discard_uncommitted();
+        assert_eq!(
+            s.get(0, b"b").unwrap(),
+            Some(b"1".to_vec()),
+            "a rollback keeps the commit being written"
+        );
+        release.send(()).unwrap();
+        s.wait_written().unwrap();
+        assert!(s.poll_written().unwrap());
+        assert_eq!(s.buffered(), 0);
+        assert_eq!(
+            s.get(0, b"a").unwrap(),
+            None,
+            "the gated backend never wrote it"
         );
     }
 }

@@ -1,6 +1,20 @@
 //! The sled backend: one sled database per instance state directory, one
 //! tree per store per task, and one checkpoint entry per task.
 //!
+//! A commit is made atomic by a redo record rather than a sled
+//! transaction: first the whole commit (changes and checkpoint) goes into
+//! the `__redo` tree as one value, then the changes are written key by
+//! key, then the checkpoint, and the redo record is removed. sled recovers
+//! a prefix of its log, so after a crash either the redo record is absent
+//! (nothing of the commit is in the trees, or all of it and its
+//! checkpoint) or it is present and opening the task writes the commit
+//! again (writing a value twice is harmless). This keeps sled's
+//! process-wide lock off: sled takes it for every read and write of the
+//! process as soon as one transaction or batch has run, and each
+//! transaction takes it exclusively, so a commit written beside
+//! processing (by the state writer thread, or another stream thread's)
+//! would stall every store read meanwhile.
+//!
 //! sled 0.34 is beta software, so the local copy is verified rather than
 //! trusted: a database that fails to open is moved aside and every task
 //! restores from its changelog; a task whose trees do not match the entry
@@ -8,13 +22,17 @@
 
 use std::path::{Path, PathBuf};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
 
-use super::{Batch, Checkpoint, StateBackend};
+use super::{Batch, Changes, Checkpoint, PendingCommit, StateBackend};
 use crate::error::StoreError;
 
 const CHECKPOINTS: &str = "__checkpoints";
+/// Commits being written, one redo record per task (see the module docs).
+const REDO: &str = "__redo";
+/// Version byte of the redo record's encoding.
+const REDO_V1: u8 = 1;
 
 /// sled's page cache when not configured: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -24,7 +42,36 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub struct StateDir {
     path: PathBuf,
     db: sled::Db,
-    syncer: std::sync::mpsc::SyncSender<()>,
+    syncer: SyncSender<()>,
+    /// Writes commits of processing tasks.
+    writer: Option<Sender<WriteJob>>,
+    /// Writes restored entries (apart, so that a large restore never
+    /// delays a processing task's commit).
+    restore_writer: Option<Sender<WriteJob>>,
+}
+
+/// A commit for the state writer thread, and where its result goes.
+type WriteJob = Box<dyn FnOnce() + Send>;
+
+/// Starts a thread that writes commits (or restored entries) while the
+/// stream threads (or the restorer) go on (`None` if it cannot start:
+/// they then write in place).
+fn start_writer(name: &str) -> Option<Sender<WriteJob>> {
+    let (tx, rx): (Sender<WriteJob>, Receiver<WriteJob>) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::warn!(error = %e, thread = name, "cannot start a state writer thread; its writes are made in place");
+            None
+        }
+    }
 }
 
 /// Starts the thread that flushes sled after commits without blocking them:
@@ -76,6 +123,8 @@ impl StateDir {
             Ok(db) => Ok((
                 StateDir {
                     syncer: start_syncer(&db),
+                    writer: start_writer("state-writer"),
+                    restore_writer: start_writer("restore-writer"),
                     path,
                     db,
                 },
@@ -109,6 +158,8 @@ impl StateDir {
                 Ok((
                     StateDir {
                         syncer: start_syncer(&db),
+                        writer: start_writer("state-writer"),
+                        restore_writer: start_writer("restore-writer"),
                         path,
                         db,
                     },
@@ -193,7 +244,9 @@ impl StateDir {
         })
     }
 
-    /// The backend of one task, with trees for `stores`.
+    /// The backend of one task, with trees for `stores`. A commit of the
+    /// task that a crash interrupted (its redo record is still there) is
+    /// written again first.
     pub fn backend(&self, task: &str, stores: &[String]) -> Result<SledBackend, StoreError> {
         let err = |source| StoreError::Sled {
             store: task.to_string(),
@@ -205,62 +258,61 @@ impl StateDir {
             .collect::<Result<Vec<_>, _>>()
             .map_err(err)?;
         let meta = self.db.open_tree(CHECKPOINTS).map_err(err)?;
+        let redo = self.db.open_tree(REDO).map_err(err)?;
         let counts = trees.iter().map(|t| t.len() as u64).collect();
-        Ok(SledBackend {
-            db: self.db.clone(),
+        let trees = TaskTrees {
             task: task.to_string(),
             trees,
             meta,
-            counts,
+            redo,
+            counts: Arc::new(Mutex::new(counts)),
+            syncer: self.syncer.clone(),
+        };
+        let unreadable_redo = trees.finish_interrupted()?;
+        Ok(SledBackend {
+            db: self.db.clone(),
+            trees,
+            writer: self.writer.clone(),
+            restore_writer: self.restore_writer.clone(),
+            unreadable_redo,
         })
     }
 }
 
-/// The durable stores of one task in sled.
-pub struct SledBackend {
-    db: sled::Db,
+/// One store's changes as the commit writes them.
+type Entries<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
+
+/// The trees of one task: what a commit writes, on any thread.
+#[derive(Clone)]
+struct TaskTrees {
     task: String,
     trees: Vec<sled::Tree>,
     meta: sled::Tree,
-    counts: Vec<u64>,
+    redo: sled::Tree,
+    /// Entries per store as of the last commit written.
+    counts: Arc<Mutex<Vec<u64>>>,
+    syncer: SyncSender<()>,
 }
 
-impl SledBackend {
-    /// Writes restored entries to store `i` one by one, counting entries
-    /// added and removed into `counts` from what each write replaced.
-    ///
-    /// Single writes share sled's lock with the processing tasks' reads. A
-    /// batch (`apply_batch`) takes it exclusively, and once any transaction
-    /// (a commit) has run, sled makes every read wait for that lock: a task
-    /// processing beside a restore then read one value per restored batch.
-    /// A crash midway leaves the checkpoint at the previous position, and
-    /// the next restore writes the same values again.
-    fn write_restored(
-        &self,
-        i: usize,
-        entries: &[(Vec<u8>, Option<Vec<u8>>)],
-        counts: &mut [u64],
-    ) -> Result<(), StoreError> {
-        let tree = &self.trees[i];
-        for (k, v) in entries {
-            let old = match v {
-                Some(v) => tree.insert(k.as_slice(), v.as_slice()),
-                None => tree.remove(k.as_slice()),
-            }
-            .map_err(|e| self.err(e))?;
-            match (old.is_some(), v.is_some()) {
-                (false, true) => counts[i] += 1,
-                (true, false) => counts[i] = counts[i].saturating_sub(1),
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
+impl TaskTrees {
     fn err(&self, source: sled::Error) -> StoreError {
         StoreError::Sled {
             store: self.task.clone(),
             source,
+        }
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        match self.counts.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_counts(&self, counts: Vec<u64>) {
+        match self.counts.lock() {
+            Ok(mut c) => *c = counts,
+            Err(poisoned) => *poisoned.into_inner() = counts,
         }
     }
 
@@ -278,26 +330,260 @@ impl SledBackend {
         })
     }
 
+    /// Writes `entries` to store `i` one by one, counting entries added and
+    /// removed into `count` from what each write replaced.
+    fn apply(&self, i: usize, entries: &Entries<'_>, count: &mut u64) -> Result<(), StoreError> {
+        let tree = &self.trees[i];
+        for (k, v) in entries {
+            let old = match v {
+                Some(v) => tree.insert(*k, *v),
+                None => tree.remove(*k),
+            }
+            .map_err(|e| self.err(e))?;
+            match (old.is_some(), v.is_some()) {
+                (false, true) => *count += 1,
+                (true, false) => *count = count.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One commit, atomically through the redo record (module docs).
+    fn write(&self, stores: &[Entries<'_>], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let task = self.task.as_bytes();
+        let record = encode_redo(stores, checkpoint).map_err(|reason| StoreError::Damaged {
+            store: self.task.clone(),
+            reason,
+        })?;
+        self.redo.insert(task, record).map_err(|e| self.err(e))?;
+        let mut counts = self.counts();
+        for (i, entries) in stores.iter().enumerate().take(self.trees.len()) {
+            self.apply(i, entries, &mut counts[i])?;
+        }
+        let encoded = self.encode_checkpoint(checkpoint, &counts)?;
+        self.meta.insert(task, encoded).map_err(|e| self.err(e))?;
+        self.redo.remove(task).map_err(|e| self.err(e))?;
+        self.set_counts(counts);
+        Ok(())
+    }
+
+    /// Restored entries, then the checkpoint. Not atomic, and needs no
+    /// redo record: restored entries are changelog values, so a crash
+    /// between the two only makes the next restore write them again.
+    fn write_restored(
+        &self,
+        stores: &[Entries<'_>],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let mut counts = self.counts();
+        for (i, entries) in stores.iter().enumerate().take(self.trees.len()) {
+            self.apply(i, entries, &mut counts[i])?;
+        }
+        let encoded = self.encode_checkpoint(checkpoint, &counts)?;
+        self.meta
+            .insert(self.task.as_bytes(), encoded)
+            .map_err(|e| self.err(e))?;
+        self.set_counts(counts);
+        Ok(())
+    }
+
+    /// Writes again a commit whose redo record a crash left behind; `true`
+    /// if the record cannot be read (the trees are then in an unknown
+    /// state: [`SledBackend::verify`] says so and the task restores).
+    fn finish_interrupted(&self) -> Result<bool, StoreError> {
+        let task = self.task.as_bytes();
+        let Some(raw) = self.redo.get(task).map_err(|e| self.err(e))? else {
+            return Ok(false);
+        };
+        let Some((checkpoint, stores)) = decode_redo(&raw) else {
+            tracing::warn!(task = %self.task, "the record of a commit interrupted by a crash is unreadable; the task's state will be rebuilt from its changelogs");
+            return Ok(true);
+        };
+        tracing::info!(task = %self.task, "writing again a commit interrupted by a crash");
+        let borrowed: Vec<Entries<'_>> = stores
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                    .collect()
+            })
+            .collect();
+        let mut scratch = 0;
+        for (i, entries) in borrowed.iter().enumerate().take(self.trees.len()) {
+            self.apply(i, entries, &mut scratch)?;
+        }
+        // Some writes may have landed before the crash: count anew.
+        let counts: Vec<u64> = self.trees.iter().map(|t| t.len() as u64).collect();
+        let encoded = self.encode_checkpoint(&checkpoint, &counts)?;
+        self.meta.insert(task, encoded).map_err(|e| self.err(e))?;
+        self.redo.remove(task).map_err(|e| self.err(e))?;
+        self.set_counts(counts);
+        let _ = self.syncer.try_send(());
+        Ok(false)
+    }
+}
+
+/// The redo record: version byte, checkpoint JSON (length-prefixed), then
+/// per store the number of entries and each entry as key, presence byte
+/// and value, lengths as little-endian u32.
+fn encode_redo(stores: &[Entries<'_>], checkpoint: &Checkpoint) -> Result<Vec<u8>, String> {
+    let cp =
+        serde_json::to_vec(checkpoint).map_err(|e| format!("cannot encode checkpoint: {e}"))?;
+    let size: usize = stores
+        .iter()
+        .flat_map(|s| s.iter())
+        .map(|(k, v)| 9 + k.len() + v.map_or(0, |v| v.len()))
+        .sum();
+    let mut out = Vec::with_capacity(1 + 4 + cp.len() + 4 + 4 * stores.len() + size);
+    let len = |n: usize| -> Result<[u8; 4], String> {
+        u32::try_from(n)
+            .map(u32::to_le_bytes)
+            .map_err(|_| format!("a commit item of {n} bytes is too large"))
+    };
+    out.push(REDO_V1);
+    out.extend_from_slice(&len(cp.len())?);
+    out.extend_from_slice(&cp);
+    out.extend_from_slice(&len(stores.len())?);
+    for entries in stores {
+        out.extend_from_slice(&len(entries.len())?);
+        for (k, v) in entries {
+            out.extend_from_slice(&len(k.len())?);
+            out.extend_from_slice(k);
+            match v {
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&len(v.len())?);
+                    out.extend_from_slice(v);
+                }
+                None => out.push(0),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One store's changes, owned, as read back from a redo record.
+type OwnedEntries = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Reads a redo record back; `None` if it is not one.
+fn decode_redo(raw: &[u8]) -> Option<(Checkpoint, Vec<OwnedEntries>)> {
+    fn take<'a>(raw: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if raw.len() < n {
+            return None;
+        }
+        let (head, rest) = raw.split_at(n);
+        *raw = rest;
+        Some(head)
+    }
+    fn len(raw: &mut &[u8]) -> Option<usize> {
+        let b = take(raw, 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    let mut raw = raw;
+    if take(&mut raw, 1)? != [REDO_V1] {
+        return None;
+    }
+    let n = len(&mut raw)?;
+    let checkpoint: Checkpoint = serde_json::from_slice(take(&mut raw, n)?).ok()?;
+    let stores = len(&mut raw)?;
+    let mut out = Vec::with_capacity(stores.min(1024));
+    for _ in 0..stores {
+        let entries = len(&mut raw)?;
+        let mut store = Vec::with_capacity(entries.min(raw.len()));
+        for _ in 0..entries {
+            let n = len(&mut raw)?;
+            let k = take(&mut raw, n)?.to_vec();
+            let v = match take(&mut raw, 1)? {
+                [1] => {
+                    let n = len(&mut raw)?;
+                    Some(take(&mut raw, n)?.to_vec())
+                }
+                [0] => None,
+                _ => return None,
+            };
+            store.push((k, v));
+        }
+        out.push(store);
+    }
+    raw.is_empty().then_some((checkpoint, out))
+}
+
+/// `changes` as the writes take them.
+fn borrow(changes: &Changes) -> Vec<Entries<'_>> {
+    changes
+        .iter()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs `write` on `writer`'s thread (here if there is none, or it is gone).
+fn run_on(
+    writer: &Option<Sender<WriteJob>>,
+    write: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
+) -> PendingCommit {
+    let Some(writer) = writer else {
+        return PendingCommit::done(write());
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job: WriteJob = Box::new(move || {
+        let _ = tx.send(write());
+    });
+    match writer.send(job) {
+        Ok(()) => PendingCommit::running(rx),
+        Err(std::sync::mpsc::SendError(job)) => {
+            job();
+            PendingCommit::running(rx)
+        }
+    }
+}
+
+/// The durable stores of one task in sled.
+pub struct SledBackend {
+    db: sled::Db,
+    trees: TaskTrees,
+    writer: Option<Sender<WriteJob>>,
+    restore_writer: Option<Sender<WriteJob>>,
+    /// A crash left a commit record that cannot be read back.
+    unreadable_redo: bool,
+}
+
+impl SledBackend {
+    fn err(&self, source: sled::Error) -> StoreError {
+        self.trees.err(source)
+    }
+
     /// Checks the trees against the entry counts of the checkpoint.
     pub fn verify(&self) -> Result<(), StoreError> {
+        let task = &self.trees.task;
+        if self.unreadable_redo {
+            return Err(StoreError::Damaged {
+                store: task.clone(),
+                reason: "a commit interrupted by a crash cannot be read back".into(),
+            });
+        }
         let Some(cp) = self.checkpoint()? else {
             return Ok(());
         };
-        if cp.entries.len() != self.trees.len() {
+        let have = self.trees.counts();
+        if cp.entries.len() != have.len() {
             return Err(StoreError::Damaged {
-                store: self.task.clone(),
+                store: task.clone(),
                 reason: format!(
                     "checkpoint lists {} stores, found {}",
                     cp.entries.len(),
-                    self.trees.len()
+                    have.len()
                 ),
             });
         }
-        for (i, want) in cp.entries.iter().enumerate() {
-            let have = self.counts[i];
-            if have != *want {
+        for (i, (want, have)) in cp.entries.iter().zip(&have).enumerate() {
+            if have != want {
                 return Err(StoreError::Damaged {
-                    store: self.task.clone(),
+                    store: task.clone(),
                     reason: format!("store #{i} has {have} entries, checkpoint says {want}"),
                 });
             }
@@ -308,8 +594,8 @@ impl SledBackend {
 
 impl StateBackend for SledBackend {
     fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = &self.trees[store];
-        t.get(key)
+        self.trees.trees[store]
+            .get(key)
             .map(|v| v.map(|iv| iv.to_vec()))
             .map_err(|e| self.err(e))
     }
@@ -319,7 +605,7 @@ impl StateBackend for SledBackend {
         store: usize,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        self.trees[store]
+        self.trees.trees[store]
             .scan_prefix(prefix)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<Vec<_>, _>>()
@@ -335,7 +621,7 @@ impl StateBackend for SledBackend {
         if from >= to {
             return Ok(Vec::new());
         }
-        self.trees[store]
+        self.trees.trees[store]
             .range(from..to)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<Vec<_>, _>>()
@@ -343,40 +629,25 @@ impl StateBackend for SledBackend {
     }
 
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        let mut all: Vec<&sled::Tree> = self.trees.iter().collect();
-        all.push(&self.meta);
-        let meta_idx = all.len() - 1;
-        let task = self.task.as_bytes();
-        // The entry counts go into the checkpoint, written in the same
-        // transaction: they are counted from what each write replaced
-        // (a transactional write reads the old value anyway).
-        let result: Result<Vec<u64>, TransactionError<String>> =
-            all.as_slice().transaction(|txs| {
-                let mut counts = self.counts.clone();
-                for (i, batch) in batches.iter().enumerate() {
-                    for (k, v) in batch {
-                        let old = match v {
-                            Some(v) => txs[i].insert(k.as_slice(), v.as_slice())?,
-                            None => txs[i].remove(k.as_slice())?,
-                        };
-                        match (old.is_some(), v.is_some()) {
-                            (false, true) => counts[i] += 1,
-                            (true, false) => counts[i] = counts[i].saturating_sub(1),
-                            _ => {}
-                        }
-                    }
-                }
-                let encoded = self
-                    .encode_checkpoint(checkpoint, &counts)
-                    .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
-                txs[meta_idx].insert(task, encoded)?;
-                Ok(counts)
-            });
-        self.counts = result.map_err(|e| match e {
-            TransactionError::Storage(s) => self.err(s),
-            TransactionError::Abort(why) => self.err(sled::Error::Unsupported(why)),
-        })?;
-        Ok(())
+        let stores: Vec<Entries<'_>> = batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                    .collect()
+            })
+            .collect();
+        self.trees.write(&stores, checkpoint)
+    }
+
+    /// Hands the commit to the state writer thread.
+    fn start_commit(&mut self, changes: Arc<Changes>, checkpoint: Checkpoint) -> PendingCommit {
+        let trees = self.trees.clone();
+        run_on(&self.writer, move || {
+            trees.write(&borrow(&changes), &checkpoint)?;
+            let _ = trees.syncer.try_send(());
+            Ok(())
+        })
     }
 
     fn commit_restored(
@@ -384,22 +655,30 @@ impl StateBackend for SledBackend {
         batches: &[Batch],
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
-        let mut counts = self.counts.clone();
-        for (i, batch) in batches.iter().enumerate() {
-            self.write_restored(i, batch, &mut counts)?;
-        }
-        let encoded = self.encode_checkpoint(checkpoint, &counts)?;
-        self.meta
-            .insert(self.task.as_bytes(), encoded)
-            .map_err(|e| self.err(e))?;
-        self.counts = counts;
-        Ok(())
+        let stores: Vec<Entries<'_>> = batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                    .collect()
+            })
+            .collect();
+        self.trees.write_restored(&stores, checkpoint)
+    }
+
+    /// Hands the restored entries to the restore writer thread.
+    fn start_restored(&mut self, changes: Arc<Changes>, checkpoint: Checkpoint) -> PendingCommit {
+        let trees = self.trees.clone();
+        run_on(&self.restore_writer, move || {
+            trees.write_restored(&borrow(&changes), &checkpoint)
+        })
     }
 
     fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         let Some(raw) = self
+            .trees
             .meta
-            .get(self.task.as_bytes())
+            .get(self.trees.task.as_bytes())
             .map_err(|e| self.err(e))?
         else {
             return Ok(None);
@@ -407,25 +686,26 @@ impl StateBackend for SledBackend {
         serde_json::from_slice(&raw)
             .map(Some)
             .map_err(|e| StoreError::Damaged {
-                store: self.task.clone(),
+                store: self.trees.task.clone(),
                 reason: format!("unreadable checkpoint: {e}"),
             })
     }
 
     fn wipe(&mut self) -> Result<(), StoreError> {
-        for t in &self.trees {
+        for t in &self.trees.trees {
             t.clear().map_err(|e| self.err(e))?;
         }
-        self.meta
-            .remove(self.task.as_bytes())
-            .map_err(|e| self.err(e))?;
-        self.counts.iter_mut().for_each(|c| *c = 0);
+        let task = self.trees.task.as_bytes();
+        self.trees.meta.remove(task).map_err(|e| self.err(e))?;
+        self.trees.redo.remove(task).map_err(|e| self.err(e))?;
+        self.unreadable_redo = false;
+        self.trees.set_counts(vec![0; self.trees.trees.len()]);
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
     }
 
     fn len(&self, store: usize) -> Result<u64, StoreError> {
-        Ok(self.counts.get(store).copied().unwrap_or(0))
+        Ok(self.trees.counts().get(store).copied().unwrap_or(0))
     }
 }
 
@@ -451,9 +731,114 @@ mod tests {
         assert_eq!(b.get(0, b"k").unwrap(), Some(b"1".to_vec()));
         assert_eq!(b.checkpoint().unwrap().unwrap().entries, vec![1, 1]);
         b.verify().unwrap();
-        b.trees[1].insert(b"stray", b"x").unwrap();
+        b.trees.trees[1].insert(b"stray", b"x").unwrap();
         drop(b);
         let b = sd.backend("0_0", &["a".into(), "b".into()]).unwrap();
         assert!(matches!(b.verify(), Err(StoreError::Damaged { .. })));
+    }
+
+    fn cp(at: i64) -> Checkpoint {
+        let mut cp = Checkpoint::default();
+        cp.positions
+            .insert(crate::coordinates::TopicPartition::new("in", 0), at);
+        cp
+    }
+
+    #[test]
+    fn should_read_back_a_redo_record() {
+        let stores: Vec<Entries<'_>> = vec![
+            vec![(b"a".as_slice(), Some(b"1".as_slice())), (b"b", None)],
+            vec![],
+            vec![(b"", Some(b""))],
+        ];
+        let raw = encode_redo(&stores, &cp(7)).unwrap();
+        let (back, entries) = decode_redo(&raw).unwrap();
+        assert_eq!(back, cp(7));
+        assert_eq!(
+            entries,
+            vec![
+                vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"b".to_vec(), None)],
+                vec![],
+                vec![(Vec::new(), Some(Vec::new()))],
+            ]
+        );
+        assert!(decode_redo(&raw[..raw.len() - 1]).is_none(), "truncated");
+        let mut extra = raw.clone();
+        extra.push(0);
+        assert!(decode_redo(&extra).is_none(), "trailing bytes");
+    }
+
+    #[test]
+    fn should_finish_a_commit_a_crash_interrupted_when_the_task_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sd, _) = StateDir::open(dir.path(), "app").unwrap();
+        let names = ["a".to_string()];
+        let mut b = sd.backend("0_0", &names).unwrap();
+        b.commit(
+            &[vec![
+                (b"k".to_vec(), Some(b"1".to_vec())),
+                (b"gone".to_vec(), Some(b"x".to_vec())),
+            ]],
+            &cp(1),
+        )
+        .unwrap();
+        // A crash after the redo record and one of its writes.
+        let stores: Vec<Entries<'_>> = vec![vec![
+            (b"k".as_slice(), Some(b"2".as_slice())),
+            (b"gone", None),
+            (b"new", Some(b"3")),
+        ]];
+        b.trees
+            .redo
+            .insert("0_0", encode_redo(&stores, &cp(5)).unwrap())
+            .unwrap();
+        b.trees.trees[0].insert("k", "2").unwrap();
+        drop(b);
+        let b = sd.backend("0_0", &names).unwrap();
+        b.verify().unwrap();
+        let got = b.checkpoint().unwrap().unwrap();
+        assert_eq!(got.positions, cp(5).positions);
+        assert_eq!(got.entries, vec![2]);
+        assert_eq!(b.get(0, b"k").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(b.get(0, b"gone").unwrap(), None);
+        assert_eq!(b.get(0, b"new").unwrap(), Some(b"3".to_vec()));
+        assert!(
+            b.trees.redo.get("0_0").unwrap().is_none(),
+            "redo record removed"
+        );
+    }
+
+    #[test]
+    fn should_call_the_state_damaged_when_a_redo_record_is_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sd, _) = StateDir::open(dir.path(), "app").unwrap();
+        let names = ["a".to_string()];
+        let b = sd.backend("0_0", &names).unwrap();
+        b.trees
+            .redo
+            .insert("0_0", b"\x09garbage".as_slice())
+            .unwrap();
+        drop(b);
+        let mut b = sd.backend("0_0", &names).unwrap();
+        assert!(matches!(b.verify(), Err(StoreError::Damaged { .. })));
+        b.wipe().unwrap();
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn should_write_a_commit_on_the_writer_thread_and_report_when_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sd, _) = StateDir::open(dir.path(), "app").unwrap();
+        let mut b = sd.backend("0_0", &["a".into()]).unwrap();
+        let mut m = std::collections::BTreeMap::new();
+        for i in 0..1000u32 {
+            m.insert(i.to_be_bytes().to_vec(), Some(b"v".to_vec()));
+        }
+        let pending = b.start_commit(Arc::new(vec![m]), cp(9));
+        pending.wait().unwrap();
+        assert_eq!(b.len(0).unwrap(), 1000);
+        assert_eq!(b.checkpoint().unwrap().unwrap().entries, vec![1000]);
+        assert_eq!(b.get(0, &7u32.to_be_bytes()).unwrap(), Some(b"v".to_vec()));
+        b.verify().unwrap();
     }
 }

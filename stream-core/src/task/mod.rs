@@ -569,7 +569,8 @@ impl Task {
         next_changelog_offsets: &HashMap<TopicPartition, i64>,
     ) -> Result<(), StoreError> {
         self.seal();
-        self.commit_sealed(next_changelog_offsets)
+        self.commit_sealed(next_changelog_offsets)?;
+        self.wait_written()
     }
 
     /// The commit point: the store changes made so far and the input
@@ -588,12 +589,15 @@ impl Task {
         self.progress.is_sealed()
     }
 
-    /// Writes the sealed commit to the durable copy in one atomic batch:
-    /// the sealed store changes and the checkpoint (input positions and
-    /// dedup marks as of the seal, and `next_changelog_offsets`, which must
-    /// cover exactly the changelog records produced up to the seal: the
-    /// offset after the last acknowledged one per changelog partition).
-    /// Does nothing without a sealed commit.
+    /// Starts writing the sealed commit to the durable copy as one atomic
+    /// commit: the sealed store changes and the checkpoint (input positions
+    /// and dedup marks as of the seal, and `next_changelog_offsets`, which
+    /// must cover exactly the changelog records produced up to the seal:
+    /// the offset after the last acknowledged one per changelog partition).
+    /// The write runs on the state writer thread while processing goes on;
+    /// [`poll_written`](Self::poll_written) says when it is over. From
+    /// here on the commit counts as the task's last (a rollback returns to
+    /// it). Does nothing without a sealed commit.
     pub fn commit_sealed(
         &mut self,
         next_changelog_offsets: &HashMap<TopicPartition, i64>,
@@ -613,6 +617,16 @@ impl Task {
         self.stores.commit_sealed(&cp)?;
         self.progress.committed(cp);
         Ok(())
+    }
+
+    /// Whether the last commit's write is over (its error if it failed).
+    pub fn poll_written(&mut self) -> Result<bool, StoreError> {
+        self.stores.poll_written()
+    }
+
+    /// Waits until the last commit is written.
+    pub fn wait_written(&mut self) -> Result<(), StoreError> {
+        self.stores.wait_written()
     }
 
     /// Empties local state (before a full restore).

@@ -20,6 +20,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// mimalloc, as in every program of the framework; counting allocations.
+#[global_allocator]
+static ALLOC: stream_core::alloc_count::Mimalloc = stream_core::alloc_count::MIMALLOC;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !(4..=5).contains(&args.len()) {

@@ -11,6 +11,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// mimalloc, as in every program of the framework; counting allocations.
+#[global_allocator]
+static ALLOC: stream_core::alloc_count::Mimalloc = stream_core::alloc_count::MIMALLOC;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 3 {

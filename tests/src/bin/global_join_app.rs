@@ -8,6 +8,10 @@
 use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
 
+/// mimalloc, as in every program of the framework; counting allocations.
+#[global_allocator]
+static ALLOC: stream_core::alloc_count::Mimalloc = stream_core::alloc_count::MIMALLOC;
+
 #[tokio::main]
 async fn main() {
     integration_tests::init_tracing("info");
