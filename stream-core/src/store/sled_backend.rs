@@ -401,14 +401,7 @@ impl TaskTrees {
             return Ok(true);
         };
         tracing::info!(task = %self.task, "writing again a commit interrupted by a crash");
-        let borrowed: Vec<Entries<'_>> = stores
-            .iter()
-            .map(|s| {
-                s.iter()
-                    .map(|(k, v)| (k.as_slice(), v.as_deref()))
-                    .collect()
-            })
-            .collect();
+        let borrowed = borrow_batches(&stores);
         let mut scratch = 0;
         for (i, entries) in borrowed.iter().enumerate().take(self.trees.len()) {
             self.apply(i, entries, &mut scratch)?;
@@ -463,11 +456,8 @@ fn encode_redo(stores: &[Entries<'_>], checkpoint: &Checkpoint) -> Result<Vec<u8
     Ok(out)
 }
 
-/// One store's changes, owned, as read back from a redo record.
-type OwnedEntries = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
 /// Reads a redo record back; `None` if it is not one.
-fn decode_redo(raw: &[u8]) -> Option<(Checkpoint, Vec<OwnedEntries>)> {
+fn decode_redo(raw: &[u8]) -> Option<(Checkpoint, Vec<Batch>)> {
     fn take<'a>(raw: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if raw.len() < n {
             return None;
@@ -515,6 +505,18 @@ fn borrow(changes: &Changes) -> Vec<Entries<'_>> {
         .iter()
         .map(|m| {
             m.iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect()
+        })
+        .collect()
+}
+
+/// `batches` as the writes take them.
+fn borrow_batches(batches: &[Batch]) -> Vec<Entries<'_>> {
+    batches
+        .iter()
+        .map(|b| {
+            b.iter()
                 .map(|(k, v)| (k.as_slice(), v.as_deref()))
                 .collect()
         })
@@ -629,15 +631,7 @@ impl StateBackend for SledBackend {
     }
 
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        let stores: Vec<Entries<'_>> = batches
-            .iter()
-            .map(|b| {
-                b.iter()
-                    .map(|(k, v)| (k.as_slice(), v.as_deref()))
-                    .collect()
-            })
-            .collect();
-        self.trees.write(&stores, checkpoint)
+        self.trees.write(&borrow_batches(batches), checkpoint)
     }
 
     /// Hands the commit to the state writer thread.
@@ -655,15 +649,8 @@ impl StateBackend for SledBackend {
         batches: &[Batch],
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
-        let stores: Vec<Entries<'_>> = batches
-            .iter()
-            .map(|b| {
-                b.iter()
-                    .map(|(k, v)| (k.as_slice(), v.as_deref()))
-                    .collect()
-            })
-            .collect();
-        self.trees.write_restored(&stores, checkpoint)
+        self.trees
+            .write_restored(&borrow_batches(batches), checkpoint)
     }
 
     /// Hands the restored entries to the restore writer thread.
