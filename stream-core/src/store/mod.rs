@@ -77,8 +77,8 @@ struct Layers {
 /// All stores of one task over their shared backend.
 pub struct StoreSet {
     layers: Vec<Layers>,
-    /// The commit being written, per store, and its write.
-    writing: Option<(Arc<Changes>, PendingCommit)>,
+    /// The commit being written, per store, its write and its checkpoint.
+    writing: Option<(Arc<Changes>, PendingCommit, Checkpoint)>,
     backend: Box<dyn StateBackend>,
 }
 
@@ -183,7 +183,7 @@ impl StoreSet {
     /// Whether the last commit is written (its writing layer then goes);
     /// its error if the write failed.
     pub fn poll_written(&mut self) -> Result<bool, StoreError> {
-        let Some((_, pending)) = &mut self.writing else {
+        let Some((_, pending, _)) = &mut self.writing else {
             return Ok(true);
         };
         match pending.poll() {
@@ -199,7 +199,7 @@ impl StoreSet {
     pub fn wait_written(&mut self) -> Result<(), StoreError> {
         match self.writing.take() {
             None => Ok(()),
-            Some((_, pending)) => pending.wait(),
+            Some((_, pending, _)) => pending.wait(),
         }
     }
 
@@ -232,7 +232,7 @@ impl StoreSet {
         } else {
             self.backend.start_commit(shared, checkpoint.clone())
         };
-        self.writing = Some((changes, pending));
+        self.writing = Some((changes, pending, checkpoint.clone()));
         Ok(())
     }
 
@@ -246,8 +246,13 @@ impl StoreSet {
         }
     }
 
-    /// The checkpoint of the last commit, if any.
+    /// The checkpoint of the last commit, if any: the one being written
+    /// while a write runs (the state the layers show), else the backend's.
+    /// The entry counts of a checkpoint being written are not final.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        if let Some((_, _, cp)) = &self.writing {
+            return Ok(Some(cp.clone()));
+        }
         self.backend.checkpoint()
     }
 
@@ -335,7 +340,7 @@ impl StoreSet {
 
     /// The changes of store `idx` being written, if a write runs.
     fn writing_layer(&self, idx: usize) -> Option<&BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
-        self.writing.as_ref().and_then(|(w, _)| w.get(idx))
+        self.writing.as_ref().and_then(|(w, _, _)| w.get(idx))
     }
 
     /// Committed entries of a store plus its buffered changes, in key order.
@@ -534,8 +539,15 @@ mod tests {
         s.view(0).put(b"a", b"1".to_vec()).unwrap();
         s.view(0).put(b"b", b"1".to_vec()).unwrap();
         s.seal();
-        s.commit_sealed(&Checkpoint::default()).unwrap();
+        let mut cp = Checkpoint::default();
+        cp.stream_time = 42;
+        s.commit_sealed(&cp).unwrap();
         assert!(!s.has_sealed());
+        assert_eq!(
+            s.checkpoint().unwrap().map(|c| c.stream_time),
+            Some(42),
+            "the checkpoint being written, not the backend's (none yet)"
+        );
         s.view(0).put(b"b", b"2".to_vec()).unwrap();
         assert!(!s.poll_written().unwrap(), "the write is held");
         assert_eq!(
