@@ -315,7 +315,14 @@ async fn should_run_steps_3_to_5_as_two_instances_of_one_program_in_the_team_gro
     });
     c.produce_users(1_500, 5);
     let (want, got) = c.wait_exact(120);
-    let actions = read_all(&c.actions, Duration::from_secs(60));
+    // Actions go out beside the counts, not before them: read until every
+    // flagged user's action is there (or the deadline).
+    let flagged: i64 = want.values().sum();
+    let mut actions = Vec::new();
+    wait_until(Duration::from_secs(60), || {
+        actions = read_all(&c.actions, Duration::from_secs(30));
+        actions.len() as i64 >= flagged
+    });
     stop(a);
     stop(b);
     assert!(
@@ -324,7 +331,6 @@ async fn should_run_steps_3_to_5_as_two_instances_of_one_program_in_the_team_gro
         log.display()
     );
     assert_eq!(got, want, "two copies: {}", diff_counts(&got, &want));
-    let flagged: i64 = want.values().sum();
     assert!(
         actions.len() as i64 >= flagged,
         "an action per flagged user: {} < {flagged}",

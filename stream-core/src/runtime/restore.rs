@@ -466,18 +466,32 @@ impl ChangelogReader {
             }
             return Ok(());
         }
+        // Waiting standbys stay paused until they may go on; every other
+        // partition is resumed first, since librdkafka keeps a partition's
+        // pause across unassign and assign: a partition a closed standby
+        // paused would otherwise never be read by the restore that takes
+        // its task over. (Resumed before the assignment, whose start
+        // offset a later pause or resume could make stale.)
+        let (mut waiting, mut reading) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for job in &self.jobs {
+            for (i, p) in job.progress.iter().enumerate() {
+                if p.done {
+                    continue;
+                }
+                let list = if job.blocked[i] {
+                    &mut waiting
+                } else {
+                    &mut reading
+                };
+                list.add_partition(&p.topic, p.partition);
+            }
+        }
+        if reading.count() > 0 {
+            let _ = self.consumer.resume(&reading);
+        }
         self.consumer
             .assign(&tpl)
             .map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
-        // Waiting standbys stay paused until they may go on.
-        let mut waiting = TopicPartitionList::new();
-        for job in &self.jobs {
-            for (i, p) in job.progress.iter().enumerate() {
-                if job.blocked[i] {
-                    waiting.add_partition(&p.topic, p.partition);
-                }
-            }
-        }
         if waiting.count() > 0 {
             let _ = self.consumer.pause(&waiting);
         }

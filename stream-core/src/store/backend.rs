@@ -150,6 +150,13 @@ pub trait StateBackend: Send {
     ) -> Result<(), StoreError> {
         self.commit(batches, checkpoint)
     }
+    /// [`commit_restored`](Self::commit_restored), possibly on another
+    /// thread while the restore reads on (as
+    /// [`start_commit`](Self::start_commit)). The default writes before
+    /// returning.
+    fn start_restored(&mut self, changes: Arc<Changes>, checkpoint: Checkpoint) -> PendingCommit {
+        PendingCommit::done(self.commit_restored(&to_batches(&changes), &checkpoint))
+    }
 
     /// The last committed checkpoint.
     fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;

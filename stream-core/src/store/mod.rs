@@ -177,7 +177,7 @@ impl StoreSet {
     /// [`wait_written`](Self::wait_written)). Waits for the previous
     /// commit's write first.
     pub fn commit_sealed(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        self.hand_over(checkpoint)
+        self.hand_over(|l| &mut l.sealed, false, checkpoint)
     }
 
     /// Whether the last commit is written (its writing layer then goes);
@@ -203,31 +203,35 @@ impl StoreSet {
         }
     }
 
-    /// Writes the restored entries and `checkpoint` (see
-    /// [`StateBackend::commit_restored`]), after the previous write.
+    /// Starts writing the restored entries and `checkpoint` (see
+    /// [`StateBackend::start_restored`]); like
+    /// [`commit_sealed`](Self::commit_sealed), they stay readable until
+    /// written, and the previous write is waited for first.
     pub fn commit_restored(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        self.wait_written()?;
-        let batches: Vec<Batch> = self
-            .layers
-            .iter_mut()
-            .map(|l| std::mem::take(&mut l.buffer).into_iter().collect())
-            .collect();
-        self.backend.commit_restored(&batches, checkpoint)
+        self.hand_over(|l| &mut l.buffer, true, checkpoint)
     }
 
-    /// Moves the sealed layer of every store to the writing layer and
-    /// starts its write.
-    fn hand_over(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    /// Moves one layer of every store (`layer`) to the writing layer and
+    /// starts its write: a commit, or restored entries (`restored`).
+    fn hand_over(
+        &mut self,
+        layer: fn(&mut Layers) -> &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        restored: bool,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
         self.wait_written()?;
         let changes: Changes = self
             .layers
             .iter_mut()
-            .map(|l| std::mem::take(&mut l.sealed))
+            .map(|l| std::mem::take(layer(l)))
             .collect();
         let changes = Arc::new(changes);
-        let pending = self
-            .backend
-            .start_commit(Arc::clone(&changes), checkpoint.clone());
+        let shared = Arc::clone(&changes);
+        let pending = if restored {
+            self.backend.start_restored(shared, checkpoint.clone())
+        } else {
+            self.backend.start_commit(shared, checkpoint.clone())
+        };
         self.writing = Some((changes, pending, checkpoint.clone()));
         Ok(())
     }

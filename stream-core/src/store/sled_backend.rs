@@ -45,13 +45,17 @@ pub struct StateDir {
     syncer: SyncSender<()>,
     /// Writes commits of processing tasks.
     writer: Option<Sender<WriteJob>>,
+    /// Writes restored entries (apart, so that a large restore never
+    /// delays a processing task's commit).
+    restore_writer: Option<Sender<WriteJob>>,
 }
 
 /// A commit for the state writer thread, and where its result goes.
 type WriteJob = Box<dyn FnOnce() + Send>;
 
-/// Starts a thread that writes commits while the stream threads go on
-/// (`None` if it cannot start: they then write in place).
+/// Starts a thread that writes commits (or restored entries) while the
+/// stream threads (or the restorer) go on (`None` if it cannot start:
+/// they then write in place).
 fn start_writer(name: &str) -> Option<Sender<WriteJob>> {
     let (tx, rx): (Sender<WriteJob>, Receiver<WriteJob>) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
@@ -120,6 +124,7 @@ impl StateDir {
                 StateDir {
                     syncer: start_syncer(&db),
                     writer: start_writer("state-writer"),
+                    restore_writer: start_writer("restore-writer"),
                     path,
                     db,
                 },
@@ -154,6 +159,7 @@ impl StateDir {
                     StateDir {
                         syncer: start_syncer(&db),
                         writer: start_writer("state-writer"),
+                        restore_writer: start_writer("restore-writer"),
                         path,
                         db,
                     },
@@ -267,6 +273,7 @@ impl StateDir {
             db: self.db.clone(),
             trees,
             writer: self.writer.clone(),
+            restore_writer: self.restore_writer.clone(),
             unreadable_redo,
         })
     }
@@ -542,6 +549,7 @@ pub struct SledBackend {
     db: sled::Db,
     trees: TaskTrees,
     writer: Option<Sender<WriteJob>>,
+    restore_writer: Option<Sender<WriteJob>>,
     /// A crash left a commit record that cannot be read back.
     unreadable_redo: bool,
 }
@@ -643,6 +651,14 @@ impl StateBackend for SledBackend {
     ) -> Result<(), StoreError> {
         self.trees
             .write_restored(&borrow_batches(batches), checkpoint)
+    }
+
+    /// Hands the restored entries to the restore writer thread.
+    fn start_restored(&mut self, changes: Arc<Changes>, checkpoint: Checkpoint) -> PendingCommit {
+        let trees = self.trees.clone();
+        run_on(&self.restore_writer, move || {
+            trees.write_restored(&borrow(&changes), &checkpoint)
+        })
     }
 
     fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
