@@ -16,30 +16,65 @@
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Counters, one per thread (threads beyond [`SLOTS`] share them): one
+/// counter for every thread made its cache line bounce between the cores,
+/// about 4% of the stream thread's time in the benchmark.
+const SLOTS: usize = 64;
+
+/// One counter on a cache line of its own.
+#[repr(align(128))]
+struct Slot(AtomicU64);
+
+static COUNTS: [Slot; SLOTS] = [const { Slot(AtomicU64::new(0)) }; SLOTS];
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+thread_local! {
+    /// This thread's slot in [`COUNTS`] (`usize::MAX` until its first
+    /// allocation). Constant-initialised and without a destructor, so it
+    /// never allocates.
+    static MY_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Counts one allocation in the calling thread's slot.
+#[inline]
+fn count_one() {
+    let slot = MY_SLOT
+        .try_with(|s| {
+            let mut i = s.get();
+            if i == usize::MAX {
+                i = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+                s.set(i);
+            }
+            i
+        })
+        .unwrap_or(0);
+    COUNTS[slot].0.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Another allocator (`A`: the system's, or e.g. mimalloc), counting
-/// every allocation and reallocation (one relaxed atomic add each).
+/// every allocation and reallocation (one relaxed atomic add each, on a
+/// counter of the calling thread's own).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CountingAllocator<A = System>(pub A);
 
 // SAFETY: every call is forwarded unchanged to the inner allocator.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         self.0.alloc(layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         self.0.alloc_zeroed(layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         self.0.realloc(ptr, layout, new_size)
     }
 
@@ -63,10 +98,13 @@ pub type Mimalloc = CountingAllocator<LeanMimalloc>;
 pub const MIMALLOC: Mimalloc = CountingAllocator(LeanMimalloc);
 
 /// mimalloc without eager commit of its arenas (option
-/// `arena_eager_commit` = 0, set before the first allocation unless
-/// `MIMALLOC_ARENA_EAGER_COMMIT` says otherwise): with the default, the
-/// benchmark's peak RSS was about 50% higher than with glibc's malloc;
-/// without it, within 10%.
+/// `arena_eager_commit` = 0) and with freed memory returned after 50 ms
+/// (`purge_delay`, 1 s by default), both set before the first allocation
+/// unless `MIMALLOC_ARENA_EAGER_COMMIT` / `MIMALLOC_PURGE_DELAY` say
+/// otherwise: with mimalloc's defaults the benchmark's peak RSS was about
+/// 50% higher than with glibc's malloc. With the `mimalloc` feature,
+/// mimalloc also replaces C's `malloc` in the program (librdkafka's
+/// allocations; libmimalloc-sys's `override`).
 #[cfg(feature = "mimalloc")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LeanMimalloc;
@@ -79,18 +117,45 @@ impl LeanMimalloc {
             return;
         }
         CONFIGURED.store(true, Ordering::Relaxed);
+        // Keeps the early hook linked in wherever this allocator is.
+        #[cfg(target_os = "linux")]
+        std::hint::black_box(&CONFIGURE_EARLY);
         // `mi_option_arena_eager_commit` in mimalloc.h (v2 and v3 alike:
         // the enum keeps deprecated entries so its numbering never
         // changes); libmimalloc-sys does not name it. 2, the default,
         // means "eager on systems that overcommit", Linux among them.
         const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-        // SAFETY: reads and sets one option value; no allocation.
+        // `mi_option_purge_delay`: how long freed memory stays committed
+        // (1,000 ms by default in mimalloc v3). librdkafka's fetch and
+        // produce buffers come and go in bursts; at 1 s the benchmark's
+        // peak RSS was about 20% higher than at 50 ms, which costs a few
+        // percent of CPU (docs/performance.md).
+        const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+        // SAFETY: reads and sets option values; no allocation.
         unsafe {
             if libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT) == 2 {
                 libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
             }
+            if libmimalloc_sys::mi_option_get(PURGE_DELAY) == 1000 {
+                libmimalloc_sys::mi_option_set(PURGE_DELAY, 50);
+            }
         }
     }
+}
+
+/// Sets the options before anything else runs (ELF `.preinit_array`, run
+/// before every constructor): mimalloc also serves C's `malloc` (librdkafka's
+/// allocations; feature `override` of libmimalloc-sys), so its first arena
+/// is reserved at the C runtime's first `malloc`, before any Rust allocation,
+/// and the option must be set by then.
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[used]
+#[link_section = ".preinit_array"]
+static CONFIGURE_EARLY: extern "C" fn() = configure_early;
+
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+extern "C" fn configure_early() {
+    LeanMimalloc::configure_once();
 }
 
 // SAFETY: every call is forwarded unchanged to mimalloc.
@@ -119,6 +184,6 @@ unsafe impl GlobalAlloc for LeanMimalloc {
 /// `malloc` calls, librdkafka's, are not counted); `None` when the
 /// program has not installed [`CountingAllocator`].
 pub fn allocations() -> Option<u64> {
-    let n = ALLOCATIONS.load(Ordering::Relaxed);
+    let n: u64 = COUNTS.iter().map(|c| c.0.load(Ordering::Relaxed)).sum();
     (n > 0 || INSTALLED.load(Ordering::Relaxed)).then_some(n)
 }
