@@ -19,6 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use stream_core::serde::{JsonSerde, Serde};
 
 /// mimalloc, as in every program of the framework; counting allocations.
 #[global_allocator]
@@ -92,6 +93,8 @@ fn read_share(
         .assign(&tpl)
         .unwrap_or_else(|e| fail(&e.to_string()));
     let filter = for_team("team-1").unwrap_or_else(|e| fail(&e));
+    // Parsed as the framework parses it (stream-core's JSON serde).
+    let users = JsonSerde::<User>::new();
     let mut flagged = 0u64;
     while !ends.is_empty() {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
@@ -100,10 +103,7 @@ fn read_share(
         if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(i64::MAX) {
             ends.remove(&m.partition());
         }
-        let Some(user) = m
-            .payload()
-            .and_then(|v| serde_json::from_slice::<User>(v).ok())
-        else {
+        let Some(user) = m.payload().and_then(|v| users.deserialize(v).ok()) else {
             continue;
         };
         if filter.matches(&user) {
