@@ -28,21 +28,29 @@ fn main() {
     }
     // The restore consumer's own settings (stream-core's `restore_consumer`):
     // a prefetch of 5,000 records per partition refilled after 10 ms.
-    let (n, restore_s) = read_all(&args[1], &args[2], &[
-        ("isolation.level", "read_committed"),
-        ("fetch.wait.max.ms", "10"),
-        ("max.partition.fetch.bytes", "4194304"),
-        ("fetch.max.bytes", "16777216"),
-        ("queued.max.messages.kbytes", "32768"),
-        ("queued.min.messages", "5000"),
-        ("fetch.queue.backoff.ms", "10"),
-    ]);
+    let (n, restore_s) = read_all(
+        &args[1],
+        &args[2],
+        &[
+            ("isolation.level", "read_committed"),
+            ("fetch.wait.max.ms", "10"),
+            ("max.partition.fetch.bytes", "4194304"),
+            ("fetch.max.bytes", "16777216"),
+            ("queued.max.messages.kbytes", "32768"),
+            ("queued.min.messages", "5000"),
+            ("fetch.queue.backoff.ms", "10"),
+        ],
+    );
     // librdkafka's full prefetch queue and larger fetches.
-    let (m, prefetch_s) = read_all(&args[1], &args[2], &[
-        ("fetch.wait.max.ms", "10"),
-        ("max.partition.fetch.bytes", "8388608"),
-        ("fetch.max.bytes", "67108864"),
-    ]);
+    let (m, prefetch_s) = read_all(
+        &args[1],
+        &args[2],
+        &[
+            ("fetch.wait.max.ms", "10"),
+            ("max.partition.fetch.bytes", "8388608"),
+            ("fetch.max.bytes", "67108864"),
+        ],
+    );
     if n != m {
         fail(&format!("the two reads saw {n} and {m} records"));
     }
