@@ -112,9 +112,9 @@ pub const MIMALLOC: Mimalloc = CountingAllocator(LeanMimalloc);
 /// (`purge_delay`, 1 s by default), both set before the first allocation
 /// unless `MIMALLOC_ARENA_EAGER_COMMIT` / `MIMALLOC_PURGE_DELAY` say
 /// otherwise: with mimalloc's defaults the benchmark's peak RSS was about
-/// 50% higher than with glibc's malloc. With the `mimalloc` feature,
-/// mimalloc also replaces C's `malloc` in the program (librdkafka's
-/// allocations; libmimalloc-sys's `override`).
+/// 50% higher than with glibc's malloc. With the `mimalloc-override`
+/// feature, mimalloc also replaces C's `malloc` in the program
+/// (librdkafka's allocations; libmimalloc-sys's `override`).
 #[cfg(feature = "mimalloc")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LeanMimalloc;
@@ -128,7 +128,7 @@ impl LeanMimalloc {
         }
         CONFIGURED.store(true, Ordering::Relaxed);
         // Keeps the early hook linked in wherever this allocator is.
-        #[cfg(target_os = "linux")]
+        #[cfg(all(feature = "mimalloc-override", target_os = "linux"))]
         std::hint::black_box(&CONFIGURE_EARLY);
         // `mi_option_arena_eager_commit` in mimalloc.h (v2 and v3 alike:
         // the enum keeps deprecated entries so its numbering never
@@ -157,13 +157,13 @@ impl LeanMimalloc {
 /// before every constructor): mimalloc also serves C's `malloc` (librdkafka's
 /// allocations; feature `override` of libmimalloc-sys), so its first arena
 /// is reserved at the C runtime's first `malloc`, before any Rust allocation,
-/// and the option must be set by then.
-#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+/// and the option must be set by then (feature `mimalloc-override`).
+#[cfg(all(feature = "mimalloc-override", target_os = "linux"))]
 #[used]
 #[link_section = ".preinit_array"]
 static CONFIGURE_EARLY: extern "C" fn() = configure_early;
 
-#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[cfg(all(feature = "mimalloc-override", target_os = "linux"))]
 extern "C" fn configure_early() {
     LeanMimalloc::configure_once();
 }
