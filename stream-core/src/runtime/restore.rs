@@ -274,10 +274,9 @@ pub(crate) struct ChangelogReader {
     /// changelog cannot be read (after this application committed offsets).
     allow_empty_state: bool,
     jobs: Vec<Job>,
-    /// (topic, partition) → (job, target)
-    /// Changelog topic → partition → (job, partition index), looked up by
-    /// `&str` for every record.
-    index: HashMap<String, HashMap<i32, (usize, usize)>>,
+    /// Changelog partition → (job, partition index), looked up for every
+    /// record.
+    index: PartitionIndex,
     reporter: Option<RestoreReporter>,
     last_progress: Instant,
     last_status: Instant,
@@ -301,7 +300,7 @@ impl ChangelogReader {
             status,
             allow_empty_state,
             jobs: Vec::new(),
-            index: HashMap::new(),
+            index: PartitionIndex::default(),
             reporter: None,
             last_progress: Instant::now(),
             last_status: Instant::now(),
@@ -442,6 +441,13 @@ impl ChangelogReader {
     fn reassign(&mut self) -> Result<(), RuntimeError> {
         let mut tpl = TopicPartitionList::new();
         self.index.clear();
+        // Waiting standbys stay paused until they may go on; every other
+        // partition is resumed first, since librdkafka keeps a partition's
+        // pause across unassign and assign: a partition a closed standby
+        // paused would otherwise never be read by the restore that takes
+        // its task over. (Resumed before the assignment, whose start
+        // offset a later pause or resume could make stale.)
+        let (mut waiting, mut reading) = (TopicPartitionList::new(), TopicPartitionList::new());
         let mut total = 0u64;
         for (j, job) in self.jobs.iter().enumerate() {
             for (i, p) in job.progress.iter().enumerate() {
@@ -453,10 +459,13 @@ impl ChangelogReader {
                 }
                 tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.position))
                     .map_err(|e| RuntimeError::kafka("plan changelog reads", e))?;
-                self.index
-                    .entry(p.topic.clone())
-                    .or_default()
-                    .insert(p.partition, (j, i));
+                self.index.insert(&p.topic, p.partition, (j, i));
+                let list = if job.blocked[i] {
+                    &mut waiting
+                } else {
+                    &mut reading
+                };
+                list.add_partition(&p.topic, p.partition);
             }
         }
         if tpl.count() == 0 {
@@ -465,26 +474,6 @@ impl ChangelogReader {
                 r.finish();
             }
             return Ok(());
-        }
-        // Waiting standbys stay paused until they may go on; every other
-        // partition is resumed first, since librdkafka keeps a partition's
-        // pause across unassign and assign: a partition a closed standby
-        // paused would otherwise never be read by the restore that takes
-        // its task over. (Resumed before the assignment, whose start
-        // offset a later pause or resume could make stale.)
-        let (mut waiting, mut reading) = (TopicPartitionList::new(), TopicPartitionList::new());
-        for job in &self.jobs {
-            for (i, p) in job.progress.iter().enumerate() {
-                if p.done {
-                    continue;
-                }
-                let list = if job.blocked[i] {
-                    &mut waiting
-                } else {
-                    &mut reading
-                };
-                list.add_partition(&p.topic, p.partition);
-            }
         }
         if reading.count() > 0 {
             let _ = self.consumer.resume(&reading);
@@ -590,11 +579,7 @@ impl ChangelogReader {
             }
             match self.consumer.poll(Duration::from_millis(50)) {
                 Some(Ok(m)) => {
-                    let Some(&(j, i)) = self
-                        .index
-                        .get(m.topic())
-                        .and_then(|ps| ps.get(&m.partition()))
-                    else {
+                    let Some((j, i)) = self.index.get(m.topic(), m.partition()) else {
                         continue;
                     };
                     let job = &mut self.jobs[j];
@@ -680,12 +665,61 @@ impl ChangelogReader {
                 .into_iter()
                 .partition(Job::done);
             self.jobs = rest;
+            let finished: Vec<(String, i32)> = done
+                .iter()
+                .flat_map(|j| j.progress.iter().map(|p| (p.topic.clone(), p.partition)))
+                .collect();
             for job in done {
                 ready.push(self.finish(job)?);
             }
-            self.reassign()?;
+            self.release(&finished)?;
         }
         Ok(ready)
+    }
+
+    /// Takes `finished` partitions out of the assignment and leaves the
+    /// others as they are: a full reassignment would drop every other
+    /// partition's prefetched records and fetch them again, a pause of
+    /// about a fetch round trip for each task that finishes.
+    fn release(&mut self, finished: &[(String, i32)]) -> Result<(), RuntimeError> {
+        self.index.clear();
+        for (j, job) in self.jobs.iter().enumerate() {
+            for (i, p) in job.progress.iter().enumerate() {
+                if !p.done {
+                    self.index.insert(&p.topic, p.partition, (j, i));
+                }
+            }
+        }
+        if !self.jobs.iter().any(|j| !j.standby) {
+            if let Some(r) = self.reporter.take() {
+                r.finish();
+            }
+        }
+        let assigned = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(_) => return self.reassign(),
+        };
+        let mut gone = TopicPartitionList::new();
+        for el in assigned.elements() {
+            if finished
+                .iter()
+                .any(|(t, p)| *p == el.partition() && t == el.topic())
+            {
+                gone.add_partition(el.topic(), el.partition());
+            }
+        }
+        if gone.count() == 0 {
+            return Ok(());
+        }
+        if gone.count() == assigned.count() {
+            let _ = self.consumer.unassign();
+            return Ok(());
+        }
+        if let Err(e) = self.consumer.incremental_unassign(&gone) {
+            tracing::debug!(error = %e, "incremental unassign refused; reassigning");
+            return self.reassign();
+        }
+        Ok(())
     }
 
     /// Keeps standby copies of exactly `ids`: closes the others, opens the
@@ -828,11 +862,7 @@ impl ChangelogReader {
             let Offset::Offset(o) = el.offset() else {
                 continue;
             };
-            let Some(&(j, i)) = self
-                .index
-                .get(el.topic())
-                .and_then(|ps| ps.get(&el.partition()))
-            else {
+            let Some((j, i)) = self.index.get(el.topic(), el.partition()) else {
                 continue;
             };
             let p = &mut self.jobs[j].progress[i];
@@ -943,5 +973,48 @@ impl ChangelogReader {
             }
         }
         Ok(())
+    }
+}
+
+/// Changelog partition → (job, partition index): a map, and the last hit
+/// (records arrive in runs of one partition, so most lookups compare one
+/// name instead of hashing it).
+#[derive(Default)]
+struct PartitionIndex {
+    map: HashMap<String, HashMap<i32, (usize, usize)>>,
+    last: Option<(String, i32, (usize, usize))>,
+}
+
+impl PartitionIndex {
+    fn clear(&mut self) {
+        self.map.clear();
+        self.last = None;
+    }
+
+    fn insert(&mut self, topic: &str, partition: i32, at: (usize, usize)) {
+        self.map
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition, at);
+        self.last = None;
+    }
+
+    fn get(&mut self, topic: &str, partition: i32) -> Option<(usize, usize)> {
+        if let Some((t, p, at)) = &self.last {
+            if *p == partition && t == topic {
+                return Some(*at);
+            }
+        }
+        let at = *self.map.get(topic)?.get(&partition)?;
+        match &mut self.last {
+            Some((t, p, a)) => {
+                t.clear();
+                t.push_str(topic);
+                *p = partition;
+                *a = at;
+            }
+            None => self.last = Some((topic.to_string(), partition, at)),
+        }
+        Some(at)
     }
 }

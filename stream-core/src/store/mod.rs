@@ -14,6 +14,10 @@
 //!    which the state writer thread writes to the backend while processing
 //!    goes on; reads see the buffer, then the sealed layer, then the
 //!    writing layer, then the backend;
+//!    Restore writes the entries it reads into a hash map instead
+//!    (restored entries), since a changelog holds each key many times and
+//!    nothing reads the store until restore hands it over: one hash lookup
+//!    per record, sorted once per restore flush;
 //! 4. **backend** ([`StateBackend`]): the durable copy of all stores of one
 //!    task, written in one atomic batch together with the task's
 //!    [`Checkpoint`] (sled on disk, or memory in tests).
@@ -24,7 +28,7 @@ mod memory;
 mod sled_backend;
 pub mod window;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub use backend::{Batch, Changes, Checkpoint, PendingCommit, StateBackend};
@@ -70,6 +74,9 @@ struct Layers {
     buffer: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Changes of a commit in flight: sealed, not yet written.
     sealed: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Entries read by restore, not yet handed to the backend (empty
+    /// whenever the task processes).
+    restored: HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>,
     changes: Vec<Change>,
     metrics: StoreMetrics,
 }
@@ -125,11 +132,21 @@ impl StoreSet {
             .collect()
     }
 
-    /// Writes a change straight into the write buffer without logging it
-    /// (used by restore: the change came from the changelog).
-    pub fn apply_restored(&mut self, idx: usize, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if let Some(l) = self.layers.get_mut(idx) {
-            l.buffer.insert(key, value);
+    /// Records a change read by restore, without logging it (it came from
+    /// the changelog); a key seen before keeps its allocations.
+    pub fn apply_restored(&mut self, idx: usize, key: &[u8], value: Option<&[u8]>) {
+        let Some(l) = self.layers.get_mut(idx) else {
+            return;
+        };
+        match l.restored.get_mut(key) {
+            Some(Some(old)) if value.is_some() => {
+                old.clear();
+                old.extend_from_slice(value.unwrap_or_default());
+            }
+            Some(slot) => *slot = value.map(<[u8]>::to_vec),
+            None => {
+                l.restored.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+            }
         }
     }
 
@@ -138,7 +155,7 @@ impl StoreSet {
     pub fn buffered(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| l.buffer.len() + l.sealed.len())
+            .map(|l| l.buffer.len() + l.sealed.len() + l.restored.len())
             .sum()
     }
 
@@ -208,6 +225,19 @@ impl StoreSet {
     /// [`commit_sealed`](Self::commit_sealed), they stay readable until
     /// written, and the previous write is waited for first.
     pub fn commit_restored(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        for l in &mut self.layers {
+            if l.restored.is_empty() {
+                continue;
+            }
+            let mut entries: Vec<Change> = l.restored.drain().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if l.buffer.is_empty() {
+                // Built from sorted entries in one pass.
+                l.buffer = entries.into_iter().collect();
+            } else {
+                l.buffer.extend(entries);
+            }
+        }
         self.hand_over(|l| &mut l.buffer, true, checkpoint)
     }
 
@@ -242,6 +272,7 @@ impl StoreSet {
         for l in &mut self.layers {
             l.buffer.clear();
             l.sealed.clear();
+            l.restored.clear();
             l.changes.clear();
         }
     }
@@ -277,7 +308,12 @@ impl StoreSet {
     /// over the durable copy), without counting a read.
     pub fn get(&self, idx: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(l) = self.layers.get(idx) {
-            if let Some(v) = l.buffer.get(key).or_else(|| l.sealed.get(key)) {
+            if let Some(v) = l
+                .buffer
+                .get(key)
+                .or_else(|| l.sealed.get(key))
+                .or_else(|| l.restored.get(key))
+            {
                 return Ok(v.clone());
             }
         }
@@ -295,20 +331,12 @@ impl StoreSet {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             self.backend.scan_prefix(idx, prefix)?.into_iter().collect();
-        if let Some(l) = self.layers.get(idx) {
-            for layer in self
-                .writing_layer(idx)
-                .into_iter()
-                .chain([&l.sealed, &l.buffer])
-            {
-                for (k, v) in layer.range(prefix.to_vec()..) {
-                    if !k.starts_with(prefix) {
-                        break;
-                    }
-                    merge(&mut merged, k, v);
-                }
-            }
-        }
+        self.merge_layers(idx, &mut merged, |k| k.starts_with(prefix), |layer| {
+            layer
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .collect()
+        });
         Ok(merged.into_iter().collect())
     }
 
@@ -324,18 +352,39 @@ impl StoreSet {
         }
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             self.backend.range(idx, from, to)?.into_iter().collect();
-        if let Some(l) = self.layers.get(idx) {
-            for layer in self
-                .writing_layer(idx)
-                .into_iter()
-                .chain([&l.sealed, &l.buffer])
-            {
-                for (k, v) in layer.range(from.to_vec()..to.to_vec()) {
-                    merge(&mut merged, k, v);
-                }
+        let within = |k: &[u8]| from <= k && k < to;
+        self.merge_layers(idx, &mut merged, within, |layer| {
+            layer.range(from.to_vec()..to.to_vec()).collect()
+        });
+        Ok(merged.into_iter().collect())
+    }
+
+    /// Lays the in-memory layers of store `idx` over `merged`, oldest
+    /// first: the writing layer, restored entries (those `keep` admits),
+    /// the sealed layer and the buffer (their entries `pick` selects).
+    fn merge_layers(
+        &self,
+        idx: usize,
+        merged: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+        keep: impl Fn(&[u8]) -> bool,
+        pick: impl for<'m> Fn(&'m BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Vec<(&'m Vec<u8>, &'m Option<Vec<u8>>)>,
+    ) {
+        let Some(l) = self.layers.get(idx) else {
+            return;
+        };
+        if let Some(w) = self.writing_layer(idx) {
+            for (k, v) in pick(w) {
+                merge(merged, k, v);
             }
         }
-        Ok(merged.into_iter().collect())
+        for (k, v) in l.restored.iter().filter(|(k, _)| keep(k)) {
+            merge(merged, k, v);
+        }
+        for layer in [&l.sealed, &l.buffer] {
+            for (k, v) in pick(layer) {
+                merge(merged, k, v);
+            }
+        }
     }
 
     /// The changes of store `idx` being written, if a write runs.
@@ -577,5 +626,34 @@ mod tests {
             None,
             "the gated backend never wrote it"
         );
+    }
+
+    #[test]
+    fn should_keep_the_last_restored_value_per_key_and_write_them_in_key_order() {
+        let mut s = set();
+        s.apply_restored(0, b"b", Some(b"1"));
+        s.apply_restored(0, b"a", Some(b"1"));
+        s.apply_restored(0, b"b", Some(b"22"));
+        s.apply_restored(0, b"c", Some(b"1"));
+        s.apply_restored(0, b"c", None);
+        s.apply_restored(0, b"d", None);
+        s.apply_restored(0, b"d", Some(b"4"));
+        assert_eq!(s.buffered(), 4, "one entry per key");
+        assert_eq!(s.get(0, b"b").unwrap(), Some(b"22".to_vec()));
+        assert_eq!(s.get(0, b"c").unwrap(), None, "deleted after its put");
+        let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(s.entries(0).unwrap()),
+            vec![b"a".to_vec(), b"b".to_vec(), b"d".to_vec()],
+            "scans see restored entries, in key order"
+        );
+        assert_eq!(keys(s.range(0, b"b", b"d").unwrap()), vec![b"b".to_vec()]);
+        s.commit_restored(&Checkpoint::default()).unwrap();
+        s.wait_written().unwrap();
+        assert_eq!(s.buffered(), 0);
+        assert_eq!(s.committed_len(0), 3);
+        assert_eq!(s.backend.get(0, b"b").unwrap(), Some(b"22".to_vec()));
+        assert_eq!(s.backend.get(0, b"d").unwrap(), Some(b"4".to_vec()));
+        assert_eq!(s.backend.get(0, b"c").unwrap(), None);
     }
 }

@@ -273,13 +273,23 @@ impl Progress {
         let (Some(up), Some(src)) = (UpstreamMark::find(headers), SourceMark::find(headers)) else {
             return;
         };
-        let key = UpstreamKey {
-            via: src.topic.to_string(),
-            upstream: TopicPartition::new(up.topic, up.partition),
-        };
-        let e = self.dedup.entry(key).or_insert(up.position());
-        if up.position() > *e {
-            *e = up.position();
+        let seen = self
+            .dedup
+            .iter_mut()
+            .find(|(k, _)| k.is(src.topic, up.topic, up.partition));
+        match seen {
+            Some((_, e)) => {
+                if up.position() > *e {
+                    *e = up.position();
+                }
+            }
+            None => {
+                let key = UpstreamKey {
+                    via: src.topic.to_string(),
+                    upstream: TopicPartition::new(up.topic, up.partition),
+                };
+                self.dedup.insert(key, up.position());
+            }
         }
     }
 

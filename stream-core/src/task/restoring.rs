@@ -127,13 +127,17 @@ impl Task {
             return false;
         }
         let key = key.unwrap_or(&[]);
-        let entry = match (self.out.codec(store), value) {
-            (None, v) => Some((key.to_vec(), v.map(|v| v.to_vec()))),
-            (Some(codec), Some(v)) => codec.decode(key, v).map(|(k, v)| (k, Some(v))),
-            // A tombstone deletes a table's row; in a shared topic with
-            // its own schema it is someone else's.
-            (Some(_), None) => source.then(|| (key.to_vec(), None)),
-        };
+        use std::borrow::Cow;
+        let entry: Option<(Cow<'_, [u8]>, Option<Cow<'_, [u8]>>)> =
+            match (self.out.codec(store), value) {
+                (None, v) => Some((Cow::Borrowed(key), v.map(Cow::Borrowed))),
+                (Some(codec), Some(v)) => codec
+                    .decode(key, v)
+                    .map(|(k, v)| (Cow::Owned(k), Some(Cow::Owned(v)))),
+                // A tombstone deletes a table's row; in a shared topic with
+                // its own schema it is someone else's.
+                (Some(_), None) => source.then_some((Cow::Borrowed(key), None)),
+            };
         let Some((k, v)) = entry else {
             self.restore_skipped += 1;
             return false;
@@ -141,15 +145,14 @@ impl Task {
         if let Some(companion) = self.lineage.get(store).copied().flatten() {
             let list = match &v {
                 None => None,
-                Some(_) => super::headers::find(headers, super::lineage::LINEAGE_HEADER)
-                    .map(<[u8]>::to_vec),
+                Some(_) => super::headers::find(headers, super::lineage::LINEAGE_HEADER),
             };
             // A record written with lineage off leaves the list as it was.
             if list.is_some() || v.is_none() {
-                self.stores.apply_restored(companion, k.clone(), list);
+                self.stores.apply_restored(companion, &k, list);
             }
         }
-        self.stores.apply_restored(store, k, v);
+        self.stores.apply_restored(store, &k, v.as_deref());
         if !source {
             self.progress.restored_mark(headers);
         }
