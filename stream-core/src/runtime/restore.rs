@@ -16,10 +16,11 @@
 //! checkpoint (or from the beginning when there is no local state) up to
 //! the high watermark taken when its restore began (the last stable
 //! offset, as the restore consumer reads committed data only). Progress is
-//! written to sled every [`RESTORE_FLUSH_KEYS`] buffered keys, every five
-//! seconds per task, and when a task is taken away mid-restore (its
-//! partition revoked), so that a restore never starts again from scratch
-//! on the same instance.
+//! written to sled when the restored entries of all tasks pass
+//! [`RESTORE_BUFFER_BYTES`] (the task holding the most), every 30 seconds
+//! per task (five for a standby), and when a task is taken away
+//! mid-restore (its partition revoked), so that a restore never starts
+//! again from scratch on the same instance.
 //!
 //! A changelog whose log-start offset has moved past the local checkpoint
 //! (delete retention, a truncated topic, a replaced cluster) cannot fill
@@ -48,12 +49,19 @@ use super::topics::ErrorCapture;
 use crate::coordinates::TopicPartition;
 use crate::task::{CommittedOffset, RestoreTarget, TaskId};
 
-/// Distinct keys buffered in memory before restored state and progress are
-/// written to sled (a changelog updates the same keys many times; the buffer
-/// keeps only the latest value, so sled writes scale with keys, not records).
-pub(crate) const RESTORE_FLUSH_KEYS: usize = 200_000;
-/// Longest time between two writes of restore progress to sled.
-const RESTORE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Memory the restored entries of all restoring tasks may take before the
+/// task holding the most is written to sled. A changelog updates the same
+/// keys many times and the buffer keeps only the latest value, so sled
+/// writes scale with keys, not records, and every write before the end
+/// writes keys that later records may write again: the larger the budget,
+/// the fewer sled writes (a changelog of 10 million records over a million
+/// count keys fits in about 120 MiB and is written once).
+pub(crate) const RESTORE_BUFFER_BYTES: usize = 192 * 1024 * 1024;
+/// Longest time between two writes of a restoring task's progress to sled:
+/// an interrupted restore resumes from its last write.
+const RESTORE_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest time between two writes of a standby's progress to sled.
+const STANDBY_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 const RESTORE_STALL: Duration = Duration::from_secs(120);
 /// How often standbys learn the group's commits and publish their lag.
 const STANDBY_REFRESH: Duration = Duration::from_secs(1);
@@ -615,11 +623,11 @@ impl ChangelogReader {
                         p.done = true;
                     }
                     read_since_idle = true;
-                    if p.read % 1024 == 0
-                        && (job.entry.task.stores().buffered() >= RESTORE_FLUSH_KEYS
-                            || job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL)
-                    {
-                        job.flush()?;
+                    if p.read % 1024 == 0 {
+                        if job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL {
+                            job.flush()?;
+                        }
+                        self.keep_buffer_budget()?;
                     }
                 }
                 Some(Err(e))
@@ -675,6 +683,24 @@ impl ChangelogReader {
             self.release(&finished)?;
         }
         Ok(ready)
+    }
+
+    /// Writes the restored entries of the task holding the most when all
+    /// tasks' together pass [`RESTORE_BUFFER_BYTES`].
+    fn keep_buffer_budget(&mut self) -> Result<(), RuntimeError> {
+        let mut total = 0;
+        let mut largest: Option<(usize, usize)> = None;
+        for (j, job) in self.jobs.iter().enumerate() {
+            let bytes = job.entry.task.stores().restored_bytes();
+            total += bytes;
+            if largest.is_none_or(|(_, b)| bytes > b) {
+                largest = Some((j, bytes));
+            }
+        }
+        match largest {
+            Some((j, _)) if total >= RESTORE_BUFFER_BYTES => self.jobs[j].flush(),
+            _ => Ok(()),
+        }
     }
 
     /// Takes `finished` partitions out of the assignment and leaves the
@@ -827,7 +853,7 @@ impl ChangelogReader {
                 tpl.add_partition(&p.topic, p.partition);
                 let _ = self.consumer.resume(&tpl);
             }
-            if job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL {
+            if job.last_flush.elapsed() >= STANDBY_FLUSH_INTERVAL {
                 job.flush()?;
             }
             // Lag: the changelog's end against the standby's position.

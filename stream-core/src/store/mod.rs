@@ -77,9 +77,16 @@ struct Layers {
     /// Entries read by restore, not yet handed to the backend (empty
     /// whenever the task processes).
     restored: HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>,
+    /// Approximate memory of `restored` ([`RESTORED_ENTRY_BYTES`] per
+    /// entry plus its key and value).
+    restored_bytes: usize,
     changes: Vec<Change>,
     metrics: StoreMetrics,
 }
+
+/// Memory a restored entry takes beside its key's and value's bytes: the
+/// map slot and two allocations.
+pub const RESTORED_ENTRY_BYTES: usize = 80;
 
 /// All stores of one task over their shared backend.
 pub struct StoreSet {
@@ -138,16 +145,30 @@ impl StoreSet {
         let Some(l) = self.layers.get_mut(idx) else {
             return;
         };
+        let new_len = value.map_or(0, <[u8]>::len);
         match l.restored.get_mut(key) {
-            Some(Some(old)) if value.is_some() => {
-                old.clear();
-                old.extend_from_slice(value.unwrap_or_default());
+            Some(slot) => {
+                let old_len = slot.as_ref().map_or(0, Vec::len);
+                l.restored_bytes = l.restored_bytes - old_len + new_len;
+                match (slot, value) {
+                    (Some(old), Some(v)) => {
+                        old.clear();
+                        old.extend_from_slice(v);
+                    }
+                    (slot, v) => *slot = v.map(<[u8]>::to_vec),
+                }
             }
-            Some(slot) => *slot = value.map(<[u8]>::to_vec),
             None => {
+                l.restored_bytes += RESTORED_ENTRY_BYTES + key.len() + new_len;
                 l.restored.insert(key.to_vec(), value.map(<[u8]>::to_vec));
             }
         }
+    }
+
+    /// Approximate memory held by restored entries not yet handed to the
+    /// backend, over all stores.
+    pub fn restored_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.restored_bytes).sum()
     }
 
     /// Number of buffered and sealed entries over all stores: changes not
@@ -229,6 +250,7 @@ impl StoreSet {
             if l.restored.is_empty() {
                 continue;
             }
+            l.restored_bytes = 0;
             let mut entries: Vec<Change> = l.restored.drain().collect();
             entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             if l.buffer.is_empty() {
@@ -273,6 +295,7 @@ impl StoreSet {
             l.buffer.clear();
             l.sealed.clear();
             l.restored.clear();
+            l.restored_bytes = 0;
             l.changes.clear();
         }
     }
@@ -639,6 +662,8 @@ mod tests {
         s.apply_restored(0, b"d", None);
         s.apply_restored(0, b"d", Some(b"4"));
         assert_eq!(s.buffered(), 4, "one entry per key");
+        // a, b = 22, c deleted, d = 4: entries and the bytes they hold now
+        assert_eq!(s.restored_bytes(), 4 * RESTORED_ENTRY_BYTES + 4 + 1 + 2 + 1);
         assert_eq!(s.get(0, b"b").unwrap(), Some(b"22".to_vec()));
         assert_eq!(s.get(0, b"c").unwrap(), None, "deleted after its put");
         let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
@@ -651,6 +676,7 @@ mod tests {
         s.commit_restored(&Checkpoint::default()).unwrap();
         s.wait_written().unwrap();
         assert_eq!(s.buffered(), 0);
+        assert_eq!(s.restored_bytes(), 0);
         assert_eq!(s.committed_len(0), 3);
         assert_eq!(s.backend.get(0, b"b").unwrap(), Some(b"22".to_vec()));
         assert_eq!(s.backend.get(0, b"d").unwrap(), Some(b"4".to_vec()));
