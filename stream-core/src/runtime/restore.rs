@@ -623,7 +623,7 @@ impl ChangelogReader {
                         p.done = true;
                     }
                     read_since_idle = true;
-                    if p.read % 1024 == 0 {
+                    if p.read.is_multiple_of(1024) {
                         if job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL {
                             job.flush()?;
                         }

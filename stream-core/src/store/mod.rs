@@ -354,11 +354,9 @@ impl StoreSet {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             self.backend.scan_prefix(idx, prefix)?.into_iter().collect();
-        self.merge_layers(idx, &mut merged, |k| k.starts_with(prefix), |layer| {
-            layer
-                .range(prefix.to_vec()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .collect()
+        let from = std::ops::Bound::Included(prefix.to_vec());
+        self.merge_layers(idx, &mut merged, (from, std::ops::Bound::Unbounded), |k| {
+            k.starts_with(prefix)
         });
         Ok(merged.into_iter().collect())
     }
@@ -375,39 +373,39 @@ impl StoreSet {
         }
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             self.backend.range(idx, from, to)?.into_iter().collect();
-        let within = |k: &[u8]| from <= k && k < to;
-        self.merge_layers(idx, &mut merged, within, |layer| {
-            layer.range(from.to_vec()..to.to_vec()).collect()
-        });
+        self.merge_layers(idx, &mut merged, from.to_vec()..to.to_vec(), |_| true);
         Ok(merged.into_iter().collect())
     }
 
     /// Lays the in-memory layers of store `idx` over `merged`, oldest
-    /// first: the writing layer, restored entries (those `keep` admits),
-    /// the sealed layer and the buffer (their entries `pick` selects).
+    /// first: the writing layer, restored entries, the sealed layer and the
+    /// buffer; of each, the entries in `bounds` up to the first that
+    /// `keep` refuses (restored entries, unordered: every one it admits).
     fn merge_layers(
         &self,
         idx: usize,
         merged: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+        bounds: impl std::ops::RangeBounds<Vec<u8>> + Clone,
         keep: impl Fn(&[u8]) -> bool,
-        pick: impl for<'m> Fn(&'m BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Vec<(&'m Vec<u8>, &'m Option<Vec<u8>>)>,
     ) {
         let Some(l) = self.layers.get(idx) else {
             return;
         };
+        let ordered = |layer: &BTreeMap<Vec<u8>, Option<Vec<u8>>>, merged: &mut BTreeMap<_, _>| {
+            for (k, v) in layer.range(bounds.clone()).take_while(|(k, _)| keep(k)) {
+                merge(merged, k, v);
+            }
+        };
         if let Some(w) = self.writing_layer(idx) {
-            for (k, v) in pick(w) {
+            ordered(w, merged);
+        }
+        for (k, v) in l.restored.iter() {
+            if bounds.contains(k) && keep(k) {
                 merge(merged, k, v);
             }
         }
-        for (k, v) in l.restored.iter().filter(|(k, _)| keep(k)) {
-            merge(merged, k, v);
-        }
-        for layer in [&l.sealed, &l.buffer] {
-            for (k, v) in pick(layer) {
-                merge(merged, k, v);
-            }
-        }
+        ordered(&l.sealed, merged);
+        ordered(&l.buffer, merged);
     }
 
     /// The changes of store `idx` being written, if a write runs.

@@ -1,6 +1,7 @@
 //! Restoring a task: where its input resumes, which changelog records
 //! it applies, and how far restore has read.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::{CommittedOffset, RestoreTarget, Task};
@@ -127,17 +128,15 @@ impl Task {
             return false;
         }
         let key = key.unwrap_or(&[]);
-        use std::borrow::Cow;
-        let entry: Option<(Cow<'_, [u8]>, Option<Cow<'_, [u8]>>)> =
-            match (self.out.codec(store), value) {
-                (None, v) => Some((Cow::Borrowed(key), v.map(Cow::Borrowed))),
-                (Some(codec), Some(v)) => codec
-                    .decode(key, v)
-                    .map(|(k, v)| (Cow::Owned(k), Some(Cow::Owned(v)))),
-                // A tombstone deletes a table's row; in a shared topic with
-                // its own schema it is someone else's.
-                (Some(_), None) => source.then_some((Cow::Borrowed(key), None)),
-            };
+        let entry: Option<RestoredEntry<'_>> = match (self.out.codec(store), value) {
+            (None, v) => Some((Cow::Borrowed(key), v.map(Cow::Borrowed))),
+            (Some(codec), Some(v)) => codec
+                .decode(key, v)
+                .map(|(k, v)| (Cow::Owned(k), Some(Cow::Owned(v)))),
+            // A tombstone deletes a table's row; in a shared topic with
+            // its own schema it is someone else's.
+            (Some(_), None) => source.then_some((Cow::Borrowed(key), None)),
+        };
         let Some((k, v)) = entry else {
             self.restore_skipped += 1;
             return false;
@@ -177,3 +176,7 @@ impl Task {
         Ok(())
     }
 }
+
+/// A changelog record's key and value (`None`: deleted) as a store keeps
+/// them: the record's own bytes, or what a codec decoded from them.
+type RestoredEntry<'a> = (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>);
