@@ -21,6 +21,8 @@ use rand::Rng;
 /// restart, so that no record is late.
 const WINDOW_SECS: i64 = 2;
 const GRACE_SECS: i64 = 10;
+/// Kills that must land after the first final window is in the output.
+const KILLS_AFTER_FINALS: usize = 3;
 
 struct Setup {
     app: String,
@@ -182,21 +184,28 @@ fn crash_loop(guarantee: &str, kills: usize) -> Run {
         "the first instance started (log {})",
         log.display()
     );
+    // At least `kills` kills, and at least KILLS_AFTER_FINALS of them once
+    // finals are visible, so that closing windows is what the kills hit
+    // however slowly a restart joins the group and fences its producer.
     let mut rng = rand::thread_rng();
-    let mut during = 0;
-    for i in 0..kills {
+    let (mut done, mut after_finals) = (0, 0);
+    while done < kills || after_finals < KILLS_AFTER_FINALS {
+        assert!(
+            done < kills * 4,
+            "windows closed and emitted finals while the kills went on: \
+             {after_finals} kills after the first final in {done} (log {})",
+            log.display()
+        );
         std::thread::sleep(Duration::from_millis(rng.gen_range(1000..2500)));
-        signal_and_wait(&mut app, libc::SIGKILL);
-        if i + 1 == kills {
-            during = finals(&s.output).len();
+        // Read while the instance runs: a killed one's open transaction
+        // holds read_committed readers back until it is fenced.
+        if after_finals > 0 || !finals(&s.output).is_empty() {
+            after_finals += 1;
         }
+        signal_and_wait(&mut app, libc::SIGKILL);
+        done += 1;
         app = start(&s, &state, guarantee, &instance, &log);
     }
-    assert!(
-        during > 0,
-        "windows closed and emitted finals while the kills went on (log {})",
-        log.display()
-    );
     assert!(feeder.wait().unwrap().success());
     let expected = recount(&s.new_users);
     let mut got = BTreeMap::new();
