@@ -727,7 +727,19 @@ def main():
     ap.add_argument("--sections", nargs="+", default=["throughput", "restore", "windows", "joins", "keys"],
                     choices=["throughput", "restore", "scale", "windows", "joins", "keys"])
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    ap.add_argument("--keep-topics", action="store_true",
+                    help="keep the run's topics (every topic named bench-*) instead of deleting them at the end")
     args = ap.parse_args()
+    try:
+        bench(args)
+    finally:
+        if not args.keep_topics:
+            log("deleting the run's topics (bench-*)")
+            run([KAFKA, "delete-topics", "bench-.*"])
+
+
+def bench(args):
+    """Runs the chosen sections and writes the report."""
     b = Bench(args)
     b.preload()
     if "windows" in args.sections:

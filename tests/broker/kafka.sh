@@ -317,6 +317,13 @@ cmd_topic() {
   done
 }
 
+# Deletes every topic whose name matches the regular expression.
+cmd_delete_topics() {
+  [[ $# -eq 1 ]] || die "usage: kafka.sh delete-topics REGEX"
+  run_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$(plain_port 0)" \
+    --delete --if-exists --topic "$1" >/dev/null
+}
+
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   status) cmd_status ;;
@@ -326,5 +333,6 @@ case "${1:-}" in
   user) shift; cmd_user "$@" ;;
   acl) shift; cmd_acl "$@" ;;
   topic) shift; cmd_topic "$@" ;;
-  *) echo "usage: $0 start [--brokers N] | status | stop | bootstrap | node kill|start INDEX | user NAME PASSWORD | acl ARGS... | topic NAME PARTITIONS [KEY=VALUE...]" >&2; exit 2 ;;
+  delete-topics) shift; cmd_delete_topics "$@" ;;
+  *) echo "usage: $0 start [--brokers N] | status | stop | bootstrap | node kill|start INDEX | user NAME PASSWORD | acl ARGS... | topic NAME PARTITIONS [KEY=VALUE...] | delete-topics REGEX" >&2; exit 2 ;;
 esac

@@ -448,7 +448,7 @@ impl ChangelogReader {
     /// its position.
     fn reassign(&mut self) -> Result<(), RuntimeError> {
         let mut tpl = TopicPartitionList::new();
-        self.index.clear();
+        self.reindex();
         // Waiting standbys stay paused until they may go on; every other
         // partition is resumed first, since librdkafka keeps a partition's
         // pause across unassign and assign: a partition a closed standby
@@ -457,7 +457,7 @@ impl ChangelogReader {
         // offset a later pause or resume could make stale.)
         let (mut waiting, mut reading) = (TopicPartitionList::new(), TopicPartitionList::new());
         let mut total = 0u64;
-        for (j, job) in self.jobs.iter().enumerate() {
+        for job in &self.jobs {
             for (i, p) in job.progress.iter().enumerate() {
                 if !job.standby {
                     total += (p.end - p.start).max(0) as u64;
@@ -467,7 +467,6 @@ impl ChangelogReader {
                 }
                 tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.position))
                     .map_err(|e| RuntimeError::kafka("plan changelog reads", e))?;
-                self.index.insert(&p.topic, p.partition, (j, i));
                 let list = if job.blocked[i] {
                     &mut waiting
                 } else {
@@ -703,11 +702,9 @@ impl ChangelogReader {
         }
     }
 
-    /// Takes `finished` partitions out of the assignment and leaves the
-    /// others as they are: a full reassignment would drop every other
-    /// partition's prefetched records and fetch them again, a pause of
-    /// about a fetch round trip for each task that finishes.
-    fn release(&mut self, finished: &[(String, i32)]) -> Result<(), RuntimeError> {
+    /// Rebuilds the changelog partition → (job, partition) index over every
+    /// unfinished partition.
+    fn reindex(&mut self) {
         self.index.clear();
         for (j, job) in self.jobs.iter().enumerate() {
             for (i, p) in job.progress.iter().enumerate() {
@@ -716,6 +713,14 @@ impl ChangelogReader {
                 }
             }
         }
+    }
+
+    /// Takes `finished` partitions out of the assignment and leaves the
+    /// others as they are: a full reassignment would drop every other
+    /// partition's prefetched records and fetch them again, a pause of
+    /// about a fetch round trip for each task that finishes.
+    fn release(&mut self, finished: &[(String, i32)]) -> Result<(), RuntimeError> {
+        self.reindex();
         if !self.jobs.iter().any(|j| !j.standby) {
             if let Some(r) = self.reporter.take() {
                 r.finish();
