@@ -28,9 +28,30 @@ impl TeamFilter {
     }
 }
 
+/// Whether `s`, lower-cased, contains any of the lower-case `words`.
+/// ASCII text (nearly every record) is compared in place; other text is
+/// lower-cased with Unicode's rules first, as `str::to_lowercase` does.
 fn contains_any(s: &str, words: &[&str]) -> bool {
-    let lower = s.to_lowercase();
-    words.iter().any(|w| lower.contains(w))
+    if s.is_ascii() {
+        let s = s.as_bytes();
+        words.iter().any(|w| {
+            s.windows(w.len())
+                .any(|part| part.eq_ignore_ascii_case(w.as_bytes()))
+        })
+    } else {
+        let lower = s.to_lowercase();
+        words.iter().any(|w| lower.contains(w))
+    }
+}
+
+/// Whether `s`, lower-cased, equals one of the lower-case `words`.
+fn equals_any(s: &str, words: &[&str]) -> bool {
+    if s.is_ascii() {
+        words.iter().any(|w| s.eq_ignore_ascii_case(w))
+    } else {
+        let lower = s.to_lowercase();
+        words.iter().any(|w| lower == *w)
+    }
 }
 
 /// All fifteen filters, by team.
@@ -40,7 +61,7 @@ pub static FILTERS: [TeamFilter; 15] = [
         action_type: "CONTACT_CUSTOMER",
         reason: "LEGACY_EMAIL_PROVIDER",
         rule: "email contains hotmail",
-        predicate: |u| u.email.to_lowercase().contains("hotmail"),
+        predicate: |u| contains_any(&u.email, &["hotmail"]),
     },
     TeamFilter {
         team: 2,
@@ -103,7 +124,7 @@ pub static FILTERS: [TeamFilter; 15] = [
         action_type: "HIRE_CUSTOMER",
         reason: "IS_ENGINEER",
         rule: "profession is engineer",
-        predicate: |u| u.profession.to_lowercase() == "engineer",
+        predicate: |u| equals_any(&u.profession, &["engineer"]),
     },
     TeamFilter {
         team: 7,
@@ -145,7 +166,7 @@ pub static FILTERS: [TeamFilter; 15] = [
         action_type: "HIRE_CUSTOMER",
         reason: "TECH_PROFESSIONAL",
         rule: "field is IT or technology",
-        predicate: |u| matches!(u.field.to_lowercase().as_str(), "it" | "technology"),
+        predicate: |u| equals_any(&u.field, &["it", "technology"]),
     },
     TeamFilter {
         team: 13,
@@ -264,6 +285,37 @@ mod tests {
         assert!(!t("team-12").matches(&u), "field must equal it/technology");
         u.credit_card_number = "3473".into();
         assert!(!t("team-2").matches(&u));
+    }
+
+    #[test]
+    fn should_lower_case_as_unicode_does_for_every_text() {
+        let words = ["hotmail", "bank", "it", "technology", "engineer"];
+        let texts = [
+            "X@HotMail.com",
+            "hotmai",
+            "",
+            "IT",
+            "Ιt",
+            "BAN\u{212A}",
+            "Ba\u{0301}nk",
+            "ÉNGINEER",
+            "Technology",
+            "Tech\u{0130}",
+            "HOTMAİL.com",
+        ];
+        for t in texts {
+            let lower = t.to_lowercase();
+            for w in words {
+                assert_eq!(
+                    contains_any(t, &[w]),
+                    lower.contains(w),
+                    "{t:?} contains {w:?}"
+                );
+                assert_eq!(equals_any(t, &[w]), lower == w, "{t:?} equals {w:?}");
+            }
+        }
+        // The Kelvin sign lower-cases to an ASCII k.
+        assert!(contains_any("BAN\u{212A}", &["bank"]));
     }
 
     #[test]

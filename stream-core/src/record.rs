@@ -44,8 +44,9 @@ impl Record {
 /// A record on its way out of a task, already in bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutRecord {
-    /// Destination topic (fully resolved name).
-    pub topic: String,
+    /// Destination topic (fully resolved name), shared with the sink or
+    /// store that writes to it rather than copied for every record.
+    pub topic: std::sync::Arc<str>,
     /// Explicit partition, or `None` to let the producer's partitioner decide.
     pub partition: Option<i32>,
     /// Key bytes; `None` is a null key.

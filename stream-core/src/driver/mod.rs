@@ -361,7 +361,8 @@ impl TestDriver {
             };
             let index = self.append(&r.topic, partition, rec);
             if self.exactly_once {
-                self.uncommitted.push((r.topic, partition, index));
+                self.uncommitted
+                    .push((r.topic.to_string(), partition, index));
             }
         }
     }

@@ -347,7 +347,7 @@ impl OutputProducer {
                 }
                 Err((e, _)) if tracked == SINK && is_record_error(e.rdkafka_error_code()) => {
                     return self.refused(Rejected {
-                        topic: r.topic.clone(),
+                        topic: r.topic.to_string(),
                         partition: r.partition,
                         key: r.key.clone(),
                         value: r.value.clone(),

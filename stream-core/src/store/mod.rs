@@ -94,6 +94,22 @@ pub struct StoreSet {
     /// The commit being written, per store, its write and its checkpoint.
     writing: Option<(Arc<Changes>, PendingCommit, Checkpoint)>,
     backend: Box<dyn StateBackend>,
+    /// Emptied change lists handed back by [`StoreSet::recycle_changes`],
+    /// reused so that recording a change allocates no list per record.
+    spare: SpareChanges,
+}
+
+/// Changes taken from the stores, per store index.
+pub type TakenChanges = Vec<(usize, Vec<Change>)>;
+
+/// Largest change list kept for reuse.
+pub const SPARE_CHANGES_CAPACITY: usize = 1024;
+
+/// Emptied lists for [`StoreSet::take_changes`].
+#[derive(Default)]
+struct SpareChanges {
+    outer: TakenChanges,
+    lists: Vec<Vec<Change>>,
 }
 
 impl StoreSet {
@@ -109,6 +125,7 @@ impl StoreSet {
             .collect();
         StoreSet {
             layers,
+            spare: SpareChanges::default(),
             writing: None,
             backend,
         }
@@ -130,13 +147,32 @@ impl StoreSet {
     }
 
     /// Takes the changes recorded since the last call, per store index.
-    pub fn take_changes(&mut self) -> Vec<(usize, Vec<Change>)> {
-        self.layers
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, l)| !l.changes.is_empty())
-            .map(|(i, l)| (i, std::mem::take(&mut l.changes)))
-            .collect()
+    /// Hand the emptied lists back with [`StoreSet::recycle_changes`].
+    pub fn take_changes(&mut self) -> TakenChanges {
+        let mut out = std::mem::take(&mut self.spare.outer);
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            if !l.changes.is_empty() {
+                let next = self.spare.lists.pop().unwrap_or_default();
+                out.push((i, std::mem::replace(&mut l.changes, next)));
+            }
+        }
+        out
+    }
+
+    /// Hands back the lists [`StoreSet::take_changes`] returned, emptied
+    /// or not, for reuse (a list grown past [`SPARE_CHANGES_CAPACITY`] by
+    /// a large punctuation is dropped rather than kept).
+    pub fn recycle_changes(&mut self, mut used: TakenChanges) {
+        for (_, mut l) in used.drain(..) {
+            if l.capacity() <= SPARE_CHANGES_CAPACITY && self.spare.lists.len() < self.layers.len()
+            {
+                l.clear();
+                self.spare.lists.push(l);
+            }
+        }
+        if used.capacity() <= self.layers.len().max(1) {
+            self.spare.outer = used;
+        }
     }
 
     /// Records a change read by restore, without logging it (it came from
@@ -491,6 +527,39 @@ mod tests {
 
     fn set() -> StoreSet {
         StoreSet::new(vec![("s".into(), true)], Box::new(MemoryBackend::new(1)))
+    }
+
+    #[test]
+    fn should_take_each_change_once_through_recycled_lists() -> Result<(), StoreError> {
+        let mut s = StoreSet::new(
+            vec![("a".into(), true), ("b".into(), true), ("c".into(), false)],
+            Box::new(MemoryBackend::new(1)),
+        );
+        s.view(0).put(b"k", b"1".to_vec())?;
+        s.view(2).put(b"k", b"1".to_vec())?;
+        let first = s.take_changes();
+        assert_eq!(first, vec![(0, vec![(b"k".to_vec(), Some(b"1".to_vec()))])]);
+        s.recycle_changes(first);
+        assert!(s.take_changes().is_empty(), "nothing changed since");
+        s.view(1).delete(b"x")?;
+        s.view(0).put(b"k", b"2".to_vec())?;
+        let mut second = s.take_changes();
+        assert_eq!(
+            second,
+            vec![
+                (0, vec![(b"k".to_vec(), Some(b"2".to_vec()))]),
+                (1, vec![(b"x".to_vec(), None)]),
+            ]
+        );
+        // Handed back unconsumed: the next take must not see them again.
+        second[0].1.push((b"stale".to_vec(), None));
+        s.recycle_changes(second);
+        s.view(1).put(b"y", b"1".to_vec())?;
+        assert_eq!(
+            s.take_changes(),
+            vec![(1, vec![(b"y".to_vec(), Some(b"1".to_vec()))])]
+        );
+        Ok(())
     }
 
     #[test]

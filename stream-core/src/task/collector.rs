@@ -17,7 +17,7 @@ use crate::store::Change;
 
 /// A sink of the task's graph.
 pub(crate) struct SinkNode {
-    pub(crate) topic: String,
+    pub(crate) topic: Arc<str>,
     pub(crate) key: Arc<dyn DynSerde>,
     pub(crate) value: Arc<dyn DynSerde>,
     pub(crate) partitioner: Option<Partitioner>,
@@ -28,7 +28,7 @@ pub(crate) struct SinkNode {
 /// Where one store's changes go.
 pub(crate) struct StoreLog {
     pub(crate) store: Arc<str>,
-    pub(crate) topic: String,
+    pub(crate) topic: Arc<str>,
     /// For an existing topic with its own record format.
     pub(crate) codec: Option<Arc<dyn ChangelogCodec>>,
     /// The topic is the table's own source: nothing is written to it.
@@ -106,11 +106,7 @@ impl RecordCollector {
     pub(crate) fn sink(&mut self, sink: &SinkNode, rec: Record) -> Result<(), ProcessError> {
         let k = sink.key.serialize_dyn(&rec.key)?;
         let v = sink.value.serialize_nullable_dyn(&rec.value)?;
-        let count = self
-            .config
-            .partition_counts
-            .get(sink.topic.as_str())
-            .copied();
+        let count = self.config.partition_counts.get(&*sink.topic).copied();
         let part = match (&sink.partitioner, count) {
             (Some(p), Some(n)) => Some(p(&k, v.as_deref().unwrap_or(&[]), n)),
             (None, Some(n)) if sink.internal => Some(partition_for_key(&k, n)),
@@ -168,7 +164,7 @@ impl RecordCollector {
     /// by their time, and restore recovers stream time from it.
     pub(crate) fn changelog(
         &mut self,
-        changes: Vec<(usize, Vec<Change>)>,
+        changes: &mut [(usize, Vec<Change>)],
         origin: &Origin,
         upstream: Option<&[u8]>,
         stream_time: i64,
@@ -179,8 +175,9 @@ impl RecordCollector {
         } else {
             now_ms()
         };
-        for (idx, changes) in changes {
-            for (k, v) in changes {
+        for (idx, changes) in changes.iter_mut() {
+            let idx = *idx;
+            for (k, v) in changes.drain(..) {
                 let Some(log) = self.logs.get(idx).and_then(Option::as_ref) else {
                     break;
                 };
@@ -257,7 +254,7 @@ impl RecordCollector {
         headers.push(("dlq.error".into(), reason.into_bytes()));
         headers.extend(extra);
         self.output.push(OutRecord {
-            topic: self.config.dead_letter_topic.clone(),
+            topic: self.config.dead_letter_topic.as_str().into(),
             partition: None,
             key: input.key.map(|k| k.to_vec()),
             value: input.value.map(|v| v.to_vec()),
@@ -276,12 +273,12 @@ impl RecordCollector {
                 let n = self
                     .config
                     .partition_counts
-                    .get(&log.topic)
+                    .get(&*log.topic)
                     .copied()
                     .unwrap_or(1);
-                out.extend((0..n).map(|p| (idx, log.topic.clone(), p)));
+                out.extend((0..n).map(|p| (idx, log.topic.to_string(), p)));
             } else {
-                out.push((idx, log.topic.clone(), self.partition));
+                out.push((idx, log.topic.to_string(), self.partition));
             }
         }
         out

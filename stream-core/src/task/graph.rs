@@ -141,7 +141,7 @@ impl TaskGraph {
                     value,
                     partitioner,
                 } => Kind::Sink(SinkNode {
-                    topic: topic.resolve(app),
+                    topic: topic.resolve(app).into(),
                     key: key.clone(),
                     value: value.clone(),
                     partitioner: partitioner.clone(),

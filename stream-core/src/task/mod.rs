@@ -109,19 +109,19 @@ impl Task {
             .map(|s| match &s.changelog {
                 Changelog::Internal => s.changelog_topic(&app).map(|topic| StoreLog {
                     store: s.name.as_str().into(),
-                    topic,
+                    topic: topic.into(),
                     codec: None,
                     source: false,
                 }),
                 Changelog::Existing { topic, codec } => Some(StoreLog {
                     store: s.name.as_str().into(),
-                    topic: topic.clone(),
+                    topic: topic.as_str().into(),
                     codec: Some(codec.clone()),
                     source: false,
                 }),
                 Changelog::SourceTopic { topic, codec } => Some(StoreLog {
                     store: s.name.as_str().into(),
-                    topic: topic.clone(),
+                    topic: topic.as_str().into(),
                     codec: codec.clone(),
                     source: true,
                 }),
@@ -386,8 +386,10 @@ impl Task {
                 },
             })?;
         if fired > 0 {
+            let mut changes = self.stores.take_changes();
             self.out
-                .changelog(self.stores.take_changes(), origin, None, stream_time, None)?;
+                .changelog(&mut changes, origin, None, stream_time, None)?;
+            self.stores.recycle_changes(changes);
         }
         Ok(())
     }
@@ -494,15 +496,16 @@ impl Task {
             (Err(e), _) => Err((FailureStage::Deserialization, deser(&origin, "key", e))),
             (_, Err(e)) => Err((FailureStage::Deserialization, deser(&origin, "value", e))),
         };
-        let changes = self.stores.take_changes();
+        let mut changes = self.stores.take_changes();
         let lineage = self.record_lineage(&changes, &origin, upstream_raw, input.timestamp)?;
         self.out.changelog(
-            changes,
+            &mut changes,
             &origin,
             upstream_raw,
             self.progress.stream_time(),
             lineage.as_ref(),
         )?;
+        self.stores.recycle_changes(changes);
         match result {
             Ok(()) => {}
             Err((FailureStage::Late, reason)) => {
