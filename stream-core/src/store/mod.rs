@@ -170,9 +170,8 @@ impl StoreSet {
                 self.spare.lists.push(l);
             }
         }
-        if used.capacity() <= self.layers.len().max(1) {
-            self.spare.outer = used;
-        }
+        // At most one entry per store: its capacity stays small.
+        self.spare.outer = used;
     }
 
     /// Records a change read by restore, without logging it (it came from
