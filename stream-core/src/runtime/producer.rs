@@ -315,17 +315,20 @@ impl OutputProducer {
             OutKind::Changelog(_) => CHANGELOG,
             OutKind::DeadLetter => DEAD_LETTER,
         };
-        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-        for (k, v) in &r.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_slice()),
-            });
-        }
         let mut rec: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(&r.topic, opaque(tracked, self.epoch))
-                .headers(headers)
                 .timestamp(r.timestamp);
+        // librdkafka allocates a header list even for none: skip it then.
+        if !r.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
+            }
+            rec = rec.headers(headers);
+        }
         if let Some(k) = &r.key {
             rec = rec.key(k.as_slice());
         }
