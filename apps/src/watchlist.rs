@@ -289,6 +289,70 @@ mod tests {
         run_with(Mode::Repartition, Changelog::Watchlist, Some(310), true);
     }
 
+    /// Log lines written while `f` runs on this thread.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn should_alert_once_per_company_when_it_reaches_the_threshold() {
+        let filter = for_team("team-1").unwrap();
+        let t = topology(&Options::new("team-1", filter)).unwrap();
+        let mut d = TestDriver::new(t, "team-1")
+            .with_partitions("new_users", 2)
+            .with_partitions("watchlist", 2);
+        let mut g = Generator::new(11);
+        let mut users: Vec<User> = (0..3_000).map(|_| g.user()).collect();
+        // Thirty of the flagged users at three companies: ten each.
+        for (i, u) in users
+            .iter_mut()
+            .filter(|u| filter.matches(u))
+            .take(30)
+            .enumerate()
+        {
+            u.company_name = format!("Crowded {} Inc", i % 3);
+        }
+        let log = logged(|| {
+            for u in &users {
+                d.pipe("new_users", None, Some(&serde_json::to_vec(u).unwrap()));
+            }
+            d.commit().unwrap();
+        });
+        let want = expected(&users, filter);
+        assert!(
+            want.values().any(|&n| n > 3),
+            "the data must take a company past the threshold"
+        );
+        for (company, n) in &want {
+            let alerts = log.matches(&format!("ALERT: {company} has ")).count();
+            let expected_alerts = usize::from(*n >= 3);
+            assert_eq!(alerts, expected_alerts, "{company} ({n} flagged users)");
+        }
+        assert!(
+            log.contains("has 3 flagged users") && !log.contains("has 4 flagged users"),
+            "{log}"
+        );
+    }
+
     #[test]
     fn should_describe_the_repartition_topic_and_the_changelog() {
         let t = topology(&Options::new("team-1", for_team("team-1").unwrap())).unwrap();
