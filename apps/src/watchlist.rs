@@ -124,7 +124,7 @@ pub fn topology(o: &Options) -> Result<Topology, TopologyError> {
     // One ALERT per company, when its count reaches the threshold (counts
     // grow by one, so every company on the watchlist passes through it; a
     // threshold lowered below a company's restored count raises none).
-    // Logging every later count too wrote a line per flagged user of a
+    // An ALERT for every later count would be a line per flagged user of a
     // listed company: 164,000 lines for a million users, against 2,700.
     counts
         .filter(move |_, n| *n == threshold)
