@@ -33,6 +33,25 @@ fn lock(m: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
 struct StreamContext {
     engine: Arc<Mutex<Engine>>,
     capture: ErrorCapture,
+    /// Whether the group rebalances cooperatively: from the configured
+    /// strategy at first, then as librdkafka reports it at each
+    /// assignment. A revocation uses this and does not ask librdkafka:
+    /// `rd_kafka_rebalance_protocol` can block forever when called from
+    /// the revocation that closing the consumer runs (librdkafka #4041;
+    /// seen here as a shutdown that never ended).
+    cooperative: AtomicBool,
+}
+
+impl StreamContext {
+    /// Whether `strategy` (`partition.assignment.strategy`) names only
+    /// cooperative assignors, as librdkafka requires for cooperative
+    /// rebalancing.
+    fn cooperative_strategy(strategy: &str) -> bool {
+        strategy
+            .split(',')
+            .map(str::trim)
+            .all(|s| s == "cooperative-sticky")
+    }
 }
 
 impl ClientContext for StreamContext {
@@ -52,10 +71,16 @@ impl ConsumerContext for StreamContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
+        let cooperative = if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            let c = matches!(
+                consumer.rebalance_protocol(),
+                RebalanceProtocol::Cooperative
+            );
+            self.cooperative.store(c, Ordering::Relaxed);
+            c
+        } else {
+            self.cooperative.load(Ordering::Relaxed)
+        };
         let mut engine = lock(&self.engine);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -318,10 +343,14 @@ impl KafkaStreams {
         )?));
         let cc = clients::group_consumer_config(&self.cfg, &ids);
         let capture = ErrorCapture::default();
+        let cooperative = StreamContext::cooperative_strategy(
+            cc.get("partition.assignment.strategy").unwrap_or("range"),
+        );
         let consumer: BaseConsumer<StreamContext> = cc
             .create_with_context(StreamContext {
                 engine: engine.clone(),
                 capture: capture.clone(),
+                cooperative: AtomicBool::new(cooperative),
             })
             .map_err(|e| RuntimeError::kafka("create consumer", e))?;
         Ok((engine, consumer, capture))
@@ -488,5 +517,20 @@ async fn wait_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamContext;
+
+    #[test]
+    fn should_take_only_cooperative_assignors_for_cooperative_rebalancing() {
+        assert!(StreamContext::cooperative_strategy("cooperative-sticky"));
+        assert!(!StreamContext::cooperative_strategy("range"));
+        assert!(!StreamContext::cooperative_strategy("range, roundrobin"));
+        assert!(!StreamContext::cooperative_strategy(
+            "range,cooperative-sticky"
+        ));
     }
 }
