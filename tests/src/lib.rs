@@ -421,13 +421,33 @@ pub fn spawn_logged(bin: &str, args: &[String], log: &std::path::Path) -> std::p
         .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
 }
 
-/// Sends `signal` to `child` and waits for it to exit.
+/// How long a program may take to exit after a signal before the test
+/// kills it and fails: a shutdown that never ends is a bug, not a wait.
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Sends `signal` to `child` and waits for it to exit; panics (after
+/// killing it) if it has not exited within [`EXIT_DEADLINE`].
 pub fn signal_and_wait(child: &mut std::process::Child, signal: i32) {
     // SAFETY: kill(2) on a child we spawned and have not reaped.
     unsafe {
         libc::kill(child.id() as i32, signal);
     }
-    let _ = child.wait();
+    let deadline = Instant::now() + EXIT_DEADLINE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "process {} did not exit within {:?} of signal {signal}",
+                    child.id(),
+                    EXIT_DEADLINE
+                );
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Team 1's watchlist counts (hotmail users per company), recounted by
