@@ -99,8 +99,10 @@ pub struct RunOpts {
     /// /stores/<store>/<key>/lineage (0: off).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub lineage: usize,
-    /// MiB of memory the local state stores' page cache may use (sled's
-    /// cache; peak memory does not grow with the number of keys beyond it).
+    /// MiB of the local state stores' page cache (sled's cache, counted at
+    /// the pages' size on disk: cached pages take about three times as much
+    /// memory; sled's bookkeeping per page comes on top and grows with the
+    /// number of keys).
     #[arg(long, default_value_t = stream_core::store::DEFAULT_CACHE_BYTES / (1024 * 1024))]
     pub state_cache_mib: u64,
     /// Print the topology as JSON (stores with serdes, internal topics with

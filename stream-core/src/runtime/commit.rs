@@ -21,7 +21,10 @@
 //! epoch; step 2 starts once its last delivery report is in and step 3
 //! follows once every task's state is written ([`complete`]). One commit
 //! is in flight at a time; the next commit point waits until it is
-//! written. Rebalances and shutdown commit synchronously ([`commit`]).
+//! written, and so does processing once the changes made meanwhile pass a
+//! bound (the engine's `MAX_BUFFERED`): a state writer slower than
+//! processing would otherwise let them grow with every record. Rebalances
+//! and shutdown commit synchronously ([`commit`]).
 //!
 //! Exactly-once overlaps too: at the commit point the tasks seal and the
 //! transaction commits on a helper thread ([`start_transaction`]); the
@@ -170,20 +173,28 @@ pub(crate) fn finish_transaction(
 /// Moves `flight` on: once every record produced before it is
 /// acknowledged, starts writing its state (step 2); once that is written,
 /// commits its input positions (step 3) and is done. Gives it back while
-/// either waits.
+/// either waits, unless `wait`: then waits for both.
 pub(crate) fn complete(
     mut parts: CommitParts<'_>,
     mut flight: InFlight,
     consumer: &BaseConsumer<impl ConsumerContext>,
+    wait: bool,
 ) -> Result<Option<InFlight>, RuntimeError> {
     if !flight.writing {
+        if wait && !parts.out.epoch_reported(flight.epoch) {
+            parts.out.flush()?;
+        }
         if !parts.out.epoch_reported(flight.epoch) {
             return Ok(Some(flight));
         }
         write_state(&mut parts, flight.epoch)?;
         flight.writing = true;
     }
-    if !written(parts.tasks)? {
+    if wait {
+        for (_, e) in parts.tasks.iter_mut() {
+            e.task.wait_written()?;
+        }
+    } else if !written(parts.tasks)? {
         return Ok(Some(flight));
     }
     commit_positions(parts, consumer, CommitMode::Async);

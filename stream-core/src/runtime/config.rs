@@ -100,8 +100,12 @@ pub struct StreamsConfig {
     /// What failing records do.
     pub on_error: ErrorPolicy,
     /// The bound of sled's page cache for this instance's state (all its
-    /// tasks share one sled database); default 64 MiB. sled's own
-    /// structures come on top, growing with the stores' size.
+    /// tasks share one sled database); default 16 MiB
+    /// ([`DEFAULT_CACHE_BYTES`](crate::store::DEFAULT_CACHE_BYTES)). sled
+    /// counts pages by their size on disk, and cached nodes take about
+    /// three times that in memory; sled's bookkeeping for every page of a
+    /// tree comes on top, growing with the stores' size (some 15 bytes per
+    /// key from 1 to 10 million keys).
     pub state_cache_bytes: u64,
     /// What late records (dropped by a window aggregation because their
     /// windows had closed) do: dead-lettered (default) or only logged.

@@ -35,6 +35,18 @@ use crate::task::{CommittedOffset, InputRecord, TaskConfig, TaskId};
 /// at most; beyond, the stream thread waits for the commit.
 const MAX_HELD: usize = 100_000;
 
+/// Store changes (entries in the tasks' write buffers, over all stores of
+/// the thread) that at-least-once processing makes while a commit's state
+/// is written; beyond, the stream thread waits for the write. Each entry
+/// takes some 120 bytes besides its key and value, so this bounds the
+/// buffers at roughly 12 MiB plus the commit being written. Without it a
+/// state writer slower than processing (millions of distinct keys, each a
+/// new sled entry) let the buffers grow with every record: 10 million
+/// keys counted at 128,000 records/s peaked at 807 MiB, 560 of it in
+/// buffers waiting for the writer. Exactly-once needs no bound here: its
+/// next commit waits for the previous write before it hands over.
+const MAX_BUFFERED: usize = 100_000;
+
 /// Everything one stream thread runs.
 pub(crate) struct Engine {
     pub(crate) topology: Arc<Topology>,
@@ -240,7 +252,7 @@ impl Engine {
         self.in_flight = if self.out.exactly_once() {
             commit::finish_transaction(self.commit_parts(), flight, consumer, wait)?
         } else {
-            commit::complete(self.commit_parts(), flight, consumer)?
+            commit::complete(self.commit_parts(), flight, consumer, wait)?
         };
         if self.in_flight.is_none() {
             let blocked = started.elapsed();
@@ -264,9 +276,14 @@ impl Engine {
         &mut self,
         consumer: &BaseConsumer<impl ConsumerContext>,
     ) -> Result<(), RuntimeError> {
-        // Exactly-once holds output while its transaction commits: wait
-        // rather than hold without bound.
-        let wait = self.out.held() >= MAX_HELD;
+        // Exactly-once holds output while its transaction commits, and
+        // at-least-once buffers store changes while a commit's state is
+        // written: wait rather than hold either without bound.
+        let wait = if self.out.exactly_once() {
+            self.out.held() >= MAX_HELD
+        } else {
+            self.in_flight.is_some() && self.tasks.buffered() >= MAX_BUFFERED
+        };
         self.finish_in_flight(consumer, wait)?;
         if self.in_flight.is_none() {
             // drops written layers; surfaces a failed write

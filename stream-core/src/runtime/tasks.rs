@@ -137,6 +137,14 @@ impl OwnedTasks {
         self.tasks.len()
     }
 
+    /// Store changes not yet handed to the backend, over every task.
+    pub(crate) fn buffered(&self) -> usize {
+        self.tasks
+            .values()
+            .map(|e| e.task.stores().buffered())
+            .sum()
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&TaskId, &Entry)> {
         self.tasks.iter()
     }

@@ -34,8 +34,17 @@ const REDO: &str = "__redo";
 /// Version byte of the redo record's encoding.
 const REDO_V1: u8 = 1;
 
-/// sled's page cache when not configured: 64 MiB.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache when not configured: 16 MiB.
+///
+/// sled counts a cached page by its size on disk; in memory its nodes take
+/// about three times as much, so the cache costs more than the setting.
+/// Counting 1,000,000 keys (`count-app`, every update emitted) peaked at
+/// 159, 197, 242 and 228 MiB with 8, 16, 32 and 64 MiB, and 10,000,000
+/// keys at 291, 335 and 591 MiB with 8, 16 and 64 MiB, none of them slower;
+/// emit-final windows over 100,000 keys (`bench-windows`) ran 12.5–13.5 s
+/// with 8 MiB, 12.0 s with 16 and 10.5–11.5 s with 64 (one or two runs
+/// each on the 2-core benchmark machine).
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// An opened state directory: `<state.dir>/<application.id>/`.
 #[derive(Clone)]

@@ -6,7 +6,8 @@
 //! `COUNT_APP_STANDBYS=N` sets `num_standby_replicas`; `COUNT_APP_HTTP=ADDR`
 //! serves the HTTP status on ADDR; `COUNT_APP_ASSIGNOR=S` sets
 //! `partition.assignment.strategy`; `COUNT_APP_BY_KEY=1` counts keys
-//! instead (no repartition: one task per input partition).
+//! instead (no repartition: one task per input partition);
+//! `COUNT_APP_STATE_CACHE_MIB=N` sets `state_cache_bytes` (sled's cache).
 
 use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
@@ -48,6 +49,12 @@ async fn main() {
     cfg.http = std::env::var("COUNT_APP_HTTP")
         .ok()
         .and_then(|v| v.parse().ok());
+    if let Some(mib) = std::env::var("COUNT_APP_STATE_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        cfg.state_cache_bytes = mib << 20;
+    }
     if let Ok(s) = std::env::var("COUNT_APP_ASSIGNOR") {
         cfg.assignment_strategy = s;
     }
