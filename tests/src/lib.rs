@@ -407,6 +407,16 @@ pub fn kafka_sh_env(args: &[&str], env: &[(&str, &str)]) {
 
 /// Starts workspace binary `bin` with `args`, appending its output to `log`.
 pub fn spawn_logged(bin: &str, args: &[String], log: &std::path::Path) -> std::process::Child {
+    spawn_logged_env(bin, args, log, &[])
+}
+
+/// [`spawn_logged`] with extra environment variables.
+pub fn spawn_logged_env(
+    bin: &str,
+    args: &[String],
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     use std::process::{Command, Stdio};
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -415,6 +425,7 @@ pub fn spawn_logged(bin: &str, args: &[String], log: &std::path::Path) -> std::p
         .expect("open log");
     Command::new(workspace_bin(bin))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::from(f.try_clone().expect("log handle")))
         .stderr(Stdio::from(f))
         .spawn()
@@ -581,6 +592,26 @@ pub fn spawn_count_app(
         args.push(rf.to_string());
     }
     spawn_logged("count-app", &args, log)
+}
+
+/// [`spawn_count_app`] without a replication factor, with extra
+/// environment variables (`COUNT_APP_*`, see the program's docs).
+pub fn spawn_count_app_env(
+    app: &str,
+    input: &str,
+    output: &str,
+    state: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    let args = [
+        app.to_string(),
+        input.to_string(),
+        output.to_string(),
+        state.display().to_string(),
+        bootstrap(),
+    ];
+    spawn_logged_env("count-app", &args, log, env)
 }
 
 /// Produces `n` random words out of `distinct` (`w000`, `w001`, …) to

@@ -229,20 +229,34 @@ fn log_path(name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_count_exactly_through_repeated_sigkill_crashes() {
-    let (app, input, output) = (unique("crash"), unique("words"), unique("counts"));
+    crash_loop("crash", &[]).await;
+}
+
+/// The same crash loop with a bound of one buffered change: whenever a
+/// commit is in flight, the stream thread waits for its acknowledgements
+/// and its state write before it reads on (the path a state writer slower
+/// than processing takes), and counts stay exact through every SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_count_exactly_through_sigkill_crashes_when_processing_waits_for_each_state_write() {
+    let http = format!("127.0.0.1:{}", free_port());
+    crash_loop(
+        "crash-wait",
+        &[("COUNT_APP_MAX_BUFFERED", "1"), ("COUNT_APP_HTTP", &http)],
+    )
+    .await;
+}
+
+/// Feeds 20,000 words over 6 s while `count-app` (with `env`) is killed
+/// with SIGKILL and restarted 6 times, then checks the counts are exact
+/// and a SIGTERM stops it cleanly.
+async fn crash_loop(name: &str, env: &[(&str, &str)]) {
+    let (app, input, output) = (unique(name), unique("words"), unique("counts"));
     create_topic(&input, 2).await;
     create_topic(&output, 1).await;
     let state = tempfile::tempdir().unwrap();
     let log = log_path(&app);
-    let mut child = spawn_count_app(
-        &app,
-        &input,
-        &output,
-        state.path(),
-        &bootstrap(),
-        None,
-        &log,
-    );
+    let spawn = || spawn_count_app_env(&app, &input, &output, state.path(), &log, env);
+    let mut child = spawn();
 
     let producer_input = input.clone();
     let feeder = std::thread::spawn(move || {
@@ -257,18 +271,21 @@ async fn should_count_exactly_through_repeated_sigkill_crashes() {
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(rng.gen_range(800..3000)));
         kill9(&mut child);
-        child = spawn_count_app(
-            &app,
-            &input,
-            &output,
-            state.path(),
-            &bootstrap(),
-            None,
-            &log,
-        );
+        child = spawn();
     }
     let expected = feeder.join().unwrap();
     let got = wait_for_counts(&output, &expected, 180).await;
+    // With an HTTP server, the last instance must have waited for its
+    // commits (it ran through the end of the input).
+    let http = env
+        .iter()
+        .find(|(k, _)| *k == "COUNT_APP_HTTP")
+        .map(|(_, v)| *v);
+    let waits = http.map(|a| {
+        get(&format!("http://{a}/metrics"))
+            .map(|(_, text)| metric_values(&text, "streams_commit_buffer_waits_total"))
+            .unwrap_or_default()
+    });
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
@@ -284,6 +301,13 @@ async fn should_count_exactly_through_repeated_sigkill_crashes() {
         "graceful stop after SIGTERM failed: {status} (log: {})",
         log.display()
     );
+    if let Some(waits) = waits {
+        assert!(
+            waits.first().is_some_and(|&n| n > 0.0),
+            "processing never waited for a commit's state write: {waits:?} (log: {})",
+            log.display()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

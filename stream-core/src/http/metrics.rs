@@ -133,6 +133,12 @@ pub fn render(
         format!("{:.6}", c.blocked_seconds),
     );
     o.head(
+        "streams_commit_buffer_waits_total",
+        "counter",
+        "Times at-least-once processing waited for a commit in flight because the store changes buffered behind it reached max_buffered_changes (the state writer was slower than processing).",
+    );
+    o.val("streams_commit_buffer_waits_total", &[], c.buffer_waits);
+    o.head(
         "streams_records_awaiting_ack",
         "gauge",
         "Records produced (sinks, changelogs, dead letters) the brokers have not acknowledged yet.",

@@ -22,7 +22,7 @@
 //! follows once every task's state is written ([`complete`]). One commit
 //! is in flight at a time; the next commit point waits until it is
 //! written, and so does processing once the changes made meanwhile pass a
-//! bound (the engine's `MAX_BUFFERED`): a state writer slower than
+//! bound (`StreamsConfig::max_buffered_changes`): a state writer slower than
 //! processing would otherwise let them grow with every record. Rebalances
 //! and shutdown commit synchronously ([`commit`]).
 //!

@@ -35,18 +35,6 @@ use crate::task::{CommittedOffset, InputRecord, TaskConfig, TaskId};
 /// at most; beyond, the stream thread waits for the commit.
 const MAX_HELD: usize = 100_000;
 
-/// Store changes (entries in the tasks' write buffers, over all stores of
-/// the thread) that at-least-once processing makes while a commit's state
-/// is written; beyond, the stream thread waits for the write. Each entry
-/// takes some 120 bytes besides its key and value, so this bounds the
-/// buffers at roughly 12 MiB plus the commit being written. Without it a
-/// state writer slower than processing (millions of distinct keys, each a
-/// new sled entry) let the buffers grow with every record: 10 million
-/// keys counted at 128,000 records/s peaked at 807 MiB, 560 of it in
-/// buffers waiting for the writer. Exactly-once needs no bound here: its
-/// next commit waits for the previous write before it hands over.
-const MAX_BUFFERED: usize = 100_000;
-
 /// Everything one stream thread runs.
 pub(crate) struct Engine {
     pub(crate) topology: Arc<Topology>,
@@ -282,7 +270,12 @@ impl Engine {
         let wait = if self.out.exactly_once() {
             self.out.held() >= MAX_HELD
         } else {
-            self.in_flight.is_some() && self.tasks.buffered() >= MAX_BUFFERED
+            let over =
+                self.in_flight.is_some() && self.tasks.buffered() >= self.cfg.max_buffered_changes;
+            if over {
+                self.status.record_buffer_wait();
+            }
+            over
         };
         self.finish_in_flight(consumer, wait)?;
         if self.in_flight.is_none() {

@@ -42,6 +42,8 @@ pub(crate) mod tasks;
 pub mod topics;
 
 pub use app::{shutdown_signal, KafkaStreams};
-pub use config::{ProcessingGuarantee, Secret, Security, StreamsConfig};
+pub use config::{
+    ProcessingGuarantee, Secret, Security, StreamsConfig, DEFAULT_MAX_BUFFERED_CHANGES,
+};
 pub use error::RuntimeError;
 pub use status::{RestoreRecord, RuntimeStatus, TaskState};

@@ -82,6 +82,10 @@ pub struct CommitStats {
     /// commit takes seconds to be acknowledged, but blocks processing
     /// only to seal and to write the state).
     pub blocked_seconds: f64,
+    /// Times at-least-once processing waited for a commit because its
+    /// buffered store changes reached `max_buffered_changes` (the state
+    /// writer was slower than processing).
+    pub buffer_waits: u64,
 }
 
 /// Shared status of one application instance.
@@ -190,6 +194,11 @@ impl RuntimeStatus {
     /// The stream thread spent `took` on a commit's seal.
     pub(crate) fn record_blocked(&self, took: Duration) {
         self.with(|i| i.commits.blocked_seconds += took.as_secs_f64())
+    }
+
+    /// Processing waited for a commit in flight: too many buffered changes.
+    pub(crate) fn record_buffer_wait(&self) {
+        self.with(|i| i.commits.buffer_waits += 1)
     }
 
     /// Records produced and not yet acknowledged by the brokers.

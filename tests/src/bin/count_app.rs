@@ -7,7 +7,8 @@
 //! serves the HTTP status on ADDR; `COUNT_APP_ASSIGNOR=S` sets
 //! `partition.assignment.strategy`; `COUNT_APP_BY_KEY=1` counts keys
 //! instead (no repartition: one task per input partition);
-//! `COUNT_APP_STATE_CACHE_MIB=N` sets `state_cache_bytes` (sled's cache).
+//! `COUNT_APP_STATE_CACHE_MIB=N` sets `state_cache_bytes` (sled's cache);
+//! `COUNT_APP_MAX_BUFFERED=N` sets `max_buffered_changes`.
 
 use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
@@ -54,6 +55,12 @@ async fn main() {
         .and_then(|v| v.parse::<u64>().ok())
     {
         cfg.state_cache_bytes = mib << 20;
+    }
+    if let Some(n) = std::env::var("COUNT_APP_MAX_BUFFERED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.max_buffered_changes = n;
     }
     if let Ok(s) = std::env::var("COUNT_APP_ASSIGNOR") {
         cfg.assignment_strategy = s;
