@@ -10,10 +10,7 @@ use integration_tests::*;
 use rand::Rng;
 
 fn signal(child: &mut Child, sig: i32) {
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
-    let _ = child.wait();
+    signal_and_wait(child, sig);
 }
 
 fn produce(bootstrap: &str, topic: &str, n: usize, expected: &mut BTreeMap<Vec<u8>, i64>) {

@@ -484,8 +484,41 @@ fn stream_loop(
     if !cfg.outside_group {
         consumer.unsubscribe();
     }
-    drop(consumer);
+    close_consumer(consumer);
     result.and(closed)
+}
+
+/// How long closing the group consumer may take before the stream thread
+/// leaves it behind.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Drops (closes) the group consumer on a thread of its own and waits for
+/// it at most [`CLOSE_DEADLINE`]. The close serves the final revocation,
+/// whose `unassign` is a librdkafka request without a timeout: when the
+/// group coordinator stops answering (seen in CI with a broker too loaded
+/// to answer metadata requests for minutes), it never returns. Everything
+/// is committed before the close, so an instance that gives up on it loses
+/// nothing; the group drops the member after its session timeout.
+fn close_consumer(consumer: BaseConsumer<StreamContext>) {
+    let (done, closed) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if closed.recv_timeout(CLOSE_DEADLINE).is_err() {
+                tracing::error!(
+                    seconds = CLOSE_DEADLINE.as_secs(),
+                    "the consumer did not close in time (its group coordinator does not answer); state and offsets are committed, going on without it"
+                );
+            }
+        }
+        // The closure, and the consumer with it, was dropped here.
+        Err(e) => tracing::warn!(error = %e, "no thread to close the consumer on; closed it here"),
+    }
 }
 
 /// Completes on the first SIGINT or SIGTERM; a second one exits at once.
