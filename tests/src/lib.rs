@@ -357,6 +357,16 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// A memory field of this process's `/proc/self/status` (`VmRSS`, `VmHWM`,
+/// …), in KiB; `None` where it cannot be read.
+pub fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
 /// A directory under `target/test-logs` for a test's log files.
 pub fn log_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");

@@ -138,15 +138,7 @@ fn value(i: u64, len: usize) -> Vec<u8> {
 
 /// The process's resident memory now, in KiB.
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
+    integration_tests::proc_status_kib("VmRSS").unwrap_or(0)
 }
 
 fn fail(msg: &str) -> ! {

@@ -20,14 +20,7 @@ use stream_core::serde::{BytesSerde, StringSerde};
 use stream_dsl::prelude::*;
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    integration_tests::proc_status_kib("VmHWM").map_or(f64::NAN, |kb| kb as f64 / 1024.0)
 }
 
 fn main() {
