@@ -23,6 +23,7 @@
 //!    [`Checkpoint`] (sled on disk, or memory in tests).
 
 mod backend;
+mod buckets;
 pub mod global;
 mod memory;
 mod sled_backend;

@@ -1,5 +1,6 @@
 //! The sled backend: one sled database per instance state directory, one
-//! tree per store per task, and one checkpoint entry per task.
+//! tree per store per task (its entries in sorted runs, see
+//! [`buckets`](super::buckets)), and one checkpoint entry per task.
 //!
 //! A commit is made atomic by a redo record rather than a sled
 //! transaction: first the whole commit (changes and checkpoint) goes into
@@ -18,13 +19,17 @@
 //! sled 0.34 is beta software, so the local copy is verified rather than
 //! trusted: a database that fails to open is moved aside and every task
 //! restores from its changelog; a task whose trees do not match the entry
-//! counts recorded in its checkpoint is wiped and restored likewise.
+//! counts recorded in its checkpoint, or holds a bucket that does not
+//! decode, is wiped and restored likewise. State written in the earlier
+//! layout (one sled entry per key, trees named `store/…`) is dropped when
+//! the directory opens, and every task restores from its changelogs.
 
 use std::path::{Path, PathBuf};
 
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
+use super::buckets::BucketTree;
 use super::{Batch, Changes, Checkpoint, PendingCommit, StateBackend};
 use crate::error::StoreError;
 
@@ -33,6 +38,11 @@ const CHECKPOINTS: &str = "__checkpoints";
 const REDO: &str = "__redo";
 /// Version byte of the redo record's encoding.
 const REDO_V1: u8 = 1;
+/// Prefix of the trees of task stores, one entry per bucket of entries.
+const STORE_TREES: &str = "buckets/";
+/// Prefix of the trees of task stores in the earlier layout (one entry per
+/// key); dropped when found.
+const FLAT_STORE_TREES: &str = "store/";
 
 /// sled's page cache when not configured: 16 MiB.
 ///
@@ -179,12 +189,14 @@ impl StateDir {
     }
 
     fn open_db(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
-        sled::Config::new()
+        let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
             // A safety net: commits are flushed by the syncer thread right away.
             .flush_every_ms(Some(1000))
-            .open()
+            .open()?;
+        drop_flat_stores(&db)?;
+        Ok(db)
     }
 
     /// Asks the syncer thread to make the commits so far durable, without
@@ -263,12 +275,22 @@ impl StateDir {
         };
         let trees = stores
             .iter()
-            .map(|s| self.db.open_tree(format!("store/{s}/{task}")))
+            .map(|s| {
+                let tree = self.db.open_tree(format!("{STORE_TREES}{s}/{task}"))?;
+                Ok(BucketTree::new(tree, format!("{s}/{task}")))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(err)?;
         let meta = self.db.open_tree(CHECKPOINTS).map_err(err)?;
         let redo = self.db.open_tree(REDO).map_err(err)?;
-        let counts = trees.iter().map(|t| t.len() as u64).collect();
+        let mut damage = None;
+        let counts = match count_all(&trees) {
+            Ok(counts) => counts,
+            Err(e) => {
+                damage = Some(e.to_string());
+                vec![0; trees.len()]
+            }
+        };
         let trees = TaskTrees {
             task: task.to_string(),
             trees,
@@ -277,25 +299,60 @@ impl StateDir {
             counts: Arc::new(Mutex::new(counts)),
             syncer: self.syncer.clone(),
         };
-        let unreadable_redo = trees.finish_interrupted()?;
+        if damage.is_none() && trees.finish_interrupted()? {
+            damage = Some("a commit interrupted by a crash cannot be read back".into());
+        }
         Ok(SledBackend {
             db: self.db.clone(),
             trees,
             writer: self.writer.clone(),
             restore_writer: self.restore_writer.clone(),
-            unreadable_redo,
+            damage,
         })
     }
+}
+
+/// Drops task stores written in the earlier layout, one sled entry per key
+/// (trees named `store/…`), with every task checkpoint and redo record, so
+/// that every task restores from its changelogs: the checkpoints vouch for
+/// those trees. The checkpoints go first, so a crash in between only drops
+/// them again on the next open.
+fn drop_flat_stores(db: &sled::Db) -> sled::Result<()> {
+    let flat: Vec<sled::IVec> = db
+        .tree_names()
+        .into_iter()
+        .filter(|n| n.starts_with(FLAT_STORE_TREES.as_bytes()))
+        .collect();
+    if flat.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        trees = flat.len(),
+        "local state is in an earlier layout; dropping it, every task restores from its changelogs"
+    );
+    db.open_tree(CHECKPOINTS)?.clear()?;
+    db.open_tree(REDO)?.clear()?;
+    db.flush()?;
+    for name in flat {
+        db.drop_tree(name)?;
+    }
+    db.flush()?;
+    Ok(())
 }
 
 /// One store's changes as the commit writes them.
 type Entries<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
 
+/// Entries per store, read from the trees.
+fn count_all(trees: &[BucketTree]) -> Result<Vec<u64>, StoreError> {
+    trees.iter().map(BucketTree::count).collect()
+}
+
 /// The trees of one task: what a commit writes, on any thread.
 #[derive(Clone)]
 struct TaskTrees {
     task: String,
-    trees: Vec<sled::Tree>,
+    trees: Vec<BucketTree>,
     meta: sled::Tree,
     redo: sled::Tree,
     /// Entries per store as of the last commit written.
@@ -339,23 +396,10 @@ impl TaskTrees {
         })
     }
 
-    /// Writes `entries` to store `i` one by one, counting entries added and
-    /// removed into `count` from what each write replaced.
+    /// Writes `entries` (in key order) to store `i`, counting entries
+    /// added and removed into `count`.
     fn apply(&self, i: usize, entries: &Entries<'_>, count: &mut u64) -> Result<(), StoreError> {
-        let tree = &self.trees[i];
-        for (k, v) in entries {
-            let old = match v {
-                Some(v) => tree.insert(*k, *v),
-                None => tree.remove(*k),
-            }
-            .map_err(|e| self.err(e))?;
-            match (old.is_some(), v.is_some()) {
-                (false, true) => *count += 1,
-                (true, false) => *count = count.saturating_sub(1),
-                _ => {}
-            }
-        }
-        Ok(())
+        self.trees[i].apply(entries, count)
     }
 
     /// One commit, atomically through the redo record (module docs).
@@ -416,7 +460,7 @@ impl TaskTrees {
             self.apply(i, entries, &mut scratch)?;
         }
         // Some writes may have landed before the crash: count anew.
-        let counts: Vec<u64> = self.trees.iter().map(|t| t.len() as u64).collect();
+        let counts = count_all(&self.trees)?;
         let encoded = self.encode_checkpoint(&checkpoint, &counts)?;
         self.meta.insert(task, encoded).map_err(|e| self.err(e))?;
         self.redo.remove(task).map_err(|e| self.err(e))?;
@@ -559,8 +603,10 @@ pub struct SledBackend {
     trees: TaskTrees,
     writer: Option<Sender<WriteJob>>,
     restore_writer: Option<Sender<WriteJob>>,
-    /// A crash left a commit record that cannot be read back.
-    unreadable_redo: bool,
+    /// Why the trees cannot be trusted, found when the task opened (a
+    /// commit record a crash left that cannot be read back, or a bucket
+    /// that does not decode).
+    damage: Option<String>,
 }
 
 impl SledBackend {
@@ -571,10 +617,10 @@ impl SledBackend {
     /// Checks the trees against the entry counts of the checkpoint.
     pub fn verify(&self) -> Result<(), StoreError> {
         let task = &self.trees.task;
-        if self.unreadable_redo {
+        if let Some(reason) = &self.damage {
             return Err(StoreError::Damaged {
                 store: task.clone(),
-                reason: "a commit interrupted by a crash cannot be read back".into(),
+                reason: reason.clone(),
             });
         }
         let Some(cp) = self.checkpoint()? else {
@@ -605,10 +651,7 @@ impl SledBackend {
 
 impl StateBackend for SledBackend {
     fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.trees.trees[store]
-            .get(key)
-            .map(|v| v.map(|iv| iv.to_vec()))
-            .map_err(|e| self.err(e))
+        self.trees.trees[store].get(key)
     }
 
     fn scan_prefix(
@@ -616,11 +659,7 @@ impl StateBackend for SledBackend {
         store: usize,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        self.trees.trees[store]
-            .scan_prefix(prefix)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))
+        self.trees.trees[store].scan_prefix(prefix)
     }
 
     fn range(
@@ -632,11 +671,7 @@ impl StateBackend for SledBackend {
         if from >= to {
             return Ok(Vec::new());
         }
-        self.trees.trees[store]
-            .range(from..to)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))
+        self.trees.trees[store].range(from, Some(to))
     }
 
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
@@ -689,12 +724,12 @@ impl StateBackend for SledBackend {
 
     fn wipe(&mut self) -> Result<(), StoreError> {
         for t in &self.trees.trees {
-            t.clear().map_err(|e| self.err(e))?;
+            t.clear()?;
         }
         let task = self.trees.task.as_bytes();
         self.trees.meta.remove(task).map_err(|e| self.err(e))?;
         self.trees.redo.remove(task).map_err(|e| self.err(e))?;
-        self.unreadable_redo = false;
+        self.damage = None;
         self.trees.set_counts(vec![0; self.trees.trees.len()]);
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
@@ -727,10 +762,73 @@ mod tests {
         assert_eq!(b.get(0, b"k").unwrap(), Some(b"1".to_vec()));
         assert_eq!(b.checkpoint().unwrap().unwrap().entries, vec![1, 1]);
         b.verify().unwrap();
-        b.trees.trees[1].insert(b"stray", b"x").unwrap();
+        b.trees.trees[1]
+            .apply(&[(b"stray".as_slice(), Some(b"x".as_slice()))], &mut 0)
+            .unwrap();
         drop(b);
         let b = sd.backend("0_0", &["a".into(), "b".into()]).unwrap();
         assert!(matches!(b.verify(), Err(StoreError::Damaged { .. })));
+    }
+
+    #[test]
+    fn should_call_the_state_damaged_when_a_bucket_does_not_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sd, mut b) = one_store(&dir);
+        b.commit(&[vec![(b"k".to_vec(), Some(b"1".to_vec()))]], &cp(1))
+            .unwrap();
+        b.trees.trees[0]
+            .raw()
+            .insert(b"", b"\x09junk".as_slice())
+            .unwrap();
+        drop(b);
+        let b = reopen_damaged_and_wipe(&sd);
+        assert_eq!(b.get(0, b"k").unwrap(), None);
+    }
+
+    #[test]
+    fn should_drop_state_written_in_the_flat_layout_when_the_directory_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        db.open_tree("store/a/0_0")
+            .unwrap()
+            .insert(b"k", b"1")
+            .unwrap();
+        db.open_tree(CHECKPOINTS)
+            .unwrap()
+            .insert(b"0_0", b"{}")
+            .unwrap();
+        db.open_tree(REDO).unwrap().insert(b"0_1", b"x").unwrap();
+        let kept = db.open_tree("global/g").unwrap();
+        kept.insert(b"row", b"1").unwrap();
+        drop_flat_stores(&db).unwrap();
+        let names = db.tree_names();
+        assert!(!names
+            .iter()
+            .any(|n| n.starts_with(FLAT_STORE_TREES.as_bytes())));
+        assert!(
+            db.open_tree(CHECKPOINTS).unwrap().is_empty(),
+            "tasks restore from scratch"
+        );
+        assert!(db.open_tree(REDO).unwrap().is_empty());
+        assert_eq!(kept.get(b"row").unwrap().as_deref(), Some(b"1".as_slice()));
+        drop_flat_stores(&db).unwrap();
+    }
+
+    /// A state directory in `dir` and the backend of task `0_0`, one store.
+    fn one_store(dir: &tempfile::TempDir) -> (StateDir, SledBackend) {
+        let (sd, _) = StateDir::open(dir.path(), "app").unwrap();
+        let b = sd.backend("0_0", &["a".to_string()]).unwrap();
+        (sd, b)
+    }
+
+    /// Opens task `0_0` again, expects it damaged, wipes it and expects it
+    /// sound.
+    fn reopen_damaged_and_wipe(sd: &StateDir) -> SledBackend {
+        let mut b = sd.backend("0_0", &["a".to_string()]).unwrap();
+        assert!(matches!(b.verify(), Err(StoreError::Damaged { .. })));
+        b.wipe().unwrap();
+        b.verify().unwrap();
+        b
     }
 
     fn cp(at: i64) -> Checkpoint {
@@ -767,9 +865,7 @@ mod tests {
     #[test]
     fn should_finish_a_commit_a_crash_interrupted_when_the_task_opens() {
         let dir = tempfile::tempdir().unwrap();
-        let (sd, _) = StateDir::open(dir.path(), "app").unwrap();
-        let names = ["a".to_string()];
-        let mut b = sd.backend("0_0", &names).unwrap();
+        let (sd, mut b) = one_store(&dir);
         b.commit(
             &[vec![
                 (b"k".to_vec(), Some(b"1".to_vec())),
@@ -788,9 +884,11 @@ mod tests {
             .redo
             .insert("0_0", encode_redo(&stores, &cp(5)).unwrap())
             .unwrap();
-        b.trees.trees[0].insert("k", "2").unwrap();
+        b.trees.trees[0]
+            .apply(&[(b"k".as_slice(), Some(b"2".as_slice()))], &mut 0)
+            .unwrap();
         drop(b);
-        let b = sd.backend("0_0", &names).unwrap();
+        let b = sd.backend("0_0", &["a".to_string()]).unwrap();
         b.verify().unwrap();
         let got = b.checkpoint().unwrap().unwrap();
         assert_eq!(got.positions, cp(5).positions);
@@ -807,18 +905,13 @@ mod tests {
     #[test]
     fn should_call_the_state_damaged_when_a_redo_record_is_unreadable() {
         let dir = tempfile::tempdir().unwrap();
-        let (sd, _) = StateDir::open(dir.path(), "app").unwrap();
-        let names = ["a".to_string()];
-        let b = sd.backend("0_0", &names).unwrap();
+        let (sd, b) = one_store(&dir);
         b.trees
             .redo
             .insert("0_0", b"\x09garbage".as_slice())
             .unwrap();
         drop(b);
-        let mut b = sd.backend("0_0", &names).unwrap();
-        assert!(matches!(b.verify(), Err(StoreError::Damaged { .. })));
-        b.wipe().unwrap();
-        b.verify().unwrap();
+        reopen_damaged_and_wipe(&sd);
     }
 
     #[test]
