@@ -509,10 +509,11 @@ topology on Kafka Streams (`groupByKey().count()`, cache off), over
 changelogs of {", ".join(f"{n:,}" for n in a.key_restores)} records (a tenth as many
 keys). `StreamsConfig::state_cache_bytes` (`--state-cache-mib` on the tutorial
 programs, default 16 MiB per instance) sets sled's `cache_capacity`, which bounds
-the cached page data only (counted at its size on disk; about three times that in
-memory): sled keeps per-page bookkeeping for every page of the tree in memory, so
-its memory grows with the number of keys regardless (see the rows, and
-[performance.md](performance.md)). At-least-once processing waits for a commit's
+the cached page data (counted at its size on disk; about three times that in
+memory). sled also keeps bookkeeping in memory for every page of a tree, cached or
+not (a page holds at most 16 sled entries); stores keep their entries in sorted
+runs of up to 1 KiB per sled entry, so there are as many times fewer pages as a
+run holds keys ([performance.md](performance.md)). At-least-once processing waits for a commit's
 state write once 100,000 changes wait behind it, so the write buffers stay
 bounded when sled writes slower than records arrive. State on disk: the state
 directory's size at the end.
