@@ -8,7 +8,7 @@
 //! topic until the instance stops. Records that do not deserialize are
 //! skipped with a warning (they are no rows); tombstones delete.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +26,31 @@ use crate::store::{GlobalStores, GlobalTree, StateDir};
 struct Table {
     spec: GlobalTableSpec,
     tree: GlobalTree,
-    /// Next offset per partition, as read.
+    /// Next offset per partition, as read and written to the rows.
     next: HashMap<i32, i64>,
+    /// Rows read by the current poll, not yet written (last value per key).
+    rows: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Next offset per partition including the rows not yet written.
+    read: HashMap<i32, i64>,
     skipped: u64,
+}
+
+impl Table {
+    /// Writes the rows read so far, in one pass over the tree's runs, and
+    /// only then counts their offsets as done.
+    fn write_rows(&mut self) -> Result<(), RuntimeError> {
+        if !self.rows.is_empty() {
+            let rows: Vec<(&[u8], Option<&[u8]>)> = self
+                .rows
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect();
+            self.tree.apply_all(&rows)?;
+            self.rows.clear();
+        }
+        self.next.extend(self.read.drain());
+        Ok(())
+    }
 }
 
 /// What the global reader runs with.
@@ -111,6 +133,8 @@ pub(crate) fn start(
                 spec: spec.clone(),
                 tree,
                 next,
+                rows: BTreeMap::new(),
+                read: HashMap::new(),
                 skipped: 0,
             },
         );
@@ -176,8 +200,18 @@ impl GlobalReader {
     }
 
     /// Applies what one poll returns (up to a batch); returns how many
-    /// records it read.
+    /// records it read. The rows are written together at the end, also
+    /// when reading fails.
     fn poll(&mut self, timeout: Duration) -> Result<u64, RuntimeError> {
+        let read = self.read_rows(timeout);
+        for t in self.tables.values_mut() {
+            t.write_rows()?;
+        }
+        read
+    }
+
+    /// Reads up to a batch of records into the tables' unwritten rows.
+    fn read_rows(&mut self, timeout: Duration) -> Result<u64, RuntimeError> {
         let mut n = 0;
         let mut wait = timeout;
         while n < 10_000 {
@@ -195,7 +229,9 @@ impl GlobalReader {
                 Some(v) => t.spec.codec.decode(key, v).map(|(k, v)| (k, Some(v))),
             };
             match row {
-                Some((k, v)) => t.tree.apply(&k, v.as_deref())?,
+                Some((k, v)) => {
+                    t.rows.insert(k, v);
+                }
                 None => {
                     if t.skipped == 0 {
                         tracing::warn!(store = %t.spec.store, topic = %t.spec.topic, partition = m.partition(), offset = m.offset(),
@@ -204,7 +240,7 @@ impl GlobalReader {
                     t.skipped += 1;
                 }
             }
-            t.next.insert(m.partition(), m.offset() + 1);
+            t.read.insert(m.partition(), m.offset() + 1);
             n += 1;
         }
         Ok(n)

@@ -43,6 +43,14 @@ const STORE_TREES: &str = "buckets/";
 /// Prefix of the trees of task stores in the earlier layout (one entry per
 /// key); dropped when found.
 const FLAT_STORE_TREES: &str = "store/";
+/// Prefix of the trees of global tables' rows, bucketed.
+const GLOBAL_TREES: &str = "global-buckets/";
+/// Prefix of the trees of global tables' read offsets (new with the
+/// bucketed rows: the earlier offsets vouch for the earlier rows).
+const GLOBAL_OFFSET_TREES: &str = "global-buckets-offsets/";
+/// Prefixes of global tables' trees in the earlier layout (rows one entry
+/// per key, and their offsets); dropped when found.
+const FLAT_GLOBAL_TREES: [&str; 2] = ["global/", "global-offsets/"];
 
 /// sled's page cache when not configured: 16 MiB.
 ///
@@ -258,13 +266,18 @@ impl StateDir {
             store: store.to_string(),
             source,
         };
-        Ok(super::GlobalTree::Sled {
-            rows: self.db.open_tree(format!("global/{store}")).map_err(err)?,
-            offsets: self
-                .db
-                .open_tree(format!("global-offsets/{store}"))
-                .map_err(err)?,
-        })
+        let rows = self
+            .db
+            .open_tree(format!("{GLOBAL_TREES}{store}"))
+            .map_err(err)?;
+        let offsets = self
+            .db
+            .open_tree(format!("{GLOBAL_OFFSET_TREES}{store}"))
+            .map_err(err)?;
+        Ok(super::GlobalTree::sled(
+            BucketTree::new(rows, format!("global {store}")),
+            offsets,
+        ))
     }
 
     /// The backend of one task, with trees for `stores`. A commit of the
@@ -318,10 +331,29 @@ impl StateDir {
 /// (trees named `store/…`), with every task checkpoint and redo record, so
 /// that every task restores from its changelogs: the checkpoints vouch for
 /// those trees. The checkpoints go first, so a crash in between only drops
-/// them again on the next open.
+/// them again on the next open. Global tables in the earlier layout
+/// (`global/…` with `global-offsets/…`) are dropped too: they are read
+/// again from their topics into new trees.
 fn drop_flat_stores(db: &sled::Db) -> sled::Result<()> {
-    let flat: Vec<sled::IVec> = db
-        .tree_names()
+    let names = db.tree_names();
+    let globals: Vec<&sled::IVec> = names
+        .iter()
+        .filter(|n| {
+            FLAT_GLOBAL_TREES
+                .iter()
+                .any(|p| n.starts_with(p.as_bytes()))
+        })
+        .collect();
+    if !globals.is_empty() {
+        tracing::info!(
+            trees = globals.len(),
+            "global tables are stored in an earlier layout; dropping them, they are read again from their topics"
+        );
+        for name in globals {
+            db.drop_tree(name)?;
+        }
+    }
+    let flat: Vec<sled::IVec> = names
         .into_iter()
         .filter(|n| n.starts_with(FLAT_STORE_TREES.as_bytes()))
         .collect();
@@ -820,13 +852,22 @@ mod tests {
             .insert(b"0_0", b"{}")
             .unwrap();
         db.open_tree(REDO).unwrap().insert(b"0_1", b"x").unwrap();
-        let kept = db.open_tree("global/g").unwrap();
+        db.open_tree("global/g")
+            .unwrap()
+            .insert(b"row", b"1")
+            .unwrap();
+        db.open_tree("global-offsets/g")
+            .unwrap()
+            .insert(b"p", b"1")
+            .unwrap();
+        let kept = db.open_tree(format!("{GLOBAL_TREES}g")).unwrap();
         kept.insert(b"row", b"1").unwrap();
         drop_flat_stores(&db).unwrap();
         let names = db.tree_names();
+        let flat = [FLAT_STORE_TREES, FLAT_GLOBAL_TREES[0], FLAT_GLOBAL_TREES[1]];
         assert!(!names
             .iter()
-            .any(|n| n.starts_with(FLAT_STORE_TREES.as_bytes())));
+            .any(|n| flat.iter().any(|p| n.starts_with(p.as_bytes()))));
         assert!(
             db.open_tree(CHECKPOINTS).unwrap().is_empty(),
             "tasks restore from scratch"
