@@ -62,8 +62,11 @@ const FLAT_GLOBAL_TREES: [&str; 2] = ["global/", "global-offsets/"];
 /// emit-final windows over 100,000 keys (`bench-windows`) ran 12.5–13.5 s
 /// with 8 MiB, 12.0 s with 16 and 10.5–11.5 s with 64 (one or two runs
 /// each on the 2-core benchmark machine). Those runs kept one sled entry
-/// per key; sled now holds runs of entries of up to 1 KiB
-/// (`store/buckets.rs`), so a cached page carries more of them.
+/// per key. With runs of entries of up to 1 KiB per sled entry
+/// (`store/buckets.rs`) the setting matters less: 10,000,000 keys peaked
+/// at 108, 109 and 132 MiB with 8, 16 and 64 MiB in 66.8, 69.4 and 67.4 s,
+/// and the windows above ran 8.0–8.5, 7.5–8.0 and 7.5–8.0 s at 108–116 MiB
+/// (two runs each).
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// An opened state directory: `<state.dir>/<application.id>/`.
