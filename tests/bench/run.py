@@ -659,8 +659,9 @@ machine, in one run; and restoring a count store from its changelog.
 - Restore: a changelog of {a.restore_records:,} records over {a.restore_keys:,} keys in 4 partitions,
   restored into an empty state directory; the framework's own restore time. The
   **restore ceiling** is a plain rdkafka consumer reading the changelog and doing
-  nothing with the records, the faster of two reads: with the restore consumer's
-  own settings, and with librdkafka's full prefetch queue and larger fetches (`bench-read`).
+  nothing with the records, the fastest of three reads: with the restore consumer's
+  own settings one record per poll, the same a batch at a time (as restore reads),
+  and with librdkafka's full prefetch queue and larger fetches (`bench-read`).
 
 {table}
 

@@ -15,12 +15,14 @@
 //! | `production` | the production error handler: records the brokers refuse |
 //! | `progress` | restore progress: a terminal progress bar or log lines |
 //! | `clients` | the Kafka clients of a stream thread and their settings |
+//! | [`batch`] | reading an assigned consumer's records a batch at a time |
 //! | [`app`] | [`KafkaStreams`]: start, poll loop, rebalances, shutdown |
 //! | [`status`] | task states and restore progress for callers |
 //! | [`error`] | [`RuntimeError`] |
 //! | [`handle`] | read access to a running instance's stores (for the HTTP server) |
 
 pub mod app;
+pub mod batch;
 pub(crate) mod clients;
 pub(crate) mod commit;
 pub mod config;

@@ -33,7 +33,6 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -41,6 +40,7 @@ use std::sync::Arc;
 
 use rdkafka::consumer::BaseConsumer;
 
+use super::batch::{read_batch, BatchBuffer, Batched, BATCH};
 use super::error::RuntimeError;
 use super::progress::RestoreReporter;
 use super::status::{RestoreProgress, RestoreRecord, RuntimeStatus, TaskState, TaskStatus};
@@ -289,6 +289,8 @@ pub(crate) struct ChangelogReader {
     last_progress: Instant,
     last_status: Instant,
     headers: Vec<(String, Vec<u8>)>,
+    /// The batch buffer, kept between reads.
+    batch: BatchBuffer,
     opener: Opener,
     last_standby_refresh: Instant,
 }
@@ -313,6 +315,7 @@ impl ChangelogReader {
             last_progress: Instant::now(),
             last_status: Instant::now(),
             headers: Vec::new(),
+            batch: BatchBuffer::default(),
         }
     }
 
@@ -569,101 +572,113 @@ impl ChangelogReader {
     /// Reads changelogs for up to `budget`; returns the tasks restored.
     fn step(&mut self, budget: Duration) -> Result<Vec<Entry>, RuntimeError> {
         let until = Instant::now() + budget;
-        // The clock is read every few records, not for each.
-        let mut since_clock = 0u32;
+        let mut buf = std::mem::take(&mut self.batch);
         let mut read_since_idle = false;
         while !self.jobs.iter().all(Job::done) {
-            since_clock += 1;
-            if since_clock >= 256 {
-                since_clock = 0;
-                if read_since_idle {
+            let batch = read_batch(&self.consumer, &mut buf, BATCH, Duration::from_millis(50));
+            if batch.is_empty() {
+                drop(batch);
+                if std::mem::take(&mut read_since_idle) {
                     self.last_progress = Instant::now();
-                    read_since_idle = false;
                 }
                 if Instant::now() >= until {
                     break;
                 }
+                self.trust_positions();
+                let restoring = self.jobs.iter().any(|j| !j.standby);
+                if restoring && self.last_progress.elapsed() > RESTORE_STALL {
+                    self.batch = buf;
+                    return Err(self.stalled());
+                }
+                break;
             }
-            match self.consumer.poll(Duration::from_millis(50)) {
-                Some(Ok(m)) => {
-                    let Some((j, i)) = self.index.get(m.topic(), m.partition()) else {
-                        continue;
-                    };
-                    let job = &mut self.jobs[j];
-                    if job.blocked[i] {
-                        continue;
-                    }
-                    let p = &mut job.progress[i];
-                    if p.done || m.offset() >= p.end {
-                        p.done = true;
-                        continue;
-                    }
-                    let n = super::message::copy_headers(&m, &mut self.headers);
-                    let headers = &self.headers[..n];
-                    if job.standby && !job.entry.task.restore_admits(headers) {
-                        // Its input is not committed yet: wait here.
-                        job.blocked[i] = true;
-                        p.position = m.offset();
-                        let mut tpl = TopicPartitionList::new();
-                        tpl.add_partition(m.topic(), m.partition());
-                        let _ = self.consumer.pause(&tpl);
-                        continue;
-                    }
-                    job.entry.task.restore_record(
-                        job.targets[i].store,
-                        m.key(),
-                        m.payload(),
-                        headers,
-                        m.timestamp().to_millis().unwrap_or(-1),
-                    );
-                    p.read += 1;
-                    p.position = m.offset() + 1;
-                    if p.position >= p.end {
-                        p.done = true;
-                    }
-                    read_since_idle = true;
-                    if p.read.is_multiple_of(1024) {
-                        if job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL {
-                            job.flush()?;
-                        }
-                        self.keep_buffer_budget()?;
-                    }
-                }
-                Some(Err(e))
-                    if e.rdkafka_error_code()
-                        == Some(RDKafkaErrorCode::TopicAuthorizationFailed) =>
-                {
-                    self.unreadable_changelog()?;
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "changelog read error; retrying"),
-                None => {
-                    if std::mem::take(&mut read_since_idle) {
-                        self.last_progress = Instant::now();
-                    }
-                    if Instant::now() >= until {
+            let mut unreadable = false;
+            let mut failed = None;
+            for item in batch.iter() {
+                let m = match item {
+                    Batched::Record(m) => m,
+                    Batched::Error {
+                        code: RDKafkaErrorCode::TopicAuthorizationFailed,
+                        ..
+                    } => {
+                        unreadable = true;
                         break;
                     }
-                    self.trust_positions();
-                    let restoring = self.jobs.iter().any(|j| !j.standby);
-                    if restoring && self.last_progress.elapsed() > RESTORE_STALL {
-                        let _ = self.consumer.unassign();
-                        let mut topics: Vec<String> = self
-                            .jobs
-                            .iter()
-                            .filter(|j| !j.standby)
-                            .flat_map(|j| j.progress.iter().filter(|p| !p.done))
-                            .map(|p| format!("{}[{}]", p.topic, p.partition))
-                            .collect();
-                        topics.dedup();
-                        return Err(RuntimeError::RestoreStalled {
-                            seconds: RESTORE_STALL.as_secs(),
-                            topics: topics.join(", "),
-                        });
+                    Batched::Error {
+                        code,
+                        topic,
+                        partition,
+                    } => {
+                        tracing::warn!(error = %code, topic = topic.unwrap_or("-"), partition, "changelog read error; retrying");
+                        continue;
                     }
-                    break;
+                };
+                let Some((j, i)) = self.index.get(m.topic(), m.partition()) else {
+                    continue;
+                };
+                let job = &mut self.jobs[j];
+                if job.blocked[i] {
+                    continue;
+                }
+                let p = &mut job.progress[i];
+                if p.done || m.offset() >= p.end {
+                    p.done = true;
+                    continue;
+                }
+                let n = m.copy_headers(&mut self.headers);
+                let headers = &self.headers[..n];
+                if job.standby && !job.entry.task.restore_admits(headers) {
+                    // Its input is not committed yet: wait here (the
+                    // batch's later records of this partition are read
+                    // again when it resumes from here).
+                    job.blocked[i] = true;
+                    p.position = m.offset();
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(m.topic(), m.partition());
+                    let _ = self.consumer.pause(&tpl);
+                    continue;
+                }
+                job.entry.task.restore_record(
+                    job.targets[i].store,
+                    m.key(),
+                    m.payload(),
+                    headers,
+                    m.timestamp(),
+                );
+                p.read += 1;
+                p.position = m.offset() + 1;
+                if p.position >= p.end {
+                    p.done = true;
+                }
+                read_since_idle = true;
+                if p.read.is_multiple_of(1024) && job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL {
+                    if let Err(e) = job.flush() {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
+            drop(batch);
+            let kept = if let Some(e) = failed {
+                Err(e)
+            } else if unreadable {
+                self.unreadable_changelog()
+            } else {
+                self.keep_buffer_budget()
+            };
+            if let Err(e) = kept {
+                self.batch = buf;
+                return Err(e);
+            }
+            if read_since_idle {
+                self.last_progress = Instant::now();
+                read_since_idle = false;
+            }
+            if Instant::now() >= until {
+                break;
+            }
         }
+        self.batch = buf;
         self.report();
         // Hand back every task whose partitions are all read.
         let mut ready = Vec::new();
@@ -682,6 +697,24 @@ impl ChangelogReader {
             self.release(&finished)?;
         }
         Ok(ready)
+    }
+
+    /// Gives up on a restore that read nothing for [`RESTORE_STALL`]:
+    /// unassigns the changelogs and names the partitions still unread.
+    fn stalled(&mut self) -> RuntimeError {
+        let _ = self.consumer.unassign();
+        let mut topics: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|j| !j.standby)
+            .flat_map(|j| j.progress.iter().filter(|p| !p.done))
+            .map(|p| format!("{}[{}]", p.topic, p.partition))
+            .collect();
+        topics.dedup();
+        RuntimeError::RestoreStalled {
+            seconds: RESTORE_STALL.as_secs(),
+            topics: topics.join(", "),
+        }
     }
 
     /// Writes the restored entries of the task holding the most when all

@@ -1,8 +1,9 @@
 //! The restore benchmark's ceiling: a plain consumer reading every record of
-//! a topic (assigned, from the beginning) and doing nothing with them, twice:
-//! with the restore consumer's own settings, and with librdkafka's full
-//! prefetch queue and larger fetches. Prints `records=N
-//! restore_settings_s=A prefetch_s=B seconds=S`, S the faster of the two,
+//! a topic (assigned, from the beginning) and doing nothing with them, three
+//! times: with the restore consumer's own settings one record per poll, with
+//! the same settings a batch at a time (as restore reads), and with
+//! librdkafka's full prefetch queue and larger fetches. Prints `records=N
+//! restore_settings_s=A batch_s=B prefetch_s=C seconds=S`, S the fastest,
 //! each timed from the assignment: creating the client and reading metadata
 //! and watermarks are not counted (a restore's time counts its watermark
 //! reads).
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use stream_core::runtime::batch::{read_batch, BatchBuffer, Batched, BATCH};
 
 /// mimalloc, as in every program of the framework; counting allocations.
 #[global_allocator]
@@ -28,10 +30,7 @@ fn main() {
     }
     // The restore consumer's own settings (stream-core's `restore_consumer`):
     // a prefetch of 5,000 records per partition refilled after 10 ms.
-    let (n, restore_s) = read_all(
-        &args[1],
-        &args[2],
-        &[
+    let restore_settings: &[(&str, &str)] = &[
             ("isolation.level", "read_committed"),
             ("fetch.wait.max.ms", "10"),
             ("max.partition.fetch.bytes", "4194304"),
@@ -39,8 +38,10 @@ fn main() {
             ("queued.max.messages.kbytes", "32768"),
             ("queued.min.messages", "5000"),
             ("fetch.queue.backoff.ms", "10"),
-        ],
-    );
+    ];
+    let (n, restore_s) = read_all(&args[1], &args[2], restore_settings, false);
+    // The same settings, reading batches of records (as restore does).
+    let (b, batch_s) = read_all(&args[1], &args[2], restore_settings, true);
     // librdkafka's full prefetch queue and larger fetches.
     let (m, prefetch_s) = read_all(
         &args[1],
@@ -50,19 +51,20 @@ fn main() {
             ("max.partition.fetch.bytes", "8388608"),
             ("fetch.max.bytes", "67108864"),
         ],
+        false,
     );
-    if n != m {
-        fail(&format!("the two reads saw {n} and {m} records"));
+    if n != m || n != b {
+        fail(&format!("the three reads saw {n}, {b} and {m} records"));
     }
     println!(
-        "records={n} restore_settings_s={restore_s:.3} prefetch_s={prefetch_s:.3} seconds={:.3}",
-        restore_s.min(prefetch_s)
+        "records={n} restore_settings_s={restore_s:.3} batch_s={batch_s:.3} prefetch_s={prefetch_s:.3} seconds={:.3}",
+        restore_s.min(prefetch_s).min(batch_s)
     );
 }
 
 /// Reads every record of `topic` once with `settings`; returns the records
 /// read and the seconds from the assignment to the last record.
-fn read_all(bootstrap: &str, topic: &str, settings: &[(&str, &str)]) -> (u64, f64) {
+fn read_all(bootstrap: &str, topic: &str, settings: &[(&str, &str)], batches: bool) -> (u64, f64) {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", bootstrap)
         .set("group.id", format!("bench-read-{}", std::process::id()))
@@ -89,6 +91,18 @@ fn read_all(bootstrap: &str, topic: &str, settings: &[(&str, &str)]) -> (u64, f6
     let started = Instant::now();
     c.assign(&tpl).unwrap_or_else(|e| fail(&e.to_string()));
     let mut n = 0u64;
+    let mut buf = BatchBuffer::default();
+    while batches && !ends.is_empty() {
+        let batch = read_batch(&c, &mut buf, BATCH, Duration::from_millis(100));
+        for item in batch.iter() {
+            if let Batched::Record(m) = item {
+                n += 1;
+                if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(i64::MAX) {
+                    ends.remove(&m.partition());
+                }
+            }
+        }
+    }
     while !ends.is_empty() {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             n += 1;

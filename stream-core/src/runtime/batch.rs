@@ -1,0 +1,248 @@
+//! Reading a consumer's records a batch at a time.
+//!
+//! The rdkafka crate's `BaseConsumer::poll` hands out one record per call,
+//! and each call costs librdkafka a queue lock, an event set up around the
+//! record and four clock reads (rdkafka's own timeout loop and
+//! librdkafka's poll bookkeeping): at a million records a second that was
+//! about as much time as the reading itself. librdkafka's
+//! `rd_kafka_consume_batch_queue` takes up to a batch's worth of records
+//! off the consumer's queue under one lock and one clock read; the crate
+//! does not wrap it, so [`read_batch`] does.
+//!
+//! One thread at a time: librdkafka documents its batch reads as unsafe
+//! beside a seek, pause or resume of the same consumer on another thread,
+//! so the consumer that reads batches must be used by one thread alone
+//! (as the restore consumer is, on the restorer thread).
+//!
+//! Only for consumers that are not in a group (`assign`, never
+//! `subscribe`): a batch read serves the queue's other events (rebalances,
+//! offset commit replies) with librdkafka's callbacks, which the crate does
+//! not install, so a group consumer must keep using `poll`. Errors for a
+//! partition (a fetch refused, say) come back in the batch as
+//! [`Batched::Error`]; client-wide errors go to librdkafka's log as before.
+
+use std::ffi::CStr;
+use std::time::Duration;
+
+use rdkafka::bindings as rd;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::RDKafkaErrorCode;
+
+/// The batch size the framework reads with (restore, standbys): large
+/// enough that a batch's fixed cost vanishes per record, small enough
+/// that a batch of the largest records stays a few megabytes.
+pub const BATCH: usize = 1024;
+
+/// One record of a batch, borrowed from librdkafka's message until the
+/// batch is dropped.
+pub struct RawRecord<'b> {
+    msg: &'b rd::rd_kafka_message_t,
+    topic: &'b str,
+}
+
+impl<'b> RawRecord<'b> {
+    /// The record's topic.
+    pub fn topic(&self) -> &'b str {
+        self.topic
+    }
+
+    /// The record's partition.
+    pub fn partition(&self) -> i32 {
+        self.msg.partition
+    }
+
+    /// The record's offset.
+    pub fn offset(&self) -> i64 {
+        self.msg.offset
+    }
+
+    /// The record's key; `None` for a record without one.
+    pub fn key(&self) -> Option<&'b [u8]> {
+        bytes(self.msg.key.cast(), self.msg.key_len)
+    }
+
+    /// The record's value; `None` for a tombstone.
+    pub fn payload(&self) -> Option<&'b [u8]> {
+        bytes(self.msg.payload.cast(), self.msg.len)
+    }
+
+    /// The record's timestamp in milliseconds, `-1` when it has none.
+    pub fn timestamp(&self) -> i64 {
+        let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        // SAFETY: a message of the batch, alive while `self` is.
+        let ts = unsafe { rd::rd_kafka_message_timestamp(self.msg, &mut kind) };
+        if kind == rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE {
+            -1
+        } else {
+            ts
+        }
+    }
+
+    /// Copies the record's headers into `into`, reusing the strings and
+    /// byte buffers already there; returns how many there are: the headers
+    /// are `into[..n]`. A header name that is not UTF-8 is copied lossily.
+    pub fn copy_headers(&self, into: &mut Vec<(String, Vec<u8>)>) -> usize {
+        let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+        // SAFETY: a message of the batch; the header list it
+        // gives back belongs to the message and lives as long.
+        let err = unsafe { rd::rd_kafka_message_headers(self.msg, &mut hdrs) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+            return 0;
+        }
+        let mut n = 0;
+        loop {
+            let mut name: *const std::os::raw::c_char = std::ptr::null();
+            let mut value: *const std::os::raw::c_void = std::ptr::null();
+            let mut size: usize = 0;
+            // SAFETY: `hdrs` is the message's header list; `n` counts up
+            // from 0 until librdkafka says there is no such header.
+            let err = unsafe { rd::rd_kafka_header_get_all(hdrs, n, &mut name, &mut value, &mut size) };
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                break;
+            }
+            if n == into.len() {
+                into.push((String::new(), Vec::new()));
+            }
+            let (k, v) = &mut into[n];
+            k.clear();
+            // SAFETY: librdkafka's header names are NUL-terminated.
+            let name = unsafe { CStr::from_ptr(name) };
+            k.push_str(&name.to_string_lossy());
+            v.clear();
+            v.extend_from_slice(bytes(value.cast(), size).unwrap_or_default());
+            n += 1;
+        }
+        n
+    }
+}
+
+/// What a batch holds, in the order the consumer's queue held it.
+pub enum Batched<'b> {
+    /// A record.
+    Record(RawRecord<'b>),
+    /// An error for a partition (or the consumer) instead of a record.
+    Error {
+        /// librdkafka's error code.
+        code: RDKafkaErrorCode,
+        /// The partition's topic, when the error names one.
+        topic: Option<&'b str>,
+        /// The partition, when the error names one.
+        partition: i32,
+    },
+}
+
+/// The space for a batch's message pointers, kept between reads so that
+/// reading allocates nothing. Holds no message between reads: a
+/// [`Batch`] frees its messages when it is dropped.
+#[derive(Default)]
+pub struct BatchBuffer(Vec<*mut rd::rd_kafka_message_t>);
+
+// SAFETY: the buffer is empty whenever no `Batch` borrows it (a batch
+// drains it on drop), so moving it between threads moves no message.
+unsafe impl Send for BatchBuffer {}
+
+/// A batch taken off a consumer's queue: every message is freed when it
+/// is dropped.
+pub struct Batch<'c> {
+    msgs: &'c mut Vec<*mut rd::rd_kafka_message_t>,
+}
+
+impl Batch<'_> {
+    /// The number of records and errors in the batch.
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Whether the read found nothing before its timeout.
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// The batch's records and errors, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Batched<'_>> + '_ {
+        // The topic's name is looked up once per run of one topic's records.
+        let mut last: (*mut rd::rd_kafka_topic_t, &str) = (std::ptr::null_mut(), "");
+        self.msgs.iter().map(move |&m| {
+            // SAFETY: every pointer was handed out by
+            // rd_kafka_consume_batch_queue and is freed only on drop.
+            let msg = unsafe { &*m };
+            let topic = if msg.rkt.is_null() {
+                None
+            } else if msg.rkt == last.0 {
+                Some(last.1)
+            } else {
+                // SAFETY: a message's topic handle lives as long as the
+                // message; its name is NUL-terminated.
+                let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(msg.rkt)) };
+                let name = name.to_str().unwrap_or("");
+                last = (msg.rkt, name);
+                Some(name)
+            };
+            if msg.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                return Batched::Error {
+                    code: RDKafkaErrorCode::from(msg.err),
+                    topic,
+                    partition: msg.partition,
+                };
+            }
+            Batched::Record(RawRecord {
+                msg,
+                topic: topic.unwrap_or(""),
+            })
+        })
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        for m in self.msgs.drain(..) {
+            // SAFETY: each message is destroyed once, here.
+            unsafe { rd::rd_kafka_message_destroy(m) };
+        }
+    }
+}
+
+/// Takes up to `max` records off `consumer`'s queue, waiting up to
+/// `timeout` for the first; `buf` is kept between calls so that reading
+/// allocates nothing. The consumer must not be in a group (see the module
+/// docs). The batch's messages are freed when it is dropped.
+pub fn read_batch<'c, C: ConsumerContext>(
+    consumer: &'c BaseConsumer<C>,
+    buf: &'c mut BatchBuffer,
+    max: usize,
+    timeout: Duration,
+) -> Batch<'c> {
+    let buf = &mut buf.0;
+    buf.clear();
+    buf.reserve(max);
+    let rk = consumer.client().native_ptr();
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `rk` is the consumer's live handle; the queue reference is
+    // released below; librdkafka writes at most `max` message pointers
+    // into the reserved capacity and returns how many it wrote.
+    let n = unsafe {
+        let queue = rd::rd_kafka_queue_get_consumer(rk);
+        if queue.is_null() {
+            0
+        } else {
+            let n = rd::rd_kafka_consume_batch_queue(queue, timeout_ms, buf.as_mut_ptr(), max);
+            rd::rd_kafka_queue_destroy(queue);
+            n
+        }
+    };
+    // SAFETY: librdkafka initialised the first `n` (≤ max) pointers.
+    unsafe { buf.set_len(usize::try_from(n).unwrap_or(0).min(max)) };
+    Batch { msgs: buf }
+}
+
+/// A byte slice from librdkafka's pointer and length (`None` when null).
+fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+    if ptr.is_null() {
+        None
+    } else {
+        // SAFETY: librdkafka's pointer and length describe a buffer that
+        // lives as long as its message, which outlives `'a` at every
+        // caller.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+}

@@ -1,0 +1,120 @@
+//! Batch reads (`stream_core::runtime::batch`, what restore, standbys and
+//! global tables read with) against a real broker: every record once, in
+//! offset order per partition, with its key, value (tombstones as none),
+//! headers and timestamp as sent.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use integration_tests::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use stream_core::runtime::batch::{read_batch, BatchBuffer, Batched};
+
+/// What was sent as record `i`.
+struct Sent {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp: i64,
+}
+
+fn sent(i: usize) -> Sent {
+    let headers = (0..i % 3)
+        .map(|h| (format!("h{h}"), format!("{i}-{h}").into_bytes()))
+        .collect();
+    Sent {
+        // Every seventh record has no key (the sequence number is then in
+        // the first header or the value); every fifth is a tombstone.
+        key: (!i.is_multiple_of(7)).then(|| format!("k{i}").into_bytes()),
+        value: (!i.is_multiple_of(5)).then(|| format!("value of {i}").into_bytes()),
+        headers,
+        timestamp: 1_700_000_000_000 + i as i64,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn should_read_every_record_once_in_order_with_its_key_value_headers_and_timestamp() {
+    let topic = unique("batch-read");
+    let partitions = 3;
+    create_topic(&topic, partitions).await;
+    let p = producer();
+    let n = 3_000;
+    for i in 0..n {
+        let s = sent(i);
+        // The sequence number travels in a header `seq` on every record.
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: "seq",
+            value: Some(i.to_string().as_bytes()),
+        });
+        for (k, v) in &s.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic)
+            .partition((i % partitions as usize) as i32)
+            .timestamp(s.timestamp)
+            .headers(headers);
+        if let Some(k) = &s.key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(v) = &s.value {
+            rec = rec.payload(v.as_slice());
+        }
+        send_record(&p, rec).expect("send");
+    }
+    flush(&p);
+
+    let mut cfg = client_config();
+    cfg.set("group.id", unique("batch-read-group"))
+        .set("enable.auto.commit", "false");
+    let c: BaseConsumer = cfg.create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..partitions {
+        tpl.add_partition_offset(&topic, part, Offset::Beginning)
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+
+    let mut buf = BatchBuffer::default();
+    let mut headers = Vec::new();
+    let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut next_offset: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut largest_batch = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < n && Instant::now() < deadline {
+        let batch = read_batch(&c, &mut buf, 500, Duration::from_millis(100));
+        largest_batch = largest_batch.max(batch.len());
+        assert!(batch.len() <= 500, "a batch of {} records", batch.len());
+        for item in batch.iter() {
+            let m = match item {
+                Batched::Record(m) => m,
+                Batched::Error { code, topic, partition } => {
+                    panic!("read error {code} on {topic:?}[{partition}]")
+                }
+            };
+            assert_eq!(m.topic(), topic);
+            let expected_offset = next_offset.entry(m.partition()).or_insert(0);
+            assert_eq!(m.offset(), *expected_offset, "partition {}", m.partition());
+            *expected_offset += 1;
+            let count = m.copy_headers(&mut headers);
+            let (name, seq) = &headers[0];
+            assert_eq!(name, "seq");
+            let i: usize = std::str::from_utf8(seq).unwrap().parse().unwrap();
+            assert_eq!(m.partition(), (i % partitions as usize) as i32);
+            let s = sent(i);
+            assert_eq!(m.key(), s.key.as_deref(), "key of record {i}");
+            assert_eq!(m.payload(), s.value.as_deref(), "value of record {i}");
+            assert_eq!(m.timestamp(), s.timestamp, "timestamp of record {i}");
+            assert_eq!(&headers[1..count], &s.headers[..], "headers of record {i}");
+            *seen.entry(i).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), n, "records read: {} of {n}", seen.len());
+    assert!(seen.values().all(|&c| c == 1), "a record read twice");
+    assert!(largest_batch > 1, "every batch held one record");
+}
