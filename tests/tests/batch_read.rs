@@ -1,7 +1,8 @@
 //! Batch reads (`stream_core::runtime::batch`, what restore, standbys and
 //! global tables read with) against a real broker: every record once, in
 //! offset order per partition, with its key, value (tombstones as none),
-//! headers and timestamp as sent.
+//! headers and timestamp as sent; a few records are handed over when they
+//! arrive, not after the read's timeout.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -117,4 +118,24 @@ async fn should_read_every_record_once_in_order_with_its_key_value_headers_and_t
     assert_eq!(seen.len(), n, "records read: {} of {n}", seen.len());
     assert!(seen.values().all(|&c| c == 1), "a record read twice");
     assert!(largest_batch > 1, "every batch held one record");
+
+    // Fewer records than a batch holds: the read hands them over once they
+    // arrive, instead of waiting out its timeout for a full batch.
+    for i in 0..3 {
+        send(&p, &topic, None, format!("late {i}").as_bytes());
+    }
+    flush(&p);
+    let timeout = Duration::from_secs(20);
+    let mut late = 0;
+    let began = Instant::now();
+    while late < 3 && began.elapsed() < Duration::from_secs(60) {
+        let batch = read_batch(&c, &mut buf, 500, timeout);
+        late += batch.len();
+    }
+    assert_eq!(late, 3);
+    assert!(
+        began.elapsed() < timeout / 2,
+        "three queued records took {:?} with a timeout of {timeout:?}",
+        began.elapsed()
+    );
 }

@@ -206,6 +206,13 @@ impl Drop for Batch<'_> {
 /// `timeout` for the first; `buf` is kept between calls so that reading
 /// allocates nothing. The consumer must not be in a group (see the module
 /// docs). The batch's messages are freed when it is dropped.
+///
+/// librdkafka's batch call returns only once the batch is full or its
+/// timeout has passed, so a batch of what is queued now would wait out
+/// the timeout whenever fewer than `max` records are queued (at the end
+/// of every restore). So the records queued now are taken without waiting;
+/// only when there are none does the read wait, for one record, and then
+/// takes the rest that is queued by then.
 pub fn read_batch<'c, C: ConsumerContext>(
     consumer: &'c BaseConsumer<C>,
     buf: &'c mut BatchBuffer,
@@ -217,21 +224,32 @@ pub fn read_batch<'c, C: ConsumerContext>(
     buf.reserve(max);
     let rk = consumer.client().native_ptr();
     let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let mut n = 0;
     // SAFETY: `rk` is the consumer's live handle; the queue reference is
-    // released below; librdkafka writes at most `max` message pointers
-    // into the reserved capacity and returns how many it wrote.
-    let n = unsafe {
+    // released below. Each call writes at most the count it is given of
+    // message pointers, from `buf`'s pointer plus those already written,
+    // all within the reserved capacity of `max`; it returns how many it
+    // wrote (negative only on an invalid argument).
+    unsafe {
         let queue = rd::rd_kafka_queue_get_consumer(rk);
-        if queue.is_null() {
-            0
-        } else {
-            let n = rd::rd_kafka_consume_batch_queue(queue, timeout_ms, buf.as_mut_ptr(), max);
+        if !queue.is_null() {
+            let into = buf.as_mut_ptr();
+            let take = |wait: i32, from: usize, count: usize| {
+                let got = rd::rd_kafka_consume_batch_queue(queue, wait, into.add(from), count);
+                usize::try_from(got).unwrap_or(0).min(count)
+            };
+            n = take(0, 0, max);
+            if n == 0 && timeout_ms > 0 && max > 0 {
+                n = take(timeout_ms, 0, 1);
+                if n == 1 {
+                    n += take(0, 1, max - 1);
+                }
+            }
             rd::rd_kafka_queue_destroy(queue);
-            n
         }
-    };
-    // SAFETY: librdkafka initialised the first `n` (≤ max) pointers.
-    unsafe { buf.set_len(usize::try_from(n).unwrap_or(0).min(max)) };
+        // The first `n` (≤ max) pointers are initialised.
+        buf.set_len(n);
+    }
     Batch { msgs: buf }
 }
 
