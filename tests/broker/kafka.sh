@@ -129,6 +129,7 @@ transaction.state.log.num.partitions=10
 share.coordinator.state.topic.replication.factor=$rf
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
 log.cleaner.backoff.ms=200
 log.cleaner.dedupe.buffer.size=33554432
 log.retention.check.interval.ms=5000
