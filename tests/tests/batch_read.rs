@@ -94,7 +94,11 @@ async fn should_read_every_record_once_in_order_with_its_key_value_headers_and_t
         for item in batch.iter() {
             let m = match item {
                 Batched::Record(m) => m,
-                Batched::Error { code, topic, partition } => {
+                Batched::Error {
+                    code,
+                    topic,
+                    partition,
+                } => {
                     panic!("read error {code} on {topic:?}[{partition}]")
                 }
             };

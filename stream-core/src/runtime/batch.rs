@@ -96,7 +96,8 @@ impl<'b> RawRecord<'b> {
             let mut size: usize = 0;
             // SAFETY: `hdrs` is the message's header list; `n` counts up
             // from 0 until librdkafka says there is no such header.
-            let err = unsafe { rd::rd_kafka_header_get_all(hdrs, n, &mut name, &mut value, &mut size) };
+            let err =
+                unsafe { rd::rd_kafka_header_get_all(hdrs, n, &mut name, &mut value, &mut size) };
             if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
                 break;
             }

@@ -651,7 +651,8 @@ impl ChangelogReader {
                     p.done = true;
                 }
                 read_since_idle = true;
-                if p.read.is_multiple_of(1024) && job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL {
+                if p.read.is_multiple_of(1024) && job.last_flush.elapsed() >= RESTORE_FLUSH_INTERVAL
+                {
                     if let Err(e) = job.flush() {
                         failed = Some(e);
                         break;

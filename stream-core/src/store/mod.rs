@@ -341,11 +341,7 @@ impl StoreSet {
     /// over the durable copy), without counting a read.
     pub fn get(&self, idx: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(l) = self.layers.get(idx) {
-            if let Some(v) = l
-                .buffer
-                .get(key)
-                .or_else(|| l.sealed.get(key))
-            {
+            if let Some(v) = l.buffer.get(key).or_else(|| l.sealed.get(key)) {
                 return Ok(v.clone());
             }
             if let Some(v) = l.restored.get(key) {
@@ -723,7 +719,11 @@ mod tests {
         assert_eq!(s.buffered(), 4, "one entry per key");
         // a, b = 22, c deleted, d = 4: entries and the bytes they hold now
         // a, b (moved when it grew), c, d (a tombstone first): bytes held
-        assert!(s.restored_bytes() >= 4 + 1 + 3 + 1 + 1 + 1 + 2, "{}", s.restored_bytes());
+        assert!(
+            s.restored_bytes() >= 4 + 1 + 3 + 1 + 1 + 1 + 2,
+            "{}",
+            s.restored_bytes()
+        );
         assert_eq!(s.get(0, b"b").unwrap(), Some(b"22".to_vec()));
         assert_eq!(s.get(0, b"c").unwrap(), None, "deleted after its put");
         let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();

@@ -204,7 +204,12 @@ mod tests {
         }
         assert_eq!(r.len(), model.len());
         for (k, v) in &model {
-            assert_eq!(r.get(k), Some(v.as_deref()), "key {}", String::from_utf8_lossy(k));
+            assert_eq!(
+                r.get(k),
+                Some(v.as_deref()),
+                "key {}",
+                String::from_utf8_lossy(k)
+            );
         }
         assert_eq!(r.get(b"absent"), None);
         assert!(r.bytes() >= model.len() * SLOT_BYTES);

@@ -31,13 +31,13 @@ fn main() {
     // The restore consumer's own settings (stream-core's `restore_consumer`):
     // a prefetch of 5,000 records per partition refilled after 10 ms.
     let restore_settings: &[(&str, &str)] = &[
-            ("isolation.level", "read_committed"),
-            ("fetch.wait.max.ms", "10"),
-            ("max.partition.fetch.bytes", "4194304"),
-            ("fetch.max.bytes", "16777216"),
-            ("queued.max.messages.kbytes", "32768"),
-            ("queued.min.messages", "5000"),
-            ("fetch.queue.backoff.ms", "10"),
+        ("isolation.level", "read_committed"),
+        ("fetch.wait.max.ms", "10"),
+        ("max.partition.fetch.bytes", "4194304"),
+        ("fetch.max.bytes", "16777216"),
+        ("queued.max.messages.kbytes", "32768"),
+        ("queued.min.messages", "5000"),
+        ("fetch.queue.backoff.ms", "10"),
     ];
     let (n, restore_s) = read_all(&args[1], &args[2], restore_settings, false);
     // The same settings, reading batches of records (as restore does).
