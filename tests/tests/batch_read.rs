@@ -22,7 +22,11 @@ struct Sent {
     timestamp: i64,
 }
 
-fn sent(i: usize) -> Sent {
+/// What was sent as record `i`, its timestamp counted from `base`
+/// (milliseconds). `base` is the time the test began: a record stamped
+/// older than the topic's retention (a week by default) is deleted by the
+/// broker's next retention check, every 5 s on the test broker.
+fn sent(base: i64, i: usize) -> Sent {
     let headers = (0..i % 3)
         .map(|h| (format!("h{h}"), format!("{i}-{h}").into_bytes()))
         .collect();
@@ -32,7 +36,7 @@ fn sent(i: usize) -> Sent {
         key: (!i.is_multiple_of(7)).then(|| format!("k{i}").into_bytes()),
         value: (!i.is_multiple_of(5)).then(|| format!("value of {i}").into_bytes()),
         headers,
-        timestamp: 1_700_000_000_000 + i as i64,
+        timestamp: base + i as i64,
     }
 }
 
@@ -43,8 +47,12 @@ async fn should_read_every_record_once_in_order_with_its_key_value_headers_and_t
     create_topic(&topic, partitions).await;
     let p = producer();
     let n = 3_000;
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
     for i in 0..n {
-        let s = sent(i);
+        let s = sent(base, i);
         // The sequence number travels in a header `seq` on every record.
         let mut headers = OwnedHeaders::new().insert(Header {
             key: "seq",
@@ -111,7 +119,7 @@ async fn should_read_every_record_once_in_order_with_its_key_value_headers_and_t
             assert_eq!(name, "seq");
             let i: usize = std::str::from_utf8(seq).unwrap().parse().unwrap();
             assert_eq!(m.partition(), (i % partitions as usize) as i32);
-            let s = sent(i);
+            let s = sent(base, i);
             assert_eq!(m.key(), s.key.as_deref(), "key of record {i}");
             assert_eq!(m.payload(), s.value.as_deref(), "value of record {i}");
             assert_eq!(m.timestamp(), s.timestamp, "timestamp of record {i}");
