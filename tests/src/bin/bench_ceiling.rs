@@ -8,7 +8,15 @@
 //! tasks' partitions) and produce through one shared producer — the
 //! ceiling for a framework running as many stream threads.
 //!
-//! `bench-ceiling BOOTSTRAP INPUT OUTPUT [THREADS]`
+//! With `--eos COMMIT_MS`, each thread has its own transactional producer
+//! (as a stream thread does under exactly-once) and commits a transaction
+//! every `COMMIT_MS`: its records and its consumer's positions, waiting
+//! for each commit before it reads on. That is the plain way to use
+//! Kafka's transactions, not a ceiling: a framework can go on reading and
+//! processing while a commit is under way. It shows what the protocol
+//! costs a program that does not.
+//!
+//! `bench-ceiling BOOTSTRAP INPUT OUTPUT [THREADS] [--eos COMMIT_MS]`
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -25,27 +33,44 @@ use stream_core::serde::{JsonSerde, Serde};
 #[global_allocator]
 static ALLOC: stream_core::alloc_count::Mimalloc = stream_core::alloc_count::MIMALLOC;
 
+/// How long a transaction call may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let eos: Option<Duration> = match args.iter().position(|a| a == "--eos") {
+        Some(i) if i + 1 < args.len() => {
+            let ms = args[i + 1]
+                .parse()
+                .unwrap_or_else(|_| fail("--eos takes milliseconds"));
+            args.drain(i..i + 2);
+            Some(Duration::from_millis(ms))
+        }
+        Some(_) => fail("--eos takes milliseconds"),
+        None => None,
+    };
     if !(4..=5).contains(&args.len()) {
-        eprintln!("usage: bench-ceiling BOOTSTRAP INPUT OUTPUT [THREADS]");
+        eprintln!("usage: bench-ceiling BOOTSTRAP INPUT OUTPUT [THREADS] [--eos COMMIT_MS]");
         std::process::exit(2);
     }
     let (bootstrap, input, output) = (&args[1], &args[2], &args[3]);
     let threads: i32 = args.get(4).and_then(|t| t.parse().ok()).unwrap_or(1).max(1);
     let started = Instant::now();
-    let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random");
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        pc.create().unwrap_or_else(|e| fail(&e.to_string()));
+    let producer = new_producer(bootstrap, None);
     let flagged: u64 = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let producer = &producer;
-                s.spawn(move || read_share(bootstrap, input, output, producer, t, threads))
+                let shared = &producer;
+                s.spawn(move || match eos {
+                    None => read_share(bootstrap, input, output, shared, t, threads, None),
+                    Some(every) => {
+                        let id = format!("ceiling-{}-{t}", std::process::id());
+                        let own = new_producer(bootstrap, Some(&id));
+                        own.init_transactions(TXN_TIMEOUT)
+                            .unwrap_or_else(|e| fail(&e.to_string()));
+                        read_share(bootstrap, input, output, &own, t, threads, Some(every))
+                    }
+                })
             })
             .collect();
         workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
@@ -59,8 +84,47 @@ fn main() {
     );
 }
 
+/// The ceiling's producer: idempotent, batching 5 ms, keys partitioned as
+/// the Java client does; transactional with `transactional_id`.
+fn new_producer(
+    bootstrap: &str,
+    transactional_id: Option<&str>,
+) -> ThreadedProducer<DefaultProducerContext> {
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random");
+    if let Some(id) = transactional_id {
+        pc.set("transactional.id", id);
+    }
+    pc.create().unwrap_or_else(|e| fail(&e.to_string()))
+}
+
+/// Commits the open transaction with `consumer`'s positions; opens the
+/// next one when `reopen`.
+fn commit(
+    consumer: &BaseConsumer,
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    reopen: bool,
+) {
+    let done = (|| {
+        let positions = consumer.position()?;
+        if let Some(group) = consumer.group_metadata() {
+            producer.send_offsets_to_transaction(&positions, &group, TXN_TIMEOUT)?;
+        }
+        producer.commit_transaction(TXN_TIMEOUT)?;
+        if reopen {
+            producer.begin_transaction()?;
+        }
+        Ok::<(), rdkafka::error::KafkaError>(())
+    })();
+    done.unwrap_or_else(|e| fail(&e.to_string()));
+}
+
 /// Reads partitions `p` with `p % threads == share` of `input` to their end,
-/// producing one record per flagged user; returns how many.
+/// producing one record per flagged user; returns how many. With
+/// `transactions`, in transactions committed that often.
 fn read_share(
     bootstrap: &str,
     input: &str,
@@ -68,11 +132,15 @@ fn read_share(
     producer: &ThreadedProducer<DefaultProducerContext>,
     share: i32,
     threads: i32,
+    transactions: Option<Duration>,
 ) -> u64 {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", bootstrap)
         .set("group.id", format!("ceiling-{}", std::process::id()))
         .set("enable.auto.commit", "false");
+    if transactions.is_some() {
+        cc.set("isolation.level", "read_committed");
+    }
     let consumer: BaseConsumer = cc.create().unwrap_or_else(|e| fail(&e.to_string()));
     let md = consumer
         .fetch_metadata(Some(input), Duration::from_secs(10))
@@ -96,7 +164,17 @@ fn read_share(
     // Parsed as the framework parses it (stream-core's JSON serde).
     let users = JsonSerde::<User>::new();
     let mut flagged = 0u64;
+    if transactions.is_some() {
+        producer
+            .begin_transaction()
+            .unwrap_or_else(|e| fail(&e.to_string()));
+    }
+    let mut last_commit = Instant::now();
     while !ends.is_empty() {
+        if transactions.is_some_and(|every| last_commit.elapsed() >= every) {
+            commit(&consumer, producer, true);
+            last_commit = Instant::now();
+        }
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
@@ -115,6 +193,9 @@ fn read_share(
                 fail(&e.to_string());
             }
         }
+    }
+    if transactions.is_some() {
+        commit(&consumer, producer, false);
     }
     flagged
 }
