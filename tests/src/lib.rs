@@ -148,6 +148,22 @@ pub fn bulk_producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext
     }
 }
 
+/// Consumer settings of the benchmark's plain-client programs (the
+/// ceilings): librdkafka's defaults but for `fetch.queue.backoff.ms`, 10 ms
+/// instead of 1 s. With the default, a partition whose prefetch queue was
+/// full waits a second before its next fetch, and a reader that keeps
+/// up at times finds every queue empty: the same ceiling run took 1.4 s or
+/// 5.6 s by how its fetches fell. The framework's consumers set the same
+/// (stream-core's `runtime/clients.rs`).
+pub fn plain_consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.queue.backoff.ms", "10");
+    cc
+}
+
 /// Sends `rec`, waiting while the producer's queue is full; any other
 /// error is returned.
 pub fn send_record(
