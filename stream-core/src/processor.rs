@@ -174,8 +174,9 @@ impl<'a> Context<'a> {
         Ok(self.stores.view(idx))
     }
 
-    /// The name of the node being run.
-    pub fn node_name(&self) -> &str {
+    /// The name of the node being run (borrowed for the context's whole
+    /// life, so a processor may hold it while it uses the context).
+    pub fn node_name(&self) -> &'a str {
         self.node
     }
 

@@ -112,7 +112,7 @@ where
     R: Data + Clone,
 {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
-        let node = ctx.node_name().to_string();
+        let node = ctx.node_name();
         let gk = (self.selector)(
             downcast_ref::<K>(&r.key, &node)?,
             downcast_ref::<V>(&r.value, &node)?,

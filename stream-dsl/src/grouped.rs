@@ -54,7 +54,7 @@ pub(crate) struct Aggregator<K, V, A> {
 
 impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for Aggregator<K, V, A> {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
-        let node = ctx.node_name().to_string();
+        let node = ctx.node_name();
         let k = downcast_ref::<K>(&r.key, &node)?;
         let kb = self.key.serialize(k)?;
         let mut store = ctx.store(&self.store)?;

@@ -103,7 +103,7 @@ struct TableAggregator<K, V, A> {
 
 impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for TableAggregator<K, V, A> {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
-        let node = ctx.node_name().to_string();
+        let node = ctx.node_name();
         let k = downcast_ref::<K>(&r.key, &node)?;
         let kb = self.key.serialize(k)?;
         let mut store = ctx.store(&self.store)?;
@@ -196,7 +196,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
             .clone()
             .unwrap_or_else(|| format!("{}-groupby", b.derived_name(&self.sources(), "table")));
         let body: ops::OpFn = Arc::new(move |ctx, r| {
-            let node = ctx.node_name().to_string();
+            let node = ctx.node_name();
             let k = downcast::<K>(r.key, &node)?;
             let c = downcast::<Change<V>>(r.value, &node)?;
             // The old value leaves its group first, then the new one joins.

@@ -211,7 +211,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         let node = self.op(
             "map-values",
             Arc::new(move |ctx, r| {
-                let node = ctx.node_name().to_string();
+                let node = ctx.node_name();
                 let v = stream_core::data::downcast::<V>(r.value, &node)?;
                 ctx.forward(stream_core::Record {
                     key: r.key,

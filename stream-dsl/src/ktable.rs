@@ -132,7 +132,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
         f: impl Fn(&K, Change<V>) -> Option<Change<V2>> + Send + Sync + 'static,
     ) -> usize {
         let body: ops::OpFn = Arc::new(move |ctx, r| {
-            let node = ctx.node_name().to_string();
+            let node = ctx.node_name();
             let k = downcast::<K>(r.key, &node)?;
             let c = downcast::<Change<V>>(r.value, &node)?;
             if let Some(c2) = f(&k, c) {
@@ -148,7 +148,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
     /// A node forwarding each change's new value as `Option<V>`.
     fn new_values(&self) -> usize {
         let body: ops::OpFn = Arc::new(move |ctx, r| {
-            let node = ctx.node_name().to_string();
+            let node = ctx.node_name();
             let c = downcast::<Change<V>>(r.value, &node)?;
             ctx.forward(ops::record_dyn(r.key, c.new, r.timestamp, r.headers));
             Ok(())
@@ -191,7 +191,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
     /// ```
     pub fn to_stream(&self) -> KStream<K, V> {
         let body: ops::OpFn = Arc::new(move |ctx, r| {
-            let node = ctx.node_name().to_string();
+            let node = ctx.node_name();
             let c = downcast::<Change<V>>(r.value, &node)?;
             if let Some(v) = c.new {
                 ctx.forward(ops::record_dyn(r.key, v, r.timestamp, r.headers));

@@ -42,7 +42,7 @@ pub(crate) fn take_kv<K: 'static, V: 'static>(
     ctx: &Context<'_>,
     r: Record,
 ) -> Result<(K, V, i64, stream_core::record::Headers), ProcessError> {
-    let node = ctx.node_name().to_string();
+    let node = ctx.node_name();
     Ok((
         downcast::<K>(r.key, &node)?,
         downcast::<V>(r.value, &node)?,

@@ -119,7 +119,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SessionAgg
     }
 
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
-        let node = ctx.node_name().to_string();
+        let node = ctx.node_name();
         let (ts, gap) = (r.timestamp, self.windows.gap_ms);
         let stream_time = ctx.stream_time();
         let k = downcast_ref::<K>(&r.key, &node)?.clone();
@@ -146,7 +146,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SessionAgg
             .any(|(_, w, _)| w.end.saturating_add(close_after_end) <= stream_time);
         if reopens || merged.end < stream_time - self.windows.grace_ms {
             return Err(ProcessError::Late {
-                node,
+                node: node.to_string(),
                 timestamp: ts,
                 window_start: merged.start,
                 window_end: merged.end,

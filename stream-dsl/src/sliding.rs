@@ -269,12 +269,12 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SlidingAgg
     }
 
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
-        let node = ctx.node_name().to_string();
+        let node = ctx.node_name();
         let stream_time = ctx.stream_time();
         let (t, d) = (r.timestamp, self.d());
         let close = stream_time - self.windows.grace_ms;
-        let late = ProcessError::Late {
-            node: node.clone(),
+        let late = || ProcessError::Late {
+            node: node.to_string(),
             timestamp: t,
             window_start: t - d,
             window_end: t,
@@ -283,7 +283,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SlidingAgg
         };
         // Kafka Streams' rule: late once even the right window has closed.
         if t + 1 + d <= close {
-            return Err(late);
+            return Err(late());
         }
         let key = downcast_ref::<K>(&r.key, &node)?.clone();
         let mut step = Step {
@@ -300,7 +300,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SlidingAgg
         } else {
             self.process_in_order(ctx, &mut step)?;
         }
-        if step.applied { Ok(()) } else { Err(late) }
+        if step.applied { Ok(()) } else { Err(late()) }
     }
 
     /// Deletes windows that started more than the retention before

@@ -224,12 +224,12 @@ where
     }
 
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
-        let node = ctx.node_name().to_string();
+        let node = ctx.node_name();
         let (t, w, stream_time) = (r.timestamp, self.windows, ctx.stream_time());
         let close = t.saturating_add(w.after_ms).saturating_add(w.grace_ms);
         if close < stream_time {
             return Err(ProcessError::Late {
-                node,
+                node: node.to_string(),
                 timestamp: t,
                 window_start: t.saturating_sub(w.before_ms),
                 window_end: t.saturating_add(w.after_ms),

@@ -47,7 +47,7 @@ where
     R: Data + Clone,
 {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
-        let node = ctx.node_name().to_string();
+        let node = ctx.node_name();
         let kb = self.key.serialize(downcast_ref::<K>(&r.key, &node)?)?;
         let other = match ctx.store(&self.other_store)?.get_counted(&kb)? {
             Some(bytes) => Some(self.other.deserialize(&bytes)?),

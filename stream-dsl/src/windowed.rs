@@ -139,7 +139,7 @@ struct WindowAggregator<K, V, A> {
 
 impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggregator<K, V, A> {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
-        let node = ctx.node_name().to_string();
+        let node = ctx.node_name();
         let stream_time = ctx.stream_time();
         let close = stream_time - self.windows.grace_ms;
         let k = downcast_ref::<K>(&r.key, &node)?.clone();
@@ -179,7 +179,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggr
         self.expire(ctx, stream_time)?;
         match late {
             Some(window) if !updated => Err(ProcessError::Late {
-                node,
+                node: node.to_string(),
                 timestamp: r.timestamp,
                 window_start: window.start,
                 window_end: window.end,
@@ -500,7 +500,7 @@ impl<K: Data + Clone, V: Data + Clone> Processor for Suppress<K, V> {
     }
 
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
-        let node = ctx.node_name().to_string();
+        let node = ctx.node_name();
         let wk = downcast_ref::<Windowed<K>>(&r.key, &node)?;
         let close = wk.window.end.saturating_add(self.close_after_end).max(0);
         let mut bk = close.to_be_bytes().to_vec();
