@@ -114,8 +114,8 @@ where
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
         let node = ctx.node_name();
         let gk = (self.selector)(
-            downcast_ref::<K>(&r.key, &node)?,
-            downcast_ref::<V>(&r.value, &node)?,
+            downcast_ref::<K>(&r.key, node)?,
+            downcast_ref::<V>(&r.value, node)?,
         );
         let row = match ctx
             .global_store(&self.store)?
@@ -124,7 +124,7 @@ where
             Some(bytes) => Some(self.value.deserialize(&bytes)?),
             None => None,
         };
-        let v = downcast::<V>(r.value, &node)?;
+        let v = downcast::<V>(r.value, node)?;
         if let Some(out) = (self.joiner)(v, row) {
             ctx.forward(Record {
                 key: r.key,

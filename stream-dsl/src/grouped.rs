@@ -55,7 +55,7 @@ pub(crate) struct Aggregator<K, V, A> {
 impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for Aggregator<K, V, A> {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
         let node = ctx.node_name();
-        let k = downcast_ref::<K>(&r.key, &node)?;
+        let k = downcast_ref::<K>(&r.key, node)?;
         let kb = self.key.serialize(k)?;
         let mut store = ctx.store(&self.store)?;
         let old = match store.get_counted(&kb)? {
@@ -63,7 +63,7 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for Aggregator
             None => None,
         };
         let current = old.clone().unwrap_or_else(|| (self.init)());
-        let v = downcast::<V>(r.value, &node)?;
+        let v = downcast::<V>(r.value, node)?;
         let next = (self.adder)(k, v, current);
         store.put(&kb, self.agg.serialize(&next)?)?;
         ctx.forward(Record {

@@ -104,14 +104,14 @@ struct TableAggregator<K, V, A> {
 impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for TableAggregator<K, V, A> {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
         let node = ctx.node_name();
-        let k = downcast_ref::<K>(&r.key, &node)?;
+        let k = downcast_ref::<K>(&r.key, node)?;
         let kb = self.key.serialize(k)?;
         let mut store = ctx.store(&self.store)?;
         let before = match store.get_counted(&kb)? {
             Some(bytes) => Some(self.agg.deserialize(&bytes)?),
             None => None,
         };
-        let c = downcast::<Change<V>>(r.value, &node)?;
+        let c = downcast::<Change<V>>(r.value, node)?;
         // Kafka Streams' order: subtract the old value (from an existing
         // aggregate), then add the new one.
         let agg = match (c.old, before.clone()) {
@@ -197,8 +197,8 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
             .unwrap_or_else(|| format!("{}-groupby", b.derived_name(&self.sources(), "table")));
         let body: ops::OpFn = Arc::new(move |ctx, r| {
             let node = ctx.node_name();
-            let k = downcast::<K>(r.key, &node)?;
-            let c = downcast::<Change<V>>(r.value, &node)?;
+            let k = downcast::<K>(r.key, node)?;
+            let c = downcast::<Change<V>>(r.value, node)?;
             // The old value leaves its group first, then the new one joins.
             if let Some(old) = c.old {
                 let (k2, v2) = selector(&k, &old);

@@ -212,7 +212,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
             "map-values",
             Arc::new(move |ctx, r| {
                 let node = ctx.node_name();
-                let v = stream_core::data::downcast::<V>(r.value, &node)?;
+                let v = stream_core::data::downcast::<V>(r.value, node)?;
                 ctx.forward(stream_core::Record {
                     key: r.key,
                     value: Box::new(f(v)),

@@ -133,8 +133,8 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
     ) -> usize {
         let body: ops::OpFn = Arc::new(move |ctx, r| {
             let node = ctx.node_name();
-            let k = downcast::<K>(r.key, &node)?;
-            let c = downcast::<Change<V>>(r.value, &node)?;
+            let k = downcast::<K>(r.key, node)?;
+            let c = downcast::<Change<V>>(r.value, node)?;
             if let Some(c2) = f(&k, c) {
                 ctx.forward(ops::record(k, c2, r.timestamp, r.headers));
             }
@@ -149,7 +149,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
     fn new_values(&self) -> usize {
         let body: ops::OpFn = Arc::new(move |ctx, r| {
             let node = ctx.node_name();
-            let c = downcast::<Change<V>>(r.value, &node)?;
+            let c = downcast::<Change<V>>(r.value, node)?;
             ctx.forward(ops::record_dyn(r.key, c.new, r.timestamp, r.headers));
             Ok(())
         });
@@ -192,7 +192,7 @@ impl<K: Data + Clone, V: Data + Clone> KTable<K, V> {
     pub fn to_stream(&self) -> KStream<K, V> {
         let body: ops::OpFn = Arc::new(move |ctx, r| {
             let node = ctx.node_name();
-            let c = downcast::<Change<V>>(r.value, &node)?;
+            let c = downcast::<Change<V>>(r.value, node)?;
             if let Some(v) = c.new {
                 ctx.forward(ops::record_dyn(r.key, v, r.timestamp, r.headers));
             }

@@ -44,8 +44,8 @@ pub(crate) fn take_kv<K: 'static, V: 'static>(
 ) -> Result<(K, V, i64, stream_core::record::Headers), ProcessError> {
     let node = ctx.node_name();
     Ok((
-        downcast::<K>(r.key, &node)?,
-        downcast::<V>(r.value, &node)?,
+        downcast::<K>(r.key, node)?,
+        downcast::<V>(r.value, node)?,
         r.timestamp,
         r.headers,
     ))

@@ -122,9 +122,9 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SessionAgg
         let node = ctx.node_name();
         let (ts, gap) = (r.timestamp, self.windows.gap_ms);
         let stream_time = ctx.stream_time();
-        let k = downcast_ref::<K>(&r.key, &node)?.clone();
+        let k = downcast_ref::<K>(&r.key, node)?.clone();
         let kb = self.key.serialize(&k)?;
-        let v = downcast::<V>(r.value, &node)?;
+        let v = downcast::<V>(r.value, node)?;
         let mut store = ctx.store(&self.store)?;
         let mut merged = Window { start: ts, end: ts };
         let mut absorbed = Vec::new();

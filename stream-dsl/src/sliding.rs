@@ -285,11 +285,11 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for SlidingAgg
         if t + 1 + d <= close {
             return Err(late());
         }
-        let key = downcast_ref::<K>(&r.key, &node)?.clone();
+        let key = downcast_ref::<K>(&r.key, node)?.clone();
         let mut step = Step {
             key_bytes: self.key.serialize(&key)?,
             key,
-            value: downcast::<V>(r.value, &node)?,
+            value: downcast::<V>(r.value, node)?,
             ts: t,
             close,
             headers: r.headers,

@@ -237,8 +237,8 @@ where
                 grace_ms: w.grace_ms,
             });
         }
-        let kb = self.key.serialize(downcast_ref::<K>(&r.key, &node)?)?;
-        let v = downcast::<A>(r.value, &node)?;
+        let kb = self.key.serialize(downcast_ref::<K>(&r.key, node)?)?;
+        let v = downcast::<A>(r.value, node)?;
         let entry = entry_key(&kb, t, ctx);
         let bytes = self.this_value.serialize(&v)?;
         ctx.store(&self.stores.this)?.put(&entry, bytes.clone())?;

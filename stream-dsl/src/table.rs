@@ -45,8 +45,8 @@ struct TableSource<K, V> {
 impl<K: Data + Clone, V: Data + Clone> Processor for TableSource<K, V> {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
         let node = ctx.node_name();
-        let kb = self.key.serialize(downcast_ref::<K>(&r.key, &node)?)?;
-        let new = downcast::<Option<V>>(r.value, &node)?;
+        let kb = self.key.serialize(downcast_ref::<K>(&r.key, node)?)?;
+        let new = downcast::<Option<V>>(r.value, node)?;
         let mut store = ctx.store(&self.store)?;
         let old = match store.get_counted(&kb)? {
             Some(bytes) => Some(self.value.deserialize(&bytes)?),
@@ -209,7 +209,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         // The table source takes `Option<V>`: a stream's values are all present.
         let some: crate::ops::OpFn = Arc::new(|ctx, r| {
             let node = ctx.node_name();
-            let v = downcast::<V>(r.value, &node)?;
+            let v = downcast::<V>(r.value, node)?;
             ctx.forward(crate::ops::record_dyn(
                 r.key,
                 Some(v),
@@ -283,12 +283,12 @@ where
 {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
         let node = ctx.node_name();
-        let kb = self.key.serialize(downcast_ref::<K>(&r.key, &node)?)?;
+        let kb = self.key.serialize(downcast_ref::<K>(&r.key, node)?)?;
         let row = match ctx.store(&self.store)?.get_counted(&kb)? {
             Some(bytes) => Some(self.value.deserialize(&bytes)?),
             None => None,
         };
-        let v = downcast::<V>(r.value, &node)?;
+        let v = downcast::<V>(r.value, node)?;
         if let Some(out) = (self.joiner)(v, row) {
             ctx.forward(Record {
                 key: r.key,

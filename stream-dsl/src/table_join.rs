@@ -48,12 +48,12 @@ where
 {
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
         let node = ctx.node_name();
-        let kb = self.key.serialize(downcast_ref::<K>(&r.key, &node)?)?;
+        let kb = self.key.serialize(downcast_ref::<K>(&r.key, node)?)?;
         let other = match ctx.store(&self.other_store)?.get_counted(&kb)? {
             Some(bytes) => Some(self.other.deserialize(&bytes)?),
             None => None,
         };
-        let c = downcast::<Change<A>>(r.value, &node)?;
+        let c = downcast::<Change<A>>(r.value, node)?;
         let out = Change::new(
             (self.join)(c.new.as_ref(), other.as_ref()),
             (self.join)(c.old.as_ref(), other.as_ref()),

@@ -142,9 +142,9 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for WindowAggr
         let node = ctx.node_name();
         let stream_time = ctx.stream_time();
         let close = stream_time - self.windows.grace_ms;
-        let k = downcast_ref::<K>(&r.key, &node)?.clone();
+        let k = downcast_ref::<K>(&r.key, node)?.clone();
         let kb = self.key.serialize(&k)?;
-        let v = downcast::<V>(r.value, &node)?;
+        let v = downcast::<V>(r.value, node)?;
         let mut updated = false;
         let mut late = None;
         for start in self.windows.windows_for(r.timestamp) {
@@ -501,11 +501,11 @@ impl<K: Data + Clone, V: Data + Clone> Processor for Suppress<K, V> {
 
     fn process(&mut self, ctx: &mut Context<'_>, r: Record) -> Result<(), ProcessError> {
         let node = ctx.node_name();
-        let wk = downcast_ref::<Windowed<K>>(&r.key, &node)?;
+        let wk = downcast_ref::<Windowed<K>>(&r.key, node)?;
         let close = wk.window.end.saturating_add(self.close_after_end).max(0);
         let mut bk = close.to_be_bytes().to_vec();
         bk.extend_from_slice(&self.key.serialize(wk)?);
-        let c = downcast_ref::<Change<V>>(&r.value, &node)?;
+        let c = downcast_ref::<Change<V>>(&r.value, node)?;
         let bytes = match &c.new {
             Some(v) => self.value.serialize_nullable(v)?,
             None => None,

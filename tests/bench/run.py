@@ -594,10 +594,9 @@ directory's size at the end.
             cpu = self.median(name, "cpu_s") if "cpu_s" in self.results[name][0] else float("nan")
             vs_ceiling = vs_ks = cpu_ks = rss_ks = ""
             allocs = self.median(name, "allocs_per_user") if "allocs_per_user" in self.results[name][0] else float("nan")
-            if name.startswith("raw client, same traffic"):
+            if name.startswith(("ours", "raw client, same traffic")):
                 vs_ceiling = f"{ceil / med:.2f}"
             if name.startswith("ours"):
-                vs_ceiling = f"{ceil / med:.2f}"
                 ks_name = name.replace("ours", "kstreams").split(" lineage=")[0]
                 ks = self.median(ks_name)
                 if ks == ks and " lineage=" not in name:

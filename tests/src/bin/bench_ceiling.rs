@@ -29,7 +29,7 @@ use apps::user::User;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use stream_core::serde::{JsonSerde, Serde};
 
 /// mimalloc, as in every program of the framework; counting allocations.
@@ -89,19 +89,13 @@ fn main() {
     );
 }
 
-/// The ceiling's producer: idempotent, batching 100 ms as both frameworks'
-/// producers do (faster here than 5 ms: 1.47–1.71 s against 1.75–1.87 s,
-/// three runs each), keys partitioned as the Java client does;
+/// The ceiling's producer (`integration_tests::plain_producer_config`),
 /// transactional with `transactional_id`.
 fn new_producer(
     bootstrap: &str,
     transactional_id: Option<&str>,
 ) -> ThreadedProducer<DefaultProducerContext> {
-    let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "100")
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random");
+    let mut pc = integration_tests::plain_producer_config(bootstrap);
     if let Some(id) = transactional_id {
         pc.set("transactional.id", id);
     }

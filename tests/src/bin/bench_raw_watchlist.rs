@@ -35,7 +35,7 @@ use apps::user::{User, WatchlistEntry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use stream_core::serde::{JsonSerde, Serde};
 
 /// mimalloc, as in every program of the framework.
@@ -66,13 +66,10 @@ fn main() {
         output: &args[5],
     };
     let threads: i32 = args.get(6).and_then(|t| t.parse().ok()).unwrap_or(1).max(1);
-    let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "100")
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random");
     let producer: ThreadedProducer<DefaultProducerContext> =
-        pc.create().unwrap_or_else(|e| fail(&e.to_string()));
+        integration_tests::plain_producer_config(bootstrap)
+            .create()
+            .unwrap_or_else(|e| fail(&e.to_string()));
     std::thread::scope(|s| {
         for t in 0..threads {
             let (producer, topics) = (&producer, &topics);
