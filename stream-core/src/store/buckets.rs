@@ -90,16 +90,6 @@ impl BucketTree {
             .map_err(|e| self.sled_err(e))
     }
 
-    /// The fence of the first bucket after `fence`.
-    fn next_fence(&self, fence: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        self.tree
-            .range::<&[u8], _>((Bound::Excluded(fence), Bound::Unbounded))
-            .next()
-            .transpose()
-            .map(|kv| kv.map(|(k, _)| k))
-            .map_err(|e| self.sled_err(e))
-    }
-
     /// Removes every entry.
     pub(crate) fn clear(&self) -> Result<(), StoreError> {
         self.tree.clear().map_err(|e| self.sled_err(e))
@@ -200,14 +190,35 @@ impl BucketTree {
     }
 
     /// [`apply`](Self::apply) for changes in strictly ascending key order.
+    ///
+    /// Buckets are visited in key order through one forward cursor: each
+    /// bucket's successor comes from the cursor, and a change a few buckets
+    /// further on is reached by walking it, so that a commit touching many
+    /// neighbouring buckets pays one tree descent per leaf page rather
+    /// than two per bucket (every sled lookup of a neighbour copies its
+    /// whole leaf page). A change further than [`WALK_BUCKETS`] on is
+    /// sought afresh, and once most changes were, the rest of the commit
+    /// seeks every bucket (its changes are sparse for their store, and a
+    /// walk that fails costs more than a descent). A task's trees are written by one commit at a
+    /// time, and each bucket's pieces go between its fence and its
+    /// successor's, so what the cursor read ahead is still current when it
+    /// is reached.
     fn apply_sorted(&self, changes: &Changes<'_>, count: &mut u64) -> Result<(), StoreError> {
         let mut rest = changes;
+        let mut cursor: Option<Cursor> = None;
         while let Some(((first, _), _)) = rest.split_first() {
-            let (fence, raw) = match self.bucket_of(first)? {
-                Some((fence, raw)) => (fence.to_vec(), Some(raw)),
-                None => (Vec::new(), None),
+            let (fence, raw, next) = match cursor.as_mut().and_then(|c| c.reach(first)) {
+                Some(found) => found.map_err(|e| self.sled_err(e))?,
+                None => {
+                    let (mut c, found) =
+                        Cursor::seek(&self.tree, first).map_err(|e| self.sled_err(e))?;
+                    if let Some(old) = &cursor {
+                        (c.walked, c.too_far) = (old.walked, old.too_far);
+                    }
+                    cursor = Some(c);
+                    found
+                }
             };
-            let next = self.next_fence(&fence)?;
             let take = next.as_ref().map_or(rest.len(), |n| {
                 rest.partition_point(|(k, _)| *k < n.as_ref())
             });
@@ -218,7 +229,7 @@ impl BucketTree {
                 None => Vec::new(),
             };
             let in_bounds =
-                |k: &[u8]| k >= fence.as_slice() && next.as_ref().is_none_or(|n| k < n.as_ref());
+                |k: &[u8]| k >= fence.as_ref() && next.as_ref().is_none_or(|n| k < n.as_ref());
             let old: Vec<Entry<'_>> = old.into_iter().filter(|(k, _)| in_bounds(k)).collect();
             let (merged, added, removed) = merge(&old, here);
             *count = (*count + added).saturating_sub(removed);
@@ -235,7 +246,7 @@ impl BucketTree {
                     .map_err(|e| self.sled_err(e))?;
             }
             self.tree
-                .insert(fence.as_slice(), encode(pieces[0]))
+                .insert(fence.as_ref(), encode(pieces[0]))
                 .map_err(|e| self.sled_err(e))?;
         }
         Ok(())
@@ -276,6 +287,86 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// A bucket found for a change: its fence (empty and `None` encoding
+/// when the change comes before every bucket), its encoding, and the
+/// fence of the bucket after it.
+type Found = (sled::IVec, Option<sled::IVec>, Option<sled::IVec>);
+
+/// Buckets further on than this are sought afresh rather than walked to.
+const WALK_BUCKETS: usize = 8;
+
+/// A forward walk over the buckets of a tree, one bucket read ahead.
+struct Cursor {
+    iter: sled::Iter,
+    /// The bucket after the last one handed out.
+    ahead: Option<(sled::IVec, sled::IVec)>,
+    /// Changes reached by walking, and changes further than
+    /// [`WALK_BUCKETS`] on (sought afresh after the walk).
+    walked: u32,
+    too_far: u32,
+}
+
+impl Cursor {
+    /// The bucket holding `key` and a cursor past it.
+    fn seek(tree: &sled::Tree, key: &[u8]) -> sled::Result<(Cursor, Found)> {
+        let at = tree.range::<&[u8], _>(..=key).next_back().transpose()?;
+        let (fence, raw, mut iter) = match at {
+            Some((fence, raw)) => {
+                let iter =
+                    tree.range::<&[u8], _>((Bound::Excluded(fence.as_ref()), Bound::Unbounded));
+                (fence, Some(raw), iter)
+            }
+            None => (sled::IVec::default(), None, tree.iter()),
+        };
+        let ahead = iter.next().transpose()?;
+        let next = ahead.as_ref().map(|(k, _)| k.clone());
+        Ok((
+            Cursor {
+                iter,
+                ahead,
+                walked: 0,
+                too_far: 0,
+            },
+            (fence, raw, next),
+        ))
+    }
+
+    /// Whether the changes so far lay mostly further apart than a walk
+    /// goes: the cursor then walks no more.
+    fn sparse(&self) -> bool {
+        self.too_far > self.walked + 4
+    }
+
+    /// The bucket holding `key`, walking at most [`WALK_BUCKETS`] from the
+    /// last one handed out; `None` if `key` is further or behind, or the
+    /// cursor is [`sparse`](Self::sparse).
+    fn reach(&mut self, key: &[u8]) -> Option<sled::Result<Found>> {
+        if self.sparse() {
+            return None;
+        }
+        let mut step = || -> sled::Result<Option<Found>> {
+            for _ in 0..WALK_BUCKETS {
+                let Some((fence, raw)) = self.ahead.take() else {
+                    return Ok(None);
+                };
+                if key < fence.as_ref() {
+                    self.ahead = Some((fence, raw));
+                    return Ok(None);
+                }
+                self.ahead = self.iter.next().transpose()?;
+                let next = self.ahead.as_ref().map(|(k, _)| k.clone());
+                if next.as_ref().is_none_or(|n| key < n.as_ref()) {
+                    self.walked += 1;
+                    return Ok(Some((fence, Some(raw), next)));
+                }
+            }
+            self.too_far += 1;
+            Ok(None)
+        };
+        step().transpose()
+    }
 }
 
 /// `old` with `changes` applied, and how many entries were added and removed.
@@ -461,6 +552,26 @@ mod tests {
         v
     }
 
+    /// Applies `changes` to `t` and to `model`.
+    fn commit(
+        t: &BucketTree,
+        changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        model: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+        count: &mut u64,
+    ) {
+        let borrowed: Vec<(&[u8], Option<&[u8]>)> = changes
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+            .collect();
+        t.apply(&borrowed, count).unwrap();
+        for (k, v) in changes {
+            match v {
+                Some(v) => model.insert(k, v),
+                None => model.remove(&k),
+            };
+        }
+    }
+
     #[test]
     fn should_round_trip_a_bucket_and_refuse_damage() {
         let entries: Vec<Entry<'_>> = vec![(b"", b"x"), (b"a", b""), (&[b'z'; 200], &[1; 300])];
@@ -503,17 +614,7 @@ mod tests {
                 };
                 changes.insert(key, value);
             }
-            let borrowed: Vec<(&[u8], Option<&[u8]>)> = changes
-                .iter()
-                .map(|(k, v)| (k.as_slice(), v.as_deref()))
-                .collect();
-            t.apply(&borrowed, &mut count).unwrap();
-            for (k, v) in changes {
-                match v {
-                    Some(v) => model.insert(k, v),
-                    None => model.remove(&k),
-                };
-            }
+            commit(&t, changes, &mut model, &mut count);
             assert_eq!(count, model.len() as u64, "round {round}");
             assert_eq!(t.count().unwrap(), model.len() as u64, "round {round}");
             let probe = format!("k{:03}", rng.next() % 700).into_bytes();
@@ -537,6 +638,58 @@ mod tests {
         assert_eq!(t.range(b"", None).unwrap(), all);
         assert!(t.tree.len() > 5, "entries are spread over several buckets");
         assert!(t.tree.len() * 4 < all.len(), "buckets hold several entries");
+    }
+
+    /// Commits whose changes lie next to each other (walked to), far apart
+    /// (sought afresh) and at both ends of a store of many buckets, with
+    /// values that grow and split buckets and deletes that empty them.
+    #[test]
+    fn should_apply_near_and_far_changes_over_many_buckets() {
+        let (_dir, t) = tree();
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut count = 0u64;
+        let key = |i: u64| format!("key-{i:06}").into_bytes();
+        for round in 0..60u64 {
+            let mut changes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            // A dense run somewhere, a few far-away keys, and the ends.
+            let start = rng.next() % 20_000;
+            for i in start..start + rng.next() % 400 {
+                changes.insert(
+                    key(i),
+                    Some(vec![b'a' + (round % 26) as u8; (i % 40) as usize]),
+                );
+            }
+            for _ in 0..(rng.next() % 20) {
+                let i = rng.next() % 20_000;
+                let v =
+                    (!rng.next().is_multiple_of(4)).then(|| vec![b'x'; (rng.next() % 60) as usize]);
+                changes.insert(key(i), v);
+            }
+            if round % 5 == 0 {
+                changes.insert(b"".to_vec(), Some(b"first".to_vec()));
+                changes.insert(key(99_999), (round % 10 == 0).then(|| b"last".to_vec()));
+            }
+            if round % 9 == 8 {
+                // Empties a run of buckets.
+                let from = rng.next() % 20_000;
+                for i in from..from + 300 {
+                    changes.insert(key(i), None);
+                }
+            }
+            commit(&t, changes, &mut model, &mut count);
+            assert_eq!(count, model.len() as u64, "round {round}");
+        }
+        assert_eq!(t.count().unwrap(), model.len() as u64);
+        let all: Vec<_> = model.clone().into_iter().collect();
+        assert_eq!(t.range(b"", None).unwrap(), all);
+        for (k, v) in model.iter().step_by(97) {
+            assert_eq!(t.get(k).unwrap().as_ref(), Some(v));
+        }
+        assert!(
+            t.tree.len() > 4 * WALK_BUCKETS,
+            "far changes are sought afresh"
+        );
     }
 
     /// A crash between a split's writes leaves the old bucket with entries
