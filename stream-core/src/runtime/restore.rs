@@ -63,6 +63,10 @@ const RESTORE_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 /// Longest time between two writes of a standby's progress to sled.
 const STANDBY_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 const RESTORE_STALL: Duration = Duration::from_secs(120);
+/// How many records ahead of the one it applies the restorer hints the
+/// store's lookup: enough for the memory waits of that many lookups to
+/// overlap, few enough that the hinted lines are still cached when used.
+const PREFETCH_AHEAD: usize = 16;
 /// How often standbys learn the group's commits and publish their lag.
 const STANDBY_REFRESH: Duration = Duration::from_secs(1);
 /// How long transient metadata errors are retried during a rebalance.
@@ -594,7 +598,16 @@ impl ChangelogReader {
             }
             let mut unreadable = false;
             let mut failed = None;
+            // Each record's store lookup is hinted PREFETCH_AHEAD records
+            // before it is applied.
+            let mut ahead = batch.iter();
+            for a in ahead.by_ref().take(PREFETCH_AHEAD) {
+                prefetch(&mut self.index, &self.jobs, &a);
+            }
             for item in batch.iter() {
+                if let Some(a) = ahead.next() {
+                    prefetch(&mut self.index, &self.jobs, &a);
+                }
                 let m = match item {
                     Batched::Record(m) => m,
                     Batched::Error {
@@ -659,6 +672,7 @@ impl ChangelogReader {
                     }
                 }
             }
+            drop(ahead);
             drop(batch);
             let kept = if let Some(e) = failed {
                 Err(e)
@@ -1038,6 +1052,20 @@ impl ChangelogReader {
             }
         }
         Ok(())
+    }
+}
+
+/// Hints the store that `item` is for to bring where its key's entry
+/// lies into the cache (see `RestoredEntries::prefetch`).
+fn prefetch(index: &mut PartitionIndex, jobs: &[Job], item: &Batched<'_>) {
+    let Batched::Record(m) = item else {
+        return;
+    };
+    if let Some((j, i)) = index.get(m.topic(), m.partition()) {
+        let job = &jobs[j];
+        job.entry
+            .task
+            .prefetch_restore(job.targets[i].store, m.key());
     }
 }
 

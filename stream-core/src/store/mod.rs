@@ -178,6 +178,15 @@ impl StoreSet {
         }
     }
 
+    /// Hints that a change read by restore for `key` comes soon (see
+    /// [`apply_restored`](Self::apply_restored)): its slot is fetched into
+    /// the cache meanwhile. Changes nothing.
+    pub fn prefetch_restored(&self, idx: usize, key: &[u8]) {
+        if let Some(l) = self.layers.get(idx) {
+            l.restored.prefetch(key);
+        }
+    }
+
     /// Approximate memory held by restored entries not yet handed to the
     /// backend, over all stores.
     pub fn restored_bytes(&self) -> usize {

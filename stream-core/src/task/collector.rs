@@ -314,6 +314,14 @@ impl RecordCollector {
         self.logs.get(idx)?.as_ref()?.codec.clone()
     }
 
+    /// Whether store `idx`'s changelog has its own format (a codec).
+    pub(crate) fn has_codec(&self, idx: usize) -> bool {
+        self.logs
+            .get(idx)
+            .and_then(Option::as_ref)
+            .is_some_and(|l| l.codec.is_some())
+    }
+
     /// Takes the records queued since the last call.
     pub(crate) fn take(&mut self) -> Vec<OutRecord> {
         std::mem::take(&mut self.output)

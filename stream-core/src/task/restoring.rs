@@ -128,7 +128,13 @@ impl Task {
             return false;
         }
         let key = key.unwrap_or(&[]);
-        let entry: Option<RestoredEntry<'_>> = match (self.out.codec(store), value) {
+        // (Most stores keep the record's own bytes: no codec to clone.)
+        let codec = self
+            .out
+            .has_codec(store)
+            .then(|| self.out.codec(store))
+            .flatten();
+        let entry: Option<RestoredEntry<'_>> = match (codec, value) {
             (None, v) => Some((Cow::Borrowed(key), v.map(Cow::Borrowed))),
             (Some(codec), Some(v)) => codec
                 .decode(key, v)
@@ -159,6 +165,16 @@ impl Task {
         self.progress.observe(timestamp);
         self.restored += 1;
         true
+    }
+
+    /// Hints that a changelog record with `key` for `store` will be
+    /// applied soon, so that its store's lookup does not wait for memory
+    /// then (see [`restore_record`](Self::restore_record)). Only stores
+    /// that keep the record's own key are hinted; changes nothing.
+    pub fn prefetch_restore(&self, store: usize, key: Option<&[u8]>) {
+        if !self.out.has_codec(store) {
+            self.stores.prefetch_restored(store, key.unwrap_or(&[]));
+        }
     }
 
     /// Records how far restore has read a changelog partition.
