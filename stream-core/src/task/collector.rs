@@ -310,16 +310,8 @@ impl RecordCollector {
     }
 
     /// The codec of store `idx`'s changelog, if it has its own format.
-    pub(crate) fn codec(&self, idx: usize) -> Option<Arc<dyn ChangelogCodec>> {
-        self.logs.get(idx)?.as_ref()?.codec.clone()
-    }
-
-    /// Whether store `idx`'s changelog has its own format (a codec).
-    pub(crate) fn has_codec(&self, idx: usize) -> bool {
-        self.logs
-            .get(idx)
-            .and_then(Option::as_ref)
-            .is_some_and(|l| l.codec.is_some())
+    pub(crate) fn codec(&self, idx: usize) -> Option<&Arc<dyn ChangelogCodec>> {
+        self.logs.get(idx)?.as_ref()?.codec.as_ref()
     }
 
     /// Takes the records queued since the last call.

@@ -128,13 +128,7 @@ impl Task {
             return false;
         }
         let key = key.unwrap_or(&[]);
-        // (Most stores keep the record's own bytes: no codec to clone.)
-        let codec = self
-            .out
-            .has_codec(store)
-            .then(|| self.out.codec(store))
-            .flatten();
-        let entry: Option<RestoredEntry<'_>> = match (codec, value) {
+        let entry: Option<RestoredEntry<'_>> = match (self.out.codec(store), value) {
             (None, v) => Some((Cow::Borrowed(key), v.map(Cow::Borrowed))),
             (Some(codec), Some(v)) => codec
                 .decode(key, v)
@@ -172,7 +166,7 @@ impl Task {
     /// then (see [`restore_record`](Self::restore_record)). Only stores
     /// that keep the record's own key are hinted; changes nothing.
     pub fn prefetch_restore(&self, store: usize, key: Option<&[u8]>) {
-        if !self.out.has_codec(store) {
+        if self.out.codec(store).is_none() {
             self.stores.prefetch_restored(store, key.unwrap_or(&[]));
         }
     }
