@@ -21,6 +21,9 @@ use rand::Rng;
 /// restart, so that no record is late.
 const WINDOW_SECS: i64 = 2;
 const GRACE_SECS: i64 = 10;
+/// Window size of the interactive-query test: long enough that no window
+/// boundary (a multiple of it since the epoch) falls near today.
+const IQ_WINDOW_SECS: i64 = 1_000_000_000;
 /// Kills that must land after the first final window is in the output.
 const KILLS_AFTER_FINALS: usize = 3;
 
@@ -325,19 +328,30 @@ async fn should_answer_window_queries_by_time_range_and_show_the_buffer_size() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let addr = format!("127.0.0.1:{port}");
-    // Ten-minute windows: none closes during the test.
+    // Windows of 10^9 s: tumbling windows align to the epoch, so their
+    // boundaries fall in 2001 and 2033 and none closes during the test
+    // (a ten-minute window would close whenever the feed crossed a
+    // wall-clock multiple of ten minutes).
+    let window_secs = IQ_WINDOW_SECS.to_string();
     let mut app = start_with(
         &s,
         state.path(),
         "at-least-once",
         &unique("instance"),
         &log,
-        &["--http", &addr, "--window-secs", "600", "--grace-secs", "0"],
+        &[
+            "--http",
+            &addr,
+            "--window-secs",
+            &window_secs,
+            "--grace-secs",
+            "0",
+        ],
     );
     let mut feeder = feed(&s, 3_000, 3_000);
     assert!(feeder.wait().unwrap().success());
     let filter = for_team("team-1").unwrap();
-    let size = 600_000;
+    let size = IQ_WINDOW_SECS * 1000;
     let mut expected: BTreeMap<String, BTreeMap<i64, i64>> = BTreeMap::new();
     for r in read_all(&s.new_users, Duration::from_secs(60)) {
         if let Some(u) = r
