@@ -12,11 +12,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use super::batch::{BatchBuffer, Batched, BATCH};
 use super::clients::{self, ThreadIds};
 use super::config::{ProcessingGuarantee, StreamsConfig};
 use super::engine::Engine;
 use super::error::RuntimeError;
 use super::handle::{InstanceHandle, StoreAccess};
+use super::input_queue::InputQueue;
 use super::producer::{DeliveryState, OutputProducer};
 use super::restore::ChangelogReader;
 use super::status::RuntimeStatus;
@@ -40,6 +42,10 @@ struct StreamContext {
     /// the revocation that closing the consumer runs (librdkafka #4041;
     /// seen here as a shutdown that never ended).
     cooperative: AtomicBool,
+    /// The queue assigned partitions forward their records to, once the
+    /// consumer exists; taken away (and destroyed) before the consumer
+    /// closes.
+    input: Mutex<Option<Arc<InputQueue>>>,
 }
 
 impl StreamContext {
@@ -51,6 +57,23 @@ impl StreamContext {
             .split(',')
             .map(str::trim)
             .all(|s| s == "cooperative-sticky")
+    }
+
+    /// Forwards the records of every partition in `tpl` to the input
+    /// queue; called before the consumer takes them.
+    fn forward_input(&self, consumer: &BaseConsumer<StreamContext>, tpl: &TopicPartitionList) {
+        let Some(input) = self.input.lock().clone() else {
+            return;
+        };
+        for e in tpl.elements() {
+            if !input.forward(consumer, e.topic(), e.partition()) {
+                tracing::debug!(
+                    topic = e.topic(),
+                    partition = e.partition(),
+                    "no partition queue; its records come through poll"
+                );
+            }
+        }
     }
 }
 
@@ -88,6 +111,7 @@ impl ConsumerContext for StreamContext {
                     engine.fatal.get_or_insert(e);
                 }
                 engine.status.set_assigned();
+                self.forward_input(consumer, tpl);
                 let r = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -351,8 +375,10 @@ impl KafkaStreams {
                 engine: engine.clone(),
                 capture: capture.clone(),
                 cooperative: AtomicBool::new(cooperative),
+                input: Mutex::new(None),
             })
             .map_err(|e| RuntimeError::kafka("create consumer", e))?;
+        *consumer.context().input.lock() = InputQueue::new(&consumer).map(Arc::new);
         Ok((engine, consumer, capture))
     }
 }
@@ -367,7 +393,75 @@ struct ThreadShared {
 
 /// Records processed between two looks at the clocks (commit, punctuation,
 /// metrics) while input flows.
-const CLOCK_EVERY: u32 = 32;
+const CLOCK_EVERY: usize = 32;
+
+/// The stream thread's periodic work (commit, punctuation, standbys,
+/// metrics, progress), run every [`CLOCK_EVERY`] records while input flows
+/// (within a batch too, so commits keep their cadence) and whenever a
+/// look at the queues found nothing. The clocks are read only then:
+/// reading them for each record costs more than the rest of a small
+/// record's loop.
+struct Clocks {
+    since: usize,
+    last_metrics: std::time::Instant,
+    last_progress: std::time::Instant,
+}
+
+impl Clocks {
+    fn new() -> Clocks {
+        let now = std::time::Instant::now();
+        Clocks {
+            since: 0,
+            last_metrics: now,
+            last_progress: now,
+        }
+    }
+
+    /// Counts a processed record; runs the periodic work every
+    /// [`CLOCK_EVERY`] records.
+    fn count(
+        &mut self,
+        e: &mut Engine,
+        consumer: &BaseConsumer<StreamContext>,
+        forwarding: bool,
+    ) -> Result<(), RuntimeError> {
+        self.since += 1;
+        if self.since < CLOCK_EVERY {
+            return Ok(());
+        }
+        self.run(e, consumer, forwarding)
+    }
+
+    /// Runs the periodic work that is due. With `forwarding` (an input
+    /// queue), the assigned partitions are forwarded to it again once a
+    /// second: a forward cleared by a fetch that stopped late is set again
+    /// (see `input_queue`).
+    fn run(
+        &mut self,
+        e: &mut Engine,
+        consumer: &BaseConsumer<StreamContext>,
+        forwarding: bool,
+    ) -> Result<(), RuntimeError> {
+        self.since = 0;
+        e.refresh_standbys(consumer);
+        if self.last_metrics.elapsed() >= Duration::from_secs(1) {
+            e.publish_metrics();
+            self.last_metrics = std::time::Instant::now();
+            if forwarding {
+                if let Ok(assigned) = consumer.assignment() {
+                    consumer.context().forward_input(consumer, &assigned);
+                }
+            }
+        }
+        if self.last_progress.elapsed() >= Duration::from_secs(10) {
+            let (processed, tasks) = e.progress();
+            tracing::info!(processed, tasks, "progress");
+            self.last_progress = std::time::Instant::now();
+        }
+        e.punctuate_if_due()?;
+        e.advance_commit(consumer)
+    }
+}
 
 fn stream_loop(
     consumer: BaseConsumer<StreamContext>,
@@ -382,6 +476,7 @@ fn stream_loop(
         let mut tpl = lock(&engine).all_source_partitions();
         lock(&engine).on_assign(&consumer, &mut tpl)?;
         lock(&engine).status.set_assigned();
+        consumer.context().forward_input(&consumer, &tpl);
         consumer
             .assign(&tpl)
             .map_err(|e| RuntimeError::kafka("assign every source partition", e))?;
@@ -392,20 +487,27 @@ fn stream_loop(
             .subscribe(&refs)
             .map_err(|e| RuntimeError::kafka("subscribe", e))?;
     }
+    let input = consumer.context().input.lock().clone();
+    let mut batch = BatchBuffer::default();
     let mut last_transport_warning: Option<std::time::Instant> = None;
-    let mut last_progress = std::time::Instant::now();
-    let mut last_metrics = std::time::Instant::now();
+    let mut clocks = Clocks::new();
     let mut restoring = false;
-    let mut since_clock = 0u32;
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
         // While tasks restore in the background, look for the restored ones
         // often.
-        let wait = if restoring { 10 } else { 50 };
-        let polled = consumer.poll(Duration::from_millis(wait));
-        let polled_nothing = polled.is_none();
+        let wait = Duration::from_millis(if restoring { 10 } else { 50 });
+        // The consumer's own queue: rebalances, and the records of any
+        // partition whose forward to the input queue did not take. With an
+        // input queue the wait is spent on that queue instead.
+        let polled = consumer.poll(if input.is_some() {
+            Duration::ZERO
+        } else {
+            wait
+        });
+        let mut handled = false;
         let mut e = lock(&engine);
         if let Some(err) = e.fatal.take() {
             break Err(err);
@@ -414,62 +516,59 @@ fn stream_loop(
             break Err(err);
         }
         restoring = e.restoring();
-        match polled {
+        let r = match polled {
             Some(Ok(msg)) => {
-                if let Err(err) = e.process(&msg) {
-                    break Err(err);
+                handled = true;
+                e.process(&msg)
+                    .and_then(|()| clocks.count(&mut e, &consumer, input.is_some()))
+            }
+            Some(Err(err)) => consume_error(err, topics, cfg, capture, &mut last_transport_warning)
+                .map_or(Ok(()), Err),
+            None => Ok(()),
+        };
+        if let Err(err) = r {
+            break Err(err);
+        }
+        if let Some(input) = &input {
+            // Processed whole before the consumer is polled again (a
+            // rebalance runs inside the poll).
+            drop(e);
+            let records = input.read(
+                &mut batch,
+                BATCH,
+                if handled { Duration::ZERO } else { wait },
+            );
+            e = lock(&engine);
+            let mut failed = None;
+            for item in records.iter() {
+                let r = match item {
+                    Batched::Record(record) => {
+                        handled = true;
+                        e.process(&record)
+                            .and_then(|()| clocks.count(&mut e, &consumer, true))
+                    }
+                    Batched::Error { code, .. } => consume_error(
+                        KafkaError::MessageConsumption(code),
+                        topics,
+                        cfg,
+                        capture,
+                        &mut last_transport_warning,
+                    )
+                    .map_or(Ok(()), Err),
+                };
+                if let Err(err) = r {
+                    failed = Some(err);
+                    break;
                 }
             }
-            Some(Err(err)) => match err.rdkafka_error_code() {
-                Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
-                    break Err(RuntimeError::NotAuthorized {
-                        operation: "Read".into(),
-                        resource: format!("topic(s) {}", topics.join(", ")),
-                        hint: format!("allow Read and Describe on {} for this user", topics.join(", ")),
-                    })
-                }
-                Some(RDKafkaErrorCode::GroupAuthorizationFailed) => {
-                    break Err(RuntimeError::NotAuthorized {
-                        operation: "Read".into(),
-                        resource: format!("consumer group `{}`", cfg.application_id),
-                        hint: format!("allow Read on group {} for this user (the group id is the application id)", cfg.application_id),
-                    })
-                }
-                Some(RDKafkaErrorCode::UnknownTopicOrPartition) => break Err(RuntimeError::kafka("consume", err)),
-                Some(RDKafkaErrorCode::Authentication) => {
-                    break Err(topics::explain_connect_failure(cfg, capture, err));
-                }
-                _ => {
-                    if last_transport_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(error = %err, "waiting for the Kafka cluster; retrying");
-                        last_transport_warning = Some(std::time::Instant::now());
-                    }
-                }
-            },
-            None => {}
+            if let Some(err) = failed {
+                break Err(err);
+            }
         }
-        // The clocks are read every few records (reading them for each
-        // record costs more than the rest of a small record's loop).
-        since_clock += 1;
-        if since_clock < CLOCK_EVERY && !polled_nothing {
-            continue;
-        }
-        since_clock = 0;
-        e.refresh_standbys(&consumer);
-        if last_metrics.elapsed() >= Duration::from_secs(1) {
-            e.publish_metrics();
-            last_metrics = std::time::Instant::now();
-        }
-        if last_progress.elapsed() >= Duration::from_secs(10) {
-            let (processed, tasks) = e.progress();
-            tracing::info!(processed, tasks, "progress");
-            last_progress = std::time::Instant::now();
-        }
-        if let Err(err) = e
-            .punctuate_if_due()
-            .and_then(|()| e.advance_commit(&consumer))
-        {
-            break Err(err);
+        if !handled {
+            if let Err(err) = clocks.run(&mut e, &consumer, input.is_some()) {
+                break Err(err);
+            }
         }
     };
     let closed = {
@@ -484,8 +583,55 @@ fn stream_loop(
     if !cfg.outside_group {
         consumer.unsubscribe();
     }
+    // The input queue goes before the consumer it belongs to.
+    drop(input);
+    drop(consumer.context().input.lock().take());
     close_consumer(consumer);
     result.and(closed)
+}
+
+/// What a consume error means for the stream thread: the error that stops
+/// it (the user may not read a topic or use the group, a topic is gone,
+/// authentication failed), or `None` for a transport error it waits out
+/// (warned about at most every 5 s).
+fn consume_error(
+    err: KafkaError,
+    topics: &[String],
+    cfg: &StreamsConfig,
+    capture: &ErrorCapture,
+    last_warning: &mut Option<std::time::Instant>,
+) -> Option<RuntimeError> {
+    match err.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => Some(RuntimeError::NotAuthorized {
+            operation: "Read".into(),
+            resource: format!("topic(s) {}", topics.join(", ")),
+            hint: format!(
+                "allow Read and Describe on {} for this user",
+                topics.join(", ")
+            ),
+        }),
+        Some(RDKafkaErrorCode::GroupAuthorizationFailed) => Some(RuntimeError::NotAuthorized {
+            operation: "Read".into(),
+            resource: format!("consumer group `{}`", cfg.application_id),
+            hint: format!(
+                "allow Read on group {} for this user (the group id is the application id)",
+                cfg.application_id
+            ),
+        }),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            Some(RuntimeError::kafka("consume", err))
+        }
+        Some(RDKafkaErrorCode::Authentication) => {
+            Some(topics::explain_connect_failure(cfg, capture, err))
+        }
+        _ => {
+            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                tracing::warn!(error = %err, "waiting for the Kafka cluster; retrying");
+                *last_warning = Some(std::time::Instant::now());
+            }
+            None
+        }
+    }
 }
 
 /// How long closing the group consumer may take before the stream thread

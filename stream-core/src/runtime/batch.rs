@@ -17,7 +17,9 @@
 //! Only for consumers that are not in a group (`assign`, never
 //! `subscribe`): a batch read serves the queue's other events (rebalances,
 //! offset commit replies) with librdkafka's callbacks, which the crate does
-//! not install, so a group consumer must keep using `poll`. Errors for a
+//! not install, so a group consumer must keep using `poll` for its own
+//! queue; its records can be read in batches from a queue they are
+//! forwarded to ([`super::input_queue`]). Errors for a
 //! partition (a fetch refused, say) come back in the batch as
 //! [`Batched::Error`]; client-wide errors go to librdkafka's log as before.
 
@@ -220,37 +222,56 @@ pub fn read_batch<'c, C: ConsumerContext>(
     max: usize,
     timeout: Duration,
 ) -> Batch<'c> {
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is the consumer's live handle; the queue reference it
+    // gives is released here, after the read (the batch's messages do not
+    // refer to it).
+    unsafe {
+        let queue = rd::rd_kafka_queue_get_consumer(rk);
+        if queue.is_null() {
+            buf.0.clear();
+            return Batch { msgs: &mut buf.0 };
+        }
+        let batch = read_queue(queue, buf, max, timeout);
+        rd::rd_kafka_queue_destroy(queue);
+        batch
+    }
+}
+
+/// [`read_batch`] from librdkafka queue `queue`.
+///
+/// # Safety
+///
+/// `queue` must be a live queue handle of a consumer, read by this thread
+/// alone for the duration of the call.
+pub(crate) unsafe fn read_queue<'c>(
+    queue: *mut rd::rd_kafka_queue_t,
+    buf: &'c mut BatchBuffer,
+    max: usize,
+    timeout: Duration,
+) -> Batch<'c> {
     let buf = &mut buf.0;
     buf.clear();
     buf.reserve(max);
-    let rk = consumer.client().native_ptr();
     let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    let mut n = 0;
-    // SAFETY: `rk` is the consumer's live handle; the queue reference is
-    // released below. Each call writes at most the count it is given of
-    // message pointers, from `buf`'s pointer plus those already written,
-    // all within the reserved capacity of `max`; it returns how many it
-    // wrote (negative only on an invalid argument).
-    unsafe {
-        let queue = rd::rd_kafka_queue_get_consumer(rk);
-        if !queue.is_null() {
-            let into = buf.as_mut_ptr();
-            let take = |wait: i32, from: usize, count: usize| {
-                let got = rd::rd_kafka_consume_batch_queue(queue, wait, into.add(from), count);
-                usize::try_from(got).unwrap_or(0).min(count)
-            };
-            n = take(0, 0, max);
-            if n == 0 && timeout_ms > 0 && max > 0 {
-                n = take(timeout_ms, 0, 1);
-                if n == 1 {
-                    n += take(0, 1, max - 1);
-                }
-            }
-            rd::rd_kafka_queue_destroy(queue);
+    let into = buf.as_mut_ptr();
+    // SAFETY: each call writes at most the count it is given of message
+    // pointers, from `buf`'s pointer plus those already written, all
+    // within the reserved capacity of `max`; it returns how many it wrote
+    // (negative only on an invalid argument).
+    let take = |wait: i32, from: usize, count: usize| unsafe {
+        let got = rd::rd_kafka_consume_batch_queue(queue, wait, into.add(from), count);
+        usize::try_from(got).unwrap_or(0).min(count)
+    };
+    let mut n = take(0, 0, max);
+    if n == 0 && timeout_ms > 0 && max > 0 {
+        n = take(timeout_ms, 0, 1);
+        if n == 1 {
+            n += take(0, 1, max - 1);
         }
-        // The first `n` (≤ max) pointers are initialised.
-        buf.set_len(n);
     }
+    // SAFETY: the first `n` (≤ max) pointers are initialised.
+    unsafe { buf.set_len(n) };
     Batch { msgs: buf }
 }
 

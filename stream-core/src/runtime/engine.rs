@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::message::Consumed;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::commit::{self, CommitParts};
@@ -131,7 +131,7 @@ impl Engine {
     }
 
     /// Processes one input record and sends what it produced.
-    pub(crate) fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
+    pub(crate) fn process(&mut self, msg: &impl Consumed) -> Result<(), RuntimeError> {
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
         let Some(id) = self.tasks.task_for(topic, partition) else {
             return Ok(());
@@ -152,7 +152,7 @@ impl Engine {
         }
         // The headers are copied into buffers kept between records.
         let mut headers = std::mem::take(&mut self.headers);
-        let n = super::message::copy_headers(msg, &mut headers);
+        let n = msg.copy_headers(&mut headers);
         let r = self.process_with(id, msg, &headers[..n]);
         self.headers = headers;
         r
@@ -162,7 +162,7 @@ impl Engine {
     fn process_with(
         &mut self,
         id: TaskId,
-        msg: &BorrowedMessage<'_>,
+        msg: &impl Consumed,
         headers: &[(String, Vec<u8>)],
     ) -> Result<(), RuntimeError> {
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
@@ -173,9 +173,9 @@ impl Engine {
             topic,
             partition,
             offset,
-            timestamp: msg.timestamp().to_millis().unwrap_or(0),
+            timestamp: msg.timestamp_ms(),
             key: msg.key(),
-            value: msg.payload(),
+            value: msg.value(),
             headers,
         };
         entry.task.process(&input)?;

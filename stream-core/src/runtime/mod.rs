@@ -31,6 +31,7 @@ pub(crate) mod engine;
 pub mod error;
 pub(crate) mod global;
 pub mod handle;
+pub(crate) mod input_queue;
 mod message;
 pub mod ownership;
 pub(crate) mod producer;
