@@ -402,15 +402,19 @@ const CLOCK_EVERY: usize = 32;
 /// reading them for each record costs more than the rest of a small
 /// record's loop.
 struct Clocks {
+    /// Whether the thread reads an input queue (its partitions are
+    /// forwarded to it again once a second).
+    forwarding: bool,
     since: usize,
     last_metrics: std::time::Instant,
     last_progress: std::time::Instant,
 }
 
 impl Clocks {
-    fn new() -> Clocks {
+    fn new(forwarding: bool) -> Clocks {
         let now = std::time::Instant::now();
         Clocks {
+            forwarding,
             since: 0,
             last_metrics: now,
             last_progress: now,
@@ -423,31 +427,29 @@ impl Clocks {
         &mut self,
         e: &mut Engine,
         consumer: &BaseConsumer<StreamContext>,
-        forwarding: bool,
     ) -> Result<(), RuntimeError> {
         self.since += 1;
         if self.since < CLOCK_EVERY {
             return Ok(());
         }
-        self.run(e, consumer, forwarding)
+        self.run(e, consumer)
     }
 
-    /// Runs the periodic work that is due. With `forwarding` (an input
-    /// queue), the assigned partitions are forwarded to it again once a
-    /// second: a forward cleared by a fetch that stopped late is set again
-    /// (see `input_queue`).
+    /// Runs the periodic work that is due. With an input queue, the
+    /// assigned partitions are forwarded to it again once a second: a
+    /// forward cleared by a fetch that stopped late is set again (see
+    /// `input_queue`).
     fn run(
         &mut self,
         e: &mut Engine,
         consumer: &BaseConsumer<StreamContext>,
-        forwarding: bool,
     ) -> Result<(), RuntimeError> {
         self.since = 0;
         e.refresh_standbys(consumer);
         if self.last_metrics.elapsed() >= Duration::from_secs(1) {
             e.publish_metrics();
             self.last_metrics = std::time::Instant::now();
-            if forwarding {
+            if self.forwarding {
                 if let Ok(assigned) = consumer.assignment() {
                     consumer.context().forward_input(consumer, &assigned);
                 }
@@ -490,7 +492,7 @@ fn stream_loop(
     let input = consumer.context().input.lock().clone();
     let mut batch = BatchBuffer::default();
     let mut last_transport_warning: Option<std::time::Instant> = None;
-    let mut clocks = Clocks::new();
+    let mut clocks = Clocks::new(input.is_some());
     let mut restoring = false;
     let result = loop {
         if stop.load(Ordering::SeqCst) {
@@ -520,7 +522,7 @@ fn stream_loop(
             Some(Ok(msg)) => {
                 handled = true;
                 e.process(&msg)
-                    .and_then(|()| clocks.count(&mut e, &consumer, input.is_some()))
+                    .and_then(|()| clocks.count(&mut e, &consumer))
             }
             Some(Err(err)) => consume_error(err, topics, cfg, capture, &mut last_transport_warning)
                 .map_or(Ok(()), Err),
@@ -545,7 +547,7 @@ fn stream_loop(
                     Batched::Record(record) => {
                         handled = true;
                         e.process(&record)
-                            .and_then(|()| clocks.count(&mut e, &consumer, true))
+                            .and_then(|()| clocks.count(&mut e, &consumer))
                     }
                     Batched::Error { code, .. } => consume_error(
                         KafkaError::MessageConsumption(code),
@@ -566,7 +568,7 @@ fn stream_loop(
             }
         }
         if !handled {
-            if let Err(err) = clocks.run(&mut e, &consumer, input.is_some()) {
+            if let Err(err) = clocks.run(&mut e, &consumer) {
                 break Err(err);
             }
         }

@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::message::Consumed;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::commit::{self, CommitParts};
 use super::config::StreamsConfig;
 use super::error::RuntimeError;
+use super::message::Consumed;
 use super::producer::OutputProducer;
 use super::restore::{ChangelogReader, Restored, Restorer};
 use super::status::RuntimeStatus;
