@@ -84,39 +84,19 @@ impl<'b> RawRecord<'b> {
     /// byte buffers already there; returns how many there are: the headers
     /// are `into[..n]`. A header name that is not UTF-8 is copied lossily.
     pub fn copy_headers(&self, into: &mut Vec<(String, Vec<u8>)>) -> usize {
-        let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
-        // SAFETY: a message of the batch; the header list it
-        // gives back belongs to the message and lives as long.
-        let err = unsafe { rd::rd_kafka_message_headers(self.msg, &mut hdrs) };
-        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
-            return 0;
-        }
-        let mut n = 0;
-        loop {
-            let mut name: *const std::os::raw::c_char = std::ptr::null();
-            let mut value: *const std::os::raw::c_void = std::ptr::null();
-            let mut size: usize = 0;
-            // SAFETY: `hdrs` is the message's header list; `n` counts up
-            // from 0 until librdkafka says there is no such header.
-            let err =
-                unsafe { rd::rd_kafka_header_get_all(hdrs, n, &mut name, &mut value, &mut size) };
-            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
-                break;
-            }
-            if n == into.len() {
-                into.push((String::new(), Vec::new()));
-            }
-            let (k, v) = &mut into[n];
-            k.clear();
-            // SAFETY: librdkafka's header names are NUL-terminated.
-            let name = unsafe { CStr::from_ptr(name) };
-            k.push_str(&name.to_string_lossy());
-            v.clear();
-            v.extend_from_slice(bytes(value.cast(), size).unwrap_or_default());
-            n += 1;
-        }
-        n
+        // SAFETY: a consumed message of the batch, alive while `self` is
+        // and read by this thread alone.
+        unsafe { super::raw_headers::copy_headers(self.msg, into) }
     }
+}
+
+/// Whether consumed records' headers are read from the records' own bytes
+/// rather than through librdkafka's parse: true unless the linked
+/// librdkafka is not the release whose message layout this build knows,
+/// or a record read both ways disagreed (which the log reports as an
+/// error). Either way the headers read are the same.
+pub fn headers_read_raw() -> bool {
+    super::raw_headers::usable()
 }
 
 /// What a batch holds, in the order the consumer's queue held it.

@@ -2,7 +2,7 @@
 //! or a batch read did; its headers are copied into buffers kept between
 //! records.
 
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 
 use super::batch::RawRecord;
 
@@ -47,21 +47,9 @@ impl Consumed for BorrowedMessage<'_> {
         self.payload()
     }
     fn copy_headers(&self, into: &mut Vec<(String, Vec<u8>)>) -> usize {
-        let mut n = 0;
-        if let Some(hs) = self.headers() {
-            for h in hs.iter() {
-                if n == into.len() {
-                    into.push((String::new(), Vec::new()));
-                }
-                let (k, v) = &mut into[n];
-                k.clear();
-                k.push_str(h.key);
-                v.clear();
-                v.extend_from_slice(h.value.unwrap_or_default());
-                n += 1;
-            }
-        }
-        n
+        // SAFETY: a consumed message, alive while `self` is and read by
+        // this thread alone.
+        unsafe { super::raw_headers::copy_headers(self.ptr(), into) }
     }
 }
 

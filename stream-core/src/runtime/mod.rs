@@ -16,6 +16,7 @@
 //! | `progress` | restore progress: a terminal progress bar or log lines |
 //! | `clients` | the Kafka clients of a stream thread and their settings |
 //! | [`batch`] | reading an assigned consumer's records a batch at a time |
+//! | `raw_headers` | a consumed record's headers, copied out of the record's own bytes |
 //! | [`app`] | [`KafkaStreams`]: start, poll loop, rebalances, shutdown |
 //! | [`status`] | task states and restore progress for callers |
 //! | [`error`] | [`RuntimeError`] |
@@ -37,6 +38,7 @@ pub mod ownership;
 pub(crate) mod producer;
 pub(crate) mod production;
 pub(crate) mod progress;
+mod raw_headers;
 pub mod reset;
 pub(crate) mod restore;
 pub mod standby;
