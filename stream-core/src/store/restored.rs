@@ -151,12 +151,26 @@ impl RestoredEntries {
         let chunks = std::mem::take(&mut self.chunks);
         let mut slots = std::mem::take(&mut self.slots);
         slots.retain(|s| s.tag != 0);
-        slots.sort_unstable_by(|a, b| key_of(&chunks, a).cmp(key_of(&chunks, b)));
+        // Sorted by each key's first 16 bytes, read once into the list
+        // being sorted; whole keys are compared only where those are
+        // equal. (A comparison of two keys in the chunks waits for two
+        // cache lines, and a sort makes about 15 per key.)
+        let mut order: Vec<(u128, u32)> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (prefix(key_of(&chunks, s)), i as u32))
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                key_of(&chunks, &slots[a.1 as usize]).cmp(key_of(&chunks, &slots[b.1 as usize]))
+            })
+        });
         self.used = 0;
         self.len = 0;
-        slots
+        order
             .iter()
-            .map(|s| {
+            .map(|&(_, i)| {
+                let s = &slots[i as usize];
                 (
                     key_of(&chunks, s).to_vec(),
                     value_of(&chunks, s).map(<[u8]>::to_vec),
@@ -258,6 +272,16 @@ fn store(
     }
 }
 
+/// The first 16 bytes of `key` (zeros after a shorter key) as a number
+/// that orders as the bytes do: two keys whose prefixes differ are in the
+/// order of their prefixes; equal prefixes say nothing.
+fn prefix(key: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = key.len().min(16);
+    b[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(b)
+}
+
 /// The key bytes of `s`.
 fn key_of<'a>(chunks: &'a [Vec<u8>], s: &Slot) -> &'a [u8] {
     let at = s.pos as usize;
@@ -319,6 +343,35 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.clear();
         assert_eq!((r.len(), r.get(b"again"), r.iter().count()), (0, None, 0));
+    }
+
+    #[test]
+    fn should_sort_keys_that_share_their_first_bytes_or_end_in_zeros() {
+        let mut r = RestoredEntries::default();
+        let mut keys: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"\0".to_vec(),
+            b"ab".to_vec(),
+            b"ab\0".to_vec(),
+            b"ab\0\x01".to_vec(),
+            b"ab\x01".to_vec(),
+            b"\xff".to_vec(),
+            vec![b'k'; 16],
+            vec![b'k'; 17],
+            [vec![b'k'; 16], b"\0".to_vec()].concat(),
+            [vec![b'k'; 16], b"a".to_vec()].concat(),
+            [vec![b'k'; 15], b"j".to_vec(), b"zz".to_vec()].concat(),
+        ];
+        for i in 0..2_000u32 {
+            keys.push(format!("key-{i}").into_bytes());
+            keys.push(format!("a-rather-long-shared-prefix-{i}").into_bytes());
+        }
+        for (i, k) in keys.iter().enumerate() {
+            r.apply(k, Some(&i.to_be_bytes()));
+        }
+        let sorted: Vec<Vec<u8>> = r.take_sorted().into_iter().map(|(k, _)| k).collect();
+        keys.sort();
+        assert_eq!(sorted, keys);
     }
 
     #[test]
