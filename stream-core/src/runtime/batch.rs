@@ -256,7 +256,7 @@ pub(crate) unsafe fn read_queue<'c>(
 }
 
 /// A byte slice from librdkafka's pointer and length (`None` when null).
-fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+pub(super) fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
     if ptr.is_null() {
         None
     } else {

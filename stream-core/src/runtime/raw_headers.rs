@@ -32,6 +32,8 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use rdkafka::bindings as rd;
 
+use super::batch::bytes;
+
 /// The librdkafka release whose `rd_kafka_msg_t` [`MsgHead`] mirrors,
 /// as `rd_kafka_version()` gives it without the pre-release byte
 /// (major, minor, revision: 2.12.1).
@@ -143,13 +145,9 @@ unsafe fn copy_raw(
     if len == 0 {
         return Some(0);
     }
-    if head.binhdrs_data.is_null() {
-        return None;
-    }
-    // SAFETY: `binhdrs_len` bytes at `binhdrs_data` lie in the message's
-    // fetch buffer, which lives as long as the message.
-    let bytes = unsafe { std::slice::from_raw_parts(head.binhdrs_data, len) };
-    decode(bytes, into)
+    // `binhdrs_len` bytes at `binhdrs_data` lie in the message's fetch
+    // buffer, which lives as long as the message.
+    decode(bytes(head.binhdrs_data, len)?, into)
 }
 
 /// Decodes a record's raw headers (the record format's count, then each
@@ -172,16 +170,9 @@ fn decode(mut bytes: &[u8], into: &mut Vec<(String, Vec<u8>)>) -> Option<usize> 
             -1 => &[][..],
             len => take(&mut bytes, len)?,
         };
-        if n == into.len() {
-            into.push((String::new(), Vec::new()));
-        }
-        let (k, v) = &mut into[n];
-        k.clear();
         // librdkafka keeps a name NUL-terminated: it ends at a NUL.
         let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        k.push_str(&String::from_utf8_lossy(&name[..end]));
-        v.clear();
-        v.extend_from_slice(value);
+        put(into, n, &String::from_utf8_lossy(&name[..end]), value);
     }
     Some(count)
 }
@@ -212,6 +203,19 @@ fn take<'a>(bytes: &mut &'a [u8], len: i64) -> Option<&'a [u8]> {
     Some(head)
 }
 
+/// Sets header `n` of `into` to `name` and `value`, reusing the string and
+/// byte buffer already there (`into` holds at least `n` headers).
+fn put(into: &mut Vec<(String, Vec<u8>)>, n: usize, name: &str, value: &[u8]) {
+    if n == into.len() {
+        into.push((String::new(), Vec::new()));
+    }
+    let (k, v) = &mut into[n];
+    k.clear();
+    k.push_str(name);
+    v.clear();
+    v.extend_from_slice(value);
+}
+
 /// The headers of `msg` through librdkafka's own parse.
 ///
 /// # Safety
@@ -239,20 +243,10 @@ unsafe fn copy_parsed(
         if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
             break;
         }
-        if n == into.len() {
-            into.push((String::new(), Vec::new()));
-        }
-        let (k, v) = &mut into[n];
-        k.clear();
         // SAFETY: librdkafka's header names are NUL-terminated.
         let name = unsafe { CStr::from_ptr(name) };
-        k.push_str(&name.to_string_lossy());
-        v.clear();
-        if !value.is_null() {
-            // SAFETY: librdkafka's value pointer and size describe the
-            // header's value, alive as long as the message.
-            v.extend_from_slice(unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) });
-        }
+        let value = bytes(value.cast(), size).unwrap_or_default();
+        put(into, n, &name.to_string_lossy(), value);
         n += 1;
     }
     n
