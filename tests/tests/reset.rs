@@ -125,9 +125,16 @@ async fn should_reset_and_recount_from_scratch_leaving_shared_topics_alone() {
     let p = producer();
     send(&p, &s.other_team, Some(b"k"), b"another team's record");
     let mut gen = apps::fake::Generator::new(17);
-    for _ in 0..1_500 {
+    // Keyed, so that both partitions hold users (and get a committed
+    // offset): keyless records may all stick to one partition.
+    for i in 0..1_500 {
         let u = serde_json::to_string(&gen.user()).unwrap();
-        send(&p, &s.new_users, None, u.as_bytes());
+        send(
+            &p,
+            &s.new_users,
+            Some(format!("user-{i}").as_bytes()),
+            u.as_bytes(),
+        );
     }
     flush(&p);
     let expected = team1_counts(&s.new_users);
