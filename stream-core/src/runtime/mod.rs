@@ -9,6 +9,7 @@
 //! | `engine` | one stream thread: records through its tasks, assignment and revocation |
 //! | `tasks` | task ownership: the tasks a thread runs, the task for a record, opening tasks |
 //! | `producer` | sending, delivery tracking, refused records, the dead-letter file, transactions |
+//! | `topic_send` | handing a record to librdkafka with a topic handle kept per topic |
 //! | `commit` | the commit protocol, in order |
 //! | [`ownership`] | commit metadata: which committed offsets this application may trust |
 //! | `restore` | restoring newly assigned tasks from their changelogs |
@@ -44,6 +45,7 @@ pub(crate) mod restore;
 pub mod standby;
 pub mod status;
 pub(crate) mod tasks;
+pub(crate) mod topic_send;
 pub mod topics;
 
 pub use app::{shutdown_signal, KafkaStreams};

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::error::RuntimeError;
 use super::production::{append_json_line, is_record_error, Rejected};
 use super::status::RuntimeStatus;
+use super::topic_send::TopicHandles;
 use super::topics::ErrorCapture;
 use crate::coordinates::TopicPartition;
 use crate::record::{OutKind, OutRecord};
@@ -198,6 +199,9 @@ pub(crate) struct OutputProducer {
     committing: Option<std::thread::JoinHandle<Result<(), KafkaError>>>,
     /// Records produced while a transaction commit is in flight.
     held: Vec<OutRecord>,
+    /// librdkafka's handle of each topic written to (declared last: its
+    /// handles are destroyed before its hold on the client goes).
+    topics: TopicHandles,
 }
 
 impl OutputProducer {
@@ -211,8 +215,10 @@ impl OutputProducer {
         status: Arc<RuntimeStatus>,
         eos: bool,
     ) -> Self {
+        let producer = Arc::new(producer);
         OutputProducer {
-            producer: Arc::new(producer),
+            topics: TopicHandles::new(Arc::clone(&producer)),
+            producer,
             delivery,
             dead_letter_file,
             production_errors,
@@ -315,40 +321,17 @@ impl OutputProducer {
             OutKind::Changelog(_) => CHANGELOG,
             OutKind::DeadLetter => DEAD_LETTER,
         };
-        let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&r.topic, opaque(tracked, self.epoch))
-                .timestamp(r.timestamp);
-        // librdkafka allocates a header list even for none: skip it then.
-        if !r.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_slice()),
-                });
-            }
-            rec = rec.headers(headers);
-        }
-        if let Some(k) = &r.key {
-            rec = rec.key(k.as_slice());
-        }
-        if let Some(v) = &r.value {
-            rec = rec.payload(v.as_slice());
-        }
-        if let Some(p) = r.partition {
-            rec = rec.partition(p);
-        }
+        let opaque = opaque(tracked, self.epoch);
         loop {
-            match self.producer.send(rec) {
+            match self.topics.send(&r, opaque) {
                 Ok(()) => {
                     self.sent_now += 1;
                     return Ok(());
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    rec = back;
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((e, _)) if tracked == SINK && is_record_error(e.rdkafka_error_code()) => {
+                Err(e) if tracked == SINK && is_record_error(e.rdkafka_error_code()) => {
                     return self.refused(Rejected {
                         topic: r.topic.to_string(),
                         partition: r.partition,
@@ -357,7 +340,7 @@ impl OutputProducer {
                         error: e.to_string(),
                     });
                 }
-                Err((e, _)) => return Err(self.explain_send_failure(&r.topic, e)),
+                Err(e) => return Err(self.explain_send_failure(&r.topic, e)),
             }
         }
     }
@@ -633,5 +616,101 @@ mod tests {
             d.complete(empty.range(..)),
             "an epoch with nothing sent is complete"
         );
+    }
+
+    /// A producer whose broker never answers (records wait in its queue
+    /// until purged) and the delivery state it reports to.
+    fn unconnected_producer(
+        max_bytes: &str,
+    ) -> (Arc<ThreadedProducer<DeliveryTracker>>, Arc<DeliveryState>) {
+        let state = Arc::new(DeliveryState::default());
+        let p = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.max.bytes", max_bytes)
+            .set("log_level", "0")
+            .create_with_context(DeliveryTracker {
+                state: Arc::clone(&state),
+                capture: ErrorCapture::default(),
+            })
+            .expect("a producer needs no broker to be created");
+        (Arc::new(p), state)
+    }
+
+    fn out_record(topic: &Arc<str>, value: Option<Vec<u8>>, headers: usize) -> OutRecord {
+        OutRecord {
+            topic: Arc::clone(topic),
+            partition: None,
+            key: Some(b"k".to_vec()),
+            value,
+            headers: (0..headers)
+                .map(|i| (format!("h{i}"), vec![i as u8; i]))
+                .collect(),
+            timestamp: 1_700_000_000_000,
+            kind: OutKind::Sink,
+        }
+    }
+
+    #[test]
+    fn should_send_through_one_topic_handle_per_topic_with_the_opaque_intact() {
+        let (p, state) = unconnected_producer("1000000");
+        let mut h = TopicHandles::new(Arc::clone(&p));
+        let a: Arc<str> = "topic-a".into();
+        let b: Arc<str> = "topic-b".into();
+        // the same name in another allocation finds the same handle
+        let a_again: Arc<str> = "topic-a".into();
+        let tag = opaque(SINK, 3);
+        for (t, headers) in [(&a, 0), (&b, 2), (&a_again, 1), (&a, 3)] {
+            h.send(&out_record(t, Some(b"v".to_vec()), headers), tag)
+                .expect("queued");
+        }
+        h.send(&out_record(&b, None, 0), tag)
+            .expect("a tombstone is queued");
+        assert_eq!(h.len(), 2);
+        // Purged, every record gets its delivery report, with the epoch and
+        // kind it was sent with and its topic.
+        p.purge(rdkafka::producer::PurgeConfig::default().queue());
+        let sent: BTreeMap<u64, u64> = [(3, 5)].into();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !state.complete(sent.range(..)) {
+            assert!(
+                Instant::now() < deadline,
+                "delivery reports of the purged records"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut topics: Vec<String> = lock(&state.errors).iter().map(|e| e.0.clone()).collect();
+        topics.sort();
+        assert_eq!(
+            topics,
+            ["topic-a", "topic-a", "topic-a", "topic-b", "topic-b"]
+        );
+    }
+
+    #[test]
+    fn should_refuse_a_record_too_large_and_take_the_next() {
+        let (p, _) = unconnected_producer("1000");
+        let mut h = TopicHandles::new(p);
+        let t: Arc<str> = "topic".into();
+        let err = h
+            .send(&out_record(&t, Some(vec![0; 5_000]), 2), 0)
+            .expect_err("over message.max.bytes");
+        assert_eq!(
+            err.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge)
+        );
+        h.send(&out_record(&t, Some(vec![0; 10]), 2), 0)
+            .expect("queued");
+    }
+
+    #[test]
+    fn should_refuse_a_topic_name_with_a_nul_byte() {
+        let (p, _) = unconnected_producer("1000000");
+        let mut h = TopicHandles::new(p);
+        let t: Arc<str> = "bad\0name".into();
+        assert!(matches!(
+            h.send(&out_record(&t, None, 0), 0),
+            Err(KafkaError::Nul(_))
+        ));
+        assert_eq!(h.len(), 0);
     }
 }

@@ -1,0 +1,253 @@
+//! Sending an output record through librdkafka's `rd_kafka_produceva`,
+//! with librdkafka's handle of each topic created once.
+//!
+//! rdkafka's `BaseProducer::send` copies the topic's name into a new
+//! `CString` for every record (an allocation and a scan for NUL bytes),
+//! and librdkafka then looks the name up in its list of topics under a
+//! read lock. An instance writes to a handful of topics, and every record
+//! of a sink or store shares that sink's or store's topic name
+//! (`Arc<str>`), so [`TopicHandles`] keeps librdkafka's handle of each
+//! topic, found by that shared name, and every send passes the handle.
+//!
+//! Everything else is what `BaseProducer::send` passes: key and value
+//! copied (`RD_KAFKA_MSG_F_COPY`; `None` is a null key or value, an empty
+//! vector an empty one), the partition or none (the partitioner decides),
+//! the timestamp, the headers as one list, and the delivery opaque, which
+//! rdkafka's delivery callback hands to the producer's context as before.
+
+use std::ffi::CString;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use rdkafka::bindings as rd;
+use rdkafka::bindings::rd_kafka_vtype_t as T;
+use rdkafka::bindings::rd_kafka_vu_s__bindgen_ty_1 as U;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::producer::DeliveryTracker;
+use crate::record::OutRecord;
+
+/// `RD_KAFKA_PARTITION_UA` in rdkafka.h (the bindings leave the macro
+/// out): the partitioner chooses.
+const PARTITION_UNASSIGNED: i32 = -1;
+
+/// librdkafka's handles of the topics a producer has written to.
+pub(crate) struct TopicHandles {
+    /// Holds the client while the handles live: they are destroyed first
+    /// (in `drop`, before the fields), as librdkafka asks.
+    producer: Arc<ThreadedProducer<DeliveryTracker>>,
+    /// Topic name (shared with the records) → handle. A few entries, so a
+    /// list; most lookups end at the first pointer comparison.
+    topics: Vec<(Arc<str>, NonNull<rd::rd_kafka_topic_t>)>,
+}
+
+// SAFETY: librdkafka's topic handles may be used and destroyed from any
+// thread; the list itself is only touched through `&mut self`.
+unsafe impl Send for TopicHandles {}
+
+impl TopicHandles {
+    /// No handles yet, for `producer`.
+    pub(crate) fn new(producer: Arc<ThreadedProducer<DeliveryTracker>>) -> Self {
+        TopicHandles {
+            producer,
+            topics: Vec::new(),
+        }
+    }
+
+    /// Hands `record` to librdkafka with `opaque` as its delivery opaque;
+    /// the record's bytes are copied. The error is librdkafka's refusal
+    /// (a full queue, a record too large, a fatal producer), as
+    /// `KafkaError::MessageProduction`, or a topic name librdkafka cannot
+    /// take.
+    pub(crate) fn send(&mut self, record: &OutRecord, opaque: usize) -> Result<(), KafkaError> {
+        let rkt = self.handle(&record.topic)?;
+        let headers = NativeHeaders::of(&record.headers)?;
+        let args = [
+            vu(T::RD_KAFKA_VTYPE_RKT, U { rkt: rkt.as_ptr() }),
+            vu(
+                T::RD_KAFKA_VTYPE_PARTITION,
+                U {
+                    i32_: record.partition.unwrap_or(PARTITION_UNASSIGNED),
+                },
+            ),
+            vu(
+                T::RD_KAFKA_VTYPE_MSGFLAGS,
+                U {
+                    i: rd::RD_KAFKA_MSG_F_COPY,
+                },
+            ),
+            vu(T::RD_KAFKA_VTYPE_VALUE, mem(record.value.as_deref())),
+            vu(T::RD_KAFKA_VTYPE_KEY, mem(record.key.as_deref())),
+            vu(
+                T::RD_KAFKA_VTYPE_OPAQUE,
+                U {
+                    ptr: opaque as *mut std::ffi::c_void,
+                },
+            ),
+            vu(
+                T::RD_KAFKA_VTYPE_TIMESTAMP,
+                U {
+                    i64_: record.timestamp,
+                },
+            ),
+            vu(
+                T::RD_KAFKA_VTYPE_HEADERS,
+                U {
+                    headers: headers.as_ptr(),
+                },
+            ),
+        ];
+        // No headers: the entry is left out (librdkafka then keeps none).
+        let args: &[rd::rd_kafka_vu_t] = if headers.is_none() {
+            &args[..args.len() - 1]
+        } else {
+            &args
+        };
+        // SAFETY: the client lives (held by `self.producer`); every
+        // pointer in `args` points into `record`, `headers` or the topic
+        // handle, all alive for the call, and librdkafka copies the key
+        // and value (`RD_KAFKA_MSG_F_COPY`).
+        let error = unsafe {
+            rd::rd_kafka_produceva(
+                self.producer.client().native_ptr(),
+                args.as_ptr(),
+                args.len(),
+            )
+        };
+        if error.is_null() {
+            // The message owns the list now.
+            headers.give_away();
+            return Ok(());
+        }
+        // SAFETY: `error` is librdkafka's, read once and destroyed once.
+        // On an error the headers stay ours (dropped below).
+        let code = unsafe {
+            let code = rd::rd_kafka_error_code(error);
+            rd::rd_kafka_error_destroy(error);
+            code
+        };
+        Err(KafkaError::MessageProduction(RDKafkaErrorCode::from(code)))
+    }
+
+    /// The handle of `topic`, created on its first record.
+    fn handle(&mut self, topic: &Arc<str>) -> Result<NonNull<rd::rd_kafka_topic_t>, KafkaError> {
+        if let Some((_, h)) = self
+            .topics
+            .iter()
+            .find(|(t, _)| Arc::ptr_eq(t, topic) || **t == **topic)
+        {
+            return Ok(*h);
+        }
+        let name = CString::new(topic.as_bytes())?;
+        // SAFETY: a live client and a NUL-terminated name; a null
+        // configuration takes the producer's topic defaults, as a send by
+        // name does.
+        let raw = unsafe {
+            rd::rd_kafka_topic_new(
+                self.producer.client().native_ptr(),
+                name.as_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        let Some(h) = NonNull::new(raw) else {
+            // SAFETY: reads the calling thread's last librdkafka error.
+            let code = unsafe { rd::rd_kafka_last_error() };
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::from(code)));
+        };
+        self.topics.push((Arc::clone(topic), h));
+        Ok(h)
+    }
+
+    /// Topics with a handle.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.topics.len()
+    }
+}
+
+impl Drop for TopicHandles {
+    fn drop(&mut self) {
+        for (_, h) in self.topics.drain(..) {
+            // SAFETY: created by `rd_kafka_topic_new` on a client that is
+            // still alive (`self.producer` drops after this), destroyed once.
+            unsafe { rd::rd_kafka_topic_destroy(h.as_ptr()) };
+        }
+    }
+}
+
+/// One argument of `rd_kafka_produceva`.
+fn vu(vtype: T, u: U) -> rd::rd_kafka_vu_t {
+    rd::rd_kafka_vu_t { vtype, u }
+}
+
+/// A key or value argument: a null pointer for `None`.
+fn mem(bytes: Option<&[u8]>) -> U {
+    let (ptr, size) = match bytes {
+        None => (std::ptr::null_mut(), 0),
+        Some(b) => (b.as_ptr() as *mut std::ffi::c_void, b.len()),
+    };
+    U {
+        mem: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 { ptr, size },
+    }
+}
+
+/// A librdkafka header list being built for one record; destroyed unless
+/// a sent message took it.
+struct NativeHeaders(Option<NonNull<rd::rd_kafka_headers_t>>);
+
+impl NativeHeaders {
+    /// The list of `headers` (none for none: librdkafka allocates a list
+    /// even when it is empty).
+    fn of(headers: &[(String, Vec<u8>)]) -> Result<Self, KafkaError> {
+        if headers.is_empty() {
+            return Ok(NativeHeaders(None));
+        }
+        // SAFETY: allocates an empty list.
+        let raw = unsafe { rd::rd_kafka_headers_new(headers.len()) };
+        let list = NativeHeaders(NonNull::new(raw));
+        let Some(p) = list.0 else {
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
+        };
+        for (name, value) in headers {
+            // SAFETY: `p` is the list just made; librdkafka copies the name
+            // and value (lengths given, so no NUL is needed).
+            let err = unsafe {
+                rd::rd_kafka_header_add(
+                    p.as_ptr(),
+                    name.as_ptr().cast(),
+                    name.len() as isize,
+                    value.as_ptr().cast(),
+                    value.len() as isize,
+                )
+            };
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                return Err(KafkaError::MessageProduction(RDKafkaErrorCode::from(err)));
+            }
+        }
+        Ok(list)
+    }
+
+    fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn as_ptr(&self) -> *mut rd::rd_kafka_headers_t {
+        self.0.map_or(std::ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    /// The list now belongs to a message: not destroyed here.
+    fn give_away(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for NativeHeaders {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            // SAFETY: a list we made and nobody took.
+            unsafe { rd::rd_kafka_headers_destroy(p.as_ptr()) };
+        }
+    }
+}
