@@ -669,7 +669,9 @@ machine, in one run; and restoring a count store from its changelog.
 - Input: {a.users:,} fake users (about 600 bytes of JSON each) in 4 partitions; {self.flagged:,} are flagged
   (team-1's filter) and each produces one output record.
 - Timing: from process start until the last expected output record is readable
-  by a read_committed consumer. Peak RSS and CPU seconds of the application process.
+  by a read_committed consumer (`bench-count`; after a full fetch queue it waits 10 ms,
+  not librdkafka's default second, which held it near 120,000 records a second and
+  set the pace of the key-scaling rows). Peak RSS and CPU seconds of the application process.
 - **Ceiling**: plain rdkafka, no framework and no state: reads every user, parses it,
   produces one small keyed record per flagged user. Producer batching 100 ms as both
   frameworks'; consumer with librdkafka's default prefetch and a 10 ms wait after a
