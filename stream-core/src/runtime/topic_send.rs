@@ -194,7 +194,8 @@ fn mem(bytes: Option<&[u8]>) -> U {
 }
 
 /// A librdkafka header list being built for one record; destroyed unless
-/// a sent message took it.
+/// a sent message took it. (rdkafka's `OwnedHeaders` is the same list, but
+/// it does not hand out its pointer outside rdkafka.)
 struct NativeHeaders(Option<NonNull<rd::rd_kafka_headers_t>>);
 
 impl NativeHeaders {
