@@ -487,7 +487,7 @@ impl Engine {
             for (t, p) in &e.partitions {
                 let offset = match e.task.position(t, *p) {
                     Some(pos) => Offset::Offset(self.in_range(consumer, t, *p, pos)),
-                    None => Offset::Beginning,
+                    None => log_start(consumer, t, *p),
                 };
                 consumer
                     .seek(t, *p, offset, Duration::from_secs(10))
@@ -666,5 +666,25 @@ impl Engine {
             self.status.remove_task(id);
         }
         r
+    }
+}
+
+/// Where an input partition with no position starts: its log-start
+/// offset, as a number (`Offset::Beginning` if the broker cannot say).
+///
+/// A seek to `Offset::Beginning` makes librdkafka look the offset up
+/// after the seek returns; the resume that follows it at once starts a new
+/// version of the partition's state, the lookup's answer then arrives
+/// outdated and is dropped, and librdkafka asks again only after 500 ms
+/// (`rd_kafka_toppar_offset_retry(rktp, 500, "outdated offset
+/// response")`): a new application read its first record half a second
+/// after its tasks were ready. A numeric offset needs no lookup.
+fn log_start(consumer: &BaseConsumer<impl ConsumerContext>, topic: &str, partition: i32) -> Offset {
+    match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+        Ok((low, _)) => Offset::Offset(low),
+        Err(e) => {
+            tracing::debug!(topic, partition, error = %e, "log-start offset not known; seeking to the beginning");
+            Offset::Beginning
+        }
     }
 }
