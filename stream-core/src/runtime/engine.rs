@@ -10,7 +10,7 @@
 //! | commit | [`super::commit`] (the order, and why) |
 //! | restore newly assigned tasks (in the background) | [`super::restore`] |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -478,6 +478,21 @@ impl Engine {
             return Ok(());
         }
         self.state.sync()?;
+        // Where the partitions without a position start, in one request.
+        let unplaced: Vec<(String, i32)> = restored
+            .iter()
+            .filter_map(|r| match r {
+                Restored::Ready(e) => Some(e),
+                Restored::Failed(_) => None,
+            })
+            .flat_map(|e| {
+                e.partitions
+                    .iter()
+                    .filter(|(t, p)| e.task.position(t, *p).is_none())
+                    .cloned()
+            })
+            .collect();
+        let starts = log_starts(consumer, &unplaced);
         for r in restored {
             let e = match r {
                 Restored::Ready(e) => e,
@@ -487,7 +502,9 @@ impl Engine {
             for (t, p) in &e.partitions {
                 let offset = match e.task.position(t, *p) {
                     Some(pos) => Offset::Offset(self.in_range(consumer, t, *p, pos)),
-                    None => log_start(consumer, t, *p),
+                    None => starts
+                        .get(&(t.clone(), *p))
+                        .map_or(Offset::Beginning, |&start| Offset::Offset(start)),
                 };
                 consumer
                     .seek(t, *p, offset, Duration::from_secs(10))
@@ -669,8 +686,9 @@ impl Engine {
     }
 }
 
-/// Where an input partition with no position starts: its log-start
-/// offset, as a number (`Offset::Beginning` if the broker cannot say).
+/// Where the input partitions `parts`, which have no position, start:
+/// their log-start offsets, as numbers, read in one request per broker.
+/// A partition missing from the answer is sought to `Offset::Beginning`.
 ///
 /// A seek to `Offset::Beginning` makes librdkafka look the offset up
 /// after the seek returns; the resume that follows it at once starts a new
@@ -679,12 +697,36 @@ impl Engine {
 /// (`rd_kafka_toppar_offset_retry(rktp, 500, "outdated offset
 /// response")`): a new application read its first record half a second
 /// after its tasks were ready. A numeric offset needs no lookup.
-fn log_start(consumer: &BaseConsumer<impl ConsumerContext>, topic: &str, partition: i32) -> Offset {
-    match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
-        Ok((low, _)) => Offset::Offset(low),
-        Err(e) => {
-            tracing::debug!(topic, partition, error = %e, "log-start offset not known; seeking to the beginning");
-            Offset::Beginning
+fn log_starts(
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    parts: &[(String, i32)],
+) -> HashMap<(String, i32), i64> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in parts {
+        // A ListOffsets "timestamp" of -2 asks for the log-start offset.
+        if tpl.add_partition_offset(t, *p, Offset::Beginning).is_err() {
+            return HashMap::new();
         }
     }
+    if tpl.count() == 0 {
+        return HashMap::new();
+    }
+    let found = match consumer.offsets_for_times(tpl, Duration::from_secs(5)) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(error = %e, "log-start offsets not known; seeking to the beginning");
+            return HashMap::new();
+        }
+    };
+    let mut starts = HashMap::new();
+    for (t, p) in parts {
+        if let Some(Offset::Offset(start)) = found
+            .find_partition(t, *p)
+            .filter(|e| e.error().is_ok())
+            .map(|e| e.offset())
+        {
+            starts.insert((t.clone(), *p), start);
+        }
+    }
+    starts
 }
