@@ -242,18 +242,7 @@ impl KafkaStreams {
         let dead_letter_file =
             (!plan.dead_letter_topic_ok).then(|| state.path().join("dead-letters.jsonl"));
         let layout = self.cfg.layout();
-        let task_cfg = Arc::new(TaskConfig {
-            application_id: self.cfg.application_id.clone(),
-            partition_counts: Arc::new(plan.partitions.clone()),
-            dead_letter_topic: self.cfg.dead_letter_topic(),
-            on_error: self.cfg.on_error,
-            on_late: self.cfg.on_late,
-            idle_advance_ms: self.cfg.idle_advance.map(|d| d.as_millis() as i64),
-            layout,
-            commit_tag: super::ownership::commit_tag(&self.topology, &self.cfg.application_id),
-            lineage_depth: self.cfg.lineage_depth,
-            globals: globals.clone(),
-        });
+        let task_cfg = Arc::new(self.task_config(&plan, globals.clone()));
         // Single-instance mode needs one consumer for the whole group.
         let threads = if layout.is_single() {
             1
@@ -312,6 +301,23 @@ impl KafkaStreams {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// What every task of this instance is configured with, once `plan`
+    /// decided the partition counts.
+    fn task_config(&self, plan: &TopicPlan, globals: crate::store::GlobalStores) -> TaskConfig {
+        TaskConfig {
+            application_id: self.cfg.application_id.clone(),
+            partition_counts: Arc::new(plan.partitions.clone()),
+            dead_letter_topic: self.cfg.dead_letter_topic(),
+            on_error: self.cfg.on_error,
+            on_late: self.cfg.on_late,
+            idle_advance_ms: self.cfg.idle_advance.map(|d| d.as_millis() as i64),
+            layout: self.cfg.layout(),
+            commit_tag: super::ownership::commit_tag(&self.topology, &self.cfg.application_id),
+            lineage_depth: self.cfg.lineage_depth,
+            globals,
+        }
     }
 
     /// Creates stream thread `thread` of `threads`: its producer, restore
@@ -703,7 +709,71 @@ async fn wait_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::StreamContext;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::TopicPartitionList;
+
+    use super::{KafkaStreams, StreamContext, ThreadShared};
+    use crate::graph::{TopicRef, TopologyBuilder};
+    use crate::runtime::config::StreamsConfig;
+    use crate::runtime::topics::TopicPlan;
+    use crate::serde::{erase, StringSerde};
+    use crate::store::{GlobalStores, StateDir};
+
+    /// A rebalance under way when the consumer starts closing completes
+    /// inside the close, which runs the assignment callback: it must open
+    /// no task and ask the group nothing (librdkafka answers a closing
+    /// consumer's offset fetches with "waiting for the coordinator" until
+    /// they time out, and the close, and with it the group, hung for the
+    /// whole retry period). Nothing listens at the bootstrap address: any
+    /// request would wait for its timeout.
+    #[test]
+    fn should_open_no_task_for_an_assignment_that_arrives_while_closing() {
+        let s = || erase::<String>(Arc::new(StringSerde));
+        let mut b = TopologyBuilder::new();
+        let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
+        b.add_sink(
+            "out",
+            TopicRef::External("out".into()),
+            s(),
+            s(),
+            None,
+            &[src],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StreamsConfig::new("closing-app", "127.0.0.1:9");
+        cfg.state_dir = dir.path().to_path_buf();
+        let streams = KafkaStreams::new(b.build().unwrap(), cfg).unwrap();
+        let plan = Arc::new(TopicPlan {
+            partitions: [("in".to_string(), 2), ("out".to_string(), 1)].into(),
+            tasks: vec![2],
+            dead_letter_topic_ok: true,
+        });
+        let (state, _) =
+            StateDir::open_with_cache(dir.path(), "closing-app", crate::store::DEFAULT_CACHE_BYTES)
+                .unwrap();
+        let shared = ThreadShared {
+            task_cfg: Arc::new(streams.task_config(&plan, GlobalStores::default())),
+            plan,
+            state,
+            dead_letter_file: None,
+        };
+        let (engine, consumer, _) = streams.stream_thread(0, 1, "instance", shared).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("in", 0);
+        tpl.add_partition("in", 1);
+        let mut e = engine.lock();
+        e.closing = true;
+        let started = Instant::now();
+        let r = e.on_assign(&consumer, &mut tpl);
+        let took = started.elapsed();
+        assert!(r.is_ok(), "{r:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert_eq!(e.progress().1, 0, "a task opened while closing");
+        assert!(!e.restoring(), "a task went to restore while closing");
+        assert!(streams.status().tasks().is_empty());
+    }
 
     #[test]
     fn should_take_only_cooperative_assignors_for_cooperative_rebalancing() {

@@ -338,6 +338,21 @@ impl Engine {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
+        if self.closing {
+            // The consumer is closing and a rebalance that was under way
+            // when it began still completes inside the close (a member
+            // joined just before): the close revokes the partitions again
+            // at once, so no task opens. Reading the group's offsets here
+            // would never succeed: librdkafka answers every offset fetch
+            // of a closing consumer with "waiting for the coordinator", so
+            // the close (and the group, waiting for this member's next
+            // join) hung for the whole retry period.
+            tracing::debug!(
+                partitions = assigned.len(),
+                "assignment while closing: no task opens"
+            );
+            return Ok(());
+        }
         if self.task_cfg.layout.is_single() {
             let total: i32 = self
                 .topology
