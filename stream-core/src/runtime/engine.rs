@@ -10,7 +10,7 @@
 //! | commit | [`super::commit`] (the order, and why) |
 //! | restore newly assigned tasks (in the background) | [`super::restore`] |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::commit::{self, CommitParts};
 use super::config::StreamsConfig;
 use super::error::RuntimeError;
+use super::log_offsets;
 use super::message::Consumed;
 use super::producer::OutputProducer;
 use super::restore::{ChangelogReader, Restored, Restorer};
@@ -493,21 +494,29 @@ impl Engine {
             return Ok(());
         }
         self.state.sync()?;
-        // Where the partitions without a position start, in one request.
-        let unplaced: Vec<(String, i32)> = restored
-            .iter()
-            .filter_map(|r| match r {
-                Restored::Ready(e) => Some(e),
-                Restored::Failed(_) => None,
-            })
-            .flat_map(|e| {
-                e.partitions
-                    .iter()
-                    .filter(|(t, p)| e.task.position(t, *p).is_none())
-                    .cloned()
-            })
-            .collect();
-        let starts = log_starts(consumer, &unplaced);
+        // The log bounds of every partition resuming, in two requests
+        // however many there are: the start for all of them, the end for
+        // those with a position (to check it is still in the log). A
+        // partition without a position is sought to its log start as a
+        // number, never to `Offset::Beginning`: that seek makes librdkafka
+        // look the offset up after the seek returns, the resume right after
+        // starts a new version of the partition's state, the answer arrives
+        // outdated and is dropped, and librdkafka asks again only after
+        // 500 ms (`rd_kafka_toppar_offset_retry(rktp, 500, "outdated offset
+        // response")`): a new application read its first record half a
+        // second after its tasks were ready.
+        let (mut every, mut placed) = (Vec::new(), Vec::new());
+        for r in &restored {
+            let Restored::Ready(e) = r else { continue };
+            for (t, p) in &e.partitions {
+                every.push((t.clone(), *p));
+                if e.task.position(t, *p).is_some() {
+                    placed.push((t.clone(), *p));
+                }
+            }
+        }
+        let starts = log_offsets::list(consumer, &every, Offset::Beginning);
+        let ends = log_offsets::list(consumer, &placed, Offset::End);
         for r in restored {
             let e = match r {
                 Restored::Ready(e) => e,
@@ -515,10 +524,15 @@ impl Engine {
             };
             let mut tpl = TopicPartitionList::new();
             for (t, p) in &e.partitions {
+                let key = (t.clone(), *p);
                 let offset = match e.task.position(t, *p) {
-                    Some(pos) => Offset::Offset(self.in_range(consumer, t, *p, pos)),
+                    Some(pos) => {
+                        let bounds = starts.get(&key).zip(ends.get(&key));
+                        let bounds = bounds.map(|(&low, &high)| (low, high));
+                        Offset::Offset(self.in_range(consumer, t, *p, pos, bounds))
+                    }
                     None => starts
-                        .get(&(t.clone(), *p))
+                        .get(&key)
                         .map_or(Offset::Beginning, |&start| Offset::Offset(start)),
                 };
                 consumer
@@ -541,16 +555,19 @@ impl Engine {
 
     /// `pos` if input partition `topic[partition]` still holds it; else
     /// where the reset policy (`auto.offset.reset`, earliest unless set
-    /// through `StreamsConfig::extra`) puts it, said in one line.
+    /// through `StreamsConfig::extra`) puts it, said in one line. `bounds`
+    /// are the partition's log start and end when already read; else they
+    /// are read here.
     fn in_range(
         &self,
         consumer: &BaseConsumer<impl ConsumerContext>,
         topic: &str,
         partition: i32,
         pos: i64,
+        bounds: Option<(i64, i64)>,
     ) -> i64 {
-        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))
-        else {
+        let read = || consumer.fetch_watermarks(topic, partition, Duration::from_secs(5));
+        let Some((low, high)) = bounds.or_else(|| read().ok()) else {
             return pos;
         };
         if (low..=high).contains(&pos) {
@@ -699,49 +716,4 @@ impl Engine {
         }
         r
     }
-}
-
-/// Where the input partitions `parts`, which have no position, start:
-/// their log-start offsets, as numbers, read in one request per broker.
-/// A partition missing from the answer is sought to `Offset::Beginning`.
-///
-/// A seek to `Offset::Beginning` makes librdkafka look the offset up
-/// after the seek returns; the resume that follows it at once starts a new
-/// version of the partition's state, the lookup's answer then arrives
-/// outdated and is dropped, and librdkafka asks again only after 500 ms
-/// (`rd_kafka_toppar_offset_retry(rktp, 500, "outdated offset
-/// response")`): a new application read its first record half a second
-/// after its tasks were ready. A numeric offset needs no lookup.
-fn log_starts(
-    consumer: &BaseConsumer<impl ConsumerContext>,
-    parts: &[(String, i32)],
-) -> HashMap<(String, i32), i64> {
-    let mut tpl = TopicPartitionList::new();
-    for (t, p) in parts {
-        // A ListOffsets "timestamp" of -2 asks for the log-start offset.
-        if tpl.add_partition_offset(t, *p, Offset::Beginning).is_err() {
-            return HashMap::new();
-        }
-    }
-    if tpl.count() == 0 {
-        return HashMap::new();
-    }
-    let found = match consumer.offsets_for_times(tpl, Duration::from_secs(5)) {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::debug!(error = %e, "log-start offsets not known; seeking to the beginning");
-            return HashMap::new();
-        }
-    };
-    let mut starts = HashMap::new();
-    for (t, p) in parts {
-        if let Some(Offset::Offset(start)) = found
-            .find_partition(t, *p)
-            .filter(|e| e.error().is_ok())
-            .map(|e| e.offset())
-        {
-            starts.insert((t.clone(), *p), start);
-        }
-    }
-    starts
 }

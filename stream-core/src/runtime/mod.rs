@@ -34,6 +34,7 @@ pub mod error;
 pub(crate) mod global;
 pub mod handle;
 pub(crate) mod input_queue;
+pub(crate) mod log_offsets;
 mod message;
 pub mod ownership;
 pub(crate) mod producer;

@@ -42,6 +42,7 @@ use rdkafka::consumer::BaseConsumer;
 
 use super::batch::{read_batch, BatchBuffer, Batched, BATCH};
 use super::error::RuntimeError;
+use super::log_offsets;
 use super::progress::RestoreReporter;
 use super::status::{RestoreProgress, RestoreRecord, RuntimeStatus, TaskState, TaskStatus};
 use super::tasks::Entry;
@@ -379,12 +380,26 @@ impl ChangelogReader {
         committed: &BTreeMap<TopicPartition, CommittedOffset>,
     ) -> Result<Vec<Entry>, RuntimeError> {
         let mut ready = Vec::new();
+        let mut planned = Vec::with_capacity(entries.len());
         for mut entry in entries {
-            let mut full = entry.task.stores().checkpoint()?.is_none();
-            let mut targets = entry.task.begin_restore(committed)?;
+            let full = entry.task.stores().checkpoint()?.is_none();
+            let targets = entry.task.begin_restore(committed)?;
+            planned.push((entry, full, targets));
+        }
+        // Every changelog partition's bounds in two requests; one the
+        // answer lacks is read alone, retried while leadership moves.
+        let parts: Vec<(String, i32)> = planned
+            .iter()
+            .flat_map(|(_, _, targets)| targets.iter().map(|t| (t.topic.clone(), t.partition)))
+            .collect();
+        let bounds = log_offsets::bounds(&self.consumer, &parts);
+        for (mut entry, mut full, mut targets) in planned {
             let mut marks = Vec::with_capacity(targets.len());
             for t in &targets {
-                marks.push(self.watermarks(&t.topic, t.partition)?);
+                marks.push(match bounds.get(&(t.topic.clone(), t.partition)) {
+                    Some(&b) => b,
+                    None => self.watermarks(&t.topic, t.partition)?,
+                });
             }
             // The changelog no longer reaches back to the local checkpoint:
             // the gap cannot be filled, so the state is rebuilt whole.
