@@ -139,14 +139,21 @@ pub(crate) fn start(
             });
         }
         let mut next = HashMap::new();
+        // Every partition's bounds in two requests; one the answer lacks
+        // is read alone.
+        let all: Vec<(String, i32)> = (0..parts).map(|p| (spec.topic.clone(), p)).collect();
+        let bounds = super::log_offsets::bounds(&reader.consumer, &all);
         for p in 0..parts {
             let from = tree.offset(p)?;
-            let (low, high) = reader
-                .consumer
-                .fetch_watermarks(&spec.topic, p, Duration::from_secs(10))
-                .map_err(|e| {
-                    RuntimeError::kafka(format!("watermarks of {}[{p}]", spec.topic), e)
-                })?;
+            let (low, high) = match bounds.get(&(spec.topic.clone(), p)) {
+                Some(&b) => b,
+                None => reader
+                    .consumer
+                    .fetch_watermarks(&spec.topic, p, Duration::from_secs(10))
+                    .map_err(|e| {
+                        RuntimeError::kafka(format!("watermarks of {}[{p}]", spec.topic), e)
+                    })?,
+            };
             // Offsets before the log start are gone: the rows must be rebuilt.
             if from.is_some_and(|f| f < low) {
                 tracing::warn!(store = %spec.store, topic = %spec.topic, partition = p, checkpoint = from.unwrap_or(0), log_start = low,

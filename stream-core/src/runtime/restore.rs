@@ -898,6 +898,14 @@ impl ChangelogReader {
     /// they waited at), write their progress, and publish their lag.
     fn refresh_standbys(&mut self) -> Result<(), RuntimeError> {
         self.last_standby_refresh = Instant::now();
+        // Every standby changelog partition's end, in one request.
+        let parts: Vec<(String, i32)> = self
+            .jobs
+            .iter()
+            .filter(|j| j.standby)
+            .flat_map(|j| j.progress.iter().map(|p| (p.topic.clone(), p.partition)))
+            .collect();
+        let ends = log_offsets::list(&self.consumer, &parts, Offset::End);
         for j in 0..self.jobs.len() {
             if !self.jobs[j].standby {
                 continue;
@@ -927,10 +935,15 @@ impl ChangelogReader {
             // Lag: the changelog's end against the standby's position.
             let mut shown = job.progress.clone();
             for p in shown.iter_mut() {
-                if let Ok((_, high)) =
-                    self.consumer
+                let high = match ends.get(&(p.topic.clone(), p.partition)) {
+                    Some(&high) => Some(high),
+                    None => self
+                        .consumer
                         .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5))
-                {
+                        .ok()
+                        .map(|(_, high)| high),
+                };
+                if let Some(high) = high {
                     p.end = high.max(p.position);
                 }
             }
