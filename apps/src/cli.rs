@@ -384,30 +384,44 @@ impl Common {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` chooses the level (default `info`).
+/// Logs to stderr; `RUST_LOG` chooses the level (default `info`). A line
+/// that cannot be written (stderr a closed pipe) is dropped: see
+/// [`stream_core::logging`].
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    stream_core::logging::init("info,librdkafka=warn");
 }
 
 /// Builds the topology, runs it with `config` and `run` until
 /// SIGINT/SIGTERM, and turns any failure into one clear line and exit status 1.
 pub async fn run_topology(
     builder: stream_dsl::StreamsBuilder,
+    config: StreamsConfig,
+    run: &RunOpts,
+) {
+    run_topology_until(builder, config, run, std::future::pending()).await
+}
+
+/// [`run_topology`], stopping cleanly (commit, flush, close) when `stop`
+/// completes too: how a program ends itself, e.g. once the reader of its
+/// output has gone.
+pub async fn run_topology_until(
+    builder: stream_dsl::StreamsBuilder,
     mut config: StreamsConfig,
     run: &RunOpts,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) {
     run.apply(&mut config).unwrap_or_else(|e| fail(e));
     let topology = builder.build().unwrap_or_else(|e| fail(e));
     run.maintenance(&[(&topology, &config)]).await;
     let app = stream_core::runtime::KafkaStreams::new(topology, config).unwrap_or_else(|e| fail(e));
+    let shutdown = async {
+        tokio::select! {
+            () = stream_core::runtime::shutdown_signal() => {}
+            () = stop => {}
+        }
+    };
     if let Err(e) = stream_core::instance::Instance::new(app)
-        .run_until_signal()
+        .run(shutdown)
         .await
     {
         fail(e);

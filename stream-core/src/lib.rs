@@ -15,6 +15,7 @@
 //! | [`driver`] | the in-process test driver |
 //! | [`runtime`] | the Kafka runtime: config, topics, consumer/producer loop, restore, commit |
 //! | [`http`] | the optional HTTP server: metrics, health, topology, store queries, status page |
+//! | [`logging`] | logging to stderr that survives a closed stderr |
 //! | [`partitioner`] | Java-compatible murmur2 partitioning |
 //! | [`error`] | typed errors |
 //!
@@ -30,6 +31,7 @@ pub mod error;
 pub mod graph;
 pub mod http;
 pub mod instance;
+pub mod logging;
 pub mod partitioner;
 pub mod processor;
 pub mod record;

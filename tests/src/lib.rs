@@ -226,14 +226,7 @@ pub async fn run_program(
 /// Logs to stderr, filtered by `RUST_LOG` (else `default`): the test and
 /// benchmark programs' logging.
 pub fn init_tracing(default: &str) {
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .init();
+    stream_core::logging::init(default);
 }
 
 /// Waits until every record sent is acknowledged.
@@ -497,6 +490,24 @@ pub fn signal_and_wait(child: &mut std::process::Child, signal: i32) {
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
         }
+    }
+}
+
+/// The exit status of `child` once it exits by itself, or `None` if it is
+/// still running after `deadline`.
+pub fn wait_for_exit(
+    child: &mut std::process::Child,
+    deadline: Duration,
+) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return Some(status);
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

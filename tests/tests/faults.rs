@@ -189,3 +189,149 @@ async fn should_wait_out_a_broker_outage_and_lose_nothing() {
         "says what it waits for"
     );
 }
+
+/// stderr a pipe whose reader has gone (`program 2>&1 | head`, a log
+/// collector that died): the program keeps counting, commits, and stops on
+/// SIGTERM. A logger that panics on the failed write once left sled's log
+/// buffer sealed for good (its panic lands inside sled's buffer write), and
+/// every later store write spun: commits never finished and SIGTERM never
+/// ended the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_keep_counting_and_stop_cleanly_when_its_stderr_is_a_closed_pipe() {
+    use std::io::BufRead;
+    let (app, input, output) = (unique("closed-stderr"), unique("words"), unique("counts"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let bs = bootstrap();
+    let args = [
+        &app,
+        &input,
+        &output,
+        &state.path().display().to_string(),
+        &bs,
+    ];
+    // Debug level: sled logs from inside its buffer writes, the stream
+    // thread for every commit.
+    let mut child = Guard(
+        Command::new(workspace_bin("count-app"))
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdout(out)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Read until the tasks are ready, then close the reading end.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = Instant::now();
+    let mut ready = false;
+    while started.elapsed() < Duration::from_secs(90) {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("restored read=") => {
+                ready = true;
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(ready, "the program started and restored its tasks");
+    drop(lines);
+
+    let mut expected = BTreeMap::new();
+    for round in 0..2 {
+        produce(&bs, &input, 2_000, &mut expected);
+        assert!(
+            wait_until(Duration::from_secs(90), || counts(&bs, &output) == expected),
+            "counts of round {round} with stderr closed"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the program is still running"
+        );
+    }
+    signal_and_wait(&mut child, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "stopped cleanly on SIGTERM: {status}");
+
+    // Its state and committed positions are whole: a normal restart counts on.
+    produce(&bs, &input, 1_000, &mut expected);
+    let mut child = Guard(spawn_count_app(
+        &app,
+        &input,
+        &output,
+        state.path(),
+        &bs,
+        None,
+        &log,
+    ));
+    let ok = wait_until(Duration::from_secs(90), || counts(&bs, &output) == expected);
+    let status = stop(&mut child);
+    assert!(ok, "counts after a restart (log {})", log.display());
+    assert!(status.success());
+}
+
+/// A processor that panics (here after the count's store change, before
+/// its output record) stops the instance with the panic's message and a
+/// failed exit, promptly, and commits nothing after it: restarted without
+/// the fault, every count is exact, the panicking record's included once.
+/// The panic once unwound through the consumer's drop, which waits forever
+/// for the input queues the consumer's context still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_stop_on_a_panicking_processor_and_commit_nothing_after_it() {
+    let (app, input, output) = (unique("panic"), unique("words"), unique("counts"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let bs = bootstrap();
+    let mut expected = BTreeMap::new();
+    produce(&bs, &input, 2_000, &mut expected);
+    let p = producer_at(&bs);
+    send(&p, &input, None, b"boom");
+    flush(&p);
+    expected.insert(b"boom".to_vec(), 1);
+    produce(&bs, &input, 1_000, &mut expected);
+
+    let spawn = |word: &str| {
+        let env = [("COUNT_APP_PANIC_ON", word)];
+        Guard(spawn_count_app_env(
+            &app,
+            &input,
+            &output,
+            state.path(),
+            &log,
+            &env,
+        ))
+    };
+    let mut child = spawn("boom");
+    let status = wait_for_exit(&mut child, Duration::from_secs(90)).unwrap_or_else(|| {
+        panic!(
+            "the program did not stop after the panic (log {})",
+            log.display()
+        )
+    });
+    assert!(!status.success(), "a panic is a failed run: {status}");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("stream thread panicked: COUNT_APP_PANIC_ON: counted boom"),
+        "the error names the panic (log {})",
+        log.display()
+    );
+
+    produce(&bs, &input, 500, &mut expected);
+    let mut child = spawn("no-such-word");
+    let ok = wait_until(Duration::from_secs(90), || counts(&bs, &output) == expected);
+    let got = counts(&bs, &output);
+    let status = stop(&mut child);
+    assert!(
+        ok,
+        "counts after the restart: {} (log {})",
+        diff_counts(&got, &expected),
+        log.display()
+    );
+    assert!(status.success());
+}
