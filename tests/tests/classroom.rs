@@ -410,3 +410,42 @@ async fn should_name_the_likely_cause_of_a_connection_failure_in_one_line() {
     assert!(errors(&o).is_empty(), "{text}");
     assert!(text.contains("using SASL_PLAINTEXT"), "{text}");
 }
+
+/// Step 1 piped into `head` (`consume | head -4`): it prints records until
+/// the reader has had enough, then, at its next record, stops on its own,
+/// successfully, instead of panicking on the closed pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_stop_quietly_when_step_1_is_piped_into_head() {
+    use std::io::BufRead;
+    let c = classroom("head").await;
+    c.produce_users(50, 7);
+    let state = tempfile::tempdir().unwrap();
+    let log = log_of("consume-head");
+    let mut child = Guard(
+        Command::new(workspace_bin("consume"))
+            .args(c.args(state.path()))
+            .env("KAFKA_PASSWORD", &c.password)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let head: Vec<String> = lines.by_ref().take(4).map_while(Result::ok).collect();
+    drop(lines);
+    assert_eq!(head.len(), 4, "four lines printed (log {})", log.display());
+    assert!(
+        head[0].starts_with(&format!("{}:", c.new_users)) && head[1].starts_with("  email: "),
+        "a record and its email: {head:?}"
+    );
+    // What was printed may all have fit in the pipe: the next record is
+    // the first write that meets the closed pipe.
+    c.produce_users(5, 8);
+    let status = wait_for_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "stopped by itself with status 0 once the pipe closed (log {})",
+        log.display()
+    );
+}

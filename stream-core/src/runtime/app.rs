@@ -500,7 +500,10 @@ fn stream_loop(
     let mut last_transport_warning: Option<std::time::Instant> = None;
     let mut clocks = Clocks::new(input.is_some());
     let mut restoring = false;
-    let result = loop {
+    // A panic (in a processor's code, or a bug of ours) stops this thread
+    // like an error, without committing what the tasks hold: see
+    // `Engine::panicked`.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
@@ -578,10 +581,17 @@ fn stream_loop(
                 break Err(err);
             }
         }
-    };
+    }));
+    let panicked = result.is_err();
+    let result = result.unwrap_or_else(|payload| {
+        let error = RuntimeError::ThreadPanicked(panic_message(payload.as_ref()));
+        tracing::error!(%error, "the stream thread stops without committing; the instance stops");
+        Err(error)
+    });
     let closed = {
         let mut e = lock(&engine);
         e.closing = true;
+        e.panicked = panicked;
         if result.is_ok() {
             e.shutdown(&consumer)
         } else {
@@ -596,6 +606,15 @@ fn stream_loop(
     drop(consumer.context().input.lock().take());
     close_consumer(consumer);
     result.and(closed)
+}
+
+/// The message a panic carried (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// What a consume error means for the stream thread: the error that stops

@@ -46,6 +46,11 @@ pub(crate) struct Engine {
     pub(crate) status: Arc<RuntimeStatus>,
     pub(crate) fatal: Option<RuntimeError>,
     pub(crate) closing: bool,
+    /// Processing panicked: the tasks may hold half of a record's changes,
+    /// so nothing more is committed (the revocation that closing runs
+    /// drops them as if the partitions were lost, and aborts an open
+    /// transaction) — what a crash at that point would leave.
+    pub(crate) panicked: bool,
     out: OutputProducer,
     restorer: Restorer,
     tasks: OwnedTasks,
@@ -87,6 +92,7 @@ impl Engine {
             status,
             fatal: None,
             closing: false,
+            panicked: false,
             out,
             restorer,
             to_pause: Vec::new(),
@@ -652,6 +658,7 @@ impl Engine {
             .collect();
         self.restorer.abandon(moving);
         self.to_pause.retain(|tp| !revoked.contains(tp));
+        let lost = lost || self.panicked;
         let result = if !lost {
             self.commit(consumer)
         } else if self.out.in_transaction() {

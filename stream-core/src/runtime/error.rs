@@ -126,7 +126,10 @@ pub enum RuntimeError {
         /// The changelog partitions still being read.
         topics: String,
     },
-    /// A stream thread panicked (a bug: please report it with the log).
+    /// Processing panicked on a stream thread: in a processor's own code
+    /// (a closure given to the DSL), or a bug of the framework's (please
+    /// report it with the log). The thread stopped without committing, as
+    /// a crash would have, and the instance stopped with it.
     #[error("stream thread panicked: {0}")]
     ThreadPanicked(String),
     /// The HTTP server cannot listen on its address.

@@ -8,7 +8,9 @@
 //! `partition.assignment.strategy`; `COUNT_APP_BY_KEY=1` counts keys
 //! instead (no repartition: one task per input partition);
 //! `COUNT_APP_STATE_CACHE_MIB=N` sets `state_cache_bytes` (sled's cache);
-//! `COUNT_APP_MAX_BUFFERED=N` sets `max_buffered_changes`.
+//! `COUNT_APP_MAX_BUFFERED=N` sets `max_buffered_changes`;
+//! `COUNT_APP_PANIC_ON=WORD` panics in a processor after counting WORD
+//! (after the store change, before the output record).
 
 use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
@@ -35,9 +37,19 @@ async fn main() {
     } else {
         b.source(&args[2]).group_by(|_k, v| v.clone())
     };
-    grouped
-        .count(Materialized::as_store("counts"))
-        .to_topic(&args[3]);
+    let counts = grouped.count(Materialized::as_store("counts"));
+    match std::env::var("COUNT_APP_PANIC_ON") {
+        // After the count's store change, before its output record.
+        Ok(word) => counts
+            .to_stream()
+            .peek(move |k, _| {
+                if *k == word {
+                    panic!("COUNT_APP_PANIC_ON: counted {word}");
+                }
+            })
+            .to_topic(&args[3]),
+        Err(_) => counts.to_topic(&args[3]),
+    }
     let mut cfg = StreamsConfig::new(&args[1], &bootstrap);
     cfg.state_dir = args[4].clone().into();
     cfg.replication_factor = args.get(6).and_then(|r| r.parse().ok());
