@@ -9,6 +9,7 @@
 //! instead (no repartition: one task per input partition);
 //! `COUNT_APP_STATE_CACHE_MIB=N` sets `state_cache_bytes` (sled's cache);
 //! `COUNT_APP_MAX_BUFFERED=N` sets `max_buffered_changes`;
+//! `COUNT_APP_EXACTLY_ONCE=1` processes exactly once;
 //! `COUNT_APP_PANIC_ON=WORD` panics in a processor after counting WORD
 //! (after the store change, before the output record).
 
@@ -73,6 +74,9 @@ async fn main() {
         .and_then(|v| v.parse().ok())
     {
         cfg.max_buffered_changes = n;
+    }
+    if std::env::var("COUNT_APP_EXACTLY_ONCE").is_ok_and(|v| v == "1") {
+        cfg.processing_guarantee = stream_core::runtime::ProcessingGuarantee::ExactlyOnce;
     }
     if let Ok(s) = std::env::var("COUNT_APP_ASSIGNOR") {
         cfg.assignment_strategy = s;
