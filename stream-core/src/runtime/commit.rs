@@ -12,7 +12,10 @@
 //!    reads it back from the changelog's tail).
 //! 3. At-least-once: the input positions are committed to the group, with
 //!    this application's tag (see [`super::ownership`]). Outside the group
-//!    sled holds them alone.
+//!    sled holds them alone. A periodic commit whose positions are the ones
+//!    last sent is not sent again for [`RESEND_UNCHANGED_AFTER`] (an idle
+//!    instance committed the same offsets ten times a second, each one a
+//!    write to `__consumer_offsets`); a synchronous commit always is.
 //!
 //! Under at-least-once the commit is **pipelined**: at the commit point
 //! every task seals its state ([`Task::seal`](crate::task::Task::seal))
@@ -42,7 +45,7 @@
 //! positions, which is exact because everything before it was acknowledged.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::Offset;
@@ -60,6 +63,37 @@ pub(crate) struct CommitParts<'a> {
     pub(crate) status: &'a Arc<RuntimeStatus>,
     pub(crate) cfg: &'a StreamsConfig,
     pub(crate) commit_tag: &'a str,
+    pub(crate) sent: &'a mut SentPositions,
+}
+
+/// How long a periodic commit skips positions equal to the ones last sent
+/// to the group. An asynchronous commit that failed unseen is sent again
+/// after this at the latest (sled holds the positions meanwhile).
+pub(crate) const RESEND_UNCHANGED_AFTER: Duration = Duration::from_secs(30);
+
+/// The input positions last committed to the group, and when.
+#[derive(Debug, Default)]
+pub(crate) struct SentPositions {
+    positions: Vec<(String, i32, i64)>,
+    at: Option<Instant>,
+}
+
+impl SentPositions {
+    /// Records `positions` as sent now; whether they need sending: always
+    /// for a synchronous commit, else unless they equal the ones sent
+    /// within [`RESEND_UNCHANGED_AFTER`].
+    fn should_send(&mut self, mut positions: Vec<(String, i32, i64)>, mode: CommitMode) -> bool {
+        positions.sort_unstable();
+        let recent = self
+            .at
+            .is_some_and(|at| at.elapsed() < RESEND_UNCHANGED_AFTER);
+        if matches!(mode, CommitMode::Async) && recent && positions == self.positions {
+            return false;
+        }
+        self.positions = positions;
+        self.at = Some(Instant::now());
+        true
+    }
 }
 
 /// A sealed commit waiting for its records' acknowledgements, then (at
@@ -238,6 +272,17 @@ fn commit_positions(
         return;
     }
     let mut tpl = parts.tasks.committed_positions();
+    let positions = tpl
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    if !parts.sent.should_send(positions, mode) {
+        return;
+    }
     super::ownership::stamp(&mut tpl, parts.commit_tag);
     if tpl.count() > 0 {
         if let Err(e) = consumer.commit(&tpl, mode) {
@@ -285,5 +330,52 @@ fn rewind(tasks: &mut OwnedTasks, consumer: &BaseConsumer<impl ConsumerContext>)
                 tracing::warn!(topic = %topic, partition = p, error = %err, "rewind after abort failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn positions(at: &[(&str, i32, i64)]) -> Vec<(String, i32, i64)> {
+        at.iter().map(|(t, p, o)| (t.to_string(), *p, *o)).collect()
+    }
+
+    #[test]
+    fn should_skip_a_periodic_commit_of_the_positions_last_sent() {
+        let mut sent = SentPositions::default();
+        let a = positions(&[("in", 0, 5), ("in", 1, 7)]);
+        assert!(sent.should_send(a.clone(), CommitMode::Async), "the first");
+        assert!(!sent.should_send(a.clone(), CommitMode::Async), "unchanged");
+        // The same positions in another order are the same positions.
+        let reversed: Vec<_> = a.iter().rev().cloned().collect();
+        assert!(!sent.should_send(reversed, CommitMode::Async));
+        assert!(
+            sent.should_send(a.clone(), CommitMode::Sync),
+            "synchronous: always"
+        );
+        let moved = positions(&[("in", 0, 6), ("in", 1, 7)]);
+        assert!(sent.should_send(moved.clone(), CommitMode::Async), "moved");
+        let fewer = positions(&[("in", 0, 6)]);
+        assert!(
+            sent.should_send(fewer, CommitMode::Async),
+            "a partition left"
+        );
+    }
+
+    #[test]
+    fn should_send_unchanged_positions_again_after_a_while() {
+        let mut sent = SentPositions::default();
+        let a = positions(&[("in", 0, 5)]);
+        assert!(sent.should_send(a.clone(), CommitMode::Async));
+        sent.at = Instant::now().checked_sub(RESEND_UNCHANGED_AFTER + Duration::from_secs(1));
+        assert!(
+            sent.should_send(a.clone(), CommitMode::Async),
+            "resent after the period"
+        );
+        assert!(
+            !sent.should_send(a, CommitMode::Async),
+            "then skipped again"
+        );
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct Engine {
     /// drops them as if the partitions were lost, and aborts an open
     /// transaction) — what a crash at that point would leave.
     pub(crate) panicked: bool,
+    /// The input positions last committed to the group.
+    sent_positions: commit::SentPositions,
     out: OutputProducer,
     restorer: Restorer,
     tasks: OwnedTasks,
@@ -93,6 +95,7 @@ impl Engine {
             fatal: None,
             closing: false,
             panicked: false,
+            sent_positions: Default::default(),
             out,
             restorer,
             to_pause: Vec::new(),
@@ -196,6 +199,7 @@ impl Engine {
             status: &self.status,
             cfg: &self.cfg,
             commit_tag: &self.task_cfg.commit_tag,
+            sent: &mut self.sent_positions,
         }
     }
 
