@@ -1,5 +1,6 @@
-//! Faults: damaged local state, an unusable state directory, and the broker
-//! going away for 30 seconds mid-run.
+//! Faults: damaged local state, an unusable state directory, the broker
+//! going away for 30 seconds mid-run, a closed stderr, a panicking
+//! processor, and a source topic deleted under a running program.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -331,6 +332,108 @@ async fn should_stop_on_a_panicking_processor_and_commit_nothing_after_it() {
         ok,
         "counts after the restart: {} (log {})",
         diff_counts(&got, &expected),
+        log.display()
+    );
+    assert!(status.success());
+}
+
+/// A source topic deleted while the program runs stops the program with an
+/// error that names the topic, as Kafka Streams stops with
+/// `MissingSourceTopicException`. It once kept running with nothing to
+/// read, logging librdkafka's "topic does not exist" once a second per
+/// partition, for good. Nothing counted before the deletion is lost.
+///
+/// The topic created again, a restart without a reset refuses to start:
+/// its state's positions lie past the new log's end, and resuming there
+/// dropped every new record below them as already processed (counts
+/// stayed as they were, silently). After the reset the new topic's words
+/// are counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_stop_when_a_source_topic_is_deleted_and_refuse_its_new_log_until_reset() {
+    let (app, input, output) = (unique("deleted"), unique("words"), unique("counts"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let bs = bootstrap();
+    let spawn = |output: &str, env: &[(&str, &str)]| {
+        Guard(spawn_count_app_env(
+            &app,
+            &input,
+            output,
+            state.path(),
+            &log,
+            env,
+        ))
+    };
+    let failure = |child: &mut Guard, what: &str| {
+        let status = wait_for_exit(child, Duration::from_secs(120)).unwrap_or_else(|| {
+            panic!(
+                "the program still runs 120 s after {what} (log {})",
+                log.display()
+            )
+        });
+        assert!(!status.success(), "{what}: a failed run, not {status}");
+    };
+    let logged = |text: &str| std::fs::read_to_string(&log).unwrap().contains(text);
+
+    let mut expected = BTreeMap::new();
+    produce(&bs, &input, 1_000, &mut expected);
+    let mut child = spawn(&output, &[]);
+    let counted = wait_until(Duration::from_secs(90), || counts(&bs, &output) == expected);
+    assert!(
+        counted,
+        "counts before the deletion: {} (log {})",
+        diff_counts(&counts(&bs, &output), &expected),
+        log.display()
+    );
+
+    let deleted = admin()
+        .delete_topics(&[&input], &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("delete the input topic");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    // librdkafka waits topic.metadata.propagation.max.ms (30 s) before it
+    // takes a topic for deleted.
+    failure(&mut child, "its source topic was deleted");
+    assert!(
+        logged(&format!("topic `{input}` does not exist"))
+            && logged("deleted while the application ran"),
+        "the error names the deleted topic (log {})",
+        log.display()
+    );
+    assert_eq!(counts(&bs, &output), expected, "counts after the stop");
+
+    create_topic(&input, 2).await;
+    let mut child = spawn(&output, &[]);
+    failure(&mut child, "a restart on the new, empty topic");
+    assert!(
+        logged(&format!("input {input}[")) && logged("reset the application"),
+        "the error names the input and the remedy (log {})",
+        log.display()
+    );
+
+    let mut fresh = BTreeMap::new();
+    produce(&bs, &input, 500, &mut fresh);
+    let recount = unique("recounts");
+    create_topic(&recount, 1).await;
+    let status = wait_for_exit(
+        &mut spawn(&recount, &[("COUNT_APP_RESET", "1")]),
+        Duration::from_secs(120),
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the reset: {status:?} (log {})",
+        log.display()
+    );
+    let mut child = spawn(&recount, &[]);
+    let ok = wait_until(Duration::from_secs(90), || counts(&bs, &recount) == fresh);
+    let got = counts(&bs, &recount);
+    let status = stop(&mut child);
+    assert!(
+        ok,
+        "counts of the new topic after the reset: {} (log {})",
+        diff_counts(&got, &fresh),
         log.display()
     );
     assert!(status.success());

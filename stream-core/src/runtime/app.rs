@@ -19,6 +19,7 @@ use super::engine::Engine;
 use super::error::RuntimeError;
 use super::handle::{InstanceHandle, StoreAccess};
 use super::input_queue::InputQueue;
+use super::missing_topic::{self, MissingTopicWatch};
 use super::producer::{DeliveryState, OutputProducer};
 use super::restore::ChangelogReader;
 use super::status::RuntimeStatus;
@@ -46,6 +47,9 @@ struct StreamContext {
     /// consumer exists; taken away (and destroyed) before the consumer
     /// closes.
     input: Mutex<Option<Arc<InputQueue>>>,
+    /// A topic librdkafka reported deleted, for the stream thread to
+    /// confirm.
+    missing: MissingTopicWatch,
 }
 
 impl StreamContext {
@@ -79,6 +83,7 @@ impl StreamContext {
 
 impl ClientContext for StreamContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.missing.note(fac, message);
         self.capture.log(level, fac, message)
     }
 
@@ -382,6 +387,7 @@ impl KafkaStreams {
                 capture: capture.clone(),
                 cooperative: AtomicBool::new(cooperative),
                 input: Mutex::new(None),
+                missing: MissingTopicWatch::default(),
             })
             .map_err(|e| RuntimeError::kafka("create consumer", e))?;
         *consumer.context().input.lock() = InputQueue::new(&consumer).map(Arc::new);
@@ -518,6 +524,16 @@ fn stream_loop(
         } else {
             wait
         });
+        // A topic it reads deleted under it (see `missing_topic`); asked
+        // without the engine's lock, which the status page takes too.
+        if let Some(err) = consumer
+            .context()
+            .missing
+            .take()
+            .and_then(|topic| missing_topic::confirm_missing(&consumer, &topic))
+        {
+            break Err(err);
+        }
         let mut handled = false;
         let mut e = lock(&engine);
         if let Some(err) = e.fatal.take() {

@@ -539,7 +539,7 @@ impl Engine {
                     Some(pos) => {
                         let bounds = starts.get(&key).zip(ends.get(&key));
                         let bounds = bounds.map(|(&low, &high)| (low, high));
-                        Offset::Offset(self.in_range(consumer, t, *p, pos, bounds))
+                        Offset::Offset(self.in_range(consumer, t, *p, pos, bounds)?)
                     }
                     None => starts
                         .get(&key)
@@ -563,11 +563,13 @@ impl Engine {
         Ok(())
     }
 
-    /// `pos` if input partition `topic[partition]` still holds it; else
-    /// where the reset policy (`auto.offset.reset`, earliest unless set
-    /// through `StreamsConfig::extra`) puts it, said in one line. `bounds`
-    /// are the partition's log start and end when already read; else they
-    /// are read here.
+    /// `pos` if input partition `topic[partition]` still holds it; if the
+    /// log starts after it (retention deleted records), where the reset
+    /// policy (`auto.offset.reset`, earliest unless set through
+    /// `StreamsConfig::extra`) puts it, said in one line. A log that ends
+    /// before it is not the log the state was built from:
+    /// [`RuntimeError::InputRewound`]. `bounds` are the partition's log
+    /// start and end when already read; else they are read here.
     fn in_range(
         &self,
         consumer: &BaseConsumer<impl ConsumerContext>,
@@ -575,13 +577,20 @@ impl Engine {
         partition: i32,
         pos: i64,
         bounds: Option<(i64, i64)>,
-    ) -> i64 {
+    ) -> Result<i64, RuntimeError> {
         let read = || consumer.fetch_watermarks(topic, partition, Duration::from_secs(5));
         let Some((low, high)) = bounds.or_else(|| read().ok()) else {
-            return pos;
+            return Ok(pos);
         };
-        if (low..=high).contains(&pos) {
-            return pos;
+        if pos > high {
+            return Err(RuntimeError::InputRewound {
+                input: format!("{topic}[{partition}]"),
+                position: pos,
+                log_end: high,
+            });
+        }
+        if pos >= low {
+            return Ok(pos);
         }
         let policy = self
             .cfg
@@ -594,7 +603,7 @@ impl Engine {
             low
         };
         tracing::warn!(input = %format!("{topic}[{partition}]"), position = pos, log_start = low, log_end = high, resume = to, policy, "the input no longer holds the position to resume from (out of range); resuming where auto.offset.reset says");
-        to
+        Ok(to)
     }
 
     /// Whether tasks are restoring in the background.

@@ -132,6 +132,24 @@ pub enum RuntimeError {
     /// a crash would have, and the instance stopped with it.
     #[error("stream thread panicked: {0}")]
     ThreadPanicked(String),
+    /// An input partition ends before the position this application's
+    /// state has processed it to: the topic was deleted and created again
+    /// (or lost records, as an unclean leader election loses them). Its
+    /// positions, the marks that keep a replay from counting twice and the
+    /// restore's filter all name offsets of the old log, so new records at
+    /// those offsets would be dropped as already processed; the instance
+    /// stops instead. Kafka Streams resumes such a partition where
+    /// `auto.offset.reset` says: it keeps no input positions of its own
+    /// beside the group's, which the broker deletes with the topic.
+    #[error("input {input} ends at offset {log_end}, but this application's state has processed it up to offset {position}: the topic was deleted and created again, or lost records. Its state cannot tell the new records from the old; reset the application (the programs' --reset) to process the topic anew")]
+    InputRewound {
+        /// `topic[partition]`.
+        input: String,
+        /// The position the state holds.
+        position: i64,
+        /// The partition's log end offset.
+        log_end: i64,
+    },
     /// The HTTP server cannot listen on its address.
     #[error("cannot serve HTTP on {addr}: {source}")]
     HttpBind {

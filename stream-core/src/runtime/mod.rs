@@ -36,6 +36,7 @@ pub mod handle;
 pub(crate) mod input_queue;
 pub(crate) mod log_offsets;
 mod message;
+pub(crate) mod missing_topic;
 pub mod ownership;
 pub(crate) mod producer;
 pub(crate) mod production;

@@ -11,7 +11,9 @@
 //! `COUNT_APP_MAX_BUFFERED=N` sets `max_buffered_changes`;
 //! `COUNT_APP_EXACTLY_ONCE=1` processes exactly once;
 //! `COUNT_APP_PANIC_ON=WORD` panics in a processor after counting WORD
-//! (after the store change, before the output record).
+//! (after the store change, before the output record);
+//! `COUNT_APP_RESET=1` resets the application (input offsets to the
+//! earliest, internal topics and local state deleted) and exits.
 
 use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
@@ -81,5 +83,26 @@ async fn main() {
     if let Ok(s) = std::env::var("COUNT_APP_ASSIGNOR") {
         cfg.assignment_strategy = s;
     }
-    integration_tests::run_program(b.build(), cfg).await;
+    let topology = b.build();
+    if std::env::var("COUNT_APP_RESET").is_ok_and(|v| v == "1") {
+        use stream_core::runtime::reset;
+        let topology = match topology {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        };
+        let plan = reset::plan_reset(&topology, &cfg, reset::ResetTo::Earliest);
+        let done = match plan {
+            Ok(plan) => reset::execute_reset(&topology, &cfg, &plan).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    integration_tests::run_program(topology, cfg).await;
 }
