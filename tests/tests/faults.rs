@@ -24,6 +24,14 @@ fn counts(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
     counts_at(bootstrap, topic, Duration::from_secs(30))
 }
 
+async fn delete_topic(topic: &str) {
+    let deleted = admin()
+        .delete_topics(&[topic], &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("delete a topic");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_move_damaged_state_aside_and_rebuild_it_from_the_changelog() {
     let (app, input, output) = (unique("damaged"), unique("words"), unique("counts"));
@@ -388,11 +396,7 @@ async fn should_stop_when_a_source_topic_is_deleted_and_refuse_its_new_log_until
         log.display()
     );
 
-    let deleted = admin()
-        .delete_topics(&[&input], &rdkafka::admin::AdminOptions::new())
-        .await
-        .expect("delete the input topic");
-    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    delete_topic(&input).await;
     // librdkafka waits topic.metadata.propagation.max.ms (30 s) before it
     // takes a topic for deleted.
     failure(&mut child, "its source topic was deleted");
@@ -437,4 +441,129 @@ async fn should_stop_when_a_source_topic_is_deleted_and_refuse_its_new_log_until
         log.display()
     );
     assert!(status.success());
+}
+
+/// A reset run on one machine (input offsets to the latest, internal
+/// topics deleted, that machine's state wiped) leaves another machine's
+/// state behind. That state's changelog checkpoint lies past the end of the
+/// changelog created anew: it is not the log the state was written to, so
+/// it is rebuilt from the changelog, and the restart counts only what came
+/// after the reset. It once kept the old state: the restore found nothing
+/// to read past its checkpoint, and the old counts went on growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_rebuild_state_left_behind_by_a_reset_run_on_another_machine() {
+    let (app, input, output) = (unique("stale"), unique("words"), unique("counts"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let (here, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = log_dir().join(format!("{app}.log"));
+    let bs = bootstrap();
+    let spawn = |state: &Path, env: &[(&str, &str)]| {
+        Guard(spawn_count_app_env(&app, &input, &output, state, &log, env))
+    };
+
+    let mut before = BTreeMap::new();
+    produce(&bs, &input, 1_000, &mut before);
+    let mut child = spawn(here.path(), &[]);
+    let counted = wait_until(Duration::from_secs(90), || counts(&bs, &output) == before);
+    let status = stop(&mut child);
+    assert!(
+        counted,
+        "counts before the reset: {} (log {})",
+        diff_counts(&counts(&bs, &output), &before),
+        log.display()
+    );
+    assert!(status.success());
+
+    let status = wait_for_exit(
+        &mut spawn(elsewhere.path(), &[("COUNT_APP_RESET", "latest")]),
+        Duration::from_secs(120),
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the reset: {status:?} (log {})",
+        log.display()
+    );
+
+    // Counts of the words after the reset only; a key counted before and
+    // not after keeps its old record in the output topic.
+    let mut after = BTreeMap::new();
+    produce(&bs, &input, 500, &mut after);
+    let mut want = before.clone();
+    want.extend(after.iter().map(|(k, v)| (k.clone(), *v)));
+    let mut child = spawn(here.path(), &[]);
+    let ok = wait_until(Duration::from_secs(90), || counts(&bs, &output) == want);
+    let got = counts(&bs, &output);
+    let status = stop(&mut child);
+    assert!(
+        ok,
+        "counts after the reset: {} (log {})",
+        diff_counts(&got, &want),
+        log.display()
+    );
+    assert!(status.success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("the changelog ends before the local checkpoint"),
+        "the rebuild is said (log {})",
+        log.display()
+    );
+}
+
+/// A source topic deleted and created again at once, while the program
+/// runs, is not reported missing (librdkafka waits 30 s for that); it sees
+/// the new topic's id and fetches the new log from the old position, finds
+/// it out of range and moves the fetch to the log's start. The task once
+/// took every record of the new log for one already processed (its offset
+/// below the task's position) and dropped it, silently, for good. Now the
+/// program stops with an error naming the input and the remedy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_stop_when_a_source_topic_is_replaced_under_it() {
+    let (app, input, output) = (unique("replaced"), unique("words"), unique("counts"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let bs = bootstrap();
+    let mut expected = BTreeMap::new();
+    produce(&bs, &input, 1_000, &mut expected);
+    let mut child = Guard(spawn_count_app(
+        &app,
+        &input,
+        &output,
+        state.path(),
+        &bs,
+        None,
+        &log,
+    ));
+    let counted = wait_until(Duration::from_secs(90), || counts(&bs, &output) == expected);
+    assert!(
+        counted,
+        "counts before the topic was replaced: {} (log {})",
+        diff_counts(&counts(&bs, &output), &expected),
+        log.display()
+    );
+
+    delete_topic(&input).await;
+    create_topic(&input, 2).await;
+    produce(&bs, &input, 100, &mut BTreeMap::new());
+    let status = wait_for_exit(&mut child, Duration::from_secs(120)).unwrap_or_else(|| {
+        panic!(
+            "the program still runs 120 s after its source topic was replaced (log {})",
+            log.display()
+        )
+    });
+    assert!(
+        !status.success(),
+        "a replaced source topic is a failed run: {status}"
+    );
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains(&format!("input {input}["))
+            && logs.contains("a fetch found its log replaced")
+            && logs.contains("reset the application"),
+        "the error names the input and the remedy (log {})",
+        log.display()
+    );
+    assert_eq!(counts(&bs, &output), expected, "counts after the stop");
 }

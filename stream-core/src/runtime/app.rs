@@ -19,7 +19,7 @@ use super::engine::Engine;
 use super::error::RuntimeError;
 use super::handle::{InstanceHandle, StoreAccess};
 use super::input_queue::InputQueue;
-use super::missing_topic::{self, MissingTopicWatch};
+use super::input_watch::{self, InputReport, InputWatch};
 use super::producer::{DeliveryState, OutputProducer};
 use super::restore::ChangelogReader;
 use super::status::RuntimeStatus;
@@ -47,9 +47,9 @@ struct StreamContext {
     /// consumer exists; taken away (and destroyed) before the consumer
     /// closes.
     input: Mutex<Option<Arc<InputQueue>>>,
-    /// A topic librdkafka reported deleted, for the stream thread to
-    /// confirm.
-    missing: MissingTopicWatch,
+    /// What librdkafka logged about the inputs (a topic deleted, a
+    /// partition's log reset), for the stream thread to look into.
+    watch: InputWatch,
 }
 
 impl StreamContext {
@@ -83,7 +83,7 @@ impl StreamContext {
 
 impl ClientContext for StreamContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        self.missing.note(fac, message);
+        self.watch.note(fac, message);
         self.capture.log(level, fac, message)
     }
 
@@ -387,7 +387,7 @@ impl KafkaStreams {
                 capture: capture.clone(),
                 cooperative: AtomicBool::new(cooperative),
                 input: Mutex::new(None),
-                missing: MissingTopicWatch::default(),
+                watch: InputWatch::default(),
             })
             .map_err(|e| RuntimeError::kafka("create consumer", e))?;
         *consumer.context().input.lock() = InputQueue::new(&consumer).map(Arc::new);
@@ -524,14 +524,24 @@ fn stream_loop(
         } else {
             wait
         });
-        // A topic it reads deleted under it (see `missing_topic`); asked
-        // without the engine's lock, which the status page takes too.
-        if let Some(err) = consumer
-            .context()
-            .missing
-            .take()
-            .and_then(|topic| missing_topic::confirm_missing(&consumer, &topic))
-        {
+        // An input changed under it (see `input_watch`); a topic's
+        // existence is asked without the engine's lock, which the status
+        // page takes too.
+        let watch = &consumer.context().watch;
+        let changed = watch.take().into_iter().find_map(|report| match report {
+            InputReport::Missing(topic) => input_watch::confirm_missing(&consumer, &topic),
+            InputReport::Reset(ref topic, partition) => {
+                match lock(&engine).check_reset(&consumer, topic, partition) {
+                    Ok(true) => None,
+                    Ok(false) => {
+                        watch.again(report);
+                        None
+                    }
+                    Err(err) => Some(err),
+                }
+            }
+        });
+        if let Some(err) = changed {
             break Err(err);
         }
         let mut handled = false;

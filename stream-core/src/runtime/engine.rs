@@ -586,7 +586,7 @@ impl Engine {
             return Err(RuntimeError::InputRewound {
                 input: format!("{topic}[{partition}]"),
                 position: pos,
-                log_end: high,
+                found: format!("its log ends at offset {high}"),
             });
         }
         if pos >= low {
@@ -604,6 +604,49 @@ impl Engine {
         };
         tracing::warn!(input = %format!("{topic}[{partition}]"), position = pos, log_start = low, log_end = high, resume = to, policy, "the input no longer holds the position to resume from (out of range); resuming where auto.offset.reset says");
         Ok(to)
+    }
+
+    /// librdkafka reset the fetch position of input `topic[partition]`
+    /// (see [`super::input_watch`]). A reset forward (retention deleted
+    /// records past the position its task holds) is harmless: the task
+    /// processes from where the fetch resumes. Any other reset means the
+    /// log was replaced under the task (a fetch from at or after its
+    /// position, which the log starts before, was out of range):
+    /// [`RuntimeError::InputRewound`]. `Ok(false)` when the log's bounds
+    /// could not be read, to ask again.
+    pub(crate) fn check_reset(
+        &mut self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<bool, RuntimeError> {
+        let Some(id) = self.tasks.task_for(topic, partition) else {
+            return Ok(true);
+        };
+        let Some(pos) = self
+            .tasks
+            .get_mut(&id)
+            .and_then(|e| e.task.position(topic, partition))
+        else {
+            return Ok(true);
+        };
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))
+        else {
+            return Ok(false);
+        };
+        if pos < low {
+            // Retention deleted the position: the fetch moved forward.
+            self.in_range(consumer, topic, partition, pos, Some((low, high)))?;
+            return Ok(true);
+        }
+        // The log holds the position, or ends before it, yet a fetch from
+        // at or after it was out of range: the log was replaced (and may
+        // have grown past the position since).
+        Err(RuntimeError::InputRewound {
+            input: format!("{topic}[{partition}]"),
+            position: pos,
+            found: format!("a fetch found its log replaced while the application ran (the log now spans offsets {low} to {high})"),
+        })
     }
 
     /// Whether tasks are restoring in the background.

@@ -141,14 +141,15 @@ pub enum RuntimeError {
     /// stops instead. Kafka Streams resumes such a partition where
     /// `auto.offset.reset` says: it keeps no input positions of its own
     /// beside the group's, which the broker deletes with the topic.
-    #[error("input {input} ends at offset {log_end}, but this application's state has processed it up to offset {position}: the topic was deleted and created again, or lost records. Its state cannot tell the new records from the old; reset the application (the programs' --reset) to process the topic anew")]
+    #[error("input {input}: {found}, but this application's state has processed it up to offset {position}: the topic was deleted and created again, or lost records. Its state cannot tell the new records from the old; reset the application (the programs' --reset) to process the topic anew")]
     InputRewound {
         /// `topic[partition]`.
         input: String,
         /// The position the state holds.
         position: i64,
-        /// The partition's log end offset.
-        log_end: i64,
+        /// What showed the log replaced: its end, or a fetch reset while
+        /// running.
+        found: String,
     },
     /// The HTTP server cannot listen on its address.
     #[error("cannot serve HTTP on {addr}: {source}")]

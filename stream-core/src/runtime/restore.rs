@@ -402,14 +402,24 @@ impl ChangelogReader {
                 });
             }
             // The changelog no longer reaches back to the local checkpoint:
-            // the gap cannot be filled, so the state is rebuilt whole.
+            // the gap cannot be filled, so the state is rebuilt whole. A
+            // changelog that ends before the checkpoint is not the log the
+            // state was written to (deleted and created again, say by a
+            // reset run on another machine, or records lost): the
+            // changelog is the truth, so the state is rebuilt from it too,
+            // as Kafka Streams' restore does when a checkpointed offset is
+            // out of range.
             if !full {
-                let gap = targets
-                    .iter()
-                    .zip(&marks)
-                    .find(|(t, (low, _))| t.end.is_none() && t.start > 0 && t.start < *low);
-                if let Some((t, (low, _))) = gap {
-                    tracing::warn!(task = %entry.task.id(), changelog = %format!("{}[{}]", t.topic, t.partition), checkpoint = t.start, log_start = low, "the changelog no longer holds the records after the local checkpoint (its log start moved past it); wiping the local state and rebuilding it from what the changelog still has");
+                let gap = targets.iter().zip(&marks).find(|(t, (low, high))| {
+                    (t.end.is_none() && t.start > 0 && t.start < *low) || t.start > *high
+                });
+                if let Some((t, &(low, high))) = gap {
+                    let changelog = format!("{}[{}]", t.topic, t.partition);
+                    if t.start > high {
+                        tracing::warn!(task = %entry.task.id(), %changelog, checkpoint = t.start, log_end = high, "the changelog ends before the local checkpoint (it was deleted and created again, or lost records); wiping the local state and rebuilding it from what the changelog holds");
+                    } else {
+                        tracing::warn!(task = %entry.task.id(), %changelog, checkpoint = t.start, log_start = low, "the changelog no longer holds the records after the local checkpoint (its log start moved past it); wiping the local state and rebuilding it from what the changelog still has");
+                    }
                     entry.task.wipe()?;
                     full = true;
                     targets = entry.task.begin_restore(committed)?;

@@ -12,8 +12,9 @@
 //! `COUNT_APP_EXACTLY_ONCE=1` processes exactly once;
 //! `COUNT_APP_PANIC_ON=WORD` panics in a processor after counting WORD
 //! (after the store change, before the output record);
-//! `COUNT_APP_RESET=1` resets the application (input offsets to the
-//! earliest, internal topics and local state deleted) and exits.
+//! `COUNT_APP_RESET=1` (or `latest`) resets the application (input
+//! offsets to the earliest, or the latest; internal topics and local state
+//! deleted) and exits.
 
 use stream_core::runtime::StreamsConfig;
 use stream_dsl::prelude::*;
@@ -84,8 +85,13 @@ async fn main() {
         cfg.assignment_strategy = s;
     }
     let topology = b.build();
-    if std::env::var("COUNT_APP_RESET").is_ok_and(|v| v == "1") {
+    if let Ok(to) = std::env::var("COUNT_APP_RESET") {
         use stream_core::runtime::reset;
+        let to = if to == "latest" {
+            reset::ResetTo::Latest
+        } else {
+            reset::ResetTo::Earliest
+        };
         let topology = match topology {
             Ok(t) => t,
             Err(e) => {
@@ -93,7 +99,7 @@ async fn main() {
                 std::process::exit(2);
             }
         };
-        let plan = reset::plan_reset(&topology, &cfg, reset::ResetTo::Earliest);
+        let plan = reset::plan_reset(&topology, &cfg, to);
         let done = match plan {
             Ok(plan) => reset::execute_reset(&topology, &cfg, &plan).await,
             Err(e) => Err(e),
