@@ -24,6 +24,28 @@ fn counts(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
     counts_at(bootstrap, topic, Duration::from_secs(30))
 }
 
+/// Waits up to 90 s for the counts in `output` to be `want`, stops `child`,
+/// and asserts both went well.
+fn assert_counts_then_stop(
+    child: &mut Child,
+    output: &str,
+    want: &BTreeMap<Vec<u8>, i64>,
+    what: &str,
+    log: &Path,
+) {
+    let bs = bootstrap();
+    let ok = wait_until(Duration::from_secs(90), || counts(&bs, output) == *want);
+    let got = counts(&bs, output);
+    let status = stop(child);
+    assert!(
+        ok,
+        "{what}: {} (log {})",
+        diff_counts(&got, want),
+        log.display()
+    );
+    assert!(status.success(), "{what}: the stop: {status}");
+}
+
 async fn delete_topic(topic: &str) {
     let deleted = admin()
         .delete_topics(&[topic], &rdkafka::admin::AdminOptions::new())
@@ -333,16 +355,13 @@ async fn should_stop_on_a_panicking_processor_and_commit_nothing_after_it() {
 
     produce(&bs, &input, 500, &mut expected);
     let mut child = spawn("no-such-word");
-    let ok = wait_until(Duration::from_secs(90), || counts(&bs, &output) == expected);
-    let got = counts(&bs, &output);
-    let status = stop(&mut child);
-    assert!(
-        ok,
-        "counts after the restart: {} (log {})",
-        diff_counts(&got, &expected),
-        log.display()
+    assert_counts_then_stop(
+        &mut child,
+        &output,
+        &expected,
+        "counts after the restart",
+        &log,
     );
-    assert!(status.success());
 }
 
 /// A source topic deleted while the program runs stops the program with an
@@ -431,16 +450,13 @@ async fn should_stop_when_a_source_topic_is_deleted_and_refuse_its_new_log_until
         log.display()
     );
     let mut child = spawn(&recount, &[]);
-    let ok = wait_until(Duration::from_secs(90), || counts(&bs, &recount) == fresh);
-    let got = counts(&bs, &recount);
-    let status = stop(&mut child);
-    assert!(
-        ok,
-        "counts of the new topic after the reset: {} (log {})",
-        diff_counts(&got, &fresh),
-        log.display()
+    assert_counts_then_stop(
+        &mut child,
+        &recount,
+        &fresh,
+        "counts of the new topic after the reset",
+        &log,
     );
-    assert!(status.success());
 }
 
 /// A reset run on one machine (input offsets to the latest, internal
@@ -492,16 +508,7 @@ async fn should_rebuild_state_left_behind_by_a_reset_run_on_another_machine() {
     let mut want = before.clone();
     want.extend(after.iter().map(|(k, v)| (k.clone(), *v)));
     let mut child = spawn(here.path(), &[]);
-    let ok = wait_until(Duration::from_secs(90), || counts(&bs, &output) == want);
-    let got = counts(&bs, &output);
-    let status = stop(&mut child);
-    assert!(
-        ok,
-        "counts after the reset: {} (log {})",
-        diff_counts(&got, &want),
-        log.display()
-    );
-    assert!(status.success());
+    assert_counts_then_stop(&mut child, &output, &want, "counts after the reset", &log);
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(
         logs.contains("the changelog ends before the local checkpoint"),
