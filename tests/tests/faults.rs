@@ -370,13 +370,13 @@ async fn should_stop_on_a_panicking_processor_and_commit_nothing_after_it() {
 /// read, logging librdkafka's "topic does not exist" once a second per
 /// partition, for good. Nothing counted before the deletion is lost.
 ///
-/// The topic created again, a restart without a reset refuses to start:
-/// its state's positions lie past the new log's end, and resuming there
-/// dropped every new record below them as already processed (counts
-/// stayed as they were, silently). After the reset the new topic's words
-/// are counted exactly.
+/// The topic created again and filled with more records than the state
+/// processed, a restart without a reset refuses to start: the topic's id
+/// is not the one the state was built from. Resuming at the state's
+/// positions skipped the new topic's first records as already processed,
+/// silently. After the reset the new topic's words are counted exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn should_stop_when_a_source_topic_is_deleted_and_refuse_its_new_log_until_reset() {
+async fn should_stop_when_a_source_topic_is_deleted_and_refuse_it_created_again_until_reset() {
     let (app, input, output) = (unique("deleted"), unique("words"), unique("counts"));
     create_topic(&input, 2).await;
     create_topic(&output, 1).await;
@@ -427,17 +427,21 @@ async fn should_stop_when_a_source_topic_is_deleted_and_refuse_its_new_log_until
     );
     assert_eq!(counts(&bs, &output), expected, "counts after the stop");
 
+    // More records than the state processed: their offsets alone cannot
+    // tell the new topic from the old.
     create_topic(&input, 2).await;
+    let mut fresh = BTreeMap::new();
+    produce(&bs, &input, 2_000, &mut fresh);
     let mut child = spawn(&output, &[]);
-    failure(&mut child, "a restart on the new, empty topic");
+    failure(&mut child, "a restart on the new topic");
     assert!(
-        logged(&format!("input {input}[")) && logged("reset the application"),
-        "the error names the input and the remedy (log {})",
+        logged(&format!(
+            "topic `{input}` was deleted and created again since"
+        )) && logged("reset the application"),
+        "the error names the topic and the remedy (log {})",
         log.display()
     );
 
-    let mut fresh = BTreeMap::new();
-    produce(&bs, &input, 500, &mut fresh);
     let recount = unique("recounts");
     create_topic(&recount, 1).await;
     let status = wait_for_exit(

@@ -238,6 +238,7 @@ impl KafkaStreams {
                 "local state was damaged and moved aside; every task restores from its changelog"
             );
         }
+        super::topic_ids::check_and_record(state.path(), &plan.source_topic_ids)?;
         let _ = self.partitions.set(plan.partitions.clone());
         // Global tables are whole before any task processes a record.
         let stop = Arc::new(AtomicBool::new(false));
@@ -794,6 +795,7 @@ mod tests {
             partitions: [("in".to_string(), 2), ("out".to_string(), 1)].into(),
             tasks: vec![2],
             dead_letter_topic_ok: true,
+            source_topic_ids: Default::default(),
         });
         let (state, _) =
             StateDir::open_with_cache(dir.path(), "closing-app", crate::store::DEFAULT_CACHE_BYTES)

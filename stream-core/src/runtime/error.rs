@@ -151,6 +151,17 @@ pub enum RuntimeError {
         /// running.
         found: String,
     },
+    /// A source topic was deleted and created again since the local state
+    /// was built from it (see [`super::topic_ids`]).
+    #[error("topic `{topic}` was deleted and created again since this application's state was built from it (topic id {recorded}, now {current}): the state names offsets of the old topic, and the new topic's records at those offsets would be skipped as processed. Reset the application (the programs' --reset) to process the topic anew")]
+    SourceTopicReplaced {
+        /// The topic.
+        topic: String,
+        /// The id the state was built from.
+        recorded: String,
+        /// The topic's id now.
+        current: String,
+    },
     /// The HTTP server cannot listen on its address.
     #[error("cannot serve HTTP on {addr}: {source}")]
     HttpBind {

@@ -47,6 +47,7 @@ pub(crate) mod restore;
 pub mod standby;
 pub mod status;
 pub(crate) mod tasks;
+pub(crate) mod topic_ids;
 pub(crate) mod topic_send;
 pub mod topics;
 

@@ -23,6 +23,9 @@ pub struct TopicPlan {
     pub tasks: Vec<i32>,
     /// Whether the dead-letter topic is usable.
     pub dead_letter_topic_ok: bool,
+    /// The ids of the source topics, as far as the cluster gives them
+    /// (see [`super::topic_ids`]).
+    pub source_topic_ids: std::collections::BTreeMap<String, String>,
 }
 
 /// What a window store's changelog keeps beyond the store's retention
@@ -54,6 +57,9 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
             }
         }
     }
+    let mut sources: Vec<String> = external.keys().cloned().collect();
+    sources.sort();
+    plan.source_topic_ids = super::topic_ids::describe(admin.inner(), &sources, METADATA_TIMEOUT);
     let planned = topology
         .plan_partitions(app, &external)
         .map_err(|e| RuntimeError::TopicMismatch {
