@@ -468,8 +468,9 @@ async fn should_stop_when_a_source_topic_is_deleted_and_refuse_it_created_again_
 /// state behind. That state's changelog checkpoint lies past the end of the
 /// changelog created anew: it is not the log the state was written to, so
 /// it is rebuilt from the changelog, and the restart counts only what came
-/// after the reset. It once kept the old state: the restore found nothing
-/// to read past its checkpoint, and the old counts went on growing.
+/// after the reset. It once kept the old state, its counts and its
+/// positions in the deleted topics: the restore found nothing to read past
+/// its checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_rebuild_state_left_behind_by_a_reset_run_on_another_machine() {
     let (app, input, output) = (unique("stale"), unique("words"), unique("counts"));
