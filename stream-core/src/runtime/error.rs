@@ -152,7 +152,7 @@ pub enum RuntimeError {
         found: String,
     },
     /// A source topic was deleted and created again since the local state
-    /// was built from it (see [`super::topic_ids`]).
+    /// was built from it (see `runtime/topic_ids.rs`).
     #[error("topic `{topic}` was deleted and created again since this application's state was built from it (topic id {recorded}, now {current}): the state names offsets of the old topic, and the new topic's records at those offsets would be skipped as processed. Reset the application (the programs' --reset) to process the topic anew")]
     SourceTopicReplaced {
         /// The topic.

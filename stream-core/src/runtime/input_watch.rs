@@ -22,13 +22,14 @@
 //!   have offsets below the task's position, and the task took them for
 //!   records already processed and dropped every one, silently.
 //!
-//! So the stream thread's client context hands every log line to an
-//! [`InputWatch`], and the stream thread, between batches, looks into what
-//! it kept: it asks the cluster whether a topic reported missing is gone
-//! ([`confirm_missing`]; [`RuntimeError::MissingTopic`] if so), and checks
-//! a reset partition's position against its log
+//! So the stream thread's client context hands every warning and error
+//! librdkafka logs to an [`InputWatch`], and the stream thread, between
+//! batches, looks into what it kept: it asks the cluster whether a topic
+//! reported missing is gone ([`confirm_missing`];
+//! [`RuntimeError::MissingTopic`] if so), and checks a reset partition
+//! against its task's position
 //! ([`super::engine::Engine::check_reset`]; [`RuntimeError::InputRewound`]
-//! when the log ends before it). Either stops the instance.
+//! unless retention explains the reset). Either stops the instance.
 //!
 //! Kafka Streams stops on a deleted source topic too: its assignor finds the
 //! topic missing at the rebalance that follows, and the stream thread

@@ -24,7 +24,7 @@ pub struct TopicPlan {
     /// Whether the dead-letter topic is usable.
     pub dead_letter_topic_ok: bool,
     /// The ids of the source topics, as far as the cluster gives them
-    /// (see [`super::topic_ids`]).
+    /// (see `runtime/topic_ids.rs`).
     pub source_topic_ids: std::collections::BTreeMap<String, String>,
 }
 
