@@ -24,8 +24,20 @@ fn counts(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
     counts_at(bootstrap, topic, Duration::from_secs(30))
 }
 
-/// Waits up to 90 s for the counts in `output` to be `want`, stops `child`,
-/// and asserts both went well.
+/// Waits up to 90 s for the counts in `output` to be `want`, and asserts
+/// they got there.
+fn assert_counts(output: &str, want: &BTreeMap<Vec<u8>, i64>, what: &str, log: &Path) {
+    let bs = bootstrap();
+    let ok = wait_until(Duration::from_secs(90), || counts(&bs, output) == *want);
+    assert!(
+        ok,
+        "{what}: {} (log {})",
+        diff_counts(&counts(&bs, output), want),
+        log.display()
+    );
+}
+
+/// [`assert_counts`], then stops `child` and asserts it stopped cleanly.
 fn assert_counts_then_stop(
     child: &mut Child,
     output: &str,
@@ -33,16 +45,8 @@ fn assert_counts_then_stop(
     what: &str,
     log: &Path,
 ) {
-    let bs = bootstrap();
-    let ok = wait_until(Duration::from_secs(90), || counts(&bs, output) == *want);
-    let got = counts(&bs, output);
+    assert_counts(output, want, what, log);
     let status = stop(child);
-    assert!(
-        ok,
-        "{what}: {} (log {})",
-        diff_counts(&got, want),
-        log.display()
-    );
     assert!(status.success(), "{what}: the stop: {status}");
 }
 
@@ -407,13 +411,7 @@ async fn should_stop_when_a_source_topic_is_deleted_and_refuse_it_created_again_
     let mut expected = BTreeMap::new();
     produce(&bs, &input, 1_000, &mut expected);
     let mut child = spawn(&output, &[]);
-    let counted = wait_until(Duration::from_secs(90), || counts(&bs, &output) == expected);
-    assert!(
-        counted,
-        "counts before the deletion: {} (log {})",
-        diff_counts(&counts(&bs, &output), &expected),
-        log.display()
-    );
+    assert_counts(&output, &expected, "counts before the deletion", &log);
 
     delete_topic(&input).await;
     // librdkafka waits topic.metadata.propagation.max.ms (30 s) before it
@@ -486,15 +484,13 @@ async fn should_rebuild_state_left_behind_by_a_reset_run_on_another_machine() {
     let mut before = BTreeMap::new();
     produce(&bs, &input, 1_000, &mut before);
     let mut child = spawn(here.path(), &[]);
-    let counted = wait_until(Duration::from_secs(90), || counts(&bs, &output) == before);
-    let status = stop(&mut child);
-    assert!(
-        counted,
-        "counts before the reset: {} (log {})",
-        diff_counts(&counts(&bs, &output), &before),
-        log.display()
+    assert_counts_then_stop(
+        &mut child,
+        &output,
+        &before,
+        "counts before the reset",
+        &log,
     );
-    assert!(status.success());
 
     let status = wait_for_exit(
         &mut spawn(elsewhere.path(), &[("COUNT_APP_RESET", "latest")]),
@@ -548,12 +544,11 @@ async fn should_stop_when_a_source_topic_is_replaced_under_it() {
         None,
         &log,
     ));
-    let counted = wait_until(Duration::from_secs(90), || counts(&bs, &output) == expected);
-    assert!(
-        counted,
-        "counts before the topic was replaced: {} (log {})",
-        diff_counts(&counts(&bs, &output), &expected),
-        log.display()
+    assert_counts(
+        &output,
+        &expected,
+        "counts before the topic was replaced",
+        &log,
     );
 
     delete_topic(&input).await;
