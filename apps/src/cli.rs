@@ -428,6 +428,20 @@ pub async fn run_topology_until(
     }
 }
 
+/// Writes a program's report to stdout. A reader that has gone
+/// (`watchlist-report | head -3`) is no error: what it did not read is
+/// dropped and the program goes on to its exit status. Any other write
+/// failure ends the program through [`fail`].
+pub fn print_report(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => fail(format!("cannot write to stdout: {e}")),
+    }
+}
+
 /// Prints one clear line and exits with status 1.
 pub fn fail(message: impl std::fmt::Display) -> ! {
     eprintln!("error: {message}");

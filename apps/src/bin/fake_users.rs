@@ -9,7 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use stream_core::runtime::topics::check_connection;
 
-use apps::cli::{fail, init_logging, Common};
+use apps::cli::{fail, init_logging, print_report, Common};
 use apps::fake::Generator;
 
 /// Produce fake user registrations with the tutorial's distributions.
@@ -121,9 +121,9 @@ async fn main() {
     producer
         .flush(Duration::from_secs(60))
         .unwrap_or_else(|e| fail(format!("records not acknowledged: {e}")));
-    println!(
-        "produced {good} users and {bad} malformed records to {} in {:.1}s",
+    print_report(&format!(
+        "produced {good} users and {bad} malformed records to {} in {:.1}s\n",
         topic,
         started.elapsed().as_secs_f64()
-    );
+    ));
 }

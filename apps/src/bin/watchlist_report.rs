@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use apps::cli::{fail, init_logging, Common};
+use apps::cli::{fail, init_logging, print_report, Common};
 use apps::filters::for_team;
 use apps::user::{User, WatchlistEntry};
 
@@ -116,20 +116,20 @@ fn main() {
                 .filter(|(_, n)| **n >= args.threshold)
                 .collect();
             top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            println!(
-                "Watchlist of {team}: {} companies at or over {} flagged users",
+            let mut report = format!(
+                "Watchlist of {team}: {} companies at or over {} flagged users\n{:>6}  company\n",
                 top.len(),
-                args.threshold
+                args.threshold,
+                "count"
             );
-            println!("{:>6}  company", "count");
             for (company, n) in top.iter().take(args.top) {
-                println!("{n:>6}  {company}");
+                report.push_str(&format!("{n:>6}  {company}\n"));
             }
             if top.len() > args.top {
-                println!("   ...  and {} more", top.len() - args.top);
+                report.push_str(&format!("   ...  and {} more\n", top.len() - args.top));
             }
-            println!(
-                "{} companies published; recount of {}: {}",
+            report.push_str(&format!(
+                "{} companies published; recount of {}: {}\n",
                 published.len(),
                 common.new_users(),
                 if matches {
@@ -137,7 +137,8 @@ fn main() {
                 } else {
                     "MISMATCH"
                 }
-            );
+            ));
+            print_report(&report);
             if !matches {
                 std::process::exit(1);
             }
