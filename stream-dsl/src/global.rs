@@ -99,7 +99,7 @@ struct GlobalJoin<K, V, GK, GV, R> {
     store: String,
     key: Arc<dyn Serde<GK>>,
     value: Arc<dyn Serde<GV>>,
-    selector: Arc<dyn Fn(&K, &V) -> GK + Send + Sync>,
+    selector: crate::fns::KeySelector<K, V, GK>,
     joiner: Arc<dyn Fn(V, Option<GV>) -> Option<R> + Send + Sync>,
 }
 
@@ -142,7 +142,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
         &self,
         kind: &'static str,
         table: &GlobalKTable<GK, GV>,
-        selector: Arc<dyn Fn(&K, &V) -> GK + Send + Sync>,
+        selector: crate::fns::KeySelector<K, V, GK>,
         joiner: Arc<dyn Fn(V, Option<GV>) -> Option<R> + Send + Sync>,
     ) -> KStream<K, R> {
         let (store, key, value) = (table.store.clone(), table.key.clone(), table.value.clone());

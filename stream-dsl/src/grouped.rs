@@ -79,8 +79,8 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> Processor for Aggregator
 struct TypedCodec<K, A> {
     key: Arc<dyn Serde<K>>,
     agg: Arc<dyn Serde<A>>,
-    encode: Arc<dyn Fn(&K, &A) -> Vec<u8> + Send + Sync>,
-    decode: Arc<dyn Fn(&K, &[u8]) -> Option<A> + Send + Sync>,
+    encode: crate::fns::EncodeFn<K, A>,
+    decode: crate::fns::DecodeFn<K, A>,
 }
 
 impl<K: 'static, A: 'static> ChangelogCodec for TypedCodec<K, A> {

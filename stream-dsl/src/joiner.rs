@@ -1,15 +1,22 @@
 //! The user's joiner of a two-sided join, by join kind, shared by the
 //! table–table and stream–stream joins.
 
+/// An inner join's joiner: both values present.
+type InnerFn<A, B, R> = Box<dyn Fn(&A, &B) -> R + Send + Sync>;
+/// A left join's joiner: the right value may be missing.
+type LeftFn<A, B, R> = Box<dyn Fn(&A, Option<&B>) -> R + Send + Sync>;
+/// An outer join's joiner: either value may be missing.
+type OuterFn<A, B, R> = Box<dyn Fn(Option<&A>, Option<&B>) -> R + Send + Sync>;
+
 /// A joiner and the rows its kind keeps. `apply` joins two sides' optional
 /// values as the kind says: `None` when the kind has no row for them.
 pub(crate) enum Joiner<A, B, R> {
     /// Both sides present.
-    Inner(Box<dyn Fn(&A, &B) -> R + Send + Sync>),
+    Inner(InnerFn<A, B, R>),
     /// The left side present.
-    Left(Box<dyn Fn(&A, Option<&B>) -> R + Send + Sync>),
+    Left(LeftFn<A, B, R>),
     /// Either side present.
-    Outer(Box<dyn Fn(Option<&A>, Option<&B>) -> R + Send + Sync>),
+    Outer(OuterFn<A, B, R>),
 }
 
 impl<A, B, R> Joiner<A, B, R> {

@@ -45,6 +45,9 @@ impl RecordMeta {
     }
 }
 
+/// One branch's test in [`KStream::split`]: does the record belong to it?
+pub type Predicate<K, V> = Box<dyn Fn(&K, &V) -> bool + Send + Sync>;
+
 /// A typed stream of key-value records.
 ///
 /// Operators return new streams; the graph they describe is built by
@@ -465,10 +468,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
     /// assert_eq!(d.output_utf8("a"), vec![("1".to_string(), "apple".to_string())]);
     /// assert_eq!(d.output_utf8("rest"), vec![("2".to_string(), "pear".to_string())]);
     /// ```
-    pub fn split(
-        &self,
-        predicates: Vec<Box<dyn Fn(&K, &V) -> bool + Send + Sync>>,
-    ) -> Vec<KStream<K, V>> {
+    pub fn split(&self, predicates: Vec<Predicate<K, V>>) -> Vec<KStream<K, V>> {
         let n = predicates.len();
         let predicates = Arc::new(predicates);
         let split = self.op(

@@ -41,6 +41,7 @@
 pub mod builder;
 pub mod change;
 pub mod cogroup;
+mod fns;
 pub mod global;
 pub mod grouped;
 pub mod grouped_table;

@@ -208,8 +208,8 @@ impl<K, V> Grouped<K, V> {
 /// Maps store entries to records of an existing topic and back.
 pub(crate) struct ExistingChangelog<K, A> {
     pub(crate) topic: String,
-    pub(crate) encode: Arc<dyn Fn(&K, &A) -> Vec<u8> + Send + Sync>,
-    pub(crate) decode: Arc<dyn Fn(&K, &[u8]) -> Option<A> + Send + Sync>,
+    pub(crate) encode: crate::fns::EncodeFn<K, A>,
+    pub(crate) decode: crate::fns::DecodeFn<K, A>,
 }
 
 /// How an aggregation's store is named, serialized and changelogged.

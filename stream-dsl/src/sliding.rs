@@ -191,10 +191,11 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> SlidingAggregator<K, V, 
                 return Err(unexpected(start, t));
             }
         }
-        if let Some(p) = f.previous {
-            if !f.starts.contains(&(p + 1)) && p + 1 + d >= t {
-                self.update(ctx, step, p + 1, None)?;
-            }
+        if let Some(p) = f.previous
+            && !f.starts.contains(&(p + 1))
+            && p + 1 + d >= t
+        {
+            self.update(ctx, step, p + 1, None)?;
         }
         if !f.left_created {
             let seed = match (f.previous, f.left.take()) {
@@ -252,10 +253,10 @@ impl<K: Data + Clone, V: Data + Clone, A: Data + Clone> SlidingAggregator<K, V, 
             f.right = combined.clone().filter(|(ts, _)| *ts > t);
         }
         self.create_right(ctx, step, &f)?;
-        if let Some(p) = f.previous {
-            if !f.starts.contains(&(p + 1)) {
-                self.update(ctx, step, p + 1, None)?;
-            }
+        if let Some(p) = f.previous
+            && !f.starts.contains(&(p + 1))
+        {
+            self.update(ctx, step, p + 1, None)?;
         }
         self.update(ctx, step, 0, combined)
     }

@@ -157,7 +157,7 @@ struct JoinSide<K, A, B, R> {
     this_value: Arc<dyn Serde<A>>,
     other_value: Arc<dyn Serde<B>>,
     /// Joins (this side's value, the other's).
-    join: Arc<dyn Fn(Option<&A>, Option<&B>) -> Option<R> + Send + Sync>,
+    join: crate::fns::PairJoin<A, B, R>,
     keeps_lone: bool,
     /// Stream time of the last sweep of expired records.
     swept: Option<i64>,
@@ -353,8 +353,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
                 joiner.clone(),
             );
             let keeps = j.keeps_lone(true);
-            let join: Arc<dyn Fn(Option<&V>, Option<&V2>) -> Option<R> + Send + Sync> =
-                Arc::new(move |a, b| j.apply(a, b));
+            let join: crate::fns::PairJoin<V, V2, R> = Arc::new(move |a, b| j.apply(a, b));
             let factory: ProcessorFactory = Arc::new(move || {
                 Box::new(JoinSide {
                     stores: s.clone(),
@@ -378,8 +377,7 @@ impl<K: Data + Clone, V: Data + Clone> KStream<K, V> {
             };
             let (k, a, o, j) = (key.clone(), rv, lv, joiner);
             let keeps = j.keeps_lone(false);
-            let join: Arc<dyn Fn(Option<&V2>, Option<&V>) -> Option<R> + Send + Sync> =
-                Arc::new(move |b, a| j.apply(a, b));
+            let join: crate::fns::PairJoin<V2, V, R> = Arc::new(move |b, a| j.apply(a, b));
             let factory: ProcessorFactory = Arc::new(move || {
                 Box::new(JoinSide {
                     stores: s.clone(),

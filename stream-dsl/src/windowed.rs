@@ -77,7 +77,7 @@ impl<K: Data + Clone, V: Data + Clone> KGroupedStream<K, V> {
     /// assert_eq!(counts, vec![1, 2, 1]);
     /// ```
     ///
-    /// Sliding windows, [`SlidingWindows`], go through the same call:
+    /// Sliding windows, [`SlidingWindows`](crate::windows::SlidingWindows), go through the same call:
     ///
     /// ```
     /// use std::time::Duration;

@@ -126,7 +126,7 @@ fn should_put_a_record_in_every_hopping_window_that_contains_it() {
 #[test]
 fn should_emit_one_final_result_per_window_once_it_closes() {
     let mut d = counts(true);
-    d.pipe_str_at("in", "a", "x", 1 * S);
+    d.pipe_str_at("in", "a", "x", S);
     d.pipe_str_at("in", "b", "x", 2 * S);
     d.pipe_str_at("in", "a", "x", 3 * S);
     d.pipe_str_at("in", "a", "x", 61 * S);
@@ -151,7 +151,7 @@ fn should_emit_one_final_result_per_window_once_it_closes() {
 #[test]
 fn should_not_reopen_closed_windows_or_repeat_final_results_after_a_crash() {
     let mut d = counts(true);
-    d.pipe_str_at("in", "a", "x", 1 * S);
+    d.pipe_str_at("in", "a", "x", S);
     d.pipe_str_at("in", "a", "x", 61 * S);
     d.pipe_str_at("in", "a", "x", 80 * S); // [0,60) final: a@0 = 1
     assert_eq!(out(&d), pairs(&[("a@0", "1")]));
@@ -167,7 +167,7 @@ fn should_not_reopen_closed_windows_or_repeat_final_results_after_a_crash() {
 #[test]
 fn should_close_windows_of_an_idle_partition_when_idle_advance_is_on() {
     let mut d = counts(true).with_idle_advance(5_000);
-    d.pipe_str_at("in", "a", "x", 1 * S);
+    d.pipe_str_at("in", "a", "x", S);
     d.advance_time(30_000);
     assert!(out(&d).is_empty(), "stream time 1 s + 30 s: still open");
     d.advance_time(60_000);
@@ -206,7 +206,7 @@ fn sessions(final_only: bool, grace_secs: u64) -> TestDriver {
 #[test]
 fn should_split_sessions_at_inactivity_and_merge_them_when_a_record_bridges_the_gap() {
     let mut d = sessions(false, 30);
-    d.pipe_str_at("in", "a", "x", 1 * S);
+    d.pipe_str_at("in", "a", "x", S);
     d.pipe_str_at("in", "a", "x", 3 * S); // extends [1, 1]
     d.pipe_str_at("in", "a", "x", 20 * S); // 17 s after: a new session
     d.pipe_str_at("in", "b", "x", 21 * S);
@@ -230,7 +230,7 @@ fn should_split_sessions_at_inactivity_and_merge_them_when_a_record_bridges_the_
 #[test]
 fn should_emit_each_session_once_after_gap_and_grace_and_never_reopen_it() {
     let mut d = sessions(true, 5);
-    d.pipe_str_at("in", "a", "x", 1 * S);
+    d.pipe_str_at("in", "a", "x", S);
     d.pipe_str_at("in", "a", "x", 3 * S);
     assert!(out(&d).is_empty());
     d.pipe_str_at("in", "a", "x", 20 * S); // [1, 3] closed at 3 + 10 + 5 = 18 s

@@ -175,7 +175,7 @@ async fn should_show_restore_progress_lag_and_counts_in_metrics_and_queries() {
             ("topic", a.watchlist.as_str()),
             ("partition", &p.to_string()),
         ];
-        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+        let labels: Vec<(&str, &str)> = labels.to_vec();
         assert_eq!(
             metric(&during, "streams_restore_end_offset", &labels),
             Some(*end as f64),

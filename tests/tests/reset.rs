@@ -188,11 +188,11 @@ async fn should_reset_and_recount_from_scratch_leaving_shared_topics_alone() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for p in 0..2 {
+    for (p, before) in before_offsets.iter().enumerate() {
         let want = format!(
             "seek   {}[{p}]: committed {} -> 0",
             s.new_users,
-            before_offsets[p].unwrap()
+            before.unwrap()
         );
         assert!(text.contains(&want), "{want} in:\n{text}");
     }

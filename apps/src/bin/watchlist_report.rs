@@ -31,11 +31,11 @@ struct Args {
     wait_secs: u64,
 }
 
+/// A record's key and value, as read (either may be absent).
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Every record of `topic` up to the current end.
-fn read_topic(
-    common: &Common,
-    topic: &str,
-) -> Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>, String> {
+fn read_topic(common: &Common, topic: &str) -> Result<Vec<KeyValue>, String> {
     let mut cfg = common.streams_config("watchlist-report").client_config();
     cfg.set("group.id", "watchlist-report")
         .set("enable.auto.commit", "false");

@@ -126,7 +126,10 @@ pub struct CrashReport {
 /// Expected latest value per key of named topics, from the inputs.
 pub type LatestOracle = Box<dyn Fn(&[CrashInput]) -> BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>>;
 
-/// A crash-point test. See the [module docs](self).
+/// A crash-point test: runs a topology over the same inputs once per crash
+/// point (crashing and restarting after every commit and after every k-th
+/// record) under both processing guarantees, and reports the first point
+/// where the outputs or the stores differ from an oracle.
 pub struct CrashTest<F: Fn() -> TestDriver> {
     make: F,
     inputs: Vec<CrashInput>,

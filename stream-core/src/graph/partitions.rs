@@ -188,7 +188,7 @@ impl Topology {
             }
         }
         plan.tasks = tasks.iter().map(|c| c.unwrap_or(1)).collect();
-        for (suffix, _) in self.repartition_topics() {
+        for suffix in self.repartition_topics().keys() {
             let name = super::internal_topic_name(app, suffix);
             plan.partitions.entry(name).or_insert(1);
         }

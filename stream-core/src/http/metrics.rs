@@ -7,6 +7,9 @@ use std::fmt::Write as _;
 use super::probe::Lag;
 use crate::runtime::status::{RuntimeStatus, TaskState};
 
+/// One metric read from a `T`: its name, its help text, and how to read it.
+type Metric<T, N> = (&'static str, &'static str, fn(&T) -> N);
+
 /// Escapes a label value (backslash, quote, newline).
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -153,7 +156,7 @@ pub fn render(
         o.val("process_allocations_total", &[], n);
     }
 
-    let task_counters: [(&str, &str, fn(&crate::task::TaskMetrics) -> u64); 6] = [
+    let task_counters: [Metric<crate::task::TaskMetrics, u64>; 6] = [
         (
             "streams_task_records_in_total",
             "Input records processed by the task (failed ones included).",
@@ -185,7 +188,7 @@ pub fn render(
             |m| m.late,
         ),
     ];
-    let task_gauges: [(&str, &str, fn(&crate::task::TaskMetrics) -> i64); 2] = [
+    let task_gauges: [Metric<crate::task::TaskMetrics, i64>; 2] = [
         (
             "streams_task_stream_time_ms",
             "The task's stream time: the largest event time it processed (-1: none).",
@@ -242,11 +245,7 @@ pub fn render(
         );
     }
 
-    let restore: [(
-        &str,
-        &str,
-        fn(&crate::runtime::status::RestoreProgress) -> i64,
-    ); 5] = [
+    let restore: [Metric<crate::runtime::status::RestoreProgress, i64>; 5] = [
         (
             "streams_restore_start_offset",
             "First changelog offset the latest restore read.",
@@ -320,7 +319,7 @@ pub fn render(
         status.restores().iter().filter(|r| !r.abandoned).count(),
     );
 
-    let lag_metrics: [(&str, &str, fn(&Lag) -> i64); 2] = [
+    let lag_metrics: [Metric<Lag, i64>; 2] = [
         ("streams_consumer_lag", "Records between the group's committed offset and the end of each input partition this instance owns.", |l| l.lag),
         ("streams_consumer_end_offset", "High watermark of each owned input partition.", |l| l.end),
     ];

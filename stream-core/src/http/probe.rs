@@ -191,12 +191,12 @@ mod tests {
     #[test]
     fn should_parse_a_consumer_protocol_assignment() {
         let mut b = vec![0, 1, 0, 0, 0, 2];
-        for (t, ps) in [("in", vec![0, 3]), ("x-repartition", vec![1])] {
+        for (t, ps) in [("in", vec![0i32, 3]), ("x-repartition", vec![1])] {
             b.extend((t.len() as i16).to_be_bytes());
             b.extend(t.as_bytes());
             b.extend((ps.len() as i32).to_be_bytes());
             for p in ps {
-                b.extend((p as i32).to_be_bytes());
+                b.extend(p.to_be_bytes());
             }
         }
         b.extend((-1i32).to_be_bytes());

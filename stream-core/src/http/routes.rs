@@ -234,7 +234,7 @@ async fn store_key(
     }
     let (spec, bytes, loc) = match find_key(&s, &store, &key) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let s2 = s.clone();
     let (store2, bytes2, task) = (store.clone(), bytes.clone(), loc.task);
@@ -331,18 +331,20 @@ async fn store_key(
 }
 
 /// A store's spec, a key's bytes in its key serde, and the task that
-/// holds the key; an error response if any is unknown.
+/// holds the key; an error response (boxed: a response is large) if any
+/// is unknown.
 fn find_key(
     s: &Shared,
     store: &str,
     key: &str,
-) -> Result<(crate::graph::StoreSpec, Vec<u8>, query::KeyLocation), Response> {
+) -> Result<(crate::graph::StoreSpec, Vec<u8>, query::KeyLocation), Box<Response>> {
     let spec = s
         .topology
         .store(store)
         .cloned()
-        .ok_or_else(|| query_error(QueryError::UnknownStore(store.to_string())))?;
-    let bytes = query::encode_key(spec.format.as_ref(), key).map_err(query_error)?;
+        .ok_or_else(|| Box::new(query_error(QueryError::UnknownStore(store.to_string()))))?;
+    let bytes =
+        query::encode_key(spec.format.as_ref(), key).map_err(|e| Box::new(query_error(e)))?;
     let loc = query::locate(
         &s.topology,
         &s.cfg.application_id,
@@ -351,7 +353,7 @@ fn find_key(
         store,
         &bytes,
     )
-    .map_err(query_error)?;
+    .map_err(|e| Box::new(query_error(e)))?;
     Ok((spec, bytes, loc))
 }
 
@@ -375,7 +377,7 @@ async fn store_lineage(State(s): S, Path((store, key)): Path<(String, String)>) 
     }
     let (_, bytes, loc) = match find_key(&s, &store, &key) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let s2 = s.clone();
     let companion = crate::task::lineage::companion_name(&store);
@@ -601,10 +603,10 @@ impl crate::store::KeyValueStore for StoreReader<'_> {
     fn delete(&mut self, _key: &[u8]) -> Result<(), crate::StoreError> {
         Err(crate::StoreError::ReadOnly)
     }
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, crate::StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<crate::store::Entries, crate::StoreError> {
         self.set.scan_prefix(self.idx, prefix)
     }
-    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, crate::StoreError> {
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<crate::store::Entries, crate::StoreError> {
         self.set.range(self.idx, from, to)
     }
 }

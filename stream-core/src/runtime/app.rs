@@ -341,14 +341,7 @@ impl KafkaStreams {
         threads: usize,
         instance_id: &str,
         shared: ThreadShared,
-    ) -> Result<
-        (
-            Arc<Mutex<Engine>>,
-            BaseConsumer<StreamContext>,
-            ErrorCapture,
-        ),
-        RuntimeError,
-    > {
+    ) -> Result<StreamThreadParts, RuntimeError> {
         let ids = ThreadIds::new(&self.cfg, thread, threads, instance_id);
         let eos = self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
         let delivery = Arc::new(DeliveryState::default());
@@ -400,6 +393,14 @@ impl KafkaStreams {
         Ok((engine, consumer, capture))
     }
 }
+
+/// One stream thread as started: its engine, its group consumer, and the
+/// consumer's error capture.
+type StreamThreadParts = (
+    Arc<Mutex<Engine>>,
+    BaseConsumer<StreamContext>,
+    ErrorCapture,
+);
 
 /// What the stream threads of an instance share.
 struct ThreadShared {

@@ -19,7 +19,7 @@
 //! offset commit replies) with librdkafka's callbacks, which the crate does
 //! not install, so a group consumer must keep using `poll` for its own
 //! queue; its records can be read in batches from a queue they are
-//! forwarded to ([`super::input_queue`]). Errors for a
+//! forwarded to (`runtime::input_queue`). Errors for a
 //! partition (a fetch refused, say) come back in the batch as
 //! [`Batched::Error`]; client-wide errors go to librdkafka's log as before.
 

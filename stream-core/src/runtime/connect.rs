@@ -15,11 +15,14 @@ use super::error::RuntimeError;
 /// How long a start-time metadata call may take.
 pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The last error librdkafka reported: its code, if any, and its text.
+type LastError = Option<(Option<RDKafkaErrorCode>, String)>;
+
 /// Client context that remembers the last error librdkafka reported, so a
 /// failed call can say why (wrong password, no broker) instead of "timed out".
 #[derive(Clone, Default)]
 pub struct ErrorCapture {
-    last: Arc<Mutex<Option<(Option<RDKafkaErrorCode>, String)>>>,
+    last: Arc<Mutex<LastError>>,
     peer_closed: Arc<std::sync::atomic::AtomicBool>,
 }
 

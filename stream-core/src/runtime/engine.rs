@@ -529,7 +529,7 @@ impl Engine {
         let ends = log_offsets::list(consumer, &placed, Offset::End);
         for r in restored {
             let e = match r {
-                Restored::Ready(e) => e,
+                Restored::Ready(e) => *e,
                 Restored::Failed(err) => return Err(err),
             };
             let mut tpl = TopicPartitionList::new();

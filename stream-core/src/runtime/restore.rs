@@ -107,8 +107,9 @@ pub(crate) struct Opener {
 
 /// What the restorer thread hands back.
 pub(crate) enum Restored {
-    /// A task whose stores are restored, ready to process.
-    Ready(Entry),
+    /// A task whose stores are restored, ready to process (boxed: an
+    /// entry is large, and a failure is sent through the same channel).
+    Ready(Box<Entry>),
     /// Restoring failed; the instance must stop.
     Failed(RuntimeError),
 }
@@ -357,7 +358,7 @@ impl ChangelogReader {
             match result {
                 Ok(ready) => {
                     for e in ready {
-                        if restored.send(Restored::Ready(e)).is_err() {
+                        if restored.send(Restored::Ready(Box::new(e))).is_err() {
                             return;
                         }
                     }

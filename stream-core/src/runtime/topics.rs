@@ -79,13 +79,18 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
     } else {
         Vec::new()
     };
-    let mut to_create: Vec<(String, i32, Vec<(&str, String)>, &str)> = Vec::new();
-    for (suffix, _) in topology.repartition_topics() {
+    let mut to_create: Vec<InternalTopic> = Vec::new();
+    for suffix in topology.repartition_topics().keys() {
         let name = crate::graph::internal_topic_name(app, suffix);
         let n = plan.partitions.get(&name).copied().unwrap_or(1);
         let mut configs = vec![("cleanup.policy", "delete".into())];
         configs.extend(isr.iter().cloned());
-        to_create.push((name, n, configs, "repartition"));
+        to_create.push(InternalTopic {
+            name,
+            partitions: n,
+            configs,
+            kind: "repartition",
+        });
     }
     for st in subs {
         let n = plan.tasks[st.id];
@@ -107,7 +112,12 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
                     };
                     configs.push(("min.compaction.lag.ms", "3600000".into()));
                     configs.extend(isr.iter().cloned());
-                    to_create.push((name, n, configs, "changelog"));
+                    to_create.push(InternalTopic {
+                        name,
+                        partitions: n,
+                        configs,
+                        kind: "changelog",
+                    });
                 }
                 Changelog::Existing { topic, .. } => {
                     let m = partitions_of(&admin, topic, "Write").await?;
@@ -127,8 +137,8 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
             }
         }
     }
-    for (name, n, configs, kind) in &to_create {
-        ensure_topic(&admin, name, *n, rf, configs, kind).await?;
+    for t in &to_create {
+        ensure_topic(&admin, &t.name, t.partitions, rf, &t.configs, t.kind).await?;
     }
     // Sinks: partition counts (custom partitioners need them).
     for st in subs {
@@ -148,6 +158,16 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
         }
     };
     Ok(plan)
+}
+
+/// An internal topic the topology needs: created if missing, checked if not.
+struct InternalTopic {
+    name: String,
+    partitions: i32,
+    /// Topic configs it is created with.
+    configs: Vec<(&'static str, String)>,
+    /// "repartition" or "changelog", for messages.
+    kind: &'static str,
 }
 
 /// The partition count of an existing topic, with a clear error if it is

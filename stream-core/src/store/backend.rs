@@ -116,18 +116,9 @@ pub trait StateBackend: Send {
     /// Reads one key of store `store`.
     fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries of store `store` whose key starts with `prefix`.
-    fn scan_prefix(
-        &self,
-        store: usize,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<super::Entries, StoreError>;
     /// Entries of store `store` with `from <= key < to`, in key order.
-    fn range(
-        &self,
-        store: usize,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn range(&self, store: usize, from: &[u8], to: &[u8]) -> Result<super::Entries, StoreError>;
     /// Applies one batch per store and the checkpoint atomically. Durable
     /// once the owner syncs (for sled: [`StateDir::sync`](super::StateDir::sync)).
     fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError>;

@@ -45,7 +45,7 @@ const BUCKET_V1: u8 = 1;
 type Entry<'a> = (&'a [u8], &'a [u8]);
 
 /// Entries read back, owned, in key order.
-pub(crate) type Owned = Vec<(Vec<u8>, Vec<u8>)>;
+pub(crate) type Owned = super::Entries;
 
 /// The changes of one store in a commit, in key order (`None` deletes).
 pub(crate) type Changes<'a> = [(&'a [u8], Option<&'a [u8]>)];

@@ -27,11 +27,7 @@ impl StateBackend for MemoryBackend {
         Ok(self.stores.get(store).and_then(|s| s.get(key).cloned()))
     }
 
-    fn scan_prefix(
-        &self,
-        store: usize,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<super::Entries, StoreError> {
         Ok(self
             .stores
             .get(store)
@@ -44,12 +40,7 @@ impl StateBackend for MemoryBackend {
             .unwrap_or_default())
     }
 
-    fn range(
-        &self,
-        store: usize,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&self, store: usize, from: &[u8], to: &[u8]) -> Result<super::Entries, StoreError> {
         if from >= to {
             return Ok(Vec::new());
         }

@@ -50,10 +50,13 @@ pub trait KeyValueStore {
     /// Removes `key`.
     fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// All entries whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError>;
     /// Entries with `from <= key < to`, in key order.
-    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Entries, StoreError>;
 }
+
+/// Entries read from a store, key and value, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One recorded state change: key, and value (`None` = deleted).
 pub type Change = (Vec<u8>, Option<Vec<u8>>);
@@ -69,14 +72,17 @@ pub struct StoreMetrics {
     pub deletes: u64,
 }
 
+/// Pending changes of one store, by key (`None` deletes).
+type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// The in-memory layers of one store.
 #[derive(Default)]
 struct Layers {
     name: String,
     logged: bool,
-    buffer: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    buffer: Pending,
     /// Changes of a commit in flight: sealed, not yet written.
-    sealed: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    sealed: Pending,
     /// Entries read by restore, not yet handed to the backend (empty
     /// whenever the task processes).
     restored: restored::RestoredEntries,
@@ -287,7 +293,7 @@ impl StoreSet {
     /// starts its write: a commit, or restored entries (`restored`).
     fn hand_over(
         &mut self,
-        layer: fn(&mut Layers) -> &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        layer: fn(&mut Layers) -> &mut Pending,
         restored: bool,
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
@@ -364,11 +370,7 @@ impl StoreSet {
     }
 
     /// Entries whose key starts with `prefix`, buffered changes merged in, in key order.
-    pub fn scan_prefix(
-        &self,
-        idx: usize,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_prefix(&self, idx: usize, prefix: &[u8]) -> Result<Entries, StoreError> {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
             self.backend.scan_prefix(idx, prefix)?.into_iter().collect();
         let from = std::ops::Bound::Included(prefix.to_vec());
@@ -379,12 +381,7 @@ impl StoreSet {
     }
 
     /// Entries with `from <= key < to`, buffered changes merged in, in key order.
-    pub fn range(
-        &self,
-        idx: usize,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn range(&self, idx: usize, from: &[u8], to: &[u8]) -> Result<Entries, StoreError> {
         if from >= to {
             return Ok(Vec::new());
         }
@@ -431,7 +428,7 @@ impl StoreSet {
     }
 
     /// Committed entries of a store plus its buffered changes, in key order.
-    pub fn entries(&self, idx: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn entries(&self, idx: usize) -> Result<Entries, StoreError> {
         self.scan_prefix(idx, &[])
     }
 }
@@ -501,11 +498,11 @@ impl KeyValueStore for StoreView<'_> {
         Ok(())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
         self.set.scan_prefix(self.idx, prefix)
     }
 
-    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Entries, StoreError> {
         self.set.range(self.idx, from, to)
     }
 }
@@ -623,19 +620,10 @@ mod tests {
         fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get(store, key)
         }
-        fn scan_prefix(
-            &self,
-            store: usize,
-            prefix: &[u8],
-        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<Entries, StoreError> {
             self.inner.scan_prefix(store, prefix)
         }
-        fn range(
-            &self,
-            store: usize,
-            from: &[u8],
-            to: &[u8],
-        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        fn range(&self, store: usize, from: &[u8], to: &[u8]) -> Result<Entries, StoreError> {
             self.inner.range(store, from, to)
         }
         fn commit(&mut self, batches: &[Batch], checkpoint: &Checkpoint) -> Result<(), StoreError> {
@@ -675,8 +663,10 @@ mod tests {
         s.view(0).put(b"a", b"1".to_vec()).unwrap();
         s.view(0).put(b"b", b"1".to_vec()).unwrap();
         s.seal();
-        let mut cp = Checkpoint::default();
-        cp.stream_time = 42;
+        let cp = Checkpoint {
+            stream_time: 42,
+            ..Default::default()
+        };
         s.commit_sealed(&cp).unwrap();
         assert!(!s.has_sealed());
         assert_eq!(

@@ -700,20 +700,11 @@ impl StateBackend for SledBackend {
         self.trees.trees[store].get(key)
     }
 
-    fn scan_prefix(
-        &self,
-        store: usize,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, store: usize, prefix: &[u8]) -> Result<super::Entries, StoreError> {
         self.trees.trees[store].scan_prefix(prefix)
     }
 
-    fn range(
-        &self,
-        store: usize,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&self, store: usize, from: &[u8], to: &[u8]) -> Result<super::Entries, StoreError> {
         if from >= to {
             return Ok(Vec::new());
         }

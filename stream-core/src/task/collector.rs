@@ -168,7 +168,7 @@ impl RecordCollector {
         origin: &Origin,
         upstream: Option<&[u8]>,
         stream_time: i64,
-        lineage: Option<&std::collections::HashMap<(usize, Vec<u8>), Vec<u8>>>,
+        lineage: Option<&super::lineage::ChangeLineage>,
     ) -> Result<(), TaskError> {
         let timestamp = if stream_time >= 0 {
             stream_time

@@ -20,6 +20,10 @@
 
 use serde::Serialize;
 
+/// The lineage lists of one input record's changes, by (store index, key):
+/// what each changelog record carries in its `sx.lin` header.
+pub(crate) type ChangeLineage = std::collections::HashMap<(usize, Vec<u8>), Vec<u8>>;
+
 /// Header carrying a key's lineage on its changelog records.
 pub const LINEAGE_HEADER: &str = "sx.lin";
 

@@ -202,7 +202,7 @@ impl Task {
         origin: &Origin,
         upstream: Option<&[u8]>,
         timestamp: i64,
-    ) -> Result<Option<HashMap<(usize, Vec<u8>), Vec<u8>>>, TaskError> {
+    ) -> Result<Option<lineage::ChangeLineage>, TaskError> {
         use crate::store::KeyValueStore;
         if self.config.lineage_depth == 0 || changes.is_empty() {
             return Ok(None);
@@ -470,11 +470,11 @@ impl Task {
                             timestamp: ts,
                             headers,
                         };
-                        self.out.begin_input(&origin);
+                        self.out.begin_input(origin);
                         match self.graph.dispatch(
                             node,
                             record,
-                            &origin,
+                            origin,
                             &mut self.stores,
                             (self.id.partition, self.progress.stream_time()),
                             &mut self.out,
@@ -493,14 +493,14 @@ impl Task {
                     }
                 }
             }
-            (Err(e), _) => Err((FailureStage::Deserialization, deser(&origin, "key", e))),
-            (_, Err(e)) => Err((FailureStage::Deserialization, deser(&origin, "value", e))),
+            (Err(e), _) => Err((FailureStage::Deserialization, deser(origin, "key", e))),
+            (_, Err(e)) => Err((FailureStage::Deserialization, deser(origin, "value", e))),
         };
         let mut changes = self.stores.take_changes();
-        let lineage = self.record_lineage(&changes, &origin, upstream_raw, input.timestamp)?;
+        let lineage = self.record_lineage(&changes, origin, upstream_raw, input.timestamp)?;
         self.out.changelog(
             &mut changes,
-            &origin,
+            origin,
             upstream_raw,
             self.progress.stream_time(),
             lineage.as_ref(),
@@ -514,7 +514,7 @@ impl Task {
                     LatePolicy::DeadLetter => self.out.dead_letter(
                         self.id,
                         input,
-                        &origin,
+                        origin,
                         FailureStage::Late,
                         reason,
                         late,
@@ -532,13 +532,13 @@ impl Task {
                     });
                 }
                 self.out
-                    .dead_letter(self.id, input, &origin, stage, reason, Vec::new());
+                    .dead_letter(self.id, input, origin, stage, reason, Vec::new());
             }
         }
         self.fire(
             PunctuationType::StreamTime,
             self.progress.stream_time(),
-            &origin,
+            origin,
         )?;
         self.progress
             .advance(input.topic, input.partition, input.offset + 1);

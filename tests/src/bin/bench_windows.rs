@@ -45,7 +45,7 @@ async fn bench() {
         std::process::exit(2);
     }
     let records: u64 = args[3].parse().unwrap_or(0);
-    let final_only = args.get(5).map_or(true, |m| m == "final");
+    let final_only = args.get(5).is_none_or(|m| m == "final");
     let b = StreamsBuilder::new();
     let table = b
         .source_with(&args[2], Consumed::with(StringSerde, BytesSerde))
