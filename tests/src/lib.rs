@@ -401,20 +401,28 @@ pub fn kafka_sh(args: &[&str]) {
     kafka_sh_env(args, &[])
 }
 
+/// `kafka.sh` with `args`, and `env` added to its environment.
+fn kafka_sh_command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("broker/kafka.sh");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(&script).args(args).envs(env.iter().copied());
+    cmd
+}
+
+/// Runs `kafka.sh` with `args` and `env` once: whether it succeeded (for
+/// polling, e.g. `status` until a restarted node answers).
+pub fn kafka_sh_env_ok(args: &[&str], env: &[(&str, &str)]) -> bool {
+    kafka_sh_command(args, env)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Runs `tests/broker/kafka.sh` with `args` and extra environment
 /// (`KAFKA_PORT`, `KAFKA_DATA_DIR` for a broker of the test's own). Kafka's
 /// admin tools start a JVM each and can time out on a loaded machine: a
 /// failed run is tried twice more (ACL and user changes are idempotent).
 pub fn kafka_sh_env(args: &[&str], env: &[(&str, &str)]) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("broker/kafka.sh");
-    let run = || {
-        let mut cmd = std::process::Command::new("bash");
-        cmd.arg(&script).args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("kafka.sh")
-    };
+    let run = || kafka_sh_command(args, env).output().expect("kafka.sh");
     let mut out = run();
     for _ in 0..2 {
         if out.status.success() {

@@ -216,3 +216,79 @@ async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
     );
     assert!(status.success());
 }
+
+/// Exactly-once through a restart of a cluster's only broker, down for
+/// longer than the group session and the transaction timeout (10 s each):
+/// the open transaction fails, the transaction calls time out ("retry call
+/// to resume") and the coordinator may fence the producer while it
+/// aborts. The instance must ride it out, as it does a broker of three
+/// dying, and end with exact counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_keep_counting_exactly_once_through_a_restart_of_its_only_broker() {
+    let port = broker_base_port(27_000, 30_000, 1);
+    let data = tempfile::tempdir().unwrap();
+    let env_owned = [
+        ("KAFKA_PORT", port.to_string()),
+        ("KAFKA_DATA_DIR", data.path().display().to_string()),
+        ("KAFKA_HEAP", "512m".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    kafka_sh_env(&["start"], &env);
+    let bs = format!("127.0.0.1:{port}");
+    let (app, input, output) = (unique("bounce"), unique("words"), unique("counts"));
+    create_topic_rf(&bs, &input, 2, 1, &[]).await;
+    create_topic_rf(&bs, &output, 1, 1, &[]).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let mut expected = BTreeMap::new();
+    produce(&bs, &input, 3_000, &mut expected);
+    let args = [
+        app.clone(),
+        input.clone(),
+        output.clone(),
+        state.path().display().to_string(),
+        bs.clone(),
+    ];
+    let mut child = spawn_logged_env("count-app", &args, &log, &[("COUNT_APP_EXACTLY_ONCE", "1")]);
+    let before = wait_until(Duration::from_secs(120), || {
+        counts(&bs, &output) == expected
+    });
+
+    kafka_sh_env(&["node", "kill", "0"], &env);
+    // The outage itself, not a wait for Kafka: longer than the session
+    // and transaction timeouts, so both expire while the broker is away.
+    std::thread::sleep(Duration::from_secs(15));
+    let survived_outage = child.try_wait().unwrap().is_none();
+    kafka_sh_env(&["node", "start", "0"], &env);
+    let back = wait_until(Duration::from_secs(120), || {
+        kafka_sh_env_ok(&["status"], &env)
+    });
+    produce(&bs, &input, 3_000, &mut expected);
+    let after = wait_until(Duration::from_secs(180), || {
+        child.try_wait().ok().flatten().is_some() || counts(&bs, &output) == expected
+    });
+    let alive = child.try_wait().unwrap().is_none();
+    if alive {
+        signal(&mut child, libc::SIGTERM);
+    }
+    let final_counts = counts(&bs, &output);
+    kafka_sh_env(&["stop"], &env);
+    assert!(
+        before,
+        "exact counts before the restart (log {})",
+        log.display()
+    );
+    assert!(back, "the broker came back");
+    assert!(
+        survived_outage && alive,
+        "the application kept running through the broker's restart (log {})",
+        log.display()
+    );
+    assert!(after, "caught up after the restart (log {})", log.display());
+    assert_eq!(
+        final_counts,
+        expected,
+        "exact counts after the restart (log {})",
+        log.display()
+    );
+}

@@ -346,15 +346,21 @@ impl KafkaStreams {
         let eos = self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
         let delivery = Arc::new(DeliveryState::default());
         let producer = clients::producer(&self.cfg, &ids, eos, delivery.clone())?;
-        let out = OutputProducer::new(
+        let mut out = OutputProducer::new(
             producer,
-            delivery,
+            delivery.clone(),
             shared.dead_letter_file,
             shared.state.path().join("production-errors.jsonl"),
             self.cfg.on_error,
             self.status.clone(),
             eos,
         );
+        if eos {
+            let (cfg, ids) = (self.cfg.clone(), ids.clone());
+            out = out.with_renewal(Box::new(move || {
+                clients::producer(&cfg, &ids, true, delivery.clone())
+            }));
+        }
         let reader = ChangelogReader::new(
             clients::restore_consumer(&self.cfg, &ids)?,
             self.status.clone(),

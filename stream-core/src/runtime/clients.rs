@@ -16,6 +16,7 @@ use super::producer::{DeliveryState, DeliveryTracker};
 use super::topics::ErrorCapture;
 
 /// Names of one stream thread's clients.
+#[derive(Clone)]
 pub(crate) struct ThreadIds {
     /// `client.id` of its producer and group consumer.
     pub(crate) client_id: String,

@@ -18,6 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::batch::{read_batch, BatchBuffer, Batched, BATCH};
+use super::client_log::LogQueue;
 use super::config::StreamsConfig;
 use super::error::RuntimeError;
 use crate::graph::{GlobalTableSpec, Topology};
@@ -86,6 +87,9 @@ const FOLLOW: Budget = Budget {
 
 /// What the global reader runs with.
 pub(crate) struct GlobalReader {
+    /// The consumer's log lines, drained at every read (before `consumer`:
+    /// dropped first).
+    log: Option<LogQueue>,
     consumer: BaseConsumer,
     tables: HashMap<String, Table>,
     /// The batch buffer, kept between reads.
@@ -114,6 +118,7 @@ pub(crate) fn start(
         .create()
         .map_err(|e| RuntimeError::kafka("create the global reader", e))?;
     let mut reader = GlobalReader {
+        log: LogQueue::attach(&consumer),
         consumer,
         tables: HashMap::new(),
         batch: BatchBuffer::default(),
@@ -244,6 +249,9 @@ impl GlobalReader {
     /// records it read. The rows are written together at the end, also
     /// when reading fails.
     fn poll(&mut self, timeout: Duration, budget: Budget) -> Result<u64, RuntimeError> {
+        if let Some(log) = &mut self.log {
+            log.drain(&self.consumer);
+        }
         let read = self.read_rows(timeout, budget);
         for t in self.tables.values_mut() {
             t.write_rows()?;

@@ -25,6 +25,7 @@
 
 pub mod app;
 pub mod batch;
+pub(crate) mod client_log;
 pub(crate) mod clients;
 pub(crate) mod commit;
 pub mod config;

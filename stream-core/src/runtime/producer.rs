@@ -27,6 +27,72 @@ use crate::task::ErrorPolicy;
 /// How long a transaction call may take.
 pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Makes a transactional producer (initialized) for a thread.
+pub(crate) type MakeProducer =
+    Box<dyn Fn() -> Result<ThreadedProducer<DeliveryTracker>, RuntimeError> + Send>;
+
+/// A fenced producer is replaced at most this many times in a row ...
+const RENEWALS_ALLOWED: u32 = 3;
+/// ... each within this long of the one before.
+const RENEWAL_WINDOW: Duration = Duration::from_secs(600);
+
+/// How often the producer was replaced lately.
+#[derive(Default)]
+struct Renewals {
+    last: Option<Instant>,
+    in_a_row: u32,
+}
+
+impl Renewals {
+    /// Whether another replacement at `now` is allowed (and counts it).
+    fn admit(&mut self, now: Instant) -> bool {
+        let recent = self
+            .last
+            .is_some_and(|t| now.duration_since(t) < RENEWAL_WINDOW);
+        self.in_a_row = if recent { self.in_a_row + 1 } else { 1 };
+        self.last = Some(now);
+        self.in_a_row <= RENEWALS_ALLOWED
+    }
+}
+
+/// How long a transaction call is retried while librdkafka says to retry
+/// it, as Kafka Streams retries a commit for `task.timeout.ms` (5 minutes).
+const TRANSACTION_RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// Runs the transaction call `call` (`what`, for the log) again while
+/// librdkafka says to ("Timed out waiting for operation to finish, retry
+/// call to resume": a broker away, the coordinator loading), for up to
+/// [`TRANSACTION_RETRY_FOR`]. librdkafka resumes the same operation on
+/// such a retry, so nothing is done twice.
+fn retrying(
+    what: &str,
+    mut call: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let until = Instant::now() + TRANSACTION_RETRY_FOR;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < until => {
+                tracing::warn!(error = %e, "{what} did not finish; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether `e` says the transaction coordinator fenced this producer (its
+/// epoch is no longer the transactional id's).
+fn is_fenced(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
+}
+
 /// Kind of a sink record (user or repartition topic), in the delivery opaque.
 const SINK: usize = 0;
 /// Kind of a changelog record: its offset is tracked.
@@ -199,6 +265,11 @@ pub(crate) struct OutputProducer {
     committing: Option<std::thread::JoinHandle<Result<(), KafkaError>>>,
     /// Records produced while a transaction commit is in flight.
     held: Vec<OutRecord>,
+    /// Exactly-once: makes a new producer with the same transactional id,
+    /// for one the transaction coordinator fenced ([`Self::abort_transaction`]).
+    renew: Option<MakeProducer>,
+    /// When this producer was last replaced, and how often in a row.
+    renewals: Renewals,
     /// librdkafka's handle of each topic written to (declared last: its
     /// handles are destroyed before its hold on the client goes).
     topics: TopicHandles,
@@ -232,7 +303,17 @@ impl OutputProducer {
             confirmed: HashMap::new(),
             committing: None,
             held: Vec::new(),
+            renew: None,
+            renewals: Renewals::default(),
         }
+    }
+
+    /// Lets [`abort_transaction`](Self::abort_transaction) replace a
+    /// producer the transaction coordinator fenced with one from `make`
+    /// (exactly-once).
+    pub(crate) fn with_renewal(mut self, make: MakeProducer) -> Self {
+        self.renew = Some(make);
+        self
     }
 
     /// Whether this producer runs transactions.
@@ -500,9 +581,13 @@ impl OutputProducer {
             .name("txn-commit".into())
             .spawn(move || {
                 if tpl.count() > 0 {
-                    producer.send_offsets_to_transaction(&tpl, &meta, CLIENT_TIMEOUT)?;
+                    retrying("sending the offsets to the transaction", || {
+                        producer.send_offsets_to_transaction(&tpl, &meta, CLIENT_TIMEOUT)
+                    })?;
                 }
-                producer.commit_transaction(CLIENT_TIMEOUT)
+                retrying("committing the transaction", || {
+                    producer.commit_transaction(CLIENT_TIMEOUT)
+                })
             })
             .map_err(|e| RuntimeError::Delivery(format!("start the transaction commit: {e}")))?;
         self.committing = Some(committer);
@@ -556,6 +641,25 @@ impl OutputProducer {
                 self.abort_transaction()?;
                 Ok(Some(false))
             }
+            // A commit that ends fenced did not commit: the coordinator
+            // fences a producer's epoch only by aborting its open
+            // transaction (on the transaction timeout, say, after a broker
+            // restart, or for a newer producer with this transactional
+            // id), and answers a retried commit of a transaction it
+            // completed with success. So this is an abort, with a new
+            // producer ([`Self::abort_transaction`]); Kafka Streams treats
+            // it as its tasks migrating and re-initializes the producer.
+            Err(e) if is_fenced(&e) && self.renew.is_some() => {
+                tracing::warn!(
+                    error = %e,
+                    "this producer was fenced while committing: the transaction was aborted; replacing the producer and reprocessing from the last commit"
+                );
+                self.held.clear();
+                self.replace_producer(e)?;
+                self.in_txn = false;
+                let _ = self.delivery.take_errors();
+                Ok(Some(false))
+            }
             Err(e) => Err(RuntimeError::kafka(
                 "commit transaction (this instance may have been fenced by a newer one)",
                 e,
@@ -571,14 +675,62 @@ impl OutputProducer {
     }
 
     /// Aborts the open transaction, if any, and forgets its failures.
+    ///
+    /// A producer the transaction coordinator fenced cannot abort. That
+    /// happens without any other instance: after a broker restart the
+    /// coordinator may have ended the transaction and bumped the producer's
+    /// epoch while the abort waited (a single broker killed for 15 seconds
+    /// did it). It is replaced by a new producer with the same
+    /// transactional id, whose initialization aborts whatever the old one
+    /// left open, as Kafka Streams replaces a fenced thread producer; the
+    /// caller rolls its tasks back to the last commit as after any abort.
+    /// A producer fenced again and again within [`RENEWAL_WINDOW`] is
+    /// another live instance using this state directory's id: that stops
+    /// the instance.
     pub(crate) fn abort_transaction(&mut self) -> Result<(), RuntimeError> {
         if self.in_txn {
-            self.producer
-                .abort_transaction(CLIENT_TIMEOUT)
-                .map_err(|e| RuntimeError::kafka("abort transaction", e))?;
+            match retrying("aborting the transaction", || {
+                self.producer.abort_transaction(CLIENT_TIMEOUT)
+            }) {
+                Ok(()) => {}
+                Err(e) if is_fenced(&e) && self.renew.is_some() => {
+                    tracing::warn!(
+                        error = %e,
+                        "this producer was fenced while aborting its transaction; replacing it and resuming from the last commit"
+                    );
+                    self.replace_producer(e)?;
+                }
+                Err(e) => return Err(RuntimeError::kafka("abort transaction", e)),
+            }
             self.in_txn = false;
         }
         let _ = self.delivery.take_errors();
+        Ok(())
+    }
+
+    /// Replaces the producer (fenced with `cause`) by a new one with the
+    /// same transactional id.
+    fn replace_producer(&mut self, cause: KafkaError) -> Result<(), RuntimeError> {
+        let Some(make) = &self.renew else {
+            return Err(RuntimeError::kafka("abort transaction", cause));
+        };
+        if !self.renewals.admit(Instant::now()) {
+            return Err(RuntimeError::kafka(
+                format!(
+                    "abort transaction (the producer was fenced {} times within {} s: another instance runs with this state directory's transactional id)",
+                    RENEWALS_ALLOWED + 1,
+                    RENEWAL_WINDOW.as_secs()
+                ),
+                cause,
+            ));
+        }
+        let fresh = Arc::new(make()?);
+        // The old client's topic handles go before it; dropping the client
+        // purges what it still held, whose failed reports are forgotten.
+        self.topics = TopicHandles::new(Arc::clone(&fresh));
+        drop(std::mem::replace(&mut self.producer, fresh));
+        let _ = self.delivery.take_errors();
+        tracing::info!("a new transactional producer replaced the fenced one");
         Ok(())
     }
 }
@@ -586,6 +738,26 @@ impl OutputProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn should_allow_a_few_renewals_in_a_row_and_more_after_a_quiet_window() {
+        let t0 = Instant::now();
+        let mut r = Renewals::default();
+        for i in 0..RENEWALS_ALLOWED {
+            assert!(
+                r.admit(t0 + Duration::from_secs(u64::from(i))),
+                "renewal {i}"
+            );
+        }
+        assert!(
+            !r.admit(t0 + Duration::from_secs(10)),
+            "one too many in a row"
+        );
+        assert!(
+            r.admit(t0 + Duration::from_secs(10) + RENEWAL_WINDOW),
+            "a quiet window starts the count again"
+        );
+    }
 
     #[test]
     fn should_pack_kind_and_epoch_into_the_opaque() {

@@ -41,6 +41,7 @@ use std::sync::Arc;
 use rdkafka::consumer::BaseConsumer;
 
 use super::batch::{read_batch, BatchBuffer, Batched, BATCH};
+use super::client_log::LogQueue;
 use super::error::RuntimeError;
 use super::log_offsets;
 use super::progress::RestoreReporter;
@@ -70,6 +71,8 @@ const RESTORE_STALL: Duration = Duration::from_secs(120);
 const PREFETCH_AHEAD: usize = 16;
 /// How often standbys learn the group's commits and publish their lag.
 const STANDBY_REFRESH: Duration = Duration::from_secs(1);
+/// How often an idle restorer passes its consumer's log lines on.
+const LOG_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long transient metadata errors are retried during a rebalance.
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(90);
 
@@ -282,6 +285,9 @@ impl Job {
 /// Reads changelogs into tasks' stores, with its own consumer (never in a
 /// group, never committing). Runs on the restorer thread.
 pub(crate) struct ChangelogReader {
+    /// The consumer's log lines, drained on the restorer thread (before
+    /// `consumer`: dropped first).
+    log: Option<LogQueue>,
     consumer: BaseConsumer<ErrorCapture>,
     status: Arc<RuntimeStatus>,
     /// Whether a task without local state may start empty when its
@@ -312,6 +318,7 @@ impl ChangelogReader {
         ChangelogReader {
             opener,
             last_standby_refresh: Instant::now(),
+            log: LogQueue::attach(&consumer),
             consumer,
             status,
             allow_empty_state,
@@ -330,10 +337,18 @@ impl ChangelogReader {
     /// is gone.
     fn run(mut self, commands: Receiver<Command>, restored: Sender<Restored>) {
         loop {
+            if let Some(log) = &mut self.log {
+                log.drain(&self.consumer);
+            }
             let next = if self.jobs.is_empty() {
-                match commands.recv() {
+                // Woken now and then to pass the consumer's log lines on.
+                match commands.recv_timeout(LOG_DRAIN_INTERVAL) {
                     Ok(c) => Some(c),
-                    Err(_) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        self.serve_idle();
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             } else {
                 match commands.try_recv() {
@@ -968,6 +983,19 @@ impl ChangelogReader {
             );
         }
         Ok(())
+    }
+
+    /// Serves the idle consumer's queue (nothing assigned: only its
+    /// client-wide errors are there), so that what it reports is logged
+    /// when it happens, not in a burst at the next restore.
+    fn serve_idle(&mut self) {
+        let batch = read_batch(&self.consumer, &mut self.batch, BATCH, Duration::ZERO);
+        if !batch.is_empty() {
+            tracing::debug!(
+                records = batch.len(),
+                "idle restore consumer read records; dropped"
+            );
+        }
     }
 
     /// Gaps at the end of a partition (compaction, transaction markers):
