@@ -21,6 +21,48 @@ fn counts(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
     counts_at(bootstrap, topic, Duration::from_secs(60))
 }
 
+/// A Kafka cluster of the test's own, on free ports, with its data in a
+/// temporary directory; stopped by the test (`sh(&["stop"])`).
+struct OwnCluster {
+    /// Its first node's plain port (node `i` listens at `port + 10 * i`).
+    port: u16,
+    env: Vec<(&'static str, String)>,
+    _data: tempfile::TempDir,
+}
+
+impl OwnCluster {
+    /// Starts `nodes` brokers on ports between `lo` and `hi`.
+    fn start(lo: u16, hi: u16, nodes: u16) -> Self {
+        let port = broker_base_port(lo, hi, nodes);
+        let data = tempfile::tempdir().unwrap();
+        let cluster = OwnCluster {
+            port,
+            env: vec![
+                ("KAFKA_PORT", port.to_string()),
+                ("KAFKA_DATA_DIR", data.path().display().to_string()),
+                ("KAFKA_HEAP", "512m".to_string()),
+            ],
+            _data: data,
+        };
+        cluster.sh(&["start", "--brokers", &nodes.to_string()]);
+        cluster
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// Runs `kafka.sh` on this cluster (failing the test if it fails).
+    fn sh(&self, args: &[&str]) {
+        kafka_sh_env(args, &self.env())
+    }
+
+    /// Runs `kafka.sh` on this cluster once: whether it succeeded.
+    fn sh_ok(&self, args: &[&str]) -> bool {
+        kafka_sh_env_ok(args, &self.env())
+    }
+}
+
 /// `(task, records read)` of every restore logged in `log`.
 fn restores(log: &Path) -> Vec<(String, u64)> {
     std::fs::read_to_string(log)
@@ -149,15 +191,8 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
-    let port = broker_base_port(24_000, 27_000, 3);
-    let data = tempfile::tempdir().unwrap();
-    let env_owned = [
-        ("KAFKA_PORT", port.to_string()),
-        ("KAFKA_DATA_DIR", data.path().display().to_string()),
-        ("KAFKA_HEAP", "512m".to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    kafka_sh_env(&["start", "--brokers", "3"], &env);
+    let cluster = OwnCluster::start(24_000, 27_000, 3);
+    let port = cluster.port;
     let bs = format!(
         "127.0.0.1:{port},127.0.0.1:{},127.0.0.1:{}",
         port + 10,
@@ -178,13 +213,13 @@ async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
         log.display()
     );
 
-    kafka_sh_env(&["node", "kill", "1"], &env);
+    cluster.sh(&["node", "kill", "1"]);
     produce(&bs, &input, 5_000, &mut expected);
     let during = wait_until(Duration::from_secs(120), || {
         counts(&bs, &output) == expected
     });
     let alive = child.try_wait().unwrap().is_none();
-    kafka_sh_env(&["node", "start", "1"], &env);
+    cluster.sh(&["node", "start", "1"]);
     let started = Instant::now();
     produce(&bs, &input, 5_000, &mut expected);
     let after = wait_until(Duration::from_secs(120), || {
@@ -194,7 +229,7 @@ async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let status = child.wait().unwrap();
-    kafka_sh_env(&["stop"], &env);
+    cluster.sh(&["stop"]);
     println!(
         "caught up {:.1}s after the broker came back",
         started.elapsed().as_secs_f64()
@@ -225,15 +260,8 @@ async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
 /// dying, and end with exact counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_keep_counting_exactly_once_through_a_restart_of_its_only_broker() {
-    let port = broker_base_port(27_000, 30_000, 1);
-    let data = tempfile::tempdir().unwrap();
-    let env_owned = [
-        ("KAFKA_PORT", port.to_string()),
-        ("KAFKA_DATA_DIR", data.path().display().to_string()),
-        ("KAFKA_HEAP", "512m".to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    kafka_sh_env(&["start"], &env);
+    let cluster = OwnCluster::start(27_000, 30_000, 1);
+    let port = cluster.port;
     let bs = format!("127.0.0.1:{port}");
     let (app, input, output) = (unique("bounce"), unique("words"), unique("counts"));
     create_topic_rf(&bs, &input, 2, 1, &[]).await;
@@ -254,15 +282,13 @@ async fn should_keep_counting_exactly_once_through_a_restart_of_its_only_broker(
         counts(&bs, &output) == expected
     });
 
-    kafka_sh_env(&["node", "kill", "0"], &env);
+    cluster.sh(&["node", "kill", "0"]);
     // The outage itself, not a wait for Kafka: longer than the session
     // and transaction timeouts, so both expire while the broker is away.
     std::thread::sleep(Duration::from_secs(15));
     let survived_outage = child.try_wait().unwrap().is_none();
-    kafka_sh_env(&["node", "start", "0"], &env);
-    let back = wait_until(Duration::from_secs(120), || {
-        kafka_sh_env_ok(&["status"], &env)
-    });
+    cluster.sh(&["node", "start", "0"]);
+    let back = wait_until(Duration::from_secs(120), || cluster.sh_ok(&["status"]));
     produce(&bs, &input, 3_000, &mut expected);
     let after = wait_until(Duration::from_secs(180), || {
         child.try_wait().ok().flatten().is_some() || counts(&bs, &output) == expected
@@ -272,7 +298,7 @@ async fn should_keep_counting_exactly_once_through_a_restart_of_its_only_broker(
         signal(&mut child, libc::SIGTERM);
     }
     let final_counts = counts(&bs, &output);
-    kafka_sh_env(&["stop"], &env);
+    cluster.sh(&["stop"]);
     assert!(
         before,
         "exact counts before the restart (log {})",
