@@ -1,6 +1,7 @@
 //! Faults: damaged local state, an unusable state directory, the broker
 //! going away for 30 seconds mid-run, a closed stderr, a panicking
-//! processor, and a source topic deleted under a running program.
+//! processor (in processing, and in its factory, `init` or `close`), and a
+//! source topic deleted under a running program.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -359,6 +360,84 @@ async fn should_stop_on_a_panicking_processor_and_commit_nothing_after_it() {
 
     produce(&bs, &input, 500, &mut expected);
     let mut child = spawn("no-such-word");
+    assert_counts_then_stop(
+        &mut child,
+        &output,
+        &expected,
+        "counts after the restart",
+        &log,
+    );
+}
+
+/// A processor's factory runs when its task opens (in a rebalance, inside
+/// librdkafka's callback), its `init` once the task is restored (on the
+/// restore thread), its `close` when the task closes (at shutdown here). A
+/// panic in the first unwound through librdkafka's C code (undefined
+/// behaviour); in `init` it ended the restore thread and left the task
+/// restoring for good (the program still ran 90 s later). Each now stops the program with exit status 1 and an error naming
+/// the panic, and a restart without it counts exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_stop_with_an_error_naming_a_panic_in_a_processors_factory_init_or_close() {
+    let (app, input, output) = (unique("hooks"), unique("words"), unique("counts"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let bs = bootstrap();
+    let mut expected = BTreeMap::new();
+    produce(&bs, &input, 1_000, &mut expected);
+    let spawn = |env: &[(&str, &str)]| {
+        Guard(spawn_count_app_env(
+            &app,
+            &input,
+            &output,
+            state.path(),
+            &log,
+            env,
+        ))
+    };
+    let logged = |hook: &str| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("panicked") && text.contains(&format!("COUNT_APP_PANIC_IN: {hook}"))
+    };
+    for hook in ["make", "init"] {
+        let mut child = spawn(&[("COUNT_APP_PANIC_IN", hook)]);
+        let status = wait_for_exit(&mut child, Duration::from_secs(90)).unwrap_or_else(|| {
+            panic!(
+                "still running 90 s after a panic in {hook} (log {})",
+                log.display()
+            )
+        });
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "a panic in {hook}: an error exit, not an abort ({status}; log {})",
+            log.display()
+        );
+        assert!(
+            logged(hook),
+            "the error names the panic in {hook} (log {})",
+            log.display()
+        );
+    }
+
+    let mut child = spawn(&[("COUNT_APP_PANIC_IN", "close")]);
+    assert_counts(&output, &expected, "counts with a close that panics", &log);
+    let status = stop(&mut child);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a panic in close at shutdown: an error exit ({status}; log {})",
+        log.display()
+    );
+    assert!(
+        logged("close"),
+        "the error names the panic in close (log {})",
+        log.display()
+    );
+
+    produce(&bs, &input, 500, &mut expected);
+    let mut child = spawn(&[]);
     assert_counts_then_stop(
         &mut child,
         &output,

@@ -98,7 +98,51 @@ impl ClientContext for StreamContext {
 }
 
 impl ConsumerContext for StreamContext {
+    /// Runs the rebalance; a panic in it (a processor's factory or `close`,
+    /// or a bug of ours) would otherwise unwind through librdkafka's C
+    /// code, which is undefined behaviour. It stops the instance instead, as a panic in
+    /// processing does: nothing is committed after it, and the
+    /// assignment change librdkafka waits for is still made.
     fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let run = std::panic::AssertUnwindSafe(|| self.run_rebalance(consumer, err, tpl));
+        let Err(payload) = std::panic::catch_unwind(run) else {
+            return;
+        };
+        let error = RuntimeError::ThreadPanicked(format!(
+            "during a rebalance: {}",
+            panic_message(payload.as_ref())
+        ));
+        tracing::error!(%error, "the stream thread stops without committing; the instance stops");
+        {
+            let mut engine = lock(&self.engine);
+            engine.panicked = true;
+            engine.fatal.get_or_insert(error);
+        }
+        let cooperative = self.cooperative.load(Ordering::Relaxed);
+        let r = match (err, cooperative) {
+            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => {
+                consumer.incremental_assign(tpl)
+            }
+            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, true) => {
+                consumer.incremental_unassign(tpl)
+            }
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "assignment change after a panic failed");
+        }
+    }
+}
+
+impl StreamContext {
+    /// The rebalance itself: tasks opened or committed and closed, and the
+    /// assignment changed.
+    fn run_rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
@@ -630,9 +674,23 @@ fn stream_loop(
     let closed = {
         let mut e = lock(&engine);
         e.closing = true;
-        e.panicked = panicked;
+        // A panic during a rebalance marked it already.
+        e.panicked |= panicked;
         if result.is_ok() {
-            e.shutdown(&consumer)
+            // A processor's `close` panicking at shutdown stops the
+            // thread with that error, past the commit made before it.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.shutdown(&consumer))) {
+                Ok(closed) => closed,
+                Err(payload) => {
+                    e.panicked = true;
+                    let error = RuntimeError::ThreadPanicked(format!(
+                        "while closing: {}",
+                        panic_message(payload.as_ref())
+                    ));
+                    tracing::error!(%error, "the stream thread stops");
+                    Err(error)
+                }
+            }
         } else {
             Ok(())
         }
@@ -648,7 +706,7 @@ fn stream_loop(
 }
 
 /// The message a panic carried (`panic!` with a literal or a format).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -135,7 +135,23 @@ impl Restorer {
         let (restored_tx, restored) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || reader.run(command_rx, restored_tx))
+            .spawn(move || {
+                // A panic here (a processor's `init`, which runs once its
+                // task is restored, or a bug of ours) is reported as the
+                // failure it is: the engine stops the instance, where a
+                // silent end of this thread would leave its tasks
+                // restoring for good.
+                let report = restored_tx.clone();
+                let run = std::panic::AssertUnwindSafe(move || reader.run(command_rx, restored_tx));
+                if let Err(payload) = std::panic::catch_unwind(run) {
+                    let error = RuntimeError::ThreadPanicked(format!(
+                        "restore thread: {}",
+                        super::app::panic_message(payload.as_ref())
+                    ));
+                    tracing::error!(%error, "the restore thread stopped; the instance stops");
+                    let _ = report.send(Restored::Failed(error));
+                }
+            })
             .map_err(|e| RuntimeError::Config(format!("cannot start the restore thread: {e}")))?;
         Ok(Restorer {
             commands,

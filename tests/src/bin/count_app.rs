@@ -12,6 +12,8 @@
 //! `COUNT_APP_EXACTLY_ONCE=1` processes exactly once;
 //! `COUNT_APP_PANIC_ON=WORD` panics in a processor after counting WORD
 //! (after the store change, before the output record);
+//! `COUNT_APP_PANIC_IN=make|init|close` adds a pass-through processor
+//! after the count whose factory, `init` or `close` panics;
 //! `COUNT_APP_RESET=1` (or `latest`) resets the application (input
 //! offsets to the earliest, or the latest; internal topics and local state
 //! deleted) and exits.
@@ -42,17 +44,35 @@ async fn main() {
         b.source(&args[2]).group_by(|_k, v| v.clone())
     };
     let counts = grouped.count(Materialized::as_store("counts"));
-    match std::env::var("COUNT_APP_PANIC_ON") {
-        // After the count's store change, before its output record.
-        Ok(word) => counts
-            .to_stream()
-            .peek(move |k, _| {
-                if *k == word {
-                    panic!("COUNT_APP_PANIC_ON: counted {word}");
-                }
-            })
-            .to_topic(&args[3]),
-        Err(_) => counts.to_topic(&args[3]),
+    if let Ok(hook) = std::env::var("COUNT_APP_PANIC_IN") {
+        // A pass-through processor whose factory, `init` or `close` panics.
+        if hook == "make" {
+            counts
+                .to_stream()
+                .process::<String, i64, _>(
+                    || -> PanicIn { panic!("COUNT_APP_PANIC_IN: make") },
+                    &[],
+                )
+                .to_topic(&args[3]);
+        } else {
+            counts
+                .to_stream()
+                .process::<String, i64, _>(move || PanicIn(hook.clone()), &[])
+                .to_topic(&args[3]);
+        }
+    } else {
+        match std::env::var("COUNT_APP_PANIC_ON") {
+            // After the count's store change, before its output record.
+            Ok(word) => counts
+                .to_stream()
+                .peek(move |k, _| {
+                    if *k == word {
+                        panic!("COUNT_APP_PANIC_ON: counted {word}");
+                    }
+                })
+                .to_topic(&args[3]),
+            Err(_) => counts.to_topic(&args[3]),
+        }
     }
     let mut cfg = StreamsConfig::new(&args[1], &bootstrap);
     cfg.state_dir = args[4].clone().into();
@@ -111,4 +131,34 @@ async fn main() {
         return;
     }
     integration_tests::run_program(topology, cfg).await;
+}
+
+/// Forwards every record; panics in the hook it names (`init`, `close`).
+struct PanicIn(String);
+
+impl stream_core::Processor for PanicIn {
+    fn process(
+        &mut self,
+        ctx: &mut stream_core::Context<'_>,
+        record: stream_core::Record,
+    ) -> Result<(), stream_core::ProcessError> {
+        ctx.forward(record);
+        Ok(())
+    }
+
+    fn init(
+        &mut self,
+        _ctx: &mut stream_core::Context<'_>,
+    ) -> Result<(), stream_core::ProcessError> {
+        if self.0 == "init" {
+            panic!("COUNT_APP_PANIC_IN: init");
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        if self.0 == "close" {
+            panic!("COUNT_APP_PANIC_IN: close");
+        }
+    }
 }
