@@ -51,6 +51,45 @@ fn assert_counts_then_stop(
     assert!(status.success(), "{what}: the stop: {status}");
 }
 
+/// A `count-app` of a test's own: its input (2 partitions) and output
+/// topics, state directory and log.
+struct CountApp {
+    app: String,
+    input: String,
+    output: String,
+    state: tempfile::TempDir,
+    log: std::path::PathBuf,
+}
+
+impl CountApp {
+    /// Names (`name` in each) and creates them.
+    async fn new(name: &str) -> CountApp {
+        let (app, input, output) = (unique(name), unique("words"), unique("counts"));
+        create_topic(&input, 2).await;
+        create_topic(&output, 1).await;
+        let log = log_dir().join(format!("{app}.log"));
+        CountApp {
+            app,
+            input,
+            output,
+            state: tempfile::tempdir().unwrap(),
+            log,
+        }
+    }
+
+    /// Starts the program with `env` (`COUNT_APP_*`) added.
+    fn spawn(&self, env: &[(&str, &str)]) -> Guard {
+        Guard(spawn_count_app_env(
+            &self.app,
+            &self.input,
+            &self.output,
+            self.state.path(),
+            &self.log,
+            env,
+        ))
+    }
+}
+
 async fn delete_topic(topic: &str) {
     let deleted = admin()
         .delete_topics(&[topic], &rdkafka::admin::AdminOptions::new())
@@ -318,31 +357,17 @@ async fn should_keep_counting_and_stop_cleanly_when_its_stderr_is_a_closed_pipe(
 /// for the input queues the consumer's context still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_stop_on_a_panicking_processor_and_commit_nothing_after_it() {
-    let (app, input, output) = (unique("panic"), unique("words"), unique("counts"));
-    create_topic(&input, 2).await;
-    create_topic(&output, 1).await;
-    let state = tempfile::tempdir().unwrap();
-    let log = log_dir().join(format!("{app}.log"));
-    let bs = bootstrap();
+    let f = CountApp::new("panic").await;
+    let (input, output, log, bs) = (&f.input, &f.output, &f.log, bootstrap());
     let mut expected = BTreeMap::new();
-    produce(&bs, &input, 2_000, &mut expected);
+    produce(&bs, input, 2_000, &mut expected);
     let p = producer_at(&bs);
-    send(&p, &input, None, b"boom");
+    send(&p, input, None, b"boom");
     flush(&p);
     expected.insert(b"boom".to_vec(), 1);
-    produce(&bs, &input, 1_000, &mut expected);
+    produce(&bs, input, 1_000, &mut expected);
 
-    let spawn = |word: &str| {
-        let env = [("COUNT_APP_PANIC_ON", word)];
-        Guard(spawn_count_app_env(
-            &app,
-            &input,
-            &output,
-            state.path(),
-            &log,
-            &env,
-        ))
-    };
+    let spawn = |word: &str| f.spawn(&[("COUNT_APP_PANIC_ON", word)]);
     let mut child = spawn("boom");
     let status = wait_for_exit(&mut child, Duration::from_secs(90)).unwrap_or_else(|| {
         panic!(
@@ -351,21 +376,21 @@ async fn should_stop_on_a_panicking_processor_and_commit_nothing_after_it() {
         )
     });
     assert!(!status.success(), "a panic is a failed run: {status}");
-    let logs = std::fs::read_to_string(&log).unwrap();
+    let logs = std::fs::read_to_string(log).unwrap();
     assert!(
         logs.contains("stream thread panicked: COUNT_APP_PANIC_ON: counted boom"),
         "the error names the panic (log {})",
         log.display()
     );
 
-    produce(&bs, &input, 500, &mut expected);
+    produce(&bs, input, 500, &mut expected);
     let mut child = spawn("no-such-word");
     assert_counts_then_stop(
         &mut child,
-        &output,
+        output,
         &expected,
         "counts after the restart",
-        &log,
+        log,
     );
 }
 
@@ -374,30 +399,18 @@ async fn should_stop_on_a_panicking_processor_and_commit_nothing_after_it() {
 /// restore thread), its `close` when the task closes (at shutdown here). A
 /// panic in the first unwound through librdkafka's C code (undefined
 /// behaviour); in `init` it ended the restore thread and left the task
-/// restoring for good (the program still ran 90 s later). Each now stops the program with exit status 1 and an error naming
-/// the panic, and a restart without it counts exactly.
+/// restoring for good (the program still ran 90 s later). Each now stops
+/// the program with exit status 1 and an error naming the panic, and a
+/// restart without it counts exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_stop_with_an_error_naming_a_panic_in_a_processors_factory_init_or_close() {
-    let (app, input, output) = (unique("hooks"), unique("words"), unique("counts"));
-    create_topic(&input, 2).await;
-    create_topic(&output, 1).await;
-    let state = tempfile::tempdir().unwrap();
-    let log = log_dir().join(format!("{app}.log"));
-    let bs = bootstrap();
+    let f = CountApp::new("hooks").await;
+    let (output, log, bs) = (&f.output, &f.log, bootstrap());
     let mut expected = BTreeMap::new();
-    produce(&bs, &input, 1_000, &mut expected);
-    let spawn = |env: &[(&str, &str)]| {
-        Guard(spawn_count_app_env(
-            &app,
-            &input,
-            &output,
-            state.path(),
-            &log,
-            env,
-        ))
-    };
+    produce(&bs, &f.input, 1_000, &mut expected);
+    let spawn = |env: &[(&str, &str)]| f.spawn(env);
     let logged = |hook: &str| {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         text.contains("panicked") && text.contains(&format!("COUNT_APP_PANIC_IN: {hook}"))
     };
     for hook in ["make", "init"] {
@@ -422,7 +435,7 @@ async fn should_stop_with_an_error_naming_a_panic_in_a_processors_factory_init_o
     }
 
     let mut child = spawn(&[("COUNT_APP_PANIC_IN", "close")]);
-    assert_counts(&output, &expected, "counts with a close that panics", &log);
+    assert_counts(output, &expected, "counts with a close that panics", log);
     let status = stop(&mut child);
     assert_eq!(
         status.code(),
@@ -436,14 +449,14 @@ async fn should_stop_with_an_error_naming_a_panic_in_a_processors_factory_init_o
         log.display()
     );
 
-    produce(&bs, &input, 500, &mut expected);
+    produce(&bs, &f.input, 500, &mut expected);
     let mut child = spawn(&[]);
     assert_counts_then_stop(
         &mut child,
-        &output,
+        output,
         &expected,
         "counts after the restart",
-        &log,
+        log,
     );
 }
 
