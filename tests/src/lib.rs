@@ -97,6 +97,15 @@ pub async fn create_topic(name: &str, partitions: i32) {
     create_topic_with(name, partitions, &[]).await
 }
 
+/// Deletes `topic`.
+pub async fn delete_topic(topic: &str) {
+    let deleted = admin()
+        .delete_topics(&[topic], &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("delete a topic");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+}
+
 /// Creates a compacted topic.
 pub async fn create_compacted_topic(name: &str, partitions: i32) {
     create_topic_with(name, partitions, &[("cleanup.policy", "compact")]).await

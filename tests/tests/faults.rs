@@ -90,14 +90,6 @@ impl CountApp {
     }
 }
 
-async fn delete_topic(topic: &str) {
-    let deleted = admin()
-        .delete_topics(&[topic], &rdkafka::admin::AdminOptions::new())
-        .await
-        .expect("delete a topic");
-    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_move_damaged_state_aside_and_rebuild_it_from_the_changelog() {
     let (app, input, output) = (unique("damaged"), unique("words"), unique("counts"));

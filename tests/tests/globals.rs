@@ -1,7 +1,8 @@
 //! Global tables on a real broker: a fresh instance reads the whole
 //! global table before its first output; the global reader follows later
 //! changes; a restart with local state reads only the tail; an instance
-//! that moves to an empty state directory rebuilds the table whole.
+//! that moves to an empty state directory rebuilds the table whole, and so
+//! does one whose table's topic was created anew.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -158,5 +159,69 @@ async fn should_hold_the_whole_global_table_before_the_first_output() {
         counts.get(&true),
         None,
         "no user ever missed its company: {counts:?}"
+    );
+}
+
+/// A global table's topic deleted and created again while the instance is
+/// stopped, with fewer records: the local copy's checkpoint lies past the
+/// new topic's end. The copy was kept, and the new topic read into it from
+/// its start, so a company the new topic lacks still joined with its old
+/// name. Now the table is rebuilt from the new topic, as it is when the
+/// topic no longer reaches back to the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_rebuild_a_global_table_whose_topic_was_created_anew() {
+    let s = setup().await;
+    const OLD: usize = 300;
+    let p = producer();
+    for i in 0..OLD {
+        let (k, v) = (format!("c{i}"), format!("Old {i}"));
+        send(&p, &s.companies, Some(k.as_bytes()), v.as_bytes());
+    }
+    flush(&p);
+    users(&s, 0, OLD, OLD);
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{}.log", s.app));
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut app = start(&s, state.path(), &log, &http);
+    assert!(
+        wait_until(Duration::from_secs(90), || outputs(&s.output).len() >= OLD),
+        "{OLD} outputs before the topic is replaced (log {})",
+        log.display()
+    );
+    signal_and_wait(&mut app, libc::SIGTERM);
+
+    delete_topic(&s.companies).await;
+    create_topic(&s.companies, 3).await;
+    for i in 0..10 {
+        let (k, v) = (format!("c{i}"), format!("New {i}"));
+        send(&p, &s.companies, Some(k.as_bytes()), v.as_bytes());
+    }
+    flush(&p);
+    let _app = start(&s, state.path(), &log, &http);
+    // User 300 names c0 (300 % 300), user 350 names c50 (350 % 300).
+    let joined = |want: &str| outputs(&s.output).iter().any(|o| o == want);
+    assert!(
+        wait_until(Duration::from_secs(90), || {
+            users(&s, OLD, 1, OLD);
+            joined("c0=New 0")
+        }),
+        "a company of the new topic joins with its new name (log {})",
+        log.display()
+    );
+    users(&s, 350, 1, OLD);
+    assert!(
+        wait_until(Duration::from_secs(60), || joined("c50=?")
+            || joined("c50=Old 50")),
+        "the user of a company the new topic lacks is joined (log {})",
+        log.display()
+    );
+    let old = outputs(&s.output)
+        .iter()
+        .filter(|o| o.contains("=Old "))
+        .count();
+    assert!(
+        joined("c50=?") && old == OLD,
+        "no row of the old topic outlives it: {old} joins with an old name, {OLD} before the topic was replaced (log {})",
+        log.display()
     );
 }

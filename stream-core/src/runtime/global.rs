@@ -159,10 +159,14 @@ pub(crate) fn start(
                         RuntimeError::kafka(format!("watermarks of {}[{p}]", spec.topic), e)
                     })?,
             };
-            // Offsets before the log start are gone: the rows must be rebuilt.
-            if from.is_some_and(|f| f < low) {
-                tracing::warn!(store = %spec.store, topic = %spec.topic, partition = p, checkpoint = from.unwrap_or(0), log_start = low,
-                    "the global table's topic no longer reaches back to its local copy; rebuilding it from the topic");
+            // Offsets before the log start are gone, or the log ends before
+            // the local copy's checkpoint (the topic was deleted and
+            // created again): the rows must be rebuilt. Read on from the
+            // checkpoint, a re-created topic's records would land on the
+            // old rows, and rows the new topic lacks would stay for good.
+            if from.is_some_and(|f| f < low || f > high) {
+                tracing::warn!(store = %spec.store, topic = %spec.topic, partition = p, checkpoint = from.unwrap_or(0), log_start = low, log_end = high,
+                    "the global table's topic does not hold what its local copy was read from (records deleted, or the topic created anew); rebuilding it from the topic");
                 tree.clear()?;
                 return start(topology, cfg, state, stop);
             }

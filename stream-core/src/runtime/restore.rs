@@ -615,7 +615,7 @@ impl ChangelogReader {
                 tracing::info!(task = %id, read, "standby closed; its state stays in local state");
                 continue;
             }
-            tracing::info!(task = %id, read, "restore stopped (task moved away); what was restored stays in local state");
+            tracing::info!(task = %id, read, "restore stopped (the task moved away, or the instance stops); what was restored stays in local state");
             self.status.record_restore(RestoreRecord {
                 task: id,
                 full: job.full,
