@@ -39,6 +39,16 @@ fn start(s: &Setup, state: &Path, log: &Path, http: &str) -> Guard {
     Guard(spawn_logged("global-join-app", &args, log))
 }
 
+/// Writes companies `c0..c<n>` named `<name> <i>`.
+fn companies(s: &Setup, n: usize, name: &str) {
+    let p = producer();
+    for i in 0..n {
+        let (k, v) = (format!("c{i}"), format!("{name} {i}"));
+        send(&p, &s.companies, Some(k.as_bytes()), v.as_bytes());
+    }
+    flush(&p);
+}
+
 /// Writes `ids` users naming companies `c0..c<companies>` round robin,
 /// starting at user `from`.
 fn users(s: &Setup, from: usize, n: usize, companies: usize) {
@@ -79,11 +89,7 @@ async fn should_hold_the_whole_global_table_before_the_first_output() {
     let s = setup().await;
     const COMPANIES: usize = 3_000;
     let p = producer();
-    for i in 0..COMPANIES {
-        let (k, v) = (format!("c{i}"), format!("Company {i}"));
-        send(&p, &s.companies, Some(k.as_bytes()), v.as_bytes());
-    }
-    flush(&p);
+    companies(&s, COMPANIES, "Company");
     // The users wait before the instance starts: its tasks could process
     // them at once, before a global table that were not read first.
     users(&s, 0, 2_000, COMPANIES);
@@ -172,12 +178,7 @@ async fn should_hold_the_whole_global_table_before_the_first_output() {
 async fn should_rebuild_a_global_table_whose_topic_was_created_anew() {
     let s = setup().await;
     const OLD: usize = 300;
-    let p = producer();
-    for i in 0..OLD {
-        let (k, v) = (format!("c{i}"), format!("Old {i}"));
-        send(&p, &s.companies, Some(k.as_bytes()), v.as_bytes());
-    }
-    flush(&p);
+    companies(&s, OLD, "Old");
     users(&s, 0, OLD, OLD);
     let state = tempfile::tempdir().unwrap();
     let log = log_dir().join(format!("{}.log", s.app));
@@ -192,11 +193,7 @@ async fn should_rebuild_a_global_table_whose_topic_was_created_anew() {
 
     delete_topic(&s.companies).await;
     create_topic(&s.companies, 3).await;
-    for i in 0..10 {
-        let (k, v) = (format!("c{i}"), format!("New {i}"));
-        send(&p, &s.companies, Some(k.as_bytes()), v.as_bytes());
-    }
-    flush(&p);
+    companies(&s, 10, "New");
     let _app = start(&s, state.path(), &log, &http);
     // User 300 names c0 (300 % 300), user 350 names c50 (350 % 300).
     let joined = |want: &str| outputs(&s.output).iter().any(|o| o == want);
