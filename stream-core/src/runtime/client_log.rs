@@ -69,6 +69,18 @@ impl LogQueue {
     /// brokers are down" at every failed connect), and the count goes with
     /// the line's next showing.
     pub(crate) fn drain<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> usize {
+        self.drain_noting(consumer, |_, _| {})
+    }
+
+    /// [`drain`](Self::drain), showing every warning or worse (facility,
+    /// text) to `note` first, repeats included. Debug lines are not shown:
+    /// with `debug` set, librdkafka writes "offset reset" for every
+    /// logical offset it looks up.
+    pub(crate) fn drain_noting<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        mut note: impl FnMut(&str, &str),
+    ) -> usize {
         let mut n = 0;
         loop {
             // SAFETY: the queue is live (dropped only with `self`); each
@@ -90,6 +102,9 @@ impl LogQueue {
             };
             let Some(line) = line else { continue };
             n += 1;
+            if line.0 <= WARNING {
+                note(&line.1, &line.2);
+            }
             if let Some(repeats) = self.repeats.admit(&line, Instant::now()) {
                 let (level, fac, text) = line;
                 let level = log_level(level);
@@ -104,6 +119,9 @@ impl LogQueue {
         }
     }
 }
+
+/// librdkafka's (syslog's) level of a warning.
+const WARNING: i32 = 4;
 
 /// How long a log line passed on keeps its repeats from being passed on.
 pub(crate) const REPEAT_WINDOW: Duration = Duration::from_secs(30);

@@ -21,6 +21,7 @@ use super::batch::{read_batch, BatchBuffer, Batched, BATCH};
 use super::client_log::LogQueue;
 use super::config::StreamsConfig;
 use super::error::RuntimeError;
+use super::input_watch::{self, InputReport};
 use crate::graph::{GlobalTableSpec, Topology};
 use crate::store::{GlobalStores, GlobalTree, StateDir};
 
@@ -253,8 +254,18 @@ impl GlobalReader {
     /// records it read. The rows are written together at the end, also
     /// when reading fails.
     fn poll(&mut self, timeout: Duration, budget: Budget) -> Result<u64, RuntimeError> {
+        let mut resets = Vec::new();
         if let Some(log) = &mut self.log {
-            log.drain(&self.consumer);
+            log.drain_noting(&self.consumer, |fac, text| {
+                if let Some(InputReport::Reset(topic, partition)) =
+                    input_watch::report_in(fac, text)
+                {
+                    resets.push((topic, partition));
+                }
+            });
+        }
+        for (topic, partition) in resets {
+            self.reset_seen(&topic, partition)?;
         }
         let read = self.read_rows(timeout, budget);
         for t in self.tables.values_mut() {
@@ -317,6 +328,52 @@ impl GlobalReader {
                 KafkaError::MessageConsumption(code),
             )),
         }
+    }
+
+    /// librdkafka moved the fetch of `topic`'s `partition` because the
+    /// position was out of range. If the log now starts past it, retention
+    /// deleted records and the rows stand. Otherwise the topic was deleted
+    /// and created again while the instance ran: its table is rebuilt from
+    /// the new topic's start (emptied first, so that rows the new topic
+    /// lacks do not stay), as at a start whose local copy the topic does
+    /// not hold. Lookups meanwhile see the table filling again; Kafka
+    /// Streams' global thread likewise wipes and re-reads its store on an
+    /// invalid offset.
+    fn reset_seen(&mut self, topic: &str, partition: i32) -> Result<(), RuntimeError> {
+        let Some(t) = self.tables.get_mut(topic) else {
+            return Ok(());
+        };
+        let position = t.read.get(&partition).or(t.next.get(&partition)).copied();
+        if position.is_none_or(|p| p <= 0) {
+            // Nothing of this partition is in the table (after a rebuild,
+            // say: each partition of a replaced topic reports its reset).
+            return Ok(());
+        }
+        let bounds = super::log_offsets::bounds(&self.consumer, &[(topic.to_string(), partition)]);
+        let low = bounds
+            .get(&(topic.to_string(), partition))
+            .map(|&(low, _)| low);
+        if let (Some(position), Some(low)) = (position, low) {
+            if position < low {
+                return Ok(());
+            }
+        }
+        tracing::warn!(store = %t.spec.store, topic, partition, position = position.unwrap_or(-1), log_start = low.unwrap_or(-1),
+            "the global table's topic was replaced while the instance ran (deleted and created again); rebuilding the table from the new topic");
+        t.rows.clear();
+        t.read.clear();
+        t.tree.clear()?;
+        let parts: Vec<i32> = t.next.keys().copied().collect();
+        for p in &parts {
+            t.next.insert(*p, 0);
+            if let Err(e) =
+                self.consumer
+                    .seek(topic, *p, Offset::Beginning, Duration::from_secs(10))
+            {
+                tracing::warn!(topic, partition = p, error = %e, "global reader: seek to the new topic's start failed");
+            }
+        }
+        Ok(())
     }
 
     fn save_offsets(&self) -> Result<(), RuntimeError> {
