@@ -676,14 +676,17 @@ impl OutputProducer {
 
     /// Aborts the open transaction, if any, and forgets its failures.
     ///
-    /// A producer the transaction coordinator fenced cannot abort. That
-    /// happens without any other instance: after a broker restart the
-    /// coordinator may have ended the transaction and bumped the producer's
-    /// epoch while the abort waited (a single broker killed for 15 seconds
-    /// did it). It is replaced by a new producer with the same
-    /// transactional id, whose initialization aborts whatever the old one
-    /// left open, as Kafka Streams replaces a fenced thread producer; the
-    /// caller rolls its tasks back to the last commit as after any abort.
+    /// A producer that cannot abort (exactly-once) is replaced by a new one
+    /// with the same transactional id, whose initialization fences the old
+    /// one and aborts whatever it left open, as Kafka Streams replaces a
+    /// fenced thread producer; the caller rolls its tasks back to the last
+    /// commit as after any abort. Since the transaction is to be aborted
+    /// anyway, nothing is uncertain. It happens without any other
+    /// instance: after a broker restart the coordinator may have ended the
+    /// transaction and bumped the producer's epoch while the abort waited
+    /// ("fenced"; a single broker killed for 15 seconds did it), or, in a
+    /// rolling restart of three brokers, answered the abort with
+    /// `INVALID_TXN_STATE`.
     /// A producer fenced again and again within [`RENEWAL_WINDOW`] is
     /// another live instance using this state directory's id: that stops
     /// the instance.
@@ -693,10 +696,10 @@ impl OutputProducer {
                 self.producer.abort_transaction(CLIENT_TIMEOUT)
             }) {
                 Ok(()) => {}
-                Err(e) if is_fenced(&e) && self.renew.is_some() => {
+                Err(e) if self.renew.is_some() => {
                     tracing::warn!(
                         error = %e,
-                        "this producer was fenced while aborting its transaction; replacing it and resuming from the last commit"
+                        "this producer could not abort its transaction; replacing it (which aborts it) and resuming from the last commit"
                     );
                     self.replace_producer(e)?;
                 }
