@@ -1,7 +1,9 @@
 //! Faults: damaged local state, an unusable state directory, the broker
 //! going away for 30 seconds mid-run, a closed stderr, a panicking
-//! processor (in processing, and in its factory, `init` or `close`), and a
-//! source topic deleted under a running program.
+//! processor (in processing, and in its factory, `init` or `close`), a
+//! source topic deleted under a running program, an exactly-once instance
+//! paused past its transaction timeout, and exactly-once with a commit
+//! interval longer than Kafka's default transaction timeout.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -657,4 +659,146 @@ async fn should_stop_when_a_source_topic_is_replaced_under_it() {
         log.display()
     );
     assert_eq!(counts(&bs, &output), expected, "counts after the stop");
+}
+
+/// The sum of the high watermarks of `topic`'s partitions: it counts
+/// records of open transactions too (and transaction markers).
+fn high_watermarks(topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = client_config().create().expect("consumer");
+    let parts = partition_count(topic).expect("the topic exists") as i32;
+    (0..parts)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .sum()
+}
+
+/// Sends words (as [`produce`]) at about 200 a second until `stop` is set;
+/// returns them counted.
+fn feed_until(
+    topic: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<BTreeMap<Vec<u8>, i64>> {
+    std::thread::spawn(move || {
+        let mut sent = BTreeMap::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            produce(&bootstrap(), &topic, 20, &mut sent);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sent
+    })
+}
+
+/// Adds `more` into `counts`.
+fn add_counts(counts: &mut BTreeMap<Vec<u8>, i64>, more: BTreeMap<Vec<u8>, i64>) {
+    for (k, n) in more {
+        *counts.entry(k).or_insert(0) += n;
+    }
+}
+
+/// An exactly-once instance paused (a laptop put to sleep) for longer than
+/// its transaction and session timeouts, with no other instance to take
+/// over: meanwhile the transaction coordinator aborts its open transaction
+/// and fences its producer, and the group drops it. Woken, it meets the
+/// fence when it commits, replaces its producer, rejoins, reprocesses from
+/// its last commit and counts on exactly. It once stopped with "Fatal
+/// error: This instance has been fenced by a newer instance", though no
+/// other instance existed (Kafka Streams treats the fence as its tasks
+/// having migrated and carries on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_keep_counting_exactly_once_after_sleeping_past_its_transaction_timeout() {
+    let f = CountApp::new("asleep").await;
+    let (output, log, bs) = (&f.output, &f.log, bootstrap());
+    let mut expected = BTreeMap::new();
+    produce(&bs, &f.input, 1_000, &mut expected);
+    // Commits every 5 s: a transaction is open nearly all the time, so
+    // the pause falls inside one.
+    let mut child = f.spawn(&[
+        ("COUNT_APP_EXACTLY_ONCE", "1"),
+        ("COUNT_APP_COMMIT_MS", "5000"),
+    ]);
+    assert_counts(output, &expected, "counts before the pause", log);
+    let committed = high_watermarks(output);
+    let stop_feed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = feed_until(f.input.clone(), stop_feed.clone());
+    assert!(
+        wait_until(Duration::from_secs(60), || high_watermarks(output)
+            > committed),
+        "records of a new transaction in the output (log {})",
+        log.display()
+    );
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGSTOP);
+    }
+    // The sleep itself, not a wait for Kafka: longer than the session
+    // timeout (10 s) and than the transaction timeout (10 s) plus the
+    // coordinator's check for expired transactions (every 10 s).
+    std::thread::sleep(Duration::from_secs(25));
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGCONT);
+    }
+    stop_feed.store(true, std::sync::atomic::Ordering::Relaxed);
+    add_counts(&mut expected, feeder.join().expect("the feeder"));
+    produce(&bs, &f.input, 1_000, &mut expected);
+    let exact = wait_until(Duration::from_secs(90), || {
+        child.0.try_wait().ok().flatten().is_some() || counts(&bs, output) == expected
+    });
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the instance kept running after its sleep (log {})",
+        log.display()
+    );
+    assert!(
+        exact,
+        "counts after the pause: {} (log {})",
+        diff_counts(&counts(&bs, output), &expected),
+        log.display()
+    );
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        text.contains("replaced the fenced one"),
+        "the instance met the fence and replaced its producer (log {})",
+        log.display()
+    );
+    let status = stop(&mut child.0);
+    assert!(status.success(), "the stop: {status}");
+}
+
+/// Exactly-once with a commit interval longer than Kafka's default
+/// transaction timeout (10 s): the transaction timeout is raised to fit
+/// (twice the interval), so transactions last until their commit. With
+/// the timeout left at 10 s, the coordinator aborted every transaction
+/// before its commit and the instance stopped, fenced, 10 to 20 s in.
+/// (Kafka Streams refuses to start with such settings.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_commit_exactly_once_at_a_commit_interval_longer_than_the_default_transaction_timeout(
+) {
+    let f = CountApp::new("slowcommit").await;
+    let (output, log, bs) = (&f.output, &f.log, bootstrap());
+    let mut expected = BTreeMap::new();
+    produce(&bs, &f.input, 1_000, &mut expected);
+    // Longer than the transaction timeout plus the coordinator's check for
+    // expired transactions (every 10 s): the first commit comes after the
+    // coordinator would have aborted the transaction.
+    let mut child = f.spawn(&[
+        ("COUNT_APP_EXACTLY_ONCE", "1"),
+        ("COUNT_APP_COMMIT_MS", "25000"),
+    ]);
+    assert_counts(output, &expected, "counts after the first commit", log);
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the instance is running (log {})",
+        log.display()
+    );
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        !text.contains("fenced"),
+        "no transaction timed out (log {})",
+        log.display()
+    );
+    let status = stop(&mut child.0);
+    assert!(status.success(), "the stop: {status}");
 }

@@ -236,6 +236,8 @@ impl KafkaStreams {
             }
             cfg.single_instance = true;
         }
+        cfg.check_transaction_timeout()
+            .map_err(RuntimeError::Config)?;
         Ok(KafkaStreams {
             topology: Arc::new(topology),
             cfg: Arc::new(cfg),

@@ -84,8 +84,9 @@ pub(crate) fn producer(
         pc.set(k, v);
     }
     if eos {
+        let timeout = cfg.transaction_timeout().map_err(RuntimeError::Config)?;
         pc.set("transactional.id", &ids.transactional_id)
-            .set("transaction.timeout.ms", "10000");
+            .set("transaction.timeout.ms", timeout.as_millis().to_string());
     }
     let producer: ThreadedProducer<DeliveryTracker> = pc
         .create_with_context(DeliveryTracker {

@@ -10,6 +10,11 @@ use rdkafka::ClientConfig;
 
 use crate::task::ErrorPolicy;
 
+/// Kafka Streams' transaction timeout under exactly-once (its producer
+/// default for `transaction.timeout.ms`); see
+/// [`StreamsConfig::transaction_timeout`].
+pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `processing.guarantee`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProcessingGuarantee {
@@ -283,6 +288,52 @@ impl StreamsConfig {
         c
     }
 
+    /// The producer's `transaction.timeout.ms` under exactly-once: the
+    /// value set in [`extra`](Self::extra), else [`DEFAULT_TRANSACTION_TIMEOUT`]
+    /// (10 s, Kafka Streams' default) or twice the commit interval,
+    /// whichever is longer.
+    ///
+    /// A transaction stays open from the first record after a commit until
+    /// the next commit ends, so a timeout shorter than the commit interval
+    /// has the coordinator abort every transaction and fence the producer.
+    /// Kafka Streams refuses to start then
+    /// (`StreamsConfig#verifyEOSTransactionTimeoutCompatibility`); this
+    /// framework refuses too when the timeout was set explicitly
+    /// ([`check_transaction_timeout`](Self::check_transaction_timeout)),
+    /// and otherwise raises its default to fit the interval. A longer
+    /// timeout costs one thing: an instance that dies and never comes back
+    /// holds read_committed readers of its outputs back for that long (a
+    /// restarted one aborts its open transaction at once).
+    pub fn transaction_timeout(&self) -> Result<Duration, String> {
+        match self.extra.get("transaction.timeout.ms") {
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| {
+                    format!("transaction.timeout.ms must be a number of milliseconds, not `{v}`")
+                }),
+            None => Ok(DEFAULT_TRANSACTION_TIMEOUT.max(self.commit_interval * 2)),
+        }
+    }
+
+    /// Under exactly-once, checks that transactions can outlast the commit
+    /// interval (see [`transaction_timeout`](Self::transaction_timeout)).
+    pub fn check_transaction_timeout(&self) -> Result<(), String> {
+        if self.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
+            return Ok(());
+        }
+        let timeout = self.transaction_timeout()?;
+        if timeout < self.commit_interval {
+            return Err(format!(
+                "transaction.timeout.ms ({} ms) is shorter than commit.interval.ms ({} ms): the broker would abort every transaction before its commit; raise transaction.timeout.ms or lower the commit interval",
+                timeout.as_millis(),
+                self.commit_interval.as_millis()
+            ));
+        }
+        Ok(())
+    }
+
     /// A one-line description for logs, with the password redacted.
     pub fn redacted(&self) -> String {
         format!(
@@ -319,6 +370,34 @@ mod tests {
             c.client_config().get("sasl.password"),
             Some("hunter2-secret")
         );
+    }
+
+    #[test]
+    fn should_fit_the_transaction_timeout_to_the_commit_interval() {
+        let mut c = StreamsConfig::new("app", "127.0.0.1:9092");
+        c.processing_guarantee = ProcessingGuarantee::ExactlyOnce;
+        assert_eq!(c.transaction_timeout(), Ok(Duration::from_secs(10)));
+        c.commit_interval = Duration::from_secs(30);
+        assert_eq!(c.transaction_timeout(), Ok(Duration::from_secs(60)));
+        assert_eq!(c.check_transaction_timeout(), Ok(()));
+        // Set explicitly: kept, and refused when shorter than the interval.
+        c.extra
+            .insert("transaction.timeout.ms".into(), "20000".into());
+        assert_eq!(c.transaction_timeout(), Ok(Duration::from_secs(20)));
+        let e = c.check_transaction_timeout().unwrap_err();
+        assert!(
+            e.contains("shorter than commit.interval.ms (30000 ms)"),
+            "{e}"
+        );
+        c.processing_guarantee = ProcessingGuarantee::AtLeastOnce;
+        assert_eq!(c.check_transaction_timeout(), Ok(()));
+        c.processing_guarantee = ProcessingGuarantee::ExactlyOnce;
+        c.extra
+            .insert("transaction.timeout.ms".into(), "soon".into());
+        assert!(c
+            .check_transaction_timeout()
+            .unwrap_err()
+            .contains("`soon`"));
     }
 
     #[test]

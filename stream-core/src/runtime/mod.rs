@@ -55,6 +55,7 @@ pub mod topics;
 pub use app::{shutdown_signal, KafkaStreams};
 pub use config::{
     ProcessingGuarantee, Secret, Security, StreamsConfig, DEFAULT_MAX_BUFFERED_CHANGES,
+    DEFAULT_TRANSACTION_TIMEOUT,
 };
 pub use error::RuntimeError;
 pub use status::{RestoreRecord, RuntimeStatus, TaskState};

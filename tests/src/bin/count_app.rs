@@ -10,6 +10,7 @@
 //! `COUNT_APP_STATE_CACHE_MIB=N` sets `state_cache_bytes` (sled's cache);
 //! `COUNT_APP_MAX_BUFFERED=N` sets `max_buffered_changes`;
 //! `COUNT_APP_EXACTLY_ONCE=1` processes exactly once;
+//! `COUNT_APP_COMMIT_MS=N` sets the commit interval;
 //! `COUNT_APP_PANIC_ON=WORD` panics in a processor after counting WORD
 //! (after the store change, before the output record);
 //! `COUNT_APP_PANIC_IN=make|init|close` adds a pass-through processor
@@ -100,6 +101,12 @@ async fn main() {
     }
     if std::env::var("COUNT_APP_EXACTLY_ONCE").is_ok_and(|v| v == "1") {
         cfg.processing_guarantee = stream_core::runtime::ProcessingGuarantee::ExactlyOnce;
+    }
+    if let Some(ms) = std::env::var("COUNT_APP_COMMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.commit_interval = std::time::Duration::from_millis(ms);
     }
     if let Ok(s) = std::env::var("COUNT_APP_ASSIGNOR") {
         cfg.assignment_strategy = s;
