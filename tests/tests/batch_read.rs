@@ -2,7 +2,9 @@
 //! global tables read with) against a real broker: every record once, in
 //! offset order per partition, with its key, value (tombstones as none),
 //! headers and timestamp as sent; a few records are handed over when they
-//! arrive, not after the read's timeout.
+//! arrive, not after the read's timeout. The restore consumer's assignment
+//! changes (`stream_core::runtime::assignment`), several in a row, neither
+//! abort librdkafka nor lose a position.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -169,4 +171,76 @@ async fn should_read_every_record_once_in_order_with_its_key_value_headers_and_t
         "three queued records took {:?} with a timeout of {timeout:?}",
         began.elapsed()
     );
+}
+
+/// Assignment changes in a row, as the restore consumer makes them when
+/// rebalances come close together (a restore abandoned, then a new one):
+/// with librdkafka's own `assign`, the second of two changes in a row on
+/// started fetchers made librdkafka abort the process ("Assertion
+/// `rktp->rktp_started' failed", librdkafka issue #5573); the first such
+/// pair did. Through `stream_core::runtime::assignment` every change waits
+/// for the fetchers it stopped, and the last assignment still reads every
+/// record from where it was assigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn should_change_the_assignment_many_times_in_a_row_without_aborting() {
+    use stream_core::runtime::assignment;
+    let topic = unique("assign-churn");
+    let partitions = 4;
+    create_topic(&topic, partitions).await;
+    let p = producer();
+    let n = 2_000;
+    for i in 0..n {
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic)
+            .partition(i % partitions)
+            .payload(b"x");
+        send_record(&p, rec).expect("send");
+    }
+    flush(&p);
+
+    let mut cfg = client_config();
+    cfg.set("group.id", unique("assign-churn-group"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10");
+    let c: BaseConsumer = cfg.create().expect("consumer");
+    let at = |offset: i64, parts: i32| {
+        let mut tpl = TopicPartitionList::new();
+        for part in 0..parts {
+            tpl.add_partition_offset(&topic, part, Offset::Offset(offset))
+                .expect("partition");
+        }
+        tpl
+    };
+    let mut buf = BatchBuffer::default();
+    for round in 0..100 {
+        assignment::assign(&c, &at(round % 50, partitions)).expect("assign");
+        // The fetchers start.
+        let _ = read_batch(&c, &mut buf, 100, Duration::from_millis(5));
+        assignment::assign(&c, &at(round % 50, partitions)).expect("assign again");
+        assignment::assign(&c, &at(0, partitions)).expect("and again");
+        let one_less = at(0, partitions - 1);
+        let mut gone = TopicPartitionList::new();
+        gone.add_partition(&topic, partitions - 1);
+        assignment::remove(&c, &gone).expect("remove one");
+        assignment::assign(&c, &one_less).expect("assign the rest");
+        assignment::unassign(&c).expect("unassign");
+    }
+    // Assigned at offset 10: every partition's records from there, once.
+    assignment::assign(&c, &at(10, partitions)).expect("assign");
+    let want = n as usize - 10 * partitions as usize;
+    let mut offsets: BTreeMap<(i32, i64), usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while offsets.len() < want && Instant::now() < deadline {
+        let batch = read_batch(&c, &mut buf, 500, Duration::from_millis(100));
+        for item in batch.iter() {
+            if let Batched::Record(m) = item {
+                *offsets.entry((m.partition(), m.offset())).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(offsets.len(), want, "records read after the changes");
+    assert!(
+        offsets.keys().all(|&(_, o)| o >= 10),
+        "a record before the assigned offset"
+    );
+    assert!(offsets.values().all(|&c| c == 1), "a record read twice");
 }

@@ -24,6 +24,7 @@
 //! | [`handle`] | read access to a running instance's stores (for the HTTP server) |
 
 pub mod app;
+pub mod assignment;
 pub mod batch;
 pub(crate) mod client_log;
 pub(crate) mod clients;

@@ -95,8 +95,10 @@ enum Command {
     Restore(Vec<Entry>, BTreeMap<TopicPartition, CommittedOffset>),
     /// Stop restoring these tasks (their partitions were revoked, or a
     /// standby's task moved here): keep what was restored, close them;
-    /// answer when done.
-    Abandon(Vec<TaskId>, Sender<()>),
+    /// answer when done, with those of them no longer restoring (their
+    /// restore had finished: they are on their way back as
+    /// [`Restored::Ready`]).
+    Abandon(Vec<TaskId>, Sender<Vec<TaskId>>),
     /// Keep standby copies of exactly these tasks.
     Standbys(std::collections::BTreeSet<TaskId>),
 }
@@ -125,6 +127,12 @@ pub(crate) struct Restorer {
     pending: BTreeMap<TaskId, Vec<(String, i32)>>,
     /// Standby tasks kept by the restorer.
     standbys: std::collections::BTreeSet<TaskId>,
+    /// Tasks abandoned after their restore had finished, with how many of
+    /// their [`Restored::Ready`] hand-backs are still on the way: those
+    /// are closed, never taken (their partitions are gone; a task handed
+    /// over again is another hand-back, which comes after).
+    stale: BTreeMap<TaskId, usize>,
+    status: Arc<RuntimeStatus>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -133,6 +141,7 @@ impl Restorer {
     pub(crate) fn start(reader: ChangelogReader, name: String) -> Result<Restorer, RuntimeError> {
         let (commands, command_rx) = std::sync::mpsc::channel();
         let (restored_tx, restored) = std::sync::mpsc::channel();
+        let status = reader.status.clone();
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
@@ -158,6 +167,8 @@ impl Restorer {
             restored,
             pending: BTreeMap::new(),
             standbys: std::collections::BTreeSet::new(),
+            stale: BTreeMap::new(),
+            status,
             thread: Some(thread),
         })
     }
@@ -179,12 +190,29 @@ impl Restorer {
             .map_err(|_| RuntimeError::ThreadPanicked("the restore thread stopped".into()))
     }
 
-    /// Tasks restored since the last call (and failures).
+    /// Tasks restored since the last call (and failures). A task
+    /// abandoned after its restore finished is closed here instead: its
+    /// partitions were revoked meanwhile, and resuming them would fail
+    /// (librdkafka refuses to seek a partition it no longer fetches).
     pub(crate) fn take_restored(&mut self) -> Vec<Restored> {
         let mut out = Vec::new();
         while let Ok(r) = self.restored.try_recv() {
             if let Restored::Ready(e) = &r {
-                self.pending.remove(&e.task.id());
+                let id = e.task.id();
+                if let Some(n) = self.stale.get_mut(&id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.stale.remove(&id);
+                    }
+                    let Restored::Ready(mut e) = r else { continue };
+                    e.task.close();
+                    if !self.pending.contains_key(&id) {
+                        self.status.remove_task(id);
+                    }
+                    tracing::debug!(task = %id, "a task restored after it moved away is closed");
+                    continue;
+                }
+                self.pending.remove(&id);
             }
             out.push(r);
         }
@@ -232,13 +260,20 @@ impl Restorer {
         if ids.is_empty() {
             return;
         }
+        let mut was_pending = Vec::with_capacity(ids.len());
         for id in &ids {
-            self.pending.remove(id);
+            if self.pending.remove(id).is_some() {
+                was_pending.push(*id);
+            }
             self.standbys.remove(id);
         }
         let (ack, done) = std::sync::mpsc::channel();
         if self.commands.send(Command::Abandon(ids, ack)).is_ok() {
-            let _ = done.recv_timeout(Duration::from_secs(60));
+            if let Ok(finished) = done.recv_timeout(Duration::from_secs(60)) {
+                for id in finished.into_iter().filter(|id| was_pending.contains(id)) {
+                    *self.stale.entry(id).or_insert(0) += 1;
+                }
+            }
         }
     }
 
@@ -376,8 +411,13 @@ impl ChangelogReader {
             let result = match next {
                 Some(Command::Restore(entries, committed)) => self.begin(entries, &committed),
                 Some(Command::Abandon(ids, ack)) => {
+                    let finished: Vec<TaskId> = ids
+                        .iter()
+                        .filter(|id| !self.jobs.iter().any(|j| j.entry.task.id() == **id))
+                        .copied()
+                        .collect();
                     let r = self.abandon(&ids);
-                    let _ = ack.send(());
+                    let _ = ack.send(finished);
                     r.map(|()| Vec::new())
                 }
                 Some(Command::Standbys(ids)) => self.set_standbys(&ids).map(|()| Vec::new()),
@@ -540,7 +580,7 @@ impl ChangelogReader {
             }
         }
         if tpl.count() == 0 {
-            let _ = self.consumer.unassign();
+            let _ = super::assignment::unassign(&self.consumer);
             if let Some(r) = self.reporter.take() {
                 r.finish();
             }
@@ -549,8 +589,7 @@ impl ChangelogReader {
         if reading.count() > 0 {
             let _ = self.consumer.resume(&reading);
         }
-        self.consumer
-            .assign(&tpl)
+        super::assignment::assign(&self.consumer, &tpl)
             .map_err(|e| RuntimeError::kafka("assign changelog partitions", e))?;
         if waiting.count() > 0 {
             let _ = self.consumer.pause(&waiting);
@@ -774,7 +813,7 @@ impl ChangelogReader {
     /// Gives up on a restore that read nothing for [`RESTORE_STALL`]:
     /// unassigns the changelogs and names the partitions still unread.
     fn stalled(&mut self) -> RuntimeError {
-        let _ = self.consumer.unassign();
+        let _ = super::assignment::unassign(&self.consumer);
         let mut topics: Vec<String> = self
             .jobs
             .iter()
@@ -848,10 +887,10 @@ impl ChangelogReader {
             return Ok(());
         }
         if gone.count() == assigned.count() {
-            let _ = self.consumer.unassign();
+            let _ = super::assignment::unassign(&self.consumer);
             return Ok(());
         }
-        if let Err(e) = self.consumer.incremental_unassign(&gone) {
+        if let Err(e) = super::assignment::remove(&self.consumer, &gone) {
             tracing::debug!(error = %e, "incremental unassign refused; reassigning");
             return self.reassign();
         }
@@ -1121,7 +1160,7 @@ impl ChangelogReader {
             } else if self.allow_empty_state {
                 tracing::warn!(task = %id, topic = %topic, "cannot read the changelog (no Read permission) and no local state exists; starting from EMPTY state as allowed");
             } else {
-                let _ = self.consumer.unassign();
+                let _ = super::assignment::unassign(&self.consumer);
                 return Err(RuntimeError::NotAuthorized {
                     operation: "Read".into(),
                     resource: format!("topic `{topic}`"),
@@ -1192,5 +1231,106 @@ impl PartitionIndex {
             None => self.last = Some((topic.to_string(), partition, at)),
         }
         Some(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Arc;
+
+    use super::{Command, Restored, Restorer};
+    use crate::graph::{TopicRef, TopologyBuilder};
+    use crate::runtime::status::{RuntimeStatus, TaskState, TaskStatus};
+    use crate::runtime::tasks::{open_task, Entry};
+    use crate::serde::{erase, StringSerde};
+    use crate::store::{GlobalStores, StateDir};
+    use crate::task::{ErrorPolicy, LatePolicy, TaskConfig, TaskId, TaskLayout};
+
+    /// A task whose restore finished just as its partitions were revoked
+    /// (the restorer had handed it back when the abandon reached it) is
+    /// closed when it arrives, not resumed: its partitions are gone, and
+    /// seeking them stopped the instance ("seek … after its restore:
+    /// Erroneous state"). Handed over again, the task comes back as usual.
+    #[test]
+    fn should_close_a_task_restored_after_it_was_abandoned_and_take_it_handed_over_again() {
+        let s = || erase::<String>(Arc::new(StringSerde));
+        let mut b = TopologyBuilder::new();
+        let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
+        b.add_sink(
+            "out",
+            TopicRef::External("out".into()),
+            s(),
+            s(),
+            None,
+            &[src],
+        );
+        let topology = b.build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = StateDir::open(dir.path(), "app").unwrap();
+        let cfg = Arc::new(TaskConfig {
+            application_id: "app".into(),
+            partition_counts: Arc::new(HashMap::new()),
+            dead_letter_topic: "app-dlq".into(),
+            on_error: ErrorPolicy::DeadLetter,
+            on_late: LatePolicy::DeadLetter,
+            idle_advance_ms: None,
+            layout: TaskLayout::PerPartition,
+            commit_tag: String::new(),
+            lineage_depth: 0,
+            globals: GlobalStores::default(),
+        });
+        let id = TaskId {
+            subtopology: 0,
+            partition: 1,
+        };
+        let entry = || Entry {
+            task: open_task(&topology, &cfg, &state, id).unwrap(),
+            partitions: vec![("in".into(), 1)],
+        };
+        let status = Arc::new(RuntimeStatus::default());
+        let (commands, command_rx) = std::sync::mpsc::channel();
+        let (ready, restored) = std::sync::mpsc::channel();
+        // The restorer thread's part: every task it is asked to abandon
+        // had already been handed back.
+        let thread = std::thread::spawn(move || {
+            while let Ok(c) = command_rx.recv() {
+                if let Command::Abandon(ids, ack) = c {
+                    let _ = ack.send(ids);
+                }
+            }
+        });
+        let mut r = Restorer {
+            commands,
+            restored,
+            pending: BTreeMap::from([(id, vec![("in".to_string(), 1)])]),
+            standbys: Default::default(),
+            stale: BTreeMap::new(),
+            status: status.clone(),
+            thread: None,
+        };
+        let restoring = || TaskStatus {
+            state: TaskState::Restoring,
+            restore: Vec::new(),
+            metrics: Default::default(),
+        };
+        status.set_task(id, restoring());
+        ready.send(Restored::Ready(Box::new(entry()))).unwrap();
+        r.abandon(vec![id]);
+        assert!(r.take_restored().is_empty(), "an abandoned task was taken");
+        assert!(!r.busy());
+        assert!(status.tasks().is_empty(), "its status stayed");
+
+        // Handed over again: taken when its restore is done.
+        r.pending.insert(id, vec![("in".into(), 1)]);
+        ready.send(Restored::Ready(Box::new(entry()))).unwrap();
+        let taken = r.take_restored();
+        assert!(
+            matches!(taken.as_slice(), [Restored::Ready(e)] if e.task.id() == id),
+            "the task handed over again was not taken"
+        );
+        assert!(!r.busy());
+        drop(r);
+        thread.join().unwrap();
     }
 }
