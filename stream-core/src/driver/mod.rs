@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::coordinates::TopicPartition;
 use crate::error::StoreError;
-use crate::graph::{dead_letter_topic_name, Topology};
+use crate::graph::Topology;
 use crate::partitioner::partition_for_key;
 use crate::record::{Headers, OutRecord};
 mod crash_points;
@@ -88,18 +88,7 @@ impl TestDriver {
         );
         let mut d = TestDriver {
             topology: Arc::new(topology),
-            config: Arc::new(TaskConfig {
-                application_id: application_id.to_string(),
-                partition_counts: Arc::new(HashMap::new()),
-                dead_letter_topic: dead_letter_topic_name(application_id),
-                on_error: ErrorPolicy::DeadLetter,
-                on_late: LatePolicy::DeadLetter,
-                idle_advance_ms: None,
-                layout: TaskLayout::PerPartition,
-                commit_tag: String::new(),
-                lineage_depth: 0,
-                globals,
-            }),
+            config: Arc::new(TaskConfig::standalone(application_id, globals)),
             partitions: HashMap::new(),
             topics: HashMap::new(),
             tasks: BTreeMap::new(),

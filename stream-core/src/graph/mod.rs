@@ -517,3 +517,28 @@ impl Topology {
         v
     }
 }
+
+/// Topologies the unit tests of other modules run.
+#[cfg(test)]
+pub(crate) mod test_topologies {
+    use std::sync::Arc;
+
+    use super::{TopicRef, Topology, TopologyBuilder};
+    use crate::serde::{erase, StringSerde};
+
+    /// Topic `in` to topic `out`, strings, nothing in between.
+    pub(crate) fn in_to_out() -> Topology {
+        let s = || erase::<String>(Arc::new(StringSerde));
+        let mut b = TopologyBuilder::new();
+        let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
+        b.add_sink(
+            "out",
+            TopicRef::External("out".into()),
+            s(),
+            s(),
+            None,
+            &[src],
+        );
+        b.build().expect("a valid topology")
+    }
+}

@@ -833,10 +833,8 @@ mod tests {
     use rdkafka::TopicPartitionList;
 
     use super::{KafkaStreams, StreamContext, ThreadShared};
-    use crate::graph::{TopicRef, TopologyBuilder};
     use crate::runtime::config::StreamsConfig;
     use crate::runtime::topics::TopicPlan;
-    use crate::serde::{erase, StringSerde};
     use crate::store::{GlobalStores, StateDir};
 
     /// A rebalance under way when the consumer starts closing completes
@@ -848,21 +846,10 @@ mod tests {
     /// request would wait for its timeout.
     #[test]
     fn should_open_no_task_for_an_assignment_that_arrives_while_closing() {
-        let s = || erase::<String>(Arc::new(StringSerde));
-        let mut b = TopologyBuilder::new();
-        let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
-        b.add_sink(
-            "out",
-            TopicRef::External("out".into()),
-            s(),
-            s(),
-            None,
-            &[src],
-        );
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = StreamsConfig::new("closing-app", "127.0.0.1:9");
         cfg.state_dir = dir.path().to_path_buf();
-        let streams = KafkaStreams::new(b.build().unwrap(), cfg).unwrap();
+        let streams = KafkaStreams::new(crate::graph::test_topologies::in_to_out(), cfg).unwrap();
         let plan = Arc::new(TopicPlan {
             partitions: [("in".to_string(), 2), ("out".to_string(), 1)].into(),
             tasks: vec![2],

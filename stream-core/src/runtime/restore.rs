@@ -1236,16 +1236,14 @@ impl PartitionIndex {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use super::{Command, Restored, Restorer};
-    use crate::graph::{TopicRef, TopologyBuilder};
     use crate::runtime::status::{RuntimeStatus, TaskState, TaskStatus};
     use crate::runtime::tasks::{open_task, Entry};
-    use crate::serde::{erase, StringSerde};
     use crate::store::{GlobalStores, StateDir};
-    use crate::task::{ErrorPolicy, LatePolicy, TaskConfig, TaskId, TaskLayout};
+    use crate::task::{TaskConfig, TaskId};
 
     /// A task whose restore finished just as its partitions were revoked
     /// (the restorer had handed it back when the abandon reached it) is
@@ -1254,32 +1252,10 @@ mod tests {
     /// Erroneous state"). Handed over again, the task comes back as usual.
     #[test]
     fn should_close_a_task_restored_after_it_was_abandoned_and_take_it_handed_over_again() {
-        let s = || erase::<String>(Arc::new(StringSerde));
-        let mut b = TopologyBuilder::new();
-        let src = b.add_source("in", vec![TopicRef::External("in".into())], s(), s());
-        b.add_sink(
-            "out",
-            TopicRef::External("out".into()),
-            s(),
-            s(),
-            None,
-            &[src],
-        );
-        let topology = b.build().unwrap();
+        let topology = crate::graph::test_topologies::in_to_out();
         let dir = tempfile::tempdir().unwrap();
         let (state, _) = StateDir::open(dir.path(), "app").unwrap();
-        let cfg = Arc::new(TaskConfig {
-            application_id: "app".into(),
-            partition_counts: Arc::new(HashMap::new()),
-            dead_letter_topic: "app-dlq".into(),
-            on_error: ErrorPolicy::DeadLetter,
-            on_late: LatePolicy::DeadLetter,
-            idle_advance_ms: None,
-            layout: TaskLayout::PerPartition,
-            commit_tag: String::new(),
-            lineage_depth: 0,
-            globals: GlobalStores::default(),
-        });
+        let cfg = Arc::new(TaskConfig::standalone("app", GlobalStores::default()));
         let id = TaskId {
             subtopology: 0,
             partition: 1,

@@ -53,6 +53,27 @@ pub struct TaskConfig {
     pub lineage_depth: usize,
 }
 
+impl TaskConfig {
+    /// The settings of tasks run on their own (the test driver): one task
+    /// per input partition, failed and late records dead-lettered to the
+    /// application's dead-letter topic, stream time moved by records only,
+    /// lineage off, no partition counts known.
+    pub fn standalone(application_id: &str, globals: crate::store::GlobalStores) -> TaskConfig {
+        TaskConfig {
+            application_id: application_id.to_string(),
+            partition_counts: Arc::new(HashMap::new()),
+            dead_letter_topic: crate::graph::dead_letter_topic_name(application_id),
+            on_error: ErrorPolicy::DeadLetter,
+            on_late: super::LatePolicy::DeadLetter,
+            idle_advance_ms: None,
+            layout: TaskLayout::PerPartition,
+            commit_tag: String::new(),
+            lineage_depth: 0,
+            globals,
+        }
+    }
+}
+
 /// How a sub-topology's input partitions map to tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TaskLayout {
