@@ -73,13 +73,21 @@ fn read_topic(common: &Common, topic: &str) -> Result<Vec<KeyValue>, String> {
         match c.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
-                if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
-                    ends.remove(&m.partition());
-                }
             }
             Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
             None => {}
         }
+        // Done by the consumer's position, not by the last record's
+        // offset: a topic written with transactions (the watchlist under
+        // exactly-once) ends with a commit marker, which is never
+        // delivered as a record.
+        let positions = c.position().map_err(|e| e.to_string())?;
+        ends.retain(|p, end| {
+            !matches!(
+                positions.find_partition(topic, *p).map(|e| e.offset()),
+                Some(Offset::Offset(o)) if o >= *end
+            )
+        });
     }
     Ok(out)
 }
