@@ -699,6 +699,23 @@ fn add_counts(counts: &mut BTreeMap<Vec<u8>, i64>, more: BTreeMap<Vec<u8>, i64>)
     }
 }
 
+/// A `count-app` of its own (`name` in its names), started exactly-once
+/// with commits every `commit_ms` after 1,000 words were sent; returns it,
+/// the words sent and the running program.
+async fn exactly_once_after_words(
+    name: &str,
+    commit_ms: &str,
+) -> (CountApp, BTreeMap<Vec<u8>, i64>, Guard) {
+    let f = CountApp::new(name).await;
+    let mut expected = BTreeMap::new();
+    produce(&bootstrap(), &f.input, 1_000, &mut expected);
+    let child = f.spawn(&[
+        ("COUNT_APP_EXACTLY_ONCE", "1"),
+        ("COUNT_APP_COMMIT_MS", commit_ms),
+    ]);
+    (f, expected, child)
+}
+
 /// An exactly-once instance paused (a laptop put to sleep) for longer than
 /// its transaction and session timeouts, with no other instance to take
 /// over: meanwhile the transaction coordinator aborts its open transaction
@@ -710,16 +727,10 @@ fn add_counts(counts: &mut BTreeMap<Vec<u8>, i64>, more: BTreeMap<Vec<u8>, i64>)
 /// having migrated and carries on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_keep_counting_exactly_once_after_sleeping_past_its_transaction_timeout() {
-    let f = CountApp::new("asleep").await;
-    let (output, log, bs) = (&f.output, &f.log, bootstrap());
-    let mut expected = BTreeMap::new();
-    produce(&bs, &f.input, 1_000, &mut expected);
     // Commits every 5 s: a transaction is open nearly all the time, so
     // the pause falls inside one.
-    let mut child = f.spawn(&[
-        ("COUNT_APP_EXACTLY_ONCE", "1"),
-        ("COUNT_APP_COMMIT_MS", "5000"),
-    ]);
+    let (f, mut expected, mut child) = exactly_once_after_words("asleep", "5000").await;
+    let (output, log, bs) = (&f.output, &f.log, bootstrap());
     assert_counts(output, &expected, "counts before the pause", log);
     let committed = high_watermarks(output);
     let stop_feed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -776,17 +787,11 @@ async fn should_keep_counting_exactly_once_after_sleeping_past_its_transaction_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_commit_exactly_once_at_a_commit_interval_longer_than_the_default_transaction_timeout(
 ) {
-    let f = CountApp::new("slowcommit").await;
-    let (output, log, bs) = (&f.output, &f.log, bootstrap());
-    let mut expected = BTreeMap::new();
-    produce(&bs, &f.input, 1_000, &mut expected);
     // Longer than the transaction timeout plus the coordinator's check for
     // expired transactions (every 10 s): the first commit comes after the
     // coordinator would have aborted the transaction.
-    let mut child = f.spawn(&[
-        ("COUNT_APP_EXACTLY_ONCE", "1"),
-        ("COUNT_APP_COMMIT_MS", "25000"),
-    ]);
+    let (f, expected, mut child) = exactly_once_after_words("slowcommit", "25000").await;
+    let (output, log) = (&f.output, &f.log);
     assert_counts(output, &expected, "counts after the first commit", log);
     assert!(
         child.0.try_wait().unwrap().is_none(),
