@@ -268,6 +268,12 @@ pub(crate) struct OutputProducer {
     /// Exactly-once: makes a new producer with the same transactional id,
     /// for one the transaction coordinator fenced ([`Self::abort_transaction`]).
     renew: Option<MakeProducer>,
+    /// Exactly-once: the producer was fenced while sending (a produce
+    /// request met a newer epoch: the coordinator had aborted the
+    /// transaction, say while the process was paused), so the open
+    /// transaction cannot commit. Records are dropped until the next
+    /// commit, which aborts and replaces the producer instead.
+    doomed: Option<KafkaError>,
     /// When this producer was last replaced, and how often in a row.
     renewals: Renewals,
     /// librdkafka's handle of each topic written to (declared last: its
@@ -304,6 +310,7 @@ impl OutputProducer {
             committing: None,
             held: Vec::new(),
             renew: None,
+            doomed: None,
             renewals: Renewals::default(),
         }
     }
@@ -367,13 +374,24 @@ impl OutputProducer {
     }
 
     fn begin_transaction(&mut self) -> Result<(), RuntimeError> {
-        if self.eos && !self.in_txn {
-            self.producer
-                .begin_transaction()
-                .map_err(|e| RuntimeError::kafka("begin transaction", e))?;
+        if self.eos && !self.in_txn && self.doomed.is_none() {
+            match self.producer.begin_transaction() {
+                Ok(()) => {}
+                Err(e) if self.fenced_in_transaction(&e) => {
+                    self.doomed = Some(e);
+                    return Ok(());
+                }
+                Err(e) => return Err(RuntimeError::kafka("begin transaction", e)),
+            }
             self.in_txn = true;
         }
         Ok(())
+    }
+
+    /// Whether `e` fences this exactly-once producer, which can be
+    /// replaced: the transaction is lost, not the instance.
+    fn fenced_in_transaction(&self, e: &KafkaError) -> bool {
+        self.eos && self.renew.is_some() && is_fenced(e)
     }
 
     /// Sends every record.
@@ -397,6 +415,10 @@ impl OutputProducer {
             return Ok(());
         }
         self.begin_transaction()?;
+        if self.doomed.is_some() {
+            // The transaction is lost; the commit rolls everything back.
+            return Ok(());
+        }
         let tracked = match r.kind {
             OutKind::Sink => SINK,
             OutKind::Changelog(_) => CHANGELOG,
@@ -411,6 +433,11 @@ impl OutputProducer {
                 }
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) if self.fenced_in_transaction(&e) => {
+                    tracing::warn!(error = %e, "this producer was fenced while sending: the transaction was aborted; the next commit replaces the producer and reprocesses from the last commit");
+                    self.doomed = Some(e);
+                    return Ok(());
                 }
                 Err(e) if tracked == SINK && is_record_error(e.rdkafka_error_code()) => {
                     return self.refused(Rejected {
@@ -572,6 +599,10 @@ impl OutputProducer {
         tpl: &TopicPartitionList,
     ) -> Result<(), RuntimeError> {
         self.begin_transaction()?;
+        if self.doomed.is_some() {
+            // Nothing to commit: finish_transaction_commit aborts.
+            return Ok(());
+        }
         let Some(meta) = consumer.group_metadata() else {
             return Err(RuntimeError::NoGroupMetadata);
         };
@@ -613,6 +644,9 @@ impl OutputProducer {
         &mut self,
         wait: bool,
     ) -> Result<Option<bool>, RuntimeError> {
+        if let Some(e) = self.doomed.take() {
+            return self.renew_after_fence(e).map(|()| Some(false));
+        }
         let Some(committer) = self.committing.take() else {
             return Ok(Some(true));
         };
@@ -649,16 +683,12 @@ impl OutputProducer {
             // completed with success. So this is an abort, with a new
             // producer ([`Self::abort_transaction`]); Kafka Streams treats
             // it as its tasks migrating and re-initializes the producer.
-            Err(e) if is_fenced(&e) && self.renew.is_some() => {
+            Err(e) if self.fenced_in_transaction(&e) => {
                 tracing::warn!(
                     error = %e,
                     "this producer was fenced while committing: the transaction was aborted; replacing the producer and reprocessing from the last commit"
                 );
-                self.held.clear();
-                self.replace_producer(e)?;
-                self.in_txn = false;
-                let _ = self.delivery.take_errors();
-                Ok(Some(false))
+                self.renew_after_fence(e).map(|()| Some(false))
             }
             Err(e) => Err(RuntimeError::kafka(
                 "commit transaction (this instance may have been fenced by a newer one)",
@@ -711,6 +741,17 @@ impl OutputProducer {
         Ok(())
     }
 
+    /// The transaction of a fenced producer is gone (the coordinator
+    /// aborted it): drops the held records, replaces the producer; the
+    /// caller rolls its tasks back as after an abort.
+    fn renew_after_fence(&mut self, e: KafkaError) -> Result<(), RuntimeError> {
+        self.held.clear();
+        self.replace_producer(e)?;
+        self.in_txn = false;
+        let _ = self.delivery.take_errors();
+        Ok(())
+    }
+
     /// Replaces the producer (fenced with `cause`) by a new one with the
     /// same transactional id.
     fn replace_producer(&mut self, cause: KafkaError) -> Result<(), RuntimeError> {
@@ -732,6 +773,7 @@ impl OutputProducer {
         // purges what it still held, whose failed reports are forgotten.
         self.topics = TopicHandles::new(Arc::clone(&fresh));
         drop(std::mem::replace(&mut self.producer, fresh));
+        self.doomed = None;
         let _ = self.delivery.take_errors();
         tracing::info!("a new transactional producer replaced the fenced one");
         Ok(())
