@@ -309,28 +309,33 @@ async fn should_end_with_the_same_exact_counts_under_at_least_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn should_let_a_paused_zombie_write_nothing_visible() {
-    let s = setup("zombie").await;
+/// Runs instance A, pauses it (SIGSTOP) until B has taken every partition
+/// over, wakes it, and returns the recount and the watchlist's sequences
+/// once its last counts match (or 180 s pass), with both logs.
+async fn paused_zombie(
+    name: &str,
+    guarantee: &str,
+) -> (BTreeMap<String, i64>, BTreeMap<String, Vec<i64>>, String) {
+    let s = setup(name).await;
     let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (log_a, log_b) = (
         log_dir().join(format!("{}-a.log", s.app)),
         log_dir().join(format!("{}-b.log", s.app)),
     );
+    let logs = format!("logs {} {}", log_a.display(), log_b.display());
     let mut feeder = feed(&s, 12_000, 1_000);
-    let mut a = watchlist(&s, sa.path(), "exactly-once", None, &log_a);
+    let mut a = watchlist(&s, sa.path(), guarantee, None, &log_a);
     assert!(
         wait_until(Duration::from_secs(60), || restore_reads(&log_a).len() >= 4),
         "A started"
     );
     std::thread::sleep(Duration::from_millis(1500));
     signal(&a, libc::SIGSTOP);
-    let mut b = watchlist(&s, sb.path(), "exactly-once", None, &log_b);
+    let mut b = watchlist(&s, sb.path(), guarantee, None, &log_b);
     // A's session expires and B takes every partition over.
     assert!(
         wait_until(Duration::from_secs(90), || restore_reads(&log_b).len() >= 4),
-        "B took the partitions over (log {})",
-        log_b.display()
+        "B took the partitions over ({logs})"
     );
     signal(&a, libc::SIGCONT);
     assert!(feeder.wait().unwrap().success());
@@ -338,21 +343,18 @@ async fn should_let_a_paused_zombie_write_nothing_visible() {
     signal(&a, libc::SIGTERM);
     signal(&b, libc::SIGTERM);
     let _ = (a.wait(), b.wait());
-    assert_eq!(
-        latest(&seqs),
-        expected,
-        "final counts (logs {} {})",
-        log_a.display(),
-        log_b.display()
-    );
+    (expected, seqs, logs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_let_a_paused_zombie_write_nothing_visible() {
+    let (expected, seqs, logs) = paused_zombie("zombie", "exactly-once").await;
+    assert_eq!(latest(&seqs), expected, "final counts ({logs})");
     for (company, seq) in &seqs {
         let want: Vec<i64> = (1..=seq.len() as i64).collect();
         assert_eq!(
-            seq,
-            &want,
-            "{company}: the zombie's writes are visible (logs {} {})",
-            log_a.display(),
-            log_b.display()
+            seq, &want,
+            "{company}: the zombie's writes are visible ({logs})"
         );
     }
 }

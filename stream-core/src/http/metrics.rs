@@ -233,6 +233,12 @@ pub fn render(
         status.production_errors(),
     );
     o.head(
+        "streams_rollbacks_total",
+        "counter",
+        "Times a stream thread rolled back to its last commit and processed again (an aborted transaction, records not delivered in time, the process found paused).",
+    );
+    o.val("streams_rollbacks_total", &[], status.rollbacks());
+    o.head(
         "streams_task_restoring",
         "gauge",
         "1 while the task restores, 0 once it runs.",

@@ -406,6 +406,13 @@ impl KafkaStreams {
             out = out.with_renewal(Box::new(move || {
                 clients::producer(&cfg, &ids, true, delivery.clone())
             }));
+        } else if !self.cfg.outside_group {
+            // Another member can take this one's partitions while it is
+            // paused (see `Engine::suspend_if_paused`); half the session
+            // timeout is far from both a busy machine's hiccups and the
+            // pause that loses the session.
+            let session = self.cfg.session_timeout().map_err(RuntimeError::Config)?;
+            out = out.with_pause_check(super::pause_watch::PauseCheck::new(session / 2));
         }
         let reader = ChangelogReader::new(
             clients::restore_consumer(&self.cfg, &ids)?,
@@ -611,6 +618,7 @@ fn stream_loop(
         if let Err(err) = e.collect_restored(&consumer) {
             break Err(err);
         }
+        e.resume_after_pause(&consumer);
         restoring = e.restoring();
         let r = match polled {
             Some(Ok(msg)) => {
@@ -636,7 +644,12 @@ fn stream_loop(
             );
             e = lock(&engine);
             let mut failed = None;
+            let rewound = e.rewound();
             for item in records.iter() {
+                if e.rewound() != rewound {
+                    // Rolled back within the batch: the rest is read again.
+                    break;
+                }
                 let r = match item {
                     Batched::Record(record) => {
                         handled = true;

@@ -87,6 +87,10 @@ pub(crate) fn producer(
         let timeout = cfg.transaction_timeout().map_err(RuntimeError::Config)?;
         pc.set("transactional.id", &ids.transactional_id)
             .set("transaction.timeout.ms", timeout.as_millis().to_string());
+    } else {
+        // Below the session timeout: see `StreamsConfig::delivery_timeout`.
+        let timeout = cfg.delivery_timeout().map_err(RuntimeError::Config)?;
+        pc.set("message.timeout.ms", timeout.as_millis().to_string());
     }
     let producer: ThreadedProducer<DeliveryTracker> = pc
         .create_with_context(DeliveryTracker {
@@ -180,7 +184,12 @@ pub(crate) fn group_consumer_config(cfg: &StreamsConfig, ids: &ThreadIds) -> Cli
         .set("queued.min.messages", QUEUED_MIN_MESSAGES)
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("max.partition.fetch.bytes", GROUP_FETCH_BYTES)
-        .set("session.timeout.ms", "10000")
+        .set(
+            "session.timeout.ms",
+            super::config::DEFAULT_SESSION_TIMEOUT
+                .as_millis()
+                .to_string(),
+        )
         .set("heartbeat.interval.ms", "1000")
         // One strategy for every program, so that programs sharing a
         // group (a classroom team's) never disagree on the protocol.

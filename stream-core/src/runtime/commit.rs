@@ -128,11 +128,13 @@ pub(crate) fn commit(
         if !parts.out.commit_transaction(consumer, &tpl)? {
             // aborted: back to the last commit, and read the batch again
             parts.out.forget_through(epoch);
+            parts.status.record_rollback();
             rewind(parts.tasks, consumer);
             return Ok(());
         }
-    } else {
-        parts.out.flush()?;
+    } else if !parts.out.flush()? {
+        roll_back_lapsed(parts, consumer);
+        return Ok(());
     }
     write(parts, epoch, consumer, CommitMode::Sync)
 }
@@ -192,12 +194,14 @@ pub(crate) fn finish_transaction(
     match parts.out.finish_transaction_commit(wait)? {
         None => Ok(Some(flight)),
         Some(true) => {
+            // Exactly-once: nothing lapses (a failed record aborts).
             write_state(&mut parts, flight.epoch)?;
             parts.out.release_held()?;
             Ok(None)
         }
         Some(false) => {
             parts.out.forget_through(flight.epoch);
+            parts.status.record_rollback();
             rewind(parts.tasks, consumer);
             Ok(None)
         }
@@ -215,13 +219,17 @@ pub(crate) fn complete(
     wait: bool,
 ) -> Result<Option<InFlight>, RuntimeError> {
     if !flight.writing {
-        if wait && !parts.out.epoch_reported(flight.epoch) {
-            parts.out.flush()?;
+        if wait && !parts.out.epoch_reported(flight.epoch) && !parts.out.flush()? {
+            roll_back_lapsed(parts, consumer);
+            return Ok(None);
         }
         if !parts.out.epoch_reported(flight.epoch) {
             return Ok(Some(flight));
         }
-        write_state(&mut parts, flight.epoch)?;
+        if !write_state(&mut parts, flight.epoch)? {
+            roll_back_lapsed(parts, consumer);
+            return Ok(None);
+        }
         flight.writing = true;
     }
     if wait {
@@ -253,7 +261,10 @@ fn write(
     consumer: &BaseConsumer<impl ConsumerContext>,
     mode: CommitMode,
 ) -> Result<(), RuntimeError> {
-    write_state(&mut parts, epoch)?;
+    if !write_state(&mut parts, epoch)? {
+        roll_back_lapsed(parts, consumer);
+        return Ok(());
+    }
     for (_, e) in parts.tasks.iter_mut() {
         e.task.wait_written()?;
     }
@@ -295,15 +306,35 @@ fn commit_positions(
 /// Step 2 for a commit covering `epoch`, whose records are all reported:
 /// starts writing every sealed task's state, changelog offsets and
 /// positions, atomically in sled (the syncer flushes each once written).
-fn write_state(parts: &mut CommitParts<'_>, epoch: u64) -> Result<(), RuntimeError> {
-    let acked = parts.out.take_acknowledged(epoch)?;
+/// `false` (nothing written) when, at least once, records lapsed.
+fn write_state(parts: &mut CommitParts<'_>, epoch: u64) -> Result<bool, RuntimeError> {
+    let Some(acked) = parts.out.take_acknowledged(epoch)? else {
+        return Ok(false);
+    };
     for (id, e) in parts.tasks.iter_mut() {
         if e.task.is_sealed() {
             e.task.commit_sealed(&acked)?;
         }
         parts.status.update_metrics(*id, e.task.metrics());
     }
-    Ok(())
+    Ok(true)
+}
+
+/// At-least-once, records that could not be delivered in time: every
+/// task rolls back to its last commit and reads its input again from
+/// there; what was not acknowledged is given up (it is produced again).
+/// Nothing is lost: a commit is written only once every record before
+/// it is acknowledged. Changelog records acknowledged since the last
+/// commit were computed from the same state and input as the ones
+/// reprocessing writes, and restore skips those whose input was not
+/// committed.
+pub(crate) fn roll_back_lapsed(
+    parts: CommitParts<'_>,
+    consumer: &BaseConsumer<impl ConsumerContext>,
+) {
+    parts.out.abandon_unacknowledged();
+    parts.status.record_rollback();
+    rewind(parts.tasks, consumer);
 }
 
 /// Aborts the open transaction and rolls every task back to its last commit.
@@ -317,8 +348,27 @@ pub(crate) fn abort(
     Ok(())
 }
 
+/// Whether this member still holds its partitions in the group's current
+/// generation: commits the positions of the last commit again,
+/// synchronously (the coordinator refuses a commit from a member it
+/// removed, or of an older generation). `None` when no task has a
+/// committed position to send.
+pub(crate) fn still_a_member(
+    tasks: &OwnedTasks,
+    commit_tag: &str,
+    consumer: &BaseConsumer<impl ConsumerContext>,
+) -> Option<Result<(), rdkafka::error::KafkaError>> {
+    let mut tpl = tasks.committed_positions();
+    if tpl.count() == 0 {
+        return None;
+    }
+    super::ownership::stamp(&mut tpl, commit_tag);
+    Some(consumer.commit(&tpl, CommitMode::Sync))
+}
+
 /// Rolls every task back to its last commit and seeks the consumer there.
-fn rewind(tasks: &mut OwnedTasks, consumer: &BaseConsumer<impl ConsumerContext>) {
+pub(crate) fn rewind(tasks: &mut OwnedTasks, consumer: &BaseConsumer<impl ConsumerContext>) {
+    tasks.note_rewind();
     for (_, e) in tasks.iter_mut() {
         e.task.rollback();
         for (topic, p) in &e.partitions {

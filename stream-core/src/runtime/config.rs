@@ -15,6 +15,11 @@ use crate::task::ErrorPolicy;
 /// [`StreamsConfig::transaction_timeout`].
 pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The group consumer's `session.timeout.ms` unless set in
+/// [`StreamsConfig::extra`] (Kafka Streams: 45 s). A member that misses its
+/// heartbeats this long loses its partitions to the others.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `processing.guarantee`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProcessingGuarantee {
@@ -305,16 +310,39 @@ impl StreamsConfig {
     /// holds read_committed readers of its outputs back for that long (a
     /// restarted one aborts its open transaction at once).
     pub fn transaction_timeout(&self) -> Result<Duration, String> {
-        match self.extra.get("transaction.timeout.ms") {
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|_| {
-                    format!("transaction.timeout.ms must be a number of milliseconds, not `{v}`")
-                }),
-            None => Ok(DEFAULT_TRANSACTION_TIMEOUT.max(self.commit_interval * 2)),
-        }
+        millis_setting(
+            &self.extra,
+            "transaction.timeout.ms",
+            DEFAULT_TRANSACTION_TIMEOUT.max(self.commit_interval * 2),
+        )
+    }
+
+    /// The group consumer's `session.timeout.ms`: the value set in
+    /// [`extra`](Self::extra), else [`DEFAULT_SESSION_TIMEOUT`].
+    pub fn session_timeout(&self) -> Result<Duration, String> {
+        millis_setting(&self.extra, "session.timeout.ms", DEFAULT_SESSION_TIMEOUT)
+    }
+
+    /// At-least-once: how long the producer holds a record it could not
+    /// deliver (librdkafka's `message.timeout.ms`): the value set in
+    /// [`extra`](Self::extra), else the session timeout less 2 s (8 s with
+    /// the default session), at least 1 s.
+    ///
+    /// It is shorter than the session timeout so that a process paused
+    /// past its session (SIGSTOP, a frozen VM), whose partitions another
+    /// instance has taken over meanwhile, cannot deliver what it had
+    /// queued when it wakes: librdkafka times those records out before it
+    /// sends anything, and the instance rolls back to its last commit (see
+    /// `docs/runtime.md`, "Zombies"). A broker unreachable for longer fails
+    /// deliveries the same way; the instance rolls back and reprocesses
+    /// rather than stopping. Kafka Streams' producer holds records for
+    /// `delivery.timeout.ms` (2 minutes) and has no such guard.
+    pub fn delivery_timeout(&self) -> Result<Duration, String> {
+        let session = self.session_timeout()?;
+        let fallback = session
+            .saturating_sub(Duration::from_secs(2))
+            .max(Duration::from_secs(1));
+        millis_setting(&self.extra, "message.timeout.ms", fallback)
     }
 
     /// Under exactly-once, checks that transactions can outlast the commit
@@ -356,6 +384,22 @@ impl StreamsConfig {
     }
 }
 
+/// A setting of `extra` in milliseconds, or `fallback` when not set.
+fn millis_setting(
+    extra: &BTreeMap<String, String>,
+    name: &str,
+    fallback: Duration,
+) -> Result<Duration, String> {
+    match extra.get(name) {
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{name} must be a number of milliseconds, not `{v}`")),
+        None => Ok(fallback),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +414,23 @@ mod tests {
             c.client_config().get("sasl.password"),
             Some("hunter2-secret")
         );
+    }
+
+    #[test]
+    fn should_keep_undelivered_records_for_less_than_the_session_timeout() {
+        let mut c = StreamsConfig::new("app", "127.0.0.1:9092");
+        assert_eq!(c.delivery_timeout(), Ok(Duration::from_secs(8)));
+        c.extra.insert("session.timeout.ms".into(), "45000".into());
+        assert_eq!(c.delivery_timeout(), Ok(Duration::from_secs(43)));
+        c.extra.insert("session.timeout.ms".into(), "2500".into());
+        assert_eq!(c.delivery_timeout(), Ok(Duration::from_secs(1)));
+        c.extra.insert("message.timeout.ms".into(), "60000".into());
+        assert_eq!(c.delivery_timeout(), Ok(Duration::from_secs(60)));
+        c.extra.insert("session.timeout.ms".into(), "ten".into());
+        assert!(c
+            .delivery_timeout()
+            .unwrap_err()
+            .contains("session.timeout.ms"));
     }
 
     #[test]

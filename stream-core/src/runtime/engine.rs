@@ -69,7 +69,24 @@ pub(crate) struct Engine {
     headers: Vec<(String, Vec<u8>)>,
     /// When standbys were last worked out (see [`super::standby`]).
     last_standby_check: Option<Instant>,
+    /// At-least-once: the process was found paused; nothing is processed
+    /// until the group confirms this member still holds its partitions
+    /// (see [`Self::resume_after_pause`]).
+    suspended: Option<Suspension>,
 }
+
+/// A stream thread held after a pause of the process.
+#[derive(Debug)]
+struct Suspension {
+    /// When the pause was noticed.
+    since: Instant,
+    /// When the group was last asked.
+    asked: Option<Instant>,
+}
+
+/// How often a suspended stream thread asks the group whether it is
+/// still a member.
+const ASK_EVERY: Duration = Duration::from_millis(500);
 
 impl Engine {
     #[allow(clippy::too_many_arguments)]
@@ -104,7 +121,14 @@ impl Engine {
             in_flight: None,
             headers: Vec::new(),
             last_standby_check: None,
+            suspended: None,
         })
+    }
+
+    /// How many rollbacks rewound the input so far (see
+    /// [`OwnedTasks::rewound`]).
+    pub(crate) fn rewound(&self) -> u64 {
+        self.tasks.rewound()
     }
 
     /// Records processed and tasks owned, for the periodic progress line.
@@ -124,10 +148,14 @@ impl Engine {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
+        if self.suspended.is_some() {
+            return Ok(());
+        }
         for (_, e) in self.tasks.iter_mut() {
             e.task.punctuate(now)?;
             self.out.send_all(e.task.drain_output())?;
         }
+        self.suspend_if_paused();
         Ok(())
     }
 
@@ -142,6 +170,10 @@ impl Engine {
 
     /// Processes one input record and sends what it produced.
     pub(crate) fn process(&mut self, msg: &impl Consumed) -> Result<(), RuntimeError> {
+        if self.suspended.is_some() {
+            // Read again from the last commit once resumed.
+            return Ok(());
+        }
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
         let Some(id) = self.tasks.task_for(topic, partition) else {
             return Ok(());
@@ -165,7 +197,88 @@ impl Engine {
         let n = msg.copy_headers(&mut headers);
         let r = self.process_with(id, msg, &headers[..n]);
         self.headers = headers;
+        self.suspend_if_paused();
         r
+    }
+
+    /// At-least-once: if the producer found the process paused (it then
+    /// sends nothing more), rolls every task back to its last commit,
+    /// gives up what is unacknowledged and holds processing until
+    /// [`resume_after_pause`](Self::resume_after_pause).
+    ///
+    /// A pause longer than the session timeout (SIGSTOP, a frozen VM)
+    /// lets the group hand this member's partitions to another instance,
+    /// which restores their state from the changelogs and goes on. What
+    /// this one computed from its older state must not reach Kafka after
+    /// the new owner's records: compaction would keep the stale value.
+    /// Records it had queued time out before librdkafka sends them
+    /// ([`StreamsConfig::delivery_timeout`](super::config::StreamsConfig::delivery_timeout)),
+    /// and the check before each send stops the rest. Kafka Streams'
+    /// at-least-once has no such guard (its zombie writes land).
+    fn suspend_if_paused(&mut self) {
+        let Some(pause) = self.out.take_pause() else {
+            return;
+        };
+        tracing::warn!(
+            paused_s = pause.as_secs_f64(),
+            "this process was paused; its partitions may have moved to another instance meanwhile: rolling back to the last commit and waiting for the group before processing again"
+        );
+        self.in_flight = None;
+        self.out.abandon_unacknowledged();
+        for (_, e) in self.tasks.iter_mut() {
+            e.task.rollback();
+        }
+        self.status.record_rollback();
+        self.suspended = Some(Suspension {
+            since: Instant::now(),
+            asked: None,
+        });
+    }
+
+    /// A stream thread held after a pause goes on once the group confirms
+    /// this member still holds its partitions (a synchronous commit of
+    /// its last committed positions succeeds): its tasks read their input
+    /// again from their last commit. If the group took the partitions
+    /// away instead, the revocation closes the tasks and there is nothing
+    /// left to confirm. Tasks without a committed position wait one
+    /// session timeout: a member removed by the group learns it within
+    /// a heartbeat.
+    pub(crate) fn resume_after_pause(&mut self, consumer: &BaseConsumer<impl ConsumerContext>) {
+        let Some(s) = &mut self.suspended else {
+            return;
+        };
+        if s.asked.is_some_and(|t| t.elapsed() < ASK_EVERY) {
+            return;
+        }
+        s.asked = Some(Instant::now());
+        let since = s.since;
+        let confirmed = if self.tasks.is_empty() {
+            true
+        } else {
+            match commit::still_a_member(&self.tasks, &self.task_cfg.commit_tag, consumer) {
+                Some(Ok(())) => true,
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "after the pause: the group does not confirm this member yet");
+                    false
+                }
+                None => {
+                    since.elapsed()
+                        > self
+                            .cfg
+                            .session_timeout()
+                            .unwrap_or(super::config::DEFAULT_SESSION_TIMEOUT)
+                }
+            }
+        };
+        if confirmed {
+            commit::rewind(&mut self.tasks, consumer);
+            self.suspended = None;
+            tracing::info!(
+                tasks = self.tasks.len(),
+                waited_s = since.elapsed().as_secs_f64(),
+                "after the pause: processing again from the last commit"
+            );
+        }
     }
 
     /// [`process`](Self::process) of `msg` for owned task `id`, its headers copied.
@@ -288,6 +401,9 @@ impl Engine {
             }
             over
         };
+        if self.suspended.is_some() {
+            return Ok(());
+        }
         self.finish_in_flight(consumer, wait)?;
         if self.in_flight.is_none() {
             // drops written layers; surfaces a failed write

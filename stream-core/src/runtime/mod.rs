@@ -40,6 +40,7 @@ pub(crate) mod input_watch;
 pub(crate) mod log_offsets;
 mod message;
 pub mod ownership;
+pub(crate) mod pause_watch;
 pub(crate) mod producer;
 pub(crate) mod production;
 pub(crate) mod progress;

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::error::RuntimeError;
+use super::pause_watch::PauseCheck;
 use super::production::{append_json_line, is_record_error, Rejected};
 use super::status::RuntimeStatus;
 use super::topic_send::TopicHandles;
@@ -130,8 +132,26 @@ struct EpochReports {
 #[derive(Default)]
 pub(crate) struct DeliveryState {
     epochs: Mutex<BTreeMap<u64, EpochReports>>,
-    errors: Mutex<Vec<(String, i32, KafkaError)>>,
+    /// Failed deliveries: topic, partition, error, and the record's epoch.
+    errors: Mutex<Vec<(String, i32, KafkaError, u64)>>,
     rejected: Mutex<Vec<Rejected>>,
+    /// At-least-once: reports of epochs below this are ignored (their
+    /// records were given up: the tasks rolled back past them).
+    abandoned_below: AtomicU64,
+}
+
+/// Whether `e` is a record given up by the producer itself, not refused by
+/// a broker: its delivery timed out (a broker away longer than
+/// `message.timeout.ms`, or a process paused past it), or it was purged.
+fn is_lapse(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::PurgeQueue
+                | RDKafkaErrorCode::PurgeInflight
+        )
+    )
 }
 
 /// Locks `m`, through poisoning (the data are counters and lists).
@@ -184,12 +204,32 @@ impl DeliveryState {
         !lock(&self.errors).is_empty()
     }
 
+    /// Whether reports of `epoch` are ignored.
+    fn abandoned(&self, epoch: u64) -> bool {
+        epoch < self.abandoned_below.load(Ordering::Acquire)
+    }
+
+    /// Ignores every report of epochs up to `epoch` from now on, and
+    /// forgets those received (their failures too).
+    fn abandon_through(&self, epoch: u64) {
+        self.abandoned_below.fetch_max(epoch + 1, Ordering::AcqRel);
+        self.drain_through(epoch, &mut HashMap::new());
+        lock(&self.errors).clear();
+        lock(&self.rejected).clear();
+    }
+
     fn take_rejected(&self) -> Vec<Rejected> {
         std::mem::take(&mut *lock(&self.rejected))
     }
 
+    /// The failures of epochs not abandoned.
     fn take_errors(&self) -> Vec<(String, i32, KafkaError)> {
+        let below = self.abandoned_below.load(Ordering::Acquire);
         std::mem::take(&mut *lock(&self.errors))
+            .into_iter()
+            .filter(|e| e.3 >= below)
+            .map(|(t, p, e, _)| (t, p, e))
+            .collect()
     }
 }
 
@@ -216,6 +256,9 @@ impl ProducerContext for DeliveryTracker {
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
         let (kind, epoch) = unpack(tag);
+        if self.state.abandoned(epoch) {
+            return;
+        }
         match result {
             Ok(m) if kind == CHANGELOG => {
                 self.state
@@ -233,7 +276,12 @@ impl ProducerContext for DeliveryTracker {
                 });
             }
             Err((e, m)) => {
-                lock(&self.state.errors).push((m.topic().to_string(), m.partition(), e.clone()));
+                lock(&self.state.errors).push((
+                    m.topic().to_string(),
+                    m.partition(),
+                    e.clone(),
+                    epoch,
+                ));
             }
         }
         self.state.report(epoch, None);
@@ -276,6 +324,12 @@ pub(crate) struct OutputProducer {
     doomed: Option<KafkaError>,
     /// When this producer was last replaced, and how often in a row.
     renewals: Renewals,
+    /// At-least-once in a group: asks, before each record is sent, whether
+    /// the process was paused long enough to lose its partitions.
+    pause: Option<PauseCheck>,
+    /// A pause was noticed (its length): records are dropped until the
+    /// stream thread has rolled back ([`Self::take_pause`]).
+    paused: Option<Duration>,
     /// librdkafka's handle of each topic written to (declared last: its
     /// handles are destroyed before its hold on the client goes).
     topics: TopicHandles,
@@ -293,8 +347,12 @@ impl OutputProducer {
         eos: bool,
     ) -> Self {
         let producer = Arc::new(producer);
+        let mut topics = TopicHandles::new(Arc::clone(&producer));
+        if !eos {
+            topics = topics.with_endless_repartition();
+        }
         OutputProducer {
-            topics: TopicHandles::new(Arc::clone(&producer)),
+            topics,
             producer,
             delivery,
             dead_letter_file,
@@ -312,7 +370,43 @@ impl OutputProducer {
             renew: None,
             doomed: None,
             renewals: Renewals::default(),
+            pause: None,
+            paused: None,
         }
+    }
+
+    /// At-least-once: checks `pause` before each record is sent (see
+    /// [`super::pause_watch`]); after a pause, records are dropped until
+    /// [`take_pause`](Self::take_pause).
+    pub(crate) fn with_pause_check(mut self, pause: PauseCheck) -> Self {
+        self.pause = Some(pause);
+        self
+    }
+
+    /// Whether a pause was noticed and not yet taken: looks now.
+    fn noticed_pause(&mut self) -> bool {
+        if self.paused.is_none() {
+            self.paused = self.pause.as_mut().and_then(PauseCheck::paused);
+        }
+        self.paused.is_some()
+    }
+
+    /// The pause noticed by a send since the last call, if any. The
+    /// caller rolls its tasks back to the last commit and abandons what
+    /// is unacknowledged ([`Self::abandon_unacknowledged`]).
+    pub(crate) fn take_pause(&mut self) -> Option<Duration> {
+        self.paused.take()
+    }
+
+    /// At-least-once: gives up every record not yet acknowledged (its
+    /// tasks rolled back to their last commit and will produce it again):
+    /// ends the current epoch and ignores the reports of every epoch so
+    /// far. Records librdkafka still holds are delivered or time out
+    /// unseen.
+    pub(crate) fn abandon_unacknowledged(&mut self) {
+        let ended = self.seal_epoch();
+        self.delivery.abandon_through(ended);
+        self.sent_sealed.clear();
     }
 
     /// Lets [`abort_transaction`](Self::abort_transaction) replace a
@@ -350,15 +444,18 @@ impl OutputProducer {
 
     /// Takes the delivery reports of epochs up to `epoch` (all reported):
     /// fails on a delivery failure among them, else returns the changelog
-    /// offsets acknowledged through it (`topic/partition` → next).
+    /// offsets acknowledged through it (`topic/partition` → next). `None`
+    /// when records lapsed (at least once, see [`Self::flush`]).
     pub(crate) fn take_acknowledged(
         &mut self,
         epoch: u64,
-    ) -> Result<HashMap<TopicPartition, i64>, RuntimeError> {
-        self.check_delivery()?;
+    ) -> Result<Option<HashMap<TopicPartition, i64>>, RuntimeError> {
+        if !self.check_delivery()? {
+            return Ok(None);
+        }
         self.delivery.drain_through(epoch, &mut self.confirmed);
         self.sent_sealed = self.sent_sealed.split_off(&(epoch + 1));
-        Ok(self.confirmed.clone())
+        Ok(Some(self.confirmed.clone()))
     }
 
     /// Drops the reports of epochs up to `epoch` (an aborted transaction's).
@@ -407,6 +504,11 @@ impl OutputProducer {
 
     /// Sends one record (into the open transaction under exactly-once).
     pub(crate) fn send(&mut self, r: OutRecord) -> Result<(), RuntimeError> {
+        if self.pause.is_some() && self.noticed_pause() {
+            // Computed from state another instance may own by now; the
+            // stream thread rolls back before going on.
+            return Ok(());
+        }
         if r.kind == OutKind::DeadLetter && self.dead_letter_file.is_some() {
             return self.write_dead_letter_file(&r);
         }
@@ -501,7 +603,11 @@ impl OutputProducer {
 
     /// Waits until everything produced is acknowledged (through broker
     /// outages: librdkafka fails a record only after its delivery timeout).
-    pub(crate) fn flush(&mut self) -> Result<(), RuntimeError> {
+    /// `false` when, at least once, records lapsed (timed out undelivered,
+    /// see [`StreamsConfig::delivery_timeout`](super::config::StreamsConfig::delivery_timeout)):
+    /// the caller rolls back to the last commit and abandons the rest
+    /// ([`Self::abandon_unacknowledged`]).
+    pub(crate) fn flush(&mut self) -> Result<bool, RuntimeError> {
         let waiting_since = Instant::now();
         while let Err(e) = self.producer.flush(Duration::from_secs(5)) {
             if !self.delivery.errors_pending() {
@@ -535,7 +641,9 @@ impl OutputProducer {
         Ok(())
     }
 
-    fn check_delivery(&mut self) -> Result<(), RuntimeError> {
+    /// Handles the refused records and delivery failures reported so far:
+    /// `Ok(false)` when every failure is a lapse under at-least-once.
+    fn check_delivery(&mut self) -> Result<bool, RuntimeError> {
         for r in self.delivery.take_rejected() {
             self.refused(r)?;
         }
@@ -556,6 +664,15 @@ impl OutputProducer {
                 return Err(err);
             }
         }
+        if !errors.is_empty() && !self.eos && errors.iter().all(|(_, _, e)| is_lapse(e)) {
+            let (topic, partition, e) = &errors[0];
+            tracing::warn!(
+                records = errors.len(),
+                example = %format!("{topic}[{partition}]: {e}"),
+                "records could not be delivered in time (a broker away, or this process was paused); rolling back to the last commit and processing again"
+            );
+            return Ok(false);
+        }
         if !errors.is_empty() {
             let text: Vec<String> = errors
                 .iter()
@@ -568,7 +685,7 @@ impl OutputProducer {
                 text.join("; ")
             )));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Commits the open transaction with the input offsets `tpl`. Returns

@@ -106,6 +106,7 @@ struct Inner {
     rate_sample: Option<(Instant, u64)>,
     processed_closed: u64,
     production_errors: u64,
+    rollbacks: u64,
     awaiting_ack: u64,
 }
 
@@ -171,6 +172,17 @@ impl RuntimeStatus {
     /// kept in the production-error file.
     pub fn production_errors(&self) -> u64 {
         self.with(|i| i.production_errors)
+    }
+
+    /// Times the stream threads rolled back to their last commit and
+    /// processed again: a transaction aborted, records that could not be
+    /// delivered in time (at least once), or the process found paused.
+    pub fn rollbacks(&self) -> u64 {
+        self.with(|i| i.rollbacks)
+    }
+
+    pub(crate) fn record_rollback(&self) {
+        self.with(|i| i.rollbacks += 1)
     }
 
     pub(crate) fn record_production_error(&self) {

@@ -26,6 +26,9 @@ pub(crate) struct OwnedTasks {
     /// Every source topic (resolved) and the sub-topology reading it:
     /// looked up for every record, so resolved once.
     readers: Vec<(String, usize)>,
+    /// How often the tasks were rolled back and their input rewound (see
+    /// [`Self::rewound`]).
+    rewinds: u64,
 }
 
 impl OwnedTasks {
@@ -44,7 +47,22 @@ impl OwnedTasks {
             task_cfg,
             tasks: BTreeMap::new(),
             readers,
+            rewinds: 0,
         }
+    }
+
+    /// Counts a rollback with its input rewound.
+    pub(crate) fn note_rewind(&mut self) {
+        self.rewinds += 1;
+    }
+
+    /// How many rollbacks rewound the input so far. Records read before a
+    /// rewind (a batch being processed) lie past the positions rolled back
+    /// to: processing them would move the positions past records read
+    /// again from the consumer, which would then be skipped as applied.
+    /// The stream thread drops the rest of a batch when this changes.
+    pub(crate) fn rewound(&self) -> u64 {
+        self.rewinds
     }
 
     /// The task that reads `partition` of `topic` (owned here or not).

@@ -41,6 +41,9 @@ pub(crate) struct TopicHandles {
     /// Topic name (shared with the records) → handle. A few entries, so a
     /// list; most lookups end at the first pointer comparison.
     topics: Vec<(Arc<str>, NonNull<rd::rd_kafka_topic_t>)>,
+    /// Repartition topics' records never time out (see
+    /// [`Self::with_endless_repartition`]).
+    endless_repartition: bool,
 }
 
 // SAFETY: librdkafka's topic handles may be used and destroyed from any
@@ -53,7 +56,26 @@ impl TopicHandles {
         TopicHandles {
             producer,
             topics: Vec::new(),
+            endless_repartition: false,
         }
+    }
+
+    /// At-least-once: a repartition topic's handle (a topic whose records
+    /// carry the `sx.up` mark) holds its records until delivered, whatever
+    /// the producer's `message.timeout.ms`.
+    ///
+    /// A downstream task drops a repartition record whose upstream mark it
+    /// has passed, which is exact only if each partition's records arrive
+    /// as a prefix of what was sent. A record that times out while later
+    /// ones are still queued (a broker away longer than the timeout) would
+    /// leave a hole behind records that are delivered, and the replay after
+    /// the rollback would fill it with records the downstream drops as
+    /// already applied. So these records wait; the other topics' records
+    /// time out, and the rollback that follows sends the repartition
+    /// records again, which the downstream drops as duplicates.
+    pub(crate) fn with_endless_repartition(mut self) -> Self {
+        self.endless_repartition = true;
+        self
     }
 
     /// Hands `record` to librdkafka with `opaque` as its delivery opaque;
@@ -62,7 +84,7 @@ impl TopicHandles {
     /// `KafkaError::MessageProduction`, or a topic name librdkafka cannot
     /// take.
     pub(crate) fn send(&mut self, record: &OutRecord, opaque: usize) -> Result<(), KafkaError> {
-        let rkt = self.handle(&record.topic)?;
+        let rkt = self.handle(record)?;
         let headers = NativeHeaders::of(&record.headers)?;
         let args = [
             vu(T::RD_KAFKA_VTYPE_RKT, U { rkt: rkt.as_ptr() }),
@@ -132,7 +154,8 @@ impl TopicHandles {
     }
 
     /// The handle of `topic`, created on its first record.
-    fn handle(&mut self, topic: &Arc<str>) -> Result<NonNull<rd::rd_kafka_topic_t>, KafkaError> {
+    fn handle(&mut self, record: &OutRecord) -> Result<NonNull<rd::rd_kafka_topic_t>, KafkaError> {
+        let topic = &record.topic;
         if let Some((_, h)) = self
             .topics
             .iter()
@@ -141,16 +164,21 @@ impl TopicHandles {
             return Ok(*h);
         }
         let name = CString::new(topic.as_bytes())?;
+        let endless = self.endless_repartition
+            && record
+                .headers
+                .iter()
+                .any(|(k, _)| k == crate::task::headers::UPSTREAM_HEADER);
+        let rk = self.producer.client().native_ptr();
+        let conf = if endless {
+            endless_conf(rk)
+        } else {
+            std::ptr::null_mut()
+        };
         // SAFETY: a live client and a NUL-terminated name; a null
         // configuration takes the producer's topic defaults, as a send by
-        // name does.
-        let raw = unsafe {
-            rd::rd_kafka_topic_new(
-                self.producer.client().native_ptr(),
-                name.as_ptr(),
-                std::ptr::null_mut(),
-            )
-        };
+        // name does; a configuration given is librdkafka's to own.
+        let raw = unsafe { rd::rd_kafka_topic_new(rk, name.as_ptr(), conf) };
         let Some(h) = NonNull::new(raw) else {
             // SAFETY: reads the calling thread's last librdkafka error.
             let code = unsafe { rd::rd_kafka_last_error() };
@@ -250,5 +278,33 @@ impl Drop for NativeHeaders {
             // SAFETY: a list we made and nobody took.
             unsafe { rd::rd_kafka_headers_destroy(p.as_ptr()) };
         }
+    }
+}
+
+/// A copy of the producer's topic defaults (acks, partitioner, …) with
+/// `message.timeout.ms` 0: records wait for delivery however long. Null
+/// (the defaults as they are) if librdkafka refuses the setting.
+fn endless_conf(rk: *mut rd::rd_kafka_t) -> *mut rd::rd_kafka_topic_conf_t {
+    // SAFETY: `rk` is a live client; the copy is ours until handed to
+    // `rd_kafka_topic_new` (or destroyed here), and every string passed
+    // is NUL-terminated and outlives the call.
+    unsafe {
+        let conf = rd::rd_kafka_default_topic_conf_dup(rk);
+        if conf.is_null() {
+            return conf;
+        }
+        let mut err = [0 as std::ffi::c_char; 256];
+        let set = rd::rd_kafka_topic_conf_set(
+            conf,
+            c"message.timeout.ms".as_ptr(),
+            c"0".as_ptr(),
+            err.as_mut_ptr(),
+            err.len(),
+        );
+        if set != rd::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK {
+            rd::rd_kafka_topic_conf_destroy(conf);
+            return std::ptr::null_mut();
+        }
+        conf
     }
 }

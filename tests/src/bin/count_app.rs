@@ -11,6 +11,7 @@
 //! `COUNT_APP_MAX_BUFFERED=N` sets `max_buffered_changes`;
 //! `COUNT_APP_EXACTLY_ONCE=1` processes exactly once;
 //! `COUNT_APP_COMMIT_MS=N` sets the commit interval;
+//! `COUNT_APP_EXTRA=k=v,k=v` adds client settings (`StreamsConfig::extra`);
 //! `COUNT_APP_PANIC_ON=WORD` panics in a processor after counting WORD
 //! (after the store change, before the output record);
 //! `COUNT_APP_PANIC_IN=make|init|close` adds a pass-through processor
@@ -110,6 +111,14 @@ async fn main() {
     }
     if let Ok(s) = std::env::var("COUNT_APP_ASSIGNOR") {
         cfg.assignment_strategy = s;
+    }
+    for kv in std::env::var("COUNT_APP_EXTRA")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((k, v)) = kv.split_once('=') {
+            cfg.extra.insert(k.trim().to_string(), v.trim().to_string());
+        }
     }
     let topology = b.build();
     if let Ok(to) = std::env::var("COUNT_APP_RESET") {
