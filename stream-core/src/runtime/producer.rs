@@ -318,9 +318,10 @@ pub(crate) struct OutputProducer {
     renew: Option<MakeProducer>,
     /// Exactly-once: the producer was fenced while sending (a produce
     /// request met a newer epoch: the coordinator had aborted the
-    /// transaction, say while the process was paused), so the open
-    /// transaction cannot commit. Records are dropped until the next
-    /// commit, which aborts and replaces the producer instead.
+    /// transaction, say while the process was paused), or the open
+    /// transaction failed (its records timed out), so it cannot commit.
+    /// Records are dropped until the next commit, which aborts instead
+    /// (replacing a fenced producer).
     doomed: Option<KafkaError>,
     /// When this producer was last replaced, and how often in a row.
     renewals: Renewals,
@@ -485,6 +486,16 @@ impl OutputProducer {
         Ok(())
     }
 
+    /// Whether `e`, refusing a record, says the open transaction is in an
+    /// abortable error state (librdkafka answers `_STATE` then: its records
+    /// timed out, say, while the process was paused): the transaction is
+    /// lost and must be aborted, not the instance.
+    fn failed_transaction(&self, e: &KafkaError) -> bool {
+        self.eos
+            && self.in_txn
+            && matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::State))
+    }
+
     /// Whether `e` fences this exactly-once producer, which can be
     /// replaced: the transaction is lost, not the instance.
     fn fenced_in_transaction(&self, e: &KafkaError) -> bool {
@@ -538,6 +549,11 @@ impl OutputProducer {
                 }
                 Err(e) if self.fenced_in_transaction(&e) => {
                     tracing::warn!(error = %e, "this producer was fenced while sending: the transaction was aborted; the next commit replaces the producer and reprocesses from the last commit");
+                    self.doomed = Some(e);
+                    return Ok(());
+                }
+                Err(e) if self.failed_transaction(&e) => {
+                    tracing::warn!(error = %e, "the open transaction failed (its records timed out, say after a pause); the next commit aborts it and reprocesses from the last commit");
                     self.doomed = Some(e);
                     return Ok(());
                 }
@@ -762,6 +778,13 @@ impl OutputProducer {
         wait: bool,
     ) -> Result<Option<bool>, RuntimeError> {
         if let Some(e) = self.doomed.take() {
+            if !is_fenced(&e) {
+                // Abortable: aborted (or the producer replaced if it cannot).
+                tracing::warn!(error = %e, "aborting the failed transaction; reprocessing from the last commit");
+                self.held.clear();
+                self.abort_transaction()?;
+                return Ok(Some(false));
+            }
             return self.renew_after_fence(e).map(|()| Some(false));
         }
         let Some(committer) = self.committing.take() else {
