@@ -39,13 +39,6 @@ pub(crate) struct Progress {
     /// During restore: changes whose input offset is at or past this are
     /// skipped (their input was never committed).
     restore_limits: BTreeMap<TopicPartition, i64>,
-    /// During restore: the input positions of the local checkpoint (the
-    /// changelog tail restore reads holds no change of input before them
-    /// but a replay's or a paused instance's).
-    restore_floor: BTreeMap<TopicPartition, i64>,
-    /// During restore, per store and input partition: the largest input
-    /// offset of a change applied (see [`Self::replayed`]).
-    applied_src: Vec<(usize, TopicPartition, i64)>,
     committed_positions: BTreeMap<TopicPartition, i64>,
     committed_dedup: BTreeMap<UpstreamKey, (i64, u32)>,
     /// What a sealed commit records (positions, marks and stream time at
@@ -62,8 +55,6 @@ impl Default for Progress {
             dedup: BTreeMap::new(),
             changelog_offsets: BTreeMap::new(),
             restore_limits: BTreeMap::new(),
-            restore_floor: BTreeMap::new(),
-            applied_src: Vec::new(),
             committed_positions: BTreeMap::new(),
             committed_dedup: BTreeMap::new(),
             sealed: None,
@@ -212,8 +203,6 @@ impl Progress {
                 ),
             }
         }
-        self.applied_src.clear();
-        self.restore_floor = checkpoint.map(|c| c.positions.clone()).unwrap_or_default();
         match checkpoint {
             Some(cp) => {
                 for (k, &v) in &cp.positions {
@@ -275,58 +264,6 @@ impl Progress {
                 src.offset < limit
             }
             None => true,
-        }
-    }
-
-    /// Restore, at least once: whether a change to store `store` (its
-    /// headers) is one to skip because a change of a later input of the
-    /// same partition was applied before it (or the local checkpoint is
-    /// past its input). Such a change, written after the later one, is a
-    /// replay or a paused instance's late write:
-    ///
-    /// - After a crash, the new owner reprocesses from the last committed
-    ///   position and writes the changes between it and the crash again:
-    ///   the same inputs, the same state, so the same values (skipping
-    ///   them changes nothing for a task that reads one partition; for one
-    ///   that reads several, whose result depends on their interleaving,
-    ///   the value kept is the first run's, as valid an at-least-once
-    ///   result as the replay's).
-    /// - An instance paused while another took its task over writes, when
-    ///   it wakes, changes computed from its older state after the new
-    ///   owner's: applied, the restore would end at the stale value. The
-    ///   guards of `runtime::pause_watch` keep most of them out of Kafka;
-    ///   this keeps a restore right about the ones that got through.
-    ///
-    /// Changes that name no input are never skipped. Under exactly-once
-    /// no replay or late write is ever read (aborted), so nothing is.
-    pub(crate) fn replayed(&mut self, store: usize, headers: &[(String, Vec<u8>)]) -> bool {
-        let Some(src) = SourceMark::find(headers) else {
-            return false;
-        };
-        let seen = self
-            .applied_src
-            .iter_mut()
-            .find(|(s, k, _)| *s == store && k.is(src.topic, src.partition));
-        match seen {
-            Some((_, _, at)) => {
-                if src.offset < *at {
-                    return true;
-                }
-                *at = src.offset;
-                false
-            }
-            None => {
-                let floor = lookup(&self.restore_floor, src.topic, src.partition);
-                if floor.is_some_and(|f| src.offset < f) {
-                    return true;
-                }
-                self.applied_src.push((
-                    store,
-                    TopicPartition::new(src.topic, src.partition),
-                    src.offset,
-                ));
-                false
-            }
         }
     }
 
@@ -495,25 +432,9 @@ mod tests {
         assert_eq!(p.positions().len(), 1, "only the task's partitions");
     }
 
-    /// The `sx.src` header of input `off` of `in/0`.
-    fn src_of_in0(off: i64) -> Vec<(String, Vec<u8>)> {
-        vec![(
-            super::super::headers::SOURCE_HEADER.to_string(),
-            SourceMark {
-                offset: off,
-                partition: 0,
-                topic: "in",
-            }
-            .encode(),
-        )]
-    }
-
-    /// A progress planned from a checkpoint at `in/0` 4, the group's
-    /// committed offset (ours) at `committed`.
-    fn planned_from_checkpoint_at_4(
-        committed: i64,
-    ) -> (Progress, BTreeMap<TopicPartition, CommittedOffset>) {
-        let committed: BTreeMap<_, _> = [(tp("in/0"), ours(committed))].into();
+    #[test]
+    fn should_admit_only_committed_changes_and_fall_back_when_asked() {
+        let committed: BTreeMap<_, _> = [(tp("in/0"), ours(10))].into();
         let mut p = Progress::default();
         p.plan(
             T,
@@ -522,46 +443,23 @@ mod tests {
             &committed,
             Some(&checkpoint(&[("in/0", 4)])),
         );
-        (p, committed)
-    }
-
-    #[test]
-    fn should_admit_only_committed_changes_and_fall_back_when_asked() {
-        let (mut p, _) = planned_from_checkpoint_at_4(10);
-        let h = src_of_in0;
+        let h = |off| {
+            vec![(
+                super::super::headers::SOURCE_HEADER.to_string(),
+                SourceMark {
+                    offset: off,
+                    partition: 0,
+                    topic: "in",
+                }
+                .encode(),
+            )]
+        };
         assert!(p.admits(&h(9)));
         assert!(!p.admits(&h(10)));
         assert!(p.admits(&[]), "no mark: applied");
         let moved = p.fall_back(&checkpoint(&[("in/0", 4)]).positions);
         assert_eq!(moved, vec![(tp("in/0"), 10, 4)]);
         assert!(!p.admits(&h(4)));
-    }
-
-    #[test]
-    fn should_skip_a_change_of_input_before_one_already_restored() {
-        let (mut p, committed) = planned_from_checkpoint_at_4(100);
-        let h = src_of_in0;
-        assert!(
-            p.replayed(0, &h(3)),
-            "input before the checkpoint's position"
-        );
-        // The first run: inputs 4..=9 (two changes of input 6).
-        for off in [4, 5, 6, 6, 7, 8, 9] {
-            assert!(!p.replayed(0, &h(off)), "first run, input {off}");
-        }
-        // A replay from the last commit (5), or a paused instance's late
-        // writes: skipped until past what was applied.
-        for off in [5, 6, 7, 8] {
-            assert!(p.replayed(0, &h(off)), "replay, input {off}");
-        }
-        assert!(!p.replayed(0, &h(9)), "the last input again: applied");
-        assert!(!p.replayed(0, &h(10)), "new input: applied");
-        // Per store: another store's changelog has its own sequence.
-        assert!(!p.replayed(1, &h(5)));
-        assert!(!p.replayed(0, &[]), "no mark: applied");
-        // A new restore starts over.
-        p.plan(T, true, |_| true, &committed, None);
-        assert!(!p.replayed(0, &h(0)));
     }
 
     #[test]

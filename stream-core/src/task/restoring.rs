@@ -123,7 +123,7 @@ impl Task {
         // all of it processed: its records need no marks (and may carry
         // another application's).
         let source = self.out.is_source(store);
-        if !source && (!self.progress.admits(headers) || self.progress.replayed(store, headers)) {
+        if !source && !self.progress.admits(headers) {
             self.restore_skipped += 1;
             return false;
         }
