@@ -13,6 +13,7 @@
 //! | `collector` | every output record: sinks, changelogs, dead letters |
 //! | `progress` | positions, dedup marks, changelog offsets, stream time, rollback, the restore filter |
 //! | `restoring` | where input resumes and which changelog records restore applies |
+//! | `late_writes` | the restore's guard against replayed and late-written changes |
 //! | [`headers`] | the framework's headers `sx.src` and `sx.up` |
 //! | [`policy`] | what a failing record does |
 //! | `types` | the task's id, configuration, input, counters and errors |
@@ -31,6 +32,7 @@ use crate::store::{StateBackend, StoreSet};
 mod collector;
 mod graph;
 pub mod headers;
+mod late_writes;
 pub mod lineage;
 pub mod policy;
 mod progress;
@@ -73,6 +75,8 @@ pub struct Task {
     duplicates_skipped: u64,
     restored: u64,
     restore_skipped: u64,
+    /// The restore's guard against replayed and late-written changes.
+    late_writes: late_writes::LateWriteGuard,
     late: u64,
     /// Wall clock (as given to `punctuate`) when input was last seen.
     last_input_wall: Option<i64>,
@@ -157,6 +161,7 @@ impl Task {
             duplicates_skipped: 0,
             restored: 0,
             restore_skipped: 0,
+            late_writes: late_writes::LateWriteGuard::default(),
             late: 0,
             last_input_wall: None,
             input_since_punctuate: false,
@@ -316,6 +321,11 @@ impl Task {
 
     /// Runs `init` on every processor (after restore).
     pub fn init(&mut self) -> Result<(), TaskError> {
+        self.late_writes.clear();
+        let late = self.late_writes.take_skipped();
+        if late > 0 {
+            tracing::info!(task = %self.id, skipped = late, "restore skipped changes older than a change already applied to the same key (replays after a crash or rollback, or an instance's writes that arrived after its task had moved on)");
+        }
         let partition = self.id.partition;
         self.graph
             .init(&mut self.stores, partition, self.progress.stream_time())

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use super::headers::SourceMark;
 use super::{CommittedOffset, RestoreTarget, Task};
 use crate::coordinates::TopicPartition;
 use crate::error::StoreError;
@@ -39,6 +40,7 @@ impl Task {
         let reads = |tp: &TopicPartition| {
             graph.reads(&tp.topic) && layout.task_of(tp.partition) == partition
         };
+        self.late_writes.clear();
         self.progress.plan(
             self.id,
             self.topology_keeps_state,
@@ -110,7 +112,8 @@ impl Task {
     }
 
     /// Applies one changelog record read during restore. Returns whether it
-    /// changed the store (records of others and uncommitted ones are skipped).
+    /// changed the store (records of others, uncommitted ones and ones
+    /// written late, see `late_writes`, are skipped).
     pub fn restore_record(
         &mut self,
         store: usize,
@@ -141,6 +144,14 @@ impl Task {
             self.restore_skipped += 1;
             return false;
         };
+        if !source {
+            if let Some(src) = SourceMark::find(headers) {
+                if self.late_writes.is_late(store, &k, &src) {
+                    self.restore_skipped += 1;
+                    return false;
+                }
+            }
+        }
         if let Some(companion) = self.lineage.get(store).copied().flatten() {
             let list = match &v {
                 None => None,
