@@ -49,7 +49,7 @@ use super::status::{RestoreProgress, RestoreRecord, RuntimeStatus, TaskState, Ta
 use super::tasks::Entry;
 use super::topics::ErrorCapture;
 use crate::coordinates::TopicPartition;
-use crate::task::{CommittedOffset, RestoreTarget, TaskId};
+use crate::task::{CommittedOffset, HandedOver, RestoreTarget, TaskId};
 
 /// Memory the restored entries of all restoring tasks may take before the
 /// task holding the most is written to sled. A changelog updates the same
@@ -356,6 +356,9 @@ pub(crate) struct ChangelogReader {
     batch: BatchBuffer,
     opener: Opener,
     last_standby_refresh: Instant,
+    /// The late-write guards of tasks closed without processing (a
+    /// standby, an abandoned restore), for their next restore here.
+    handed_over: HashMap<TaskId, HandedOver>,
 }
 
 impl ChangelogReader {
@@ -380,6 +383,17 @@ impl ChangelogReader {
             last_status: Instant::now(),
             headers: Vec::new(),
             batch: BatchBuffer::default(),
+            handed_over: HashMap::new(),
+        }
+    }
+
+    /// Gives `task`, whose restore has just been planned, the late-write
+    /// guard its last restore here handed over, if its local state is
+    /// still where that restore left it.
+    fn carry_on_late_writes(&mut self, task: &mut crate::task::Task, full: bool) {
+        if let Some(handed) = self.handed_over.remove(&task.id()) {
+            let taken = !full && task.take_over_late_writes(handed);
+            tracing::debug!(task = %task.id(), taken, "the late-write guard of the task's last restore here");
         }
     }
 
@@ -497,6 +511,7 @@ impl ChangelogReader {
                     targets = entry.task.begin_restore(committed)?;
                 }
             }
+            self.carry_on_late_writes(&mut entry.task, full);
             let mut progress = Vec::with_capacity(targets.len());
             let mut changelog_records = 0;
             for (t, (low, high)) in targets.iter().zip(marks) {
@@ -644,8 +659,14 @@ impl ChangelogReader {
                 kept.push(job);
                 continue;
             }
-            if let Err(e) = job.flush() {
-                first_error.get_or_insert(e);
+            match job.flush() {
+                Ok(()) => {
+                    let handed = job.entry.task.hand_over_late_writes();
+                    self.handed_over.insert(id, handed);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
             job.entry.task.close();
             self.status.remove_task(id);
@@ -928,6 +949,7 @@ impl ChangelogReader {
             let full = task.stores().checkpoint()?.is_none();
             let committed = self.committed_for(&task);
             let targets = task.begin_restore(&committed)?;
+            self.carry_on_late_writes(&mut task, full);
             let mut progress = Vec::with_capacity(targets.len());
             for t in &targets {
                 let (low, high) = self.watermarks(&t.topic, t.partition)?;

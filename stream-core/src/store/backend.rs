@@ -93,6 +93,14 @@ pub struct Checkpoint {
     /// absent in checkpoints written before stream time existed).
     #[serde(default = "no_stream_time")]
     pub stream_time: i64,
+    /// Whether processing wrote it, at a commit: the state then holds the
+    /// changes of every input before `positions` and no other, so a
+    /// changelog record after `changelog_offsets` whose input lies before
+    /// them is a replay or a late write (`task::late_writes`). A restore's
+    /// own writes, mid-way through the changelog, leave it false (as do
+    /// checkpoints written before it existed).
+    #[serde(default)]
+    pub processed: bool,
 }
 
 fn no_stream_time() -> i64 {
@@ -107,6 +115,7 @@ impl Default for Checkpoint {
             dedup: BTreeMap::new(),
             entries: Vec::new(),
             stream_time: -1,
+            processed: false,
         }
     }
 }

@@ -30,16 +30,23 @@
 //! high mark would turn into lost changes. Changes that name no input
 //! (punctuations) are always applied.
 //!
-//! It sees what one restore reads: changes to a key before the changelog
-//! offset the restore starts from (the local checkpoint) are not known,
-//! so a late write read by an incremental restore whose new owner's
-//! change to the key precedes the checkpoint is still applied. It
-//! remembers at most [`MAX_TRACKED_KEYS`] keys per task; past that, new
-//! keys are applied unchecked.
+//! A restore that starts at a checkpoint processing wrote (at a commit)
+//! also skips every change whose input lies before the checkpoint's
+//! positions: the state already holds the changes of all of them, and
+//! all of those were written before the checkpoint's changelog offsets.
+//!
+//! Beyond that, it knows the changes read since processing last wrote the
+//! local state: one restore, carried on by the next restore of the task
+//! on the same instance when nothing but restoring touched the state in
+//! between (a standby closed and then assigned the task, a restore
+//! abandoned and taken up again: [`HandedOver`]). It remembers at most
+//! [`MAX_TRACKED_KEYS`] keys per task; past that, new keys are applied
+//! unchecked.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::headers::SourceMark;
+use crate::coordinates::TopicPartition;
 
 /// The most keys the guard remembers per task (about 64 bytes plus the
 /// key each).
@@ -59,6 +66,9 @@ pub(crate) struct LateWriteGuard {
     last: Vec<LastChanges>,
     /// Keys remembered, all stores.
     tracked: usize,
+    /// Input positions of a checkpoint processing wrote (see
+    /// [`set_floor`](Self::set_floor)).
+    floor: Vec<(String, i32, i64)>,
     /// Changes skipped since the last [`take_skipped`](Self::take_skipped).
     skipped: u64,
 }
@@ -69,6 +79,21 @@ impl LateWriteGuard {
         self.last = Vec::new();
         self.sources.clear();
         self.tracked = 0;
+        self.floor.clear();
+    }
+
+    /// The restore starts at a checkpoint processing wrote at a commit,
+    /// with these input `positions`: the state holds the changes of every
+    /// input before them, and every such change was written to the
+    /// changelog before the checkpoint's offsets, where the restore starts.
+    /// A change read now whose input lies before them can only be a
+    /// replay (by an instance that resumed from an older commit) or a late
+    /// write.
+    pub(crate) fn set_floor(&mut self, positions: &BTreeMap<TopicPartition, i64>) {
+        self.floor = positions
+            .iter()
+            .map(|(tp, &at)| (tp.topic.clone(), tp.partition, at))
+            .collect();
     }
 
     /// Whether the change to `key` of `store` from input `src` is late
@@ -76,6 +101,14 @@ impl LateWriteGuard {
     pub(crate) fn is_late(&mut self, store: usize, key: &[u8], src: &SourceMark<'_>) -> bool {
         if src.offset < 0 {
             return false;
+        }
+        let below_floor = self
+            .floor
+            .iter()
+            .any(|(t, p, at)| *p == src.partition && t == src.topic && src.offset < *at);
+        if below_floor {
+            self.skipped += 1;
+            return true;
         }
         let source = self.source_index(src.topic, src.partition);
         if self.last.len() <= store {
@@ -118,6 +151,15 @@ impl LateWriteGuard {
     }
 }
 
+/// A task's guard, kept after the task closed without processing (a
+/// standby, an abandoned restore) for its next restore on this instance,
+/// with the changelog offsets its local state had reached: the guard is
+/// valid only while the state is still exactly there.
+pub struct HandedOver {
+    pub(crate) guard: LateWriteGuard,
+    pub(crate) changelog_offsets: BTreeMap<TopicPartition, i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +199,22 @@ mod tests {
             "the key's last change came from partition 1"
         );
         assert!(!g.is_late(0, b"k", &src("other", 0, 1)), "another topic");
+    }
+
+    #[test]
+    fn should_skip_changes_of_input_before_a_processed_checkpoint() {
+        let mut g = LateWriteGuard::default();
+        let positions = [(TopicPartition::new("in", 0), 500)].into();
+        g.set_floor(&positions);
+        assert!(
+            g.is_late(0, b"k", &src("in", 0, 130)),
+            "before the checkpoint"
+        );
+        assert!(!g.is_late(0, b"k", &src("in", 0, 500)), "at it");
+        assert!(!g.is_late(0, b"j", &src("in", 1, 130)), "another partition");
+        assert_eq!(g.take_skipped(), 1);
+        g.clear();
+        assert!(!g.is_late(0, b"k", &src("in", 0, 130)), "cleared");
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod collector;
 mod graph;
 pub mod headers;
 mod late_writes;
+pub use late_writes::HandedOver;
 pub mod lineage;
 pub mod policy;
 mod progress;

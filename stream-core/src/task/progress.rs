@@ -293,6 +293,11 @@ impl Progress {
         }
     }
 
+    /// Every changelog partition's offset restore starts from.
+    pub(crate) fn changelog_offsets(&self) -> &BTreeMap<TopicPartition, i64> {
+        &self.changelog_offsets
+    }
+
     /// The changelog offset restore starts from for `tp`.
     pub(crate) fn changelog_offset(&self, tp: &TopicPartition) -> Option<i64> {
         self.changelog_offsets.get(tp).copied()
@@ -325,6 +330,7 @@ impl Progress {
             dedup: self.dedup.clone(),
             entries: Vec::new(),
             stream_time: self.stream_time,
+            processed: false,
         }
     }
 
@@ -332,7 +338,10 @@ impl Progress {
     /// changelog offsets are filled in once acknowledged). A newer seal
     /// replaces an unwritten one (it covers everything the older did).
     pub(crate) fn seal(&mut self) {
-        self.sealed = Some(self.checkpoint());
+        self.sealed = Some(Checkpoint {
+            processed: true,
+            ..self.checkpoint()
+        });
     }
 
     /// Whether a sealed commit waits to be written.

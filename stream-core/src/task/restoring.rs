@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::headers::SourceMark;
+use super::late_writes::HandedOver;
 use super::{CommittedOffset, RestoreTarget, Task};
 use crate::coordinates::TopicPartition;
 use crate::error::StoreError;
@@ -41,6 +42,9 @@ impl Task {
             graph.reads(&tp.topic) && layout.task_of(tp.partition) == partition
         };
         self.late_writes.clear();
+        if let Some(cp) = checkpoint.as_ref().filter(|cp| cp.processed) {
+            self.late_writes.set_floor(&cp.positions);
+        }
         self.progress.plan(
             self.id,
             self.topology_keeps_state,
@@ -180,6 +184,29 @@ impl Task {
         if self.out.codec(store).is_none() {
             self.stores.prefetch_restored(store, key.unwrap_or(&[]));
         }
+    }
+
+    /// The restore's late-write guard (see `late_writes`), taken from a
+    /// task closed without processing (a standby, an abandoned restore)
+    /// after its restored state was written, for the task's next restore
+    /// on this instance.
+    pub fn hand_over_late_writes(&mut self) -> HandedOver {
+        HandedOver {
+            guard: std::mem::take(&mut self.late_writes),
+            changelog_offsets: self.progress.changelog_offsets().clone(),
+        }
+    }
+
+    /// Carries on a guard [handed over](Self::hand_over_late_writes) by
+    /// this task's last restore, after [`begin_restore`](Self::begin_restore):
+    /// only if the local state still starts where that restore left it.
+    /// Returns whether it was taken.
+    pub fn take_over_late_writes(&mut self, handed: HandedOver) -> bool {
+        if &handed.changelog_offsets != self.progress.changelog_offsets() {
+            return false;
+        }
+        self.late_writes = handed.guard;
+        true
     }
 
     /// Records how far restore has read a changelog partition.
