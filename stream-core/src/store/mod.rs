@@ -28,6 +28,7 @@ mod buckets;
 pub mod global;
 mod memory;
 mod restored;
+pub(crate) use restored::prefetch;
 mod sled_backend;
 pub mod window;
 

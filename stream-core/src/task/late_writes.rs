@@ -40,45 +40,84 @@
 //! on the same instance when nothing but restoring touched the state in
 //! between (a standby closed and then assigned the task, a restore
 //! abandoned and taken up again: [`HandedOver`]). It remembers at most
-//! [`MAX_TRACKED_KEYS`] keys per task; past that, new keys are applied
-//! unchecked.
+//! [`MAX_TRACKED_KEYS`] keys per task (about 786,000, in 24 MiB); past
+//! that, new keys are applied unchecked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
 use super::headers::SourceMark;
 use crate::coordinates::TopicPartition;
 
-/// The most keys the guard remembers per task (about 64 bytes plus the
-/// key each).
-pub(crate) const MAX_TRACKED_KEYS: usize = 1 << 20;
+/// The most keys the guard remembers per task: three quarters of a table
+/// of 2^20 slots of 24 bytes (24 MiB).
+pub(crate) const MAX_TRACKED_KEYS: usize = 3 << 18;
 
-/// One store's keys → (input partition index, input offset) of their last
-/// change applied.
-type LastChanges = HashMap<Box<[u8]>, (u32, i64)>;
+/// Slots of the first table; it doubles when three quarters are taken.
+const FIRST_SLOTS: usize = 1024;
+
+/// One key's last change: the key by a 96-bit fingerprint of its store
+/// and bytes (two independent hashes, 64 and 32 bits: two of a million
+/// keys share one with odds near 10^-17, far below those of a memory
+/// error), its input partition (an index into `sources`) and offset.
+/// `a == 0` marks a free slot.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    a: u64,
+    offset: i64,
+    b: u32,
+    source: u32,
+}
 
 /// Per store and key: the input partition and offset of the last change
 /// applied during the current restore.
-#[derive(Default)]
+///
+/// Restore calls it for every changelog record that names its input, so
+/// it is built like the restore's buffer (`store/restored.rs`): keys are
+/// not kept, only fingerprints, in one array of slots (open addressing,
+/// linear probing); nothing is allocated per key, and the restorer
+/// prefetches a record's slot a few records ahead
+/// ([`prefetch`](Self::prefetch)).
 pub(crate) struct LateWriteGuard {
-    /// Input partitions seen, indexed by the `u32` in `last`.
+    /// Input partitions seen, indexed by [`Slot::source`].
     sources: Vec<(String, i32)>,
-    /// Per store (by index): key → (input partition, offset).
-    last: Vec<LastChanges>,
-    /// Keys remembered, all stores.
-    tracked: usize,
+    /// The index of the input partition of the last change checked.
+    last_source: u32,
+    /// A power of two of slots (or none yet).
+    slots: Vec<Slot>,
+    /// Slots taken.
+    len: usize,
     /// Input positions of a checkpoint processing wrote (see
     /// [`set_floor`](Self::set_floor)).
     floor: Vec<(String, i32, i64)>,
     /// Changes skipped since the last [`take_skipped`](Self::take_skipped).
     skipped: u64,
+    hash_a: foldhash::fast::FixedState,
+    hash_b: foldhash::fast::FixedState,
+}
+
+impl Default for LateWriteGuard {
+    fn default() -> Self {
+        LateWriteGuard {
+            sources: Vec::new(),
+            last_source: 0,
+            slots: Vec::new(),
+            len: 0,
+            floor: Vec::new(),
+            skipped: 0,
+            hash_a: foldhash::fast::FixedState::with_seed(0x9e37_79b9_7f4a_7c15),
+            hash_b: foldhash::fast::FixedState::with_seed(0xc2b2_ae3d_27d4_eb4f),
+        }
+    }
 }
 
 impl LateWriteGuard {
     /// Forgets every key (a new restore begins, or it ended).
     pub(crate) fn clear(&mut self) {
-        self.last = Vec::new();
+        self.slots = Vec::new();
+        self.len = 0;
         self.sources.clear();
-        self.tracked = 0;
+        self.last_source = 0;
         self.floor.clear();
     }
 
@@ -96,6 +135,17 @@ impl LateWriteGuard {
             .collect();
     }
 
+    /// Hints that a change to `key` of `store` will be checked soon, so
+    /// that its slot does not wait for memory then. Changes nothing.
+    pub(crate) fn prefetch(&self, store: usize, key: &[u8]) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let a = self.hash_a.hash_one((store, key)) | 1;
+        let at = a as usize & (self.slots.len() - 1);
+        crate::store::prefetch(self.slots[at..].as_ptr().cast::<u8>());
+    }
+
     /// Whether the change to `key` of `store` from input `src` is late
     /// (skip it); if not, remembers it as the key's last change.
     pub(crate) fn is_late(&mut self, store: usize, key: &[u8], src: &SourceMark<'_>) -> bool {
@@ -111,23 +161,49 @@ impl LateWriteGuard {
             return true;
         }
         let source = self.source_index(src.topic, src.partition);
-        if self.last.len() <= store {
-            self.last.resize_with(store + 1, HashMap::new);
-        }
-        let keys = &mut self.last[store];
-        if let Some((s, at)) = keys.get_mut(key) {
-            if *s == source && src.offset < *at {
-                self.skipped += 1;
-                return true;
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            if self.len >= MAX_TRACKED_KEYS {
+                // Full: keys already known are still checked.
+                return self.check_known(store, key, source, src.offset);
             }
-            *s = source;
-            *at = src.offset;
+            self.grow();
+        }
+        let (a, b) = self.fingerprint(store, key);
+        let i = self.find(a, b);
+        let slot = &mut self.slots[i];
+        if slot.a == 0 {
+            *slot = Slot {
+                a,
+                b,
+                offset: src.offset,
+                source,
+            };
+            self.len += 1;
             return false;
         }
-        if self.tracked < MAX_TRACKED_KEYS {
-            keys.insert(key.into(), (source, src.offset));
-            self.tracked += 1;
+        if slot.source == source && src.offset < slot.offset {
+            self.skipped += 1;
+            return true;
         }
+        slot.source = source;
+        slot.offset = src.offset;
+        false
+    }
+
+    /// [`is_late`](Self::is_late) for a full table: remembers nothing new.
+    fn check_known(&mut self, store: usize, key: &[u8], source: u32, offset: i64) -> bool {
+        let (a, b) = self.fingerprint(store, key);
+        let i = self.find(a, b);
+        let slot = &mut self.slots[i];
+        if slot.a == 0 {
+            return false;
+        }
+        if slot.source == source && offset < slot.offset {
+            self.skipped += 1;
+            return true;
+        }
+        slot.source = source;
+        slot.offset = offset;
         false
     }
 
@@ -136,18 +212,55 @@ impl LateWriteGuard {
         std::mem::take(&mut self.skipped)
     }
 
+    fn fingerprint(&self, store: usize, key: &[u8]) -> (u64, u32) {
+        let a = self.hash_a.hash_one((store, key)) | 1;
+        let b = self.hash_b.hash_one((store, key)) as u32;
+        (a, b)
+    }
+
+    /// The slot holding fingerprint `(a, b)`, or the free one where it
+    /// belongs. The table must have a free slot.
+    fn find(&self, a: u64, b: u32) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut i = a as usize & mask;
+        loop {
+            let s = &self.slots[i];
+            if s.a == 0 || (s.a == a && s.b == b) {
+                return i;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let size = (self.slots.len() * 2).max(FIRST_SLOTS);
+        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); size]);
+        for s in old.into_iter().filter(|s| s.a != 0) {
+            let i = self.find(s.a, s.b);
+            self.slots[i] = s;
+        }
+    }
+
     fn source_index(&mut self, topic: &str, partition: i32) -> u32 {
-        match self
+        // Changes mostly come in runs from one input partition.
+        if let Some((t, p)) = self.sources.get(self.last_source as usize) {
+            if *p == partition && t == topic {
+                return self.last_source;
+            }
+        }
+        let i = match self
             .sources
             .iter()
             .position(|(t, p)| *p == partition && t == topic)
         {
-            Some(i) => i as u32,
+            Some(i) => i,
             None => {
                 self.sources.push((topic.to_string(), partition));
-                (self.sources.len() - 1) as u32
+                self.sources.len() - 1
             }
-        }
+        };
+        self.last_source = i as u32;
+        self.last_source
     }
 }
 
@@ -215,6 +328,19 @@ mod tests {
         assert_eq!(g.take_skipped(), 1);
         g.clear();
         assert!(!g.is_late(0, b"k", &src("in", 0, 130)), "cleared");
+    }
+
+    #[test]
+    fn should_keep_checking_known_keys_once_full_and_apply_new_ones() {
+        let mut g = LateWriteGuard::default();
+        for i in 0..MAX_TRACKED_KEYS as i64 {
+            assert!(!g.is_late(0, &i.to_be_bytes(), &src("in", 0, 1_000 + i)));
+        }
+        let known = 7i64.to_be_bytes();
+        assert!(g.is_late(0, &known, &src("in", 0, 5)), "a known key, late");
+        let new = (-1i64).to_be_bytes();
+        assert!(!g.is_late(0, &new, &src("in", 0, 5_000_000)));
+        assert!(!g.is_late(0, &new, &src("in", 0, 5)), "not remembered");
     }
 
     #[test]

@@ -182,7 +182,11 @@ impl Task {
     /// that keep the record's own key are hinted; changes nothing.
     pub fn prefetch_restore(&self, store: usize, key: Option<&[u8]>) {
         if self.out.codec(store).is_none() {
-            self.stores.prefetch_restored(store, key.unwrap_or(&[]));
+            let key = key.unwrap_or(&[]);
+            self.stores.prefetch_restored(store, key);
+            if !self.out.is_source(store) {
+                self.late_writes.prefetch(store, key);
+            }
         }
     }
 
