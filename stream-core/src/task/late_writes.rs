@@ -78,6 +78,7 @@ struct Slot {
 /// linear probing); nothing is allocated per key, and the restorer
 /// prefetches a record's slot a few records ahead
 /// ([`prefetch`](Self::prefetch)).
+#[derive(Default)]
 pub(crate) struct LateWriteGuard {
     /// Input partitions seen, indexed by [`Slot::source`].
     sources: Vec<(String, i32)>,
@@ -92,23 +93,11 @@ pub(crate) struct LateWriteGuard {
     floor: Vec<(String, i32, i64)>,
     /// Changes skipped since the last [`take_skipped`](Self::take_skipped).
     skipped: u64,
-    hash_a: foldhash::fast::FixedState,
-    hash_b: foldhash::fast::FixedState,
-}
-
-impl Default for LateWriteGuard {
-    fn default() -> Self {
-        LateWriteGuard {
-            sources: Vec::new(),
-            last_source: 0,
-            slots: Vec::new(),
-            len: 0,
-            floor: Vec::new(),
-            skipped: 0,
-            hash_a: foldhash::fast::FixedState::with_seed(0x9e37_79b9_7f4a_7c15),
-            hash_b: foldhash::fast::FixedState::with_seed(0xc2b2_ae3d_27d4_eb4f),
-        }
-    }
+    /// Two independently seeded hashers (random per guard, so that no
+    /// chosen set of keys can make the probes long); a guard handed over
+    /// keeps its own.
+    hash_a: foldhash::fast::RandomState,
+    hash_b: foldhash::fast::RandomState,
 }
 
 impl LateWriteGuard {
