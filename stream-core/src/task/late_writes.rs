@@ -69,6 +69,21 @@ struct Slot {
     source: u32,
 }
 
+/// An input partition that changes name, with its floor: its changes of
+/// input before the floor are skipped (`i64::MIN`: none; see
+/// [`LateWriteGuard::set_floor`]).
+struct Source {
+    topic: String,
+    partition: i32,
+    floor: i64,
+}
+
+impl Source {
+    fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && self.topic == topic
+    }
+}
+
 /// Per store and key: the input partition and offset of the last change
 /// applied during the current restore.
 ///
@@ -81,16 +96,13 @@ struct Slot {
 #[derive(Default)]
 pub(crate) struct LateWriteGuard {
     /// Input partitions seen, indexed by [`Slot::source`].
-    sources: Vec<(String, i32)>,
+    sources: Vec<Source>,
     /// The index of the input partition of the last change checked.
     last_source: u32,
     /// A power of two of slots (or none yet).
     slots: Vec<Slot>,
     /// Slots taken.
     len: usize,
-    /// Input positions of a checkpoint processing wrote (see
-    /// [`set_floor`](Self::set_floor)).
-    floor: Vec<(String, i32, i64)>,
     /// Changes skipped since the last [`take_skipped`](Self::take_skipped).
     skipped: u64,
     /// Two independently seeded hashers (random per guard, so that no
@@ -107,7 +119,6 @@ impl LateWriteGuard {
         self.len = 0;
         self.sources.clear();
         self.last_source = 0;
-        self.floor.clear();
     }
 
     /// The restore starts at a checkpoint processing wrote at a commit,
@@ -118,10 +129,10 @@ impl LateWriteGuard {
     /// replay (by an instance that resumed from an older commit) or a late
     /// write.
     pub(crate) fn set_floor(&mut self, positions: &BTreeMap<TopicPartition, i64>) {
-        self.floor = positions
-            .iter()
-            .map(|(tp, &at)| (tp.topic.clone(), tp.partition, at))
-            .collect();
+        for (tp, &at) in positions {
+            let i = self.source_index(&tp.topic, tp.partition);
+            self.sources[i as usize].floor = at;
+        }
     }
 
     /// Hints that a change to `key` of `store` will be checked soon, so
@@ -141,15 +152,11 @@ impl LateWriteGuard {
         if src.offset < 0 {
             return false;
         }
-        let below_floor = self
-            .floor
-            .iter()
-            .any(|(t, p, at)| *p == src.partition && t == src.topic && src.offset < *at);
-        if below_floor {
+        let source = self.source_index(src.topic, src.partition);
+        if src.offset < self.sources[source as usize].floor {
             self.skipped += 1;
             return true;
         }
-        let source = self.source_index(src.topic, src.partition);
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             if self.len >= MAX_TRACKED_KEYS {
                 // Full: keys already known are still checked.
@@ -232,19 +239,19 @@ impl LateWriteGuard {
 
     fn source_index(&mut self, topic: &str, partition: i32) -> u32 {
         // Changes mostly come in runs from one input partition.
-        if let Some((t, p)) = self.sources.get(self.last_source as usize) {
-            if *p == partition && t == topic {
+        if let Some(s) = self.sources.get(self.last_source as usize) {
+            if s.is(topic, partition) {
                 return self.last_source;
             }
         }
-        let i = match self
-            .sources
-            .iter()
-            .position(|(t, p)| *p == partition && t == topic)
-        {
+        let i = match self.sources.iter().position(|s| s.is(topic, partition)) {
             Some(i) => i,
             None => {
-                self.sources.push((topic.to_string(), partition));
+                self.sources.push(Source {
+                    topic: topic.to_string(),
+                    partition,
+                    floor: i64::MIN,
+                });
                 self.sources.len() - 1
             }
         };

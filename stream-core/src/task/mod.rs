@@ -322,8 +322,8 @@ impl Task {
 
     /// Runs `init` on every processor (after restore).
     pub fn init(&mut self) -> Result<(), TaskError> {
-        self.late_writes.clear();
         let late = self.late_writes.take_skipped();
+        self.late_writes.clear();
         if late > 0 {
             tracing::info!(task = %self.id, skipped = late, "restore skipped changes older than a change already applied to the same key (replays after a crash or rollback, or an instance's writes that arrived after its task had moved on)");
         }
