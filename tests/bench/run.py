@@ -432,28 +432,47 @@ per instance the curve would go on; here it cannot. Scale-out correctness
 
     def restore(self, n=None, keys=None, label="restore"):
         """Restores of an `n`-record changelog over `keys` keys: the
-        restore ceiling, ours and Kafka Streams' (rows `<label>: …`)."""
+        restore ceiling, ours and Kafka Streams' (rows `<label>: …`), all
+        three reading the same changelog.
+
+        The changelog is written the way an application writes it:
+        `count-app` counts an input of `n` records over `keys` keys (by
+        key: store "counts", changelog `<app>-counts-changelog`, one
+        change per record, each with its `sx.src` mark) and commits its
+        input; then its state directory is deleted. Our restore therefore
+        does everything a real one does: checks each change's input
+        against the committed offsets, decodes its marks and runs the
+        late-write guard. Kafka Streams restores the same topic under the
+        same application id (its store "counts" has the same changelog
+        name; the marks are headers it ignores)."""
         n = self.args.restore_records if n is None else n
         keys = self.args.restore_keys if keys is None else keys
-        # ours: count-app's store "counts" restores from <app>-counts-changelog
         app = f"bench-rs-{uuid.uuid4().hex[:8]}"
-        rin, cl = f"{app}-in", f"{app}-counts-changelog"
+        rin, cl, out = f"{app}-in", f"{app}-counts-changelog", f"{app}-out"
         topic(rin, 4)
         topic(cl, 4, "cleanup.policy=compact")
-        run([BIN / "bench-fill", self.bootstrap, cl, n, keys])
+        topic(out, 4)
+        run([BIN / "bench-fill", self.bootstrap, rin, n, keys])
+        by_key = dict(os.environ, COUNT_APP_BY_KEY="1")
+        written = self.work / f"{app}-written"
+        self.run_until(f"{label}: changelog", [BIN / "count-app", app, rin, out, written, self.bootstrap], out, n,
+                       self.work / f"{app}-written.log", by_key, 3600)
+        shutil.rmtree(written, ignore_errors=True)
         plain = run([BIN / "bench-read", self.bootstrap, cl])
+        changes = int(kv(plain.stdout, "records"))
+        if changes != n:
+            raise RuntimeError(f"{label}: the changelog holds {changes} records, not {n}")
         self.record(f"{label}: ceiling", seconds=float(kv(plain.stdout, "seconds")), rate=n / float(kv(plain.stdout, "seconds")))
         state = self.work / app
         self.last_restore_state = state
         logf = self.work / f"{app}.log"
-        topic(f"{app}-out", 1)
-        p = subprocess.Popen([str(BIN / "count-app"), app, rin, f"{app}-out", str(state), self.bootstrap],
-                             stdout=open(logf, "w"), stderr=subprocess.STDOUT)
+        p = subprocess.Popen([str(BIN / "count-app"), app, rin, out, str(state), self.bootstrap],
+                             stdout=open(logf, "w"), stderr=subprocess.STDOUT, env=by_key)
         deadline = time.time() + 600
         restored = []
         while time.time() < deadline and p.poll() is None:
             text = logf.read_text() if logf.exists() else ""
-            restored = re.findall(r"restored read=(\d+) changelog_records=(\d+) seconds=\"?([0-9.]+)\"? full=\w+ task=1_", text)
+            restored = re.findall(r"restored read=(\d+) changelog_records=(\d+) seconds=\"?([0-9.]+)\"? full=\w+ task=0_\S* applied=(\d+)", text)
             if len(restored) >= 4:
                 break
             time.sleep(0.2)
@@ -462,21 +481,19 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         if len(restored) < 4:
             raise RuntimeError(f"our restore did not finish (log {logf})")
         read = sum(int(r[0]) for r in restored)
+        applied = sum(int(r[3]) for r in restored)
+        if applied != n:
+            raise RuntimeError(f"{label}: our restore applied {applied} of {n} changes (log {logf})")
         secs = max(float(r[2]) for r in restored)  # tasks restore together
         self.record(f"{label}: ours", seconds=secs, rate=read / secs, records=read, rss_mib=rss, cpu_s=cpu,
                     disk_mib=disk_mib(state))
         if self.args.skip_kstreams:
             return
-        # Kafka Streams: store "counts" restores from <app>-counts-changelog
-        app = f"bench-rk-{uuid.uuid4().hex[:8]}"
-        rin, cl = f"{app}-in", f"{app}-counts-changelog"
-        topic(rin, 4)
-        topic(cl, 4, "cleanup.policy=compact")
-        run([BIN / "bench-fill", self.bootstrap, cl, n, keys])
         cp = f"{KS_DIR / 'target' / 'kstreams-bench-1.jar'}:{KS_DIR / 'target' / 'lib'}/*"
-        out = run(["java", "-cp", cp, "bench.Main", "restore", self.bootstrap, app, rin, "-", "-", "0", self.work / app], timeout=1800)
-        secs = float(kv(out.stdout, "seconds"))
-        read = int(kv(out.stdout, "read"))
+        ks_out = run(["java", "-cp", cp, "bench.Main", "restore", self.bootstrap, app, rin, "-", "-", "0",
+                      self.work / f"{app}-kstreams"], timeout=1800)
+        secs = float(kv(ks_out.stdout, "seconds"))
+        read = int(kv(ks_out.stdout, "read"))
         self.record(f"{label}: kstreams", seconds=secs, rate=read / secs, records=read)
 
     def keys_section(self):
@@ -525,7 +542,7 @@ topology on Kafka Streams (`groupByKey().count()`, cache off), over
 {", ".join(f"{k:,}" for k in a.key_counts)} distinct keys (the larger of
 {a.users:,} and the key count records, from `bench-fill`); then restores of
 changelogs of {", ".join(f"{n:,}" for n in a.key_restores)} records (a tenth as many
-keys). `StreamsConfig::state_cache_bytes` (`--state-cache-mib` on the tutorial
+keys), each written by `count-app` as in the restore rows. `StreamsConfig::state_cache_bytes` (`--state-cache-mib` on the tutorial
 programs, default 16 MiB per instance) sets sled's `cache_capacity`, which bounds
 the cached page data (counted at its size on disk; about three times that in
 memory). sled also keeps bookkeeping in memory for every page of a tree, cached or
@@ -704,7 +721,10 @@ machine, in one run; and restoring a count store from its changelog.
   emitted, default JVM settings (`tests/bench/kstreams`).
 - Both frameworks ended with {'equal' if equal else 'DIFFERENT'} counts (a digest of the latest count per company).
 - Restore: a changelog of {a.restore_records:,} records over {a.restore_keys:,} keys in 4 partitions,
-  restored into an empty state directory; the framework's own restore time. The
+  written by a counting application (one change per input record, each with the
+  framework's `sx.src` mark, the input committed), restored into an empty state
+  directory; the framework's own restore time. Kafka Streams restores the same
+  topic (the same application id and store name). The
   **restore ceiling** is a plain rdkafka consumer reading the changelog and doing
   nothing with the records, the fastest of three reads: with the restore consumer's
   own settings one record per poll, the same a batch at a time (as restore reads),

@@ -172,7 +172,10 @@ fn decode(mut bytes: &[u8], into: &mut Vec<(String, Vec<u8>)>) -> Option<usize> 
         };
         // librdkafka keeps a name NUL-terminated: it ends at a NUL.
         let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        put(into, n, &String::from_utf8_lossy(&name[..end]), value);
+        match std::str::from_utf8(&name[..end]) {
+            Ok(name) => put(into, n, name, value),
+            Err(_) => put(into, n, &String::from_utf8_lossy(&name[..end]), value),
+        }
     }
     Some(count)
 }

@@ -627,7 +627,8 @@ impl ChangelogReader {
         let id = job.entry.task.id();
         let read: u64 = job.progress.iter().map(|p| p.read).sum();
         let seconds = job.started.elapsed().as_secs_f64();
-        tracing::info!(read, changelog_records = job.changelog_records, seconds = format!("{seconds:.2}"), full = job.full, task = %id, "restored");
+        let counts = job.entry.task.metrics();
+        tracing::info!(read, changelog_records = job.changelog_records, seconds = format!("{seconds:.2}"), full = job.full, task = %id, applied = counts.restored, skipped = counts.restore_skipped, "restored");
         self.status.record_restore(RestoreRecord {
             task: id,
             full: job.full,

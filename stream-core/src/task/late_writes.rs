@@ -143,7 +143,11 @@ impl LateWriteGuard {
         }
         let a = self.hash_a.hash_one((store, key)) | 1;
         let at = a as usize & (self.slots.len() - 1);
-        crate::store::prefetch(self.slots[at..].as_ptr().cast::<u8>());
+        let first = self.slots[at..].as_ptr().cast::<u8>();
+        crate::store::prefetch(first);
+        // A slot of 24 bytes may straddle two lines, and a probe often
+        // runs into the next one.
+        crate::store::prefetch(first.wrapping_add(64));
     }
 
     /// Whether the change to `key` of `store` from input `src` is late

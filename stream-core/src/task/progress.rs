@@ -258,7 +258,12 @@ impl Progress {
     /// The restore filter: whether a changelog record with these headers
     /// is applied (its input was committed, or it names no input).
     pub(crate) fn admits(&self, headers: &[(String, Vec<u8>)]) -> bool {
-        match SourceMark::find(headers) {
+        self.admits_mark(SourceMark::find(headers).as_ref())
+    }
+
+    /// [`admits`](Self::admits) for a record's decoded `sx.src` mark.
+    pub(crate) fn admits_mark(&self, src: Option<&SourceMark<'_>>) -> bool {
+        match src {
             Some(src) => {
                 let limit = lookup(&self.restore_limits, src.topic, src.partition).unwrap_or(0);
                 src.offset < limit
@@ -267,10 +272,10 @@ impl Progress {
         }
     }
 
-    /// A restored change carried an upstream mark: the repartition record
-    /// behind it was applied.
-    pub(crate) fn restored_mark(&mut self, headers: &[(String, Vec<u8>)]) {
-        let (Some(up), Some(src)) = (UpstreamMark::find(headers), SourceMark::find(headers)) else {
+    /// A restored change from input `src` carried an upstream mark (in
+    /// `headers`): the repartition record behind it was applied.
+    pub(crate) fn restored_mark(&mut self, headers: &[(String, Vec<u8>)], src: &SourceMark<'_>) {
+        let Some(up) = UpstreamMark::find(headers) else {
             return;
         };
         let seen = self

@@ -130,7 +130,13 @@ impl Task {
         // all of it processed: its records need no marks (and may carry
         // another application's).
         let source = self.out.is_source(store);
-        if !source && !self.progress.admits(headers) {
+        // Decoded once: the filter, the guard and the dedup marks read it.
+        let mark = if source {
+            None
+        } else {
+            SourceMark::find(headers)
+        };
+        if !source && !self.progress.admits_mark(mark.as_ref()) {
             self.restore_skipped += 1;
             return false;
         }
@@ -148,12 +154,10 @@ impl Task {
             self.restore_skipped += 1;
             return false;
         };
-        if !source {
-            if let Some(src) = SourceMark::find(headers) {
-                if self.late_writes.is_late(store, &k, &src) {
-                    self.restore_skipped += 1;
-                    return false;
-                }
+        if let Some(src) = &mark {
+            if self.late_writes.is_late(store, &k, src) {
+                self.restore_skipped += 1;
+                return false;
             }
         }
         if let Some(companion) = self.lineage.get(store).copied().flatten() {
@@ -167,8 +171,8 @@ impl Task {
             }
         }
         self.stores.apply_restored(store, &k, v.as_deref());
-        if !source {
-            self.progress.restored_mark(headers);
+        if let Some(src) = &mark {
+            self.progress.restored_mark(headers, src);
         }
         // Changelog records carry the stream time of their change.
         self.progress.observe(timestamp);

@@ -1,6 +1,7 @@
-//! Writes a synthetic count changelog: `N` records over `KEYS` keys
-//! (`key-<i>` → 8-byte big-endian count), keyed and partitioned like the
-//! Java client. Prints `records=N seconds=S`.
+//! Writes `N` records over `KEYS` keys (`key-<i>` → 8-byte big-endian
+//! count), keyed and partitioned like the Java client: the input of the
+//! benchmark's key-scaling and restore rows (whose changelogs `count-app`
+//! writes from it). Prints `records=N seconds=S`.
 //!
 //! `bench-fill BOOTSTRAP TOPIC N KEYS`
 
