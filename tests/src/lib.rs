@@ -398,6 +398,59 @@ pub fn proc_status_kib(field: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
+/// A finished restore as the runtime logs it (`restored read=N
+/// changelog_records=M seconds=S full=F task=T applied=A skipped=K`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreLine {
+    /// The task (`1_0`).
+    pub task: String,
+    /// Changelog records read.
+    pub read: u64,
+    /// Records between the changelog partitions' start and end offsets.
+    pub changelog_records: u64,
+    /// Records applied to the stores.
+    pub applied: u64,
+    /// Records read but skipped (not committed, another application's,
+    /// or written late).
+    pub skipped: u64,
+}
+
+/// The value of `name=` in a log line (quotes removed).
+pub fn log_field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    let value = line[at..].split_whitespace().next()?;
+    Some(value.trim_matches('"'))
+}
+
+/// Every finished restore logged in `log`, in order (none if the log
+/// cannot be read yet).
+pub fn restores_logged(log: &std::path::Path) -> Vec<RestoreLine> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("restored read="))
+        .filter_map(|l| {
+            let number = |name| log_field(l, name)?.parse().ok();
+            Some(RestoreLine {
+                task: log_field(l, "task")?.to_string(),
+                read: l.split("restored read=").nth(1)?.split_whitespace().next()?.parse().ok()?,
+                changelog_records: number("changelog_records")?,
+                applied: number("applied")?,
+                skipped: number("skipped")?,
+            })
+        })
+        .collect()
+}
+
+/// `(read, changelog records)` summed over `restores` after the first
+/// `skip` (the restores of a first start, which read whole changelogs).
+pub fn restore_totals(restores: &[RestoreLine], skip: usize) -> (u64, u64) {
+    restores
+        .iter()
+        .skip(skip)
+        .fold((0, 0), |a, r| (a.0 + r.read, a.1 + r.changelog_records))
+}
+
 /// A directory under `target/test-logs` for a test's log files.
 pub fn log_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");

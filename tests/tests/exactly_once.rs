@@ -150,31 +150,6 @@ fn wait_final(s: &Setup, secs: u64) -> (BTreeMap<String, i64>, BTreeMap<String, 
     (expected, seqs)
 }
 
-fn restore_reads(log: &Path) -> Vec<(u64, u64)> {
-    // "restored read=N changelog_records=M" lines, in order
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let read = l
-                .split("restored read=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?;
-            let total = l
-                .split("changelog_records=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?;
-            Some((read, total))
-        })
-        .collect()
-}
-
 fn crash_loop(
     guarantee: &str,
     kills: usize,
@@ -234,11 +209,8 @@ async fn should_commit_each_count_exactly_once_through_a_sigkill_loop() {
         );
     }
     // With the state directory intact, restarts read only the changelog's tail.
-    let reads = restore_reads(&log);
-    let (read, total): (u64, u64) = reads
-        .iter()
-        .skip(4)
-        .fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
+    let reads = restores_logged(&log);
+    let (read, total) = restore_totals(&reads, 4);
     assert!(
         reads.len() > 4 && total > 0,
         "restores were logged: {reads:?}"
@@ -253,7 +225,7 @@ async fn should_commit_each_count_exactly_once_through_a_sigkill_loop() {
         reads.len() - 4
     );
     assert!(
-        reads.iter().skip(4).all(|(r, t)| r <= t),
+        reads.iter().skip(4).all(|r| r.read <= r.changelog_records),
         "no restart read more than its changelog: {reads:?}"
     );
     eprintln!(
@@ -326,7 +298,7 @@ async fn paused_zombie(
     let mut feeder = feed(&s, 12_000, 1_000);
     let mut a = watchlist(&s, sa.path(), guarantee, None, &log_a);
     assert!(
-        wait_until(Duration::from_secs(60), || restore_reads(&log_a).len() >= 4),
+        wait_until(Duration::from_secs(60), || restores_logged(&log_a).len() >= 4),
         "A started"
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -334,7 +306,7 @@ async fn paused_zombie(
     let mut b = watchlist(&s, sb.path(), guarantee, None, &log_b);
     // A's session expires and B takes every partition over.
     assert!(
-        wait_until(Duration::from_secs(90), || restore_reads(&log_b).len() >= 4),
+        wait_until(Duration::from_secs(90), || restores_logged(&log_b).len() >= 4),
         "B took the partitions over ({logs})"
     );
     signal(&a, libc::SIGCONT);

@@ -63,30 +63,6 @@ impl OwnCluster {
     }
 }
 
-/// `(task, records read)` of every restore logged in `log`.
-fn restores(log: &Path) -> Vec<(String, u64)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let read = l
-                .split("restored read=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?;
-            let task = l
-                .split(" task=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some((task, read))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_count_exactly_with_three_instances_coming_and_going() {
     let (app, input, output) = (unique("scale3"), unique("words"), unique("counts"));
@@ -164,10 +140,10 @@ async fn should_count_exactly_with_three_instances_coming_and_going() {
     }
     println!("events: {}", events.join(", "));
     for (i, log) in logs.iter().enumerate() {
-        let r: Vec<String> = restores(log)
+        let r: Vec<String> = restores_logged(log)
             .iter()
-            .filter(|(t, _)| t.starts_with("1_"))
-            .map(|(t, n)| format!("{t}:{n}"))
+            .filter(|r| r.task.starts_with("1_"))
+            .map(|r| format!("{}:{}", r.task, r.read))
             .collect();
         println!(
             "instance {i} restores (task:changelog records read): {}",

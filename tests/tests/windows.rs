@@ -150,23 +150,6 @@ fn last(f: &BTreeMap<WindowKey, Vec<i64>>) -> BTreeMap<WindowKey, i64> {
         .collect()
 }
 
-/// `(read, changelog records)` of every logged restore.
-fn restore_reads(log: &Path) -> Vec<(u64, u64)> {
-    let field = |l: &str, name: &str| -> Option<u64> {
-        l.split(name)
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| Some((field(l, "restored read=")?, field(l, "changelog_records=")?)))
-        .collect()
-}
-
 struct Run {
     expected: BTreeMap<WindowKey, i64>,
     finals: BTreeMap<WindowKey, Vec<i64>>,
@@ -183,7 +166,7 @@ fn crash_loop(guarantee: &str, kills: usize) -> Run {
     let mut feeder = feed(&s, 30_000, 1_000);
     let mut app = start(&s, &state, guarantee, &instance, &log);
     assert!(
-        wait_until(Duration::from_secs(90), || !restore_reads(&log).is_empty()),
+        wait_until(Duration::from_secs(90), || !restores_logged(&log).is_empty()),
         "the first instance started (log {})",
         log.display()
     );
@@ -274,11 +257,8 @@ async fn should_write_each_final_window_count_exactly_once_through_a_sigkill_loo
         repeated.iter().take(5).collect::<Vec<_>>(),
         run.log.display()
     );
-    let reads = restore_reads(&run.log);
-    let (read, total) = reads
-        .iter()
-        .skip(4)
-        .fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
+    let reads = restores_logged(&run.log);
+    let (read, total) = restore_totals(&reads, 4);
     assert!(
         reads.len() > 4 && total > 0,
         "restores were logged: {reads:?}"
