@@ -433,7 +433,13 @@ pub fn restores_logged(log: &std::path::Path) -> Vec<RestoreLine> {
             let number = |name| log_field(l, name)?.parse().ok();
             Some(RestoreLine {
                 task: log_field(l, "task")?.to_string(),
-                read: l.split("restored read=").nth(1)?.split_whitespace().next()?.parse().ok()?,
+                read: l
+                    .split("restored read=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?,
                 changelog_records: number("changelog_records")?,
                 applied: number("applied")?,
                 skipped: number("skipped")?,
@@ -819,4 +825,35 @@ pub fn get_json(url: &str) -> (u16, serde_json::Value) {
     let (code, body) = get(url).unwrap_or_else(|| panic!("no answer from {url}"));
     let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {body}"));
     (code, v)
+}
+
+#[cfg(test)]
+mod restore_line_tests {
+    use super::*;
+
+    #[test]
+    fn should_read_every_field_of_a_finished_restore_and_skip_other_lines() {
+        let log = std::env::temp_dir().join(unique("restore-lines"));
+        std::fs::write(
+            &log,
+            "2026-12-05T22:00:00Z  INFO stream_core::runtime::restore: restored read=250 changelog_records=300 seconds=\"0.25\" full=true task=1_3 applied=240 skipped=10\n\
+             2026-12-05T22:00:01Z  INFO stream_core::runtime::restore: restoring read=100\n",
+        )
+        .expect("write the log");
+        let got = restores_logged(&log);
+        let _ = std::fs::remove_file(&log);
+        assert_eq!(
+            got,
+            vec![RestoreLine {
+                task: "1_3".into(),
+                read: 250,
+                changelog_records: 300,
+                applied: 240,
+                skipped: 10,
+            }]
+        );
+        assert_eq!(restore_totals(&got, 0), (250, 300));
+        assert_eq!(restore_totals(&got, 1), (0, 0));
+        assert_eq!(log_field("a seconds=\"0.25\" b", "seconds"), Some("0.25"));
+    }
 }

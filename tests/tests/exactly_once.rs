@@ -298,7 +298,8 @@ async fn paused_zombie(
     let mut feeder = feed(&s, 12_000, 1_000);
     let mut a = watchlist(&s, sa.path(), guarantee, None, &log_a);
     assert!(
-        wait_until(Duration::from_secs(60), || restores_logged(&log_a).len() >= 4),
+        wait_until(Duration::from_secs(60), || restores_logged(&log_a).len()
+            >= 4),
         "A started"
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -306,7 +307,8 @@ async fn paused_zombie(
     let mut b = watchlist(&s, sb.path(), guarantee, None, &log_b);
     // A's session expires and B takes every partition over.
     assert!(
-        wait_until(Duration::from_secs(90), || restores_logged(&log_b).len() >= 4),
+        wait_until(Duration::from_secs(90), || restores_logged(&log_b).len()
+            >= 4),
         "B took the partitions over ({logs})"
     );
     signal(&a, libc::SIGCONT);

@@ -873,7 +873,8 @@ async fn should_keep_a_paused_instances_stale_counts_out_under_at_least_once() {
     let logs = format!("logs {} {}", f.log.display(), log_b.display());
     // A's session expires (10 s) and B restores all four tasks.
     assert!(
-        wait_until(Duration::from_secs(90), || restores_logged(&log_b).len() >= 4),
+        wait_until(Duration::from_secs(90), || restores_logged(&log_b).len()
+            >= 4),
         "B took every task over ({logs})"
     );
     assert_counts(&f.output, &expected, "B's counts", &log_b);

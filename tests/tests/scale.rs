@@ -2,7 +2,7 @@
 //! a broker of a three-node cluster dying mid-run.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 

@@ -166,7 +166,8 @@ fn crash_loop(guarantee: &str, kills: usize) -> Run {
     let mut feeder = feed(&s, 30_000, 1_000);
     let mut app = start(&s, &state, guarantee, &instance, &log);
     assert!(
-        wait_until(Duration::from_secs(90), || !restores_logged(&log).is_empty()),
+        wait_until(Duration::from_secs(90), || !restores_logged(&log)
+            .is_empty()),
         "the first instance started (log {})",
         log.display()
     );
