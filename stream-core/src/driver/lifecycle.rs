@@ -172,7 +172,7 @@ impl TestDriver {
             task.restore_progress(&t.topic, t.partition, end);
         }
         if let Err(e) = task
-            .flush_restore()
+            .finish_restore()
             .and_then(|_| task.init().map_err(to_store_error))
         {
             panic!("restore of {id} failed: {e}");

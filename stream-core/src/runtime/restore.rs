@@ -322,14 +322,26 @@ impl Job {
 
     /// Writes what was restored and how far, so that a restart resumes here.
     fn flush(&mut self) -> Result<(), RuntimeError> {
+        self.record_progress();
+        self.entry.task.flush_restore()?;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// The last [`flush`](Self::flush) of a finished restore, processing
+    /// next.
+    fn finish(&mut self) -> Result<(), RuntimeError> {
+        self.record_progress();
+        self.entry.task.finish_restore()?;
+        Ok(())
+    }
+
+    fn record_progress(&mut self) {
         for p in &self.progress {
             self.entry
                 .task
                 .restore_progress(&p.topic, p.partition, p.position);
         }
-        self.entry.task.flush_restore()?;
-        self.last_flush = Instant::now();
-        Ok(())
     }
 }
 
@@ -622,7 +634,7 @@ impl ChangelogReader {
 
     /// A restored task: final write, init, status; handed back.
     fn finish(&mut self, mut job: Job) -> Result<Entry, RuntimeError> {
-        job.flush()?;
+        job.finish()?;
         job.entry.task.init()?;
         let id = job.entry.task.id();
         let read: u64 = job.progress.iter().map(|p| p.read).sum();

@@ -28,7 +28,9 @@ mod buckets;
 pub mod global;
 mod memory;
 mod restored;
-pub(crate) use restored::prefetch;
+pub(crate) use restored::Mark;
+#[cfg(test)]
+pub(crate) use restored::RestoredEntries;
 mod sled_backend;
 pub mod window;
 
@@ -183,6 +185,34 @@ impl StoreSet {
         if let Some(l) = self.layers.get_mut(idx) {
             l.restored.apply(key, value);
         }
+    }
+
+    /// [`apply_restored`](Self::apply_restored) for a change marked
+    /// `mark`, unless it is older than `key`'s last change from the same
+    /// input partition (see `RestoredEntries::apply_marked`; `before`
+    /// gives the key's last mark from before the buffer was last emptied).
+    /// Returns whether it was applied.
+    pub(crate) fn apply_restored_marked(
+        &mut self,
+        idx: usize,
+        key: &[u8],
+        value: Option<&[u8]>,
+        mark: Mark,
+        before: impl FnOnce() -> Option<Mark>,
+    ) -> bool {
+        match self.layers.get_mut(idx) {
+            Some(l) => l.restored.apply_marked(key, value, mark, before),
+            None => true,
+        }
+    }
+
+    /// Every restored entry not yet handed to the backend that holds a
+    /// marked change: `(store, key, mark)`.
+    pub(crate) fn restored_marks(&self) -> impl Iterator<Item = (usize, &[u8], Mark)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| l.restored.marks().map(move |(k, m)| (i, k, m)))
     }
 
     /// Hints that a change read by restore for `key` comes soon (see

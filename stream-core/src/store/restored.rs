@@ -23,6 +23,13 @@
 //! records over a million keys this cut the time spent in lookups by about
 //! a third.
 //!
+//! Each entry also holds the [`Mark`] of its latest change (the input
+//! partition and offset behind it), in 12 bytes in front of its key, where
+//! the key's comparison reads anyway: restore's late-change guard
+//! (`task/late_writes.rs`) decides on it in the same lookup that applies
+//! the change ([`RestoredEntries::apply_marked`]), instead of a table of
+//! its own that would cost every record another wait for memory.
+//!
 //! A value replaced by a longer one moves (key and value written anew at
 //! the end of the last chunk, the old bytes left unused); a shorter one or
 //! a tombstone overwrites in place. [`RestoredEntries::bytes`] counts every
@@ -43,9 +50,43 @@ const DELETED: u32 = u32::MAX;
 /// Slots of the first table; it doubles when three quarters are taken.
 const FIRST_SLOTS: usize = 64;
 
-/// One slot of the table: `key_len` bytes of key at `pos` in chunk
-/// `chunk`, followed by `value_cap` bytes of which the first `value_len`
-/// are the value. `tag` is the low 32 bits of the key's hash (never 0);
+/// Bytes of an entry's [`Mark`] in front of its key: the source (4) and
+/// the offset (8), little-endian.
+const MARK_BYTES: usize = 12;
+
+/// The change behind an entry's latest value: an input partition (an
+/// index the caller keeps, [`Mark::NONE`] for a change that names none)
+/// and the offset of the input record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// The input partition's index; [`Mark::NONE`]: no input named.
+    pub(crate) source: u32,
+    /// The input record's offset.
+    pub(crate) offset: i64,
+}
+
+impl Mark {
+    /// The source of a change that names no input.
+    pub(crate) const NONE: u32 = u32::MAX;
+
+    /// No input named.
+    pub(crate) const fn none() -> Self {
+        Mark {
+            source: Self::NONE,
+            offset: -1,
+        }
+    }
+
+    /// Whether a change marked `self` is older than one marked `last`
+    /// from the same input partition.
+    pub(crate) fn is_older_than(&self, last: &Mark) -> bool {
+        self.source != Self::NONE && self.source == last.source && self.offset < last.offset
+    }
+}
+
+/// One slot of the table: the entry's [`Mark`] at `pos` in chunk
+/// `chunk`, then `key_len` bytes of key, followed by `value_cap` bytes of
+/// which the first `value_len` are the value. `tag` is the low 32 bits of the key's hash (never 0);
 /// 0 marks a free slot.
 #[derive(Clone, Copy, Default)]
 struct Slot {
@@ -72,8 +113,25 @@ pub(crate) struct RestoredEntries {
 }
 
 impl RestoredEntries {
-    /// Records `value` (`None`: deleted) as `key`'s latest.
+    /// Records `value` (`None`: deleted) as `key`'s latest, a change that
+    /// names no input.
     pub(crate) fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.apply_marked(key, value, Mark::none(), || None);
+    }
+
+    /// Records `value` (`None`: deleted) as `key`'s latest unless the
+    /// change, marked `mark`, is older than the key's last one from the
+    /// same input partition ([`Mark::is_older_than`]); returns whether it
+    /// was recorded. For a key not held, `before` gives its last mark from
+    /// before this map was last emptied, if known. A change that names no
+    /// input is always recorded and leaves the key's mark as it was.
+    pub(crate) fn apply_marked(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        mark: Mark,
+        before: impl FnOnce() -> Option<Mark>,
+    ) -> bool {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
@@ -81,21 +139,61 @@ impl RestoredEntries {
         let i = match self.find(tag, key) {
             Ok(i) => i,
             Err(free) => {
-                self.slots[free] = store(&mut self.chunks, &mut self.used, tag, key, value);
+                let mut kept = mark;
+                if mark.source != Mark::NONE {
+                    if let Some(last) = before() {
+                        if mark.is_older_than(&last) {
+                            return false;
+                        }
+                    }
+                } else if let Some(last) = before() {
+                    kept = last;
+                }
+                self.slots[free] = store(&mut self.chunks, &mut self.used, tag, kept, key, value);
                 self.len += 1;
-                return;
+                return true;
             }
         };
-        let slot = &mut self.slots[i];
-        match value {
-            None => slot.value_len = DELETED,
-            Some(v) if v.len() <= slot.value_cap as usize => {
-                let at = slot.pos as usize + slot.key_len as usize;
-                self.chunks[slot.chunk as usize][at..at + v.len()].copy_from_slice(v);
-                slot.value_len = v.len() as u32;
-            }
-            Some(_) => *slot = store(&mut self.chunks, &mut self.used, tag, key, value),
+        let slot = self.slots[i];
+        let last = mark_of(&self.chunks, &slot);
+        if mark.is_older_than(&last) {
+            return false;
         }
+        let kept = if mark.source == Mark::NONE {
+            last
+        } else {
+            mark
+        };
+        match value {
+            Some(v) if v.len() > slot.value_cap as usize => {
+                self.slots[i] = store(&mut self.chunks, &mut self.used, tag, kept, key, value);
+            }
+            _ => {
+                let chunk = &mut self.chunks[slot.chunk as usize];
+                let at = slot.pos as usize;
+                chunk[at..at + 4].copy_from_slice(&kept.source.to_le_bytes());
+                chunk[at + 4..at + MARK_BYTES].copy_from_slice(&kept.offset.to_le_bytes());
+                let slot = &mut self.slots[i];
+                match value {
+                    None => slot.value_len = DELETED,
+                    Some(v) => {
+                        let at = at + MARK_BYTES + slot.key_len as usize;
+                        chunk[at..at + v.len()].copy_from_slice(v);
+                        slot.value_len = v.len() as u32;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Every key that holds a marked change, with its mark.
+    pub(crate) fn marks(&self) -> impl Iterator<Item = (&[u8], Mark)> {
+        self.slots
+            .iter()
+            .filter(|s| s.tag != 0)
+            .map(|s| (key_of(&self.chunks, s), mark_of(&self.chunks, s)))
+            .filter(|(_, m)| m.source != Mark::NONE)
     }
 
     /// Asks the processor to bring the slots where `key`'s lookup starts
@@ -226,7 +324,7 @@ impl RestoredEntries {
 
 /// A hint to bring the cache line at `p` closer; never faults.
 #[inline]
-pub(crate) fn prefetch(p: *const u8) {
+fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch reads nothing and never faults, whatever the
     // address.
@@ -237,17 +335,18 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// Writes `key` and `value` at the end of the last chunk (a new one if
-/// they do not fit) and returns the slot that says where.
+/// Writes `mark`, `key` and `value` at the end of the last chunk (a new
+/// one if they do not fit) and returns the slot that says where.
 fn store(
     chunks: &mut Vec<Vec<u8>>,
     used: &mut usize,
     tag: u32,
+    mark: Mark,
     key: &[u8],
     value: Option<&[u8]>,
 ) -> Slot {
     let value_len = value.map_or(0, <[u8]>::len);
-    let need = key.len() + value_len;
+    let need = MARK_BYTES + key.len() + value_len;
     let fits = chunks
         .last()
         .is_some_and(|c| c.capacity() - c.len() >= need);
@@ -257,6 +356,8 @@ fn store(
     let chunk = chunks.len() - 1;
     let c = &mut chunks[chunk];
     let pos = c.len();
+    c.extend_from_slice(&mark.source.to_le_bytes());
+    c.extend_from_slice(&mark.offset.to_le_bytes());
     c.extend_from_slice(key);
     if let Some(v) = value {
         c.extend_from_slice(v);
@@ -282,9 +383,23 @@ fn prefix(key: &[u8]) -> u128 {
     u128::from_be_bytes(b)
 }
 
+/// The mark of `s`.
+fn mark_of(chunks: &[Vec<u8>], s: &Slot) -> Mark {
+    let at = s.pos as usize;
+    let b = &chunks[s.chunk as usize][at..at + MARK_BYTES];
+    let mut source = [0u8; 4];
+    let mut offset = [0u8; 8];
+    source.copy_from_slice(&b[..4]);
+    offset.copy_from_slice(&b[4..]);
+    Mark {
+        source: u32::from_le_bytes(source),
+        offset: i64::from_le_bytes(offset),
+    }
+}
+
 /// The key bytes of `s`.
 fn key_of<'a>(chunks: &'a [Vec<u8>], s: &Slot) -> &'a [u8] {
-    let at = s.pos as usize;
+    let at = s.pos as usize + MARK_BYTES;
     &chunks[s.chunk as usize][at..at + s.key_len as usize]
 }
 
@@ -293,7 +408,7 @@ fn value_of<'a>(chunks: &'a [Vec<u8>], s: &Slot) -> Option<&'a [u8]> {
     if s.value_len == DELETED {
         return None;
     }
-    let at = s.pos as usize + s.key_len as usize;
+    let at = s.pos as usize + MARK_BYTES + s.key_len as usize;
     Some(&chunks[s.chunk as usize][at..at + s.value_len as usize])
 }
 
@@ -372,6 +487,62 @@ mod tests {
         let sorted: Vec<Vec<u8>> = r.take_sorted().into_iter().map(|(k, _)| k).collect();
         keys.sort();
         assert_eq!(sorted, keys);
+    }
+
+    #[test]
+    fn should_keep_each_keys_last_mark_through_moves_and_deletes() {
+        let mut r = RestoredEntries::default();
+        let m = |offset| Mark { source: 0, offset };
+        assert!(r.apply_marked(b"k", Some(b"1"), m(10), || None));
+        let moved = b"a value longer than the first, so it moves";
+        assert!(r.apply_marked(b"k", Some(moved), m(20), || None));
+        assert!(!r.apply_marked(b"k", Some(b"2"), m(15), || None), "older");
+        assert_eq!(r.get(b"k"), Some(Some(&moved[..])));
+        assert!(r.apply_marked(b"k", None, m(30), || None));
+        assert!(
+            !r.apply_marked(b"k", Some(b"3"), m(25), || None),
+            "older than the delete"
+        );
+        assert_eq!(r.get(b"k"), Some(None));
+        let other = Mark {
+            source: 1,
+            offset: 1,
+        };
+        assert!(
+            r.apply_marked(b"k", Some(b"4"), other, || None),
+            "another partition"
+        );
+        r.apply(b"k", Some(b"5"));
+        assert_eq!(r.get(b"k"), Some(Some(&b"5"[..])));
+        assert_eq!(
+            r.marks().collect::<Vec<_>>(),
+            vec![(&b"k"[..], other)],
+            "unchanged by a change naming no input"
+        );
+        // A key not held: what was known before decides.
+        let known = Mark {
+            source: 1,
+            offset: 9,
+        };
+        assert!(!r.apply_marked(
+            b"gone",
+            Some(b"x"),
+            Mark {
+                source: 1,
+                offset: 5
+            },
+            || Some(known)
+        ));
+        assert_eq!(r.get(b"gone"), None);
+        r.apply_marked(b"back", Some(b"y"), Mark::none(), || Some(known));
+        assert_eq!(
+            r.marks()
+                .filter(|(k, _)| *k == b"back")
+                .map(|(_, m)| m)
+                .next(),
+            Some(known)
+        );
+        assert_eq!(r.take_sorted().len(), 2);
     }
 
     #[test]

@@ -39,15 +39,28 @@
 //! local state: one restore, carried on by the next restore of the task
 //! on the same instance when nothing but restoring touched the state in
 //! between (a standby closed and then assigned the task, a restore
-//! abandoned and taken up again: [`HandedOver`]). It remembers at most
-//! [`MAX_TRACKED_KEYS`] keys per task (about 786,000, in 24 MiB); past
-//! that, new keys are applied unchecked.
+//! abandoned and taken up again: [`HandedOver`]).
+//!
+//! Where it keeps that: each key's last change rides with the key's entry
+//! in the restore's buffer (`store/restored.rs`, [`Mark`]), so the check
+//! costs no lookup of its own. When the buffer is written to the store
+//! and emptied before the restore ends (every 30 seconds, or when the
+//! restore's buffers reach their memory budget, and before a hand-over),
+//! the marks move here, into a table of key fingerprints ([`remember`]),
+//! which the buffer asks about a key it no longer holds ([`before`]). That
+//! table remembers at most [`MAX_TRACKED_KEYS`] keys per task (about
+//! 786,000, in 24 MiB); past that, keys it does not know are applied
+//! unchecked once the buffer has let them go.
+//!
+//! [`remember`]: LateWriteGuard::remember
+//! [`before`]: LateWriteGuard::before
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
 use super::headers::SourceMark;
 use crate::coordinates::TopicPartition;
+use crate::store::Mark;
 
 /// The most keys the guard remembers per task: three quarters of a table
 /// of 2^20 slots of 24 bytes (24 MiB).
@@ -84,15 +97,13 @@ impl Source {
     }
 }
 
-/// Per store and key: the input partition and offset of the last change
-/// applied during the current restore.
+/// The input partitions changes name (with their floors), and per store
+/// and key the last change applied during the current restore that the
+/// restore's buffer no longer holds.
 ///
-/// Restore calls it for every changelog record that names its input, so
-/// it is built like the restore's buffer (`store/restored.rs`): keys are
-/// not kept, only fingerprints, in one array of slots (open addressing,
-/// linear probing); nothing is allocated per key, and the restorer
-/// prefetches a record's slot a few records ahead
-/// ([`prefetch`](Self::prefetch)).
+/// Its table is built like the restore's buffer (`store/restored.rs`):
+/// keys are not kept, only fingerprints, in one array of slots (open
+/// addressing, linear probing); nothing is allocated per key.
 #[derive(Default)]
 pub(crate) struct LateWriteGuard {
     /// Input partitions seen, indexed by [`Slot::source`].
@@ -135,36 +146,58 @@ impl LateWriteGuard {
         }
     }
 
-    /// Hints that a change to `key` of `store` will be checked soon, so
-    /// that its slot does not wait for memory then. Changes nothing.
-    pub(crate) fn prefetch(&self, store: usize, key: &[u8]) {
-        if self.slots.is_empty() {
-            return;
-        }
-        let a = self.hash_a.hash_one((store, key)) | 1;
-        let at = a as usize & (self.slots.len() - 1);
-        let first = self.slots[at..].as_ptr().cast::<u8>();
-        crate::store::prefetch(first);
-        // A slot of 24 bytes may straddle two lines, and a probe often
-        // runs into the next one.
-        crate::store::prefetch(first.wrapping_add(64));
-    }
-
-    /// Whether the change to `key` of `store` from input `src` is late
-    /// (skip it); if not, remembers it as the key's last change.
-    pub(crate) fn is_late(&mut self, store: usize, key: &[u8], src: &SourceMark<'_>) -> bool {
+    /// The mark a change from input `src` carries into the restore's
+    /// buffer, or `None` if it is late already: its input lies before the
+    /// floor of its input partition (counted as skipped). A change of a
+    /// punctuation (offset below 0) names no input.
+    pub(crate) fn mark(&mut self, src: &SourceMark<'_>) -> Option<Mark> {
         if src.offset < 0 {
-            return false;
+            return Some(Mark::none());
         }
         let source = self.source_index(src.topic, src.partition);
         if src.offset < self.sources[source as usize].floor {
             self.skipped += 1;
-            return true;
+            return None;
         }
+        Some(Mark {
+            source,
+            offset: src.offset,
+        })
+    }
+
+    /// A change the restore's buffer found older than its key's last one:
+    /// counted as skipped.
+    pub(crate) fn count_late(&mut self) {
+        self.skipped += 1;
+    }
+
+    /// The last mark remembered for `key` of `store`, if any.
+    pub(crate) fn before(&self, store: usize, key: &[u8]) -> Option<Mark> {
+        if self.len == 0 {
+            return None;
+        }
+        let (a, b) = self.fingerprint(store, key);
+        let slot = &self.slots[self.find(a, b)];
+        (slot.a != 0).then_some(Mark {
+            source: slot.source,
+            offset: slot.offset,
+        })
+    }
+
+    /// Remembers `mark` as the last change of `key` of `store` (the
+    /// restore's buffer lets the key go). Once the table is full only
+    /// keys it knows are updated.
+    pub(crate) fn remember(&mut self, store: usize, key: &[u8], mark: Mark) {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             if self.len >= MAX_TRACKED_KEYS {
-                // Full: keys already known are still checked.
-                return self.check_known(store, key, source, src.offset);
+                let (a, b) = self.fingerprint(store, key);
+                let i = self.find(a, b);
+                let slot = &mut self.slots[i];
+                if slot.a != 0 {
+                    slot.source = mark.source;
+                    slot.offset = mark.offset;
+                }
+                return;
             }
             self.grow();
         }
@@ -172,39 +205,14 @@ impl LateWriteGuard {
         let i = self.find(a, b);
         let slot = &mut self.slots[i];
         if slot.a == 0 {
-            *slot = Slot {
-                a,
-                b,
-                offset: src.offset,
-                source,
-            };
             self.len += 1;
-            return false;
         }
-        if slot.source == source && src.offset < slot.offset {
-            self.skipped += 1;
-            return true;
-        }
-        slot.source = source;
-        slot.offset = src.offset;
-        false
-    }
-
-    /// [`is_late`](Self::is_late) for a full table: remembers nothing new.
-    fn check_known(&mut self, store: usize, key: &[u8], source: u32, offset: i64) -> bool {
-        let (a, b) = self.fingerprint(store, key);
-        let i = self.find(a, b);
-        let slot = &mut self.slots[i];
-        if slot.a == 0 {
-            return false;
-        }
-        if slot.source == source && offset < slot.offset {
-            self.skipped += 1;
-            return true;
-        }
-        slot.source = source;
-        slot.offset = offset;
-        false
+        *slot = Slot {
+            a,
+            b,
+            offset: mark.offset,
+            source: mark.source,
+        };
     }
 
     /// How many changes were skipped since the last call.
@@ -276,6 +284,7 @@ pub struct HandedOver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RestoredEntries;
 
     fn src(topic: &str, partition: i32, offset: i64) -> SourceMark<'_> {
         SourceMark {
@@ -285,74 +294,163 @@ mod tests {
         }
     }
 
+    /// The check as `Task::restore_record` runs it: the guard, and the
+    /// restore's buffer of each store.
+    #[derive(Default)]
+    struct Restore {
+        guard: LateWriteGuard,
+        buffers: [RestoredEntries; 2],
+    }
+
+    impl Restore {
+        /// Whether the change is skipped as late (if not, it is applied).
+        fn is_late(&mut self, store: usize, key: &[u8], src: &SourceMark<'_>) -> bool {
+            let Some(mark) = self.guard.mark(src) else {
+                return true;
+            };
+            let guard = &self.guard;
+            let applied = self.buffers[store]
+                .apply_marked(key, Some(b"v"), mark, || guard.before(store, key));
+            if !applied {
+                self.guard.count_late();
+            }
+            !applied
+        }
+
+        /// The buffers are written and emptied (as a flush in the middle of
+        /// a restore does): their marks move to the guard.
+        fn drain(&mut self) {
+            let Restore { guard, buffers } = self;
+            for (store, b) in buffers.iter_mut().enumerate() {
+                for (key, mark) in b.marks() {
+                    guard.remember(store, key, mark);
+                }
+                b.clear();
+            }
+        }
+    }
+
     #[test]
     fn should_skip_a_change_older_than_the_keys_last_one_from_the_same_partition() {
-        let mut g = LateWriteGuard::default();
-        assert!(!g.is_late(0, b"k", &src("in", 0, 100)));
-        assert!(!g.is_late(0, b"k", &src("in", 0, 200)), "newer");
-        assert!(g.is_late(0, b"k", &src("in", 0, 130)), "a late write");
+        let mut r = Restore::default();
+        assert!(!r.is_late(0, b"k", &src("in", 0, 100)));
+        assert!(!r.is_late(0, b"k", &src("in", 0, 200)), "newer");
+        assert!(r.is_late(0, b"k", &src("in", 0, 130)), "a late write");
         assert!(
-            !g.is_late(0, b"k", &src("in", 0, 200)),
+            !r.is_late(0, b"k", &src("in", 0, 200)),
             "the same input again"
         );
-        assert!(!g.is_late(0, b"k", &src("in", 0, 210)));
-        assert_eq!(g.take_skipped(), 1);
-        assert_eq!(g.take_skipped(), 0);
+        assert!(!r.is_late(0, b"k", &src("in", 0, 210)));
+        assert_eq!(r.guard.take_skipped(), 1);
+        assert_eq!(r.guard.take_skipped(), 0);
     }
 
     #[test]
     fn should_compare_only_the_same_key_store_and_input_partition() {
-        let mut g = LateWriteGuard::default();
-        assert!(!g.is_late(0, b"k", &src("in", 0, 200)));
-        assert!(!g.is_late(0, b"other", &src("in", 0, 10)), "another key");
-        assert!(!g.is_late(1, b"k", &src("in", 0, 10)), "another store");
-        assert!(!g.is_late(0, b"k", &src("in", 1, 10)), "another partition");
+        let mut r = Restore::default();
+        assert!(!r.is_late(0, b"k", &src("in", 0, 200)));
+        assert!(!r.is_late(0, b"other", &src("in", 0, 10)), "another key");
+        assert!(!r.is_late(1, b"k", &src("in", 0, 10)), "another store");
+        assert!(!r.is_late(0, b"k", &src("in", 1, 10)), "another partition");
         assert!(
-            !g.is_late(0, b"k", &src("in", 0, 5)),
+            !r.is_late(0, b"k", &src("in", 0, 5)),
             "the key's last change came from partition 1"
         );
-        assert!(!g.is_late(0, b"k", &src("other", 0, 1)), "another topic");
+        assert!(!r.is_late(0, b"k", &src("other", 0, 1)), "another topic");
+    }
+
+    #[test]
+    fn should_remember_the_last_changes_of_keys_the_buffer_let_go() {
+        let mut r = Restore::default();
+        for i in 0..5_000i64 {
+            assert!(!r.is_late(0, &i.to_be_bytes(), &src("in", 0, 1_000 + i)));
+        }
+        assert!(!r.is_late(1, b"k", &src("in", 1, 50)));
+        r.drain();
+        assert!(
+            r.is_late(0, &7i64.to_be_bytes(), &src("in", 0, 5)),
+            "late after the drain"
+        );
+        assert!(
+            r.is_late(1, b"k", &src("in", 1, 49)),
+            "the other store's key too"
+        );
+        assert!(
+            !r.is_late(0, &8i64.to_be_bytes(), &src("in", 0, 2_000)),
+            "newer"
+        );
+        assert!(
+            r.is_late(0, &8i64.to_be_bytes(), &src("in", 0, 1_500)),
+            "now held by the buffer"
+        );
+        r.drain();
+        assert!(
+            r.is_late(0, &8i64.to_be_bytes(), &src("in", 0, 1_500)),
+            "the newer mark replaced the remembered one"
+        );
+        assert!(!r.is_late(0, b"new", &src("in", 0, 1)), "a key never seen");
+        assert_eq!(r.guard.take_skipped(), 4);
+    }
+
+    #[test]
+    fn should_keep_a_remembered_mark_through_a_change_that_names_no_input() {
+        let mut r = Restore::default();
+        assert!(!r.is_late(0, b"k", &src("in", 0, 200)));
+        r.drain();
+        assert!(
+            !r.is_late(0, b"k", &src("", 0, -1)),
+            "a punctuation's change"
+        );
+        assert!(r.is_late(0, b"k", &src("in", 0, 100)), "the mark held on");
     }
 
     #[test]
     fn should_skip_changes_of_input_before_a_processed_checkpoint() {
-        let mut g = LateWriteGuard::default();
+        let mut r = Restore::default();
         let positions = [(TopicPartition::new("in", 0), 500)].into();
-        g.set_floor(&positions);
+        r.guard.set_floor(&positions);
         assert!(
-            g.is_late(0, b"k", &src("in", 0, 130)),
+            r.is_late(0, b"k", &src("in", 0, 130)),
             "before the checkpoint"
         );
-        assert!(!g.is_late(0, b"k", &src("in", 0, 500)), "at it");
-        assert!(!g.is_late(0, b"j", &src("in", 1, 130)), "another partition");
-        assert_eq!(g.take_skipped(), 1);
-        g.clear();
-        assert!(!g.is_late(0, b"k", &src("in", 0, 130)), "cleared");
+        assert!(!r.is_late(0, b"k", &src("in", 0, 500)), "at it");
+        assert!(!r.is_late(0, b"j", &src("in", 1, 130)), "another partition");
+        assert_eq!(r.guard.take_skipped(), 1);
+        r.guard.clear();
+        r.buffers[0].clear();
+        assert!(!r.is_late(0, b"k", &src("in", 0, 130)), "cleared");
     }
 
     #[test]
-    fn should_keep_checking_known_keys_once_full_and_apply_new_ones() {
+    fn should_keep_updating_known_keys_once_full_and_forget_new_ones() {
         let mut g = LateWriteGuard::default();
+        let mark = |offset| Mark { source: 0, offset };
         for i in 0..MAX_TRACKED_KEYS as i64 {
-            assert!(!g.is_late(0, &i.to_be_bytes(), &src("in", 0, 1_000 + i)));
+            g.remember(0, &i.to_be_bytes(), mark(1_000 + i));
         }
         let known = 7i64.to_be_bytes();
-        assert!(g.is_late(0, &known, &src("in", 0, 5)), "a known key, late");
+        g.remember(0, &known, mark(9_000_000));
+        assert_eq!(
+            g.before(0, &known),
+            Some(mark(9_000_000)),
+            "a known key, updated"
+        );
         let new = (-1i64).to_be_bytes();
-        assert!(!g.is_late(0, &new, &src("in", 0, 5_000_000)));
-        assert!(!g.is_late(0, &new, &src("in", 0, 5)), "not remembered");
+        g.remember(0, &new, mark(5));
+        assert_eq!(g.before(0, &new), None, "not remembered");
     }
 
     #[test]
     fn should_apply_changes_of_punctuations_and_forget_everything_when_cleared() {
-        let mut g = LateWriteGuard::default();
-        assert!(!g.is_late(0, b"k", &src("in", 0, 200)));
+        let mut r = Restore::default();
+        assert!(!r.is_late(0, b"k", &src("in", 0, 200)));
         assert!(
-            !g.is_late(0, b"k", &src("", 0, -1)),
+            !r.is_late(0, b"k", &src("", 0, -1)),
             "a punctuation's change"
         );
-        assert!(g.is_late(0, b"k", &src("in", 0, 100)));
-        g.clear();
-        assert!(!g.is_late(0, b"k", &src("in", 0, 100)));
+        assert!(r.is_late(0, b"k", &src("in", 0, 100)));
+        r.drain();
+        r.guard.clear();
+        assert!(!r.is_late(0, b"k", &src("in", 0, 100)));
     }
 }

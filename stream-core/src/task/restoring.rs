@@ -154,11 +154,32 @@ impl Task {
             self.restore_skipped += 1;
             return false;
         };
-        if let Some(src) = &mark {
-            if self.late_writes.is_late(store, &k, src) {
-                self.restore_skipped += 1;
-                return false;
+        // Changes written late are skipped (`late_writes`); the restore's
+        // buffer holds each key's last mark and decides as it applies.
+        let applied = match &mark {
+            None => {
+                self.stores.apply_restored(store, &k, v.as_deref());
+                true
             }
+            Some(src) => match self.late_writes.mark(src) {
+                None => false,
+                Some(m) => {
+                    let guard = &self.late_writes;
+                    let applied =
+                        self.stores
+                            .apply_restored_marked(store, &k, v.as_deref(), m, || {
+                                guard.before(store, &k)
+                            });
+                    if !applied {
+                        self.late_writes.count_late();
+                    }
+                    applied
+                }
+            },
+        };
+        if !applied {
+            self.restore_skipped += 1;
+            return false;
         }
         if let Some(companion) = self.lineage.get(store).copied().flatten() {
             let list = match &v {
@@ -170,7 +191,6 @@ impl Task {
                 self.stores.apply_restored(companion, &k, list);
             }
         }
-        self.stores.apply_restored(store, &k, v.as_deref());
         if let Some(src) = &mark {
             self.progress.restored_mark(headers, src);
         }
@@ -186,11 +206,7 @@ impl Task {
     /// that keep the record's own key are hinted; changes nothing.
     pub fn prefetch_restore(&self, store: usize, key: Option<&[u8]>) {
         if self.out.codec(store).is_none() {
-            let key = key.unwrap_or(&[]);
-            self.stores.prefetch_restored(store, key);
-            if !self.out.is_source(store) {
-                self.late_writes.prefetch(store, key);
-            }
+            self.stores.prefetch_restored(store, key.unwrap_or(&[]));
         }
     }
 
@@ -224,8 +240,24 @@ impl Task {
     }
 
     /// Writes restored state and the restore position durably, so that an
-    /// interrupted restore resumes here.
+    /// interrupted restore resumes here; the late-change guard remembers
+    /// the last change of every key written (the restore goes on, or hands
+    /// the guard over).
     pub fn flush_restore(&mut self) -> Result<(), StoreError> {
+        let (stores, guard) = (&self.stores, &mut self.late_writes);
+        for (store, key, mark) in stores.restored_marks() {
+            guard.remember(store, key, mark);
+        }
+        self.write_restored()
+    }
+
+    /// [`flush_restore`](Self::flush_restore) at the end of a restore,
+    /// when processing follows ([`init`](Self::init) forgets the guard).
+    pub fn finish_restore(&mut self) -> Result<(), StoreError> {
+        self.write_restored()
+    }
+
+    fn write_restored(&mut self) -> Result<(), StoreError> {
         let cp = self.progress.checkpoint();
         self.stores.commit_restored(&cp)?;
         self.progress.committed(cp);
