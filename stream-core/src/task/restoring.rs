@@ -136,7 +136,7 @@ impl Task {
         } else {
             SourceMark::find(headers)
         };
-        if !source && !self.progress.admits_mark(mark.as_ref()) {
+        if !self.progress.admits_mark(mark.as_ref()) {
             self.restore_skipped += 1;
             return false;
         }
