@@ -82,12 +82,29 @@ impl Mark {
     pub(crate) fn is_older_than(&self, last: &Mark) -> bool {
         self.source != Self::NONE && self.source == last.source && self.offset < last.offset
     }
+
+    /// The mark a key keeps after a change marked `self`, its last one
+    /// being `last`: `None` if the change is older (skip it); a change
+    /// that names no input keeps the last mark.
+    fn after(self, last: Option<Mark>) -> Option<Mark> {
+        match last {
+            Some(last) if self.is_older_than(&last) => None,
+            Some(last) if self.source == Self::NONE => Some(last),
+            _ => Some(self),
+        }
+    }
+
+    /// Writes the mark's [`MARK_BYTES`] to `to`.
+    fn write(&self, to: &mut [u8]) {
+        to[..4].copy_from_slice(&self.source.to_le_bytes());
+        to[4..MARK_BYTES].copy_from_slice(&self.offset.to_le_bytes());
+    }
 }
 
 /// One slot of the table: the entry's [`Mark`] at `pos` in chunk
 /// `chunk`, then `key_len` bytes of key, followed by `value_cap` bytes of
-/// which the first `value_len` are the value. `tag` is the low 32 bits of the key's hash (never 0);
-/// 0 marks a free slot.
+/// which the first `value_len` are the value. `tag` is the low 32 bits
+/// of the key's hash (never 0); 0 marks a free slot.
 #[derive(Clone, Copy, Default)]
 struct Slot {
     tag: u32,
@@ -139,30 +156,17 @@ impl RestoredEntries {
         let i = match self.find(tag, key) {
             Ok(i) => i,
             Err(free) => {
-                let mut kept = mark;
-                if mark.source != Mark::NONE {
-                    if let Some(last) = before() {
-                        if mark.is_older_than(&last) {
-                            return false;
-                        }
-                    }
-                } else if let Some(last) = before() {
-                    kept = last;
-                }
+                let Some(kept) = mark.after(before()) else {
+                    return false;
+                };
                 self.slots[free] = store(&mut self.chunks, &mut self.used, tag, kept, key, value);
                 self.len += 1;
                 return true;
             }
         };
         let slot = self.slots[i];
-        let last = mark_of(&self.chunks, &slot);
-        if mark.is_older_than(&last) {
+        let Some(kept) = mark.after(Some(mark_of(&self.chunks, &slot))) else {
             return false;
-        }
-        let kept = if mark.source == Mark::NONE {
-            last
-        } else {
-            mark
         };
         match value {
             Some(v) if v.len() > slot.value_cap as usize => {
@@ -171,8 +175,7 @@ impl RestoredEntries {
             _ => {
                 let chunk = &mut self.chunks[slot.chunk as usize];
                 let at = slot.pos as usize;
-                chunk[at..at + 4].copy_from_slice(&kept.source.to_le_bytes());
-                chunk[at + 4..at + MARK_BYTES].copy_from_slice(&kept.offset.to_le_bytes());
+                kept.write(&mut chunk[at..at + MARK_BYTES]);
                 let slot = &mut self.slots[i];
                 match value {
                     None => slot.value_len = DELETED,
@@ -356,8 +359,8 @@ fn store(
     let chunk = chunks.len() - 1;
     let c = &mut chunks[chunk];
     let pos = c.len();
-    c.extend_from_slice(&mark.source.to_le_bytes());
-    c.extend_from_slice(&mark.offset.to_le_bytes());
+    c.extend_from_slice(&[0; MARK_BYTES]);
+    mark.write(&mut c[pos..pos + MARK_BYTES]);
     c.extend_from_slice(key);
     if let Some(v) = value {
         c.extend_from_slice(v);
