@@ -726,9 +726,11 @@ machine, in one run; and restoring a count store from its changelog.
   directory; the framework's own restore time. Kafka Streams restores the same
   topic (the same application id and store name). The
   **restore ceiling** is a plain rdkafka consumer reading the changelog and doing
-  nothing with the records, the fastest of three reads: with the restore consumer's
+  nothing with the records, the fastest of four reads: with the restore consumer's
   own settings one record per poll, the same a batch at a time (as restore reads),
-  and with librdkafka's full prefetch queue and larger fetches (`bench-read`).
+  with the settings restore read with before (a smaller prefetch, bigger fetches)
+  a batch at a time, and with librdkafka's full prefetch queue and larger fetches
+  (`bench-read`).
 
 {table}
 

@@ -172,10 +172,23 @@ fn decode(mut bytes: &[u8], into: &mut Vec<(String, Vec<u8>)>) -> Option<usize> 
         };
         // librdkafka keeps a name NUL-terminated: it ends at a NUL.
         let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        match std::str::from_utf8(&name[..end]) {
-            Ok(name) => put(into, n, name, value),
-            Err(_) => put(into, n, &String::from_utf8_lossy(&name[..end]), value),
+        let name = &name[..end];
+        if n == into.len() {
+            into.push((String::new(), Vec::new()));
         }
+        let (k, v) = &mut into[n];
+        // Records of one topic mostly carry the same names in the same
+        // order: a name equal to the one already in place is kept, without
+        // checking it as UTF-8 again.
+        if k.as_bytes() != name {
+            k.clear();
+            match std::str::from_utf8(name) {
+                Ok(name) => k.push_str(name),
+                Err(_) => k.push_str(&String::from_utf8_lossy(name)),
+            }
+        }
+        v.clear();
+        v.extend_from_slice(value);
     }
     Some(count)
 }
@@ -352,6 +365,31 @@ mod tests {
         let mut minus = Vec::new();
         zigzag(-3, &mut minus);
         assert_eq!(decode(&minus, &mut into), Some(0));
+    }
+
+    #[test]
+    fn should_keep_a_repeated_name_and_replace_a_changed_one() {
+        let mut into = Vec::new();
+        assert_eq!(decode(&raw(&[(b"sx.src", Some(b"1"))]), &mut into), Some(1));
+        // The same name again keeps its string; the value is new.
+        assert_eq!(decode(&raw(&[(b"sx.src", Some(b"2"))]), &mut into), Some(1));
+        assert_eq!(
+            (into[0].0.as_str(), into[0].1.as_slice()),
+            ("sx.src", &b"2"[..])
+        );
+        // A name of the same length but other bytes replaces it.
+        assert_eq!(decode(&raw(&[(b"sx.dst", Some(b"3"))]), &mut into), Some(1));
+        assert_eq!(into[0].0, "sx.dst");
+        // A name that is not UTF-8 is copied lossily, also after a name
+        // whose bytes equal its lossy form's.
+        into[0].0 = "a\u{fffd}".to_string();
+        assert_eq!(decode(&raw(&[(b"a\xff", Some(b"4"))]), &mut into), Some(1));
+        assert_eq!(into[0].0, "a\u{fffd}");
+        // A name cut at a NUL, as librdkafka keeps names.
+        assert_eq!(decode(&raw(&[(b"ab\0c", None)]), &mut into), Some(1));
+        assert_eq!(into[0].0, "ab");
+        assert_eq!(decode(&raw(&[(b"ab", None)]), &mut into), Some(1));
+        assert_eq!(into[0].0, "ab");
     }
 
     #[test]

@@ -640,7 +640,7 @@ impl ChangelogReader {
         let read: u64 = job.progress.iter().map(|p| p.read).sum();
         let seconds = job.started.elapsed().as_secs_f64();
         let counts = job.entry.task.metrics();
-        tracing::info!(read, changelog_records = job.changelog_records, seconds = format!("{seconds:.2}"), full = job.full, task = %id, applied = counts.restored, skipped = counts.restore_skipped, "restored");
+        tracing::info!(read, changelog_records = job.changelog_records, seconds = format!("{seconds:.3}"), full = job.full, task = %id, applied = counts.restored, skipped = counts.restore_skipped, "restored");
         self.status.record_restore(RestoreRecord {
             task: id,
             full: job.full,
@@ -703,7 +703,8 @@ impl ChangelogReader {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Reads changelogs for up to `budget`; returns the tasks restored.
+    /// Reads changelogs for up to `budget`, or until a task's changelogs
+    /// are all read; returns the tasks restored.
     fn step(&mut self, budget: Duration) -> Result<Vec<Entry>, RuntimeError> {
         let until = Instant::now() + budget;
         let mut buf = std::mem::take(&mut self.batch);
@@ -819,7 +820,9 @@ impl ChangelogReader {
                 self.last_progress = Instant::now();
                 read_since_idle = false;
             }
-            if Instant::now() >= until {
+            // A task whose changelogs are all read goes to processing now,
+            // not when the budget runs out.
+            if Instant::now() >= until || self.jobs.iter().any(Job::done) {
                 break;
             }
         }
