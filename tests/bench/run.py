@@ -430,10 +430,11 @@ per instance the curve would go on; here it cannot. Scale-out correctness
                commit_ms, self.work / app, threads]
         self.app_run(self.run_name("kstreams", guarantee, commit_ms, threads), cmd, out_topic)
 
-    def restore(self, n=None, keys=None, label="restore"):
+    def restore(self, n=None, keys=None, label="restore", rounds=1):
         """Restores of an `n`-record changelog over `keys` keys: the
         restore ceiling, ours and Kafka Streams' (rows `<label>: …`), all
-        three reading the same changelog.
+        three reading the same changelog, `rounds` times each in turn
+        (each restore into an empty state directory).
 
         The changelog is written the way an application writes it:
         `count-app` counts an input of `n` records over `keys` keys (by
@@ -458,14 +459,20 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         self.run_until(f"{label}: changelog", [BIN / "count-app", app, rin, out, written, self.bootstrap], out, n,
                        self.work / f"{app}-written.log", by_key, 3600)
         shutil.rmtree(written, ignore_errors=True)
+        for r in range(rounds):
+            self.restore_round(app, n, label, by_key, r)
+
+    def restore_round(self, app, n, label, by_key, r):
+        """One round of `restore`: the ceiling, ours, Kafka Streams."""
+        rin, cl, out = f"{app}-in", f"{app}-counts-changelog", f"{app}-out"
         plain = run([BIN / "bench-read", self.bootstrap, cl])
         changes = int(kv(plain.stdout, "records"))
         if changes != n:
             raise RuntimeError(f"{label}: the changelog holds {changes} records, not {n}")
         self.record(f"{label}: ceiling", seconds=float(kv(plain.stdout, "seconds")), rate=n / float(kv(plain.stdout, "seconds")))
-        state = self.work / app
+        state = self.work / f"{app}-r{r}"
         self.last_restore_state = state
-        logf = self.work / f"{app}.log"
+        logf = self.work / f"{app}-r{r}.log"
         p = subprocess.Popen([str(BIN / "count-app"), app, rin, out, str(state), self.bootstrap],
                              stdout=open(logf, "w"), stderr=subprocess.STDOUT, env=by_key)
         deadline = time.time() + 600
@@ -480,18 +487,22 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         stop(p)
         if len(restored) < 4:
             raise RuntimeError(f"our restore did not finish (log {logf})")
-        read = sum(int(r[0]) for r in restored)
-        applied = sum(int(r[3]) for r in restored)
+        read = sum(int(x[0]) for x in restored)
+        applied = sum(int(x[3]) for x in restored)
         if applied != n:
             raise RuntimeError(f"{label}: our restore applied {applied} of {n} changes (log {logf})")
-        secs = max(float(r[2]) for r in restored)  # tasks restore together
+        secs = max(float(x[2]) for x in restored)  # tasks restore together
         self.record(f"{label}: ours", seconds=secs, rate=read / secs, records=read, rss_mib=rss, cpu_s=cpu,
                     disk_mib=disk_mib(state))
+        if r > 0:
+            shutil.rmtree(state, ignore_errors=True)
         if self.args.skip_kstreams:
             return
         cp = f"{KS_DIR / 'target' / 'kstreams-bench-1.jar'}:{KS_DIR / 'target' / 'lib'}/*"
+        ks_state = self.work / f"{app}-kstreams-r{r}"
         ks_out = run(["java", "-cp", cp, "bench.Main", "restore", self.bootstrap, app, rin, "-", "-", "0",
-                      self.work / f"{app}-kstreams"], timeout=1800)
+                      ks_state], timeout=1800)
+        shutil.rmtree(ks_state, ignore_errors=True)
         secs = float(kv(ks_out.stdout, "seconds"))
         read = int(kv(ks_out.stdout, "read"))
         self.record(f"{label}: kstreams", seconds=secs, rate=read / secs, records=read)
@@ -499,7 +510,8 @@ per instance the curve would go on; here it cannot. Scale-out correctness
     def keys_section(self):
         """How cost grows with the work: counting per key over 10 thousand, 1
         million and 10 million distinct keys (every update emitted), and
-        restoring changelogs of 1 and 10 million records; once each."""
+        restoring changelogs of 1 and 10 million records (the counting once
+        each, the restores `--key-restore-rounds` times)."""
         a = self.args
         for k in a.key_counts:
             n = max(a.users, k)
@@ -528,7 +540,7 @@ per instance the curve would go on; here it cannot. Scale-out correctness
                 self.record(name, seconds=secs, rate=n / secs, records=n, rss_mib=rss, cpu_s=cpu, disk_mib=disk_mib(state))
                 shutil.rmtree(state, ignore_errors=True)
         for r in a.key_restores:
-            self.restore(r, max(r // 10, 1), label=f"keys restore {r:,}")
+            self.restore(r, max(r // 10, 1), label=f"keys restore {r:,}", rounds=a.key_restore_rounds)
 
     def keys_doc(self, keys):
         if not keys:
@@ -536,13 +548,14 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         a = self.args
         return f"""## Key scaling
 
-How cost grows with the work, once each: `count-app` (`COUNT_APP_BY_KEY=1`: count per
+How cost grows with the work, counting once each: `count-app` (`COUNT_APP_BY_KEY=1`: count per
 key, every update to the output topic, at-least-once, 100 ms commits) and the same
 topology on Kafka Streams (`groupByKey().count()`, cache off), over
 {", ".join(f"{k:,}" for k in a.key_counts)} distinct keys (the larger of
 {a.users:,} and the key count records, from `bench-fill`); then restores of
 changelogs of {", ".join(f"{n:,}" for n in a.key_restores)} records (a tenth as many
-keys), each written by `count-app` as in the restore rows. `StreamsConfig::state_cache_bytes` (`--state-cache-mib` on the tutorial
+keys), each written once by `count-app` as in the restore rows and restored
+{a.key_restore_rounds} times by each reader in turn (medians; peak RSS the largest). `StreamsConfig::state_cache_bytes` (`--state-cache-mib` on the tutorial
 programs, default 16 MiB per instance) sets sled's `cache_capacity`, which bounds
 the cached page data (counted at its size on disk; about three times that in
 memory). sled also keeps bookkeeping in memory for every page of a tree, cached or
@@ -569,8 +582,8 @@ directory's size at the end.
                 lines.append(f"| {k:,} | {framework} | {r['records']:,} | {r['seconds']:.2f} | {r['rate']:,.0f} | "
                              f"{r['rss_mib']:,.0f} | {r['cpu_s']:.1f} | {r['disk_mib']:,.0f} |")
         lines.append("")
-        lines.append("| changelog records | restore | seconds | records/s | peak RSS MiB | state on disk MiB | speed ÷ restore ceiling |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| changelog records | restore | median s | min–max s | records/s | peak RSS MiB | state on disk MiB | speed ÷ restore ceiling |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for n in a.key_restores:
             label = f"keys restore {n:,}"
             ceil = self.median(f"{label}: ceiling")
@@ -579,10 +592,12 @@ directory's size at the end.
                 if name not in self.results:
                     continue
                 r = self.results[name][0]
-                rss = f"{r['rss_mib']:,.0f}" if "rss_mib" in r else "–"
+                secs = self.median(name)
+                lo, hi = self.span(name)
+                rss = f"{max(x['rss_mib'] for x in self.results[name]):,.0f}" if "rss_mib" in r else "–"
                 disk = f"{r['disk_mib']:,.0f}" if "disk_mib" in r else "–"
-                vs = f"{ceil / r['seconds']:.2f}" if who != "ceiling" else ""
-                lines.append(f"| {n:,} | {who} | {r['seconds']:.2f} | {r['rate']:,.0f} | {rss} | {disk} | {vs} |")
+                vs = f"{ceil / secs:.2f}" if who != "ceiling" else ""
+                lines.append(f"| {n:,} | {who} | {secs:.2f} | {lo:.2f}–{hi:.2f} | {n / secs:,.0f} | {rss} | {disk} | {vs} |")
         return "\n".join(lines)
 
     def median(self, name, key="seconds"):
@@ -796,6 +811,8 @@ def main():
     ap.add_argument("--join-clicks", type=int, default=1_000_000, help="clicks per join run")
     ap.add_argument("--key-counts", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000],
                     help="distinct keys of the key-scaling rows (records: the larger of --users and the keys)")
+    ap.add_argument("--key-restore-rounds", type=int, default=3,
+                    help="restores of each key-scaling changelog per reader (the changelog is written once)")
     ap.add_argument("--key-restores", type=int, nargs="+", default=[1_000_000, 10_000_000],
                     help="changelog sizes of the key-scaling restore rows (over a tenth as many keys)")
     ap.add_argument("--sections", nargs="+", default=["throughput", "restore", "windows", "joins", "keys"],
