@@ -341,3 +341,73 @@ async fn should_count_exactly_when_a_second_instance_joins_and_leaves() {
     );
     a.stop().await;
 }
+
+/// Members of another kind hold the application's group (a Kafka Streams
+/// application with the same id, or a consumer with another assignment
+/// strategy, here round-robin only): the instance cannot join, says why
+/// instead of blaming the cluster, waits, and counts exactly once they
+/// leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_say_why_it_waits_while_members_of_another_protocol_hold_its_group() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let (app, input, output) = (unique("proto"), unique("proto-in"), unique("proto-out"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let mut cfg = client_config();
+    cfg.set("group.id", &app)
+        .set("partition.assignment.strategy", "roundrobin");
+    let other: BaseConsumer = cfg.create().expect("consumer");
+    other.subscribe(&[input.as_str()]).expect("subscribe");
+    let joined = wait_until(Duration::from_secs(60), || {
+        let _ = other.poll(Duration::from_millis(100));
+        other.assignment().is_ok_and(|a| a.count() > 0)
+    });
+    assert!(joined, "the round-robin consumer joined the group");
+
+    let mut expected = BTreeMap::new();
+    produce_words(&bootstrap(), &input, 500, 20, &mut expected);
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let mut instance = Guard(spawn_count_app(
+        &app,
+        &input,
+        &output,
+        state.path(),
+        &bootstrap(),
+        None,
+        &log,
+    ));
+    let said = wait_until(Duration::from_secs(60), || {
+        let _ = other.poll(Duration::from_millis(100));
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("cannot join the consumer group"))
+    });
+    assert!(
+        said,
+        "the instance named the group's other protocol (log {})",
+        log.display()
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains("waiting for the Kafka cluster"),
+        "the refusal was blamed on the cluster (log {})",
+        log.display()
+    );
+
+    // The other member leaves; the instance joins and counts.
+    drop(other);
+    let mut got = BTreeMap::new();
+    let exact = wait_until(Duration::from_secs(120), || {
+        got = counts_at(&bootstrap(), &output, Duration::from_secs(5));
+        got == expected
+    });
+    let alive = matches!(instance.try_wait(), Ok(None));
+    signal_and_wait(&mut instance, libc::SIGTERM);
+    assert!(alive, "the instance kept running (log {})", log.display());
+    assert!(
+        exact,
+        "after the other member left: {} (log {})",
+        diff_counts(&got, &expected),
+        log.display()
+    );
+}

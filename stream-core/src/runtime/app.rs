@@ -763,14 +763,36 @@ fn consume_error(
         Some(RDKafkaErrorCode::Authentication) => {
             Some(topics::explain_connect_failure(cfg, capture, err))
         }
+        // Members of another kind hold the group; they may leave (a
+        // stopped Kafka Streams instance stays a member until its session
+        // times out), so the instance waits, saying why.
+        Some(RDKafkaErrorCode::InconsistentGroupProtocol) => {
+            if due(last_warning) {
+                tracing::warn!(
+                    group = %cfg.application_id,
+                    strategy = %cfg.assignment_strategy,
+                    "cannot join the consumer group: its members use another protocol or share no assignment strategy with this instance (a Kafka Streams application with the same application id, say, or a consumer with another partition.assignment.strategy); retrying until they leave (a stopped Kafka Streams instance stays a member until its session timeout, 45 s by default)"
+                );
+            }
+            None
+        }
         _ => {
-            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            if due(last_warning) {
                 tracing::warn!(error = %err, "waiting for the Kafka cluster; retrying");
-                *last_warning = Some(std::time::Instant::now());
             }
             None
         }
     }
+}
+
+/// Whether a repeated warning is due (none in the last 5 s); if so, notes
+/// that it is given now.
+fn due(last_warning: &mut Option<std::time::Instant>) -> bool {
+    if last_warning.is_some_and(|t| t.elapsed() <= Duration::from_secs(5)) {
+        return false;
+    }
+    *last_warning = Some(std::time::Instant::now());
+    true
 }
 
 /// How long closing the group consumer may take before the stream thread
