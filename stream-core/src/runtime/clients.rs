@@ -169,6 +169,19 @@ const RESTORE_PARTITION_FETCH_BYTES: &str = "1048576";
 /// the group consumer would leave it idle.
 const RESTORE_FETCH_BACKOFF_MS: &str = "1";
 
+/// How the restore consumer fetches: restores read whole partitions, so no
+/// long-poll at the end, and a prefetch that keeps ahead of the restore
+/// (the constants above). The restore benchmark's ceiling (`bench-read`)
+/// reads with these too.
+pub const RESTORE_FETCH_SETTINGS: &[(&str, &str)] = &[
+    ("fetch.wait.max.ms", "10"),
+    ("max.partition.fetch.bytes", RESTORE_PARTITION_FETCH_BYTES),
+    ("fetch.max.bytes", "16777216"),
+    ("queued.max.messages.kbytes", "32768"),
+    ("queued.min.messages", RESTORE_PREFETCH),
+    ("fetch.queue.backoff.ms", RESTORE_FETCH_BACKOFF_MS),
+];
+
 /// The thread's restore consumer: reads changelogs by assignment, committed
 /// data only, with a deep prefetch.
 pub(crate) fn restore_consumer(
@@ -176,17 +189,12 @@ pub(crate) fn restore_consumer(
     ids: &ThreadIds,
 ) -> Result<BaseConsumer<ErrorCapture>, RuntimeError> {
     let mut rc = cfg.client_config();
+    for (k, v) in RESTORE_FETCH_SETTINGS {
+        rc.set(*k, *v);
+    }
     rc.set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
-        // Restores read whole partitions: no long-poll at the end, and a
-        // prefetch that keeps ahead of the restore (RESTORE_PREFETCH).
-        .set("fetch.wait.max.ms", "10")
-        .set("max.partition.fetch.bytes", RESTORE_PARTITION_FETCH_BYTES)
-        .set("fetch.max.bytes", "16777216")
-        .set("queued.max.messages.kbytes", "32768")
-        .set("queued.min.messages", RESTORE_PREFETCH)
-        .set("fetch.queue.backoff.ms", RESTORE_FETCH_BACKOFF_MS)
         .set("client.id", format!("{}-restore", ids.client_id))
         // librdkafka needs a group id even to assign(); this consumer never
         // joins or commits, and the application's own id needs no extra ACL.

@@ -55,6 +55,7 @@ pub(crate) mod topic_send;
 pub mod topics;
 
 pub use app::{shutdown_signal, KafkaStreams};
+pub use clients::RESTORE_FETCH_SETTINGS;
 pub use config::{
     ProcessingGuarantee, Secret, Security, StreamsConfig, DEFAULT_MAX_BUFFERED_CHANGES,
     DEFAULT_TRANSACTION_TIMEOUT,

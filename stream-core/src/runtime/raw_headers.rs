@@ -172,23 +172,7 @@ fn decode(mut bytes: &[u8], into: &mut Vec<(String, Vec<u8>)>) -> Option<usize> 
         };
         // librdkafka keeps a name NUL-terminated: it ends at a NUL.
         let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        let name = &name[..end];
-        if n == into.len() {
-            into.push((String::new(), Vec::new()));
-        }
-        let (k, v) = &mut into[n];
-        // Records of one topic mostly carry the same names in the same
-        // order: a name equal to the one already in place is kept, without
-        // checking it as UTF-8 again.
-        if k.as_bytes() != name {
-            k.clear();
-            match std::str::from_utf8(name) {
-                Ok(name) => k.push_str(name),
-                Err(_) => k.push_str(&String::from_utf8_lossy(name)),
-            }
-        }
-        v.clear();
-        v.extend_from_slice(value);
+        put(into, n, &name[..end], value);
     }
     Some(count)
 }
@@ -219,15 +203,20 @@ fn take<'a>(bytes: &mut &'a [u8], len: i64) -> Option<&'a [u8]> {
     Some(head)
 }
 
-/// Sets header `n` of `into` to `name` and `value`, reusing the string and
-/// byte buffer already there (`into` holds at least `n` headers).
-fn put(into: &mut Vec<(String, Vec<u8>)>, n: usize, name: &str, value: &[u8]) {
+/// Sets header `n` of `into` to `name` (lossily if it is not UTF-8) and
+/// `value`, reusing the string and byte buffer already there (`into` holds
+/// at least `n` headers). Records of one topic mostly carry the same names
+/// in the same order: a name whose bytes equal the one in place is kept,
+/// without checking it as UTF-8 again.
+fn put(into: &mut Vec<(String, Vec<u8>)>, n: usize, name: &[u8], value: &[u8]) {
     if n == into.len() {
         into.push((String::new(), Vec::new()));
     }
     let (k, v) = &mut into[n];
-    k.clear();
-    k.push_str(name);
+    if k.as_bytes() != name {
+        k.clear();
+        k.push_str(&String::from_utf8_lossy(name));
+    }
     v.clear();
     v.extend_from_slice(value);
 }
@@ -262,7 +251,7 @@ unsafe fn copy_parsed(
         // SAFETY: librdkafka's header names are NUL-terminated.
         let name = unsafe { CStr::from_ptr(name) };
         let value = bytes(value.cast(), size).unwrap_or_default();
-        put(into, n, &name.to_string_lossy(), value);
+        put(into, n, name.to_bytes(), value);
         n += 1;
     }
     n

@@ -27,6 +27,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use stream_core::runtime::batch::{read_batch, BatchBuffer, Batched, BATCH};
+use stream_core::runtime::RESTORE_FETCH_SETTINGS;
 
 /// mimalloc, as in every program of the framework; counting allocations.
 #[global_allocator]
@@ -39,15 +40,9 @@ fn main() {
         std::process::exit(2);
     }
     // The restore consumer's own settings (stream-core's `restore_consumer`).
-    let restore_settings: &[(&str, &str)] = &[
-        ("isolation.level", "read_committed"),
-        ("fetch.wait.max.ms", "10"),
-        ("max.partition.fetch.bytes", "1048576"),
-        ("fetch.max.bytes", "16777216"),
-        ("queued.max.messages.kbytes", "32768"),
-        ("queued.min.messages", "20000"),
-        ("fetch.queue.backoff.ms", "1"),
-    ];
+    let mut restore_settings = vec![("isolation.level", "read_committed")];
+    restore_settings.extend_from_slice(RESTORE_FETCH_SETTINGS);
+    let restore_settings = restore_settings.as_slice();
     let (n, restore_s) = read_all(&args[1], &args[2], restore_settings, false);
     // The same settings, reading batches of records (as restore does).
     let (b, batch_s) = read_all(&args[1], &args[2], restore_settings, true);
