@@ -563,7 +563,8 @@ topology on Kafka Streams (`groupByKey().count()`, cache off), over
 {a.users:,} and the key count records, from `bench-fill`); then restores of
 changelogs of {", ".join(f"{n:,}" for n in a.key_restores)} records (a tenth as many
 keys), each written once by `count-app` as in the restore rows and restored
-{a.key_restore_rounds} times by each reader in turn (medians; peak RSS the largest). `StreamsConfig::state_cache_bytes` (`--state-cache-mib` on the tutorial
+{a.key_restore_rounds} times by the ceiling and ours in turn, then {a.key_restore_rounds} times by Kafka
+Streams (medians; peak RSS the largest). `StreamsConfig::state_cache_bytes` (`--state-cache-mib` on the tutorial
 programs, default 16 MiB per instance) sets sled's `cache_capacity`, which bounds
 the cached page data (counted at its size on disk; about three times that in
 memory). sled also keeps bookkeeping in memory for every page of a tree, cached or
