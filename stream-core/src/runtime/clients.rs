@@ -145,7 +145,8 @@ const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// partition on top of the limit. 256 KiB kept an emit-final run with
 /// 100,000 open windows at 158–168 MiB peak RSS (212–232 MiB with 1 MiB)
 /// and did not slow the watchlist benchmark (25.0 s vs 25.7 s, one run
-/// each). Restores keep big fetches (see `restore_consumer`).
+/// each). Restores fetch up to 1 MiB per partition
+/// (`RESTORE_PARTITION_FETCH_BYTES`).
 const GROUP_FETCH_BYTES: &str = "262144";
 
 /// Records the restore consumer keeps fetched ahead of the restore
