@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
+
+use super::polled_producer::PolledProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
-use super::config::StreamsConfig;
+use super::config::{KafkaClient, StreamsConfig};
 use super::error::RuntimeError;
 use super::producer::{DeliveryState, DeliveryTracker};
 use super::topics::ErrorCapture;
@@ -71,7 +73,7 @@ pub(crate) fn producer(
     ids: &ThreadIds,
     eos: bool,
     delivery: Arc<DeliveryState>,
-) -> Result<ThreadedProducer<DeliveryTracker>, RuntimeError> {
+) -> Result<PolledProducer<DeliveryTracker>, RuntimeError> {
     let mut pc = cfg.client_config();
     // Batches as Kafka Streams' producer does (linger 100 ms); a commit's
     // flush sends at once, so latency is bounded by the commit interval.
@@ -80,9 +82,7 @@ pub(crate) fn producer(
         .set("linger.ms", "100")
         .set("partitioner", "murmur2_random")
         .set("client.id", &ids.client_id);
-    for (k, v) in &cfg.extra {
-        pc.set(k, v);
-    }
+    cfg.apply_extra(&mut pc, KafkaClient::Producer);
     if eos {
         let timeout = cfg.transaction_timeout().map_err(RuntimeError::Config)?;
         pc.set("transactional.id", &ids.transactional_id)
@@ -92,7 +92,7 @@ pub(crate) fn producer(
         let timeout = cfg.delivery_timeout().map_err(RuntimeError::Config)?;
         pc.set("message.timeout.ms", timeout.as_millis().to_string());
     }
-    let producer: ThreadedProducer<DeliveryTracker> = pc
+    let producer: PolledProducer<DeliveryTracker> = pc
         .create_with_context(DeliveryTracker {
             state: delivery,
             capture: ErrorCapture::default(),
@@ -170,12 +170,21 @@ const RESTORE_PARTITION_FETCH_BYTES: &str = "1048576";
 /// the group consumer would leave it idle.
 const RESTORE_FETCH_BACKOFF_MS: &str = "1";
 
-/// How the restore consumer fetches: restores read whole partitions, so no
-/// long-poll at the end, and a prefetch that keeps ahead of the restore
-/// (the constants above). The restore benchmark's ceiling (`bench-read`)
-/// reads with these too.
+/// How long the broker holds a fetch that finds nothing new
+/// (`fetch.wait.max.ms`). A restore always finds records until its end, so
+/// this only paces caught-up standbys: with 10 ms, two idle instances with
+/// standbys fetched 100 times a second each (42 ms of librdkafka's CPU per
+/// 10 s each, and the broker's). A new record still comes back at once;
+/// what waits is a partition assigned while such a fetch is out (a new
+/// restore or standby, or a resumed one): up to this long. Kafka Streams'
+/// restore consumer waits 500 ms (the Java consumer's default).
+const RESTORE_FETCH_WAIT_MS: &str = "100";
+
+/// How the restore consumer fetches: a bounded long-poll, and a prefetch
+/// that keeps ahead of the restore (the constants above). The restore
+/// benchmark's ceiling (`bench-read`) reads with these too.
 pub const RESTORE_FETCH_SETTINGS: &[(&str, &str)] = &[
-    ("fetch.wait.max.ms", "10"),
+    ("fetch.wait.max.ms", RESTORE_FETCH_WAIT_MS),
     ("max.partition.fetch.bytes", RESTORE_PARTITION_FETCH_BYTES),
     ("fetch.max.bytes", "16777216"),
     ("queued.max.messages.kbytes", "32768"),
@@ -189,19 +198,29 @@ pub(crate) fn restore_consumer(
     cfg: &StreamsConfig,
     ids: &ThreadIds,
 ) -> Result<BaseConsumer<ErrorCapture>, RuntimeError> {
+    restore_consumer_config(cfg, ids)
+        .create_with_context(ErrorCapture::default())
+        .map_err(|e| RuntimeError::kafka("create restore consumer", e))
+}
+
+/// Settings of the thread's restore consumer. Its fetch tuning wins over
+/// `extra`'s shared settings, and settings aimed at it
+/// (`restore.consumer.…`, `consumer.…`) win over the tuning; what restore
+/// needs to be correct (committed data only, no commits) is set last.
+fn restore_consumer_config(cfg: &StreamsConfig, ids: &ThreadIds) -> ClientConfig {
     let mut rc = cfg.client_config();
     for (k, v) in RESTORE_FETCH_SETTINGS {
         rc.set(*k, *v);
     }
+    rc.set("client.id", format!("{}-restore", ids.client_id));
+    cfg.apply_aimed_extra(&mut rc, KafkaClient::RestoreConsumer);
     rc.set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
-        .set("client.id", format!("{}-restore", ids.client_id))
         // librdkafka needs a group id even to assign(); this consumer never
         // joins or commits, and the application's own id needs no extra ACL.
         .set("group.id", &cfg.application_id);
-    rc.create_with_context(ErrorCapture::default())
-        .map_err(|e| RuntimeError::kafka("create restore consumer", e))
+    rc
 }
 
 /// Settings of the thread's group consumer (created by the caller with its
@@ -235,8 +254,46 @@ pub(crate) fn group_consumer_config(cfg: &StreamsConfig, ids: &ThreadIds) -> Cli
         // Other instances find this one's HTTP server through the group.
         cc.set("client.id", format!("{}@{server}", ids.client_id));
     }
-    for (k, v) in &cfg.extra {
-        cc.set(k, v);
-    }
+    cfg.apply_extra(&mut cc, KafkaClient::MainConsumer);
     cc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> ThreadIds {
+        ThreadIds {
+            client_id: "app".into(),
+            transactional_id: "app-1".into(),
+            static_id: None,
+        }
+    }
+
+    /// The restore consumer keeps its fetch tuning against a shared
+    /// setting, takes one aimed at it, and keeps reading committed data
+    /// whatever is aimed at it.
+    #[test]
+    fn should_let_settings_aimed_at_the_restore_consumer_change_its_tuning() {
+        let mut cfg = StreamsConfig::new("app", "127.0.0.1:9092");
+        cfg.extra
+            .insert("queued.min.messages".into(), "1000".into());
+        cfg.extra
+            .insert("restore.consumer.fetch.wait.max.ms".into(), "500".into());
+        cfg.extra.insert(
+            "restore.consumer.isolation.level".into(),
+            "read_uncommitted".into(),
+        );
+        cfg.extra
+            .insert("main.consumer.fetch.wait.max.ms".into(), "7".into());
+        let rc = restore_consumer_config(&cfg, &ids());
+        assert_eq!(rc.get("queued.min.messages"), Some(RESTORE_PREFETCH));
+        assert_eq!(rc.get("fetch.wait.max.ms"), Some("500"));
+        assert_eq!(rc.get("isolation.level"), Some("read_committed"));
+
+        let cc = group_consumer_config(&cfg, &ids());
+        assert_eq!(cc.get("queued.min.messages"), Some("1000"));
+        assert_eq!(cc.get("fetch.wait.max.ms"), Some("7"));
+        assert_eq!(cc.get("restore.consumer.fetch.wait.max.ms"), None);
+    }
 }

@@ -178,7 +178,14 @@ pub struct StreamsConfig {
     /// strategies, and a group whose members have no strategy in common
     /// rejects the newcomer with `InconsistentGroupProtocol`).
     pub assignment_strategy: String,
-    /// Extra librdkafka properties passed to every client.
+    /// Extra librdkafka properties. A property without a prefix goes to
+    /// every client; Kafka Streams' prefixes aim one at some clients
+    /// ([`KafkaClient`]): `producer.linger.ms`, `consumer.…` (every
+    /// consumer), `main.consumer.…`, `restore.consumer.…`,
+    /// `global.consumer.…`, `admin.…`. They win over the framework's own
+    /// settings, except that the restore consumer keeps its fetch tuning
+    /// against a property without a prefix (`RESTORE_FETCH_SETTINGS`; aim
+    /// one at it to change those).
     pub extra: BTreeMap<String, String>,
     /// Address of the optional HTTP server (metrics, health, topology,
     /// store queries, status page); `None`: no server.
@@ -287,10 +294,62 @@ impl StreamsConfig {
                 c.set(k, v);
             }
         }
-        for (k, v) in &self.extra {
+        for (k, v) in self.shared_extra() {
             c.set(k, v);
         }
         c
+    }
+
+    /// The settings of [`extra`](Self::extra) for every client: those
+    /// without a client's prefix.
+    pub fn shared_extra(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.extra
+            .iter()
+            .filter(|(k, _)| !KafkaClient::is_aimed(k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The settings of [`extra`](Self::extra) aimed at `client` by a
+    /// prefix, without it: the general prefix's first, then the specific
+    /// one's (which win when both name a setting).
+    pub fn aimed_extra(&self, client: KafkaClient) -> Vec<(&str, &str)> {
+        let mut out = Vec::new();
+        for prefix in client.prefixes() {
+            for (k, v) in &self.extra {
+                if let Some(name) = k.strip_prefix(prefix) {
+                    out.push((name, v.as_str()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets `extra`'s settings for `client` on `c`: the shared ones, then
+    /// those aimed at it. Clients call this after their own settings, so
+    /// the user's win.
+    pub(crate) fn apply_extra(&self, c: &mut ClientConfig, client: KafkaClient) {
+        for (k, v) in self.shared_extra() {
+            c.set(k, v);
+        }
+        self.apply_aimed_extra(c, client);
+    }
+
+    /// Sets only the settings of `extra` aimed at `client` on `c`.
+    pub(crate) fn apply_aimed_extra(&self, c: &mut ClientConfig, client: KafkaClient) {
+        for (k, v) in self.aimed_extra(client) {
+            c.set(k, v);
+        }
+    }
+
+    /// What `client` gets for setting `name` from `extra`: aimed at it,
+    /// else shared; `None` if `extra` does not set it.
+    pub fn extra_setting(&self, client: KafkaClient, name: &str) -> Option<&str> {
+        self.aimed_extra(client)
+            .into_iter()
+            .rev()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+            .or_else(|| self.extra.get(name).map(String::as_str))
     }
 
     /// The producer's `transaction.timeout.ms` under exactly-once: the
@@ -311,7 +370,7 @@ impl StreamsConfig {
     /// restarted one aborts its open transaction at once).
     pub fn transaction_timeout(&self) -> Result<Duration, String> {
         millis_setting(
-            &self.extra,
+            self.extra_setting(KafkaClient::Producer, "transaction.timeout.ms"),
             "transaction.timeout.ms",
             DEFAULT_TRANSACTION_TIMEOUT.max(self.commit_interval * 2),
         )
@@ -320,7 +379,11 @@ impl StreamsConfig {
     /// The group consumer's `session.timeout.ms`: the value set in
     /// [`extra`](Self::extra), else [`DEFAULT_SESSION_TIMEOUT`].
     pub fn session_timeout(&self) -> Result<Duration, String> {
-        millis_setting(&self.extra, "session.timeout.ms", DEFAULT_SESSION_TIMEOUT)
+        millis_setting(
+            self.extra_setting(KafkaClient::MainConsumer, "session.timeout.ms"),
+            "session.timeout.ms",
+            DEFAULT_SESSION_TIMEOUT,
+        )
     }
 
     /// At-least-once: how long the producer holds a record it could not
@@ -342,7 +405,11 @@ impl StreamsConfig {
         let fallback = session
             .saturating_sub(Duration::from_secs(2))
             .max(Duration::from_secs(1));
-        millis_setting(&self.extra, "message.timeout.ms", fallback)
+        millis_setting(
+            self.extra_setting(KafkaClient::Producer, "message.timeout.ms"),
+            "message.timeout.ms",
+            fallback,
+        )
     }
 
     /// Under exactly-once, checks that transactions can outlast the commit
@@ -384,13 +451,64 @@ impl StreamsConfig {
     }
 }
 
-/// A setting of `extra` in milliseconds, or `fallback` when not set.
-fn millis_setting(
-    extra: &BTreeMap<String, String>,
-    name: &str,
-    fallback: Duration,
-) -> Result<Duration, String> {
-    match extra.get(name) {
+/// A Kafka client of an instance, which a setting of
+/// [`StreamsConfig::extra`] can be aimed at with Kafka Streams' prefixes
+/// (`StreamsConfig#producerPrefix` and its siblings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaClient {
+    /// Each stream thread's producer: `producer.`.
+    Producer,
+    /// Each stream thread's consumer of the input, in the application's
+    /// group: `consumer.`, then `main.consumer.`.
+    MainConsumer,
+    /// Each stream thread's reader of changelogs (restores and standbys):
+    /// `consumer.`, then `restore.consumer.`.
+    RestoreConsumer,
+    /// The reader of global tables' topics: `consumer.`, then
+    /// `global.consumer.`.
+    GlobalConsumer,
+    /// The admin client that creates and checks topics (and a reset's):
+    /// `admin.`.
+    Admin,
+}
+
+impl KafkaClient {
+    /// Every prefix, of any client.
+    const ALL_PREFIXES: [&'static str; 6] = [
+        "producer.",
+        "consumer.",
+        "main.consumer.",
+        "restore.consumer.",
+        "global.consumer.",
+        "admin.",
+    ];
+
+    /// The prefixes aimed at this client, the more specific last.
+    ///
+    /// ```
+    /// use stream_core::runtime::KafkaClient;
+    /// assert_eq!(KafkaClient::RestoreConsumer.prefixes(), ["consumer.", "restore.consumer."]);
+    /// ```
+    pub fn prefixes(self) -> &'static [&'static str] {
+        match self {
+            KafkaClient::Producer => &["producer."],
+            KafkaClient::MainConsumer => &["consumer.", "main.consumer."],
+            KafkaClient::RestoreConsumer => &["consumer.", "restore.consumer."],
+            KafkaClient::GlobalConsumer => &["consumer.", "global.consumer."],
+            KafkaClient::Admin => &["admin."],
+        }
+    }
+
+    /// Whether setting `name` is aimed at some client by a prefix.
+    fn is_aimed(name: &str) -> bool {
+        Self::ALL_PREFIXES.iter().any(|p| name.starts_with(p))
+    }
+}
+
+/// `value`, the setting `name`, in milliseconds, or `fallback` when not
+/// set.
+fn millis_setting(value: Option<&str>, name: &str, fallback: Duration) -> Result<Duration, String> {
+    match value {
         Some(v) => v
             .trim()
             .parse::<u64>()
@@ -459,6 +577,65 @@ mod tests {
             .check_transaction_timeout()
             .unwrap_err()
             .contains("`soon`"));
+    }
+
+    /// Settings with a client's prefix reach that client only, without
+    /// the prefix; the specific prefix wins over `consumer.`, and both over
+    /// a shared setting.
+    #[test]
+    fn should_aim_prefixed_settings_at_their_clients() {
+        let mut c = StreamsConfig::new("app", "127.0.0.1:9092");
+        for (k, v) in [
+            ("fetch.wait.max.ms", "5"),
+            ("consumer.fetch.wait.max.ms", "50"),
+            ("restore.consumer.fetch.wait.max.ms", "500"),
+            ("producer.linger.ms", "20"),
+            ("admin.request.timeout.ms", "9000"),
+        ] {
+            c.extra.insert(k.into(), v.into());
+        }
+        let shared = c.client_config();
+        assert_eq!(shared.get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(shared.get("linger.ms"), None);
+        assert_eq!(shared.get("producer.linger.ms"), None);
+        assert_eq!(shared.get("consumer.fetch.wait.max.ms"), None);
+
+        let wait = |client| c.extra_setting(client, "fetch.wait.max.ms");
+        assert_eq!(wait(KafkaClient::RestoreConsumer), Some("500"));
+        assert_eq!(wait(KafkaClient::MainConsumer), Some("50"));
+        assert_eq!(wait(KafkaClient::GlobalConsumer), Some("50"));
+        assert_eq!(wait(KafkaClient::Producer), Some("5"));
+        assert_eq!(
+            c.extra_setting(KafkaClient::Producer, "linger.ms"),
+            Some("20")
+        );
+        assert_eq!(c.extra_setting(KafkaClient::Admin, "linger.ms"), None);
+
+        let mut restore = ClientConfig::new();
+        c.apply_extra(&mut restore, KafkaClient::RestoreConsumer);
+        assert_eq!(restore.get("fetch.wait.max.ms"), Some("500"));
+        assert_eq!(restore.get("request.timeout.ms"), None);
+        let mut admin = ClientConfig::new();
+        c.apply_extra(&mut admin, KafkaClient::Admin);
+        assert_eq!(admin.get("request.timeout.ms"), Some("9000"));
+        assert_eq!(admin.get("fetch.wait.max.ms"), Some("5"));
+    }
+
+    /// The timeouts the framework derives read the setting its client gets.
+    #[test]
+    fn should_read_timeouts_aimed_at_their_client() {
+        let mut c = StreamsConfig::new("app", "127.0.0.1:9092");
+        c.extra
+            .insert("main.consumer.session.timeout.ms".into(), "45000".into());
+        assert_eq!(c.session_timeout(), Ok(Duration::from_secs(45)));
+        assert_eq!(c.delivery_timeout(), Ok(Duration::from_secs(43)));
+        c.extra
+            .insert("producer.message.timeout.ms".into(), "30000".into());
+        assert_eq!(c.delivery_timeout(), Ok(Duration::from_secs(30)));
+        // Aimed at another client: not the group consumer's.
+        c.extra
+            .insert("restore.consumer.session.timeout.ms".into(), "6000".into());
+        assert_eq!(c.session_timeout(), Ok(Duration::from_secs(45)));
     }
 
     #[test]

@@ -710,9 +710,11 @@ impl Engine {
         }
         let policy = self
             .cfg
-            .extra
-            .get("auto.offset.reset")
-            .map_or("earliest", String::as_str);
+            .extra_setting(
+                super::config::KafkaClient::MainConsumer,
+                "auto.offset.reset",
+            )
+            .unwrap_or("earliest");
         let to = if matches!(policy, "latest" | "largest" | "end") {
             high
         } else {

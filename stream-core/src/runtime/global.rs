@@ -115,6 +115,7 @@ pub(crate) fn start(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
+    cfg.apply_aimed_extra(&mut cc, super::config::KafkaClient::GlobalConsumer);
     let consumer: BaseConsumer = cc
         .create()
         .map_err(|e| RuntimeError::kafka("create the global reader", e))?;

@@ -41,6 +41,7 @@ pub(crate) mod log_offsets;
 mod message;
 pub mod ownership;
 pub(crate) mod pause_watch;
+pub(crate) mod polled_producer;
 pub(crate) mod producer;
 pub(crate) mod production;
 pub(crate) mod progress;
@@ -57,8 +58,8 @@ pub mod topics;
 pub use app::{shutdown_signal, KafkaStreams};
 pub use clients::RESTORE_FETCH_SETTINGS;
 pub use config::{
-    ProcessingGuarantee, Secret, Security, StreamsConfig, DEFAULT_MAX_BUFFERED_CHANGES,
-    DEFAULT_TRANSACTION_TIMEOUT,
+    KafkaClient, ProcessingGuarantee, Secret, Security, StreamsConfig,
+    DEFAULT_MAX_BUFFERED_CHANGES, DEFAULT_TRANSACTION_TIMEOUT,
 };
 pub use error::RuntimeError;
 pub use status::{RestoreRecord, RuntimeStatus, TaskState};

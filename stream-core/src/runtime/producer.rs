@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext};
+
+use super::polled_producer::PolledProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -31,7 +33,7 @@ pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Makes a transactional producer (initialized) for a thread.
 pub(crate) type MakeProducer =
-    Box<dyn Fn() -> Result<ThreadedProducer<DeliveryTracker>, RuntimeError> + Send>;
+    Box<dyn Fn() -> Result<PolledProducer<DeliveryTracker>, RuntimeError> + Send>;
 
 /// A fenced producer is replaced at most this many times in a row ...
 const RENEWALS_ALLOWED: u32 = 3;
@@ -290,7 +292,7 @@ impl ProducerContext for DeliveryTracker {
 
 /// Sends an instance's output and owns its producer.
 pub(crate) struct OutputProducer {
-    producer: Arc<ThreadedProducer<DeliveryTracker>>,
+    producer: Arc<PolledProducer<DeliveryTracker>>,
     delivery: Arc<DeliveryState>,
     /// Where dead letters go when the dead-letter topic is unusable.
     dead_letter_file: Option<PathBuf>,
@@ -339,7 +341,7 @@ pub(crate) struct OutputProducer {
 impl OutputProducer {
     /// Wraps `producer` (created with a [`DeliveryTracker`] on `delivery`).
     pub(crate) fn new(
-        producer: ThreadedProducer<DeliveryTracker>,
+        producer: PolledProducer<DeliveryTracker>,
         delivery: Arc<DeliveryState>,
         dead_letter_file: Option<PathBuf>,
         production_errors: PathBuf,
@@ -979,7 +981,7 @@ mod tests {
     /// until purged) and the delivery state it reports to.
     fn unconnected_producer(
         max_bytes: &str,
-    ) -> (Arc<ThreadedProducer<DeliveryTracker>>, Arc<DeliveryState>) {
+    ) -> (Arc<PolledProducer<DeliveryTracker>>, Arc<DeliveryState>) {
         let state = Arc::new(DeliveryState::default());
         let p = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")

@@ -23,7 +23,9 @@ use rdkafka::bindings as rd;
 use rdkafka::bindings::rd_kafka_vtype_t as T;
 use rdkafka::bindings::rd_kafka_vu_s__bindgen_ty_1 as U;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
+
+use super::polled_producer::PolledProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::producer::DeliveryTracker;
@@ -37,7 +39,7 @@ const PARTITION_UNASSIGNED: i32 = -1;
 pub(crate) struct TopicHandles {
     /// Holds the client while the handles live: they are destroyed first
     /// (in `drop`, before the fields), as librdkafka asks.
-    producer: Arc<ThreadedProducer<DeliveryTracker>>,
+    producer: Arc<PolledProducer<DeliveryTracker>>,
     /// Topic name (shared with the records) → handle. A few entries, so a
     /// list; most lookups end at the first pointer comparison.
     topics: Vec<(Arc<str>, NonNull<rd::rd_kafka_topic_t>)>,
@@ -52,7 +54,7 @@ unsafe impl Send for TopicHandles {}
 
 impl TopicHandles {
     /// No handles yet, for `producer`.
-    pub(crate) fn new(producer: Arc<ThreadedProducer<DeliveryTracker>>) -> Self {
+    pub(crate) fn new(producer: Arc<PolledProducer<DeliveryTracker>>) -> Self {
         TopicHandles {
             producer,
             topics: Vec::new(),
