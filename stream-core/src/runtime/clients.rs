@@ -173,8 +173,8 @@ const RESTORE_FETCH_BACKOFF_MS: &str = "1";
 /// How long the broker holds a fetch that finds nothing new
 /// (`fetch.wait.max.ms`). A restore always finds records until its end, so
 /// this only paces caught-up standbys: with 10 ms, two idle instances with
-/// standbys fetched 100 times a second each (42 ms of librdkafka's CPU per
-/// 10 s each, and the broker's). A new record still comes back at once;
+/// standbys fetched 100 times a second each (25–42 ms of librdkafka's CPU
+/// per 10 s each, and the broker's). A new record still comes back at once;
 /// what waits is a partition assigned while such a fetch is out (a new
 /// restore or standby, or a resumed one): up to this long. Kafka Streams'
 /// restore consumer waits 500 ms (the Java consumer's default).

@@ -324,6 +324,14 @@ impl StreamsConfig {
         out
     }
 
+    /// The settings of an admin client: the shared ones and those aimed at
+    /// admin clients.
+    pub(crate) fn admin_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        self.apply_aimed_extra(&mut c, KafkaClient::Admin);
+        c
+    }
+
     /// Sets `extra`'s settings for `client` on `c`: the shared ones, then
     /// those aimed at it. Clients call this after their own settings, so
     /// the user's win.
@@ -473,14 +481,13 @@ pub enum KafkaClient {
 }
 
 impl KafkaClient {
-    /// Every prefix, of any client.
-    const ALL_PREFIXES: [&'static str; 6] = [
-        "producer.",
-        "consumer.",
-        "main.consumer.",
-        "restore.consumer.",
-        "global.consumer.",
-        "admin.",
+    /// Every client.
+    const ALL: [KafkaClient; 5] = [
+        KafkaClient::Producer,
+        KafkaClient::MainConsumer,
+        KafkaClient::RestoreConsumer,
+        KafkaClient::GlobalConsumer,
+        KafkaClient::Admin,
     ];
 
     /// The prefixes aimed at this client, the more specific last.
@@ -501,7 +508,9 @@ impl KafkaClient {
 
     /// Whether setting `name` is aimed at some client by a prefix.
     fn is_aimed(name: &str) -> bool {
-        Self::ALL_PREFIXES.iter().any(|p| name.starts_with(p))
+        Self::ALL
+            .iter()
+            .any(|c| c.prefixes().iter().any(|p| name.starts_with(p)))
     }
 }
 

@@ -114,9 +114,8 @@ impl fmt::Display for ResetPlan {
 }
 
 fn admin(cfg: &StreamsConfig) -> Result<AdminClient<ErrorCapture>, RuntimeError> {
-    let mut c = cfg.client_config();
-    cfg.apply_aimed_extra(&mut c, super::config::KafkaClient::Admin);
-    c.create_with_context(ErrorCapture::default())
+    cfg.admin_config()
+        .create_with_context(ErrorCapture::default())
         .map_err(|e| RuntimeError::Config(format!("cannot create the Kafka admin client: {e}")))
 }
 

@@ -35,9 +35,8 @@ pub const WINDOW_CHANGELOG_EXTRA_MS: i64 = 24 * 60 * 60 * 1000;
 /// Plans and prepares every topic of `topology`.
 pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPlan, RuntimeError> {
     let capture = ErrorCapture::default();
-    let mut admin_config = cfg.client_config();
-    cfg.apply_aimed_extra(&mut admin_config, super::config::KafkaClient::Admin);
-    let admin: AdminClient<ErrorCapture> = admin_config
+    let admin: AdminClient<ErrorCapture> = cfg
+        .admin_config()
         .create_with_context(capture.clone())
         .map_err(|e| RuntimeError::Config(format!("cannot create the Kafka admin client: {e}")))?;
     let app = &cfg.application_id;
