@@ -21,6 +21,8 @@
 #   KAFKA_SSL_KEYSTORE   PKCS12 keystore with the broker's key and certificate:
 #                        adds the SASL_SSL listener (tests generate their own CA)
 #   KAFKA_SSL_KEYSTORE_PASSWORD  its password
+#   KAFKA_AUTO_CREATE_TOPICS     the brokers' auto.create.topics.enable
+#                                (default false, as on the classroom cluster)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -118,7 +120,7 @@ super.users=User:$ADMIN_USER;User:ANONYMOUS
 allow.everyone.if.no.acl.found=false
 log.dirs=$DATA/node$i/logs
 num.partitions=1
-auto.create.topics.enable=false
+auto.create.topics.enable=${KAFKA_AUTO_CREATE_TOPICS:-false}
 default.replication.factor=$rf
 min.insync.replicas=$isr
 offsets.topic.replication.factor=$rf

@@ -411,3 +411,95 @@ async fn should_say_why_it_waits_while_members_of_another_protocol_hold_its_grou
         log.display()
     );
 }
+
+/// The partition count of every topic at `bootstrap` whose name starts
+/// with `prefix`.
+fn topics_at(bootstrap: &str, prefix: &str) -> BTreeMap<String, usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = client_config_at(bootstrap).create().expect("consumer");
+    let md = c
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .filter(|t| t.name().starts_with(prefix))
+        .map(|t| (t.name().to_string(), t.partitions().len()))
+        .collect()
+}
+
+/// A broker that creates a topic a client asks about
+/// (`auto.create.topics.enable`, Kafka's default, though not the
+/// classroom's): the application still creates its internal topics itself,
+/// with the partition counts and configs it planned. librdkafka's admin
+/// client asks for that creation when it looks a topic up, so the lookup
+/// before creating a repartition topic and a changelog used to create
+/// both with the broker's one partition and no compaction: the instance
+/// then failed to deliver to the partitions it expected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_create_its_internal_topics_itself_on_a_broker_that_creates_topics_on_request() {
+    let port = broker_base_port(21_000, 24_000, 1);
+    let data = tempfile::tempdir().unwrap();
+    let env = [
+        ("KAFKA_PORT", port.to_string()),
+        ("KAFKA_DATA_DIR", data.path().display().to_string()),
+        ("KAFKA_AUTO_CREATE_TOPICS", "true".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    kafka_sh_env(&["start"], &env);
+    let bs = format!("127.0.0.1:{port}");
+    let (app, input, output) = (unique("autocreate"), unique("words"), unique("counts"));
+    create_topic_at(&bs, &input, 4, &[]).await;
+    create_topic_at(&bs, &output, 1, &[]).await;
+    let mut expected = BTreeMap::new();
+    produce_words(&bs, &input, 2_000, 50, &mut expected);
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{app}.log"));
+    let mut child = spawn_count_app(&app, &input, &output, state.path(), &bs, None, &log);
+    let mut got = BTreeMap::new();
+    let counted = wait_until(Duration::from_secs(90), || {
+        got = counts_at(&bs, &output, Duration::from_secs(10));
+        got == expected || child.try_wait().is_ok_and(|s| s.is_some())
+    }) && got == expected;
+    let internal = topics_at(&bs, &format!("{app}-"));
+    let changelog = format!("{app}-counts-changelog");
+    let policy = {
+        use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> =
+            client_config_at(&bs).create().expect("admin");
+        admin
+            .describe_configs(
+                [&ResourceSpecifier::Topic(&changelog)],
+                &AdminOptions::new(),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.into_iter().flatten().next())
+            .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()))
+            .unwrap_or_default()
+    };
+    signal_and_wait(&mut child, libc::SIGTERM);
+    kafka_sh_env(&["stop"], &env);
+
+    assert!(
+        counted,
+        "counts: {} (log {})",
+        diff_counts(&got, &expected),
+        log.display()
+    );
+    let repartition: Vec<_> = internal
+        .iter()
+        .filter(|(t, _)| t.ends_with("-repartition"))
+        .collect();
+    assert_eq!(repartition.len(), 1, "internal topics: {internal:?}");
+    assert_eq!(*repartition[0].1, 4, "internal topics: {internal:?}");
+    assert_eq!(
+        internal.get(&changelog),
+        Some(&4),
+        "internal topics: {internal:?}"
+    );
+    assert!(
+        policy.contains("compact"),
+        "changelog cleanup.policy is {policy:?}"
+    );
+}

@@ -8,7 +8,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::runtime::topics::ErrorCapture;
-use crate::runtime::StreamsConfig;
+use crate::runtime::{KafkaClient, StreamsConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,6 +51,7 @@ impl Probe {
     /// so committed offsets are the application's.
     pub fn new(cfg: &StreamsConfig) -> Result<Probe, String> {
         let mut c = cfg.client_config();
+        cfg.apply_aimed_extra(&mut c, KafkaClient::GroupReader);
         c.set("group.id", &cfg.application_id)
             .set("enable.auto.commit", "false")
             .set(

@@ -81,7 +81,12 @@ pub(crate) fn producer(
         .set("acks", "all")
         .set("linger.ms", "100")
         .set("partitioner", "murmur2_random")
-        .set("client.id", &ids.client_id);
+        .set("client.id", &ids.client_id)
+        // librdkafka's producer asks the broker to create a topic it looks
+        // up (Kafka's brokers do by default): a sink deleted under a running
+        // instance would come back with the broker's default partition
+        // count. `producer.allow.auto.create.topics=true` opts back in.
+        .set("allow.auto.create.topics", "false");
     cfg.apply_extra(&mut pc, KafkaClient::Producer);
     if eos {
         let timeout = cfg.transaction_timeout().map_err(RuntimeError::Config)?;

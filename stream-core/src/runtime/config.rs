@@ -325,10 +325,16 @@ impl StreamsConfig {
     }
 
     /// The settings of an admin client: the shared ones and those aimed at
-    /// admin clients.
+    /// admin clients. It never lets a lookup create a topic: librdkafka
+    /// asks the broker to create a missing topic whose metadata an admin
+    /// client requests, and a broker with `auto.create.topics.enable`
+    /// (Kafka's default) then creates the internal topic being checked
+    /// before it is created, with its own default partition count and no
+    /// compaction.
     pub(crate) fn admin_config(&self) -> ClientConfig {
         let mut c = self.client_config();
         self.apply_aimed_extra(&mut c, KafkaClient::Admin);
+        c.set("allow.auto.create.topics", "false");
         c
     }
 
@@ -478,16 +484,22 @@ pub enum KafkaClient {
     /// The admin client that creates and checks topics (and a reset's):
     /// `admin.`.
     Admin,
+    /// A consumer that reads the application's group and the cluster's
+    /// metadata without joining the group: the HTTP status page's lag
+    /// probe, a reset's group client and the connection check at start:
+    /// `consumer.`.
+    GroupReader,
 }
 
 impl KafkaClient {
     /// Every client.
-    const ALL: [KafkaClient; 5] = [
+    const ALL: [KafkaClient; 6] = [
         KafkaClient::Producer,
         KafkaClient::MainConsumer,
         KafkaClient::RestoreConsumer,
         KafkaClient::GlobalConsumer,
         KafkaClient::Admin,
+        KafkaClient::GroupReader,
     ];
 
     /// The prefixes aimed at this client, the more specific last.
@@ -503,6 +515,7 @@ impl KafkaClient {
             KafkaClient::RestoreConsumer => &["consumer.", "restore.consumer."],
             KafkaClient::GlobalConsumer => &["consumer.", "global.consumer."],
             KafkaClient::Admin => &["admin."],
+            KafkaClient::GroupReader => &["consumer."],
         }
     }
 
@@ -530,6 +543,18 @@ fn millis_setting(value: Option<&str>, name: &str, fallback: Duration) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn should_never_let_an_admin_lookup_create_a_topic() {
+        let mut c = StreamsConfig::new("app", "127.0.0.1:9092");
+        for k in ["allow.auto.create.topics", "admin.allow.auto.create.topics"] {
+            c.extra.insert(k.into(), "true".into());
+        }
+        assert_eq!(
+            c.admin_config().get("allow.auto.create.topics"),
+            Some("false")
+        );
+    }
 
     #[test]
     fn should_never_print_the_password() {
@@ -628,6 +653,9 @@ mod tests {
         c.apply_extra(&mut admin, KafkaClient::Admin);
         assert_eq!(admin.get("request.timeout.ms"), Some("9000"));
         assert_eq!(admin.get("fetch.wait.max.ms"), Some("5"));
+        let mut probe = ClientConfig::new();
+        c.apply_extra(&mut probe, KafkaClient::GroupReader);
+        assert_eq!(probe.get("fetch.wait.max.ms"), Some("50"));
     }
 
     /// The timeouts the framework derives read the setting its client gets.

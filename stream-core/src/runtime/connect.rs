@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use super::config::StreamsConfig;
+use super::config::{KafkaClient, StreamsConfig};
 use super::error::RuntimeError;
 
 /// How long a start-time metadata call may take.
@@ -203,8 +203,9 @@ fn wrong_protocol(cfg: &StreamsConfig, used: &str) -> RuntimeError {
 pub fn check_connection(cfg: &StreamsConfig) -> Result<(), RuntimeError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let capture = ErrorCapture::default();
-    let probe: BaseConsumer<ErrorCapture> = cfg
-        .client_config()
+    let mut c = cfg.client_config();
+    cfg.apply_aimed_extra(&mut c, KafkaClient::GroupReader);
+    let probe: BaseConsumer<ErrorCapture> = c
         .create_with_context(capture.clone())
         .map_err(|e| RuntimeError::Config(format!("invalid client settings: {e}")))?;
     let until = std::time::Instant::now() + METADATA_TIMEOUT;

@@ -26,7 +26,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::config::StreamsConfig;
+use super::config::{KafkaClient, StreamsConfig};
 use super::connect::{ErrorCapture, METADATA_TIMEOUT};
 use super::error::RuntimeError;
 use crate::graph::{Changelog, TopicRef, Topology};
@@ -121,6 +121,7 @@ fn admin(cfg: &StreamsConfig) -> Result<AdminClient<ErrorCapture>, RuntimeError>
 
 fn group_client(cfg: &StreamsConfig) -> Result<BaseConsumer<ErrorCapture>, RuntimeError> {
     let mut cc = cfg.client_config();
+    cfg.apply_aimed_extra(&mut cc, KafkaClient::GroupReader);
     cc.set("group.id", &cfg.application_id)
         .set("enable.auto.commit", "false");
     cc.create_with_context(ErrorCapture::default())

@@ -210,16 +210,7 @@ async fn ensure_topic(
     kind: &str,
 ) -> Result<(), RuntimeError> {
     if let Ok(existing) = partitions_of(admin, name, "Write").await {
-        if existing != partitions && kind != "dead-letter" {
-            return Err(RuntimeError::TopicMismatch {
-                topic: name.into(),
-                reason: format!("this {kind} topic exists with {existing} partitions, the topology needs {partitions}"),
-            });
-        }
-        if kind == "changelog" {
-            check_compacted(admin, name).await;
-        }
-        return Ok(());
+        return check_existing(admin, name, existing, partitions, kind).await;
     }
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(rf));
     for (k, v) in configs {
@@ -232,7 +223,16 @@ async fn ensure_topic(
         .map_err(|e| RuntimeError::kafka(format!("create {kind} topic {name}"), e))?;
     for r in results {
         match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => {}
+            // Created since it was looked up: by another instance starting
+            // at the same time, or by the broker for a client whose
+            // metadata request asked it to (`auto.create.topics.enable`,
+            // with the broker's default partition count and configs). It
+            // is checked as any existing topic, not taken for ours.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                let existing = visible_partitions(admin, name).await?;
+                return check_existing(admin, name, existing, partitions, kind).await;
+            }
             Err((
                 _,
                 RDKafkaErrorCode::TopicAuthorizationFailed
@@ -259,6 +259,47 @@ async fn ensure_topic(
     }
     tracing::info!(topic = name, partitions, kind, "created internal topic");
     Ok(())
+}
+
+/// Checks an internal topic that already exists with `existing`
+/// partitions: a repartition topic or changelog must have the count the
+/// topology needs (a dead-letter topic may have any), and a changelog
+/// should be compacted.
+async fn check_existing(
+    admin: &AdminClient<ErrorCapture>,
+    name: &str,
+    existing: i32,
+    partitions: i32,
+    kind: &str,
+) -> Result<(), RuntimeError> {
+    if existing != partitions && kind != "dead-letter" {
+        return Err(RuntimeError::TopicMismatch {
+            topic: name.into(),
+            reason: format!("this {kind} topic exists with {existing} partitions, the topology needs {partitions}; an application reset deletes its internal topics, and the next start creates them as planned"),
+        });
+    }
+    if kind == "changelog" {
+        check_compacted(admin, name).await;
+    }
+    Ok(())
+}
+
+/// The partition count of a topic the cluster says exists, once its
+/// metadata shows it (a topic just created has none for a moment); polled
+/// for up to [`METADATA_TIMEOUT`].
+async fn visible_partitions(
+    admin: &AdminClient<ErrorCapture>,
+    name: &str,
+) -> Result<i32, RuntimeError> {
+    let until = std::time::Instant::now() + METADATA_TIMEOUT;
+    loop {
+        match partitions_of(admin, name, "Write").await {
+            Ok(n) => return Ok(n),
+            Err(e @ RuntimeError::NotAuthorized { .. }) => return Err(e),
+            Err(e) if std::time::Instant::now() >= until => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// What the changelog's `cleanup.policy` check found.
