@@ -196,7 +196,7 @@ async fn partitions_of(
         }),
         _ => Err(RuntimeError::MissingTopic {
             topic: topic.into(),
-            hint: "automatic topic creation is off on most clusters; create it with the partition count you need".into(),
+            hint: "the application creates only its internal topics, and never lets a lookup create one; create it with the partition count you need".into(),
         }),
     }
 }
