@@ -23,6 +23,9 @@
 #   KAFKA_SSL_KEYSTORE_PASSWORD  its password
 #   KAFKA_AUTO_CREATE_TOPICS     the brokers' auto.create.topics.enable
 #                                (default false, as on the classroom cluster)
+#   KAFKA_SERVER_EXTRA           lines appended to each node's server.properties
+#                                (a later line wins: e.g. Kafka's default
+#                                group.initial.rebalance.delay.ms=3000)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -147,6 +150,7 @@ ssl.keystore.password=${KAFKA_SSL_KEYSTORE_PASSWORD:-}
 ssl.key.password=${KAFKA_SSL_KEYSTORE_PASSWORD:-}
 EOF
   fi
+  if [[ -n "${KAFKA_SERVER_EXTRA:-}" ]]; then printf '%s\n' "$KAFKA_SERVER_EXTRA" >>"$DATA/node$i/server.properties"; fi
 }
 
 pid_of() { local f="$DATA/node$1/pid"; [[ -f "$f" ]] && cat "$f" || true; }
