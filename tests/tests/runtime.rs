@@ -434,7 +434,8 @@ fn topics_at(bootstrap: &str, prefix: &str) -> BTreeMap<String, usize> {
 /// client asks for that creation when it looks a topic up, so the lookup
 /// before creating a repartition topic and a changelog used to create
 /// both with the broker's one partition and no compaction: the instance
-/// then failed to deliver to the partitions it expected.
+/// then failed to deliver to the partitions it expected. An internal topic
+/// that someone else's lookup did create that way is refused at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_create_its_internal_topics_itself_on_a_broker_that_creates_topics_on_request() {
     let port = broker_base_port(21_000, 24_000, 1);
@@ -479,7 +480,38 @@ async fn should_create_its_internal_topics_itself_on_a_broker_that_creates_topic
             .unwrap_or_default()
     };
     signal_and_wait(&mut child, libc::SIGTERM);
+
+    // Another application's repartition topic, created by a lookup that
+    // asks for creation (librdkafka's producer default) before the
+    // application's first start: its one partition is refused at start,
+    // naming the topic, instead of failing deliveries later.
+    let app2 = unique("autocreate");
+    let suffix = internal
+        .keys()
+        .find(|t| t.ends_with("-repartition"))
+        .and_then(|t| t.strip_prefix(&app))
+        .unwrap_or("-counts-repartition")
+        .to_string();
+    let taken = format!("{app2}{suffix}");
+    {
+        use rdkafka::producer::Producer;
+        let p = producer_at(&bs);
+        let _ = p
+            .client()
+            .fetch_metadata(Some(&taken), Duration::from_secs(5));
+    }
+    let appeared = wait_until(Duration::from_secs(30), || {
+        topics_at(&bs, &taken).get(&taken) == Some(&1)
+    });
+    let state2 = tempfile::tempdir().unwrap();
+    let log2 = log_dir().join(format!("{app2}.log"));
+    let mut second = spawn_count_app(&app2, &input, &output, state2.path(), &bs, None, &log2);
+    let exit = wait_for_exit(&mut second, Duration::from_secs(60));
+    if exit.is_none() {
+        signal_and_wait(&mut second, libc::SIGKILL);
+    }
     kafka_sh_env(&["stop"], &env);
+    let said = std::fs::read_to_string(&log2).unwrap_or_default();
 
     assert!(
         counted,
@@ -501,5 +533,16 @@ async fn should_create_its_internal_topics_itself_on_a_broker_that_creates_topic
     assert!(
         policy.contains("compact"),
         "changelog cleanup.policy is {policy:?}"
+    );
+    assert!(appeared, "a lookup did not create {taken}");
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "the second application did not stop: {exit:?} (log {})",
+        log2.display()
+    );
+    assert!(
+        said.contains(&taken) && said.contains("exists with 1 partitions, the topology needs 4"),
+        "log {}: {said}",
+        log2.display()
     );
 }
