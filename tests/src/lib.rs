@@ -695,6 +695,62 @@ pub fn broker_base_port(lo: u16, hi: u16, nodes: u16) -> u16 {
     panic!("no free block of ports in {lo}..{hi}");
 }
 
+/// A Kafka cluster of a test's own, on free ports, with its data in a
+/// temporary directory, so that stopping or reconfiguring it disturbs no
+/// other test; the test stops it (`sh(&["stop"])`).
+pub struct OwnCluster {
+    /// Its first node's plain port (node `i` listens at `port + 10 * i`).
+    pub port: u16,
+    env: Vec<(&'static str, String)>,
+    _data: tempfile::TempDir,
+}
+
+impl OwnCluster {
+    /// Starts `nodes` brokers on ports between `lo` and `hi`.
+    pub fn start(lo: u16, hi: u16, nodes: u16) -> Self {
+        Self::start_with(lo, hi, nodes, Vec::new())
+    }
+
+    /// [`start`](Self::start) with more of `kafka.sh`'s environment
+    /// (`KAFKA_SSL_KEYSTORE`, `KAFKA_AUTO_CREATE_TOPICS`, …).
+    pub fn start_with(lo: u16, hi: u16, nodes: u16, extra: Vec<(&'static str, String)>) -> Self {
+        let port = broker_base_port(lo, hi, nodes);
+        let data = tempfile::tempdir().expect("a data directory");
+        let mut env = vec![
+            ("KAFKA_PORT", port.to_string()),
+            ("KAFKA_DATA_DIR", data.path().display().to_string()),
+            ("KAFKA_HEAP", "512m".to_string()),
+        ];
+        env.extend(extra);
+        let cluster = OwnCluster {
+            port,
+            env,
+            _data: data,
+        };
+        cluster.sh(&["start", "--brokers", &nodes.to_string()]);
+        cluster
+    }
+
+    /// Its first node's plain listener, `127.0.0.1:port`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// Runs `kafka.sh` on this cluster (failing the test if it fails).
+    pub fn sh(&self, args: &[&str]) {
+        kafka_sh_env(args, &self.env())
+    }
+
+    /// Runs `kafka.sh` on this cluster once: whether it succeeded.
+    pub fn sh_ok(&self, args: &[&str]) -> bool {
+        kafka_sh_env_ok(args, &self.env())
+    }
+}
+
 /// Starts the `count-app` test program (group by value, count, write the
 /// counts to `output`), appending its output to `log`. `rf` sets the
 /// replication factor of its internal topics.

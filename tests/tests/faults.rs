@@ -212,15 +212,8 @@ async fn should_refuse_a_state_directory_it_cannot_write_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_wait_out_a_broker_outage_and_lose_nothing() {
     // A broker of this test's own, so that stopping it disturbs no other test.
-    let port = broker_base_port(21_000, 24_000, 1);
-    let data = tempfile::tempdir().unwrap();
-    let env = [
-        ("KAFKA_PORT", port.to_string()),
-        ("KAFKA_DATA_DIR", data.path().display().to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    kafka_sh_env(&["start"], &env);
-    let bs = format!("127.0.0.1:{port}");
+    let cluster = OwnCluster::start(21_000, 24_000, 1);
+    let bs = cluster.bootstrap();
     let (app, input, output) = (unique("outage"), unique("words"), unique("counts"));
     create_topic_at(&bs, &input, 2, &[]).await;
     create_topic_at(&bs, &output, 1, &[]).await;
@@ -239,7 +232,7 @@ async fn should_wait_out_a_broker_outage_and_lose_nothing() {
     // a record for less than the session timeout), and it rolls back to
     // its last commit instead of stopping.
     produce(&bs, &input, 50_000, &mut expected);
-    kafka_sh_env(&["node", "kill", "0"], &env);
+    cluster.sh(&["node", "kill", "0"]);
     let down = Instant::now();
     while down.elapsed() < Duration::from_secs(30) {
         assert!(
@@ -249,14 +242,14 @@ async fn should_wait_out_a_broker_outage_and_lose_nothing() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    kafka_sh_env(&["node", "start", "0"], &env);
+    cluster.sh(&["node", "start", "0"]);
     produce(&bs, &input, 2_000, &mut expected);
     let ok = wait_until(Duration::from_secs(180), || {
         counts(&bs, &output) == expected
     });
     let got = counts(&bs, &output);
     let status = stop(&mut child);
-    kafka_sh_env(&["stop"], &env);
+    cluster.sh(&["stop"]);
     assert!(
         ok,
         "counts after the outage: {} (log {})",

@@ -438,16 +438,13 @@ fn topics_at(bootstrap: &str, prefix: &str) -> BTreeMap<String, usize> {
 /// that someone else's lookup did create that way is refused at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_create_its_internal_topics_itself_on_a_broker_that_creates_topics_on_request() {
-    let port = broker_base_port(21_000, 24_000, 1);
-    let data = tempfile::tempdir().unwrap();
-    let env = [
-        ("KAFKA_PORT", port.to_string()),
-        ("KAFKA_DATA_DIR", data.path().display().to_string()),
-        ("KAFKA_AUTO_CREATE_TOPICS", "true".to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    kafka_sh_env(&["start"], &env);
-    let bs = format!("127.0.0.1:{port}");
+    let cluster = OwnCluster::start_with(
+        21_000,
+        24_000,
+        1,
+        vec![("KAFKA_AUTO_CREATE_TOPICS", "true".to_string())],
+    );
+    let bs = cluster.bootstrap();
     let (app, input, output) = (unique("autocreate"), unique("words"), unique("counts"));
     create_topic_at(&bs, &input, 4, &[]).await;
     create_topic_at(&bs, &output, 1, &[]).await;
@@ -510,7 +507,7 @@ async fn should_create_its_internal_topics_itself_on_a_broker_that_creates_topic
     if exit.is_none() {
         signal_and_wait(&mut second, libc::SIGKILL);
     }
-    kafka_sh_env(&["stop"], &env);
+    cluster.sh(&["stop"]);
     let said = std::fs::read_to_string(&log2).unwrap_or_default();
 
     assert!(

@@ -21,48 +21,6 @@ fn counts(bootstrap: &str, topic: &str) -> BTreeMap<Vec<u8>, i64> {
     counts_at(bootstrap, topic, Duration::from_secs(60))
 }
 
-/// A Kafka cluster of the test's own, on free ports, with its data in a
-/// temporary directory; stopped by the test (`sh(&["stop"])`).
-struct OwnCluster {
-    /// Its first node's plain port (node `i` listens at `port + 10 * i`).
-    port: u16,
-    env: Vec<(&'static str, String)>,
-    _data: tempfile::TempDir,
-}
-
-impl OwnCluster {
-    /// Starts `nodes` brokers on ports between `lo` and `hi`.
-    fn start(lo: u16, hi: u16, nodes: u16) -> Self {
-        let port = broker_base_port(lo, hi, nodes);
-        let data = tempfile::tempdir().unwrap();
-        let cluster = OwnCluster {
-            port,
-            env: vec![
-                ("KAFKA_PORT", port.to_string()),
-                ("KAFKA_DATA_DIR", data.path().display().to_string()),
-                ("KAFKA_HEAP", "512m".to_string()),
-            ],
-            _data: data,
-        };
-        cluster.sh(&["start", "--brokers", &nodes.to_string()]);
-        cluster
-    }
-
-    fn env(&self) -> Vec<(&str, &str)> {
-        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-    }
-
-    /// Runs `kafka.sh` on this cluster (failing the test if it fails).
-    fn sh(&self, args: &[&str]) {
-        kafka_sh_env(args, &self.env())
-    }
-
-    /// Runs `kafka.sh` on this cluster once: whether it succeeded.
-    fn sh_ok(&self, args: &[&str]) -> bool {
-        kafka_sh_env_ok(args, &self.env())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn should_count_exactly_with_three_instances_coming_and_going() {
     let (app, input, output) = (unique("scale3"), unique("words"), unique("counts"));

@@ -117,22 +117,21 @@ async fn should_run_over_sasl_ssl_with_a_test_ca_and_refuse_another_ca() {
     let other_ca = make_ca(pki.path(), "other-ca");
     let keystore = make_broker_keystore(pki.path(), "test-ca");
 
-    let port = broker_base_port(27_000, 30_000, 1);
-    let data = tempfile::tempdir().unwrap();
-    let env = [
-        ("KAFKA_PORT", port.to_string()),
-        ("KAFKA_DATA_DIR", data.path().display().to_string()),
-        ("KAFKA_SSL_KEYSTORE", keystore.display().to_string()),
-        ("KAFKA_SSL_KEYSTORE_PASSWORD", KEYSTORE_PASSWORD.to_string()),
-        ("KAFKA_HEAP", "512m".to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    kafka_sh_env(&["start"], &env);
+    let cluster = OwnCluster::start_with(
+        27_000,
+        30_000,
+        1,
+        vec![
+            ("KAFKA_SSL_KEYSTORE", keystore.display().to_string()),
+            ("KAFKA_SSL_KEYSTORE_PASSWORD", KEYSTORE_PASSWORD.to_string()),
+        ],
+    );
+    let port = cluster.port;
     let plain = format!("127.0.0.1:{port}");
     let tls = format!("127.0.0.1:{}", port + 3);
 
     let (user, password) = (unique("tls-user"), format!("Pw-{}", unique("tls")));
-    kafka_sh_env(&["user", &user, &password], &env);
+    cluster.sh(&["user", &user, &password]);
     let (app, new_users, actions) = (unique("tls"), unique("new_users"), unique("actions"));
     create_topic_at(&plain, &new_users, 1, &[]).await;
     create_topic_at(&plain, &actions, 1, &[]).await;
@@ -147,7 +146,7 @@ async fn should_run_over_sasl_ssl_with_a_test_ca_and_refuse_another_ca() {
             args.extend(["--operation", op]);
         }
         args.extend([kind, name]);
-        kafka_sh_env(&args, &env);
+        cluster.sh(&args);
     }
     let team2 = apps::filters::for_team("team-2").unwrap();
     let p = producer_at(&plain);
@@ -218,7 +217,7 @@ async fn should_run_over_sasl_ssl_with_a_test_ca_and_refuse_another_ca() {
     if !exited {
         signal_and_wait(&mut bad, libc::SIGKILL);
     }
-    kafka_sh_env(&["stop"], &env);
+    cluster.sh(&["stop"]);
 
     assert!(
         done,
