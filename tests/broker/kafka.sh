@@ -15,7 +15,10 @@
 # Environment overrides:
 #   KAFKA_PORT       first node's PLAINTEXT port (default 9092)
 #   KAFKA_DATA_DIR   data, config and logs (default <repo>/target/kafka-data)
-#   KAFKA_JARS_DIR   jar cache (default <repo>/target/kafka-jars)
+#   KAFKA_VERSION    Kafka release to run (default: tests/broker/pom.xml's,
+#                    4.1.1; 4.0 and later, e.g. 4.4.0)
+#   KAFKA_JARS_DIR   jar cache (default <repo>/target/kafka-jars, with
+#                    -KAFKA_VERSION appended when that is set)
 #   KAFKA_HEAP       JVM heap (default 1g)
 #   KAFKA_START_TIMEOUT  seconds to wait for readiness (default 120)
 #   KAFKA_SSL_KEYSTORE   PKCS12 keystore with the broker's key and certificate:
@@ -32,7 +35,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 PORT="${KAFKA_PORT:-9092}"
 DATA="${KAFKA_DATA_DIR:-$repo/target/kafka-data}"
-JARS="${KAFKA_JARS_DIR:-$repo/target/kafka-jars}"
+VERSION="${KAFKA_VERSION:-}"
+JARS="${KAFKA_JARS_DIR:-$repo/target/kafka-jars${VERSION:+-$VERSION}}"
 HEAP="${KAFKA_HEAP:-1g}"
 TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 ADMIN_USER=admin
@@ -59,13 +63,13 @@ bootstrap() {
 
 ensure_jars() {
   local want
-  want=$(sha256sum "$here/pom.xml" | cut -d' ' -f1)
+  want=$( (cat "$here/pom.xml"; echo "$VERSION") | sha256sum | cut -d' ' -f1)
   if [[ -f "$JARS/.complete" && "$(cat "$JARS/.complete")" == "$want" ]]; then return; fi
   command -v mvn >/dev/null || die "maven (mvn) is required to fetch Kafka's jars"
   echo "kafka.sh: fetching Kafka jars from Maven Central into $JARS" >&2
   rm -rf "$JARS"
   mkdir -p "$JARS"
-  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -f "$here/pom.xml" ${VERSION:+-Dkafka.version="$VERSION"} dependency:copy-dependencies \
     -DoutputDirectory="$JARS" -DincludeScope=runtime >&2 \
     || die "mvn could not fetch the Kafka jars"
   echo "$want" >"$JARS/.complete"
@@ -290,13 +294,26 @@ EOF
   echo "$f"
 }
 
+# Kafka's config tool: org.apache.kafka.tools.ConfigCommand from Kafka 4.2
+# on, kafka.admin.ConfigCommand before. (A jar's file names are stored
+# uncompressed, so grep finds the class without unpacking it.)
+config_command() {
+  if grep -qa "org/apache/kafka/tools/ConfigCommand.class" "$JARS"/kafka-tools-*.jar 2>/dev/null; then
+    echo org.apache.kafka.tools.ConfigCommand
+  else
+    echo kafka.admin.ConfigCommand
+  fi
+}
+
 # Creates (or updates) a SCRAM-SHA-256/512 user: kafka.sh user NAME PASSWORD
 cmd_user() {
   [[ $# -eq 2 ]] || die "usage: kafka.sh user NAME PASSWORD"
-  run_java kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
+  local tool
+  tool=$(config_command)
+  run_java "$tool" --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
     --command-config "$(admin_properties)" --alter --entity-type users --entity-name "$1" \
     --add-config "SCRAM-SHA-256=[password=$2]" >/dev/null
-  run_java kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
+  run_java "$tool" --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
     --command-config "$(admin_properties)" --alter --entity-type users --entity-name "$1" \
     --add-config "SCRAM-SHA-512=[password=$2]" >/dev/null
 }
