@@ -238,6 +238,7 @@ impl KafkaStreams {
         }
         cfg.check_transaction_timeout()
             .map_err(RuntimeError::Config)?;
+        cfg.check_group_protocol().map_err(RuntimeError::Config)?;
         Ok(KafkaStreams {
             topology: Arc::new(topology),
             cfg: Arc::new(cfg),
@@ -869,6 +870,7 @@ mod tests {
 
     use super::{KafkaStreams, StreamContext, ThreadShared};
     use crate::runtime::config::StreamsConfig;
+    use crate::runtime::error::RuntimeError;
     use crate::runtime::topics::TopicPlan;
     use crate::store::{GlobalStores, StateDir};
 
@@ -914,6 +916,26 @@ mod tests {
         assert_eq!(e.progress().1, 0, "a task opened while closing");
         assert!(!e.restoring(), "a task went to restore while closing");
         assert!(streams.status().tasks().is_empty());
+    }
+
+    /// KIP-848's `consumer` protocol is refused when the instance is made,
+    /// before any client or topic: librdkafka's own refusal came only after
+    /// the internal topics were created, and named the session timeout.
+    #[test]
+    fn should_refuse_the_consumer_group_protocol_before_starting() {
+        let mut cfg = StreamsConfig::new("kip-848-app", "127.0.0.1:9");
+        cfg.extra
+            .insert("consumer.group.protocol".into(), "consumer".into());
+        match KafkaStreams::new(crate::graph::test_topologies::in_to_out(), cfg) {
+            Err(RuntimeError::Config(e)) => {
+                assert!(
+                    e.contains("group.protocol=consumer is not supported"),
+                    "{e}"
+                )
+            }
+            Err(e) => panic!("not a configuration error: {e}"),
+            Ok(_) => panic!("group.protocol=consumer accepted"),
+        }
     }
 
     #[test]

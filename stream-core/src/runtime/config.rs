@@ -443,6 +443,37 @@ impl StreamsConfig {
         Ok(())
     }
 
+    /// Checks that every consumer keeps the classic group protocol
+    /// (librdkafka's `group.protocol`, `classic` by default).
+    ///
+    /// The application's group assigns whole tasks (a partition number
+    /// across the sub-topology's inputs) through the classic protocol's
+    /// client-side assignment and its eager rebalance callbacks. The
+    /// `consumer` protocol of KIP-848 assigns partitions on the broker, one
+    /// by one, and librdkafka refuses it together with the session timeout
+    /// this framework sets. Kafka Streams also runs its consumers with the
+    /// classic protocol (it overrides a `consumer.group.protocol` with a
+    /// warning) or with its own `streams` protocol (KIP-1071), which this
+    /// framework does not implement. We refuse instead of overriding: the
+    /// setting asks for something this instance would not do.
+    pub fn check_group_protocol(&self) -> Result<(), String> {
+        for client in [
+            KafkaClient::MainConsumer,
+            KafkaClient::RestoreConsumer,
+            KafkaClient::GlobalConsumer,
+            KafkaClient::GroupReader,
+        ] {
+            if let Some(v) = self.extra_setting(client, "group.protocol") {
+                if !v.trim().eq_ignore_ascii_case("classic") {
+                    return Err(format!(
+                        "group.protocol={v} is not supported: the application's group assigns its tasks with Kafka's classic rebalance protocol (as Kafka Streams' consumers do); remove the setting or set it to classic"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A one-line description for logs, with the password redacted.
     pub fn redacted(&self) -> String {
         format!(
@@ -611,6 +642,35 @@ mod tests {
             .check_transaction_timeout()
             .unwrap_err()
             .contains("`soon`"));
+    }
+
+    /// Only the classic group protocol is accepted, however it is aimed.
+    #[test]
+    fn should_refuse_a_group_protocol_other_than_classic() {
+        let mut c = StreamsConfig::new("app", "127.0.0.1:9092");
+        assert_eq!(c.check_group_protocol(), Ok(()));
+        c.extra.insert("group.protocol".into(), "classic".into());
+        c.extra
+            .insert("main.consumer.group.protocol".into(), "CLASSIC".into());
+        assert_eq!(c.check_group_protocol(), Ok(()));
+        for key in [
+            "group.protocol",
+            "consumer.group.protocol",
+            "main.consumer.group.protocol",
+            "restore.consumer.group.protocol",
+        ] {
+            let mut c = StreamsConfig::new("app", "127.0.0.1:9092");
+            c.extra.insert(key.into(), "consumer".into());
+            let e = c.check_group_protocol().unwrap_err();
+            assert!(
+                e.starts_with("group.protocol=consumer is not supported"),
+                "{key}: {e}"
+            );
+        }
+        // Aimed at the producer only, it reaches no consumer.
+        c.extra
+            .insert("producer.group.protocol".into(), "streams".into());
+        assert_eq!(c.check_group_protocol(), Ok(()));
     }
 
     /// Settings with a client's prefix reach that client only, without
