@@ -294,14 +294,16 @@ EOF
   echo "$f"
 }
 
-# Kafka's config tool: org.apache.kafka.tools.ConfigCommand from Kafka 4.2
-# on, kafka.admin.ConfigCommand before. (A jar's file names are stored
-# uncompressed, so grep finds the class without unpacking it.)
-config_command() {
-  if grep -qa "org/apache/kafka/tools/ConfigCommand.class" "$JARS"/kafka-tools-*.jar 2>/dev/null; then
-    echo org.apache.kafka.tools.ConfigCommand
+# One of Kafka's command-line tools by its class name in the release being
+# run: org.apache.kafka.tools.NAME where the kafka-tools jar holds it (the
+# config tool from Kafka 4.4 on, the ACL tool from 4.0 on), kafka.admin.NAME
+# before. (A jar's file names are stored uncompressed, so grep finds the
+# class without unpacking it.)
+tool_class() {
+  if grep -qa "org/apache/kafka/tools/$1.class" "$JARS"/kafka-tools-*.jar 2>/dev/null; then
+    echo "org.apache.kafka.tools.$1"
   else
-    echo kafka.admin.ConfigCommand
+    echo "kafka.admin.$1"
   fi
 }
 
@@ -309,7 +311,7 @@ config_command() {
 cmd_user() {
   [[ $# -eq 2 ]] || die "usage: kafka.sh user NAME PASSWORD"
   local tool
-  tool=$(config_command)
+  tool=$(tool_class ConfigCommand)
   run_java "$tool" --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
     --command-config "$(admin_properties)" --alter --entity-type users --entity-name "$1" \
     --add-config "SCRAM-SHA-256=[password=$2]" >/dev/null
@@ -320,7 +322,7 @@ cmd_user() {
 
 # Runs Kafka's ACL tool as the admin: kafka.sh acl --add --allow-principal User:x ...
 cmd_acl() {
-  run_java org.apache.kafka.tools.AclCommand --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
+  run_java "$(tool_class AclCommand)" --bootstrap-server "127.0.0.1:$(sasl_port 0)" \
     --command-config "$(admin_properties)" "$@" >/dev/null
 }
 
