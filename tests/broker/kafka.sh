@@ -16,7 +16,7 @@
 #   KAFKA_PORT       first node's PLAINTEXT port (default 9092)
 #   KAFKA_DATA_DIR   data, config and logs (default <repo>/target/kafka-data)
 #   KAFKA_VERSION    Kafka release to run (default: tests/broker/pom.xml's,
-#                    4.1.1; 4.0 and later, e.g. 4.4.0)
+#                    4.1.1; the suite passes on 3.9.1 and 4.4.0 too)
 #   KAFKA_JARS_DIR   jar cache (default <repo>/target/kafka-jars, with
 #                    -KAFKA_VERSION appended when that is set)
 #   KAFKA_HEAP       JVM heap (default 1g)
