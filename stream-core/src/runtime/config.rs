@@ -448,7 +448,8 @@ impl StreamsConfig {
     ///
     /// The application's group assigns whole tasks (a partition number
     /// across the sub-topology's inputs) through the classic protocol's
-    /// client-side assignment and its eager rebalance callbacks. The
+    /// client-side assignment and its rebalance callbacks (eager or
+    /// cooperative, as `partition.assignment.strategy` says). The
     /// `consumer` protocol of KIP-848 assigns partitions on the broker, one
     /// by one, and librdkafka refuses it together with the session timeout
     /// this framework sets. Kafka Streams also runs its consumers with the
