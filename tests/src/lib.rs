@@ -697,7 +697,9 @@ pub fn broker_base_port(lo: u16, hi: u16, nodes: u16) -> u16 {
 
 /// A Kafka cluster of a test's own, on free ports, with its data in a
 /// temporary directory, so that stopping or reconfiguring it disturbs no
-/// other test; the test stops it (`sh(&["stop"])`).
+/// other test. A test stops it where it is done with it
+/// (`sh(&["stop"])`); dropping it stops it too, so a test that fails
+/// before that leaves no broker running.
 pub struct OwnCluster {
     /// Its first node's plain port (node `i` listens at `port + 10 * i`).
     pub port: u16,
@@ -748,6 +750,14 @@ impl OwnCluster {
     /// Runs `kafka.sh` on this cluster once: whether it succeeded.
     pub fn sh_ok(&self, args: &[&str]) -> bool {
         kafka_sh_env_ok(args, &self.env())
+    }
+}
+
+impl Drop for OwnCluster {
+    /// Stops the cluster (nothing to do if the test stopped it) before its
+    /// data directory goes.
+    fn drop(&mut self) {
+        let _ = self.sh_ok(&["stop"]);
     }
 }
 
