@@ -397,7 +397,7 @@ Both frameworks gave {'equal' if equal else 'DIFFERENT'} results (a digest of th
             rows.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {self.args.users / med:,.0f} | {self.median(name, 'cpu_s'):.1f} | {one / med:.2f}× |")
         table = "\n".join(rows)
         print(table)
-        cmd = "tests/bench/run.sh " + " ".join(sys.argv[1:])
+        cmd = " ".join(["tests/bench/run.sh", *sys.argv[1:]])
         doc = f"""# Scale-out benchmark
 
 The watchlist (at-least-once, 100 ms commits, `--private-changelog`) with 1, 2
@@ -696,7 +696,7 @@ directory's size at the end.
         except OSError:
             pass
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        cmd = "tests/bench/run.sh " + " ".join(sys.argv[1:])
+        cmd = " ".join(["tests/bench/run.sh", *sys.argv[1:]])
         doc = f"""# Benchmarks
 
 The watchlist (filter → group by company through a repartition topic →
