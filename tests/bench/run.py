@@ -715,7 +715,7 @@ machine, in one run; and restoring a count store from its changelog.
   set the pace of the key-scaling rows). Peak RSS and CPU seconds of the application process.
 - **Ceiling**: plain rdkafka, no framework and no state: reads every user, parses it,
   produces one small keyed record per flagged user. Producer batching 100 ms as both
-  frameworks'; consumer with librdkafka's default prefetch and a 10 ms wait after a
+  frameworks' at-least-once (ours batches 10 ms under exactly-once); consumer with librdkafka's default prefetch and a 10 ms wait after a
   full prefetch queue (the default second made the same run take 1.4 s or 5.6 s by how
   its fetches fell); `ceiling N threads` reads with N
   threads (one consumer each, one shared producer). Every row's ratio is to the
@@ -730,7 +730,7 @@ machine, in one run; and restoring a count store from its changelog.
   company, read back, counted in a hash map, each new count to a changelog topic and
   to the output topic — with no store on disk, no commits, no headers, no duplicate
   check: neither durable nor exact after a crash. Same producer batching as the
-  frameworks (`linger.ms=100`); N threads read their share of both topics' partitions.
+  frameworks at-least-once (`linger.ms=100`); N threads read their share of both topics' partitions.
   Timed and checked (digest) like the frameworks. It shows what the topology's
   Kafka traffic costs by itself, which the ceiling does not carry.
 - **CPU s per 1M users**: user+system CPU of the application process, per million

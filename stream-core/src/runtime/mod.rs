@@ -35,6 +35,7 @@ pub(crate) mod engine;
 pub mod error;
 pub(crate) mod global;
 pub mod handle;
+mod held;
 pub(crate) mod input_queue;
 pub(crate) mod input_watch;
 pub(crate) mod log_offsets;

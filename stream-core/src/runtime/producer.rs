@@ -19,10 +19,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::error::RuntimeError;
+use super::held::HeldRecords;
 use super::pause_watch::PauseCheck;
 use super::production::{append_json_line, is_record_error, Rejected};
 use super::status::RuntimeStatus;
-use super::topic_send::TopicHandles;
+use super::topic_send::{RecordView, TopicHandles};
 use super::topics::ErrorCapture;
 use crate::coordinates::TopicPartition;
 use crate::record::{OutKind, OutRecord};
@@ -314,7 +315,7 @@ pub(crate) struct OutputProducer {
     /// Exactly-once: the transaction commit in flight on a helper thread.
     committing: Option<std::thread::JoinHandle<Result<(), KafkaError>>>,
     /// Records produced while a transaction commit is in flight.
-    held: Vec<OutRecord>,
+    held: HeldRecords,
     /// Exactly-once: makes a new producer with the same transactional id,
     /// for one the transaction coordinator fenced ([`Self::abort_transaction`]).
     renew: Option<MakeProducer>,
@@ -369,7 +370,7 @@ impl OutputProducer {
             sent_sealed: BTreeMap::new(),
             confirmed: HashMap::new(),
             committing: None,
-            held: Vec::new(),
+            held: HeldRecords::default(),
             renew: None,
             doomed: None,
             renewals: Renewals::default(),
@@ -529,19 +530,25 @@ impl OutputProducer {
             self.held.push(r);
             return Ok(());
         }
+        self.produce(&RecordView::of(&r), &r.kind)
+    }
+
+    /// Hands one record to the producer (into the open transaction under
+    /// exactly-once), waiting while its queue is full.
+    fn produce(&mut self, r: &RecordView<'_>, kind: &OutKind) -> Result<(), RuntimeError> {
         self.begin_transaction()?;
         if self.doomed.is_some() {
             // The transaction is lost; the commit rolls everything back.
             return Ok(());
         }
-        let tracked = match r.kind {
+        let tracked = match kind {
             OutKind::Sink => SINK,
             OutKind::Changelog(_) => CHANGELOG,
             OutKind::DeadLetter => DEAD_LETTER,
         };
         let opaque = opaque(tracked, self.epoch);
         loop {
-            match self.topics.send(&r, opaque) {
+            match self.topics.send(r, opaque) {
                 Ok(()) => {
                     self.sent_now += 1;
                     return Ok(());
@@ -563,12 +570,12 @@ impl OutputProducer {
                     return self.refused(Rejected {
                         topic: r.topic.to_string(),
                         partition: r.partition,
-                        key: r.key.clone(),
-                        value: r.value.clone(),
+                        key: r.key.map(<[u8]>::to_vec),
+                        value: r.value.map(<[u8]>::to_vec),
                         error: e.to_string(),
                     });
                 }
-                Err(e) => return Err(self.explain_send_failure(&r.topic, e)),
+                Err(e) => return Err(self.explain_send_failure(r.topic, e)),
             }
         }
     }
@@ -770,6 +777,12 @@ impl OutputProducer {
         self.held.len()
     }
 
+    /// Bytes held while a transaction commit is in flight (see
+    /// [`HeldRecords::bytes`]).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held.bytes()
+    }
+
     /// The transaction commit in flight: `None` while it runs (unless
     /// `wait`), `Some(true)` once committed, `Some(false)` if it had to be
     /// aborted (the held records are dropped: the caller rolls its tasks
@@ -842,8 +855,23 @@ impl OutputProducer {
     /// Sends the records held while the last transaction commit was in
     /// flight (into a new transaction).
     pub(crate) fn release_held(&mut self) -> Result<(), RuntimeError> {
-        let held = std::mem::take(&mut self.held);
-        self.send_all(held)
+        let mut held = std::mem::take(&mut self.held);
+        let mut sent = Ok(());
+        for (r, kind) in held.iter() {
+            if self.pause.is_some() && self.noticed_pause() {
+                // As `send`: the stream thread rolls back before going on.
+                break;
+            }
+            // (No dead letter for a file is held: `send` writes those.)
+            sent = self.produce(&r, kind);
+            if sent.is_err() {
+                break;
+            }
+        }
+        held.clear();
+        // The buffers, kept for the next commit.
+        self.held = held;
+        sent
     }
 
     /// Aborts the open transaction, if any, and forgets its failures.
@@ -1019,10 +1047,13 @@ mod tests {
         let a_again: Arc<str> = "topic-a".into();
         let tag = opaque(SINK, 3);
         for (t, headers) in [(&a, 0), (&b, 2), (&a_again, 1), (&a, 3)] {
-            h.send(&out_record(t, Some(b"v".to_vec()), headers), tag)
-                .expect("queued");
+            h.send(
+                &RecordView::of(&out_record(t, Some(b"v".to_vec()), headers)),
+                tag,
+            )
+            .expect("queued");
         }
-        h.send(&out_record(&b, None, 0), tag)
+        h.send(&RecordView::of(&out_record(&b, None, 0)), tag)
             .expect("a tombstone is queued");
         assert_eq!(h.len(), 2);
         // Purged, every record gets its delivery report, with the epoch and
@@ -1051,13 +1082,13 @@ mod tests {
         let mut h = TopicHandles::new(p);
         let t: Arc<str> = "topic".into();
         let err = h
-            .send(&out_record(&t, Some(vec![0; 5_000]), 2), 0)
+            .send(&RecordView::of(&out_record(&t, Some(vec![0; 5_000]), 2)), 0)
             .expect_err("over message.max.bytes");
         assert_eq!(
             err.rdkafka_error_code(),
             Some(RDKafkaErrorCode::MessageSizeTooLarge)
         );
-        h.send(&out_record(&t, Some(vec![0; 10]), 2), 0)
+        h.send(&RecordView::of(&out_record(&t, Some(vec![0; 10]), 2)), 0)
             .expect("queued");
     }
 
@@ -1067,7 +1098,7 @@ mod tests {
         let mut h = TopicHandles::new(p);
         let t: Arc<str> = "bad\0name".into();
         assert!(matches!(
-            h.send(&out_record(&t, None, 0), 0),
+            h.send(&RecordView::of(&out_record(&t, None, 0)), 0),
             Err(KafkaError::Nul(_))
         ));
         assert_eq!(h.len(), 0);

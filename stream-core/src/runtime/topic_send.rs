@@ -28,8 +28,73 @@ use rdkafka::producer::Producer;
 use super::polled_producer::PolledProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::held::PackedHeaders;
 use super::producer::DeliveryTracker;
 use crate::record::OutRecord;
+
+/// A record to send, borrowed: from an [`OutRecord`] or from the records
+/// held during a transaction commit ([`super::held`]).
+pub(crate) struct RecordView<'a> {
+    /// Destination topic (the name shared with the sink or store).
+    pub(crate) topic: &'a Arc<str>,
+    /// Explicit partition, or `None` to let the partitioner decide.
+    pub(crate) partition: Option<i32>,
+    /// Key bytes; `None` is a null key.
+    pub(crate) key: Option<&'a [u8]>,
+    /// Value bytes; `None` is a tombstone.
+    pub(crate) value: Option<&'a [u8]>,
+    /// Headers.
+    pub(crate) headers: HeaderView<'a>,
+    /// Timestamp in milliseconds.
+    pub(crate) timestamp: i64,
+}
+
+impl<'a> RecordView<'a> {
+    /// A view of `r`.
+    pub(crate) fn of(r: &'a OutRecord) -> Self {
+        RecordView {
+            topic: &r.topic,
+            partition: r.partition,
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: HeaderView::List(&r.headers),
+            timestamp: r.timestamp,
+        }
+    }
+}
+
+/// A record's headers, as a list of its own or packed with held records.
+#[derive(Clone, Copy)]
+pub(crate) enum HeaderView<'a> {
+    /// An [`OutRecord`]'s list.
+    List(&'a [(String, Vec<u8>)]),
+    /// Packed by [`super::held::HeldRecords`].
+    Packed(PackedHeaders<'a>),
+}
+
+impl<'a> HeaderView<'a> {
+    /// How many headers there are.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            HeaderView::List(l) => l.len(),
+            HeaderView::Packed(p) => p.len(),
+        }
+    }
+
+    /// Each header's name and value, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let (list, packed) = match *self {
+            HeaderView::List(l) => (
+                Some(l.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()))),
+                None,
+            ),
+            HeaderView::Packed(p) => (None, Some(p.iter())),
+        };
+        list.into_iter()
+            .flatten()
+            .chain(packed.into_iter().flatten())
+    }
+}
 
 /// `RD_KAFKA_PARTITION_UA` in rdkafka.h (the bindings leave the macro
 /// out): the partitioner chooses.
@@ -85,7 +150,11 @@ impl TopicHandles {
     /// (a full queue, a record too large, a fatal producer), as
     /// `KafkaError::MessageProduction`, or a topic name librdkafka cannot
     /// take.
-    pub(crate) fn send(&mut self, record: &OutRecord, opaque: usize) -> Result<(), KafkaError> {
+    pub(crate) fn send(
+        &mut self,
+        record: &RecordView<'_>,
+        opaque: usize,
+    ) -> Result<(), KafkaError> {
         let rkt = self.handle(record)?;
         let headers = NativeHeaders::of(&record.headers)?;
         let args = [
@@ -102,8 +171,8 @@ impl TopicHandles {
                     i: rd::RD_KAFKA_MSG_F_COPY,
                 },
             ),
-            vu(T::RD_KAFKA_VTYPE_VALUE, mem(record.value.as_deref())),
-            vu(T::RD_KAFKA_VTYPE_KEY, mem(record.key.as_deref())),
+            vu(T::RD_KAFKA_VTYPE_VALUE, mem(record.value)),
+            vu(T::RD_KAFKA_VTYPE_KEY, mem(record.key)),
             vu(
                 T::RD_KAFKA_VTYPE_OPAQUE,
                 U {
@@ -156,8 +225,11 @@ impl TopicHandles {
     }
 
     /// The handle of `topic`, created on its first record.
-    fn handle(&mut self, record: &OutRecord) -> Result<NonNull<rd::rd_kafka_topic_t>, KafkaError> {
-        let topic = &record.topic;
+    fn handle(
+        &mut self,
+        record: &RecordView<'_>,
+    ) -> Result<NonNull<rd::rd_kafka_topic_t>, KafkaError> {
+        let topic = record.topic;
         if let Some((_, h)) = self
             .topics
             .iter()
@@ -170,7 +242,7 @@ impl TopicHandles {
             && record
                 .headers
                 .iter()
-                .any(|(k, _)| k == crate::task::headers::UPSTREAM_HEADER);
+                .any(|(k, _)| k == crate::task::headers::UPSTREAM_HEADER.as_bytes());
         let rk = self.producer.client().native_ptr();
         let conf = if endless {
             endless_conf(rk)
@@ -231,8 +303,8 @@ struct NativeHeaders(Option<NonNull<rd::rd_kafka_headers_t>>);
 impl NativeHeaders {
     /// The list of `headers` (none for none: librdkafka allocates a list
     /// even when it is empty).
-    fn of(headers: &[(String, Vec<u8>)]) -> Result<Self, KafkaError> {
-        if headers.is_empty() {
+    fn of(headers: &HeaderView<'_>) -> Result<Self, KafkaError> {
+        if headers.len() == 0 {
             return Ok(NativeHeaders(None));
         }
         // SAFETY: allocates an empty list.
@@ -241,7 +313,7 @@ impl NativeHeaders {
         let Some(p) = list.0 else {
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
         };
-        for (name, value) in headers {
+        for (name, value) in headers.iter() {
             // SAFETY: `p` is the list just made; librdkafka copies the name
             // and value (lengths given, so no NUL is needed).
             let err = unsafe {
