@@ -77,7 +77,8 @@ const LINGER_MS: &str = "100";
 /// 100 ms commits, four rounds each, the two in turn), 10 ms lowered peak
 /// RSS from 120–124 to 106–114 MiB at one thread and from 148–152 to
 /// 126–143 MiB at two, and took 3.9–4.8 s against 4.1–5.2 s at one thread
-/// and 3.4–4.3 against 3.7–4.7 s at two, with the same CPU. Kafka's own
+/// and 3.4–4.3 against 3.7–4.7 s at two, with the same CPU (in an earlier,
+/// quieter set at two threads, 2.9–3.5 s against 2.7–3.0 s). Kafka's own
 /// producer default is 5 ms. Kafka Streams keeps 100 ms under exactly-once
 /// too, but it processes nothing while it commits, so it holds nothing.
 /// `producer.linger.ms` overrides either.
