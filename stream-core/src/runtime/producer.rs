@@ -855,19 +855,10 @@ impl OutputProducer {
     /// Sends the records held while the last transaction commit was in
     /// flight (into a new transaction).
     pub(crate) fn release_held(&mut self) -> Result<(), RuntimeError> {
+        // Only exactly-once holds records, and it has no pause check; no
+        // dead letter for a file is held either (`send` writes those).
         let mut held = std::mem::take(&mut self.held);
-        let mut sent = Ok(());
-        for (r, kind) in held.iter() {
-            if self.pause.is_some() && self.noticed_pause() {
-                // As `send`: the stream thread rolls back before going on.
-                break;
-            }
-            // (No dead letter for a file is held: `send` writes those.)
-            sent = self.produce(&r, kind);
-            if sent.is_err() {
-                break;
-            }
-        }
+        let sent = held.iter().try_for_each(|(r, kind)| self.produce(&r, kind));
         held.clear();
         // The buffers, kept for the next commit.
         self.held = held;
