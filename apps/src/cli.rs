@@ -259,6 +259,11 @@ pub struct Processing {
     /// Commit interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub commit_interval_ms: u64,
+    /// Kafka Streams' `max.task.idle.ms`: how long a join waits for a
+    /// caught-up input that has nothing buffered before it goes on without
+    /// it; -1 processes records in the order they arrive, not by timestamp.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub max_task_idle_ms: i64,
 }
 
 impl Processing {
@@ -266,6 +271,14 @@ impl Processing {
     pub fn apply(&self, cfg: &mut StreamsConfig) -> Result<(), String> {
         cfg.processing_guarantee = self.guarantee.parse()?;
         cfg.commit_interval = std::time::Duration::from_millis(self.commit_interval_ms);
+        cfg.max_task_idle = match self.max_task_idle_ms {
+            -1 => None,
+            ms => Some(std::time::Duration::from_millis(
+                u64::try_from(ms).map_err(|_| {
+                    format!("--max-task-idle-ms must be -1 or at least 0, not {ms}")
+                })?,
+            )),
+        };
         Ok(())
     }
 }
@@ -494,5 +507,26 @@ mod tests {
         }
         .team()
         .is_err());
+    }
+
+    #[test]
+    fn should_read_max_task_idle_as_kafka_streams_does() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Args {
+            #[command(flatten)]
+            processing: Processing,
+        }
+        let idle = |args: &[&str]| {
+            let a = Args::try_parse_from(std::iter::once("p").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+            let mut cfg = StreamsConfig::new("a", "b:9092");
+            a.processing.apply(&mut cfg).map(|()| cfg.max_task_idle)
+        };
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(idle(&[]), Ok(Some(ms(0))), "Kafka Streams' default, 0");
+        assert_eq!(idle(&["--max-task-idle-ms", "250"]), Ok(Some(ms(250))));
+        assert_eq!(idle(&["--max-task-idle-ms", "-1"]), Ok(None), "-1: off");
+        assert!(idle(&["--max-task-idle-ms", "-5"]).is_err());
     }
 }

@@ -290,8 +290,8 @@ class Bench:
 Clicks joined with a table of users (`builder.table(users).join`, inner), on both frameworks
 (`bench-join`, `bench.Main join`), at-least-once with 100 ms commits; each result written as
 `{{"user","page","company"}}` keyed by user. The table: {a.join_users:,} users in 4 partitions, read
-by the application before the clicks arrive (until its group has committed the table's end — this
-runtime does not yet order a task's records by timestamp across its topics); then {a.join_clicks:,}
+by the application before the clicks arrive (until its group has committed the table's end, so that
+the clicks, timestamped as they are written, are all later than the rows); then {a.join_clicks:,}
 clicks (`bench-join-input`, the same every run) in 4 partitions. Timing: from the first click produced
 until the last joined click is readable. Both frameworks gave {'equal' if equal else 'DIFFERENT'}
 results (a digest of the latest result per user).

@@ -239,6 +239,16 @@ pub fn render(
     );
     o.val("streams_rollbacks_total", &[], status.rollbacks());
     o.head(
+        "streams_enforced_processing_total",
+        "counter",
+        "Records a task that reads several topics processed while waiting on one of them for longer than max.task.idle.ms allows (or the bounds of waiting), possibly out of timestamp order.",
+    );
+    o.val(
+        "streams_enforced_processing_total",
+        &[],
+        status.enforced_processing(),
+    );
+    o.head(
         "streams_task_restoring",
         "gauge",
         "1 while the task restores, 0 once it runs.",

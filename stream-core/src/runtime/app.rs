@@ -507,7 +507,18 @@ impl Clocks {
         e: &mut Engine,
         consumer: &BaseConsumer<StreamContext>,
     ) -> Result<(), RuntimeError> {
-        self.since += 1;
+        self.add(1, e, consumer)
+    }
+
+    /// Counts `n` processed records; runs the periodic work once
+    /// [`CLOCK_EVERY`] have been counted since it last ran.
+    fn add(
+        &mut self,
+        n: usize,
+        e: &mut Engine,
+        consumer: &BaseConsumer<StreamContext>,
+    ) -> Result<(), RuntimeError> {
+        self.since += n;
         if self.since < CLOCK_EVERY {
             return Ok(());
         }
@@ -624,9 +635,13 @@ fn stream_loop(
         let r = match polled {
             Some(Ok(msg)) => {
                 handled = true;
-                e.process(&msg)
+                e.accept(&msg)
                     .and_then(|()| clocks.count(&mut e, &consumer))
             }
+            // The end of a partition whose records come through `poll`
+            // (its forward did not take): the event names no topic, so a
+            // task waiting on it learns from the watermark instead.
+            Some(Err(KafkaError::PartitionEOF(_))) => Ok(()),
             Some(Err(err)) => consume_error(err, topics, cfg, capture, &mut last_transport_warning)
                 .map_or(Ok(()), Err),
             None => Ok(()),
@@ -654,8 +669,18 @@ fn stream_loop(
                 let r = match item {
                     Batched::Record(record) => {
                         handled = true;
-                        e.process(&record)
+                        e.accept(&record)
                             .and_then(|()| clocks.count(&mut e, &consumer))
+                    }
+                    Batched::Error {
+                        code: RDKafkaErrorCode::PartitionEOF,
+                        topic,
+                        partition,
+                    } => {
+                        if let Some(topic) = topic {
+                            e.caught_up(topic, partition);
+                        }
+                        Ok(())
                     }
                     Batched::Error { code, .. } => consume_error(
                         KafkaError::MessageConsumption(code),
@@ -674,6 +699,23 @@ fn stream_loop(
             if let Some(err) = failed {
                 break Err(err);
             }
+        }
+        // Held records of tasks that read several topics, in timestamp
+        // order as far as their turn has come (see `time_order`).
+        let ready = loop {
+            match e.process_ready(&consumer, CLOCK_EVERY) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    handled = true;
+                    if let Err(err) = clocks.add(n, &mut e, &consumer) {
+                        break Err(err);
+                    }
+                }
+                Err(err) => break Err(err),
+            }
+        };
+        if let Err(err) = ready {
+            break Err(err);
         }
         if !handled {
             if let Err(err) = clocks.run(&mut e, &consumer) {

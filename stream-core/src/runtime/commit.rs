@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::Offset;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::StreamsConfig;
 use super::error::RuntimeError;
@@ -379,6 +379,18 @@ pub(crate) fn rewind(tasks: &mut OwnedTasks, consumer: &BaseConsumer<impl Consum
             if let Err(err) = consumer.seek(topic, *p, offset, CLIENT_TIMEOUT) {
                 tracing::warn!(topic = %topic, partition = p, error = %err, "rewind after abort failed");
             }
+        }
+    }
+    // Partitions paused for holding records in timestamp order (dropped
+    // with the rollback) fetch again, from where they were sought.
+    let paused = tasks.order.take_paused();
+    if !paused.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &paused {
+            tpl.add_partition(t, *p);
+        }
+        if let Err(err) = consumer.resume(&tpl) {
+            tracing::warn!(error = %err, "resume after rewind failed");
         }
     }
 }

@@ -142,6 +142,17 @@ pub struct StreamsConfig {
     /// quiet. `None` (the default, as Kafka Streams): stream time moves
     /// only with records.
     pub idle_advance: Option<Duration>,
+    /// `max.task.idle.ms`: how long a task that reads more than one topic
+    /// (a join, a merge) waits for a partition that has nothing buffered
+    /// and is known to be caught up, before it processes the others'
+    /// records without it. Such a task always processes the buffered
+    /// record with the smallest timestamp, and waits for a partition that
+    /// has records on the broker not fetched yet
+    /// (see `docs/tables.md`, "Order between the inputs", and `runtime/time_order.rs`). Default
+    /// `Some(Duration::ZERO)`, as Kafka Streams' 0; `None` turns ordering
+    /// off (Kafka Streams' -1): records are processed in the order the
+    /// consumer hands them out.
+    pub max_task_idle: Option<Duration>,
     /// Dead-letter topic (default `<application.id>-dlq`).
     pub dead_letter_topic: Option<String>,
     /// Replication factor of internal topics (`None`: the broker's default).
@@ -250,6 +261,7 @@ impl StreamsConfig {
             max_buffered_changes: DEFAULT_MAX_BUFFERED_CHANGES,
             on_late: crate::task::LatePolicy::DeadLetter,
             idle_advance: None,
+            max_task_idle: Some(Duration::ZERO),
             application_server: None,
         }
     }

@@ -26,6 +26,7 @@ use super::producer::OutputProducer;
 use super::restore::{ChangelogReader, Restored, Restorer};
 use super::status::RuntimeStatus;
 use super::tasks::{Entry, OwnedTasks};
+use super::time_order::{FetchState, Offer};
 use super::topics::TopicPlan;
 use crate::coordinates::TopicPartition;
 use crate::graph::Topology;
@@ -108,7 +109,7 @@ impl Engine {
     ) -> Result<Self, RuntimeError> {
         let restorer = Restorer::start(reader, format!("restore-{}", cfg.application_id))?;
         Ok(Engine {
-            tasks: OwnedTasks::new(topology.clone(), task_cfg.clone()),
+            tasks: OwnedTasks::new(topology.clone(), task_cfg.clone(), cfg.max_task_idle),
             topology,
             cfg,
             task_cfg,
@@ -174,6 +175,93 @@ impl Engine {
         self.punctuate()
     }
 
+    /// A record from the consumer: processed now, or held until its turn
+    /// in timestamp order when its task reads more than one topic (see
+    /// [`super::time_order`]; [`process_ready`](Self::process_ready)
+    /// processes it then).
+    pub(crate) fn accept(&mut self, msg: &impl Consumed) -> Result<(), RuntimeError> {
+        if self.suspended.is_some() {
+            // Read again from the last commit once resumed.
+            return Ok(());
+        }
+        match self.tasks.offer(msg) {
+            Offer::Now => self.process(msg),
+            Offer::Held => Ok(()),
+        }
+    }
+
+    /// The consumer reached the end of `partition` of `topic` (a
+    /// partition-EOF event): a task reading it with other topics need not
+    /// wait for it.
+    pub(crate) fn caught_up(&mut self, topic: &str, partition: i32) {
+        self.tasks.caught_up(topic, partition);
+    }
+
+    /// Processes up to `max` held records whose turn has come; returns how
+    /// many. Stops early after a rollback (which drops the rest).
+    pub(crate) fn process_ready(
+        &mut self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+        max: usize,
+    ) -> Result<usize, RuntimeError> {
+        self.apply_flow(consumer)?;
+        if self.tasks.order.held() == 0 {
+            return Ok(0);
+        }
+        let marks = FetchedWatermark(consumer.client().native_ptr());
+        let now = Instant::now();
+        self.tasks.order.begin_round();
+        let rewound = self.tasks.rewound();
+        let mut n = 0;
+        while n < max && self.tasks.rewound() == rewound {
+            let Some(held) = self.tasks.order.next(now, &marks) else {
+                break;
+            };
+            let r = self.process(&held);
+            self.tasks.order.recycle(held);
+            r?;
+            n += 1;
+        }
+        let enforced = self.tasks.order.take_enforced();
+        if enforced > 0 {
+            self.status.record_enforced(enforced);
+        }
+        self.apply_flow(consumer)?;
+        Ok(n)
+    }
+
+    /// Pauses the partitions that hold too many records for timestamp
+    /// order, and resumes those processed down, each from the offset after
+    /// the last record it handed out (see [`super::time_order`]).
+    fn apply_flow(
+        &mut self,
+        consumer: &BaseConsumer<impl ConsumerContext>,
+    ) -> Result<(), RuntimeError> {
+        let flow = self.tasks.order.take_flow();
+        if !flow.pause.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &flow.pause {
+                tpl.add_partition(t, *p);
+            }
+            consumer.pause(&tpl).map_err(|e| {
+                RuntimeError::kafka("pause a partition holding records for timestamp order", e)
+            })?;
+            tracing::debug!(partitions = ?flow.pause, "paused: holding records for timestamp order");
+        }
+        for (t, p, next) in &flow.resume {
+            consumer
+                .seek(t, *p, Offset::Offset(*next), Duration::from_secs(10))
+                .map_err(|e| RuntimeError::kafka(format!("seek {t}[{p}] to resume it"), e))?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(t, *p);
+            consumer
+                .resume(&tpl)
+                .map_err(|e| RuntimeError::kafka(format!("resume {t}[{p}]"), e))?;
+            tracing::debug!(topic = %t, partition = p, from = next, "resumed");
+        }
+        Ok(())
+    }
+
     /// Processes one input record and sends what it produced.
     pub(crate) fn process(&mut self, msg: &impl Consumed) -> Result<(), RuntimeError> {
         if self.suspended.is_some() {
@@ -234,6 +322,8 @@ impl Engine {
         for (_, e) in self.tasks.iter_mut() {
             e.task.rollback();
         }
+        // Read again once resumed (from the positions rolled back to).
+        self.tasks.order.reset();
         self.status.record_rollback();
         self.suspended = Some(Suspension {
             since: Instant::now(),
@@ -501,6 +591,7 @@ impl Engine {
             }
         }
         let by_task = self.tasks.by_task(&assigned);
+        self.tasks.order.assigned();
         let committed = if self.cfg.outside_group {
             // Not a member: the group's offsets are other programs'.
             BTreeMap::new()
@@ -855,6 +946,8 @@ impl Engine {
             self.in_flight = None;
             Ok(())
         };
+        // Held records of the partitions taken away are not processed here.
+        self.tasks.order.forget(&revoked);
         let mut affected: Vec<TaskId> = revoked
             .iter()
             .filter_map(|(t, p)| self.tasks.task_for(t, *p))
@@ -902,5 +995,50 @@ impl Engine {
             self.status.remove_task(id);
         }
         r
+    }
+}
+
+/// What a consumer knows of its partitions' ends: librdkafka's last
+/// fetched high watermark (`rd_kafka_get_watermark_offsets`) against its
+/// position (`rd_kafka_position`, which moves past transaction markers
+/// too). Neither makes a request.
+struct FetchedWatermark(*mut rdkafka::bindings::rd_kafka_t);
+
+impl FetchState for FetchedWatermark {
+    fn caught_up(&self, topic: &std::ffi::CString, partition: i32, next: Option<i64>) -> bool {
+        use rdkafka::bindings as rd;
+        let ok = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the consumer's live handle (borrowed for the lookup's
+        // duration by `process_ready`) and a NUL-terminated topic name.
+        let err = unsafe {
+            rd::rd_kafka_get_watermark_offsets(
+                self.0,
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        if err != ok || high < 0 {
+            return false;
+        }
+        if high <= low {
+            return true; // nothing to read
+        }
+        // SAFETY: a list of one partition, made, read and destroyed here;
+        // `rd_kafka_position` only reads the consumer's state.
+        let position = unsafe {
+            let list = rd::rd_kafka_topic_partition_list_new(1);
+            let tp = rd::rd_kafka_topic_partition_list_add(list, topic.as_ptr(), partition);
+            let at = if rd::rd_kafka_position(self.0, list) == ok && (*tp).err == ok {
+                (*tp).offset
+            } else {
+                -1
+            };
+            rd::rd_kafka_topic_partition_list_destroy(list);
+            at
+        };
+        position.max(next.unwrap_or(-1)) >= high
     }
 }

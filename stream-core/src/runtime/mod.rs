@@ -8,6 +8,7 @@
 //! | [`topics`] | partition planning, internal topic creation and checks |
 //! | `engine` | one stream thread: records through its tasks, assignment and revocation |
 //! | `tasks` | task ownership: the tasks a thread runs, the task for a record, opening tasks |
+//! | `time_order` | a task that reads several topics: its records in timestamp order (`max.task.idle.ms`) |
 //! | `producer` | sending, delivery tracking, refused records, the dead-letter file, transactions |
 //! | `topic_send` | handing a record to librdkafka with a topic handle kept per topic |
 //! | `commit` | the commit protocol, in order |
@@ -52,6 +53,7 @@ pub(crate) mod restore;
 pub mod standby;
 pub mod status;
 pub(crate) mod tasks;
+pub(crate) mod time_order;
 pub(crate) mod topic_ids;
 pub(crate) mod topic_send;
 pub mod topics;

@@ -107,6 +107,7 @@ struct Inner {
     processed_closed: u64,
     production_errors: u64,
     rollbacks: u64,
+    enforced: u64,
     awaiting_ack: u64,
 }
 
@@ -183,6 +184,18 @@ impl RuntimeStatus {
 
     pub(crate) fn record_rollback(&self) {
         self.with(|i| i.rollbacks += 1)
+    }
+
+    /// Times a task that reads several topics processed a record without
+    /// one of them buffered, out of timestamp order if a record of it was
+    /// earlier (Kafka Streams' enforced processing; see
+    /// `runtime::time_order`).
+    pub fn enforced_processing(&self) -> u64 {
+        self.with(|i| i.enforced)
+    }
+
+    pub(crate) fn record_enforced(&self, n: u64) {
+        self.with(|i| i.enforced += n)
     }
 
     pub(crate) fn record_production_error(&self) {

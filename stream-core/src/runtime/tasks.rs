@@ -8,6 +8,8 @@ use std::sync::Arc;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::error::RuntimeError;
+use super::message::Consumed;
+use super::time_order::{Offer, TimeOrder};
 use crate::graph::Topology;
 use crate::store::StateDir;
 use crate::task::{Task, TaskConfig, TaskId};
@@ -29,10 +31,19 @@ pub(crate) struct OwnedTasks {
     /// How often the tasks were rolled back and their input rewound (see
     /// [`Self::rewound`]).
     rewinds: u64,
+    /// Records held for timestamp order, of tasks that read more than one
+    /// topic.
+    pub(crate) order: TimeOrder,
 }
 
 impl OwnedTasks {
-    pub(crate) fn new(topology: Arc<Topology>, task_cfg: Arc<TaskConfig>) -> Self {
+    /// The tasks of a thread over `topology`; `max_task_idle` as
+    /// [`StreamsConfig::max_task_idle`](super::config::StreamsConfig::max_task_idle).
+    pub(crate) fn new(
+        topology: Arc<Topology>,
+        task_cfg: Arc<TaskConfig>,
+        max_task_idle: Option<std::time::Duration>,
+    ) -> Self {
         let app = &task_cfg.application_id;
         let readers = topology
             .source_topics(app)
@@ -48,12 +59,38 @@ impl OwnedTasks {
             tasks: BTreeMap::new(),
             readers,
             rewinds: 0,
+            order: TimeOrder::new(max_task_idle),
         }
     }
 
-    /// Counts a rollback with its input rewound.
+    /// Counts a rollback with its input rewound; the records held for
+    /// timestamp order are dropped (the consumer reads them again).
     pub(crate) fn note_rewind(&mut self) {
         self.rewinds += 1;
+        self.order.reset();
+    }
+
+    /// Whether `msg` is processed now or held for timestamp order (see
+    /// [`super::time_order`]); a record of no task here is "now" (the
+    /// engine ignores it).
+    pub(crate) fn offer(&mut self, msg: &impl Consumed) -> Offer {
+        let Some(id) = self.task_for(msg.topic(), msg.partition()) else {
+            return Offer::Now;
+        };
+        match self.tasks.get(&id) {
+            Some(e) => self.order.offer(id, &e.partitions, msg),
+            None => Offer::Now,
+        }
+    }
+
+    /// The consumer reached the end of `partition` of `topic`.
+    pub(crate) fn caught_up(&mut self, topic: &str, partition: i32) {
+        let Some(id) = self.task_for(topic, partition) else {
+            return;
+        };
+        if let Some(e) = self.tasks.get(&id) {
+            self.order.caught_up(id, &e.partitions, topic, partition);
+        }
     }
 
     /// How many rollbacks rewound the input so far. Records read before a
