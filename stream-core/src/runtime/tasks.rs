@@ -45,7 +45,7 @@ impl OwnedTasks {
         max_task_idle: Option<std::time::Duration>,
     ) -> Self {
         let app = &task_cfg.application_id;
-        let readers = topology
+        let readers: Vec<(String, usize)> = topology
             .source_topics(app)
             .into_iter()
             .filter_map(|t| {
@@ -53,13 +53,20 @@ impl OwnedTasks {
                 Some((t, id))
             })
             .collect();
+        // Records wait for timestamp order only in a sub-topology that
+        // reads more than one topic; without one, ordering is off and
+        // costs nothing per record.
+        let several = |(i, (_, id)): (usize, &(String, usize))| {
+            readers[i + 1..].iter().any(|(_, other)| other == id)
+        };
+        let ordered = readers.iter().enumerate().any(several);
         OwnedTasks {
             topology,
             task_cfg,
             tasks: BTreeMap::new(),
             readers,
             rewinds: 0,
-            order: TimeOrder::new(max_task_idle),
+            order: TimeOrder::new(max_task_idle.filter(|_| ordered)),
         }
     }
 
@@ -74,6 +81,9 @@ impl OwnedTasks {
     /// [`super::time_order`]); a record of no task here is "now" (the
     /// engine ignores it).
     pub(crate) fn offer(&mut self, msg: &impl Consumed) -> Offer {
+        if !self.order.is_on() {
+            return Offer::Now;
+        }
         let Some(id) = self.task_for(msg.topic(), msg.partition()) else {
             return Offer::Now;
         };
@@ -85,6 +95,9 @@ impl OwnedTasks {
 
     /// The consumer reached the end of `partition` of `topic`.
     pub(crate) fn caught_up(&mut self, topic: &str, partition: i32) {
+        if !self.order.is_on() {
+            return;
+        }
         let Some(id) = self.task_for(topic, partition) else {
             return;
         };

@@ -358,6 +358,11 @@ impl TimeOrder {
         }
     }
 
+    /// Whether ordering is on (else every record is processed at once).
+    pub(crate) fn is_on(&self) -> bool {
+        self.idle.is_some()
+    }
+
     /// Records held now.
     pub(crate) fn held(&self) -> usize {
         self.held
