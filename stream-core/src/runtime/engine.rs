@@ -204,6 +204,9 @@ impl Engine {
         consumer: &BaseConsumer<impl ConsumerContext>,
         max: usize,
     ) -> Result<usize, RuntimeError> {
+        if !self.tasks.order.is_on() {
+            return Ok(0);
+        }
         self.apply_flow(consumer)?;
         if self.tasks.order.held() == 0 {
             return Ok(0);
