@@ -72,8 +72,11 @@ use super::message::Consumed;
 use crate::task::TaskId;
 
 /// How long a task waits at most for a partition that has nothing held
-/// and is not known to be caught up, before it goes on without it.
-pub(crate) const MAX_FETCH_WAIT: Duration = Duration::from_secs(5);
+/// and is not known to be caught up, before it goes on without it. Long
+/// enough for any fetch of a working broker, busy or not (Kafka Streams
+/// waits as long as it takes); the bound is for a consumer that cannot
+/// tell the partition's end (see the module docs).
+pub(crate) const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
 
 /// Records held of one partition at which it stops fetching (Kafka
 /// Streams' `buffered.records.per.partition` is 1,000; librdkafka hands
