@@ -29,8 +29,30 @@
 //! the key, the value's length and the value, lengths as LEB128 varints,
 //! keys strictly ascending. A bucket that does not decode is damage: the
 //! task's state is rebuilt from its changelogs.
+//!
+//! **Reads beside a write.** The stream thread reads a tree while the
+//! state writer thread writes it. A point read finds the greatest fence
+//! at or below its key with sled's reverse iteration. sled cuts leaves at
+//! shortened separators, so the leaf a key falls in may hold no fence at
+//! or below it; the iteration then reads the leaf before it, a moment
+//! later. A split writes its later pieces first (they can land in the
+//! key's leaf) and the first piece over the old bucket last (in the leaf
+//! before): a read that sees the key's leaf before the split and the leaf
+//! before it after the split finds the first piece alone, without the
+//! key the split moved out of it, and would answer "absent" for a key
+//! that is there (a stream–table join would drop a record as if its row
+//! were missing). So an absent answer that overlapped a split
+//! ([`SPLITS`]) is checked by reading forward from the fence found up to
+//! the key: forward reads see the leaves in the order the split writes
+//! them, so the last fence they find at or below the key is the bucket
+//! that holds it. A value found is never wrong: a key the write in
+//! progress changes is still read from the writing layer above the tree
+//! (`store::StoreSet`), and every piece of a split holds the other keys'
+//! values unchanged. Range reads go forward from the bucket of their
+//! start already.
 
 use std::ops::Bound;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use crate::error::StoreError;
 
@@ -43,6 +65,13 @@ const BUCKET_V1: u8 = 1;
 
 /// One entry of a bucket, borrowed from its encoding or from a commit.
 type Entry<'a> = (&'a [u8], &'a [u8]);
+
+/// Splits begun plus splits ended, over every tree of the process: odd
+/// while one is being written. A point read that finds this changed
+/// around it checks an absent answer (module docs). One counter for all
+/// trees keeps it right whichever handles a tree was opened through; a
+/// split elsewhere only costs a read that overlapped it one more lookup.
+static SPLITS: AtomicU64 = AtomicU64::new(0);
 
 /// Entries read back, owned, in key order.
 pub(crate) type Owned = super::Entries;
@@ -101,9 +130,34 @@ impl BucketTree {
         &self.tree
     }
 
-    /// The value of `key`.
+    /// The value of `key`. Safe beside the state writer's writes (module
+    /// docs).
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some((fence, raw)) = self.bucket_of(key)? else {
+        let before = SPLITS.load(Ordering::Acquire);
+        let found = self.bucket_of(key)?;
+        if let Some((fence, raw)) = &found {
+            if let Some(v) = find(raw, key).ok_or_else(|| self.damaged(fence))? {
+                return Ok(Some(v.to_vec()));
+            }
+        }
+        // The tree reads above come before the counter's second read.
+        fence(Ordering::Acquire);
+        if before.is_multiple_of(2) && SPLITS.load(Ordering::Relaxed) == before {
+            return Ok(None);
+        }
+        self.get_forward(key, found.as_ref().map(|(f, _)| f.as_ref()))
+    }
+
+    /// `key`'s value from the last bucket whose fence lies after `after`
+    /// and at or below `key`, read forward; `None` if there is no such
+    /// bucket (the bucket at `after` was read whole and lacks the key).
+    fn get_forward(&self, key: &[u8], after: Option<&[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut last = None;
+        for bucket in self.tree.range::<&[u8], _>((from, Bound::Included(key))) {
+            last = Some(bucket.map_err(|e| self.sled_err(e))?);
+        }
+        let Some((fence, raw)) = last else {
             return Ok(None);
         };
         find(&raw, key)
@@ -114,9 +168,11 @@ impl BucketTree {
     /// Entries with `from <= key` and `key < to` (no bound if `None`), in
     /// key order.
     pub(crate) fn range(&self, from: &[u8], to: Option<&[u8]>) -> Result<Owned, StoreError> {
+        // Without a bucket at or below `from` the scan starts at the first
+        // bucket, which is where a scan from `from` would start too.
         let start = match self.bucket_of(from)? {
             Some((fence, _)) => fence.to_vec(),
-            None => from.to_vec(),
+            None => Vec::new(),
         };
         let mut out = Vec::new();
         self.each_bucket(start.as_slice(), |fence, entries, next| {
@@ -240,6 +296,7 @@ impl BucketTree {
                 continue;
             }
             let pieces = split(&merged);
+            let _split = (pieces.len() > 1).then(SplitMark::begin);
             for piece in pieces.iter().skip(1).rev() {
                 self.tree
                     .insert(piece[0].0, encode(piece))
@@ -274,6 +331,24 @@ impl BucketTree {
         }
         self.tree.remove(fence).map_err(|e| self.sled_err(e))?;
         Ok(())
+    }
+}
+
+/// A split being written: [`SPLITS`] is odd from [`begin`](Self::begin)
+/// until the mark is dropped (after the split's last write, or on its
+/// error).
+struct SplitMark;
+
+impl SplitMark {
+    fn begin() -> SplitMark {
+        SPLITS.fetch_add(1, Ordering::AcqRel);
+        SplitMark
+    }
+}
+
+impl Drop for SplitMark {
+    fn drop(&mut self) {
+        SPLITS.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -729,5 +804,116 @@ mod tests {
             t.apply(&[(b"a", Some(b"1"))], &mut 0),
             Err(StoreError::Damaged { .. })
         ));
+    }
+
+    /// The forward check of an absent answer finds a key from any bucket
+    /// at or before its own, and no key that is not there.
+    #[test]
+    fn should_read_forward_from_an_earlier_bucket() {
+        let (_dir, t) = tree();
+        let mut model = BTreeMap::new();
+        let mut count = 0;
+        let rows: BTreeMap<Vec<u8>, Option<Vec<u8>>> = (0..2_000u32)
+            .map(|i| (format!("user-{i}").into_bytes(), Some(vec![b'c'; 20])))
+            .collect();
+        commit(&t, rows, &mut model, &mut count);
+        let fences: Vec<Vec<u8>> = t.raw().iter().keys().map(|k| k.unwrap().to_vec()).collect();
+        assert!(fences.len() > 20, "{} buckets", fences.len());
+        for key in model.keys().step_by(37) {
+            // `after` is a fence whose bucket lacks the key: any before
+            // the key's own.
+            let own = fences.iter().rposition(|f| f <= key).unwrap();
+            for after in [None, Some(0), own.checked_sub(1)] {
+                if after.is_some_and(|a| a >= own) {
+                    continue;
+                }
+                let after = after.map(|a| fences[a].as_slice());
+                assert_eq!(
+                    t.get_forward(key, after).unwrap(),
+                    model.get(key).cloned(),
+                    "{key:?} after {after:?}"
+                );
+            }
+            let mut absent = key.clone();
+            absent.push(b'x');
+            assert_eq!(t.get_forward(&absent, Some(&fences[0])).unwrap(), None);
+            assert_eq!(t.get(&absent).unwrap(), None);
+        }
+    }
+
+    /// Keys already written are found while the state writer grows the
+    /// tree from empty, splitting buckets all over it (users arriving in
+    /// the partitioner's order): reads from three threads, for a few
+    /// seconds. Without the check of absent answers a few reads a second
+    /// find written keys absent.
+    #[test]
+    fn should_find_written_keys_while_splits_are_written() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        use std::sync::Arc;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+        let (mut reads, mut misses) = (0u64, Vec::new());
+        let mut round = 0u64;
+        while std::time::Instant::now() < deadline {
+            round += 1;
+            let (_dir, t) = tree();
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ round);
+            let mut keys: Vec<Vec<u8>> = (0..20_000u32)
+                .map(|i| format!("user-{i}").into_bytes())
+                .collect();
+            for i in (1..keys.len()).rev() {
+                keys.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            }
+            let keys = Arc::new(keys);
+            let written = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let readers: Vec<_> = (0..3usize)
+                .map(|r| {
+                    let (t, keys, written, stop) =
+                        (t.clone(), keys.clone(), written.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        let (mut i, mut reads, mut misses) = (r * 977, 0u64, Vec::new());
+                        while !stop.load(Ordering::Relaxed) {
+                            let n = written.load(Ordering::Acquire);
+                            if n == 0 {
+                                std::thread::yield_now();
+                                continue;
+                            }
+                            i = i.wrapping_add(7919);
+                            let key = &keys[i % n];
+                            reads += 1;
+                            if t.get(key).unwrap().is_none() {
+                                misses.push(String::from_utf8_lossy(key).into_owned());
+                            }
+                        }
+                        (reads, misses)
+                    })
+                })
+                .collect();
+            let (mut at, mut size, mut count) = (0, 50, 0u64);
+            while at < keys.len() {
+                let end = (at + size).min(keys.len());
+                let mut batch: Vec<(&[u8], Option<&[u8]>)> = keys[at..end]
+                    .iter()
+                    .map(|k| (k.as_slice(), Some(&b"company-17"[..])))
+                    .collect();
+                batch.sort();
+                t.apply(&batch, &mut count).unwrap();
+                written.store(end, Ordering::Release);
+                (at, size) = (end, (size * 3 / 2).min(3_000));
+            }
+            stop.store(true, Ordering::SeqCst);
+            for r in readers {
+                let (n, m) = r.join().unwrap();
+                reads += n;
+                misses.extend(m);
+            }
+        }
+        assert!(reads > 10_000, "only {reads} reads");
+        assert!(
+            misses.is_empty(),
+            "{} of {reads} reads in {round} rounds found written keys absent, e.g. {:?}",
+            misses.len(),
+            &misses[..misses.len().min(5)]
+        );
     }
 }
