@@ -7,15 +7,17 @@
 //! always polling with a deadline, never a fixed sleep.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The PLAINTEXT bootstrap address.
@@ -111,27 +113,66 @@ pub async fn create_compacted_topic(name: &str, partitions: i32) {
     create_topic_with(name, partitions, &[("cleanup.policy", "compact")]).await
 }
 
+/// Counts the records a producer gave up on (a delivery report with an
+/// error), so that a test or a benchmark filler notices input it failed to
+/// write instead of blaming the program that reads it.
+#[derive(Default)]
+pub struct DeliveryCheck {
+    failed: AtomicU64,
+    first: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCheck {}
+
+impl ProducerContext for DeliveryCheck {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            if self.failed.fetch_add(1, Ordering::SeqCst) == 0 {
+                if let Ok(mut first) = self.first.lock() {
+                    *first = Some(format!("{}[{}]: {e}", m.topic(), m.partition()));
+                }
+            }
+        }
+    }
+}
+
+impl DeliveryCheck {
+    /// What was not delivered so far, if anything: how many records, and
+    /// the first one's topic, partition and error.
+    pub fn failures(&self) -> Option<String> {
+        let n = self.failed.load(Ordering::SeqCst);
+        let first = self.first.lock().ok().and_then(|f| f.clone());
+        (n > 0).then(|| {
+            format!(
+                "records not delivered: {n} (the first: {})",
+                first.unwrap_or_default()
+            )
+        })
+    }
+}
+
+/// The tests' and benchmark fillers' producer type.
+pub type TestProducer = ThreadedProducer<DeliveryCheck>;
+
 /// A producer that batches; call [`flush`] before reading what it wrote.
-pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
+pub fn producer() -> TestProducer {
     producer_at(&bootstrap())
 }
 
 /// A producer for the broker at `bootstrap`.
-pub fn producer_at(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+pub fn producer_at(bootstrap: &str) -> TestProducer {
     let mut c = client_config_at(bootstrap);
     c.set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random");
-    c.create().expect("producer")
+    c.create_with_context(DeliveryCheck::default())
+        .expect("producer")
 }
 
 /// Sends one record (blocking while the queue is full).
-pub fn send(
-    p: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: Option<&[u8]>,
-    value: &[u8],
-) {
+pub fn send(p: &TestProducer, topic: &str, key: Option<&[u8]>, value: &[u8]) {
     let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
     if let Some(k) = key {
         rec = rec.key(k);
@@ -141,14 +182,14 @@ pub fn send(
 
 /// The benchmark fillers' producer: batches of 20 ms, no compression,
 /// keys partitioned as the Java client does; exits with a message if the
-/// client cannot be created.
-pub fn bulk_producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+/// client cannot be created. End with [`finish_bulk`].
+pub fn bulk_producer(bootstrap: &str) -> TestProducer {
     let mut pc = ClientConfig::new();
     pc.set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .set("partitioner", "murmur2_random")
         .set("compression.type", "none");
-    match pc.create() {
+    match pc.create_with_context(DeliveryCheck::default()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -188,8 +229,8 @@ pub fn plain_consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
 
 /// Sends `rec`, waiting while the producer's queue is full; any other
 /// error is returned.
-pub fn send_record(
-    p: &ThreadedProducer<DefaultProducerContext>,
+pub fn send_record<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
+    p: &ThreadedProducer<C>,
     mut rec: BaseRecord<'_, [u8], [u8]>,
 ) -> Result<(), KafkaError> {
     loop {
@@ -238,9 +279,27 @@ pub fn init_tracing(default: &str) {
     stream_core::logging::init(default);
 }
 
-/// Waits until every record sent is acknowledged.
-pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) {
+/// Waits until every record sent is acknowledged; panics if any was not
+/// delivered.
+pub fn flush(p: &TestProducer) {
     p.flush(Duration::from_secs(60)).expect("flush");
+    if let Some(failed) = p.context().failures() {
+        panic!("{failed}");
+    }
+}
+
+/// A benchmark filler's end: waits until every record sent is
+/// acknowledged, and exits with status 1 and a message if that fails or
+/// any record was not delivered.
+pub fn finish_bulk(p: &TestProducer) {
+    let failed = match p.flush(Duration::from_secs(120)) {
+        Err(e) => Some(e.to_string()),
+        Ok(()) => p.context().failures(),
+    };
+    if let Some(failed) = failed {
+        eprintln!("error: {failed}");
+        std::process::exit(1);
+    }
 }
 
 /// A record read back.

@@ -129,12 +129,7 @@ fn fill_changelog(changelog: &str, partition: i32, n: u64) -> BTreeMap<Vec<u8>, 
     last
 }
 
-fn send_to(
-    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
-    topic: &str,
-    partition: i32,
-    key: &str,
-) {
+fn send_to(p: &TestProducer, topic: &str, partition: i32, key: &str) {
     let rec = BaseRecord::to(topic)
         .partition(partition)
         .key(key.as_bytes())

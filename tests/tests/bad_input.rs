@@ -58,8 +58,7 @@ async fn should_dead_letter_exactly_the_bad_records_and_count_the_rest() {
     let p = {
         let mut c = client_config();
         c.set("message.max.bytes", "2000000").set("linger.ms", "5");
-        let p: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-            c.create().unwrap();
+        let p: TestProducer = c.create_with_context(DeliveryCheck::default()).unwrap();
         p
     };
     let (mut bad, mut expected) = (Vec::new(), BTreeMap::<String, i64>::new());

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use integration_tests::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::Producer;
 use stream_core::runtime::topics::{check_connection, ErrorCapture};
 use stream_core::runtime::{RuntimeError, Secret, StreamsConfig};
 
@@ -33,6 +34,31 @@ async fn should_round_trip_records_through_the_broker() {
         (0..100).map(|i| format!("v{i}")).collect::<Vec<_>>()
     );
     assert!(got.iter().any(|r| r.partition == 1) && got.iter().any(|r| r.partition == 0));
+}
+
+/// The tests' producer reports a record the broker refused instead of
+/// dropping it unseen (a filler that lost input would make the program
+/// that reads it look like the one that lost it).
+#[tokio::test]
+async fn should_report_a_record_the_broker_refused() {
+    let topic = unique("refused");
+    create_topic_with(&topic, 1, &[("max.message.bytes", "10000")]).await;
+    let mut c = client_config();
+    c.set("linger.ms", "5");
+    let p: TestProducer = c
+        .create_with_context(DeliveryCheck::default())
+        .expect("producer");
+    send(&p, &topic, Some(b"small"), b"fits");
+    flush(&p);
+    send(&p, &topic, Some(b"large"), &vec![b'x'; 50_000]);
+    p.flush(Duration::from_secs(30)).expect("flush");
+    let failed = p
+        .context()
+        .failures()
+        .expect("the refused record is reported");
+    assert!(failed.starts_with("records not delivered: 1 "), "{failed}");
+    assert!(failed.contains(&topic), "{failed}");
+    assert_eq!(read_all(&topic, Duration::from_secs(30)).len(), 1);
 }
 
 /// Same-key records are reduced to the latest once the cleaner has run.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use integration_tests::*;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 
 /// The topics of one test.
 struct Setup {
@@ -44,13 +44,7 @@ fn base_ms() -> i64 {
 }
 
 /// Sends `key` = `value` at timestamp `ts`.
-fn send_at(
-    p: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: &str,
-    value: &str,
-    ts: i64,
-) {
+fn send_at(p: &TestProducer, topic: &str, key: &str, value: &str, ts: i64) {
     let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
         .key(key.as_bytes())
         .payload(value.as_bytes())

@@ -11,9 +11,8 @@
 //! `bench-events BOOTSTRAP TOPIC N KEYS SPAN_MS WINDOW_MS PARTITIONS`
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 
 /// Where event time starts: the hour two hours before now, so that
 /// windows of any size dividing an hour start on its grid, and the broker's
@@ -26,7 +25,7 @@ fn epoch_ms() -> i64 {
     now - now % HOUR - 2 * HOUR
 }
 
-fn send(p: &ThreadedProducer<DefaultProducerContext>, rec: BaseRecord<'_, [u8], [u8]>) {
+fn send(p: &integration_tests::TestProducer, rec: BaseRecord<'_, [u8], [u8]>) {
     if let Err(e) = integration_tests::send_record(p, rec) {
         eprintln!("error: {e}");
         std::process::exit(1)
@@ -72,10 +71,7 @@ fn main() {
                 .timestamp(epoch + span + 3_600_000),
         );
     }
-    if let Err(e) = p.flush(Duration::from_secs(120)) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    integration_tests::finish_bulk(&p);
     println!(
         "records={n} windows={} outputs_every={}",
         windows.len(),

@@ -5,9 +5,9 @@
 //!
 //! `bench-fill BOOTSTRAP TOPIC N KEYS`
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::BaseRecord;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -29,9 +29,6 @@ fn main() {
             std::process::exit(1)
         }
     }
-    if let Err(e) = p.flush(Duration::from_secs(120)) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    integration_tests::finish_bulk(&p);
     println!("records={n} seconds={:.3}", started.elapsed().as_secs_f64());
 }

@@ -6,9 +6,9 @@
 //!
 //! `bench-join-input BOOTSTRAP TOPIC users|clicks N [USERS]`
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::BaseRecord;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -43,9 +43,6 @@ fn main() {
             std::process::exit(1)
         }
     }
-    if let Err(e) = p.flush(Duration::from_secs(120)) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    integration_tests::finish_bulk(&p);
     println!("records={n} seconds={:.3}", started.elapsed().as_secs_f64());
 }
