@@ -66,12 +66,16 @@ const BUCKET_V1: u8 = 1;
 /// One entry of a bucket, borrowed from its encoding or from a commit.
 type Entry<'a> = (&'a [u8], &'a [u8]);
 
-/// Splits begun plus splits ended, over every tree of the process: odd
-/// while one is being written. A point read that finds this changed
-/// around it checks an absent answer (module docs). One counter for all
-/// trees keeps it right whichever handles a tree was opened through; a
-/// split elsewhere only costs a read that overlapped it one more lookup.
+/// Splits begun, over every tree of the process. A point read that
+/// started while a split was under way (more begun than [`SPLITS_ENDED`])
+/// or saw one begin checks an absent answer (module docs). Counting over
+/// all trees keeps it right whichever handles a tree was opened through
+/// and however many threads write; a split elsewhere only costs a read
+/// that overlapped it one more lookup.
 static SPLITS: AtomicU64 = AtomicU64::new(0);
+
+/// Splits whose writes are all done (see [`SPLITS`]).
+static SPLITS_ENDED: AtomicU64 = AtomicU64::new(0);
 
 /// Entries read back, owned, in key order.
 pub(crate) type Owned = super::Entries;
@@ -133,7 +137,10 @@ impl BucketTree {
     /// The value of `key`. Safe beside the state writer's writes (module
     /// docs).
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let before = SPLITS.load(Ordering::Acquire);
+        // Ended first: equal counts then mean no split was under way when
+        // `begun` was read.
+        let ended = SPLITS_ENDED.load(Ordering::Acquire);
+        let begun = SPLITS.load(Ordering::Acquire);
         let found = self.bucket_of(key)?;
         if let Some((fence, raw)) = &found {
             if let Some(v) = find(raw, key).ok_or_else(|| self.damaged(fence))? {
@@ -142,7 +149,7 @@ impl BucketTree {
         }
         // The tree reads above come before the counter's second read.
         fence(Ordering::Acquire);
-        if before.is_multiple_of(2) && SPLITS.load(Ordering::Relaxed) == before {
+        if begun == ended && SPLITS.load(Ordering::Relaxed) == begun {
             return Ok(None);
         }
         self.get_forward(key, found.as_ref().map(|(f, _)| f.as_ref()))
@@ -334,9 +341,9 @@ impl BucketTree {
     }
 }
 
-/// A split being written: [`SPLITS`] is odd from [`begin`](Self::begin)
-/// until the mark is dropped (after the split's last write, or on its
-/// error).
+/// A split being written: counted in [`SPLITS`] at
+/// [`begin`](Self::begin), before its first write, and in
+/// [`SPLITS_ENDED`] when dropped, after its last write (or its error).
 struct SplitMark;
 
 impl SplitMark {
@@ -348,7 +355,7 @@ impl SplitMark {
 
 impl Drop for SplitMark {
     fn drop(&mut self) {
-        SPLITS.fetch_add(1, Ordering::Release);
+        SPLITS_ENDED.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -844,13 +851,33 @@ mod tests {
     /// Keys already written are found while the state writer grows the
     /// tree from empty, splitting buckets all over it (users arriving in
     /// the partitioner's order): reads from three threads, for a few
-    /// seconds. Without the check of absent answers a few reads a second
-    /// find written keys absent.
+    /// seconds, while another writer splits buckets of a tree of its own
+    /// (as another task's commit does). Without the check of absent
+    /// answers a few reads a second find written keys absent.
     #[test]
     fn should_find_written_keys_while_splits_are_written() {
         use std::sync::atomic::{AtomicBool, AtomicUsize};
         use std::sync::Arc;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+        let other = std::thread::spawn(move || {
+            let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+            while std::time::Instant::now() < deadline {
+                let (_dir, t) = tree();
+                let mut count = 0;
+                for _ in 0..20 {
+                    let mut batch: Vec<Vec<u8>> = (0..500)
+                        .map(|_| format!("other-{}", rng.next() % 1_000_000).into_bytes())
+                        .collect();
+                    batch.sort();
+                    batch.dedup();
+                    let changes: Vec<(&[u8], Option<&[u8]>)> = batch
+                        .iter()
+                        .map(|k| (k.as_slice(), Some(&b"1"[..])))
+                        .collect();
+                    t.apply(&changes, &mut count).unwrap();
+                }
+            }
+        });
         let (mut reads, mut misses) = (0u64, Vec::new());
         let mut round = 0u64;
         while std::time::Instant::now() < deadline {
@@ -908,6 +935,7 @@ mod tests {
                 misses.extend(m);
             }
         }
+        other.join().unwrap();
         assert!(reads > 10_000, "only {reads} reads");
         assert!(
             misses.is_empty(),
