@@ -141,15 +141,18 @@ impl ProducerContext for DeliveryCheck {
 impl DeliveryCheck {
     /// What was not delivered so far, if anything: how many records, and
     /// the first one's topic, partition and error.
+    /// One atomic load while everything was delivered, so a benchmark may
+    /// ask as often as it polls.
     pub fn failures(&self) -> Option<String> {
         let n = self.failed.load(Ordering::SeqCst);
+        if n == 0 {
+            return None;
+        }
         let first = self.first.lock().ok().and_then(|f| f.clone());
-        (n > 0).then(|| {
-            format!(
-                "records not delivered: {n} (the first: {})",
-                first.unwrap_or_default()
-            )
-        })
+        Some(format!(
+            "records not delivered: {n} (the first: {})",
+            first.unwrap_or_default()
+        ))
     }
 }
 
@@ -189,7 +192,14 @@ pub fn bulk_producer(bootstrap: &str) -> TestProducer {
         .set("linger.ms", "20")
         .set("partitioner", "murmur2_random")
         .set("compression.type", "none");
-    match pc.create_with_context(DeliveryCheck::default()) {
+    checked_producer(&pc)
+}
+
+/// A benchmark program's producer from `config`, counting what it fails
+/// to deliver (`DeliveryCheck`); exits with a message if the client
+/// cannot be created.
+pub fn checked_producer(config: &ClientConfig) -> TestProducer {
+    match config.create_with_context(DeliveryCheck::default()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

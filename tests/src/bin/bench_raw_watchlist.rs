@@ -14,7 +14,8 @@
 //! drops nothing it has seen twice: it is neither durable nor exact after a
 //! crash. It runs until stopped; the benchmark times it as it times the
 //! frameworks, until OUTPUT holds a count for every flagged user, and checks
-//! its counts by the same digest.
+//! its counts by the same digest. A record the broker did not acknowledge
+//! stops it with status 1, naming the first (`integration_tests::DeliveryCheck`).
 //!
 //! Its clients are set as the ceiling's: producer batching 100 ms (as both
 //! frameworks'), consumer with librdkafka's default prefetch but for the
@@ -32,9 +33,10 @@ use std::time::Duration;
 
 use apps::filters::for_team;
 use apps::user::{User, WatchlistEntry};
+use integration_tests::TestProducer;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use stream_core::serde::{JsonSerde, Serde};
 
@@ -66,10 +68,8 @@ fn main() {
         output: &args[5],
     };
     let threads: i32 = args.get(6).and_then(|t| t.parse().ok()).unwrap_or(1).max(1);
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        integration_tests::plain_producer_config(bootstrap)
-            .create()
-            .unwrap_or_else(|e| fail(&e.to_string()));
+    let producer =
+        integration_tests::checked_producer(&integration_tests::plain_producer_config(bootstrap));
     std::thread::scope(|s| {
         for t in 0..threads {
             let (producer, topics) = (&producer, &topics);
@@ -83,7 +83,7 @@ fn main() {
 fn run_share(
     bootstrap: &str,
     topics: &Topics<'_>,
-    producer: &ThreadedProducer<DefaultProducerContext>,
+    producer: &TestProducer,
     share: i32,
     threads: i32,
 ) {
@@ -117,6 +117,11 @@ fn run_share(
         }
     };
     loop {
+        // A record the broker refused would leave the output short and the
+        // run waiting: say so and stop instead.
+        if let Some(failed) = producer.context().failures() {
+            fail(&failed);
+        }
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
