@@ -103,6 +103,31 @@ def disk_mib(path):
     return total / 2**20
 
 
+def start_count(bootstrap, out_topic, expected, start_ms, timeout_s):
+    """Starts `bench-count`: it exits once `expected` records of `out_topic`
+    are readable (read_committed), printing the seconds since `start_ms`."""
+    return subprocess.Popen([str(BIN / "bench-count"), bootstrap, out_topic, str(expected), str(start_ms),
+                             str(timeout_s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_count(counter, watched):
+    """Waits for `counter` (`start_count`) while the programs `watched`
+    ({name: Popen}) run. One that exits first fails the run at once, naming
+    it: its output will not be complete, and the count would wait out its
+    timeout."""
+    while True:
+        try:
+            out, err = counter.communicate(timeout=0.5)
+            return subprocess.CompletedProcess(counter.args, counter.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            pass
+        for name, p in watched.items():
+            if p.poll() is not None:
+                counter.kill()
+                counter.communicate()
+                raise RuntimeError(f"{name} exited with status {p.returncode} before its output was complete")
+
+
 def stop(p):
     p.send_signal(signal.SIGTERM)
     try:
@@ -174,8 +199,12 @@ class Bench:
         (read_committed); returns bench-count's output, peak RSS and CPU."""
         start_ms = int(time.time() * 1000)
         app = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=open(log_path, "a"), env=env)
-        counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(expected), str(start_ms),
-                                  str(timeout_s)], capture_output=True, text=True)
+        try:
+            counter = wait_count(start_count(self.bootstrap, out_topic, expected, start_ms, timeout_s),
+                                 {f"{name} (log {log_path})": app})
+        except RuntimeError:
+            stop(app)
+            raise
         try:
             rss, cpu = proc_usage(app.pid)
         except OSError:
@@ -255,10 +284,15 @@ class Bench:
         try:
             run([BIN / "bench-caught-up", self.bootstrap, app, self.join_users, "300"])
             start_ms = int(time.time() * 1000)
-            counter = subprocess.Popen([str(BIN / "bench-count"), self.bootstrap, out_topic, str(a.join_clicks), str(start_ms), "1800"],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            run([BIN / "bench-join-input", self.bootstrap, clicks, "clicks", a.join_clicks, a.join_users])
-            out, err = counter.communicate()
+            counter = start_count(self.bootstrap, out_topic, a.join_clicks, start_ms, 1800)
+            try:
+                run([BIN / "bench-join-input", self.bootstrap, clicks, "clicks", a.join_clicks, a.join_users])
+                counter = wait_count(counter, {name: proc})
+            finally:
+                if counter.returncode is None:
+                    counter.kill()
+                    counter.communicate()
+            out, err = counter.stdout, counter.stderr
             rss, cpu = proc_usage(proc.pid)
         finally:
             stop(proc)
@@ -367,8 +401,13 @@ Both frameworks gave {'equal' if equal else 'DIFFERENT'} results (a digest of th
                    "--watchlist-topic", out_topic, "--private-changelog", "--bootstrap-servers", self.bootstrap,
                    "--state-dir", self.work / f"{app}-{i}", "--commit-interval-ms", 100, "--threads", threads]
             procs.append(subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=open(self.work / f"{app}-{i}.log", "a")))
-        counter = subprocess.run([str(BIN / "bench-count"), self.bootstrap, out_topic, str(self.flagged), str(start_ms), "1800"],
-                                 capture_output=True, text=True)
+        try:
+            counter = wait_count(start_count(self.bootstrap, out_topic, self.flagged, start_ms, 1800),
+                                 {f"instance {i} (log {self.work / f'{app}-{i}.log'})": p for i, p in enumerate(procs)})
+        except RuntimeError:
+            for p in procs:
+                stop(p)
+            raise
         cpu = 0.0
         for p in procs:
             try:
