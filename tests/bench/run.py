@@ -44,6 +44,16 @@ def topic(name, partitions, *configs):
     run([KAFKA, "topic", name, partitions, *configs])
 
 
+def warn_poll_errors(name, out):
+    """Says so when a ceiling program's reads met errors instead of records
+    (its `poll_errors=`; the errors themselves are on its standard error):
+    its time was measured through them."""
+    n = int(kv(out, "poll_errors"))
+    if n:
+        log(f"WARNING: {name}: {n} poll errors while reading; its time includes them")
+    return n
+
+
 def kv(text, key):
     m = re.search(rf"{key}=([0-9a-fx.]+)", text)
     if not m:
@@ -176,6 +186,7 @@ class Bench:
         secs = time.time() - t
         cpu = children_cpu() - before
         self.flagged = int(kv(out, "flagged"))
+        warn_poll_errors("the ceiling", out)
         name = self.run_name("raw client", "exactly-once", eos_commit_ms, threads) if eos_commit_ms else self.ceiling_name(threads)
         self.record(name, seconds=secs, rate=self.args.users / secs, cpu_s=cpu)
 
@@ -512,6 +523,7 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         rin, cl, out = f"{app}-in", f"{app}-counts-changelog", f"{app}-out"
         plain = run([BIN / "bench-read", self.bootstrap, cl])
         changes = int(kv(plain.stdout, "records"))
+        warn_poll_errors(f"{label}: the restore ceiling", plain.stdout)
         if changes != n:
             raise RuntimeError(f"{label}: the changelog holds {changes} records, not {n}")
         self.record(f"{label}: ceiling", seconds=float(kv(plain.stdout, "seconds")), rate=n / float(kv(plain.stdout, "seconds")))

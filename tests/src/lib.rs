@@ -156,6 +156,42 @@ impl DeliveryCheck {
     }
 }
 
+/// Errors a benchmark's reader met instead of records (a fetch refused, a
+/// broker away): each of the first [`PollErrors::SHOWN`] is printed to
+/// standard error, and the count goes out with the program's result, so
+/// that a ceiling measured through errors says so instead of passing for
+/// a clean read.
+#[derive(Default)]
+pub struct PollErrors {
+    count: AtomicU64,
+}
+
+impl PollErrors {
+    /// How many errors are printed; the rest are only counted.
+    pub const SHOWN: u64 = 10;
+
+    /// No errors yet.
+    pub const fn new() -> Self {
+        PollErrors {
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts an error met reading `what`, and prints it while few have
+    /// been.
+    pub fn note(&self, what: &str, error: &dyn std::fmt::Display) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= Self::SHOWN {
+            eprintln!("poll error {n} reading {what}: {error}");
+        }
+    }
+
+    /// The errors counted so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
 /// The tests' and benchmark fillers' producer type.
 pub type TestProducer = ThreadedProducer<DeliveryCheck>;
 

@@ -88,8 +88,9 @@ fn main() {
         integration_tests::finish_bulk(p);
     }
     println!(
-        "flagged={flagged} seconds={:.3}",
-        started.elapsed().as_secs_f64()
+        "flagged={flagged} seconds={:.3} poll_errors={}",
+        started.elapsed().as_secs_f64(),
+        POLL_ERRORS.count()
     );
 }
 
@@ -173,8 +174,13 @@ fn read_share(
             commit(&consumer, producer, true);
             last_commit = Instant::now();
         }
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
+        let m = match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                POLL_ERRORS.note(input, &e);
+                continue;
+            }
+            None => continue,
         };
         if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(i64::MAX) {
             ends.remove(&m.partition());
@@ -202,6 +208,9 @@ fn read_share(
     }
     flagged
 }
+
+/// Errors the reading threads met instead of records.
+static POLL_ERRORS: integration_tests::PollErrors = integration_tests::PollErrors::new();
 
 fn fail(msg: &str) -> ! {
     eprintln!("error: {msg}");

@@ -122,8 +122,13 @@ fn run_share(
         if let Some(failed) = producer.context().failures() {
             fail(&failed);
         }
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
+        let m = match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                POLL_ERRORS.note("the input or the repartition topic", &e);
+                continue;
+            }
+            None => continue,
         };
         if m.topic() == topics.input {
             let Some(user) = m.payload().and_then(|v| users.deserialize(v).ok()) else {
@@ -154,6 +159,10 @@ fn run_share(
         );
     }
 }
+
+/// Errors the reading threads met instead of records (the program runs
+/// until stopped, so they are printed, not totalled).
+static POLL_ERRORS: integration_tests::PollErrors = integration_tests::PollErrors::new();
 
 fn fail(msg: &str) -> ! {
     eprintln!("error: {msg}");

@@ -79,8 +79,9 @@ fn main() {
         fail(&format!("the four reads saw {n}, {b}, {e} and {m} records"));
     }
     println!(
-        "records={n} restore_settings_s={restore_s:.3} batch_s={batch_s:.3} earlier_s={earlier_s:.3} prefetch_s={prefetch_s:.3} seconds={:.3}",
-        restore_s.min(batch_s).min(earlier_s).min(prefetch_s)
+        "records={n} restore_settings_s={restore_s:.3} batch_s={batch_s:.3} earlier_s={earlier_s:.3} prefetch_s={prefetch_s:.3} seconds={:.3} poll_errors={}",
+        restore_s.min(batch_s).min(earlier_s).min(prefetch_s),
+        POLL_ERRORS.count()
     );
 }
 
@@ -117,24 +118,34 @@ fn read_all(bootstrap: &str, topic: &str, settings: &[(&str, &str)], batches: bo
     while batches && !ends.is_empty() {
         let batch = read_batch(&c, &mut buf, BATCH, Duration::from_millis(100));
         for item in batch.iter() {
-            if let Batched::Record(m) = item {
+            match item {
+                Batched::Record(m) => {
+                    n += 1;
+                    if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(i64::MAX) {
+                        ends.remove(&m.partition());
+                    }
+                }
+                Batched::Error { code, .. } => POLL_ERRORS.note(topic, &code),
+            }
+        }
+    }
+    while !ends.is_empty() {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
                 n += 1;
                 if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(i64::MAX) {
                     ends.remove(&m.partition());
                 }
             }
-        }
-    }
-    while !ends.is_empty() {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            n += 1;
-            if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(i64::MAX) {
-                ends.remove(&m.partition());
-            }
+            Some(Err(e)) => POLL_ERRORS.note(topic, &e),
+            None => {}
         }
     }
     (n, started.elapsed().as_secs_f64())
 }
+
+/// Errors the four reads met instead of records.
+static POLL_ERRORS: integration_tests::PollErrors = integration_tests::PollErrors::new();
 
 fn fail(msg: &str) -> ! {
     eprintln!("error: {msg}");
