@@ -498,6 +498,20 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         name; the marks are headers it ignores)."""
         n = self.args.restore_records if n is None else n
         keys = self.args.restore_keys if keys is None else keys
+        app, by_key = self.restore_changelog(n, keys, label)
+        # Kafka Streams' rounds come last: a stopped Kafka Streams instance
+        # stays in the group until its session times out, and ours cannot
+        # join a group it holds (45 s of waiting in each later round).
+        for r in range(rounds):
+            self.restore_round(app, n, label, by_key, r)
+        if not self.args.skip_kstreams:
+            for r in range(rounds):
+                self.restore_kstreams(app, label, r)
+
+    def restore_changelog(self, n, keys, label):
+        """Writes the changelog `restore` reads: `count-app` counts `n`
+        records over `keys` keys and commits; its state is then deleted.
+        Returns the application id and the environment `count-app` runs with."""
         app = f"bench-rs-{uuid.uuid4().hex[:8]}"
         rin, cl, out = f"{app}-in", f"{app}-counts-changelog", f"{app}-out"
         topic(rin, 4)
@@ -509,17 +523,11 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         self.run_until(f"{label}: changelog", [BIN / "count-app", app, rin, out, written, self.bootstrap], out, n,
                        self.work / f"{app}-written.log", by_key, 3600)
         shutil.rmtree(written, ignore_errors=True)
-        # Kafka Streams' rounds come last: a stopped Kafka Streams instance
-        # stays in the group until its session times out, and ours cannot
-        # join a group it holds (45 s of waiting in each later round).
-        for r in range(rounds):
-            self.restore_round(app, n, label, by_key, r)
-        if not self.args.skip_kstreams:
-            for r in range(rounds):
-                self.restore_kstreams(app, label, r)
+        return app, by_key
 
-    def restore_round(self, app, n, label, by_key, r):
-        """One round of `restore` for the ceiling and ours."""
+    def restore_round(self, app, n, label, by_key, r, count_app=BIN / "count-app"):
+        """One round of `restore` for the ceiling and ours (`count_app`, a
+        build of it)."""
         rin, cl, out = f"{app}-in", f"{app}-counts-changelog", f"{app}-out"
         plain = run([BIN / "bench-read", self.bootstrap, cl])
         changes = int(kv(plain.stdout, "records"))
@@ -530,7 +538,7 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         state = self.work / f"{app}-r{r}"
         self.last_restore_state = state
         logf = self.work / f"{app}-r{r}.log"
-        p = subprocess.Popen([str(BIN / "count-app"), app, rin, out, str(state), self.bootstrap],
+        p = subprocess.Popen([str(count_app), app, rin, out, str(state), self.bootstrap],
                              stdout=open(logf, "w"), stderr=subprocess.STDOUT, env=by_key)
         deadline = time.time() + 600
         restored = []
