@@ -294,6 +294,10 @@ impl KafkaStreams {
         let _ = self.partitions.set(plan.partitions.clone());
         // Global tables are whole before any task processes a record.
         let stop = Arc::new(AtomicBool::new(false));
+        // A caller that drops this future before it ends (a timeout around
+        // it, an aborted task) stops the threads it started, which are
+        // threads of their own and would otherwise run on.
+        let _stop_on_drop = StopOnDrop(stop.clone());
         let (globals, global_reader) =
             super::global::start(&self.topology, &self.cfg, &state, stop.clone())?;
         self.stores.attach_globals(globals.clone());
@@ -327,14 +331,25 @@ impl KafkaStreams {
         let topics = self.topology.source_topics(&self.cfg.application_id);
         self.status.set_running(true);
         let mut handles = Vec::with_capacity(threads);
-        for (engine, (consumer, capture)) in engines.into_iter().zip(consumers) {
-            let (stop, cfg, topics) = (stop.clone(), self.cfg.clone(), topics.clone());
-            handles.push(tokio::task::spawn_blocking(move || {
-                let r = stream_loop(consumer, engine, &topics, &stop, &cfg, &capture);
+        let mut not_started = None;
+        for (thread, (engine, (consumer, capture))) in
+            engines.into_iter().zip(consumers).enumerate()
+        {
+            let (own_stop, cfg, topics) = (stop.clone(), self.cfg.clone(), topics.clone());
+            match start_stream_thread(thread, move || {
+                let r = stream_loop(consumer, engine, &topics, &own_stop, &cfg, &capture);
                 // One thread failing stops the others: the instance stops as a whole.
-                stop.store(true, Ordering::SeqCst);
+                own_stop.store(true, Ordering::SeqCst);
                 r
-            }));
+            }) {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    // The threads already started stop and are waited for.
+                    stop.store(true, Ordering::SeqCst);
+                    not_started = Some(e);
+                    break;
+                }
+            }
         }
         let all = futures::future::join_all(handles);
         tokio::pin!(all);
@@ -351,9 +366,11 @@ impl KafkaStreams {
         if let Some(reader) = global_reader {
             let _ = tokio::task::spawn_blocking(move || reader.join()).await;
         }
-        let mut first_error = None;
+        let mut first_error = not_started;
         for r in results {
-            let r = r.map_err(|e| RuntimeError::ThreadPanicked(e.to_string()));
+            let r = r.map_err(|_| {
+                RuntimeError::ThreadPanicked("a stream thread ended without a result".into())
+            });
             if let Err(e) = r.and_then(|inner| inner) {
                 first_error.get_or_insert(e);
             }
@@ -553,6 +570,35 @@ impl Clocks {
         e.punctuate_if_due()?;
         e.advance_commit(consumer)
     }
+}
+
+/// Sets its flag when dropped: the stream threads' stop, raised when
+/// [`KafkaStreams::run`] ends or its future is dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Starts stream thread `thread` (named `stream-N`, N from 0, as its
+/// clients' ids are numbered, so that `top -H`, `/proc` and profiles show
+/// it by name) running `run`; its result comes through the receiver.
+/// The receiver errs only if the thread ended without one: `stream_loop`
+/// catches a panic of processing, so that takes a panic outside it.
+fn start_stream_thread(
+    thread: usize,
+    run: impl FnOnce() -> Result<(), RuntimeError> + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<Result<(), RuntimeError>>, RuntimeError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("stream-{thread}"))
+        .spawn(move || {
+            let _ = done.send(run());
+        })
+        .map_err(|e| RuntimeError::Config(format!("cannot start stream thread {thread}: {e}")))?;
+    Ok(result)
 }
 
 fn stream_loop(
@@ -988,5 +1034,41 @@ mod tests {
         assert!(!StreamContext::cooperative_strategy(
             "range,cooperative-sticky"
         ));
+    }
+
+    /// A stream thread carries its name (what `top -H` and profiles show),
+    /// hands its result back, and a thread that dies without one (a panic
+    /// outside `stream_loop`'s own catch) is told apart from a result.
+    #[test]
+    fn should_name_each_stream_thread_and_hand_back_its_result() {
+        let named = super::start_stream_thread(3, || match std::thread::current().name() {
+            Some("stream-3") => Ok(()),
+            other => Err(RuntimeError::Config(format!("named {other:?}"))),
+        })
+        .expect("start");
+        assert!(matches!(named.blocking_recv(), Ok(Ok(()))));
+
+        let failed =
+            super::start_stream_thread(0, || Err(RuntimeError::NoGroupMetadata)).expect("start");
+        assert!(matches!(
+            failed.blocking_recv(),
+            Ok(Err(RuntimeError::NoGroupMetadata))
+        ));
+
+        let died =
+            super::start_stream_thread(1, || panic!("outside the loop's catch")).expect("start");
+        assert!(died.blocking_recv().is_err());
+    }
+
+    /// Dropping `run`'s future (or its normal end) raises the stream
+    /// threads' stop flag through its guard.
+    #[test]
+    fn should_raise_the_stop_flag_when_the_guard_goes() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let guard = super::StopOnDrop(stop.clone());
+        assert!(!stop.load(Ordering::SeqCst));
+        drop(guard);
+        assert!(stop.load(Ordering::SeqCst));
     }
 }
