@@ -80,10 +80,15 @@ def proc_usage(pid):
         for line in f:
             if line.startswith("VmHWM:"):
                 rss = int(line.split()[1]) / 1024
-    with open(f"/proc/{pid}/stat") as f:
+    return rss, stat_cpu(f"/proc/{pid}/stat")
+
+
+def stat_cpu(stat_path):
+    """CPU seconds (user+system) from a `/proc/.../stat` file: a process's
+    or, under `/proc/PID/task/TID`, one thread's."""
+    with open(stat_path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return rss, cpu
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def children_cpu():

@@ -37,13 +37,6 @@ import run as R  # noqa: E402
 SECONDS, BROKER = "(seconds to the last output)", "(broker CPU)"
 
 
-def cpu_of(stat_path):
-    """User plus system CPU seconds from a `/proc/.../stat` file."""
-    with open(stat_path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / R.CLK_TCK
-
-
 def threads(pid):
     """CPU and run-queue wait seconds of `pid`'s threads, summed by name."""
     out = collections.Counter()
@@ -54,7 +47,7 @@ def threads(pid):
                 name = f.read().strip()
             with open(f"{base}/schedstat") as f:
                 waited_ns = int(f.read().split()[1])
-            out[f"{name} CPU"] += cpu_of(f"{base}/stat")
+            out[f"{name} CPU"] += R.stat_cpu(f"{base}/stat")
             out[f"{name} run-queue wait"] += waited_ns / 1e9
         except (OSError, IndexError, ValueError):
             pass  # the thread ended meanwhile
@@ -96,7 +89,7 @@ def main():
                 app = f"bench-threads-{uuid.uuid4().hex[:8]}"
                 cmd, out = command(b, kind, app)
                 start_ms = int(time.time() * 1000)
-                broker_before = cpu_of(broker_stat)
+                broker_before = R.stat_cpu(broker_stat)
                 with open(b.work / f"{app}.log", "w") as log:
                     p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=log)
                     try:
@@ -105,7 +98,7 @@ def main():
                         figures = threads(p.pid)
                     finally:
                         R.stop(p)
-                figures[BROKER] = cpu_of(broker_stat) - broker_before
+                figures[BROKER] = R.stat_cpu(broker_stat) - broker_before
                 figures[SECONDS] = float(R.kv(counter.stdout, "seconds"))
                 for name, v in figures.items():
                     results[kind][name].append(v)
