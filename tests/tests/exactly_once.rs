@@ -1,7 +1,8 @@
 //! Exactly-once on a real broker: a SIGKILL crash loop in which every
 //! company's committed sequence of counts is exactly 1, 2, 3, …, a restart
-//! that reads only the changelog's tail, and a paused zombie that writes
-//! nothing a read_committed consumer sees.
+//! that reads only the changelog's tail, a paused zombie that writes
+//! nothing a read_committed consumer sees, and a restart with fewer stream
+//! threads that aborts what the thread no longer run left open.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use apps::filters::for_team;
 use apps::user::{User, WatchlistEntry};
 use integration_tests::*;
 use rand::Rng;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 struct Setup {
     app: String,
@@ -30,13 +32,9 @@ async fn setup(name: &str) -> Setup {
     s
 }
 
-fn watchlist(
-    s: &Setup,
-    state: &Path,
-    guarantee: &str,
-    instance: Option<&str>,
-    log: &Path,
-) -> Child {
+/// Runs the watchlist on `state` with `guarantee` and the flags `more`,
+/// its output appended to `log`.
+fn watchlist(s: &Setup, state: &Path, guarantee: &str, more: &[&str], log: &Path) -> Child {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -63,10 +61,8 @@ fn watchlist(
         "--guarantee",
         guarantee,
     ]);
-    if let Some(id) = instance {
-        cmd.args(["--group-instance-id", id]);
-    }
-    cmd.stdout(Stdio::from(f.try_clone().unwrap()))
+    cmd.args(more)
+        .stdout(Stdio::from(f.try_clone().unwrap()))
         .stderr(Stdio::from(f))
         .spawn()
         .expect("spawn watchlist")
@@ -165,7 +161,13 @@ fn crash_loop(
     let log = log_dir().join(format!("{}.log", s.app));
     let instance = unique("instance");
     let mut feeder = feed(&s, 20_000, 1_500);
-    let mut app = watchlist(&s, &state, guarantee, Some(&instance), &log);
+    let mut app = watchlist(
+        &s,
+        &state,
+        guarantee,
+        &["--group-instance-id", &instance],
+        &log,
+    );
     // The kills start once the first counts are committed, so that the
     // restarts have a changelog to restore from (on a loaded machine a
     // program can take longer to start than the gap between two kills).
@@ -180,7 +182,13 @@ fn crash_loop(
         std::thread::sleep(Duration::from_millis(rng.gen_range(600..1600)));
         signal(&app, libc::SIGKILL);
         let _ = app.wait();
-        app = watchlist(&s, &state, guarantee, Some(&instance), &log);
+        app = watchlist(
+            &s,
+            &state,
+            guarantee,
+            &["--group-instance-id", &instance],
+            &log,
+        );
     }
     assert!(feeder.wait().unwrap().success());
     let (expected, seqs) = wait_final(&s, 240);
@@ -296,7 +304,7 @@ async fn paused_zombie(
     );
     let logs = format!("logs {} {}", log_a.display(), log_b.display());
     let mut feeder = feed(&s, 12_000, 1_000);
-    let mut a = watchlist(&s, sa.path(), guarantee, None, &log_a);
+    let mut a = watchlist(&s, sa.path(), guarantee, &[], &log_a);
     assert!(
         wait_until(Duration::from_secs(60), || restores_logged(&log_a).len()
             >= 4),
@@ -304,7 +312,7 @@ async fn paused_zombie(
     );
     std::thread::sleep(Duration::from_millis(1500));
     signal(&a, libc::SIGSTOP);
-    let mut b = watchlist(&s, sb.path(), guarantee, None, &log_b);
+    let mut b = watchlist(&s, sb.path(), guarantee, &[], &log_b);
     // A's session expires and B takes every partition over.
     assert!(
         wait_until(Duration::from_secs(90), || restores_logged(&log_b).len()
@@ -331,4 +339,71 @@ async fn should_let_a_paused_zombie_write_nothing_visible() {
             "{company}: the zombie's writes are visible ({logs})"
         );
     }
+}
+
+/// Feeds 300 users to the exactly-once watchlist run with `threads`
+/// stream threads on `state`, and stops it once every count is readable.
+fn feed_and_count(s: &Setup, state: &Path, threads: &str, log: &Path) {
+    let mut feeder = feed(s, 300, 3_000);
+    let mut app = watchlist(s, state, "exactly-once", &["--threads", threads], log);
+    assert!(feeder.wait().unwrap().success());
+    let (expected, seqs) = wait_final(s, 90);
+    signal(&app, libc::SIGTERM);
+    let _ = app.wait();
+    assert_eq!(
+        latest(&seqs),
+        expected,
+        "the counts with {threads} stream threads are readable (log {})",
+        log.display()
+    );
+}
+
+/// A restart under exactly-once with fewer stream threads than before
+/// aborts the transaction that a thread no longer run left open under its
+/// transactional id (`runtime/retired_ids.rs`). Left to the coordinator's
+/// timeout (10 minutes here), it would hold every read_committed reader of
+/// the partitions it wrote, the new counts included, at its first record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_abort_what_a_stream_thread_no_longer_run_left_open() {
+    let s = setup("retired").await;
+    let state = tempfile::tempdir().unwrap();
+    let log = log_dir().join(format!("{}.log", s.app));
+    feed_and_count(&s, state.path(), "2", &log);
+
+    // The second thread's id, with a transaction open over every partition
+    // of the watchlist topic, as a kill in the middle of a commit leaves it.
+    let instance = std::fs::read_to_string(state.path().join(&s.app).join("instance.id"))
+        .expect("the instance id");
+    let id = format!("{}-{}-1", s.app, instance.trim());
+    let left: BaseProducer = client_config()
+        .set("transactional.id", &id)
+        .set("transaction.timeout.ms", "600000")
+        .create()
+        .expect("producer");
+    left.init_transactions(Duration::from_secs(30))
+        .expect("init");
+    left.begin_transaction().expect("begin");
+    for p in 0..2 {
+        left.send(
+            BaseRecord::to(&s.watchlist)
+                .partition(p)
+                .key("left-open")
+                .payload("left-open"),
+        )
+        .expect("send");
+    }
+    left.flush(Duration::from_secs(30)).expect("flush");
+
+    // One thread now: the new counts must become readable.
+    feed_and_count(&s, state.path(), "1", &log);
+    assert!(
+        left.commit_transaction(Duration::from_secs(30)).is_err(),
+        "the transaction left open was fenced"
+    );
+    let seen = read_all(&s.watchlist, Duration::from_secs(60));
+    assert!(
+        seen.iter()
+            .all(|r| r.key.as_deref() != Some(&b"left-open"[..])),
+        "the aborted records are not readable"
+    );
 }

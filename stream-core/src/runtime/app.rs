@@ -312,6 +312,11 @@ impl KafkaStreams {
             self.cfg.num_stream_threads.max(1)
         };
         let instance_id = state.instance_id()?;
+        if self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            // Fewer threads than before: the ids of those no longer run
+            // could hold open transactions that would stall readers.
+            super::retired_ids::settle(&self.cfg, state.path(), &instance_id, threads)?;
+        }
         let mut engines = Vec::with_capacity(threads);
         let mut consumers = Vec::with_capacity(threads);
         for thread in 0..threads {

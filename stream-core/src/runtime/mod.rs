@@ -17,6 +17,7 @@
 //! | `production` | the production error handler: records the brokers refuse |
 //! | `progress` | restore progress: a terminal progress bar or log lines |
 //! | `clients` | the Kafka clients of a stream thread and their settings |
+//! | `retired_ids` | exactly-once: transactional ids of stream threads no longer run, settled at start |
 //! | [`batch`] | reading an assigned consumer's records a batch at a time |
 //! | `raw_headers` | a consumed record's headers, copied out of the record's own bytes |
 //! | [`app`] | [`KafkaStreams`]: start, poll loop, rebalances, shutdown |
@@ -50,6 +51,7 @@ pub(crate) mod progress;
 mod raw_headers;
 pub mod reset;
 pub(crate) mod restore;
+pub(crate) mod retired_ids;
 pub mod standby;
 pub mod status;
 pub(crate) mod tasks;
