@@ -28,6 +28,7 @@ mod buckets;
 pub mod global;
 mod memory;
 mod restored;
+pub(crate) use restored::prefetch;
 pub(crate) use restored::Mark;
 #[cfg(test)]
 pub(crate) use restored::RestoredEntries;

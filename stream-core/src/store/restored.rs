@@ -327,7 +327,7 @@ impl RestoredEntries {
 
 /// A hint to bring the cache line at `p` closer; never faults.
 #[inline]
-fn prefetch(p: *const u8) {
+pub(crate) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch reads nothing and never faults, whatever the
     // address.

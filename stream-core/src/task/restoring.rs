@@ -201,12 +201,16 @@ impl Task {
     }
 
     /// Hints that a changelog record with `key` for `store` will be
-    /// applied soon, so that its store's lookup does not wait for memory
-    /// then (see [`restore_record`](Self::restore_record)). Only stores
-    /// that keep the record's own key are hinted; changes nothing.
+    /// applied soon, so that its store's lookup, and the late-write
+    /// guard's for a key the store's buffer no longer holds, do not wait
+    /// for memory then (see [`restore_record`](Self::restore_record)).
+    /// Only stores that keep the record's own key are hinted; changes
+    /// nothing.
     pub fn prefetch_restore(&self, store: usize, key: Option<&[u8]>) {
         if self.out.codec(store).is_none() {
-            self.stores.prefetch_restored(store, key.unwrap_or(&[]));
+            let key = key.unwrap_or(&[]);
+            self.stores.prefetch_restored(store, key);
+            self.late_writes.prefetch(store, key);
         }
     }
 
@@ -244,10 +248,7 @@ impl Task {
     /// the last change of every key written (the restore goes on, or hands
     /// the guard over).
     pub fn flush_restore(&mut self) -> Result<(), StoreError> {
-        let (stores, guard) = (&self.stores, &mut self.late_writes);
-        for (store, key, mark) in stores.restored_marks() {
-            guard.remember(store, key, mark);
-        }
+        self.late_writes.remember_all(self.stores.restored_marks());
         self.write_restored()
     }
 
