@@ -18,6 +18,7 @@
 //! | `progress` | restore progress: a terminal progress bar or log lines |
 //! | `clients` | the Kafka clients of a stream thread and their settings |
 //! | `retired_ids` | exactly-once: transactional ids of stream threads no longer run, settled at start |
+//! | `state_file` | the small records kept beside the stores, each replaced whole |
 //! | [`batch`] | reading an assigned consumer's records a batch at a time |
 //! | `raw_headers` | a consumed record's headers, copied out of the record's own bytes |
 //! | [`app`] | [`KafkaStreams`]: start, poll loop, rebalances, shutdown |
@@ -53,6 +54,7 @@ pub mod reset;
 pub(crate) mod restore;
 pub(crate) mod retired_ids;
 pub mod standby;
+pub(crate) mod state_file;
 pub mod status;
 pub(crate) mod tasks;
 pub(crate) mod time_order;

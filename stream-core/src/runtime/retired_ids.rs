@@ -53,16 +53,9 @@ fn recorded(path: &Path) -> Result<usize, RuntimeError> {
     }
 }
 
-/// Records `threads` in `path` (written aside, then renamed over it).
+/// Records `threads` in `path`.
 fn record(path: &Path, threads: usize) -> Result<(), RuntimeError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{threads}\n"))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| RuntimeError::LocalFile {
-            what: "transactional ids",
-            path: path.display().to_string(),
-            source: e,
-        })
+    super::state_file::replace(path, format!("{threads}\n").as_bytes(), "transactional ids")
 }
 
 /// Exactly-once, before the stream threads start: aborts whatever the

@@ -163,14 +163,7 @@ pub(crate) fn check_and_record(dir: &Path, current: &TopicIds) -> Result<(), Run
     if std::fs::read(&path).ok().as_deref() == Some(text.as_slice()) {
         return Ok(());
     }
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    std::fs::write(&tmp, &text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| RuntimeError::LocalFile {
-            what: "source topic ids",
-            path: path.display().to_string(),
-            source: e,
-        })
+    super::state_file::replace(&path, &text, "source topic ids")
 }
 
 #[cfg(test)]
