@@ -17,7 +17,8 @@
 //! the high watermark taken when its restore began (the last stable
 //! offset, as the restore consumer reads committed data only). Progress is
 //! written to sled when the restored entries of all tasks pass
-//! [`RESTORE_BUFFER_BYTES`] (the task holding the most), every 30 seconds
+//! [`RESTORE_BUFFER_BYTES`] (the task holding the most, once the write
+//! before is done), every 30 seconds
 //! per task (five for a standby), and when a task is taken away
 //! mid-restore (its partition revoked), so that a restore never starts
 //! again from scratch on the same instance.
@@ -57,7 +58,8 @@ use crate::task::{CommittedOffset, HandedOver, RestoreTarget, TaskId};
 /// writes scale with keys, not records, and every write before the end
 /// writes keys that later records may write again: the larger the budget,
 /// the fewer sled writes (a changelog of 10 million records over a million
-/// count keys fits in about 120 MiB and is written once).
+/// count keys fits in about 120 MiB and is written once). Besides the
+/// budget, a restore holds the entries of the one write in flight.
 pub(crate) const RESTORE_BUFFER_BYTES: usize = 192 * 1024 * 1024;
 /// Longest time between two writes of a restoring task's progress to sled:
 /// an interrupted restore resumes from its last write.
@@ -909,8 +911,13 @@ impl ChangelogReader {
         }
     }
 
-    /// Writes the restored entries of the task holding the most when all
-    /// tasks' together pass [`RESTORE_BUFFER_BYTES`].
+    /// Hands the restored entries of the task holding the most to the
+    /// writer when all tasks' together pass [`RESTORE_BUFFER_BYTES`],
+    /// once the entries handed over before are written: one write in
+    /// flight at a time, so the restore holds at most the budget and one
+    /// task's entries being written. Where the writer is slower than the
+    /// reading (a changelog of distinct keys), the restore waits for it
+    /// here instead of queueing writes without bound.
     fn keep_buffer_budget(&mut self) -> Result<(), RuntimeError> {
         let mut total = 0;
         let mut largest: Option<(usize, usize)> = None;
@@ -922,7 +929,12 @@ impl ChangelogReader {
             }
         }
         match largest {
-            Some((j, _)) if total >= RESTORE_BUFFER_BYTES => self.jobs[j].flush(),
+            Some((j, _)) if total >= RESTORE_BUFFER_BYTES => {
+                for job in &mut self.jobs {
+                    job.entry.task.stores_mut().wait_written()?;
+                }
+                self.jobs[j].flush()
+            }
             _ => Ok(()),
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::RestoredBatch;
 use crate::coordinates::{TopicPartition, UpstreamKey};
 use crate::error::StoreError;
 
@@ -156,6 +157,28 @@ pub trait StateBackend: Send {
     /// returning.
     fn start_restored(&mut self, changes: Arc<Changes>, checkpoint: Checkpoint) -> PendingCommit {
         PendingCommit::done(self.commit_restored(&to_batches(&changes), &checkpoint))
+    }
+    /// [`start_restored`](Self::start_restored) for entries not sorted
+    /// yet: a restore's buffer, handed over whole while the restore reads
+    /// on (`StoreSet::spill_restored`). Sorting them is part of the write,
+    /// off the restore's thread where the write runs elsewhere. The
+    /// default sorts and writes before returning.
+    fn start_restored_batch(
+        &mut self,
+        batch: Arc<RestoredBatch>,
+        checkpoint: Checkpoint,
+    ) -> PendingCommit {
+        let batches: Vec<Batch> = batch
+            .sorted()
+            .into_iter()
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .collect();
+        PendingCommit::done(self.commit_restored(&batches, &checkpoint))
     }
 
     /// The last committed checkpoint.

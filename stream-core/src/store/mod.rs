@@ -17,8 +17,11 @@
 //!    Restore writes the entries it reads into a hash table instead
 //!    (restored entries, `restored.rs`: keys and values in large chunks of
 //!    bytes), since a changelog holds each key many times and nothing reads
-//!    the store until restore hands it over: one hash lookup per record,
-//!    sorted once per restore flush;
+//!    the store until restore hands it over: one hash lookup per record.
+//!    A write of restored entries hands the table itself to the backend
+//!    ([`RestoredBatch`]), which reads answer from until it is written:
+//!    mid-way through a restore unsorted (the writer sorts), at its end
+//!    sorted first, as processing reads it by range;
 //! 4. **backend** ([`StateBackend`]): the durable copy of all stores of one
 //!    task, written in one atomic batch together with the task's
 //!    [`Checkpoint`] (sled on disk, or memory in tests).
@@ -32,6 +35,7 @@ pub(crate) use restored::prefetch;
 pub(crate) use restored::Mark;
 #[cfg(test)]
 pub(crate) use restored::RestoredEntries;
+pub use restored::{RestoredBatch, SortedEntries};
 mod sled_backend;
 pub mod window;
 
@@ -94,11 +98,21 @@ struct Layers {
     metrics: StoreMetrics,
 }
 
+/// What a write in flight writes, readable until it is written.
+enum Writing {
+    /// A commit's changes per store (or restored entries merged into a
+    /// write buffer that held changes).
+    Sorted(Arc<Changes>),
+    /// A restore's buffer, handed over whole.
+    Restored(Arc<RestoredBatch>),
+}
+
 /// All stores of one task over their shared backend.
 pub struct StoreSet {
     layers: Vec<Layers>,
-    /// The commit being written, per store, its write and its checkpoint.
-    writing: Option<(Arc<Changes>, PendingCommit, Checkpoint)>,
+    /// The write in flight: its entries (read until written), the write
+    /// and its checkpoint.
+    writing: Option<(Writing, PendingCommit, Checkpoint)>,
     backend: Box<dyn StateBackend>,
     /// Emptied change lists handed back by [`StoreSet::recycle_changes`],
     /// reused so that recording a change allocates no list per record.
@@ -301,22 +315,21 @@ impl StoreSet {
         }
     }
 
-    /// Starts writing the restored entries and `checkpoint` (see
-    /// [`StateBackend::start_restored`]); like
+    /// Starts writing the restored entries and `checkpoint`, sorted here
+    /// ([`StateBackend::start_restored_batch`]; merged into the write
+    /// buffer if it holds changes, [`StateBackend::start_restored`]); like
     /// [`commit_sealed`](Self::commit_sealed), they stay readable until
     /// written, and the previous write is waited for first.
     pub fn commit_restored(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        if self.layers.iter().all(|l| l.buffer.is_empty()) {
+            return self.hand_over_restored(true, checkpoint);
+        }
         for l in &mut self.layers {
             if l.restored.is_empty() {
                 continue;
             }
             let entries = l.restored.take_sorted();
-            if l.buffer.is_empty() {
-                // Built from sorted entries in one pass.
-                l.buffer = entries.into_iter().collect();
-            } else {
-                l.buffer.extend(entries);
-            }
+            l.buffer.extend(entries);
         }
         self.hand_over(|l| &mut l.buffer, true, checkpoint)
     }
@@ -342,7 +355,41 @@ impl StoreSet {
         } else {
             self.backend.start_commit(shared, checkpoint.clone())
         };
-        self.writing = Some((changes, pending, checkpoint.clone()));
+        self.writing = Some((Writing::Sorted(changes), pending, checkpoint.clone()));
+        Ok(())
+    }
+
+    /// Starts writing the restored entries and `checkpoint` as
+    /// [`commit_restored`](Self::commit_restored) does, mid-way through a
+    /// restore: the entries go to the backend unsorted, to be sorted where
+    /// they are written, while the restore reads on into a new buffer.
+    pub fn spill_restored(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        if self.layers.iter().any(|l| !l.buffer.is_empty()) {
+            return self.commit_restored(checkpoint);
+        }
+        self.hand_over_restored(false, checkpoint)
+    }
+
+    /// Hands every store's restored entries to the backend as they lie
+    /// in the restore's buffer ([`StateBackend::start_restored_batch`]),
+    /// copying nothing, sorted here first if `sort`; they stay readable
+    /// until written. Waits for the previous write first.
+    fn hand_over_restored(
+        &mut self,
+        sort: bool,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        self.wait_written()?;
+        let taken = self.layers.iter_mut().map(|l| l.restored.take()).collect();
+        let batch = Arc::new(if sort {
+            RestoredBatch::new_sorted(taken)
+        } else {
+            RestoredBatch::new(taken)
+        });
+        let pending = self
+            .backend
+            .start_restored_batch(Arc::clone(&batch), checkpoint.clone());
+        self.writing = Some((Writing::Restored(batch), pending, checkpoint.clone()));
         Ok(())
     }
 
@@ -395,8 +442,18 @@ impl StoreSet {
                 return Ok(v.map(<[u8]>::to_vec));
             }
         }
-        if let Some(v) = self.writing_layer(idx).and_then(|w| w.get(key)) {
-            return Ok(v.clone());
+        match self.writing.as_ref().map(|(w, _, _)| w) {
+            Some(Writing::Sorted(changes)) => {
+                if let Some(v) = changes.get(idx).and_then(|w| w.get(key)) {
+                    return Ok(v.clone());
+                }
+            }
+            Some(Writing::Restored(batch)) => {
+                if let Some(v) = batch.get(idx, key) {
+                    return Ok(v.map(<[u8]>::to_vec));
+                }
+            }
+            None => {}
         }
         self.backend.get(idx, key)
     }
@@ -442,21 +499,44 @@ impl StoreSet {
                 merge(merged, k, v.as_deref());
             }
         };
-        if let Some(w) = self.writing_layer(idx) {
-            ordered(w, merged);
-        }
-        for (k, v) in l.restored.iter() {
-            if in_bounds(&bounds, k) && keep(k) {
-                merge(merged, k, v);
+        let unordered = |layer: &restored::RestoredEntries, merged: &mut BTreeMap<_, _>| {
+            for (k, v) in layer.iter() {
+                if in_bounds(&bounds, k) && keep(k) {
+                    merge(merged, k, v);
+                }
             }
+        };
+        match self.writing.as_ref().map(|(w, _, _)| w) {
+            Some(Writing::Sorted(changes)) => {
+                if let Some(w) = changes.get(idx) {
+                    ordered(w, merged);
+                }
+            }
+            Some(Writing::Restored(batch)) => {
+                use std::ops::Bound::{Excluded, Included, Unbounded};
+                let (from, after) = match bounds.start_bound() {
+                    Included(s) => (Some(s.as_slice()), None),
+                    Excluded(s) => (Some(s.as_slice()), Some(s.as_slice())),
+                    Unbounded => (None, None),
+                };
+                let sorted = batch.is_sorted();
+                batch.visit(idx, from, |k, v| {
+                    let inside = in_bounds(&bounds, k);
+                    if inside && keep(k) {
+                        merge(merged, k, v);
+                        return true;
+                    }
+                    // Sorted: stop past the end or at the first key `keep`
+                    // refuses, as for the ordered layers (an excluded
+                    // start is passed over).
+                    !sorted || (!inside && after == Some(k))
+                });
+            }
+            None => {}
         }
+        unordered(&l.restored, merged);
         ordered(&l.sealed, merged);
         ordered(&l.buffer, merged);
-    }
-
-    /// The changes of store `idx` being written, if a write runs.
-    fn writing_layer(&self, idx: usize) -> Option<&BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
-        self.writing.as_ref().and_then(|(w, _, _)| w.get(idx))
     }
 
     /// Committed entries of a store plus its buffered changes, in key order.
@@ -648,6 +728,20 @@ mod tests {
         release: std::sync::mpsc::Receiver<()>,
     }
 
+    impl Gated {
+        /// A write that ends when `release` is sent to (the first one
+        /// only; later ones end at once).
+        fn held(&mut self) -> PendingCommit {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let release = std::mem::replace(&mut self.release, std::sync::mpsc::channel().1);
+            std::thread::spawn(move || {
+                let _ = release.recv();
+                let _ = tx.send(Ok(()));
+            });
+            PendingCommit::running(rx)
+        }
+    }
+
     impl StateBackend for Gated {
         fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get(store, key)
@@ -665,13 +759,15 @@ mod tests {
             // Not written to `inner` at all: reads must come from the
             // writing layer until the commit is over.
             drop(changes);
-            let (tx, rx) = std::sync::mpsc::channel();
-            let release = std::mem::replace(&mut self.release, std::sync::mpsc::channel().1);
-            std::thread::spawn(move || {
-                let _ = release.recv();
-                let _ = tx.send(Ok(()));
-            });
-            PendingCommit::running(rx)
+            self.held()
+        }
+        fn start_restored_batch(
+            &mut self,
+            batch: Arc<RestoredBatch>,
+            _: Checkpoint,
+        ) -> PendingCommit {
+            drop(batch);
+            self.held()
         }
         fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
             self.inner.checkpoint()
@@ -682,6 +778,65 @@ mod tests {
         fn len(&self, store: usize) -> Result<u64, StoreError> {
             self.inner.len(store)
         }
+    }
+
+    #[test]
+    fn should_read_restored_entries_being_written_whether_sorted_or_not() -> Result<(), StoreError>
+    {
+        let owned = |e: &[(&[u8], &[u8])]| -> Entries {
+            e.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+        };
+        for sorted in [false, true] {
+            let (release, rx) = std::sync::mpsc::channel();
+            let mut inner = MemoryBackend::new(1);
+            let old = |k: &[u8]| (k.to_vec(), Some(b"old".to_vec()));
+            inner.commit(
+                &[vec![old(b"a"), old(b"c"), old(b"e")]],
+                &Checkpoint::default(),
+            )?;
+            let gated = Gated { inner, release: rx };
+            let mut s = StoreSet::new(vec![("s".into(), true)], Box::new(gated));
+            for (k, v) in [
+                (&b"f"[..], Some(&b"1"[..])),
+                (b"b", Some(b"1")),
+                (b"c", None),
+                (b"d", Some(b"1")),
+            ] {
+                s.apply_restored(0, k, v);
+            }
+            let cp = Checkpoint::default();
+            if sorted {
+                s.commit_restored(&cp)?;
+            } else {
+                s.spill_restored(&cp)?;
+            }
+            assert!(!s.poll_written()?, "the write is held");
+            assert_eq!(s.restored_bytes(), 0, "the buffer was handed over");
+            assert_eq!(s.get(0, b"b")?, Some(b"1".to_vec()));
+            assert_eq!(s.get(0, b"c")?, None, "deleted over the backend's value");
+            assert_eq!(s.get(0, b"e")?, Some(b"old".to_vec()));
+            assert_eq!(
+                s.entries(0)?,
+                owned(&[
+                    (b"a", b"old"),
+                    (b"b", b"1"),
+                    (b"d", b"1"),
+                    (b"e", b"old"),
+                    (b"f", b"1")
+                ]),
+                "sorted: {sorted}"
+            );
+            assert_eq!(
+                s.range(0, b"b", b"e")?,
+                owned(&[(b"b", b"1"), (b"d", b"1")])
+            );
+            assert_eq!(s.range(0, b"c", b"d")?, owned(&[]));
+            assert_eq!(s.scan_prefix(0, b"d")?, owned(&[(b"d", b"1")]));
+            assert_eq!(s.scan_prefix(0, b"f")?, owned(&[(b"f", b"1")]));
+            release.send(()).ok();
+            s.wait_written()?;
+        }
+        Ok(())
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use super::buckets::BucketTree;
-use super::{Batch, Changes, Checkpoint, PendingCommit, StateBackend};
+use super::{Batch, Changes, Checkpoint, PendingCommit, RestoredBatch, StateBackend};
 use crate::error::StoreError;
 
 const CHECKPOINTS: &str = "__checkpoints";
@@ -739,6 +739,19 @@ impl StateBackend for SledBackend {
         let trees = self.trees.clone();
         run_on(&self.restore_writer, move || {
             trees.write_restored(&borrow(&changes), &checkpoint)
+        })
+    }
+
+    /// Hands the restored entries to the restore writer thread, which
+    /// sorts and writes them.
+    fn start_restored_batch(
+        &mut self,
+        batch: Arc<RestoredBatch>,
+        checkpoint: Checkpoint,
+    ) -> PendingCommit {
+        let trees = self.trees.clone();
+        run_on(&self.restore_writer, move || {
+            trees.write_restored(&batch.sorted(), &checkpoint)
         })
     }
 

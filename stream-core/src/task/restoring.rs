@@ -249,16 +249,15 @@ impl Task {
     /// the guard over).
     pub fn flush_restore(&mut self) -> Result<(), StoreError> {
         self.late_writes.remember_all(self.stores.restored_marks());
-        self.write_restored()
+        let cp = self.progress.checkpoint();
+        self.stores.spill_restored(&cp)?;
+        self.progress.committed(cp);
+        Ok(())
     }
 
     /// [`flush_restore`](Self::flush_restore) at the end of a restore,
     /// when processing follows ([`init`](Self::init) forgets the guard).
     pub fn finish_restore(&mut self) -> Result<(), StoreError> {
-        self.write_restored()
-    }
-
-    fn write_restored(&mut self) -> Result<(), StoreError> {
         let cp = self.progress.checkpoint();
         self.stores.commit_restored(&cp)?;
         self.progress.committed(cp);
