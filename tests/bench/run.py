@@ -611,13 +611,28 @@ per instance the curve would go on; here it cannot. Scale-out correctness
                 secs = float(kv(counter.stdout, "seconds"))
                 self.record(name, seconds=secs, rate=n / secs, records=n, rss_mib=rss, cpu_s=cpu, disk_mib=disk_mib(state))
                 shutil.rmtree(state, ignore_errors=True)
-        for r in a.key_restores:
-            self.restore(r, max(r // 10, 1), label=f"keys restore {r:,}", rounds=a.key_restore_rounds)
+        for r, keys, label in self.key_restore_rows():
+            self.restore(r, keys, label=label, rounds=a.key_restore_rounds)
+
+    def key_restore_rows(self):
+        """The keys section's restores: (records, keys, row label) of each
+        changelog, a tenth as many keys as records, then one whose every
+        record is a key of its own (`--key-restore-distinct`)."""
+        a = self.args
+        rows = [(n, max(n // 10, 1), f"keys restore {n:,}") for n in a.key_restores]
+        if a.key_restore_distinct:
+            d = a.key_restore_distinct
+            rows.append((d, d, f"keys restore {d:,} distinct"))
+        return rows
 
     def keys_doc(self, keys):
         if not keys:
             return "Key scaling: run `tests/bench/run.sh --sections keys`.\n"
         a = self.args
+        distinct = ""
+        if a.key_restore_distinct:
+            distinct = (f" and of {a.key_restore_distinct:,} records each of a key of its own (the restore's"
+                        " buffer passes its budget and is written to sled many times over)")
         return f"""## Key scaling
 
 How cost grows with the work, counting once each: `count-app` (`COUNT_APP_BY_KEY=1`: count per
@@ -626,7 +641,7 @@ topology on Kafka Streams (`groupByKey().count()`, cache off), over
 {", ".join(f"{k:,}" for k in a.key_counts)} distinct keys (the larger of
 {a.users:,} and the key count records, from `bench-fill`); then restores of
 changelogs of {", ".join(f"{n:,}" for n in a.key_restores)} records (a tenth as many
-keys), each written once by `count-app` as in the restore rows and restored
+keys){distinct}, each written once by `count-app` as in the restore rows and restored
 {a.key_restore_rounds} times by the ceiling and ours in turn, then {a.key_restore_rounds} times by Kafka
 Streams (medians; peak RSS the largest). `StreamsConfig::state_cache_bytes` (`--state-cache-mib` on the tutorial
 programs, default 16 MiB per instance) sets sled's `cache_capacity`, which bounds
@@ -657,8 +672,8 @@ directory's size at the end.
         lines.append("")
         lines.append("| changelog records | restore | median s | min–max s | records/s | peak RSS MiB | state on disk MiB | speed ÷ restore ceiling |")
         lines.append("|---|---|---|---|---|---|---|---|")
-        for n in a.key_restores:
-            label = f"keys restore {n:,}"
+        for n, keys, label in self.key_restore_rows():
+            records = f"{n:,}" + (" (distinct keys)" if keys == n else "")
             ceil = self.median(f"{label}: ceiling")
             for who in ("ceiling", "ours", "kstreams"):
                 name = f"{label}: {who}"
@@ -670,7 +685,7 @@ directory's size at the end.
                 rss = f"{max(x['rss_mib'] for x in self.results[name]):,.0f}" if "rss_mib" in r else "–"
                 disk = f"{r['disk_mib']:,.0f}" if "disk_mib" in r else "–"
                 vs = f"{ceil / secs:.2f}" if who != "ceiling" else ""
-                lines.append(f"| {n:,} | {who} | {secs:.2f} | {lo:.2f}–{hi:.2f} | {n / secs:,.0f} | {rss} | {disk} | {vs} |")
+                lines.append(f"| {records} | {who} | {secs:.2f} | {lo:.2f}–{hi:.2f} | {n / secs:,.0f} | {rss} | {disk} | {vs} |")
         return "\n".join(lines)
 
     def median(self, name, key="seconds"):
@@ -886,6 +901,8 @@ def main():
                     help="distinct keys of the key-scaling rows (records: the larger of --users and the keys)")
     ap.add_argument("--key-restore-rounds", type=int, default=3,
                     help="restores of each key-scaling changelog per reader (the changelog is written once)")
+    ap.add_argument("--key-restore-distinct", type=int, default=10_000_000,
+                    help="records of the keys section's restore whose every record is a key of its own (0: none)")
     ap.add_argument("--key-restores", type=int, nargs="+", default=[1_000_000, 10_000_000],
                     help="changelog sizes of the key-scaling restore rows (over a tenth as many keys)")
     ap.add_argument("--sections", nargs="+", default=["throughput", "restore", "windows", "joins", "keys"],
