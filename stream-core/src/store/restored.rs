@@ -416,18 +416,6 @@ impl RestoredBatch {
         }
     }
 
-    /// Memory held, as [`RestoredEntries::bytes`] counts it, and the
-    /// order.
-    pub fn bytes(&self) -> usize {
-        let order: usize = self.order.iter().flatten().map(|o| o.len() * 4).sum();
-        order
-            + self
-                .stores
-                .iter()
-                .map(RestoredEntries::bytes)
-                .sum::<usize>()
-    }
-
     /// Whether the entries are sorted ([`new_sorted`](Self::new_sorted)).
     pub(crate) fn is_sorted(&self) -> bool {
         self.order.is_some()

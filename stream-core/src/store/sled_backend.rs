@@ -378,7 +378,7 @@ fn drop_flat_stores(db: &sled::Db) -> sled::Result<()> {
 }
 
 /// One store's changes as the commit writes them.
-type Entries<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
+type Entries<'a> = super::SortedEntries<'a>;
 
 /// Entries per store, read from the trees.
 fn count_all(trees: &[BucketTree]) -> Result<Vec<u64>, StoreError> {
