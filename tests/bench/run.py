@@ -572,12 +572,15 @@ per instance the curve would go on; here it cannot. Scale-out correctness
         rin = f"{app}-in"
         cp = f"{KS_DIR / 'target' / 'kstreams-bench-1.jar'}:{KS_DIR / 'target' / 'lib'}/*"
         ks_state = self.work / f"{app}-kstreams-r{r}"
-        ks_out = run(["java", "-cp", cp, "bench.Main", "restore", self.bootstrap, app, rin, "-", "-", "0",
-                      ks_state], timeout=1800)
+        cmd = ["java", "-cp", cp, "bench.Main", "restore", self.bootstrap, app, rin, "-", "-", "0", ks_state]
+        # The JVM exits once restored: its peak RSS comes from GNU time.
+        timed = Path("/usr/bin/time").exists()
+        ks_out = run((["/usr/bin/time", "-f", "maxrss_kb=%M"] if timed else []) + cmd, timeout=1800)
         shutil.rmtree(ks_state, ignore_errors=True)
         secs = float(kv(ks_out.stdout, "seconds"))
         read = int(kv(ks_out.stdout, "read"))
-        self.record(f"{label}: kstreams", seconds=secs, rate=read / secs, records=read)
+        rss = {"rss_mib": float(kv(ks_out.stderr, "maxrss_kb")) / 1024} if timed else {}
+        self.record(f"{label}: kstreams", seconds=secs, rate=read / secs, records=read, **rss)
 
     def keys_section(self):
         """How cost grows with the work: counting per key over 10 thousand, 1
@@ -729,15 +732,16 @@ directory's size at the end.
             allocs_s = f"{allocs:.1f}" if allocs == allocs else "–"
             lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {a.users / med:,.0f} | {rss_s} | {cpu_s} | {allocs_s} | {vs_ceiling} | {vs_ks} | {cpu_ks} | {rss_ks} |")
         lines.append("")
-        lines.append("| restore | median s | min–max s | records/s | speed ÷ restore ceiling | speed ÷ Kafka Streams |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| restore | median s | min–max s | records/s | peak RSS MiB | speed ÷ restore ceiling | speed ÷ Kafka Streams |")
+        lines.append("|---|---|---|---|---|---|---|")
         plain, ks_r, ours_r = self.median("restore: ceiling"), self.median("restore: kstreams"), self.median("restore: ours")
         for name in [n for n in ("restore: ceiling", "restore: ours", "restore: kstreams") if n in self.results]:
             med = self.median(name)
             lo, hi = self.span(name)
             rate = self.median(name, "rate")
             extra = f"| {plain / ours_r:.2f} | {ks_r / ours_r:.2f}× |" if name == "restore: ours" else "| | |"
-            lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {rate:,.0f} {extra}")
+            rss = f"{max(x['rss_mib'] for x in self.results[name]):,.0f}" if "rss_mib" in self.results[name][0] else "–"
+            lines.append(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {rate:,.0f} | {rss} {extra}")
         eos_ratio = []
         for t in a.threads:
             for c in a.commits:
@@ -827,7 +831,8 @@ machine, in one run; and restoring a count store from its changelog.
   written by a counting application (one change per input record, each with the
   framework's `sx.src` mark, the input committed), restored into an empty state
   directory; the framework's own restore time. Kafka Streams restores the same
-  topic (the same application id and store name). The
+  topic (the same application id and store name); its peak RSS is GNU time's
+  maximum resident set of the JVM, which exits once restored. The
   **restore ceiling** is a plain rdkafka consumer reading the changelog and doing
   nothing with the records, the fastest of four reads: with the restore consumer's
   own settings one record per poll, the same a batch at a time (as restore reads),
