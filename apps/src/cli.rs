@@ -102,7 +102,8 @@ pub struct RunOpts {
     /// MiB of the local state stores' page cache (sled's cache, counted at
     /// the pages' size on disk: cached pages take about three times as much
     /// memory; sled's bookkeeping per page comes on top and grows with the
-    /// number of keys).
+    /// number of keys). The stores' key filters take up to a quarter of it
+    /// again.
     #[arg(long, default_value_t = stream_core::store::DEFAULT_CACHE_BYTES / (1024 * 1024))]
     pub state_cache_mib: u64,
     /// Print the topology as JSON (stores with serdes, internal topics with

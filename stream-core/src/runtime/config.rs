@@ -124,7 +124,10 @@ pub struct StreamsConfig {
     /// counts pages by their size on disk, and cached nodes take about
     /// three times that in memory; sled's bookkeeping for every page of a
     /// tree comes on top, growing with the stores' size (some 15 bytes per
-    /// key from 1 to 10 million keys).
+    /// key from 1 to 10 million keys). The stores' key filters, which
+    /// answer reads of keys a store never held without sled, take up to a
+    /// quarter of this again (4 MiB by default, about 2.8 million keys;
+    /// stores beyond it read sled for every key).
     pub state_cache_bytes: u64,
     /// At-least-once: store changes (entries in the write buffers of the
     /// thread's tasks) that processing may make while a commit's state is

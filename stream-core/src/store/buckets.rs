@@ -53,7 +53,9 @@
 
 use std::ops::Bound;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::Arc;
 
+use super::key_filter::KeyFilter;
 use crate::error::StoreError;
 
 /// A bucket is cut into pieces once its encoding is larger than this.
@@ -89,12 +91,17 @@ pub(crate) struct BucketTree {
     tree: sled::Tree,
     /// Names the store in errors.
     name: String,
+    /// Which keys the tree may hold, shared by every handle of it
+    /// (`key_filter.rs`).
+    filter: Arc<KeyFilter>,
 }
 
 impl BucketTree {
-    /// The store kept in `tree`; `name` says which in errors.
-    pub(crate) fn new(tree: sled::Tree, name: String) -> Self {
-        BucketTree { tree, name }
+    /// The store kept in `tree`; `name` says which in errors. `filter` is
+    /// the tree's key filter: the one its other handles share, or a new
+    /// one that [`count_and_fill`](Self::count_and_fill) fills.
+    pub(crate) fn new(tree: sled::Tree, name: String, filter: Arc<KeyFilter>) -> Self {
+        BucketTree { tree, name, filter }
     }
 
     fn sled_err(&self, source: sled::Error) -> StoreError {
@@ -125,7 +132,9 @@ impl BucketTree {
 
     /// Removes every entry.
     pub(crate) fn clear(&self) -> Result<(), StoreError> {
-        self.tree.clear().map_err(|e| self.sled_err(e))
+        self.tree.clear().map_err(|e| self.sled_err(e))?;
+        self.filter.reset();
+        Ok(())
     }
 
     /// The sled tree itself, for tests that damage it.
@@ -137,6 +146,9 @@ impl BucketTree {
     /// The value of `key`. Safe beside the state writer's writes (module
     /// docs).
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if !self.filter.may_contain(key) {
+            return Ok(None);
+        }
         // Ended first: equal counts then mean no split was under way when
         // `begun` was read.
         let ended = SPLITS_ENDED.load(Ordering::Acquire);
@@ -204,15 +216,61 @@ impl BucketTree {
         self.range(prefix, end.as_deref())
     }
 
+    /// Whether the key filter answers reads (tests).
+    #[cfg(test)]
+    pub(crate) fn filter_in_use(&self) -> bool {
+        self.filter.is_complete()
+    }
+
     /// Number of entries (reads every bucket; a bucket that does not
     /// decode is an error).
     pub(crate) fn count(&self) -> Result<u64, StoreError> {
+        self.count_entries(|_| {})
+    }
+
+    /// [`count`](Self::count), adding every key to the tree's key filter
+    /// if `fill` (a filter just made for the tree), which is complete once
+    /// every bucket was read. `expected` (the checkpoint's count, if any)
+    /// sizes the filter ahead. A filter the count fails to fill answers
+    /// "maybe" to every read.
+    pub(crate) fn count_and_fill(&self, fill: bool, expected: u64) -> Result<u64, StoreError> {
+        if !fill {
+            return self.count();
+        }
+        self.filter
+            .reserve(usize::try_from(expected).unwrap_or(usize::MAX));
+        let n = self.count_entries(|keys| {
+            self.filter.insert(keys.iter().copied());
+            self.filter.count_new(keys.len() as u64);
+        })?;
+        self.filter.completed();
+        Ok(n)
+    }
+
+    /// Completes a new key filter at once if the tree is empty (a global
+    /// table's first load, or one rebuilt). A table that already holds
+    /// rows is not walked when it opens, unlike a task's stores, whose
+    /// entries are counted then anyway: its filter answers "maybe" and
+    /// every read goes to sled, until the table is cleared.
+    pub(crate) fn fill_if_empty(&self) -> sled::Result<()> {
+        if self.tree.first()?.is_none() {
+            self.filter.completed();
+        }
+        Ok(())
+    }
+
+    /// Counts the entries in bounds, bucket by bucket, handing each
+    /// bucket's keys to `keys`.
+    fn count_entries(&self, mut keys: impl FnMut(&[&[u8]])) -> Result<u64, StoreError> {
         let mut n = 0u64;
         self.each_bucket(&[], |fence, entries, next| {
-            n += entries
+            let in_bounds: Vec<&[u8]> = entries
                 .iter()
-                .filter(|(k, _)| *k >= fence && next.is_none_or(|n| *k < n))
-                .count() as u64;
+                .map(|(k, _)| *k)
+                .filter(|k| *k >= fence && next.is_none_or(|n| *k < n))
+                .collect();
+            n += in_bounds.len() as u64;
+            keys(&in_bounds);
             true
         })?;
         Ok(n)
@@ -267,6 +325,11 @@ impl BucketTree {
     /// successor's, so what the cursor read ahead is still current when it
     /// is reached.
     fn apply_sorted(&self, changes: &Changes<'_>, count: &mut u64) -> Result<(), StoreError> {
+        // Keys go into the filter before any bucket holding them is
+        // written; those already in the tree set bits already set.
+        self.filter
+            .insert(changes.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k));
+        let mut new_keys = 0;
         let mut rest = changes;
         let mut cursor: Option<Cursor> = None;
         while let Some(((first, _), _)) = rest.split_first() {
@@ -296,6 +359,7 @@ impl BucketTree {
             let old: Vec<Entry<'_>> = old.into_iter().filter(|(k, _)| in_bounds(k)).collect();
             let (merged, added, removed) = merge(&old, here);
             *count = (*count + added).saturating_sub(removed);
+            new_keys += added;
             if merged.is_empty() {
                 if raw.is_some() {
                     self.remove_bucket(&fence)?;
@@ -313,6 +377,7 @@ impl BucketTree {
                 .insert(fence.as_ref(), encode(pieces[0]))
                 .map_err(|e| self.sled_err(e))?;
         }
+        self.filter.count_new(new_keys);
         Ok(())
     }
 
@@ -615,8 +680,24 @@ mod tests {
     fn tree() -> (tempfile::TempDir, BucketTree) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let t = BucketTree::new(db.open_tree("t").unwrap(), "t".into());
+        let t = BucketTree::new(db.open_tree("t").unwrap(), "t".into(), unlimited_filter());
+        t.filter.completed();
         (dir, t)
+    }
+
+    fn unlimited_filter() -> Arc<KeyFilter> {
+        Arc::new(KeyFilter::new(super::super::key_filter::FilterBudget::new(
+            usize::MAX,
+        )))
+    }
+
+    /// `t`'s tree as a new handle finds it when the directory opens: a
+    /// new key filter, filled by the count (left unfilled if the count
+    /// fails).
+    fn reopened(t: &BucketTree) -> BucketTree {
+        let t = BucketTree::new(t.tree.clone(), t.name.clone(), unlimited_filter());
+        let _ = t.count_and_fill(true, 0);
+        t
     }
 
     /// A small deterministic generator (xorshift).
@@ -783,6 +864,7 @@ mod tests {
         let stale: Vec<Entry<'_>> = vec![(b"a", b"1"), (b"m", b"old"), (b"z", b"old")];
         t.tree.insert(b"", encode(&stale)).unwrap();
         t.tree.insert(b"m", encode(&[(b"m", b"new")])).unwrap();
+        let t = reopened(&t);
         assert_eq!(t.get(b"m").unwrap(), Some(b"new".to_vec()));
         assert_eq!(t.get(b"z").unwrap(), None);
         assert_eq!(t.count().unwrap(), 2);
@@ -805,6 +887,7 @@ mod tests {
     fn should_call_a_bucket_that_does_not_decode_damaged() {
         let (_dir, t) = tree();
         t.tree.insert(b"", b"\x09junk".as_slice()).unwrap();
+        let t = reopened(&t);
         assert!(matches!(t.get(b"a"), Err(StoreError::Damaged { .. })));
         assert!(matches!(t.count(), Err(StoreError::Damaged { .. })));
         assert!(matches!(

@@ -24,11 +24,14 @@
 //!    sorted first, as processing reads it by range;
 //! 4. **backend** ([`StateBackend`]): the durable copy of all stores of one
 //!    task, written in one atomic batch together with the task's
-//!    [`Checkpoint`] (sled on disk, or memory in tests).
+//!    [`Checkpoint`] (sled on disk, or memory in tests). In sled, a Bloom
+//!    filter per store answers reads of keys it never held
+//!    (`key_filter.rs`).
 
 mod backend;
 mod buckets;
 pub mod global;
+mod key_filter;
 mod memory;
 mod restored;
 pub(crate) use restored::prefetch;

@@ -30,6 +30,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use super::buckets::BucketTree;
+use super::key_filter::KeyFilters;
 use super::{Batch, Changes, Checkpoint, PendingCommit, RestoredBatch, StateBackend};
 use crate::error::StoreError;
 
@@ -80,7 +81,14 @@ pub struct StateDir {
     /// Writes restored entries (apart, so that a large restore never
     /// delays a processing task's commit).
     restore_writer: Option<Sender<WriteJob>>,
+    /// The key filters of the directory's trees (`store/key_filter.rs`).
+    filters: Arc<KeyFilters>,
 }
+
+/// Share of `state_cache_bytes` the key filters of one state directory may
+/// take together, besides sled's cache: a quarter, 4 MiB by default, which
+/// holds about 2.8 million keys (`store/key_filter.rs`).
+const FILTER_SHARE_OF_CACHE: u64 = 4;
 
 /// A commit for the state writer thread, and where its result goes.
 type WriteJob = Box<dyn FnOnce() + Send>;
@@ -152,16 +160,7 @@ impl StateDir {
         let _ = std::fs::remove_file(&probe);
         let db_path = path.join("sled");
         match Self::open_db(&db_path, cache_bytes) {
-            Ok(db) => Ok((
-                StateDir {
-                    syncer: start_syncer(&db),
-                    writer: start_writer("state-writer"),
-                    restore_writer: start_writer("restore-writer"),
-                    path,
-                    db,
-                },
-                false,
-            )),
+            Ok(db) => Ok((Self::with_db(path, db, cache_bytes), false)),
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
             {
@@ -187,17 +186,22 @@ impl StateDir {
                         store: "*".into(),
                         source,
                     })?;
-                Ok((
-                    StateDir {
-                        syncer: start_syncer(&db),
-                        writer: start_writer("state-writer"),
-                        restore_writer: start_writer("restore-writer"),
-                        path,
-                        db,
-                    },
-                    true,
-                ))
+                Ok((Self::with_db(path, db, cache_bytes), true))
             }
+        }
+    }
+
+    /// The directory at `path` over its opened database, with its threads.
+    fn with_db(path: PathBuf, db: sled::Db, cache_bytes: u64) -> StateDir {
+        let filter_bytes =
+            usize::try_from(cache_bytes / FILTER_SHARE_OF_CACHE).unwrap_or(usize::MAX);
+        StateDir {
+            syncer: start_syncer(&db),
+            writer: start_writer("state-writer"),
+            restore_writer: start_writer("restore-writer"),
+            filters: Arc::new(KeyFilters::new(filter_bytes)),
+            path,
+            db,
         }
     }
 
@@ -269,18 +273,18 @@ impl StateDir {
             store: store.to_string(),
             source,
         };
-        let rows = self
-            .db
-            .open_tree(format!("{GLOBAL_TREES}{store}"))
-            .map_err(err)?;
+        let name = format!("{GLOBAL_TREES}{store}");
+        let rows = self.db.open_tree(&name).map_err(err)?;
         let offsets = self
             .db
             .open_tree(format!("{GLOBAL_OFFSET_TREES}{store}"))
             .map_err(err)?;
-        Ok(super::GlobalTree::sled(
-            BucketTree::new(rows, format!("global {store}")),
-            offsets,
-        ))
+        let (filter, fresh) = self.filters.of(&name);
+        let rows = BucketTree::new(rows, format!("global {store}"), filter);
+        if fresh {
+            rows.fill_if_empty().map_err(err)?;
+        }
+        Ok(super::GlobalTree::sled(rows, offsets))
     }
 
     /// The backend of one task, with trees for `stores`. A commit of the
@@ -291,18 +295,31 @@ impl StateDir {
             store: task.to_string(),
             source,
         };
+        let mut fresh = Vec::with_capacity(stores.len());
         let trees = stores
             .iter()
             .map(|s| {
-                let tree = self.db.open_tree(format!("{STORE_TREES}{s}/{task}"))?;
-                Ok(BucketTree::new(tree, format!("{s}/{task}")))
+                let name = format!("{STORE_TREES}{s}/{task}");
+                let tree = self.db.open_tree(&name)?;
+                let (filter, new) = self.filters.of(&name);
+                fresh.push(new);
+                Ok(BucketTree::new(tree, format!("{s}/{task}"), filter))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(err)?;
         let meta = self.db.open_tree(CHECKPOINTS).map_err(err)?;
         let redo = self.db.open_tree(REDO).map_err(err)?;
+        // The checkpoint's counts size new filters ahead; a checkpoint
+        // that does not read is found by `verify`.
+        let expected = meta
+            .get(task.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|raw| serde_json::from_slice::<Checkpoint>(&raw).ok())
+            .map(|cp| cp.entries)
+            .unwrap_or_default();
         let mut damage = None;
-        let counts = match count_all(&trees) {
+        let counts = match count_all(&trees, &fresh, &expected) {
             Ok(counts) => counts,
             Err(e) => {
                 damage = Some(e.to_string());
@@ -380,9 +397,21 @@ fn drop_flat_stores(db: &sled::Db) -> sled::Result<()> {
 /// One store's changes as the commit writes them.
 type Entries<'a> = super::SortedEntries<'a>;
 
-/// Entries per store, read from the trees.
-fn count_all(trees: &[BucketTree]) -> Result<Vec<u64>, StoreError> {
-    trees.iter().map(BucketTree::count).collect()
+/// Entries per store, read from the trees; the trees whose filter is
+/// `fresh` fill it on the way, sized for the `expected` counts.
+fn count_all(
+    trees: &[BucketTree],
+    fresh: &[bool],
+    expected: &[u64],
+) -> Result<Vec<u64>, StoreError> {
+    trees
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let fill = fresh.get(i).copied().unwrap_or(false);
+            t.count_and_fill(fill, expected.get(i).copied().unwrap_or(0))
+        })
+        .collect()
 }
 
 /// The trees of one task: what a commit writes, on any thread.
@@ -497,7 +526,11 @@ impl TaskTrees {
             self.apply(i, entries, &mut scratch)?;
         }
         // Some writes may have landed before the crash: count anew.
-        let counts = count_all(&self.trees)?;
+        let counts = self
+            .trees
+            .iter()
+            .map(BucketTree::count)
+            .collect::<Result<Vec<_>, _>>()?;
         let encoded = self.encode_checkpoint(&checkpoint, &counts)?;
         self.meta.insert(task, encoded).map_err(|e| self.err(e))?;
         self.redo.remove(task).map_err(|e| self.err(e))?;
@@ -906,6 +939,73 @@ mod tests {
         cp.positions
             .insert(crate::coordinates::TopicPartition::new("in", 0), at);
         cp
+    }
+
+    /// Every key in sled is found whichever way it got there: written
+    /// before the directory was opened again (a new filter, filled when
+    /// the task opens), written through another handle of the same task
+    /// (one shared filter), and past the filters' budget (off: sled
+    /// answers). Keys never written are absent.
+    #[test]
+    fn should_find_every_written_key_through_the_key_filters() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::StateDir {
+            path: "tmp".into(),
+            reason: e.to_string(),
+        })?;
+        let keys = |from: u32, to: u32| -> Batch {
+            (from..to)
+                .map(|i| {
+                    (
+                        format!("company-{i}").into_bytes(),
+                        Some(i.to_be_bytes().to_vec()),
+                    )
+                })
+                .collect()
+        };
+        let check = |b: &SledBackend, to: u32| -> Result<(), StoreError> {
+            for i in (0..to).step_by(7) {
+                let key = format!("company-{i}");
+                assert_eq!(
+                    b.get(0, key.as_bytes())?,
+                    Some(i.to_be_bytes().to_vec()),
+                    "{key}"
+                );
+            }
+            assert_eq!(b.get(0, b"company-absent")?, None);
+            Ok(())
+        };
+        // A cache of 256 KiB: the filters' budget (64 KiB) holds some
+        // 40,000 keys, not 60,000.
+        let (sd, _) = StateDir::open_with_cache(dir.path(), "app", 256 * 1024)?;
+        let mut b = sd.backend("0_0", &["a".to_string()])?;
+        b.commit(&[keys(0, 20_000)], &cp(1))?;
+        assert!(b.trees.trees[0].filter_in_use());
+        check(&b, 20_000)?;
+        drop(b);
+        // Opened again with no handle left: a new filter, filled.
+        let mut b = sd.backend("0_0", &["a".to_string()])?;
+        b.verify()?;
+        assert!(
+            b.trees.trees[0].filter_in_use(),
+            "filled when the task opened"
+        );
+        check(&b, 20_000)?;
+        let other = sd.backend("0_0", &["a".to_string()])?;
+        b.commit(&[keys(20_000, 21_000)], &cp(2))?;
+        assert!(other.trees.trees[0].filter_in_use());
+        check(&other, 21_000)?;
+        b.commit(&[keys(21_000, 60_000)], &cp(3))?;
+        assert!(
+            !other.trees.trees[0].filter_in_use(),
+            "60,000 keys need more than the budget"
+        );
+        check(&other, 60_000)?;
+        check(&b, 60_000)?;
+        b.wipe()?;
+        assert!(b.trees.trees[0].filter_in_use(), "emptied: on again");
+        assert_eq!(b.get(0, b"company-5")?, None);
+        drop(sd);
+        Ok(())
     }
 
     #[test]
