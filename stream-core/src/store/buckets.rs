@@ -225,7 +225,7 @@ impl BucketTree {
     /// Number of entries (reads every bucket; a bucket that does not
     /// decode is an error).
     pub(crate) fn count(&self) -> Result<u64, StoreError> {
-        self.count_entries(|_| {})
+        self.count_entries(false)
     }
 
     /// [`count`](Self::count), adding every key to the tree's key filter
@@ -239,10 +239,7 @@ impl BucketTree {
         }
         self.filter
             .reserve(usize::try_from(expected).unwrap_or(usize::MAX));
-        let n = self.count_entries(|keys| {
-            self.filter.insert(keys.iter().copied());
-            self.filter.count_new(keys.len() as u64);
-        })?;
+        let n = self.count_entries(true)?;
         self.filter.completed();
         Ok(n)
     }
@@ -259,18 +256,23 @@ impl BucketTree {
         Ok(())
     }
 
-    /// Counts the entries in bounds, bucket by bucket, handing each
-    /// bucket's keys to `keys`.
-    fn count_entries(&self, mut keys: impl FnMut(&[&[u8]])) -> Result<u64, StoreError> {
+    /// Counts the entries in bounds, bucket by bucket, adding their keys to
+    /// the key filter if `fill`.
+    fn count_entries(&self, fill: bool) -> Result<u64, StoreError> {
         let mut n = 0u64;
         self.each_bucket(&[], |fence, entries, next| {
-            let in_bounds: Vec<&[u8]> = entries
+            let keys = entries
                 .iter()
                 .map(|(k, _)| *k)
-                .filter(|k| *k >= fence && next.is_none_or(|n| *k < n))
-                .collect();
-            n += in_bounds.len() as u64;
-            keys(&in_bounds);
+                .filter(|k| *k >= fence && next.is_none_or(|n| *k < n));
+            n += if fill {
+                let keys: Vec<&[u8]> = keys.collect();
+                self.filter.insert(keys.iter().copied());
+                self.filter.count_new(keys.len() as u64);
+                keys.len() as u64
+            } else {
+                keys.count() as u64
+            };
             true
         })?;
         Ok(n)
