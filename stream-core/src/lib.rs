@@ -30,6 +30,7 @@ pub mod driver;
 pub mod error;
 pub mod graph;
 pub mod http;
+mod huge_pages;
 pub mod instance;
 pub mod logging;
 pub mod partitioner;

@@ -117,7 +117,7 @@ impl Stage {
             .max(64)
             .next_power_of_two();
         Stage {
-            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            words: crate::huge_pages::filled(words, || AtomicU64::new(0)).into_boxed_slice(),
             shift: 64 - words.trailing_zeros(),
             mix: MIX.wrapping_add((index as u64) << 1),
             capacity: words * 64 / BITS_PER_KEY,

@@ -307,7 +307,10 @@ impl LateWriteGuard {
 
     fn grow(&mut self) {
         let size = (self.slots.len() * 2).max(FIRST_SLOTS);
-        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); size]);
+        let old = std::mem::replace(
+            &mut self.slots,
+            crate::huge_pages::filled(size, Slot::default),
+        );
         for s in old.into_iter().filter(|s| s.a != 0) {
             let i = self.find(s.a, s.b);
             self.slots[i] = s;
