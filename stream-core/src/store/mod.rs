@@ -34,6 +34,7 @@ pub mod global;
 mod key_filter;
 mod memory;
 mod restored;
+pub(crate) mod robin_hood;
 pub(crate) use restored::prefetch;
 pub(crate) use restored::Mark;
 #[cfg(test)]
@@ -106,8 +107,10 @@ enum Writing {
     /// A commit's changes per store (or restored entries merged into a
     /// write buffer that held changes).
     Sorted(Arc<Changes>),
-    /// A restore's buffer, handed over whole.
-    Restored(Arc<RestoredBatch>),
+    /// A restore's buffer, handed over whole; `recycle`: the restore goes
+    /// on, and its stores take their tables of slots back once written
+    /// ([`RestoredEntries::keep_spare`](restored::RestoredEntries::keep_spare)).
+    Restored(Arc<RestoredBatch>, bool),
 }
 
 /// All stores of one task over their shared backend.
@@ -304,7 +307,11 @@ impl StoreSet {
         match pending.poll() {
             None => Ok(false),
             Some(r) => {
-                self.writing = None;
+                if let Some((writing, _, _)) = self.writing.take() {
+                    if r.is_ok() {
+                        self.written(writing);
+                    }
+                }
                 r.map(|_| true)
             }
         }
@@ -312,9 +319,23 @@ impl StoreSet {
 
     /// Waits until the last commit is written.
     pub fn wait_written(&mut self) -> Result<(), StoreError> {
-        match self.writing.take() {
-            None => Ok(()),
-            Some((_, pending, _)) => pending.wait(),
+        let Some((writing, pending, _)) = self.writing.take() else {
+            return Ok(());
+        };
+        pending.wait()?;
+        self.written(writing);
+        Ok(())
+    }
+
+    /// A write is over: a restore that goes on takes its tables back,
+    /// unless the writer still holds the batch.
+    fn written(&mut self, writing: Writing) {
+        if let Writing::Restored(batch, true) = writing {
+            if let Ok(batch) = Arc::try_unwrap(batch) {
+                for (l, written) in self.layers.iter_mut().zip(batch.into_stores()) {
+                    l.restored.keep_spare(written);
+                }
+            }
         }
     }
 
@@ -392,7 +413,7 @@ impl StoreSet {
         let pending = self
             .backend
             .start_restored_batch(Arc::clone(&batch), checkpoint.clone());
-        self.writing = Some((Writing::Restored(batch), pending, checkpoint.clone()));
+        self.writing = Some((Writing::Restored(batch, !sort), pending, checkpoint.clone()));
         Ok(())
     }
 
@@ -451,7 +472,7 @@ impl StoreSet {
                     return Ok(v.clone());
                 }
             }
-            Some(Writing::Restored(batch)) => {
+            Some(Writing::Restored(batch, _)) => {
                 if let Some(v) = batch.get(idx, key) {
                     return Ok(v.map(<[u8]>::to_vec));
                 }
@@ -515,7 +536,7 @@ impl StoreSet {
                     ordered(w, merged);
                 }
             }
-            Some(Writing::Restored(batch)) => {
+            Some(Writing::Restored(batch, _)) => {
                 use std::ops::Bound::{Excluded, Included, Unbounded};
                 let (from, after) = match bounds.start_bound() {
                     Included(s) => (Some(s.as_slice()), None),
@@ -838,6 +859,12 @@ mod tests {
             assert_eq!(s.scan_prefix(0, b"f")?, owned(&[(b"f", b"1")]));
             release.send(()).ok();
             s.wait_written()?;
+            // A restore that goes on takes its written table back (held
+            // until its buffer grows into it); the last one does not.
+            assert_eq!(s.restored_bytes() > 0, !sorted, "sorted: {sorted}");
+            s.apply_restored(0, b"g", Some(b"1"));
+            assert_eq!(s.get(0, b"g")?, Some(b"1".to_vec()));
+            assert_eq!(s.get(0, b"b")?, None, "only what the backend holds");
         }
         Ok(())
     }

@@ -9,10 +9,10 @@
 //! the value's), and a new key cost two allocations. Here keys and values
 //! live side by side in large chunks of bytes, and the table is one array
 //! of 24-byte slots that hold where an entry is and 32 bits of its key's
-//! hash (open addressing, linear probing, at most three quarters full): a
-//! lookup touches the slots from the hash's place on (most often one cache
-//! line) and one place in a chunk, and a new key allocates nothing until a
-//! chunk fills.
+//! hash (open addressing, linear probing in Robin Hood order,
+//! `robin_hood.rs`; at most three quarters full): a lookup touches the
+//! slots from the hash's place on (most often one cache line) and one
+//! place in a chunk, and a new key allocates nothing until a chunk fills.
 //!
 //! Once the table outgrows the processor's caches (a changelog over a
 //! million keys), every lookup waits for memory. The restorer reads a
@@ -45,10 +45,12 @@
 //! each write's entries about twice over and cost the restorer thread the
 //! copy: a restore of ten million distinct keys, which writes its buffer
 //! a dozen times, peaked at 850–860 MiB in 9.7–10.4 s; handed over whole,
-//! 555–572 MiB in 8.0–8.1 s.
+//! 555–572 MiB in 8.0–8.1 s. Once written, the table comes back for the
+//! next buffer ([`RestoredEntries::keep_spare`]).
 
 use std::hash::BuildHasher;
 
+use super::robin_hood;
 use super::Change;
 
 /// Size of a chunk of key and value bytes; an entry larger than this gets
@@ -142,6 +144,10 @@ pub(crate) struct RestoredEntries {
     hasher: foldhash::fast::RandomState,
     /// Bytes handed out from chunks (live and replaced).
     used: usize,
+    /// The table of the buffer before this one, written and handed back
+    /// ([`keep_spare`](Self::keep_spare)), which the next growth takes
+    /// instead of a fresh table.
+    spare: Vec<Slot>,
 }
 
 impl RestoredEntries {
@@ -168,16 +174,14 @@ impl RestoredEntries {
             self.grow();
         }
         let tag = self.tag(key);
-        let i = match self.find(tag, key) {
-            Ok(i) => i,
-            Err(free) => {
-                let Some(kept) = mark.after(before()) else {
-                    return false;
-                };
-                self.slots[free] = store(&mut self.chunks, &mut self.used, tag, kept, key, value);
-                self.len += 1;
-                return true;
-            }
+        let Some(i) = self.find(tag, key) else {
+            let Some(kept) = mark.after(before()) else {
+                return false;
+            };
+            let slot = store(&mut self.chunks, &mut self.used, tag, kept, key, value);
+            self.insert(slot);
+            self.len += 1;
+            return true;
         };
         let slot = self.slots[i];
         let Some(kept) = mark.after(Some(mark_of(&self.chunks, &slot))) else {
@@ -233,7 +237,6 @@ impl RestoredEntries {
             return None;
         }
         self.find(self.tag(key), key)
-            .ok()
             .map(|i| value_of(&self.chunks, &self.slots[i]))
     }
 
@@ -253,9 +256,24 @@ impl RestoredEntries {
         self.len == 0
     }
 
-    /// Memory held: chunk bytes handed out and the table's slots.
+    /// Memory held: chunk bytes handed out and the table's slots (and
+    /// the spare table's).
     pub(crate) fn bytes(&self) -> usize {
-        self.used + self.slots.len() * std::mem::size_of::<Slot>()
+        self.used + (self.slots.len() + self.spare.len()) * std::mem::size_of::<Slot>()
+    }
+
+    /// Keeps the table of `written`, a buffer taken from this one and
+    /// written, for this buffer's next growth, dropping the rest of it.
+    ///
+    /// A restore that writes its buffer many times over (a changelog of
+    /// distinct keys) built a new table for each buffer, doubling from a
+    /// few slots to millions, each on memory the system had to clear
+    /// first, a page fault per 2 MiB huge page: on ten million distinct
+    /// keys that clearing was a fifth of the restorer thread's time. A
+    /// buffer that takes the table back starts at the size the one before
+    /// reached, on pages already mapped, and only clears its slots.
+    pub(crate) fn keep_spare(&mut self, written: RestoredEntries) {
+        self.spare = written.slots;
     }
 
     /// Every entry, in key order, as owned changes; leaves the map empty.
@@ -323,21 +341,18 @@ impl RestoredEntries {
         (self.hasher.hash_one(key) as u32).max(1)
     }
 
-    /// The slot holding `key` (`Ok`), or the free slot where it belongs
-    /// (`Err`). The table must have a free slot.
-    fn find(&self, tag: u32, key: &[u8]) -> Result<usize, usize> {
-        let mask = self.slots.len() - 1;
-        let mut i = tag as usize & mask;
-        loop {
-            let s = &self.slots[i];
-            if s.tag == 0 {
-                return Err(i);
-            }
-            if s.tag == tag && key_of(&self.chunks, s) == key {
-                return Ok(i);
-            }
-            i = (i + 1) & mask;
-        }
+    /// The slot holding `key`, if any. The table is in Robin Hood order
+    /// (`robin_hood.rs`), so a search for a new key, which is every key
+    /// of a changelog of distinct keys, ends early too.
+    fn find(&self, tag: u32, key: &[u8]) -> Option<usize> {
+        robin_hood::find(&self.slots, tag as usize, |s| {
+            s.tag == tag && key_of(&self.chunks, s) == key
+        })
+    }
+
+    /// Places `slot`, whose key the table does not hold.
+    fn insert(&mut self, slot: Slot) {
+        robin_hood::insert(&mut self.slots, slot);
     }
 
     /// The taken slots in table order. Their entries lie in the chunks in
@@ -359,15 +374,16 @@ impl RestoredEntries {
     /// Doubles the table, placing every taken slot anew by its tag.
     fn grow(&mut self) {
         let size = (self.slots.len() * 2).max(FIRST_SLOTS);
-        let fresh = crate::huge_pages::filled(size, Slot::default);
+        let fresh = if self.spare.len() >= size {
+            let mut spare = std::mem::take(&mut self.spare);
+            spare.fill(Slot::default());
+            spare
+        } else {
+            crate::huge_pages::filled(size, Slot::default)
+        };
         let old = std::mem::replace(&mut self.slots, fresh);
-        let mask = size - 1;
         for s in old.into_iter().filter(|s| s.tag != 0) {
-            let mut i = s.tag as usize & mask;
-            while self.slots[i].tag != 0 {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = s;
+            self.insert(s);
         }
     }
 }
@@ -417,6 +433,11 @@ impl RestoredBatch {
                 .collect(),
             None => self.stores.iter().map(RestoredEntries::sorted).collect(),
         }
+    }
+
+    /// The stores' entries, by store index, given back once written.
+    pub(crate) fn into_stores(self) -> Vec<RestoredEntries> {
+        self.stores
     }
 
     /// Whether the entries are sorted ([`new_sorted`](Self::new_sorted)).
@@ -514,6 +535,15 @@ fn store(
     }
 }
 
+impl robin_hood::Placed for Slot {
+    fn is_free(&self) -> bool {
+        self.tag == 0
+    }
+    fn home(&self) -> usize {
+        self.tag as usize
+    }
+}
+
 /// The first 16 bytes of `key` (zeros after a shorter key) as a number
 /// that orders as the bytes do: two keys whose prefixes differ are in the
 /// order of their prefixes; equal prefixes say nothing.
@@ -604,6 +634,37 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.clear();
         assert_eq!((r.len(), r.get(b"again"), r.iter().count()), (0, None, 0));
+    }
+
+    #[test]
+    fn should_start_from_the_table_written_before_holding_only_new_entries() {
+        let mut r = RestoredEntries::default();
+        for k in 0..10_000u32 {
+            r.apply(format!("k{k}").as_bytes(), Some(b"v"));
+        }
+        let size = r.slots.len();
+        let written = r.take();
+        r.keep_spare(written);
+        assert_eq!(
+            r.bytes(),
+            size * std::mem::size_of::<Slot>(),
+            "a spare table is memory held"
+        );
+        r.apply(b"k1", Some(b"w"));
+        assert_eq!(
+            r.slots.len(),
+            size,
+            "the first growth takes the spare table"
+        );
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.get(b"k1"), Some(Some(&b"w"[..])));
+        assert_eq!(r.get(b"k2"), None, "the spare's entries are gone");
+        assert_eq!(r.iter().count(), 1);
+        // Taken again, the buffer starts from nothing (a spare goes only
+        // where `keep_spare` puts it).
+        drop(r.take());
+        r.apply(b"k3", Some(b"x"));
+        assert_eq!(r.slots.len(), FIRST_SLOTS);
     }
 
     #[test]

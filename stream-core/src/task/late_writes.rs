@@ -65,7 +65,7 @@ use std::hash::BuildHasher;
 
 use super::headers::SourceMark;
 use crate::coordinates::TopicPartition;
-use crate::store::Mark;
+use crate::store::{robin_hood, Mark};
 
 /// The most keys the guard remembers per task: three quarters of a table
 /// of 2^20 slots of 24 bytes (24 MiB).
@@ -111,7 +111,8 @@ impl Source {
 ///
 /// Its table is built like the restore's buffer (`store/restored.rs`):
 /// keys are not kept, only fingerprints, in one array of slots (open
-/// addressing, linear probing); nothing is allocated per key.
+/// addressing, linear probing in Robin Hood order: `store/robin_hood.rs`);
+/// nothing is allocated per key.
 #[derive(Default)]
 pub(crate) struct LateWriteGuard {
     /// Input partitions seen, indexed by [`Slot::source`].
@@ -185,8 +186,8 @@ impl LateWriteGuard {
             return None;
         }
         let (a, b) = self.fingerprint(store, key);
-        let slot = &self.slots[self.find(a, b)];
-        (slot.a != 0).then_some(Mark {
+        let slot = &self.slots[self.find(a, b)?];
+        Some(Mark {
             source: slot.source,
             offset: slot.offset,
         })
@@ -229,29 +230,25 @@ impl LateWriteGuard {
     }
 
     fn remember_fingerprint(&mut self, a: u64, b: u32, mark: Mark) {
+        if let Some(i) = self.find(a, b) {
+            let slot = &mut self.slots[i];
+            slot.source = mark.source;
+            slot.offset = mark.offset;
+            return;
+        }
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             if self.len >= MAX_TRACKED_KEYS {
-                let i = self.find(a, b);
-                let slot = &mut self.slots[i];
-                if slot.a != 0 {
-                    slot.source = mark.source;
-                    slot.offset = mark.offset;
-                }
                 return;
             }
             self.grow();
         }
-        let i = self.find(a, b);
-        let slot = &mut self.slots[i];
-        if slot.a == 0 {
-            self.len += 1;
-        }
-        *slot = Slot {
+        self.insert(Slot {
             a,
             b,
             offset: mark.offset,
             source: mark.source,
-        };
+        });
+        self.len += 1;
     }
 
     /// Hints that [`before`](Self::before) may soon ask about `key` of
@@ -291,18 +288,17 @@ impl LateWriteGuard {
         self.hash_a.hash_one((store, key)) | 1
     }
 
-    /// The slot holding fingerprint `(a, b)`, or the free one where it
-    /// belongs. The table must have a free slot.
-    fn find(&self, a: u64, b: u32) -> usize {
-        let mask = self.slots.len() - 1;
-        let mut i = a as usize & mask;
-        loop {
-            let s = &self.slots[i];
-            if s.a == 0 || (s.a == a && s.b == b) {
-                return i;
-            }
-            i = (i + 1) & mask;
-        }
+    /// The slot holding fingerprint `(a, b)`, if any. The table is in
+    /// Robin Hood order (`store/robin_hood.rs`): once it is full, most keys
+    /// a restore of distinct keys asks about are not in it, and such a
+    /// search ends after 2.9 slots on average instead of 8.5.
+    fn find(&self, a: u64, b: u32) -> Option<usize> {
+        robin_hood::find(&self.slots, a as usize, |s| s.a == a && s.b == b)
+    }
+
+    /// Places `slot`, whose fingerprint the table does not hold.
+    fn insert(&mut self, slot: Slot) {
+        robin_hood::insert(&mut self.slots, slot);
     }
 
     fn grow(&mut self) {
@@ -312,8 +308,7 @@ impl LateWriteGuard {
             crate::huge_pages::filled(size, Slot::default),
         );
         for s in old.into_iter().filter(|s| s.a != 0) {
-            let i = self.find(s.a, s.b);
-            self.slots[i] = s;
+            self.insert(s);
         }
     }
 
@@ -337,6 +332,15 @@ impl LateWriteGuard {
         };
         self.last_source = i as u32;
         self.last_source
+    }
+}
+
+impl robin_hood::Placed for Slot {
+    fn is_free(&self) -> bool {
+        self.a == 0
+    }
+    fn home(&self) -> usize {
+        self.a as usize
     }
 }
 
