@@ -371,7 +371,8 @@ impl RestoredEntries {
         })
     }
 
-    /// Doubles the table, placing every taken slot anew by its tag.
+    /// Doubles the table (or takes the spare table, if it is at least
+    /// that large), placing every taken slot anew by its tag.
     fn grow(&mut self) {
         let size = (self.slots.len() * 2).max(FIRST_SLOTS);
         let fresh = if self.spare.len() >= size {
