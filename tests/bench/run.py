@@ -834,9 +834,10 @@ machine, in one run; and restoring a count store from its changelog.
   topic (the same application id and store name); its peak RSS is GNU time's
   maximum resident set of the JVM, which exits once restored. The
   **restore ceiling** is a plain rdkafka consumer reading the changelog and doing
-  nothing with the records, the fastest of four reads: with the restore consumer's
+  nothing with the records, the fastest of five reads: with the restore consumer's
   own settings one record per poll, the same a batch at a time (as restore reads),
-  with the settings restore read with before (a smaller prefetch, bigger fetches)
+  the same with fetch responses of up to 16 MiB (several partitions each) a batch
+  at a time, with the settings restore read with before (a smaller prefetch, bigger fetches)
   a batch at a time, and with librdkafka's full prefetch queue and larger fetches
   (`bench-read`).
 

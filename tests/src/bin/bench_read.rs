@@ -1,14 +1,18 @@
 //! The restore benchmark's ceiling: a plain consumer reading every record of
-//! a topic (assigned, from the beginning) and doing nothing with them, four
+//! a topic (assigned, from the beginning) and doing nothing with them, five
 //! times:
 //! - with the restore consumer's own settings, one record per poll;
 //! - with the same settings, a batch at a time (as restore reads);
+//! - with the same settings but fetch responses of up to 16 MiB, which
+//!   carry several partitions each (the restore consumer's setting
+//!   before its responses were held to one partition's fetch), a batch at
+//!   a time;
 //! - with the settings restore read with before (a 5,000-record prefetch,
 //!   4 MiB fetches, a 10 ms back-off), a batch at a time;
 //! - with librdkafka's full prefetch queue and larger fetches, one record
 //!   per poll.
 //!
-//! Prints `records=N restore_settings_s=A batch_s=B earlier_s=C
+//! Prints `records=N restore_settings_s=A batch_s=B wide_s=W earlier_s=C
 //! prefetch_s=D seconds=S`, S the fastest, each timed from the
 //! assignment: creating the client and reading metadata and watermarks are
 //! not counted (a restore's time counts its watermark reads).
@@ -46,6 +50,18 @@ fn main() {
     let (n, restore_s) = read_all(&args[1], &args[2], restore_settings, false);
     // The same settings, reading batches of records (as restore does).
     let (b, batch_s) = read_all(&args[1], &args[2], restore_settings, true);
+    // The same, with responses that carry several partitions' fetches.
+    let wide_settings: Vec<(&str, &str)> = restore_settings
+        .iter()
+        .map(|&(k, v)| {
+            if k == "fetch.max.bytes" {
+                (k, "16777216")
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let (w, wide_s) = read_all(&args[1], &args[2], &wide_settings, true);
     // The settings restore read with before: a smaller prefetch, bigger
     // fetches.
     let (e, earlier_s) = read_all(
@@ -75,12 +91,14 @@ fn main() {
         ],
         false,
     );
-    if [b, e, m].iter().any(|&x| x != n) {
-        fail(&format!("the four reads saw {n}, {b}, {e} and {m} records"));
+    if [b, w, e, m].iter().any(|&x| x != n) {
+        fail(&format!(
+            "the five reads saw {n}, {b}, {w}, {e} and {m} records"
+        ));
     }
     println!(
-        "records={n} restore_settings_s={restore_s:.3} batch_s={batch_s:.3} earlier_s={earlier_s:.3} prefetch_s={prefetch_s:.3} seconds={:.3} poll_errors={}",
-        restore_s.min(batch_s).min(earlier_s).min(prefetch_s),
+        "records={n} restore_settings_s={restore_s:.3} batch_s={batch_s:.3} wide_s={wide_s:.3} earlier_s={earlier_s:.3} prefetch_s={prefetch_s:.3} seconds={:.3} poll_errors={}",
+        restore_s.min(batch_s).min(wide_s).min(earlier_s).min(prefetch_s),
         POLL_ERRORS.count()
     );
 }
@@ -144,7 +162,7 @@ fn read_all(bootstrap: &str, topic: &str, settings: &[(&str, &str)], batches: bo
     (n, started.elapsed().as_secs_f64())
 }
 
-/// Errors the four reads met instead of records.
+/// Errors the five reads met instead of records.
 static POLL_ERRORS: integration_tests::PollErrors = integration_tests::PollErrors::new();
 
 fn fail(msg: &str) -> ! {
