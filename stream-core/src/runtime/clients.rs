@@ -207,8 +207,8 @@ const RESTORE_PARTITION_FETCH_BYTES: &str = "1048576";
 /// against 2.13–2.36 s with 16 MiB, and the restorer 2.58–2.73 s against
 /// 2.83–3.00 s (`docs/performance.md`, "Fetch responses of about one
 /// partition"). librdkafka refuses a `fetch.max.bytes` below
-/// `message.max.bytes`, so a larger `message.max.bytes` among the shared
-/// settings raises it to that ([`restore_consumer_config`]).
+/// `message.max.bytes`, so a larger `message.max.bytes` in the settings
+/// raises it to that ([`restore_consumer_config`]).
 const RESTORE_FETCH_BYTES: &str = RESTORE_PARTITION_FETCH_BYTES;
 
 /// How long a partition's next fetch waits once the prefetch is full: a
@@ -258,9 +258,12 @@ fn restore_consumer_config(cfg: &StreamsConfig, ids: &ThreadIds) -> ClientConfig
     for (k, v) in RESTORE_FETCH_SETTINGS {
         rc.set(*k, *v);
     }
-    raise_fetch_bytes_to_message_size(&mut rc);
     rc.set("client.id", format!("{}-restore", ids.client_id));
     cfg.apply_aimed_extra(&mut rc, KafkaClient::RestoreConsumer);
+    let aimed = cfg.aimed_extra(KafkaClient::RestoreConsumer);
+    if !aimed.iter().any(|&(k, _)| k == "fetch.max.bytes") {
+        raise_fetch_bytes_to_message_size(&mut rc);
+    }
     rc.set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
@@ -271,8 +274,10 @@ fn restore_consumer_config(cfg: &StreamsConfig, ids: &ThreadIds) -> ClientConfig
 }
 
 /// librdkafka refuses a consumer whose `fetch.max.bytes` is below its
-/// `message.max.bytes`: where the shared settings raise the latter above
-/// the restore consumer's fetch size, the fetch size follows it.
+/// `message.max.bytes`: where the settings (shared, or aimed at the restore
+/// consumer) raise the latter above the restore consumer's fetch size, the
+/// fetch size follows it. A `fetch.max.bytes` aimed at the restore
+/// consumer is left as the user set it.
 fn raise_fetch_bytes_to_message_size(rc: &mut ClientConfig) {
     let size = |key: &str| rc.get(key).and_then(|v| v.trim().parse::<u64>().ok());
     if let (Some(message), Some(fetch)) = (size("message.max.bytes"), size("fetch.max.bytes")) {
@@ -383,5 +388,18 @@ mod tests {
             "librdkafka refused the restore consumer: {:?}",
             created.err()
         );
+
+        let mut cfg = StreamsConfig::new("app", "127.0.0.1:9092");
+        cfg.extra.insert(
+            "restore.consumer.message.max.bytes".into(),
+            "3000000".into(),
+        );
+        let rc = restore_consumer_config(&cfg, &ids());
+        assert_eq!(rc.get("fetch.max.bytes"), Some("3000000"));
+
+        cfg.extra
+            .insert("restore.consumer.fetch.max.bytes".into(), "5000000".into());
+        let rc = restore_consumer_config(&cfg, &ids());
+        assert_eq!(rc.get("fetch.max.bytes"), Some("5000000"));
     }
 }
