@@ -364,9 +364,10 @@ mod tests {
         assert_eq!(cc.get("restore.consumer.fetch.wait.max.ms"), None);
     }
 
-    /// The restore consumer fetches one partition's worth per response,
-    /// and a shared `message.max.bytes` above that raises its fetch size
-    /// rather than making librdkafka refuse the consumer.
+    /// The restore consumer fetches one partition's worth per response; a
+    /// `message.max.bytes` above that (shared, or aimed at the restore
+    /// consumer) raises its fetch size rather than making librdkafka refuse
+    /// the consumer, and a `fetch.max.bytes` aimed at it stays as set.
     #[test]
     fn should_raise_the_restore_fetch_size_to_a_larger_message_size() {
         let cfg = StreamsConfig::new("app", "127.0.0.1:9092");
