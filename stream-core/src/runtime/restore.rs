@@ -879,6 +879,8 @@ impl ChangelogReader {
     /// and their own final writes: the four tasks of a 10-million-record
     /// restore came back one after the other, the last 190–210 ms after
     /// the first (43–59 ms of final write each), about 8% of the restore.
+    /// (The sort has since moved to the store writer, `RestoredBatch`, so
+    /// a final write is mostly a hand-over now.)
     /// So a task read to its end waits while every other restoring task
     /// has at most [`FINISH_TOGETHER_RECORDS`] offsets left, for at most
     /// [`FINISH_TOGETHER_WAIT`]; the tasks then finish together, on every
@@ -1290,8 +1292,10 @@ const PARALLEL_FINISH_BYTES: usize = 1024 * 1024;
 /// Begins the final write of every task in `jobs` ([`Job::finish`]); the
 /// first error, in `jobs`' order, is returned.
 ///
-/// A task's final write sorts its restored entries and copies them out
-/// for the store writer, about 50 ms for a task of 250,000 keys. When
+/// A task's final write hands its restored entries to the store writer
+/// (which sorts them as it writes, `RestoredBatch`), once the task's
+/// write before it is done; it sorted them here, about 50 ms for a task
+/// of 250,000 keys, when the threads below were added. When
 /// several tasks finish together ([`ChangelogReader::hand_back_due`]) the
 /// reading is over and the cores it used are free: if the tasks hold more
 /// than [`PARALLEL_FINISH_BYTES`] together, one thread per core takes

@@ -159,8 +159,9 @@ pub trait StateBackend: Send {
         PendingCommit::done(self.commit_restored(&to_batches(&changes), &checkpoint))
     }
     /// [`start_restored`](Self::start_restored) for entries not sorted
-    /// yet: a restore's buffer, handed over whole while the restore reads
-    /// on (`StoreSet::spill_restored`). Sorting them is part of the write,
+    /// yet: a restore's buffer, handed over whole, while the restore reads
+    /// on (`StoreSet::spill_restored`) or as it ends and processing
+    /// begins. Sorting them is part of the write ([`RestoredBatch::sorted`]),
     /// off the restore's thread where the write runs elsewhere. The
     /// default sorts and writes before returning.
     fn start_restored_batch(

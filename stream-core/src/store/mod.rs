@@ -339,9 +339,11 @@ impl StoreSet {
         }
     }
 
-    /// Starts writing the restored entries and `checkpoint`, sorted here
-    /// ([`StateBackend::start_restored_batch`]; merged into the write
-    /// buffer if it holds changes, [`StateBackend::start_restored`]); like
+    /// Starts writing the restored entries and `checkpoint`, in key order
+    /// ([`StateBackend::start_restored_batch`], which sorts them where they
+    /// are written, or for the first range read that comes before; merged
+    /// into the write buffer if it holds changes,
+    /// [`StateBackend::start_restored`]); like
     /// [`commit_sealed`](Self::commit_sealed), they stay readable until
     /// written, and the previous write is waited for first.
     pub fn commit_restored(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
@@ -396,8 +398,9 @@ impl StoreSet {
 
     /// Hands every store's restored entries to the backend as they lie
     /// in the restore's buffer ([`StateBackend::start_restored_batch`]),
-    /// copying nothing, sorted here first if `sort`; they stay readable
-    /// until written. Waits for the previous write first.
+    /// copying nothing, to be read in key order if `sort`
+    /// ([`RestoredBatch::new_sorted`]); they stay readable until written.
+    /// Waits for the previous write first.
     fn hand_over_restored(
         &mut self,
         sort: bool,

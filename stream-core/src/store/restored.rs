@@ -51,6 +51,7 @@
 //! next buffer ([`RestoredEntries::keep_spare`]).
 
 use std::hash::BuildHasher;
+use std::sync::OnceLock;
 
 use super::robin_hood;
 use super::Change;
@@ -427,13 +428,18 @@ pub type SortedEntries<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
 /// ([`StateBackend::start_restored_batch`](super::StateBackend::start_restored_batch))
 /// in the buffer's own chunks, so that handing them over copies nothing.
 /// Mid-way through a restore they go unsorted, and the sort runs where
-/// they are written; at its end they are sorted first, as processing
-/// follows and reads them by range until written
-/// ([`StoreSet`](super::StoreSet) answers reads from them).
+/// they are written. At its end processing follows and reads them until
+/// written ([`StoreSet`](super::StoreSet) answers reads from them), by
+/// range too, so they are read in key order: the list of that order is
+/// built by whichever needs it first, the store writer (its write goes in
+/// key order) or a range read, which waits for it if the writer is
+/// building it. The restorer hands the batch over without sorting it, and
+/// the task goes to processing meanwhile; its point reads use the table.
 pub struct RestoredBatch {
     stores: Vec<RestoredEntries>,
-    /// Per store, its taken slots in key order, if sorted.
-    order: Option<Vec<Vec<u32>>>,
+    /// Per store, its taken slots in key order, built once on first use,
+    /// if the batch is read in order (`None`: mid-way, unordered).
+    order: Option<OnceLock<Vec<Vec<u32>>>>,
 }
 
 impl RestoredBatch {
@@ -445,16 +451,26 @@ impl RestoredBatch {
         }
     }
 
-    /// The entries taken from `stores`, sorted.
+    /// The entries taken from `stores`, read in key order; the order is
+    /// built by the first reader that needs it.
     pub(crate) fn new_sorted(stores: Vec<RestoredEntries>) -> Self {
-        let order = Some(stores.iter().map(RestoredEntries::order).collect());
-        RestoredBatch { stores, order }
+        RestoredBatch {
+            stores,
+            order: Some(OnceLock::new()),
+        }
+    }
+
+    /// Per store, its taken slots in key order, built on the first call
+    /// (a concurrent call waits for it); `None` for an unordered batch.
+    fn order(&self) -> Option<&Vec<Vec<u32>>> {
+        let lock = self.order.as_ref()?;
+        Some(lock.get_or_init(|| self.stores.iter().map(RestoredEntries::order).collect()))
     }
 
     /// Each store's entries (by store index) in key order, `None` for a
     /// deleted key.
     pub fn sorted(&self) -> Vec<SortedEntries<'_>> {
-        match &self.order {
+        match self.order() {
             Some(order) => self
                 .stores
                 .iter()
@@ -470,7 +486,7 @@ impl RestoredBatch {
         self.stores
     }
 
-    /// Whether the entries are sorted ([`new_sorted`](Self::new_sorted)).
+    /// Whether the entries are read in key order ([`new_sorted`](Self::new_sorted)).
     pub(crate) fn is_sorted(&self) -> bool {
         self.order.is_some()
     }
@@ -493,7 +509,7 @@ impl RestoredBatch {
         let Some(t) = self.stores.get(idx) else {
             return;
         };
-        match self.order.as_ref().and_then(|o| o.get(idx)) {
+        match self.order().and_then(|o| o.get(idx)) {
             Some(at) => {
                 let start = from.map_or(0, |from| at.partition_point(|&i| t.entry(i).0 < from));
                 for &i in &at[start..] {
@@ -878,6 +894,48 @@ mod tests {
                 assert_eq!(seen.len(), 5);
             }
         }
+    }
+
+    /// A batch read in key order builds that order once, for whichever
+    /// reader needs it first: range reads on two threads and the writer's
+    /// sorted list, all at once, see the same order.
+    #[test]
+    fn should_build_a_batchs_key_order_once_for_concurrent_readers() {
+        let mut r = RestoredEntries::default();
+        for i in (0..20_000u32).rev() {
+            r.apply(format!("k{i:06}").as_bytes(), Some(&i.to_be_bytes()));
+        }
+        let batch = RestoredBatch::new_sorted(vec![r]);
+        let want: Vec<Vec<u8>> = (0..20_000u32)
+            .map(|i| format!("k{i:06}").into_bytes())
+            .collect();
+        let range = || {
+            let mut seen = Vec::new();
+            batch.visit(0, None, |k, _| {
+                seen.push(k.to_vec());
+                true
+            });
+            seen
+        };
+        let (a, b, written) = std::thread::scope(|s| {
+            let a = s.spawn(range);
+            let b = s.spawn(range);
+            let written: Vec<Vec<u8>> = batch.sorted()[0].iter().map(|(k, _)| k.to_vec()).collect();
+            (a.join(), b.join(), written)
+        });
+        assert_eq!(a.ok(), Some(want.clone()));
+        assert_eq!(b.ok(), Some(want.clone()));
+        assert_eq!(written, want);
+        let built = batch.order.as_ref().and_then(OnceLock::get);
+        assert!(built.is_some(), "the order is kept once built");
+        let first = built.map(|o| o.as_ptr());
+        batch.visit(0, Some(b"k019999"), |_, _| false);
+        let again = batch
+            .order
+            .as_ref()
+            .and_then(OnceLock::get)
+            .map(|o| o.as_ptr());
+        assert_eq!(first, again, "built once, not per read");
     }
 
     #[test]
