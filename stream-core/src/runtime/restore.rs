@@ -878,13 +878,14 @@ impl ChangelogReader {
     /// store writer, [`finish_stores`]) held up the reading of the others
     /// and their own final writes: the four tasks of a 10-million-record
     /// restore came back one after the other, the last 190–210 ms after
-    /// the first (43–59 ms of final write each), about 8% of the restore.
-    /// (The sort has since moved to the store writer, `RestoredBatch`, so
-    /// a final write is mostly a hand-over now.)
+    /// the first (43–59 ms of final write each), about 8% of the restore,
+    /// when each final write sorted its entries on the restorer thread.
     /// So a task read to its end waits while every other restoring task
     /// has at most [`FINISH_TOGETHER_RECORDS`] offsets left, for at most
     /// [`FINISH_TOGETHER_WAIT`]; the tasks then finish together, on every
-    /// core. A task whose peers are further behind goes back at once.
+    /// core. A task whose peers are further behind goes back at once. With
+    /// the sort on the store writer (`RestoredBatch`), a final write is
+    /// mostly a hand-over, and the wait saves little.
     fn hand_back_due(&mut self) -> bool {
         if !self.jobs.iter().any(Job::done) {
             self.first_done = None;
@@ -1292,15 +1293,15 @@ const PARALLEL_FINISH_BYTES: usize = 1024 * 1024;
 /// Begins the final write of every task in `jobs` ([`Job::finish`]); the
 /// first error, in `jobs`' order, is returned.
 ///
-/// A task's final write hands its restored entries to the store writer
-/// (which sorts them as it writes, `RestoredBatch`), once the task's
-/// write before it is done; it sorted them here, about 50 ms for a task
-/// of 250,000 keys, when the threads below were added. When
-/// several tasks finish together ([`ChangelogReader::hand_back_due`]) the
-/// reading is over and the cores it used are free: if the tasks hold more
-/// than [`PARALLEL_FINISH_BYTES`] together, one thread per core takes
-/// tasks off a shared list (four such tasks: 120 ms on two cores instead
-/// of about 200 on one).
+/// A task's final write hands its restored entries to the store writer,
+/// which sorts them as it writes (`RestoredBatch`), once the task's write
+/// before it is done. When several tasks finish together
+/// ([`ChangelogReader::hand_back_due`]) the reading is over and the cores
+/// it used are free: if the tasks hold more than [`PARALLEL_FINISH_BYTES`]
+/// together, one thread per core takes tasks off a shared list. That was
+/// measured when a final write sorted its entries here (about 50 ms for
+/// 250,000 keys; four such tasks took 120 ms on two cores instead of about
+/// 200 on one); with the sort on the store writer the threads save little.
 fn finish_stores(jobs: &mut [Job]) -> Result<(), RuntimeError> {
     let bytes: usize = jobs
         .iter()
