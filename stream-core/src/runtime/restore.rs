@@ -71,12 +71,6 @@ const RESTORE_STALL: Duration = Duration::from_secs(120);
 /// store's lookup: enough for the memory waits of that many lookups to
 /// overlap, few enough that the hinted lines are still cached when used.
 const PREFETCH_AHEAD: usize = 16;
-/// A task read to its end waits for the other restoring tasks while each
-/// has at most this many offsets left (about 25 ms of reading at the
-/// 4 million records a second a restore reads on two cores) ...
-const FINISH_TOGETHER_RECORDS: u64 = 100_000;
-/// ... and for at most this long.
-const FINISH_TOGETHER_WAIT: Duration = Duration::from_millis(200);
 /// How often standbys learn the group's commits and publish their lag.
 const STANDBY_REFRESH: Duration = Duration::from_secs(1);
 /// How often an idle restorer passes its consumer's log lines on.
@@ -328,15 +322,6 @@ impl Job {
         !self.standby && self.progress.iter().all(|p| p.done)
     }
 
-    /// Offsets left to read in the partitions not yet read to their end.
-    fn unread(&self) -> u64 {
-        self.progress
-            .iter()
-            .filter(|p| !p.done)
-            .map(|p| (p.end - p.position).max(0) as u64)
-            .sum()
-    }
-
     /// Writes what was restored and how far, so that a restart resumes here.
     fn flush(&mut self) -> Result<(), RuntimeError> {
         self.record_progress();
@@ -388,9 +373,6 @@ pub(crate) struct ChangelogReader {
     /// The late-write guards of tasks closed without processing (a
     /// standby, an abandoned restore), for their next restore here.
     handed_over: HashMap<TaskId, HandedOver>,
-    /// When the tasks read to their end but not yet handed back were
-    /// first seen so ([`Self::hand_back_due`]).
-    first_done: Option<Instant>,
 }
 
 impl ChangelogReader {
@@ -416,7 +398,6 @@ impl ChangelogReader {
             headers: Vec::new(),
             batch: BatchBuffer::default(),
             handed_over: HashMap::new(),
-            first_done: None,
         }
     }
 
@@ -654,7 +635,7 @@ impl ChangelogReader {
         Ok(())
     }
 
-    /// A restored task whose final write has begun ([`finish_stores`]):
+    /// A restored task whose final write has begun ([`Job::finish`]):
     /// init, status; handed back.
     fn hand_back(&mut self, mut job: Job) -> Result<Entry, RuntimeError> {
         job.entry.task.init()?;
@@ -844,7 +825,7 @@ impl ChangelogReader {
             }
             // A task whose changelogs are all read goes to processing now,
             // not when the budget runs out.
-            if Instant::now() >= until || self.hand_back_due() {
+            if Instant::now() >= until || self.jobs.iter().any(Job::done) {
                 break;
             }
         }
@@ -852,8 +833,7 @@ impl ChangelogReader {
         self.report();
         // Hand back every task whose partitions are all read.
         let mut ready = Vec::new();
-        if self.hand_back_due() {
-            self.first_done = None;
+        if self.jobs.iter().any(Job::done) {
             let (mut done, rest): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.jobs)
                 .into_iter()
                 .partition(Job::done);
@@ -869,31 +849,6 @@ impl ChangelogReader {
             self.release(&finished)?;
         }
         Ok(ready)
-    }
-
-    /// Whether the tasks whose changelogs are all read go back now.
-    ///
-    /// Tasks restored in one pass are read to their ends within moments of
-    /// each other, and each one's final write (sorting its entries for the
-    /// store writer, [`finish_stores`]) held up the reading of the others
-    /// and their own final writes: the four tasks of a 10-million-record
-    /// restore came back one after the other, the last 190–210 ms after
-    /// the first (43–59 ms of final write each), about 8% of the restore,
-    /// when each final write sorted its entries on the restorer thread.
-    /// So a task read to its end waits while every other restoring task
-    /// has at most [`FINISH_TOGETHER_RECORDS`] offsets left, for at most
-    /// [`FINISH_TOGETHER_WAIT`]; the tasks then finish together, on every
-    /// core. A task whose peers are further behind goes back at once. With
-    /// the sort on the store writer (`RestoredBatch`), a final write is
-    /// mostly a hand-over, and the wait saves little.
-    fn hand_back_due(&mut self) -> bool {
-        if !self.jobs.iter().any(Job::done) {
-            self.first_done = None;
-            return false;
-        }
-        let since = *self.first_done.get_or_insert_with(Instant::now);
-        let reading = self.jobs.iter().filter(|j| !j.standby && !j.done());
-        !waits_for_peers(since.elapsed(), reading.map(Job::unread))
     }
 
     /// Gives up on a restore that read nothing for [`RESTORE_STALL`]:
@@ -1274,82 +1229,22 @@ impl ChangelogReader {
     }
 }
 
-/// Whether tasks read to their end `waited` ago wait on for the other
-/// restoring tasks, which have `unread` offsets left each
-/// ([`ChangelogReader::hand_back_due`]): while there are some, all close
-/// to their ends, for at most [`FINISH_TOGETHER_WAIT`].
-fn waits_for_peers(waited: Duration, unread: impl Iterator<Item = u64>) -> bool {
-    let mut unread = unread.peekable();
-    waited < FINISH_TOGETHER_WAIT
-        && unread.peek().is_some()
-        && unread.all(|n| n <= FINISH_TOGETHER_RECORDS)
-}
-
-/// Restored entries of the tasks finishing together above which their
-/// final writes are begun on several threads ([`finish_stores`]); below
-/// it, a thread costs more than it saves.
-const PARALLEL_FINISH_BYTES: usize = 1024 * 1024;
-
-/// Begins the final write of every task in `jobs` ([`Job::finish`]); the
-/// first error, in `jobs`' order, is returned.
+/// Begins the final write of every task in `jobs` ([`Job::finish`]), in
+/// turn; the first error ends it.
 ///
 /// A task's final write hands its restored entries to the store writer,
-/// which sorts them as it writes (`RestoredBatch`), once the task's write
-/// before it is done. When several tasks finish together
-/// ([`ChangelogReader::hand_back_due`]) the reading is over and the cores
-/// it used are free: if the tasks hold more than [`PARALLEL_FINISH_BYTES`]
-/// together, one thread per core takes tasks off a shared list. That was
-/// measured when a final write sorted its entries here (about 50 ms for
-/// 250,000 keys; four such tasks took 120 ms on two cores instead of about
-/// 200 on one); with the sort on the store writer the threads save little.
+/// which builds their key order as it writes (`RestoredBatch::order`), so
+/// it is a hand-over and takes a thread no longer than that. A task read
+/// to its end goes to processing at once, while the others read on.
+///
+/// Tasks once waited here for peers close to their ends (200 ms at most)
+/// and did their final writes on one thread per core, when each final
+/// write sorted its entries on this thread (about 50 ms for 250,000 keys).
+/// With the sort on the store writer, restores ran as fast without both
+/// and a restore of ten million distinct keys faster (six rounds each,
+/// `docs/performance.md`, "Tasks that finish together").
 fn finish_stores(jobs: &mut [Job]) -> Result<(), RuntimeError> {
-    let bytes: usize = jobs
-        .iter()
-        .map(|j| j.entry.task.stores().restored_bytes())
-        .sum();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(jobs.len());
-    if threads < 2 || bytes < PARALLEL_FINISH_BYTES {
-        return jobs.iter_mut().try_for_each(Job::finish);
-    }
-    let queue = std::sync::Mutex::new(jobs.iter_mut().enumerate());
-    let work = || {
-        let mut failed = Vec::new();
-        loop {
-            let next = match queue.lock() {
-                Ok(mut q) => q.next(),
-                Err(poisoned) => poisoned.into_inner().next(),
-            };
-            let Some((i, job)) = next else {
-                return failed;
-            };
-            if let Err(e) = job.finish() {
-                failed.push((i, e));
-            }
-        }
-    };
-    let mut failed = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads)
-            .map(|_| {
-                std::thread::Builder::new()
-                    .name("restore-finish".into())
-                    .spawn_scoped(s, work)
-            })
-            .collect();
-        let mut failed = work();
-        // A helper that could not be started took nothing: this thread
-        // has taken every task it left.
-        for h in helpers.into_iter().flatten() {
-            match h.join() {
-                Ok(f) => failed.extend(f),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        failed
-    });
-    failed.sort_by_key(|(i, _)| *i);
-    failed.into_iter().next().map_or(Ok(()), |(_, e)| Err(e))
+    jobs.iter_mut().try_for_each(Job::finish)
 }
 
 /// Hints the store that `item` is for to bring where its key's entry
@@ -1414,12 +1309,9 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    use super::{
-        finish_stores, waits_for_peers, Command, Job, Restored, Restorer, FINISH_TOGETHER_RECORDS,
-        FINISH_TOGETHER_WAIT, PARALLEL_FINISH_BYTES,
-    };
+    use super::{finish_stores, Command, Job, Restored, Restorer};
     use crate::graph::{Changelog, StoreSpec, TopicRef, Topology, TopologyBuilder};
     use crate::processor::{Context, Processor};
     use crate::record::Record;
@@ -1494,26 +1386,6 @@ mod tests {
         thread.join().unwrap();
     }
 
-    /// A finished task waits only while every other restoring task is
-    /// close to its end, and not for long.
-    #[test]
-    fn should_wait_for_peers_only_while_all_are_close_and_not_for_long() {
-        let close = FINISH_TOGETHER_RECORDS;
-        assert!(waits_for_peers(Duration::ZERO, [close, 0, 10].into_iter()));
-        assert!(
-            !waits_for_peers(Duration::ZERO, [close + 1, 10].into_iter()),
-            "one peer far behind: go back at once"
-        );
-        assert!(
-            !waits_for_peers(Duration::ZERO, std::iter::empty()),
-            "no peer still reading: go back at once"
-        );
-        assert!(
-            !waits_for_peers(FINISH_TOGETHER_WAIT, [1].into_iter()),
-            "waited long enough"
-        );
-    }
-
     /// Writes nothing: the topology only needs a store.
     struct Noop;
     impl Processor for Noop {
@@ -1543,9 +1415,8 @@ mod tests {
         b.build().expect("a valid topology")
     }
 
-    /// Tasks finished together on several threads each hand their own
-    /// restored entries, every one of them, to their own store; and so do
-    /// tasks too small to be worth a thread.
+    /// Tasks finished together each hand their own restored entries,
+    /// every one of them, to their own store, large or small.
     #[test]
     fn should_write_every_tasks_own_entries_when_tasks_finish_together() {
         let topology = with_store();
@@ -1589,14 +1460,10 @@ mod tests {
                     }
                 })
                 .collect();
-            let bytes: usize = jobs
-                .iter()
-                .map(|j| j.entry.task.stores().restored_bytes())
-                .sum();
-            assert_eq!(
-                bytes >= PARALLEL_FINISH_BYTES,
-                keys > 10,
-                "{keys} keys a task: {bytes} bytes"
+            assert!(
+                jobs.iter()
+                    .all(|j| j.entry.task.stores().restored_bytes() > 0),
+                "{keys} keys a task: nothing restored"
             );
             finish_stores(&mut jobs).unwrap();
             for (partition, job) in jobs.iter_mut().enumerate() {
