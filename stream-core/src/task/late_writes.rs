@@ -405,6 +405,8 @@ mod tests {
         }
     }
 
+    /// Fingerprints place their probes on every slot, not on half of
+    /// them, and are never the free slot's 0.
     #[test]
     fn should_start_probes_at_even_and_odd_slots_alike() {
         let guard = LateWriteGuard::default();
