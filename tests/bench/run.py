@@ -9,6 +9,7 @@ chart of the ratios to docs/benchmarks.svg.
 """
 
 import argparse
+import itertools
 import os
 import platform
 import re
@@ -585,8 +586,9 @@ per instance the curve would go on; here it cannot. Scale-out correctness
     def keys_section(self):
         """How cost grows with the work: counting per key over 10 thousand, 1
         million and 10 million distinct keys (every update emitted), and
-        restoring changelogs of 1 and 10 million records (the counting once
-        each, the restores `--key-restore-rounds` times)."""
+        restoring changelogs of 1 and 10 million records (the counting
+        `--key-count-rounds` times each, ours and Kafka Streams in turn,
+        over one input; the restores `--key-restore-rounds` times)."""
         a = self.args
         for k in a.key_counts:
             n = max(a.users, k)
@@ -594,10 +596,10 @@ per instance the curve would go on; here it cannot. Scale-out correctness
             src = f"{app}-in"
             topic(src, 4)
             run([BIN / "bench-fill", self.bootstrap, src, n, k])
-            for framework in ("ours", "kstreams"):
+            for r, framework in itertools.product(range(a.key_count_rounds), ("ours", "kstreams")):
                 if framework == "kstreams" and a.skip_kstreams:
                     continue
-                fapp = f"{app}-{framework}"
+                fapp = f"{app}-{framework}-{r}"
                 out_topic = f"{fapp}-out"
                 topic(out_topic, 4)
                 state = self.work / fapp
@@ -638,7 +640,8 @@ per instance the curve would go on; here it cannot. Scale-out correctness
                         " buffer passes its budget and is written to sled many times over)")
         return f"""## Key scaling
 
-How cost grows with the work, counting once each: `count-app` (`COUNT_APP_BY_KEY=1`: count per
+How cost grows with the work, counting {a.key_count_rounds} times each (ours and Kafka Streams in turn,
+one input per key count; medians, peak RSS the median of the rounds' peaks with their range): `count-app` (`COUNT_APP_BY_KEY=1`: count per
 key, every update to the output topic, at-least-once, 100 ms commits) and the same
 topology on Kafka Streams (`groupByKey().count()`, cache off), over
 {", ".join(f"{k:,}" for k in a.key_counts)} distinct keys (the larger of
@@ -662,16 +665,20 @@ directory's size at the end.
 
     def keys_report(self):
         a = self.args
-        lines = ["| keys | framework | records | seconds | records/s | peak RSS MiB | CPU s | state on disk MiB |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = ["| keys | framework | records | median s | min–max s | records/s | peak RSS MiB | min–max MiB | CPU s | state on disk MiB |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for k in a.key_counts:
             for framework in ("ours", "kstreams"):
                 name = f"keys {k:,}: {framework}"
                 if name not in self.results:
                     continue
                 r = self.results[name][0]
-                lines.append(f"| {k:,} | {framework} | {r['records']:,} | {r['seconds']:.2f} | {r['rate']:,.0f} | "
-                             f"{r['rss_mib']:,.0f} | {r['cpu_s']:.1f} | {r['disk_mib']:,.0f} |")
+                secs = self.median(name)
+                lo, hi = self.span(name)
+                rlo, rhi = self.span(name, "rss_mib")
+                lines.append(f"| {k:,} | {framework} | {r['records']:,} | {secs:.2f} | {lo:.2f}–{hi:.2f} | "
+                             f"{r['records'] / secs:,.0f} | {self.median(name, 'rss_mib'):,.0f} | {rlo:,.0f}–{rhi:,.0f} | "
+                             f"{self.median(name, 'cpu_s'):.1f} | {self.median(name, 'disk_mib'):,.0f} |")
         lines.append("")
         lines.append("| changelog records | restore | median s | min–max s | records/s | peak RSS MiB | state on disk MiB | speed ÷ restore ceiling |")
         lines.append("|---|---|---|---|---|---|---|---|")
@@ -905,6 +912,8 @@ def main():
     ap.add_argument("--join-clicks", type=int, default=1_000_000, help="clicks per join run")
     ap.add_argument("--key-counts", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000],
                     help="distinct keys of the key-scaling rows (records: the larger of --users and the keys)")
+    ap.add_argument("--key-count-rounds", type=int, default=3,
+                    help="countings of each key-scaling input per framework (the input is written once)")
     ap.add_argument("--key-restore-rounds", type=int, default=3,
                     help="restores of each key-scaling changelog per reader (the changelog is written once)")
     ap.add_argument("--key-restore-distinct", type=int, default=10_000_000,
