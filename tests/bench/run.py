@@ -975,7 +975,7 @@ def bench(args):
             for k, t in SCALE_RUNS:
                 b.instances(k, t)
     if "keys" in args.sections:
-        log("key scaling (once each)")
+        log(f"key scaling ({args.key_count_rounds} countings each)")
         b.keys_section()
     if args.sections == ["scale"]:
         b.write_scale()
