@@ -6,6 +6,8 @@
 //! test makes its own topics and groups with [`unique`] names. Waiting is
 //! always polling with a deadline, never a fixed sleep.
 
+pub mod failure_logs;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -92,6 +94,22 @@ pub async fn create_topic_rf(
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
+    // Brokers list a topic some time after the controller accepted it;
+    // a test goes on once the cluster lists it, as Kafka's own test
+    // clusters wait for a created topic's metadata.
+    let listed = wait_until(Duration::from_secs(30), || {
+        admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .is_ok_and(|md| {
+                md.topics().iter().any(|t| {
+                    t.name() == name
+                        && t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                })
+            })
+    });
+    assert!(listed, "topic {name} created but not listed within 30 s");
 }
 
 /// Creates a plain topic.
@@ -565,10 +583,13 @@ pub fn restore_totals(restores: &[RestoreLine], skip: usize) -> (u64, u64) {
         .fold((0, 0), |a, r| (a.0 + r.read, a.1 + r.changelog_records))
 }
 
-/// A directory under `target/test-logs` for a test's log files.
+/// A directory under `target/test-logs` for a test's log files. A test
+/// that fails prints the end of every file here its panic message names
+/// ([`failure_logs`]).
 pub fn log_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
     std::fs::create_dir_all(&dir).expect("log dir");
+    failure_logs::install();
     dir
 }
 
@@ -639,6 +660,7 @@ pub fn spawn_logged_env(
         .append(true)
         .open(log)
         .expect("open log");
+    failure_logs::register(log);
     Command::new(workspace_bin(bin))
         .args(args)
         .envs(env.iter().copied())
@@ -832,6 +854,10 @@ impl OwnCluster {
             ("KAFKA_HEAP", "512m".to_string()),
         ];
         env.extend(extra);
+        // A failing test shows the end of each broker's log.
+        for i in 0..nodes {
+            failure_logs::register(&data.path().join(format!("node{i}/server.log")));
+        }
         let cluster = OwnCluster {
             port,
             env,

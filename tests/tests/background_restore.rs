@@ -75,6 +75,7 @@ async fn start(
     for (k, v) in extra {
         cfg.extra.insert(k.to_string(), v.to_string());
     }
+    failure_logs::in_process_log();
     let streams = KafkaStreams::new(topology(input, output), cfg).unwrap();
     let status = streams.status();
     let http = if http {

@@ -43,6 +43,7 @@ fn start(app: &str, topology: stream_core::Topology, state: &Path) -> Running {
     let mut cfg = StreamsConfig::new(app, &bootstrap());
     cfg.state_dir = state.to_path_buf();
     cfg.extra.insert("session.timeout.ms".into(), "6000".into());
+    failure_logs::in_process_log();
     let streams = KafkaStreams::new(topology, cfg).unwrap();
     let status = streams.status();
     let (stop, rx) = oneshot::channel::<()>();
