@@ -53,6 +53,7 @@ fn start_threads(app: &str, input: &str, output: &str, state: &Path, threads: us
     cfg.state_dir = state.to_path_buf();
     cfg.num_stream_threads = threads;
     cfg.extra.insert("session.timeout.ms".into(), "6000".into());
+    failure_logs::in_process_log();
     let streams = KafkaStreams::new(counting_topology(input, output), cfg).unwrap();
     let status = streams.status();
     let (tx, rx) = oneshot::channel::<()>();
@@ -100,6 +101,32 @@ async fn wait_for_counts(
 fn restored_reads(status: &RuntimeStatus) -> (u64, bool) {
     let r = status.restores();
     (r.iter().map(|x| x.read).sum(), r.iter().any(|x| x.full))
+}
+
+/// A source topic that the cluster does not list yet when the instance
+/// starts (created at once by the same script, and brokers list a new
+/// topic only a moment after the controller accepted it) is looked up
+/// again for a few seconds, not reported missing at the first lookup. The
+/// topic is created 1.5 s after the start here: without that grace the
+/// instance has stopped by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn should_wait_a_moment_for_a_source_topic_the_cluster_does_not_list_yet() {
+    let (app, input, output) = (unique("late-topic"), unique("words"), unique("counts"));
+    create_topic(&output, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let run = start(&app, &input, &output, state.path());
+    // The scenario's delay, not a wait for Kafka: the topic appears late.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !run.handle.is_finished(),
+        "the instance waits for its source topic instead of stopping"
+    );
+    create_topic(&input, 2).await;
+    let mut expected = BTreeMap::new();
+    produce_words(&bootstrap(), &input, 2_000, 40, &mut expected);
+    let got = wait_for_counts(&output, &expected, 90).await;
+    assert!(got == expected, "{}", diff_counts(&got, &expected));
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -129,13 +129,22 @@ pub(crate) fn start(
     let mut ends = HashMap::new();
     for spec in topology.global_tables() {
         let tree = state.global_tree(&spec.store)?;
-        let md = reader
-            .consumer
-            .fetch_metadata(Some(&spec.topic), Duration::from_secs(10))
-            .map_err(|e| {
-                RuntimeError::kafka(format!("metadata of global table topic {}", spec.topic), e)
-            })?;
-        let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        // A topic the cluster does not list yet (created a moment ago) is
+        // asked for again, as the sources are (`topics::PROPAGATION_GRACE`).
+        let until = std::time::Instant::now() + super::topics::PROPAGATION_GRACE;
+        let parts = loop {
+            let md = reader
+                .consumer
+                .fetch_metadata(Some(&spec.topic), Duration::from_secs(10))
+                .map_err(|e| {
+                    RuntimeError::kafka(format!("metadata of global table topic {}", spec.topic), e)
+                })?;
+            let parts = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+            if parts > 0 || std::time::Instant::now() >= until {
+                break parts;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         if parts == 0 {
             return Err(RuntimeError::TopicMismatch {
                 topic: spec.topic.clone(),

@@ -52,7 +52,10 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
         for t in &st.sources {
             if let TopicRef::External(name) = t {
                 if !external.contains_key(name) {
-                    external.insert(name.clone(), partitions_of(&admin, name, "Read").await?);
+                    external.insert(
+                        name.clone(),
+                        existing_partitions(&admin, name, "Read").await?,
+                    );
                 }
             }
         }
@@ -120,7 +123,7 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
                     });
                 }
                 Changelog::Existing { topic, .. } => {
-                    let m = partitions_of(&admin, topic, "Write").await?;
+                    let m = existing_partitions(&admin, topic, "Write").await?;
                     if m != n && !cfg.layout().is_single() {
                         return Err(RuntimeError::TopicMismatch {
                             topic: topic.clone(),
@@ -142,7 +145,7 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
     for st in subs {
         for t in &st.sinks {
             if let TopicRef::External(name) = t {
-                let n = partitions_of(&admin, name, "Write").await?;
+                let n = existing_partitions(&admin, name, "Write").await?;
                 plan.partitions.insert(name.clone(), n);
             }
         }
@@ -292,8 +295,31 @@ async fn created(
 ) -> Result<(), RuntimeError> {
     let (name, partitions, kind) = (t.name.as_str(), t.partitions, t.kind);
     match code {
+        // Created: the controller has it, but a broker may not list it for
+        // a moment, and a consumer subscribing to a topic its metadata
+        // does not list stops with "unknown topic". Kafka Streams likewise
+        // holds a topic it created as not ready until describing it finds
+        // it (`InternalTopicManager::makeReady`).
         None => {
-            tracing::info!(topic = name, partitions, kind, "created internal topic");
+            let started = std::time::Instant::now();
+            visible_partitions(admin, name).await.map_err(|e| match e {
+                RuntimeError::MissingTopic { topic, .. } => RuntimeError::MissingTopic {
+                    topic,
+                    hint: format!(
+                        "the cluster accepted the creation of this {kind} topic but did not list it within {} s; retry, and check the brokers' logs",
+                        METADATA_TIMEOUT.as_secs()
+                    ),
+                },
+                other => other,
+            })?;
+            let waited_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(
+                topic = name,
+                partitions,
+                kind,
+                waited_ms,
+                "created internal topic"
+            );
             Ok(())
         }
         // Created since it was looked up: by another instance starting at
@@ -357,12 +383,48 @@ async fn visible_partitions(
     admin: &AdminClient<ErrorCapture>,
     name: &str,
 ) -> Result<i32, RuntimeError> {
-    let until = std::time::Instant::now() + METADATA_TIMEOUT;
+    partitions_within(admin, name, "Write", METADATA_TIMEOUT, |e| {
+        !matches!(e, RuntimeError::NotAuthorized { .. })
+    })
+    .await
+}
+
+/// How long a topic the application reads or writes but does not create
+/// is looked up again while the cluster does not list it. Creating a topic
+/// and starting the application at once is common (a script, a test), and
+/// brokers list a new topic only some time after the controller accepted
+/// it: 0.2 s on one test broker here, 0.5 s on three.
+pub(crate) const PROPAGATION_GRACE: Duration = Duration::from_secs(5);
+
+/// [`partitions_of`] for a topic that must exist already (a source, a
+/// sink, a changelog named by the user): one the cluster does not list is
+/// looked up again for [`PROPAGATION_GRACE`] before it is taken as
+/// missing.
+async fn existing_partitions(
+    admin: &AdminClient<ErrorCapture>,
+    topic: &str,
+    need: &str,
+) -> Result<i32, RuntimeError> {
+    partitions_within(admin, topic, need, PROPAGATION_GRACE, |e| {
+        matches!(e, RuntimeError::MissingTopic { .. })
+    })
+    .await
+}
+
+/// [`partitions_of`], asked again every 100 ms while the error is one
+/// `retry` accepts, until `within` has passed.
+async fn partitions_within(
+    admin: &AdminClient<ErrorCapture>,
+    name: &str,
+    need: &str,
+    within: Duration,
+    retry: fn(&RuntimeError) -> bool,
+) -> Result<i32, RuntimeError> {
+    let until = std::time::Instant::now() + within;
     loop {
-        match partitions_of(admin, name, "Write").await {
+        match partitions_of(admin, name, need).await {
             Ok(n) => return Ok(n),
-            Err(e @ RuntimeError::NotAuthorized { .. }) => return Err(e),
-            Err(e) if std::time::Instant::now() >= until => return Err(e),
+            Err(e) if !retry(&e) || std::time::Instant::now() >= until => return Err(e),
             // Blocking, as the metadata request itself is: the runtime
             // need not have its timer enabled.
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
