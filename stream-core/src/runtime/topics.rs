@@ -393,7 +393,8 @@ async fn visible_partitions(
 /// is looked up again while the cluster does not list it. Creating a topic
 /// and starting the application at once is common (a script, a test), and
 /// brokers list a new topic only some time after the controller accepted
-/// it: 0.2 s on one test broker here, 0.5 s on three.
+/// it: in the tests here, up to 0.2 s later on one broker and 0.5 s on
+/// three.
 pub(crate) const PROPAGATION_GRACE: Duration = Duration::from_secs(5);
 
 /// [`partitions_of`] for a topic that must exist already (a source, a
