@@ -94,22 +94,28 @@ pub async fn create_topic_rf(
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
-    // Brokers list a topic some time after the controller accepted it;
-    // a test goes on once the cluster lists it, as Kafka's own test
-    // clusters wait for a created topic's metadata.
-    let listed = wait_until(Duration::from_secs(30), || {
-        admin
-            .inner()
-            .fetch_metadata(Some(name), Duration::from_secs(5))
-            .is_ok_and(|md| {
-                md.topics().iter().any(|t| {
-                    t.name() == name
-                        && t.error().is_none()
-                        && t.partitions().len() == partitions as usize
+    // Brokers list a topic some time after the controller accepted it,
+    // each at its own pace; a test goes on once every broker it was given
+    // lists it, as Kafka's own test clusters wait on every broker. A new
+    // client with one bootstrap address asks that broker.
+    for broker in bootstrap.split(',') {
+        let client: BaseConsumer = client_config_at(broker).create().expect("a client");
+        let listed = wait_until(Duration::from_secs(30), || {
+            client
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .is_ok_and(|md| {
+                    md.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                    })
                 })
-            })
-    });
-    assert!(listed, "topic {name} created but not listed within 30 s");
+        });
+        assert!(
+            listed,
+            "topic {name} created but not listed by {broker} within 30 s"
+        );
+    }
 }
 
 /// Creates a plain topic.

@@ -146,6 +146,15 @@ async fn should_keep_counting_exactly_when_a_broker_of_three_dies() {
         "before the broker dies (log {})",
         log.display()
     );
+    let started = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        started.lines().any(
+            |l| l.contains("every broker that answers lists the topics created")
+                && l.contains("brokers=3 not_answering=0")
+        ),
+        "the topics it created were waited for on all three brokers (log {})",
+        log.display()
+    );
 
     cluster.sh(&["node", "kill", "1"]);
     produce(&bs, &input, 5_000, &mut expected);

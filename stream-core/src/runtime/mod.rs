@@ -6,6 +6,7 @@
 //! | [`config`] | [`StreamsConfig`], named after Kafka Streams' settings |
 //! | `connect` | the first connection, and errors that name its likely cause |
 //! | [`topics`] | partition planning, internal topic creation and checks |
+//! | `broker_listing` | after creating topics, waiting until every broker lists them |
 //! | `engine` | one stream thread: records through its tasks, assignment and revocation |
 //! | `tasks` | task ownership: the tasks a thread runs, the task for a record, opening tasks |
 //! | `time_order` | a task that reads several topics: its records in timestamp order (`max.task.idle.ms`) |
@@ -29,6 +30,7 @@
 pub mod app;
 pub mod assignment;
 pub mod batch;
+pub(crate) mod broker_listing;
 pub(crate) mod client_log;
 pub(crate) mod clients;
 pub(crate) mod commit;

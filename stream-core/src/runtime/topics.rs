@@ -54,7 +54,7 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
                 if !external.contains_key(name) {
                     external.insert(
                         name.clone(),
-                        existing_partitions(&admin, name, "Read").await?,
+                        existing_partitions(cfg, &admin, name, "Read").await?,
                     );
                 }
             }
@@ -123,7 +123,7 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
                     });
                 }
                 Changelog::Existing { topic, .. } => {
-                    let m = existing_partitions(&admin, topic, "Write").await?;
+                    let m = existing_partitions(cfg, &admin, topic, "Write").await?;
                     if m != n && !cfg.layout().is_single() {
                         return Err(RuntimeError::TopicMismatch {
                             topic: topic.clone(),
@@ -145,7 +145,7 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
     for st in subs {
         for t in &st.sinks {
             if let TopicRef::External(name) = t {
-                let n = existing_partitions(&admin, name, "Write").await?;
+                let n = existing_partitions(cfg, &admin, name, "Write").await?;
                 plan.partitions.insert(name.clone(), n);
             }
         }
@@ -156,7 +156,7 @@ pub async fn prepare(topology: &Topology, cfg: &StreamsConfig) -> Result<TopicPl
         configs: isr,
         kind: "dead-letter",
     });
-    let mut outcomes = ensure_topics(&admin, &to_create, rf).await;
+    let mut outcomes = ensure_topics(cfg, &admin, &to_create, rf).await;
     let dead_letter = outcomes.pop();
     for outcome in outcomes {
         outcome?;
@@ -229,6 +229,7 @@ async fn partitions_of(
 /// 30 ms on a test broker, instead of one per topic); returns each
 /// topic's outcome in the order given.
 async fn ensure_topics(
+    cfg: &StreamsConfig,
     admin: &AdminClient<ErrorCapture>,
     topics: &[InternalTopic],
     rf: i32,
@@ -260,13 +261,31 @@ async fn ensure_topics(
                 }
             }
             Ok(results) => {
+                let mut fresh = Vec::new();
                 for r in results {
                     let (name, code) = match r {
                         Ok(name) => (name, None),
                         Err((name, code)) => (name, Some(code)),
                     };
                     if let Some(&i) = missing.iter().find(|&&i| topics[i].name == name) {
-                        outcomes[i] = Some(created(admin, &topics[i], code).await);
+                        let outcome = created(admin, &topics[i], code).await;
+                        if code.is_none() && outcome.is_ok() {
+                            fresh.push(i);
+                        }
+                        outcomes[i] = Some(outcome);
+                    }
+                }
+                // Listed by the broker the admin client asked; on a
+                // cluster of several, by every one before any is used.
+                let listed: Vec<(&str, i32)> = fresh
+                    .iter()
+                    .map(|&i| (topics[i].name.as_str(), topics[i].partitions))
+                    .collect();
+                // The first topic created carries the error: one stops the
+                // start (a dead-letter topic alone only goes unused).
+                if let Err(e) = super::broker_listing::wait_for_every_broker(cfg, admin, &listed) {
+                    if let Some(&i) = fresh.first() {
+                        outcomes[i] = Some(Err(e));
                     }
                 }
             }
@@ -400,16 +419,25 @@ pub(crate) const PROPAGATION_GRACE: Duration = Duration::from_secs(5);
 /// [`partitions_of`] for a topic that must exist already (a source, a
 /// sink, a changelog named by the user): one the cluster does not list is
 /// looked up again for [`PROPAGATION_GRACE`] before it is taken as
-/// missing.
+/// missing. A topic that was not listed at first is new, so once listed
+/// it is waited for on every broker, as a created internal topic is
+/// (`broker_listing`).
 async fn existing_partitions(
+    cfg: &StreamsConfig,
     admin: &AdminClient<ErrorCapture>,
     topic: &str,
     need: &str,
 ) -> Result<i32, RuntimeError> {
-    partitions_within(admin, topic, need, PROPAGATION_GRACE, |e| {
+    match partitions_of(admin, topic, need).await {
+        Err(RuntimeError::MissingTopic { .. }) => {}
+        listed_or_refused => return listed_or_refused,
+    }
+    let n = partitions_within(admin, topic, need, PROPAGATION_GRACE, |e| {
         matches!(e, RuntimeError::MissingTopic { .. })
     })
-    .await
+    .await?;
+    super::broker_listing::wait_for_every_broker(cfg, admin, &[(topic, n)])?;
+    Ok(n)
 }
 
 /// [`partitions_of`], asked again every 100 ms while the error is one
