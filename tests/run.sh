@@ -19,6 +19,15 @@ fi
 cleanup() { if [[ $started == 1 ]]; then "$here/broker/kafka.sh" stop || true; fi; }
 trap cleanup EXIT
 
+# The fuzz targets build into a directory kept between checkouts (see
+# tests/tests/fuzz.rs); each clone adds its own builds of the workspace's
+# crates there, so it is emptied once it passes 4 GB.
+fuzz_cache="${STREAM_FUZZ_TARGET_DIR:-${HOME:-/nonexistent}/.cache/stream-fuzz-target}"
+if [[ -d $fuzz_cache ]] && (( $(du -sk "$fuzz_cache" | cut -f1) > 4 * 1024 * 1024 )); then
+  echo "== tests/run.sh: emptying the fuzz build cache $fuzz_cache (over 4 GB)"
+  rm -rf "$fuzz_cache"
+fi
+
 # The book must build (its Rust snippets run as doctests of the apps crate).
 mdbook build docs
 

@@ -2,8 +2,23 @@
 //! deserialization path and config parsing), from the committed seeds.
 //! Longer runs by hand: see docs/testing.md.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Where the fuzz targets are built: a directory kept between checkouts
+/// (`STREAM_FUZZ_TARGET_DIR`, else `~/.cache/stream-fuzz-target`), so that
+/// their dependencies (librdkafka's C build above all) are compiled once
+/// per machine rather than once per clone; `tests/run.sh` empties it when
+/// it passes 4 GB. Without a home directory, the crate's own `target`.
+fn fuzz_target_dir(fuzz_dir: &Path) -> PathBuf {
+    if let Some(dir) = std::env::var_os("STREAM_FUZZ_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Path::new(&home).join(".cache/stream-fuzz-target"),
+        None => fuzz_dir.join("target"),
+    }
+}
 
 /// Runs `target` for `seconds` with libFuzzer; panics on a finding.
 fn fuzz(target: &str, seconds: u32) {
@@ -18,6 +33,8 @@ fn fuzz(target: &str, seconds: u32) {
         // cargo-fuzz instruments with -Z flags; this lets the stable toolchain accept them
         .env("RUSTC_BOOTSTRAP", "1")
         .args(["fuzz", "run", "--fuzz-dir", ".", "-O", target])
+        .arg("--target-dir")
+        .arg(fuzz_target_dir(&fuzz_dir))
         .arg(work.path())
         .arg(fuzz_dir.join("seeds").join(target))
         .arg("--")
