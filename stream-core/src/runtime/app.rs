@@ -600,6 +600,10 @@ fn start_stream_thread(
     std::thread::Builder::new()
         .name(format!("stream-{thread}"))
         .spawn(move || {
+            // The records' decoded values come and go here, a few small
+            // blocks each: keep them warm (`alloc_count::Recycling`).
+            #[cfg(feature = "mimalloc")]
+            let _recycling = crate::alloc_count::Recycling::start();
             let _ = done.send(run());
         })
         .map_err(|e| RuntimeError::Config(format!("cannot start stream thread {thread}: {e}")))?;
