@@ -160,6 +160,13 @@ impl Drop for Recycling {
 mod tests {
     use super::*;
 
+    fn layout(size: usize, align: usize) -> Layout {
+        match Layout::from_size_align(size, align) {
+            Ok(layout) => layout,
+            Err(e) => panic!("{size} bytes aligned to {align}: {e}"),
+        }
+    }
+
     fn alloc(layout: Layout) -> *mut u8 {
         take(layout).unwrap_or_else(|| {
             // SAFETY: a non-zero size with a valid alignment.
@@ -176,7 +183,7 @@ mod tests {
 
     #[test]
     fn should_hand_out_the_last_block_freed_first_while_recycling() {
-        let layout = Layout::from_size_align(24, 8).unwrap();
+        let layout = layout(24, 8);
         let guard = Recycling::start();
         let a = alloc(layout);
         let b = alloc(layout);
@@ -198,7 +205,7 @@ mod tests {
     fn should_serve_a_request_only_from_blocks_at_least_as_large() {
         let _guard = Recycling::start();
         for size in 1..=MAX_BYTES {
-            let layout = Layout::from_size_align(size, 1).unwrap();
+            let layout = layout(size, 1);
             let p = alloc(layout);
             // SAFETY: a live block.
             let usable = unsafe { libmimalloc_sys::mi_usable_size(p.cast()) };
@@ -211,32 +218,25 @@ mod tests {
 
     #[test]
     fn should_not_keep_blocks_on_a_thread_that_did_not_ask() {
-        let layout = Layout::from_size_align(32, 8).unwrap();
-        std::thread::spawn(move || {
+        let layout = layout(32, 8);
+        let other = std::thread::spawn(move || {
             // SAFETY: a valid size and alignment.
             let p = unsafe { libmimalloc_sys::mi_malloc(32) }.cast::<u8>();
             // SAFETY: a live block allocated for `layout`.
             assert!(!unsafe { keep(p, layout) });
             unsafe { libmimalloc_sys::mi_free(p.cast()) };
             assert_eq!(take(layout), None);
-        })
-        .join()
-        .unwrap();
+        });
+        assert!(other.join().is_ok(), "the other thread's checks passed");
     }
 
     #[test]
     fn should_leave_over_aligned_and_large_requests_to_mimalloc() {
-        assert_eq!(class_of(Layout::from_size_align(32, 16).unwrap()), None);
-        assert_eq!(
-            class_of(Layout::from_size_align(MAX_BYTES + 1, 8).unwrap()),
-            None
-        );
-        assert_eq!(
-            class_of(Layout::from_size_align(MAX_BYTES, 8).unwrap()),
-            Some(CLASSES - 1)
-        );
-        assert_eq!(class_of(Layout::from_size_align(1, 1).unwrap()), Some(0));
-        assert_eq!(class_of(Layout::from_size_align(8, 8).unwrap()), Some(0));
-        assert_eq!(class_of(Layout::from_size_align(9, 1).unwrap()), Some(1));
+        assert_eq!(class_of(layout(32, 16)), None);
+        assert_eq!(class_of(layout(MAX_BYTES + 1, 8)), None);
+        assert_eq!(class_of(layout(MAX_BYTES, 8)), Some(CLASSES - 1));
+        assert_eq!(class_of(layout(1, 1)), Some(0));
+        assert_eq!(class_of(layout(8, 8)), Some(0));
+        assert_eq!(class_of(layout(9, 1)), Some(1));
     }
 }
