@@ -348,7 +348,7 @@ impl BucketTree {
                 }
             };
             let take = next.as_ref().map_or(rest.len(), |n| {
-                rest.partition_point(|(k, _)| *k < n.as_ref())
+                gallop_partition(rest, |(k, _)| *k < n.as_ref())
             });
             let (here, later) = rest.split_at(take);
             rest = later;
@@ -406,6 +406,24 @@ impl BucketTree {
         self.tree.remove(fence).map_err(|e| self.sled_err(e))?;
         Ok(())
     }
+}
+
+/// `slice.partition_point(pred)` found from the front: `pred` holds for a
+/// prefix of `slice`, and the prefix is probed at 1, 2, 4, … entries
+/// before a binary search inside the last step. A bucket takes a few of
+/// a commit's many changes, so this costs about twice the logarithm of
+/// the bucket's share rather than of all the changes left; a binary
+/// search over all of them was 2% of the state writer's samples on the
+/// watchlist.
+fn gallop_partition<T>(slice: &[T], pred: impl Fn(&T) -> bool) -> usize {
+    let mut lo = 0;
+    let mut step = 1;
+    while lo + step <= slice.len() && pred(&slice[lo + step - 1]) {
+        lo += step;
+        step *= 2;
+    }
+    let hi = (lo + step).min(slice.len());
+    lo + slice[lo..hi].partition_point(&pred)
 }
 
 /// A split being written: counted in [`SPLITS`] at
@@ -691,6 +709,20 @@ mod tests {
         Arc::new(KeyFilter::new(super::super::key_filter::FilterBudget::new(
             usize::MAX,
         )))
+    }
+
+    #[test]
+    fn should_find_the_same_partition_point_from_the_front() {
+        for len in 0..70usize {
+            let v: Vec<usize> = (0..len).collect();
+            for cut in 0..=len {
+                assert_eq!(
+                    gallop_partition(&v, |&x| x < cut),
+                    cut,
+                    "len {len} cut {cut}"
+                );
+            }
+        }
     }
 
     /// `t`'s tree as a new handle finds it when the directory opens: a
